@@ -1,0 +1,110 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let nio: [Target.Dependency] = [
+    .product(name: "NIOCore", package: "swift-nio"),
+    .product(name: "NIOPosix", package: "swift-nio"),
+    .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+]
+
+let package = Package(
+    name: "weir",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "weir", targets: ["weir"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.1.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.0.0"),
+    ],
+    targets: [
+        // The core: stage protocols, registry, config loading and validation, the data-plane glue and metrics.
+        .target(
+            name: "WeirCore",
+            dependencies: nio + [
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            path: "Sources/WeirCore"
+        ),
+        // Stage families, one target each.
+        .target(
+            name: "WeirListeners",
+            dependencies: ["WeirCore"] + nio,
+            path: "plugins/listeners",
+            exclude: ["tcp/README.md", "udp/README.md"],
+            resources: [.embedInCode("tcp/listen.tcp.sample.yaml"), .embedInCode("udp/listen.udp.sample.yaml")]
+        ),
+        .target(
+            name: "WeirConnectors",
+            dependencies: ["WeirCore"] + nio,
+            path: "plugins/connectors",
+            exclude: ["tcp/README.md", "udp/README.md"],
+            resources: [.embedInCode("tcp/connect.tcp.sample.yaml"), .embedInCode("udp/connect.udp.sample.yaml")]
+        ),
+        .target(
+            name: "WeirLimiters",
+            dependencies: ["WeirCore"] + nio,
+            path: "plugins/limiters",
+            exclude: ["bandwidth/README.md"],
+            resources: [.embedInCode("bandwidth/limit.bandwidth.sample.yaml")]
+        ),
+        // The one list of built-in stages.
+        .target(
+            name: "WeirStages",
+            dependencies: ["WeirCore", "WeirListeners", "WeirConnectors", "WeirLimiters"],
+            path: "Sources/WeirStages"
+        ),
+        // The agent: reload planning and supervision, the metrics endpoint, logging.
+        .target(
+            name: "WeirAgent",
+            dependencies: nio + [
+                "WeirCore",
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            path: "Sources/WeirAgent"
+        ),
+        .executableTarget(
+            name: "weir",
+            dependencies: [
+                "WeirCore", "WeirAgent", "WeirStages",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/weir"
+        ),
+        .testTarget(
+            name: "WeirCoreTests",
+            dependencies: ["WeirCore", "WeirStages"],
+            path: "Tests/WeirCoreTests"
+        ),
+        .testTarget(
+            name: "WeirPluginTests",
+            dependencies: ["WeirCore", "WeirStages", "WeirLimiters", "WeirListeners", "WeirConnectors"],
+            path: "Tests/WeirPluginTests"
+        ),
+        .testTarget(
+            name: "WeirAgentTests",
+            dependencies: ["WeirCore", "WeirAgent", "WeirStages"],
+            path: "Tests/WeirAgentTests"
+        ),
+        // Runs the real `weir` binary against real sockets.
+        .testTarget(
+            name: "WeirIntegrationTests",
+            dependencies: ["weir"],
+            path: "Tests/WeirIntegrationTests"
+        ),
+    ]
+)

@@ -1,0 +1,150 @@
+import Logging
+import NIOCore
+import WeirCore
+
+/// Why a configuration could not be applied; the running configuration is unchanged.
+public struct ApplyError: Error, CustomStringConvertible {
+    public let pipeline: String
+    public let underlying: any Error
+    public var description: String { "pipeline \"\(pipeline)\" failed to start: \(underlying)" }
+}
+
+/// Runs pipelines and moves them from one configuration to the next.
+///
+/// `apply` reads like Vector's topology reload: diff by pipeline id, start what is new or changed (binding
+/// new sockets while the old ones still serve, or adopting the old socket when the listener is unchanged),
+/// and only when every start succeeded, retire what was replaced. A failed start undoes the starts before it,
+/// so the previous configuration stays in effect.
+public actor Supervisor {
+    private let group: any EventLoopGroup
+    private let metrics: WeirMetrics
+    private let logger: Logger
+    private var running: [String: PipelineRuntime] = [:]
+    private var shutdownGrace: Duration = .seconds(10)
+    /// Retirements still draining, so shutdown can wait for them.
+    private var retiring: [Int: Task<Void, Never>] = [:]
+    private var nextRetirement = 0
+
+    public init(group: any EventLoopGroup, metrics: WeirMetrics, logger: Logger) {
+        self.group = group
+        self.metrics = metrics
+        self.logger = logger
+    }
+
+    public var pipelineIDs: [String] { running.keys.sorted() }
+
+    /// The listening address of a running pipeline (useful with port 0).
+    public func localAddress(of pipeline: String) -> SocketAddress? {
+        running[pipeline]?.socket?.channel?.localAddress
+    }
+
+    @discardableResult
+    public func apply(_ config: AgentConfig) async throws(ApplyError) -> ReloadPlan {
+        let old = running.values.map(\.spec)
+        let plan = ReloadPlan(old: old, new: config.pipelines)
+
+        // Sockets of pipelines that go away or change, by listen address.
+        var outgoing: [String: PipelineRuntime] = [:]
+        for id in plan.toRemove + plan.toChange {
+            if let runtime = running[id], let key = runtime.listenerKey, runtime.ownsSocket { outgoing[key] = runtime }
+        }
+
+        var started: [Start] = []
+        for id in plan.toChange + plan.toAdd {
+            guard let spec = config.pipeline(id) else { continue }
+            let runtime = PipelineRuntime(spec: spec, metrics: metrics.pipeline(id), logger: logger)
+            var start = Start(id: id, runtime: runtime)
+            do {
+                if let key = runtime.listenerKey, let predecessor = outgoing.removeValue(forKey: key),
+                    let socket = predecessor.socket
+                {
+                    if socket.fingerprint == runtime.listenerFingerprint {
+                        start.adopted = (socket, try await runtime.start(reusing: socket, group: group))
+                    } else {
+                        // Same address, other listener options: the old socket must go before the new bind.
+                        await predecessor.closeListener()
+                        start.reopen = predecessor
+                        _ = try await runtime.start(reusing: nil, group: group)
+                    }
+                } else {
+                    _ = try await runtime.start(reusing: nil, group: group)
+                }
+                started.append(start)
+            } catch {
+                started.append(start)
+                await rollBack(started)
+                throw ApplyError(pipeline: id, underlying: error)
+            }
+        }
+
+        shutdownGrace = config.shutdownGrace
+        for id in plan.toRemove {
+            if let runtime = running.removeValue(forKey: id) { retire(runtime, removed: true) }
+        }
+        for start in started {
+            if let predecessor = running[start.id] { retire(predecessor, removed: false) }
+            running[start.id] = start.runtime
+        }
+        if !plan.isEmpty {
+            logger.info(
+                "configuration applied",
+                metadata: ["added": "\(plan.toAdd)", "changed": "\(plan.toChange)", "removed": "\(plan.toRemove)", "unchanged": "\(plan.unchanged.count)"])
+        }
+        return plan
+    }
+
+    /// Stops accepting everywhere, waits up to the configured grace for open connections, closes the rest.
+    public func shutdown() async {
+        let runtimes = Array(running.values)
+        running = [:]
+        await withTaskGroup(of: Void.self) { group in
+            for runtime in runtimes { group.addTask { await runtime.stop(grace: self.shutdownGrace) } }
+            for task in retiring.values { group.addTask { await task.value } }
+        }
+        retiring = [:]
+    }
+
+    private struct Start {
+        let id: String
+        let runtime: PipelineRuntime
+        /// An adopted socket and the owner it had.
+        var adopted: (socket: ListenerSocket, previousOwner: ListenerOwner?)?
+        /// A predecessor whose socket was closed to make room; rollback reopens it.
+        var reopen: PipelineRuntime?
+    }
+
+    private func rollBack(_ started: [Start]) async {
+        for start in started.reversed() {
+            if let (socket, previousOwner) = start.adopted {
+                socket.setOwner(previousOwner)
+            } else {
+                await start.runtime.closeListener()
+            }
+            if let predecessor = start.reopen {
+                do {
+                    _ = try await predecessor.start(reusing: nil, group: group)
+                } catch {
+                    logger.error("rollback could not reopen listener", metadata: ["pipeline": "\(predecessor.spec.id)", "error": "\(error)"])
+                }
+            }
+        }
+    }
+
+    /// Stops a replaced or removed pipeline in the background: it stops accepting now, its open
+    /// connections get the shutdown grace to finish.
+    private func retire(_ runtime: PipelineRuntime, removed: Bool) {
+        let grace = shutdownGrace
+        let number = nextRetirement
+        nextRetirement += 1
+        retiring[number] = Task {
+            await runtime.stop(grace: grace)
+            self.retired(number, runtime: runtime, removed: removed)
+        }
+    }
+
+    private func retired(_ number: Int, runtime: PipelineRuntime, removed: Bool) {
+        retiring[number] = nil
+        // A pipeline removed and added again while it drained keeps its series.
+        if removed, running[runtime.spec.id] == nil { runtime.metrics.unregister() }
+    }
+}

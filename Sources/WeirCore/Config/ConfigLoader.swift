@@ -1,0 +1,157 @@
+import Foundation
+import Logging
+import Yams
+
+/// Reads the main file and its drop-ins into a validated `AgentConfig`, or reports every error at once.
+public struct ConfigLoader: Sendable {
+    public let registry: StageRegistry
+
+    public init(registry: StageRegistry) { self.registry = registry }
+
+    public func load(path: String) throws(ConfigErrors) -> AgentConfig {
+        let sink = DiagnosticSink()
+        var files = [path]
+        var pipelines = PipelineCollector(registry: registry, sink: sink)
+        var config = AgentConfig(
+            agentID: Self.hostname(), stateDirectory: "/var/lib/weir", shutdownGrace: .seconds(10),
+            metricsListen: try? BindAddress.parse(AgentConfig.defaultMetricsListen),
+            logLevel: .info, logFormat: .text, pipelines: [], files: [])
+
+        guard let root = Self.parseFile(path, sink: sink)?.mapping else { throw ConfigErrors(sink.diagnostics) }
+        readAgent(root.optional("agent"), into: &config)
+        readMetrics(root.optional("metrics"), into: &config)
+        readLog(root.optional("log"), into: &config)
+        let include = root.optional("include").flatMap { value in value.sequence?.compactMap(\.string) }
+        if let inline = root.optional("pipelines") { pipelines.read(inline) }
+        root.finish()
+
+        let baseDirectory = (path as NSString).deletingLastPathComponent
+        for pattern in include ?? AgentConfig.defaultInclude {
+            let absolute = pattern.hasPrefix("/") ? pattern : (baseDirectory as NSString).appendingPathComponent(pattern)
+            for file in Self.glob(absolute) {
+                files.append(file)
+                guard let document = Self.parseFile(file, sink: sink)?.mapping else { continue }
+                if let section = document.required("pipelines") { pipelines.read(section) }
+                document.finish()
+            }
+        }
+
+        config.pipelines = pipelines.validated()
+        config.files = files
+        if sink.hasErrors { throw ConfigErrors(sink.diagnostics) }
+        return config
+    }
+
+    /// Validates a standalone document holding a `pipelines:` map (a drop-in file's content).
+    public func loadPipelines(yaml: String, name: String) throws(ConfigErrors) -> [PipelineSpec] {
+        let sink = DiagnosticSink()
+        var pipelines = PipelineCollector(registry: registry, sink: sink)
+        if let document = Self.parse(yaml, file: name, sink: sink)?.mapping {
+            if let section = document.required("pipelines") { pipelines.read(section) }
+            document.finish()
+        }
+        let result = pipelines.validated()
+        if sink.hasErrors { throw ConfigErrors(sink.diagnostics) }
+        return result
+    }
+
+    // MARK: - Sections
+
+    private func readAgent(_ value: ConfigValue?, into config: inout AgentConfig) {
+        guard let agent = value?.mapping else { return }
+        if let id = agent.optional("id")?.string { config.agentID = id }
+        if let dir = agent.optional("state_dir") {
+            if let text = dir.string {
+                if text.hasPrefix("/") { config.stateDirectory = text } else { dir.error("state_dir must be an absolute path") }
+            }
+        }
+        if let grace = agent.optional("shutdown_grace")?.parsed(DurationParser.parse) { config.shutdownGrace = grace }
+        agent.finish()
+    }
+
+    private func readMetrics(_ value: ConfigValue?, into config: inout AgentConfig) {
+        guard let metrics = value?.mapping else { return }
+        if let listen = metrics.optional("listen") {
+            if case .scalar(let scalar) = listen.node, scalar.string == "off" {
+                config.metricsListen = nil
+            } else if let address = listen.parsed(BindAddress.parse) {
+                config.metricsListen = address
+            }
+        }
+        metrics.finish()
+    }
+
+    private func readLog(_ value: ConfigValue?, into config: inout AgentConfig) {
+        guard let log = value?.mapping else { return }
+        if let level = log.optional("level") {
+            if let text = level.string {
+                if let parsed = Logger.Level(rawValue: text) {
+                    config.logLevel = parsed
+                } else {
+                    level.error("\"\(text)\" is not one of trace, debug, info, notice, warning, error, critical")
+                }
+            }
+        }
+        if let format = log.optional("format")?.oneOf(AgentConfig.LogFormat.self) { config.logFormat = format }
+        log.finish()
+    }
+
+    // MARK: - Files
+
+    static func parseFile(_ path: String, sink: DiagnosticSink) -> ConfigValue? {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            sink.report(ConfigDiagnostic(location: nil, path: .root, message: "\(path): cannot read file"))
+            return nil
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            sink.report(ConfigDiagnostic(location: SourceLocation(file: path, line: 1, column: 1), path: .root, message: "file is not UTF-8"))
+            return nil
+        }
+        return parse(text, file: path, sink: sink)
+    }
+
+    static func parse(_ text: String, file: String, sink: DiagnosticSink) -> ConfigValue? {
+        do {
+            guard let node = try Yams.compose(yaml: text) else {
+                sink.report(ConfigDiagnostic(location: SourceLocation(file: file, line: 1, column: 1), path: .root, message: "file is empty"))
+                return nil
+            }
+            return ConfigValue(node: node, file: file, path: .root, sink: sink)
+        } catch let error as YamlError {
+            sink.report(Self.diagnostic(for: error, file: file))
+            return nil
+        } catch {
+            sink.report(ConfigDiagnostic(location: SourceLocation(file: file, line: 1, column: 1), path: .root, message: "\(error)"))
+            return nil
+        }
+    }
+
+    private static func diagnostic(for error: YamlError, file: String) -> ConfigDiagnostic {
+        func at(_ mark: Mark, _ message: String) -> ConfigDiagnostic {
+            ConfigDiagnostic(location: SourceLocation(file: file, line: mark.line, column: mark.column), path: .root, message: message)
+        }
+        switch error {
+        case .scanner(let context, let problem, let mark, _), .parser(let context, let problem, let mark, _),
+            .composer(let context, let problem, let mark, _):
+            return at(mark, "YAML syntax: " + [context?.text, problem].compactMap { $0 }.joined(separator: " "))
+        case .duplicatedKeysInMapping(let duplicates, let context):
+            return at(context.mark, "duplicate keys: \(duplicates.joined(separator: ", "))")
+        default:
+            return ConfigDiagnostic(location: SourceLocation(file: file, line: 1, column: 1), path: .root, message: "YAML: \(error)")
+        }
+    }
+
+    /// Files matching `pattern`, sorted, so drop-ins load in a stable order.
+    static func glob(_ pattern: String) -> [String] {
+        var result = glob_t()
+        defer { globfree(&result) }
+        guard Glibc.glob(pattern, 0, nil, &result) == 0 else { return [] }
+        return (0..<Int(result.gl_pathc)).compactMap { result.gl_pathv[$0].map { String(cString: $0) } }.sorted()
+    }
+
+    static func hostname() -> String {
+        var buffer = [UInt8](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count) == 0 else { return "weir" }
+        return String(decoding: buffer.prefix { $0 != 0 }, as: UTF8.self)
+    }
+}

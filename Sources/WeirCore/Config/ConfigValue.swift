@@ -1,0 +1,201 @@
+import Yams
+
+/// A YAML value together with its file position and key path.
+///
+/// Readers never throw: a value of the wrong shape reports a diagnostic and yields `nil`, so a whole file
+/// is checked in one pass and every error is shown at once.
+public struct ConfigValue {
+    public let node: Node
+    public let file: String
+    public let path: ConfigPath
+    let sink: DiagnosticSink
+
+    public init(node: Node, file: String, path: ConfigPath, sink: DiagnosticSink) {
+        self.node = node
+        self.file = file
+        self.path = path
+        self.sink = sink
+    }
+
+    public var location: SourceLocation? {
+        node.mark.map { SourceLocation(file: file, line: $0.line, column: $0.column) }
+    }
+
+    /// Reports an error at this value.
+    public func error(_ message: String) {
+        sink.report(ConfigDiagnostic(location: location, path: path, message: message))
+    }
+
+    public func child(_ node: Node, _ segment: String) -> ConfigValue {
+        ConfigValue(node: node, file: file, path: path.appending(segment), sink: sink)
+    }
+
+    /// A scalar as text; plain scalars, quoted strings and numbers are all accepted.
+    public var string: String? {
+        guard case .scalar(let scalar) = node else {
+            error("expected a string, found \(node.kindName)")
+            return nil
+        }
+        return scalar.string
+    }
+
+    public var bool: Bool? {
+        guard case .scalar(let scalar) = node, let value = Bool.construct(from: scalar) else {
+            error("expected true or false, found \(node.summary)")
+            return nil
+        }
+        return value
+    }
+
+    public func int(in range: ClosedRange<Int>) -> Int? {
+        guard case .scalar(let scalar) = node, let value = Int.construct(from: scalar) else {
+            error("expected an integer, found \(node.summary)")
+            return nil
+        }
+        guard range.contains(value) else {
+            error("\(value) is out of range \(range.lowerBound)...\(range.upperBound)")
+            return nil
+        }
+        return value
+    }
+
+    public var sequence: [ConfigValue]? {
+        guard case .sequence(let items) = node else {
+            error("expected a list, found \(node.kindName)")
+            return nil
+        }
+        return items.enumerated().map { ConfigValue(node: $1, file: file, path: path.appending("[\($0)]"), sink: sink) }
+    }
+
+    public var mapping: ConfigMapping? {
+        guard case .mapping(let pairs) = node else {
+            error("expected a mapping, found \(node.kindName)")
+            return nil
+        }
+        return ConfigMapping(value: self, pairs: pairs)
+    }
+
+    /// Parses the scalar with `parse`, reporting `parse`'s error message at this value.
+    public func parsed<T>(_ parse: (String) throws -> T) -> T? {
+        guard let text = string else { return nil }
+        do {
+            return try parse(text)
+        } catch {
+            self.error("\(error)")
+            return nil
+        }
+    }
+
+    /// A scalar that must be one of `choices`.
+    public func oneOf<T: RawRepresentable & CaseIterable>(_ type: T.Type) -> T? where T.RawValue == String {
+        guard let text = string else { return nil }
+        if let value = T(rawValue: text) { return value }
+        error("\"\(text)\" is not one of \(T.allCases.map(\.rawValue).joined(separator: ", "))")
+        return nil
+    }
+}
+
+/// A YAML mapping whose keys are checked off as they are read; `finish()` reports the keys nobody read.
+public final class ConfigMapping {
+    public let value: ConfigValue
+    private let entries: [(key: String, keyNode: Node, value: Node)]
+    private var consumed: Set<String> = []
+
+    init(value: ConfigValue, pairs: Node.Mapping) {
+        self.value = value
+        var entries: [(key: String, keyNode: Node, value: Node)] = []
+        var seen: Set<String> = []
+        for (key, item) in pairs {
+            guard case .scalar(let scalar) = key else {
+                value.child(key, "?").error("mapping keys must be strings")
+                continue
+            }
+            if !seen.insert(scalar.string).inserted {
+                value.child(key, scalar.string).error("duplicate key")
+                continue
+            }
+            entries.append((scalar.string, key, item))
+        }
+        self.entries = entries
+    }
+
+    public var keys: [String] { entries.map(\.key) }
+
+    /// The value under `key`, or nil when absent. Marks the key as known.
+    public func optional(_ key: String) -> ConfigValue? {
+        consumed.insert(key)
+        guard let entry = entries.first(where: { $0.key == key }) else { return nil }
+        if case .scalar(let scalar) = entry.value, scalar.style == .plain,
+            ["", "~", "null", "Null", "NULL"].contains(scalar.string)
+        {
+            return nil
+        }
+        return value.child(entry.value, key)
+    }
+
+    /// The value under `key` read by `read`; `defaultValue` when absent; nil when present but invalid.
+    public func optional<T>(_ key: String, default defaultValue: T, _ read: (ConfigValue) -> T?) -> T? {
+        guard let value = optional(key) else { return defaultValue }
+        return read(value)
+    }
+
+    /// The value under `key`; reports a missing key at the mapping.
+    public func required(_ key: String) -> ConfigValue? {
+        guard let found = optional(key) else {
+            value.error("missing required key \"\(key)\"")
+            return nil
+        }
+        return found
+    }
+
+    /// Every entry, each marked as known; for maps keyed by user-chosen names.
+    public func allEntries() -> [(key: String, keyLocation: SourceLocation?, value: ConfigValue)] {
+        entries.map { entry in
+            consumed.insert(entry.key)
+            let location = entry.keyNode.mark.map { SourceLocation(file: value.file, line: $0.line, column: $0.column) }
+            return (entry.key, location, value.child(entry.value, entry.key))
+        }
+    }
+
+    /// Reports every key that was never read as unknown, naming the keys that are allowed.
+    public func finish() {
+        let known = consumed.sorted()
+        for entry in entries where !consumed.contains(entry.key) {
+            value.child(entry.keyNode, entry.key).error(
+                "unknown key \"\(entry.key)\"" + (known.isEmpty ? "" : " (allowed: \(known.joined(separator: ", ")))")
+            )
+        }
+    }
+}
+
+extension Node {
+    var kindName: String {
+        switch self {
+        case .scalar: return "a scalar"
+        case .mapping: return "a mapping"
+        case .sequence: return "a list"
+        case .alias: return "an alias"
+        }
+    }
+
+    var summary: String {
+        if case .scalar(let scalar) = self { return "\"\(scalar.string)\"" }
+        return kindName
+    }
+
+    /// A canonical text of the value, independent of key order, quoting style and position; two pipelines
+    /// with equal fingerprints behave the same.
+    public var fingerprint: String {
+        switch self {
+        case .scalar(let scalar):
+            return "s:" + String(reflecting: scalar.string)
+        case .sequence(let items):
+            return "[" + items.map(\.fingerprint).joined(separator: ",") + "]"
+        case .mapping(let pairs):
+            let rendered = pairs.map { ($0.key.fingerprint, $0.value.fingerprint) }.sorted { $0.0 < $1.0 }
+            return "{" + rendered.map { "\($0.0):\($0.1)" }.joined(separator: ",") + "}"
+        case .alias:
+            return "alias"
+        }
+    }
+}

@@ -1,0 +1,136 @@
+/// Reads `pipelines:` maps from any number of files and checks each pipeline's stages and shape.
+struct PipelineCollector {
+    let registry: StageRegistry
+    let sink: DiagnosticSink
+    private var pipelines: [String: PipelineSpec] = [:]
+    /// Listener addresses already taken, for the one-port-one-pipeline check.
+    private var listeners: [String: (pipeline: String, address: BindAddress)] = [:]
+
+    init(registry: StageRegistry, sink: DiagnosticSink) {
+        self.registry = registry
+        self.sink = sink
+    }
+
+    mutating func read(_ section: ConfigValue) {
+        guard let map = section.mapping else { return }
+        for (id, keyLocation, value) in map.allEntries() {
+            if let existing = pipelines[id] {
+                let previous = existing.location.map { " (first defined at \($0))" } ?? ""
+                sink.report(ConfigDiagnostic(location: keyLocation, path: value.path, message: "duplicate pipeline id \"\(id)\"\(previous)"))
+                continue
+            }
+            if !Self.isValidID(id) {
+                sink.report(ConfigDiagnostic(
+                    location: keyLocation, path: value.path,
+                    message: "pipeline id must be 1-64 letters, digits, '-' or '_'"))
+            }
+            if let pipeline = readPipeline(id: id, location: keyLocation, value) { pipelines[id] = pipeline }
+        }
+    }
+
+    func validated() -> [PipelineSpec] { pipelines.values.sorted { $0.id < $1.id } }
+
+    static func isValidID(_ id: String) -> Bool {
+        (1...64).contains(id.count) && id.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }
+    }
+
+    private mutating func readPipeline(id: String, location: SourceLocation?, _ value: ConfigValue) -> PipelineSpec? {
+        guard let map = value.mapping else { return nil }
+        let errorsBefore = sink.diagnostics.count
+        let stagesValue = map.required("stages")
+        map.finish()
+        guard let items = stagesValue?.sequence else { return nil }
+        if items.isEmpty { stagesValue?.error("a pipeline needs at least one stage") }
+
+        var stages: [StageSpec] = []
+        for (index, item) in items.enumerated() {
+            if let stage = readStage(index: index, item) { stages.append(stage) }
+        }
+        guard sink.diagnostics.count == errorsBefore, let stagesValue else { return nil }
+        checkShape(stages, items: items, stagesValue: stagesValue)
+        checkListenerConflict(pipeline: id, stages: stages, items: items)
+        guard sink.diagnostics.count == errorsBefore else { return nil }
+        return PipelineSpec(id: id, location: location, stages: stages)
+    }
+
+    private func readStage(index: Int, _ item: ConfigValue) -> StageSpec? {
+        guard let map = item.mapping else { return nil }
+        guard let typeValue = map.required("type"), let type = typeValue.string else { return nil }
+        guard let configType = registry[type] else {
+            typeValue.error("unknown stage type \"\(type)\" (known: \(registry.all.map { $0.type }.joined(separator: ", ")))")
+            return nil
+        }
+        let stageValue = ConfigValue(node: item.node, file: item.file, path: item.path.enteringStage(type: type), sink: sink)
+        guard let options = stageValue.mapping else { return nil }
+        _ = options.optional("type")
+        let decoded = configType.decodeErased(options)
+        options.finish()
+        guard let decoded else { return nil }
+        return StageSpec(index: index, type: type, location: item.location, fingerprint: item.node.fingerprint, config: decoded)
+    }
+
+    /// A forward pipeline is one listener first, one connector last, filters in between, all of one transport.
+    private func checkShape(_ stages: [StageSpec], items: [ConfigValue], stagesValue: ConfigValue) {
+        func error(at index: Int, _ message: String) {
+            let item = items[index]
+            let at = ConfigValue(node: item.node, file: item.file, path: item.path.enteringStage(type: stages[index].type), sink: sink)
+            at.error(message)
+        }
+        var listener: (index: Int, transport: Transport)?
+        var connector: (index: Int, transport: Transport)?
+        for stage in stages {
+            switch stage.role {
+            case .listener(let transport):
+                if listener != nil { error(at: stage.index, "a pipeline has at most one listener") }
+                else if stage.index != 0 { error(at: stage.index, "the listener must be the first stage") }
+                listener = (stage.index, transport)
+            case .connector(let transport):
+                if connector != nil { error(at: stage.index, "a pipeline has at most one connector") }
+                else if stage.index != stages.count - 1 { error(at: stage.index, "the connector must be the last stage") }
+                connector = (stage.index, transport)
+            case .filter:
+                break
+            }
+        }
+        if let listener, connector == nil {
+            error(at: listener.index, "a pipeline with a listener needs a connect.* stage as its last stage")
+        }
+        if let connector, listener == nil {
+            error(at: connector.index, "a pipeline with a connector needs a listen.* stage as its first stage")
+        }
+        if let listener, let connector, listener.transport != connector.transport {
+            error(at: connector.index, "\(stages[connector.index].type) cannot carry traffic from \(stages[listener.index].type)")
+        }
+        for stage in stages {
+            guard case .filter(let transports) = stage.role else { continue }
+            guard let listener else {
+                error(at: stage.index, "\(stage.type) acts on forwarded traffic and needs a listen.* stage first")
+                continue
+            }
+            if !transports.contains(listener.transport) {
+                error(at: stage.index, "\(stage.type) cannot act on traffic from \(stages[listener.index].type)")
+            }
+        }
+    }
+
+    private mutating func checkListenerConflict(pipeline: String, stages: [StageSpec], items: [ConfigValue]) {
+        guard let stage = stages.first, let config = stage.config as? any ListenerConfig,
+            case .listener(let transport) = stage.role
+        else { return }
+        let address = config.bindAddress
+        for (key, taken) in listeners where key.hasPrefix(transport.rawValue + "/") && Self.overlaps(taken.address, address) {
+            let item = items[stage.index]
+            ConfigValue(node: item.node, file: item.file, path: item.path.enteringStage(type: stage.type), sink: sink)
+                .error("address \(address) overlaps \(taken.address) of pipeline \"\(taken.pipeline)\"")
+            return
+        }
+        listeners["\(transport.rawValue)/\(pipeline)"] = (pipeline, address)
+    }
+
+    /// Two binds collide on the same port when the hosts are equal or either is a wildcard.
+    static func overlaps(_ a: BindAddress, _ b: BindAddress) -> Bool {
+        guard a.port == b.port, a.port != 0 else { return false }
+        let wildcards: Set<String> = ["0.0.0.0", "::"]
+        return a.host == b.host || wildcards.contains(a.host) || wildcards.contains(b.host)
+    }
+}

@@ -1,0 +1,81 @@
+import Logging
+import NIOCore
+import NIOPosix
+
+/// Forwards each accepted stream connection of one pipeline: filters, then the connector, then glue.
+public final class StreamForwarder: Sendable {
+    public let pipeline: String
+    private let filters: [any StreamFilter]
+    private let connector: any StreamConnector
+    private let connectorType: String
+    private let metrics: PipelineMetrics
+    public let tracker: ConnectionTracker
+    private let logger: Logger
+
+    public init(
+        pipeline: String, filters: [any StreamFilter], connector: any StreamConnector, connectorType: String,
+        metrics: PipelineMetrics, logger: Logger
+    ) {
+        self.pipeline = pipeline
+        self.filters = filters
+        self.connector = connector
+        self.connectorType = connectorType
+        self.metrics = metrics
+        self.tracker = ConnectionTracker()
+        self.logger = logger
+    }
+
+    /// Takes over an accepted client channel (autoRead off). Returns at once; the connect runs on.
+    public func accept(_ client: any Channel) {
+        guard tracker.admit(client) else {
+            client.close(promise: nil)
+            return
+        }
+        let metrics = self.metrics
+        metrics.connectionsTotal.increment()
+        metrics.connectionsActive.increment()
+        client.closeFuture.whenComplete { _ in metrics.connectionsActive.decrement() }
+
+        let info = ConnectionInfo(pipeline: pipeline, client: client.remoteAddress, local: client.localAddress, eventLoop: client.eventLoop)
+        let bootstrap = ClientBootstrap(group: client.eventLoop)
+            .channelOption(.autoRead, value: false)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.socketOption(.so_keepalive), value: 1)
+
+        connector.connect(info, bootstrap: bootstrap).hop(to: client.eventLoop).assumeIsolated().whenComplete { result in
+            switch result {
+            case .success(let target):
+                self.join(client: client, target: target, info: info)
+            case .failure(let error):
+                metrics.error(stage: self.connectorType, reason: "connect_failed")
+                self.logger.warning(
+                    "connect failed", metadata: ["pipeline": "\(self.pipeline)", "client": "\(info.client.map { "\($0)" } ?? "?")", "error": "\(error)"])
+                client.close(promise: nil)
+            }
+        }
+    }
+
+    private func join(client: any Channel, target: any Channel, info: ConnectionInfo) {
+        client.eventLoop.preconditionInEventLoop()
+        guard client.isActive else {
+            target.close(promise: nil)
+            return
+        }
+        client.closeFuture.whenComplete { _ in target.close(promise: nil) }
+        let glue = GlueHandler.matchedPair(metrics: metrics)
+        do {
+            let handlers = filters.map { $0.handlers(for: info) }
+            try client.pipeline.syncOperations.addHandlers(handlers.flatMap(\.clientSide))
+            try client.pipeline.syncOperations.addHandler(glue.client)
+            try target.pipeline.syncOperations.addHandlers(handlers.flatMap(\.targetSide))
+            try target.pipeline.syncOperations.addHandler(glue.target)
+        } catch {
+            metrics.error(stage: "pipeline", reason: "setup_failed")
+            client.close(promise: nil)
+            target.close(promise: nil)
+            return
+        }
+        client.read()
+        target.read()
+    }
+}

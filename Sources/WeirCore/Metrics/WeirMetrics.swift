@@ -1,0 +1,96 @@
+import Metrics
+import NIOConcurrencyHelpers
+import Prometheus
+
+/// The agent's metric registry. Every Weir series is created here with its help text, so the exposition
+/// passes `promtool check metrics`; swift-metrics is bootstrapped on the same registry for library metrics.
+public final class WeirMetrics: Sendable {
+    public let registry: PrometheusCollectorRegistry
+
+    public let reloadsSucceeded: Prometheus.Counter
+    public let reloadsFailed: Prometheus.Counter
+    public let lastReloadSuccessful: Prometheus.Gauge
+    public let lastReloadTimestamp: Prometheus.Gauge
+
+    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+        self.registry = registry
+        let reloadsHelp = "Configuration reloads by result."
+        reloadsSucceeded = registry.makeCounter(name: "weir_config_reloads_total", labels: [("result", "success")], help: reloadsHelp)
+        reloadsFailed = registry.makeCounter(name: "weir_config_reloads_total", labels: [("result", "failure")], help: reloadsHelp)
+        lastReloadSuccessful = registry.makeGauge(
+            name: "weir_config_last_reload_successful", help: "1 when the last configuration load or reload succeeded, else 0.")
+        lastReloadTimestamp = registry.makeGauge(
+            name: "weir_config_last_reload_timestamp_seconds", help: "Unix time of the last configuration load or reload attempt.")
+    }
+
+    /// Points swift-metrics at this registry. Call once per process.
+    public func bootstrapMetricsSystem() {
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+    }
+
+    public func pipeline(_ id: String) -> PipelineMetrics { PipelineMetrics(pipeline: id, registry: registry) }
+
+    /// The Prometheus text exposition.
+    public func render() -> [UInt8] { registry.emitToBuffer() }
+}
+
+/// The series of one pipeline. Asking the registry again for the same pipeline returns the same series,
+/// so a changed pipeline keeps counting where its predecessor stopped.
+public final class PipelineMetrics: Sendable {
+    public let pipeline: String
+    public let bytesIn: Prometheus.Counter
+    public let bytesOut: Prometheus.Counter
+    public let connectionsTotal: Prometheus.Counter
+    public let connectionsActive: Prometheus.Gauge
+    private let registry: PrometheusCollectorRegistry
+    private let errorCounters = NIOLockedValueBox<[String: Prometheus.Counter]>([:])
+
+    static let errorsHelp = "Errors by pipeline, stage and reason."
+
+    init(pipeline: String, registry: PrometheusCollectorRegistry) {
+        self.pipeline = pipeline
+        self.registry = registry
+        let bytesHelp = "Bytes forwarded; direction in is client to target, out is target to client."
+        bytesIn = registry.makeCounter(
+            name: "weir_pipeline_bytes_total", labels: [("pipeline", pipeline), ("direction", "in")], help: bytesHelp)
+        bytesOut = registry.makeCounter(
+            name: "weir_pipeline_bytes_total", labels: [("pipeline", pipeline), ("direction", "out")], help: bytesHelp)
+        connectionsTotal = registry.makeCounter(
+            name: "weir_pipeline_connections_total", labels: [("pipeline", pipeline)],
+            help: "Client connections (TCP) or sessions (UDP) accepted.")
+        connectionsActive = registry.makeGauge(
+            name: "weir_pipeline_connections_active", labels: [("pipeline", pipeline)],
+            help: "Client connections (TCP) or sessions (UDP) open now.")
+    }
+
+    public func bytes(_ direction: TrafficDirection) -> Prometheus.Counter {
+        direction == .in ? bytesIn : bytesOut
+    }
+
+    /// Counts one error of `reason` in the stage named `stage` (its type, e.g. `connect.tcp`).
+    public func error(stage: String, reason: String) {
+        let key = stage + "\u{0}" + reason
+        let counter = errorCounters.withLockedValue { counters in
+            if let existing = counters[key] { return existing }
+            let made = registry.makeCounter(
+                name: "weir_pipeline_errors_total", labels: [("pipeline", pipeline), ("stage", stage), ("reason", reason)],
+                help: Self.errorsHelp)
+            counters[key] = made
+            return made
+        }
+        counter.increment()
+    }
+
+    /// Removes this pipeline's series, when the pipeline is removed from the configuration.
+    public func unregister() {
+        registry.unregisterCounter(bytesIn)
+        registry.unregisterCounter(bytesOut)
+        registry.unregisterCounter(connectionsTotal)
+        registry.unregisterGauge(connectionsActive)
+        let errors = errorCounters.withLockedValue { counters in
+            defer { counters = [:] }
+            return Array(counters.values)
+        }
+        errors.forEach(registry.unregisterCounter)
+    }
+}

@@ -1,0 +1,92 @@
+import NIOCore
+import NIOPosix
+
+/// A built stage, ready to run. The data-path protocols below say what the pipeline runtime asks of it.
+public protocol Stage: Sendable {}
+
+/// Facts about one client connection or datagram session, for stages that act per connection.
+public struct ConnectionInfo: Sendable {
+    public let pipeline: String
+    public let client: SocketAddress?
+    public let local: SocketAddress?
+    /// The loop the client's channel runs on; the target side runs on it too.
+    public let eventLoop: any EventLoop
+
+    public init(pipeline: String, client: SocketAddress?, local: SocketAddress?, eventLoop: any EventLoop) {
+        self.pipeline = pipeline
+        self.client = client
+        self.local = local
+        self.eventLoop = eventLoop
+    }
+}
+
+/// Accepts stream connections. `childInitializer` is the runtime's; the listener applies it to every
+/// accepted channel, whose `autoRead` must be off and remote half-closure allowed.
+public protocol StreamListener: Stage {
+    func bind(
+        group: any EventLoopGroup,
+        childInitializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
+    ) async throws -> any Channel
+}
+
+/// Binds a datagram socket; `initializer` installs the runtime's session table on it.
+public protocol DatagramListener: Stage {
+    func bind(
+        group: any EventLoopGroup,
+        initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
+    ) async throws -> any Channel
+}
+
+/// Opens the target side of a stream connection. `bootstrap` comes from the runtime already set up
+/// (options and handlers); the connector chooses where to connect, with what timeout, and how to fail over.
+public protocol StreamConnector: Stage {
+    func connect(_ connection: ConnectionInfo, bootstrap: ClientBootstrap) -> EventLoopFuture<any Channel>
+}
+
+/// Opens the target side of a datagram session: a connected UDP socket per client.
+public protocol DatagramConnector: Stage {
+    /// Sessions with no traffic for this long are closed.
+    var idleTimeout: TimeAmount { get }
+    /// At most this many client sessions at once; datagrams from further clients are dropped.
+    var maxSessions: Int { get }
+    func openSession(_ connection: ConnectionInfo, bootstrap: DatagramBootstrap) -> EventLoopFuture<any Channel>
+    /// The target at `address` answered with ICMP unreachable; prefer other addresses for a while.
+    func targetUnreachable(_ address: SocketAddress)
+}
+
+/// Handlers a filter adds to one stream connection.
+public struct StreamFilterHandlers {
+    /// Added to the accepted (client) channel.
+    public var clientSide: [any ChannelHandler]
+    /// Added to the outbound (target) channel.
+    public var targetSide: [any ChannelHandler]
+
+    public init(clientSide: [any ChannelHandler] = [], targetSide: [any ChannelHandler] = []) {
+        self.clientSide = clientSide
+        self.targetSide = targetSide
+    }
+}
+
+/// Acts on each stream connection between listener and connector (rate limits, later transforms).
+public protocol StreamFilter: Stage {
+    /// Called on the connection's event loop.
+    func handlers(for connection: ConnectionInfo) -> StreamFilterHandlers
+}
+
+/// Acts on each datagram session between listener and connector.
+public protocol DatagramFilter: Stage {
+    /// Called on the session's event loop when a client's first datagram arrives.
+    func sessionFilter(for connection: ConnectionInfo) -> any DatagramSessionFilter
+}
+
+/// Decides, datagram by datagram, what passes one session.
+public protocol DatagramSessionFilter: AnyObject {
+    /// Whether to pass a datagram of `bytes` in `direction`; false drops it.
+    func admit(bytes: Int, direction: TrafficDirection) -> Bool
+}
+
+/// `in` is client to target, `out` is target to client — the labels of `weir_pipeline_bytes_total`.
+public enum TrafficDirection: String, Sendable, CaseIterable {
+    case `in`
+    case out
+}

@@ -1,0 +1,15 @@
+import WeirConnectors
+import WeirCore
+import WeirLimiters
+import WeirListeners
+
+/// Every stage type built into the agent. Adding a stage is one line here.
+public enum BuiltinStages {
+    public static let registry = StageRegistry([
+        ListenTCPConfig.self,
+        ListenUDPConfig.self,
+        ConnectTCPConfig.self,
+        ConnectUDPConfig.self,
+        LimitBandwidthConfig.self,
+    ])
+}

@@ -1,0 +1,88 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import WeirCore
+
+/// `connect.tcp`: connects each client connection to the first target that answers.
+public struct ConnectTCPConfig: StageConfig {
+    public static let type = "connect.tcp"
+    public static let summary = "Connect to a TCP target, failing over through a list of addresses; names race all their addresses."
+    public static let role = StageRole.connector(.stream)
+    public static let options = [
+        OptionDoc("addresses", "list of host:port", "Targets tried in order; the next is used when one is down (required)."),
+        OptionDoc("connect_timeout", "duration", default: "3s", "Time allowed for each target."),
+    ]
+    public static var sample: String { String(decoding: PackageResources.connect_tcp_sample_yaml, as: UTF8.self) }
+
+    public let addresses: [HostPort]
+    public let connectTimeout: Duration
+
+    public static func decode(_ options: ConfigMapping) -> ConnectTCPConfig? {
+        let addresses = options.required("addresses").flatMap(TargetList.read)
+        let timeout = options.optional("connect_timeout", default: Duration.seconds(3)) { $0.parsed(DurationParser.parse) }
+        guard let addresses, let timeout else { return nil }
+        return ConnectTCPConfig(addresses: addresses, connectTimeout: timeout)
+    }
+
+    public func makeStage(_ context: StageContext) -> any Stage { ConnectTCP(config: self) }
+}
+
+/// Reads a non-empty list of `host:port` targets.
+enum TargetList {
+    static func read(_ value: ConfigValue) -> [HostPort]? {
+        guard let items = value.sequence else { return nil }
+        if items.isEmpty {
+            value.error("needs at least one host:port")
+            return nil
+        }
+        let parsed = items.map { $0.parsed(HostPort.parse) }
+        return parsed.contains { $0 == nil } ? nil : parsed.compactMap { $0 }
+    }
+}
+
+struct ConnectTCP: StreamConnector {
+    let config: ConnectTCPConfig
+    /// IP literals are parsed once here; names go through NIO's happy-eyeballs connector on every connect.
+    private let literals: [SocketAddress?]
+
+    init(config: ConnectTCPConfig) {
+        self.config = config
+        self.literals = config.addresses.map { try? SocketAddress(ipAddress: $0.host, port: $0.port) }
+    }
+
+    func connect(_ connection: ConnectionInfo, bootstrap: ClientBootstrap) -> EventLoopFuture<any Channel> {
+        let bootstrap = bootstrap.connectTimeout(TimeAmount(config.connectTimeout))
+        return attempt(0, bootstrap: bootstrap, errors: [])
+    }
+
+    /// Tries target `index`, then the ones after it.
+    private func attempt(_ index: Int, bootstrap: ClientBootstrap, errors: [String]) -> EventLoopFuture<any Channel> {
+        let target = config.addresses[index]
+        let future: EventLoopFuture<any Channel>
+        if let literal = literals[index] {
+            future = bootstrap.connect(to: literal)
+        } else {
+            future = bootstrap.connect(host: target.host, port: target.port)
+        }
+        // Runs on the client's event loop (the bootstrap's group), where the bootstrap may be reused.
+        return future.assumeIsolated().flatMapError { error in
+            let errors = errors + ["\(target): \(error)"]
+            guard index + 1 < config.addresses.count else {
+                return future.eventLoop.makeFailedFuture(AllTargetsFailed(errors: errors))
+            }
+            return attempt(index + 1, bootstrap: bootstrap, errors: errors)
+        }.nonisolated()
+    }
+}
+
+struct AllTargetsFailed: Error, CustomStringConvertible {
+    let errors: [String]
+    var description: String { "no target answered (\(errors.joined(separator: "; ")))" }
+}
+
+extension TimeAmount {
+    init(_ duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        self = .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+}
