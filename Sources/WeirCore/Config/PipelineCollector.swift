@@ -3,8 +3,10 @@ struct PipelineCollector {
     let registry: StageRegistry
     let sink: DiagnosticSink
     private var pipelines: [String: PipelineSpec] = [:]
-    /// Listener addresses already taken, for the one-port-one-pipeline check.
-    private var listeners: [String: (pipeline: String, address: BindAddress)] = [:]
+    /// Where each id was first defined, valid or not, so a duplicate is reported even when the first has errors.
+    private var seen: [String: SourceLocation?] = [:]
+    /// Listener addresses already taken, in the order they were read, for the one-port-one-pipeline check.
+    private var listeners: [(pipeline: String, transport: Transport, address: BindAddress)] = []
 
     init(registry: StageRegistry, sink: DiagnosticSink) {
         self.registry = registry
@@ -14,11 +16,12 @@ struct PipelineCollector {
     mutating func read(_ section: ConfigValue) {
         guard let map = section.mapping else { return }
         for (id, keyLocation, value) in map.allEntries() {
-            if let existing = pipelines[id] {
-                let previous = existing.location.map { " (first defined at \($0))" } ?? ""
+            if let first = seen[id] {
+                let previous = first.map { " (first defined at \($0))" } ?? ""
                 sink.report(ConfigDiagnostic(location: keyLocation, path: value.path, message: "duplicate pipeline id \"\(id)\"\(previous)"))
                 continue
             }
+            seen[id] = keyLocation
             if !Self.isValidID(id) {
                 sink.report(ConfigDiagnostic(
                     location: keyLocation, path: value.path,
@@ -118,19 +121,21 @@ struct PipelineCollector {
             case .listener(let transport) = stage.role
         else { return }
         let address = config.bindAddress
-        for (key, taken) in listeners where key.hasPrefix(transport.rawValue + "/") && Self.overlaps(taken.address, address) {
+        for taken in listeners where taken.transport == transport && Self.overlaps(taken.address, address) {
             let item = items[stage.index]
             ConfigValue(node: item.node, file: item.file, path: item.path.enteringStage(type: stage.type), sink: sink)
                 .error("address \(address) overlaps \(taken.address) of pipeline \"\(taken.pipeline)\"")
             return
         }
-        listeners["\(transport.rawValue)/\(pipeline)"] = (pipeline, address)
+        listeners.append((pipeline, transport, address))
     }
 
-    /// Two binds collide on the same port when the hosts are equal or either is a wildcard.
+    /// Two binds collide on the same port when the hosts are equal, either is `::` (dual-stack), or one is
+    /// `0.0.0.0` and the other IPv4.
     static func overlaps(_ a: BindAddress, _ b: BindAddress) -> Bool {
         guard a.port == b.port, a.port != 0 else { return false }
-        let wildcards: Set<String> = ["0.0.0.0", "::"]
-        return a.host == b.host || wildcards.contains(a.host) || wildcards.contains(b.host)
+        if a.host == b.host || a.host == "::" || b.host == "::" { return true }
+        let isIPv4 = { (host: String) in !host.contains(":") }
+        return (a.host == "0.0.0.0" && isIPv4(b.host)) || (b.host == "0.0.0.0" && isIPv4(a.host))
     }
 }

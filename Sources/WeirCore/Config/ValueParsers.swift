@@ -28,7 +28,9 @@ public enum DurationParser {
             }
             seconds += value * scale
         }
-        return .nanoseconds(Int64((seconds * 1e9).rounded()))
+        let nanoseconds = (seconds * 1e9).rounded()
+        guard nanoseconds.isFinite, nanoseconds < Double(Int64.max) else { throw ValueError("\"\(text)\" is too long") }
+        return .nanoseconds(Int64(nanoseconds))
     }
 }
 
@@ -86,6 +88,11 @@ public struct HostPort: Sendable, Hashable, CustomStringConvertible {
     public var isIPLiteral: Bool { (try? SocketAddress(ipAddress: host, port: 0)) != nil }
 
     public static func parse(_ text: String) throws -> HostPort {
+        try parse(text, allowPortZero: false)
+    }
+
+    /// `allowPortZero` accepts port 0 (bind to any free port).
+    public static func parse(_ text: String, allowPortZero: Bool) throws -> HostPort {
         let host: Substring
         let portText: Substring
         if text.hasPrefix("[") {
@@ -103,8 +110,8 @@ public struct HostPort: Sendable, Hashable, CustomStringConvertible {
             portText = text[text.index(after: colon)...]
             if host.contains(":") { throw ValueError("\"\(text)\": put IPv6 addresses in brackets, as [\(host)]:\(portText)") }
         }
-        guard let port = Int(portText), (1...65535).contains(port) else {
-            throw ValueError("\"\(portText)\" is not a port number (1-65535)")
+        guard let port = Int(portText), ((allowPortZero ? 0 : 1)...65535).contains(port) else {
+            throw ValueError("\"\(portText)\" is not a port number (\(allowPortZero ? 0 : 1)-65535)")
         }
         guard !host.isEmpty, isValidHostName(host) else { throw ValueError("\"\(host)\" is not a valid host name or address") }
         return HostPort(host: String(host), port: port)
@@ -131,16 +138,12 @@ public struct BindAddress: Sendable, Hashable, CustomStringConvertible {
     public func socketAddress() throws -> SocketAddress { try SocketAddress(ipAddress: host, port: port) }
 
     public static func parse(_ text: String) throws -> BindAddress {
-        let parsed: HostPort
-        if text.hasSuffix(":0") {
-            parsed = HostPort(host: (try HostPort.parse(String(text.dropLast(2)) + ":1")).host, port: 0)
-        } else {
-            parsed = try HostPort.parse(text)
-        }
-        guard parsed.isIPLiteral else {
+        let parsed = try HostPort.parse(text, allowPortZero: true)
+        // Canonical text (`[::0]` is `::`, `2001:DB8::1` is `2001:db8::1`), so equal addresses compare equal.
+        guard let canonical = try? SocketAddress(ipAddress: parsed.host, port: 0).ipAddress else {
             throw ValueError("\"\(text)\": a listen address must be an IP address, such as 0.0.0.0:\(parsed.port) or [::]:\(parsed.port)")
         }
-        return BindAddress(host: parsed.host, port: parsed.port)
+        return BindAddress(host: canonical, port: parsed.port)
     }
 }
 

@@ -49,7 +49,15 @@ extension GlueHandler {
         }
     }
 
-    private func partnerClosed() { context?.close(promise: nil) }
+    /// The partner is gone: deliver what is still queued for this side, then close it. Closing at once
+    /// would drop the tail of a transfer whose sender closed right after writing it.
+    private func partnerClosed() {
+        guard let context else { return }
+        let channel = context.channel
+        context.writeAndFlush(NIOAny(ByteBuffer())).whenComplete { _ in
+            channel.close(promise: nil)
+        }
+    }
 }
 
 extension GlueHandler: ChannelDuplexHandler {

@@ -57,10 +57,8 @@ public final class StreamForwarder: Sendable {
 
     private func join(client: any Channel, target: any Channel, info: ConnectionInfo) {
         client.eventLoop.preconditionInEventLoop()
-        guard client.isActive else {
-            target.close(promise: nil)
-            return
-        }
+        // The client may not be active yet (a loopback connect can finish before the accepted channel is
+        // registered) or may already be gone; in the latter case this closes the target at once.
         client.closeFuture.whenComplete { _ in target.close(promise: nil) }
         let glue = GlueHandler.matchedPair(metrics: metrics)
         do {
@@ -75,7 +73,15 @@ public final class StreamForwarder: Sendable {
             target.close(promise: nil)
             return
         }
-        client.read()
-        target.read()
+        // Both channels were accepted or connected with autoRead off, so nothing was read before the glue
+        // was in place. From here NIO reads after every read cycle, through the glue's (and filters')
+        // `read` interception, which is where backpressure holds reads back.
+        do {
+            try client.syncOptions?.setOption(.autoRead, value: true)
+            try target.syncOptions?.setOption(.autoRead, value: true)
+        } catch {
+            client.close(promise: nil)
+            target.close(promise: nil)
+        }
     }
 }

@@ -1,0 +1,48 @@
+# `make run` and `make test` work on a fresh Debian 12 machine with the Swift toolchain: each installs the
+# Debian packages it needs first.
+
+SWIFT      ?= swift
+export PATH := $(PATH):/opt/swift/usr/bin
+CONFIG     ?= etc/weir/weir.yaml
+
+# Debian packages by purpose. `make test` needs promtool (package prometheus) to check the exposition.
+RUN_PACKAGES   := ca-certificates
+TEST_PACKAGES  := prometheus iproute2 curl
+BENCH_PACKAGES := haproxy socat iperf3 nginx-light wrk curl python3
+
+.PHONY: run test bench build release clean
+
+# Installs the listed Debian packages that are missing (apt-get update only when something is missing).
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+endef
+
+build:
+	$(SWIFT) build --product weir
+
+release:
+	$(SWIFT) build -c release --product weir
+
+run:
+	$(call apt_install,$(RUN_PACKAGES))
+	$(SWIFT) build -c release --product weir
+	./.build/release/weir validate --config $(CONFIG)
+	exec ./.build/release/weir agent --config $(CONFIG)
+
+test:
+	$(call apt_install,$(TEST_PACKAGES))
+	$(SWIFT) build --build-tests
+	WEIR_BIN=$(CURDIR)/.build/debug/weir $(SWIFT) test --skip-build --no-parallel
+
+bench:
+	$(call apt_install,$(BENCH_PACKAGES))
+	$(SWIFT) build -c release --product weir
+	WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/forward-bench.sh
+
+clean:
+	rm -rf .build

@@ -1,0 +1,151 @@
+import Foundation
+import Testing
+import WeirCore
+import WeirStages
+
+/// Checks across pipelines and files: duplicate ids and listeners on overlapping addresses.
+@Suite struct PipelineConflictTests {
+    @Test func duplicateIDAcrossFilesNamesTheFirstLocation() throws {
+        try ConfigFolder.with { folder in
+            try folder.write("weir.yaml", "log:\n  level: info\n")
+            let a = try folder.write("pipelines.d/a.yaml", "pipelines:\n  web:\n" + tcpForward(listen: "0.0.0.0:8080"))
+            let b = try folder.write(
+                "pipelines.d/b.yaml", "pipelines:\n  other:\n" + tcpForward(listen: "0.0.0.0:9090") + "  web:\n"
+                    + tcpForward(listen: "0.0.0.0:8081"))
+            let errors = loadErrors(folder.mainFile)
+            #expect(errors.map(\.description) == [
+                "\(b):8:3: pipelines.web: duplicate pipeline id \"web\" (first defined at \(a):2:3)"
+            ])
+        }
+    }
+
+    @Test func duplicateIDBetweenMainFileAndDropIn() throws {
+        try ConfigFolder.with { folder in
+            try folder.write("weir.yaml", "pipelines:\n  web:\n" + tcpForward(listen: "0.0.0.0:8080"))
+            let dropIn = try folder.write("pipelines.d/web.yaml", "pipelines:\n  web:\n" + tcpForward(listen: "0.0.0.0:8081"))
+            let errors = loadErrors(folder.mainFile)
+            #expect(errors.map(\.description) == [
+                "\(dropIn):2:3: pipelines.web: duplicate pipeline id \"web\" (first defined at \(folder.mainFile):2:3)"
+            ])
+        }
+    }
+
+    @Test func duplicateOfAnInvalidPipelineIsStillReported() throws {
+        // Every error at once: fixing a.yaml must not reveal a duplicate id that was there all along.
+        try ConfigFolder.with { folder in
+            try folder.write("weir.yaml", "pipelines: {}\n")
+            let a = try folder.write("pipelines.d/a.yaml", "pipelines:\n  web:\n" + tcpForward(listen: "0.0.0.0:70000"))
+            let b = try folder.write("pipelines.d/b.yaml", "pipelines:\n  web:\n" + tcpForward(listen: "0.0.0.0:8081"))
+            let errors = loadErrors(folder.mainFile)
+            #expect(errors.map(\.description) == [
+                "\(a):5:18: pipelines.web.stages[0] (listen.tcp): address: \"70000\" is not a port number (0-65535)",
+                "\(b):2:3: pipelines.web: duplicate pipeline id \"web\" (first defined at \(a):2:3)",
+            ])
+        }
+    }
+
+    @Test func duplicateKeyInOneFileIsAnError() {
+        let errors = pipelineErrors(
+            "pipelines:\n  web:\n" + tcpForward(listen: "0.0.0.0:8080") + "  web:\n" + tcpForward(listen: "0.0.0.0:8081"),
+            name: "dup.yaml")
+        // YAML itself refuses the file; Yams marks the first occurrence of the key.
+        #expect(errors.map(\.description) == ["dup.yaml:2:3: duplicate keys: web"])
+    }
+
+    @Test func overlappingListenersAcrossFiles() throws {
+        try ConfigFolder.with { folder in
+            try folder.write("weir.yaml", "pipelines: {}\n")
+            try folder.write("pipelines.d/a.yaml", "pipelines:\n  web:\n" + tcpForward(listen: "0.0.0.0:8080"))
+            let b = try folder.write("pipelines.d/b.yaml", "pipelines:\n  api:\n" + tcpForward(listen: "127.0.0.1:8080"))
+            let errors = loadErrors(folder.mainFile)
+            #expect(errors.map(\.description) == [
+                "\(b):4:9: pipelines.api.stages[0] (listen.tcp): address 127.0.0.1:8080 overlaps 0.0.0.0:8080 of pipeline \"web\""
+            ])
+        }
+    }
+
+    @Test(arguments: [
+        ("0.0.0.0:8080", "0.0.0.0:8080"),
+        ("127.0.0.1:8080", "127.0.0.1:8080"),
+        ("127.0.0.1:8080", "0.0.0.0:8080"),
+        ("[::]:8080", "127.0.0.1:8080"),
+        ("[::1]:8080", "[::]:8080"),
+    ])
+    func overlappingTCPListenersInOneFile(first: String, second: String) {
+        let errors = pipelineErrors(
+            "pipelines:\n  one:\n" + tcpForward(listen: first) + "  two:\n" + tcpForward(listen: second), name: "o.yaml")
+        #expect(errors.count == 1)
+        #expect(errors.first?.location == WeirCore.SourceLocation(file: "o.yaml", line: 10, column: 9))
+        #expect(errors.first?.path.description == "pipelines.two.stages[0] (listen.tcp)")
+        #expect(errors.first?.message.hasSuffix("of pipeline \"one\"") == true)
+    }
+
+    /// The same address spelled differently still collides: the kernel sees one address.
+    @Test(arguments: [
+        ("[::0]:8080", "127.0.0.1:8080"),
+        ("[0:0:0:0:0:0:0:0]:8080", "[::1]:8080"),
+        ("[0:0::1]:8080", "[::1]:8080"),
+        ("[2001:DB8::1]:8080", "[2001:db8::1]:8080"),
+    ])
+    func differentlySpelledAddressesOverlap(first: String, second: String) {
+        let errors = pipelineErrors(
+            "pipelines:\n  one:\n" + tcpForward(listen: first) + "  two:\n" + tcpForward(listen: second), name: "o.yaml")
+        #expect(errors.map(\.path.description) == ["pipelines.two.stages[0] (listen.tcp)"])
+        #expect(errors.allSatisfy { $0.message.contains(" overlaps ") && $0.message.hasSuffix("of pipeline \"one\"") })
+    }
+
+    @Test(arguments: [
+        ("0.0.0.0:8080", "0.0.0.0:8081"),
+        ("127.0.0.1:8080", "127.0.0.2:8080"),
+        ("127.0.0.1:0", "0.0.0.0:0"),
+    ])
+    func distinctTCPListenersDoNotConflict(first: String, second: String) throws {
+        let pipelines = try loader.loadPipelines(
+            yaml: "pipelines:\n  one:\n" + tcpForward(listen: first) + "  two:\n" + tcpForward(listen: second), name: "o.yaml")
+        #expect(pipelines.map(\.id) == ["one", "two"])
+    }
+
+    @Test func tcpAndUDPMayShareAPort() throws {
+        let pipelines = try loader.loadPipelines(
+            yaml: """
+                pipelines:
+                  dns-tcp:
+                    stages:
+                      - type: listen.tcp
+                        address: 0.0.0.0:53
+                      - type: connect.tcp
+                        addresses: [127.0.0.53:53]
+                  dns-udp:
+                    stages:
+                      - type: listen.udp
+                        address: 0.0.0.0:53
+                      - type: connect.udp
+                        addresses: [127.0.0.53:53]
+
+                """, name: "dns.yaml")
+        #expect(pipelines.map(\.id) == ["dns-tcp", "dns-udp"])
+    }
+
+    @Test func overlappingUDPListeners() {
+        let errors = pipelineErrors(
+            """
+            pipelines:
+              a:
+                stages:
+                  - type: listen.udp
+                    address: 0.0.0.0:5353
+                  - type: connect.udp
+                    addresses: [127.0.0.53:53]
+              b:
+                stages:
+                  - type: listen.udp
+                    address: 10.1.2.3:5353
+                  - type: connect.udp
+                    addresses: [127.0.0.53:53]
+
+            """, name: "u.yaml")
+        #expect(errors.map(\.description) == [
+            "u.yaml:10:9: pipelines.b.stages[0] (listen.udp): address 10.1.2.3:5353 overlaps 0.0.0.0:5353 of pipeline \"a\""
+        ])
+    }
+}

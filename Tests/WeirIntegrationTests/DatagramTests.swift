@@ -1,0 +1,78 @@
+import Foundation
+import Testing
+
+@Suite("UDP forwarding through the real agent", .serialized)
+struct DatagramTests {
+    @Test("Datagrams round-trip per client session; idle sessions expire; a new datagram opens a new one")
+    func roundTripsAndIdleExpiry() throws {
+        let echo = try Backends.udpEcho()
+        defer { try? echo.send(Array("quit".utf8), to: echo.port) }
+        let port = freePort()
+        let agent = try WeirProcess(pipelines: """
+            pipelines:
+              udp:
+                stages:
+                  - type: listen.udp
+                    address: 127.0.0.1:\(port)
+                  - type: connect.udp
+                    addresses: [127.0.0.1:\(echo.port)]
+                    idle_timeout: 1s
+            """)
+        try agent.start()
+        defer { agent.stop() }
+
+        let clientA = try UDPSocket()
+        let clientB = try UDPSocket()
+        for index in 0..<20 {
+            let a = Array("a-\(index)".utf8), b = Array("b-\(index)-longer".utf8)
+            try clientA.send(a, to: port)
+            try clientB.send(b, to: port)
+            let replyA = try #require(clientA.receive())
+            let replyB = try #require(clientB.receive())
+            #expect(replyA.bytes == a)
+            #expect(replyA.port == port, "replies come from the listening address")
+            #expect(replyB.bytes == b)
+        }
+        #expect(try agent.metric("weir_pipeline_connections_total", ["pipeline": "udp"]) == 2)
+        #expect(try agent.metric("weir_pipeline_connections_active", ["pipeline": "udp"]) == 2)
+        let bytesIn = try agent.metric("weir_pipeline_bytes_total", ["pipeline": "udp", "direction": "in"])
+        let expectedIn = (0..<20).reduce(0) { $0 + "a-\($1)".utf8.count + "b-\($1)-longer".utf8.count }
+        #expect(bytesIn == Double(expectedIn))
+
+        let active = try agent.waitForMetric("weir_pipeline_connections_active", ["pipeline": "udp"], timeout: 4) { $0 == 0 }
+        #expect(active == 0, "sessions idle for 1s are closed")
+
+        try clientA.send(Array("again".utf8), to: port)
+        #expect(clientA.receive()?.bytes == Array("again".utf8))
+        #expect(try agent.metric("weir_pipeline_connections_total", ["pipeline": "udp"]) == 3)
+    }
+
+    @Test("A target that answers ICMP unreachable is passed over for the next one")
+    func failoverOnUnreachable() throws {
+        let echo = try Backends.udpEcho()
+        defer { try? echo.send(Array("quit".utf8), to: echo.port) }
+        let dead = try UDPSocket()
+        let deadPort = dead.port
+        _ = consume dead  // closed: the kernel answers port unreachable
+        let port = freePort()
+        let agent = try WeirProcess(pipelines: """
+            pipelines:
+              udp:
+                stages:
+                  - type: listen.udp
+                    address: 127.0.0.1:\(port)
+                  - type: connect.udp
+                    addresses: [127.0.0.1:\(deadPort), 127.0.0.1:\(echo.port)]
+            """)
+        try agent.start()
+        defer { agent.stop() }
+        let client = try UDPSocket(timeout: 1)
+        var answered = false
+        for _ in 0..<5 where !answered {
+            try client.send(Array("ping".utf8), to: port)
+            answered = client.receive()?.bytes == Array("ping".utf8)
+        }
+        #expect(answered)
+        #expect(try agent.metric("weir_pipeline_errors_total", ["pipeline": "udp", "reason": "target_unreachable"]) ?? 0 >= 1)
+    }
+}

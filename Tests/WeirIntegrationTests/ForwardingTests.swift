@@ -1,0 +1,138 @@
+import Foundation
+import Testing
+
+@Suite("TCP forwarding through the real agent", .serialized)
+struct ForwardingTests {
+    static let size = 64 * 1024 * 1024
+
+    @Test("64 MiB each way arrive byte-exact; half-close passes through; byte counters match")
+    func byteExactBothWaysWithHalfClose() throws {
+        let log = BackendLog()
+        let backend = try Backends.verifyThenReply(expectSeed: 1, replySeed: 2, replyBytes: Self.size, log: log)
+        let port = freePort()
+        let agent = try WeirProcess(pipelines: """
+            pipelines:
+              bulk:
+                stages:
+                  - type: listen.tcp
+                    address: 127.0.0.1:\(port)
+                  - type: connect.tcp
+                    addresses: [127.0.0.1:\(backend.port)]
+            """)
+        try agent.start()
+        defer { agent.stop() }
+
+        let client = try TCPClient(port: port)
+        var outgoing = ByteStream(seed: 1)
+        var sent = 0
+        while sent < Self.size {
+            let chunk = min(1 << 20, Self.size - sent)
+            try client.send(outgoing.next(chunk))
+            sent += chunk
+        }
+        client.shutdownWrite()
+
+        var expected = ByteStream(seed: 2)
+        var received = 0
+        var matched = true
+        while true {
+            let chunk = try client.receive()
+            if chunk.isEmpty { break }
+            if matched, chunk != expected.next(chunk.count) { matched = false }
+            received += chunk.count
+        }
+        #expect(log.received == [Self.size])
+        #expect(log.matched == [true])
+        #expect(received == Self.size)
+        #expect(matched)
+
+        let inBytes = try agent.waitForMetric("weir_pipeline_bytes_total", ["pipeline": "bulk", "direction": "in"]) { $0 == Double(Self.size) }
+        let outBytes = try agent.waitForMetric("weir_pipeline_bytes_total", ["pipeline": "bulk", "direction": "out"]) { $0 == Double(Self.size) }
+        #expect(inBytes == Double(Self.size))
+        #expect(outBytes == Double(Self.size))
+        #expect(try agent.metric("weir_pipeline_connections_total", ["pipeline": "bulk"]) == 1)
+        #expect(try agent.waitForMetric("weir_pipeline_connections_active", ["pipeline": "bulk"]) { $0 == 0 } == 0)
+    }
+
+    @Test("A dead first target fails over to the next; a host name is resolved; IPv6 listeners work")
+    func failoverAndNames() throws {
+        let backend = try Backends.greeter("hello from backend\n")
+        let dead = freePort()  // nothing listens here: connection refused
+        let port = freePort()
+        let named = freePort()
+        let agent = try WeirProcess(pipelines: """
+            pipelines:
+              failover:
+                stages:
+                  - type: listen.tcp
+                    address: 127.0.0.1:\(port)
+                  - type: connect.tcp
+                    addresses: [127.0.0.1:\(dead), 127.0.0.1:\(backend.port)]
+                    connect_timeout: 2s
+              named:
+                stages:
+                  - type: listen.tcp
+                    address: "[::1]:\(named)"
+                  - type: connect.tcp
+                    addresses: ["localhost:\(backend.port)"]
+            """)
+        try agent.start()
+        defer { agent.stop() }
+
+        for _ in 0..<3 {
+            let client = try TCPClient(port: port)
+            #expect(String(decoding: try client.receiveAll(), as: UTF8.self) == "hello from backend\n")
+        }
+        let client = try TCPClient(port: named, ipv6: true)
+        #expect(String(decoding: try client.receiveAll(), as: UTF8.self) == "hello from backend\n")
+        #expect(try agent.metric("weir_pipeline_errors_total", ["pipeline": "failover"]) == nil)
+    }
+
+    @Test("When every target is down the client is closed and the error is counted")
+    func allTargetsDown() throws {
+        let port = freePort()
+        let agent = try WeirProcess(pipelines: """
+            pipelines:
+              down:
+                stages:
+                  - type: listen.tcp
+                    address: 127.0.0.1:\(port)
+                  - type: connect.tcp
+                    addresses: [127.0.0.1:\(freePort())]
+            """)
+        try agent.start()
+        defer { agent.stop() }
+        let client = try TCPClient(port: port)
+        #expect(try client.receiveAll().isEmpty)
+        let errors = try agent.waitForMetric(
+            "weir_pipeline_errors_total", ["pipeline": "down", "stage": "connect.tcp", "reason": "connect_failed"]) { $0 == 1 }
+        #expect(errors == 1)
+    }
+
+    @Test("A slow reader does not make the agent buffer: memory stays bounded")
+    func backpressureBoundsMemory() throws {
+        let port = freePort()
+        let backend = try Backends.source(seconds: 4)
+        let agent = try WeirProcess(pipelines: """
+            pipelines:
+              slow:
+                stages:
+                  - type: listen.tcp
+                    address: 127.0.0.1:\(port)
+                  - type: connect.tcp
+                    addresses: [127.0.0.1:\(backend.port)]
+            """)
+        try agent.start()
+        defer { agent.stop() }
+        let baseline = try #require(residentKiB(pid: agent.pid))
+        let client = try TCPClient(port: port)
+        // Read 1 MiB, then stop reading while the backend keeps sending for seconds.
+        _ = try client.receive(exactly: 1 << 20)
+        Thread.sleep(forTimeInterval: 3)
+        let stalled = try #require(residentKiB(pid: agent.pid))
+        let forwarded = try #require(try agent.metric("weir_pipeline_bytes_total", ["pipeline": "slow", "direction": "out"]))
+        // Socket buffers hold a few MiB at most; without backpressure the agent would hold gigabytes.
+        #expect(forwarded < 64 * 1024 * 1024, "forwarded \(forwarded) bytes to a client that stopped reading")
+        #expect(stalled - baseline < 64 * 1024, "RSS grew from \(baseline) KiB to \(stalled) KiB")
+    }
+}

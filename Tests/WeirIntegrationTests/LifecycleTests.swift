@@ -1,0 +1,107 @@
+import Foundation
+import Testing
+
+@Suite("agent lifecycle and metrics endpoint", .serialized)
+struct LifecycleTests {
+    @Test("SIGTERM stops accepting, lets open connections finish, then exits 0")
+    func gracefulShutdownDrains() throws {
+        let echo = try Backends.echo()
+        let port = freePort()
+        let agent = try WeirProcess(pipelines: """
+            pipelines:
+              echo:
+                stages:
+                  - type: listen.tcp
+                    address: 127.0.0.1:\(port)
+                  - type: connect.tcp
+                    addresses: [127.0.0.1:\(echo.port)]
+            """)
+        try agent.start()
+        let open = try TCPClient(port: port)
+        try open.send("one")
+        #expect(try open.receive(exactly: 3) == Array("one".utf8))
+
+        agent.signal(SIGTERM)
+        Thread.sleep(forTimeInterval: 0.5)
+        #expect(agent.waitForExit(timeout: 0) == nil, "the agent waits for the open connection")
+        #expect(throws: SocketError.self, "new connections are refused") { try TCPClient(port: port) }
+        try open.send("two")
+        #expect(try open.receive(exactly: 3) == Array("two".utf8), "the open connection still works while draining")
+        open.shutdownWrite()
+        _ = try open.receiveAll()
+        #expect(agent.waitForExit(timeout: 5) == 0)
+    }
+
+    @Test("SIGTERM closes connections still open after shutdown_grace and exits 0")
+    func graceExpires() throws {
+        let echo = try Backends.echo()
+        let port = freePort()
+        let agent = try WeirProcess(pipelines: """
+            pipelines:
+              echo:
+                stages:
+                  - type: listen.tcp
+                    address: 127.0.0.1:\(port)
+                  - type: connect.tcp
+                    addresses: [127.0.0.1:\(echo.port)]
+            """)
+        try agent.start()
+        let open = try TCPClient(port: port)
+        try open.send("x")
+        _ = try open.receive(exactly: 1)
+        let start = Date()
+        agent.signal(SIGTERM)
+        #expect(agent.waitForExit(timeout: 10) == 0)
+        let waited = Date().timeIntervalSince(start)
+        #expect(waited >= 2.5, "waited \(waited)s of the 3s grace")
+        #expect(try open.receiveAll().isEmpty, "the connection was closed")
+    }
+
+    @Test("/metrics passes promtool check metrics; /healthz answers; unknown paths are 404")
+    func exposition() throws {
+        let echo = try Backends.echo()
+        let port = freePort()
+        let agent = try WeirProcess(pipelines: """
+            pipelines:
+              echo:
+                stages:
+                  - type: listen.tcp
+                    address: 127.0.0.1:\(port)
+                  - type: connect.tcp
+                    addresses: [127.0.0.1:\(echo.port), 127.0.0.1:\(freePort())]
+              failing:
+                stages:
+                  - type: listen.tcp
+                    address: 127.0.0.1:\(freePort())
+                  - type: connect.tcp
+                    addresses: [127.0.0.1:\(freePort())]
+            """)
+        try agent.start()
+        defer { agent.stop() }
+        let client = try TCPClient(port: port)
+        try client.send("ping")
+        _ = try client.receive(exactly: 4)
+
+        #expect(try agent.httpGet("/healthz") == "ok\n")
+        #expect(throws: AgentFailed.self) { try agent.httpGet("/nope") }
+        let exposition = try agent.metrics()
+        for name in ["weir_pipeline_bytes_total", "weir_pipeline_connections_total", "weir_pipeline_connections_active",
+                     "weir_config_reloads_total", "weir_config_last_reload_successful", "weir_config_last_reload_timestamp_seconds"] {
+            #expect(exposition.contains("# TYPE \(name) "), "\(name) missing")
+        }
+
+        let promtool = Process()
+        promtool.executableURL = URL(fileURLWithPath: "/usr/bin/promtool")
+        promtool.arguments = ["check", "metrics"]
+        let input = Pipe(), output = Pipe()
+        promtool.standardInput = input
+        promtool.standardOutput = output
+        promtool.standardError = output
+        try promtool.run()
+        input.fileHandleForWriting.write(Data(exposition.utf8))
+        try input.fileHandleForWriting.close()
+        let report = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        promtool.waitUntilExit()
+        #expect(promtool.terminationStatus == 0, "promtool: \(report)")
+    }
+}

@@ -1,0 +1,144 @@
+import Foundation
+import Testing
+
+@Suite("SIGHUP hot reload", .serialized)
+struct ReloadTests {
+    /// Four pipelines: `keep` (an echo forward that must survive), and `drop`, `change`, a greeter each.
+    struct Setup {
+        let echo: TCPListener
+        let greeterA: TCPListener
+        let greeterB: TCPListener
+        let keepPort = freePort()
+        let dropPort = freePort()
+        let changePort = freePort()
+        let addPort = freePort()
+
+        init() throws {
+            echo = try Backends.echo()
+            greeterA = try Backends.greeter("A")
+            greeterB = try Backends.greeter("B")
+        }
+
+        func pipeline(_ id: String, port: Int, target: Int) -> String {
+            """
+              \(id):
+                stages:
+                  - type: listen.tcp
+                    address: 127.0.0.1:\(port)
+                  - type: connect.tcp
+                    addresses: [127.0.0.1:\(target)]
+
+            """
+        }
+
+        var initial: String {
+            "pipelines:\n" + pipeline("keep", port: keepPort, target: echo.port) + pipeline("drop", port: dropPort, target: greeterA.port)
+                + pipeline("change", port: changePort, target: greeterA.port)
+        }
+
+        var next: String {
+            "pipelines:\n" + pipeline("keep", port: keepPort, target: echo.port) + pipeline("change", port: changePort, target: greeterB.port)
+                + pipeline("add", port: addPort, target: greeterB.port)
+        }
+    }
+
+    func greeting(_ port: Int) throws -> String {
+        String(decoding: try TCPClient(port: port).receiveAll(), as: UTF8.self)
+    }
+
+    func echoes(_ client: TCPClient, _ text: String) throws -> Bool {
+        try client.send(text)
+        return try client.receive(exactly: text.utf8.count) == Array(text.utf8)
+    }
+
+    @Test("A connection on an unchanged pipeline survives a reload that adds, removes and changes others")
+    func unchangedPipelineKeepsConnections() throws {
+        let setup = try Setup()
+        let agent = try WeirProcess(pipelines: setup.initial)
+        try agent.start()
+        defer { agent.stop() }
+
+        let held = try TCPClient(port: setup.keepPort)
+        #expect(try echoes(held, "before reload"))
+        #expect(try greeting(setup.changePort) == "A")
+
+        try agent.writePipelines(setup.next)
+        try agent.reload()
+
+        #expect(try echoes(held, "after reload"), "the open connection of the unchanged pipeline still works")
+        #expect(try greeting(setup.changePort) == "B", "the changed pipeline uses its new target")
+        #expect(try greeting(setup.addPort) == "B", "the added pipeline listens")
+        #expect(throws: SocketError.self, "the removed pipeline no longer listens") { try TCPClient(port: setup.dropPort) }
+        #expect(try agent.metric("weir_config_reloads_total", ["result": "success"]) == 2)
+        #expect(try agent.metric("weir_config_last_reload_successful") == 1)
+        #expect(try agent.metric("weir_pipeline_connections_total", ["pipeline": "drop"]) == nil, "removed pipelines' series go")
+        #expect(try agent.metric("weir_pipeline_connections_total", ["pipeline": "keep"]) == 1)
+    }
+
+    @Test("An invalid configuration leaves the running one untouched and counts a failure")
+    func invalidConfigKeepsRunningOne() throws {
+        let setup = try Setup()
+        let agent = try WeirProcess(pipelines: setup.initial)
+        try agent.start()
+        defer { agent.stop() }
+        let held = try TCPClient(port: setup.keepPort)
+
+        try agent.writePipelines("pipelines:\n  broken:\n    stages:\n      - type: listen.tcp\n        adress: 1.2.3.4:80\n")
+        try agent.reload()
+
+        #expect(try agent.metric("weir_config_reloads_total", ["result": "failure"]) == 1)
+        #expect(try agent.metric("weir_config_last_reload_successful") == 0)
+        #expect(try echoes(held, "still here"))
+        #expect(try greeting(setup.dropPort) == "A")
+        #expect(try greeting(setup.changePort) == "A")
+        #expect(agent.log.contains("unknown key \"adress\""))
+    }
+
+    @Test("A port conflict during reload rolls back to the previous configuration")
+    func portConflictRollsBack() throws {
+        let setup = try Setup()
+        let agent = try WeirProcess(pipelines: setup.initial)
+        try agent.start()
+        defer { agent.stop() }
+        let squatter = try TCPListener(port: setup.addPort)  // someone else holds the new pipeline's port
+
+        try agent.writePipelines(setup.next)
+        try agent.reload()
+
+        #expect(try agent.metric("weir_config_reloads_total", ["result": "failure"]) == 1)
+        #expect(try agent.metric("weir_config_last_reload_successful") == 0)
+        #expect(try greeting(setup.changePort) == "A", "the changed pipeline is back on its old target")
+        #expect(try greeting(setup.dropPort) == "A", "the pipeline to be removed still runs")
+        let held = try TCPClient(port: setup.keepPort)
+        #expect(try echoes(held, "unchanged"))
+        _ = squatter
+
+        // Once the port is free the same reload goes through.
+        squatter.shutdownListener()
+        _ = consume squatter
+        try agent.reload()
+        #expect(try agent.metric("weir_config_reloads_total", ["result": "success"]) == 2)
+        #expect(try greeting(setup.addPort) == "B")
+    }
+
+    @Test("Changing a pipeline but not its listener keeps the socket: no refused connection in between")
+    func changedPipelineAdoptsSocket() throws {
+        let setup = try Setup()
+        let agent = try WeirProcess(pipelines: setup.initial)
+        try agent.start()
+        defer { agent.stop() }
+        let stop = Background<Int> {
+            var refused = 0
+            let end = Date().addingTimeInterval(2)
+            while Date() < end {
+                do { _ = try TCPClient(port: setup.changePort).receiveAll() } catch { refused += 1 }
+            }
+            return refused
+        }
+        Thread.sleep(forTimeInterval: 0.3)
+        try agent.writePipelines(setup.next)
+        try agent.reload()
+        #expect(try stop.value() == 0)
+        #expect(try greeting(setup.changePort) == "B")
+    }
+}

@@ -1,0 +1,135 @@
+import Foundation
+
+/// What a backend saw, filled in from its own threads.
+final class BackendLog: @unchecked Sendable {
+    private let lock = NSLock()
+    private var _received: [Int] = []
+    private var _matched: [Bool] = []
+    private var _windows: [(first: Date, last: Date)] = []
+
+    func record(received: Int, matched: Bool, first: Date = Date(), last: Date = Date()) {
+        lock.lock()
+        defer { lock.unlock() }
+        _received.append(received)
+        _matched.append(matched)
+        _windows.append((first, last))
+    }
+
+    /// Bytes per second over all connections, from the first byte of any to the last byte of any.
+    var receiveRate: Double {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let first = _windows.map(\.first).min(), let last = _windows.map(\.last).max(), last > first else { return 0 }
+        return Double(_received.reduce(0, +)) / last.timeIntervalSince(first)
+    }
+
+    var received: [Int] { lock.lock(); defer { lock.unlock() }; return _received }
+    var matched: [Bool] { lock.lock(); defer { lock.unlock() }; return _matched }
+}
+
+enum Backends {
+    /// Reads until end of stream checking the bytes against `ByteStream(seed: expectSeed)`, then answers
+    /// with `replyBytes` of `ByteStream(seed: replySeed)` and closes. Reaching the reply proves the client's
+    /// half-close arrived while the other direction stayed open.
+    static func verifyThenReply(expectSeed: UInt64, replySeed: UInt64, replyBytes: Int, log: BackendLog) throws -> TCPListener {
+        let listener = try TCPListener()
+        listener.serve { connection in
+            var expected = ByteStream(seed: expectSeed)
+            var total = 0
+            var matched = true
+            while let chunk = try? connection.receive(), !chunk.isEmpty {
+                if matched, chunk != expected.next(chunk.count) { matched = false }
+                total += chunk.count
+            }
+            log.record(received: total, matched: matched)
+            var reply = ByteStream(seed: replySeed)
+            var sent = 0
+            while sent < replyBytes {
+                let size = min(256 * 1024, replyBytes - sent)
+                guard (try? connection.send(reply.next(size))) != nil else { return }
+                sent += size
+            }
+        }
+        return listener
+    }
+
+    /// Echoes everything back until the client closes.
+    static func echo() throws -> TCPListener {
+        let listener = try TCPListener()
+        listener.serve { connection in
+            while let chunk = try? connection.receive(), !chunk.isEmpty {
+                guard (try? connection.send(chunk)) != nil else { return }
+            }
+        }
+        return listener
+    }
+
+    /// Answers every connection with `text` and closes.
+    static func greeter(_ text: String) throws -> TCPListener {
+        let listener = try TCPListener()
+        listener.serve { connection in try? connection.send(text) }
+        return listener
+    }
+
+    /// Sends data as fast as the client takes it, for `seconds`, counting nothing itself.
+    static func source(seconds: Double) throws -> TCPListener {
+        let listener = try TCPListener()
+        listener.serve { connection in
+            let chunk = [UInt8](repeating: 0x5a, count: 64 * 1024)
+            let end = Date().addingTimeInterval(seconds)
+            while Date() < end, (try? connection.send(chunk)) != nil {}
+        }
+        return listener
+    }
+
+    /// Reads and discards everything, recording how many bytes arrived.
+    static func sink(log: BackendLog) throws -> TCPListener {
+        let listener = try TCPListener()
+        listener.serve { connection in
+            var total = 0
+            var first: Date?
+            var last = Date()
+            while let chunk = try? connection.receive(), !chunk.isEmpty {
+                total += chunk.count
+                last = Date()
+                if first == nil { first = last }
+            }
+            log.record(received: total, matched: true, first: first ?? last, last: last)
+        }
+        return listener
+    }
+
+    /// Echoes UDP datagrams back to their sender on a background thread.
+    static func udpEcho() throws -> UDPSocket {
+        let socket = try UDPSocket(timeout: 1)
+        Thread {
+            while true {
+                guard let (bytes, port) = socket.receive() else { continue }
+                if bytes == Array("quit".utf8) { return }
+                try? socket.send(bytes, to: port)
+            }
+        }.start()
+        return socket
+    }
+}
+
+/// Runs `body` on a thread and returns a way to wait for its result, for clients that must run while
+/// the test thread does something else.
+final class Background<T: Sendable>: @unchecked Sendable {
+    private let done = DispatchSemaphore(value: 0)
+    private var result: Result<T, any Error>?
+
+    init(_ body: @escaping @Sendable () throws -> T) {
+        Thread { [self] in
+            result = Result { try body() }
+            done.signal()
+        }.start()
+    }
+
+    func value(timeout: TimeInterval = 30) throws -> T {
+        guard done.wait(timeout: .now() + timeout) == .success, let result else { throw TimedOut() }
+        return try result.get()
+    }
+}
+
+struct TimedOut: Error {}

@@ -1,0 +1,232 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Blocking POSIX sockets for driving the agent from tests, with timeouts so a broken agent fails a test
+/// instead of hanging it.
+struct SocketError: Error, CustomStringConvertible {
+    let description: String
+    init(_ what: String) { description = "\(what): \(String(cString: strerror(errno)))" }
+}
+
+final class TCPClient: @unchecked Sendable {
+    let fd: Int32
+
+    /// Connects to 127.0.0.1:`port` (or [::1] when `ipv6`).
+    init(port: Int, ipv6: Bool = false, timeout: TimeInterval = 10) throws {
+        fd = socket(ipv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw SocketError("socket") }
+        setTimeout(timeout)
+        let result = withLoopbackAddress(port: port, ipv6: ipv6) { connect(fd, $0, $1) }
+        guard result == 0 else {
+            let error = SocketError("connect to port \(port)")
+            close(fd)
+            throw error
+        }
+    }
+
+    init(fd: Int32) { self.fd = fd }
+
+    deinit { close(fd) }
+
+    func setTimeout(_ seconds: TimeInterval) {
+        var tv = timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - Double(Int(seconds))) * 1e6))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    func send(_ bytes: [UInt8]) throws {
+        var offset = 0
+        while offset < bytes.count {
+            let sent = bytes[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            guard sent > 0 else { throw SocketError("send") }
+            offset += sent
+        }
+    }
+
+    func send(_ text: String) throws { try send(Array(text.utf8)) }
+
+    /// Up to `max` bytes; empty at end of stream.
+    func receive(max: Int = 65536) throws -> [UInt8] {
+        var buffer = [UInt8](repeating: 0, count: max)
+        let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, max, 0) }
+        guard count >= 0 else { throw SocketError("recv") }
+        return Array(buffer.prefix(count))
+    }
+
+    /// Reads until end of stream.
+    func receiveAll() throws -> [UInt8] {
+        var all: [UInt8] = []
+        while true {
+            let chunk = try receive()
+            if chunk.isEmpty { return all }
+            all += chunk
+        }
+    }
+
+    /// Reads exactly `count` bytes (fewer only at end of stream).
+    func receive(exactly count: Int) throws -> [UInt8] {
+        var all: [UInt8] = []
+        while all.count < count {
+            let chunk = try receive(max: min(65536, count - all.count))
+            if chunk.isEmpty { break }
+            all += chunk
+        }
+        return all
+    }
+
+    func shutdownWrite() { shutdown(fd, Int32(SHUT_WR)) }
+}
+
+/// A listening TCP socket on loopback.
+final class TCPListener: @unchecked Sendable {
+    let fd: Int32
+    let port: Int
+
+    init(port: Int = 0) throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        guard withLoopbackAddress(port: port, ipv6: false, { bind(fd, $0, $1) }) == 0, listen(fd, 128) == 0 else {
+            let error = SocketError("bind/listen")
+            close(fd)
+            throw error
+        }
+        self.fd = fd
+        self.port = boundPort(fd)
+    }
+
+    deinit { close(fd) }
+
+    func accept(timeout: TimeInterval = 10) throws -> TCPClient {
+        var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&poller, 1, Int32(timeout * 1000)) == 1 else { throw SocketError("accept timed out") }
+        let client = Glibc.accept(fd, nil, nil)
+        guard client >= 0 else { throw SocketError("accept") }
+        let connection = TCPClient(fd: client)
+        connection.setTimeout(timeout)
+        return connection
+    }
+
+    /// Serves every connection on its own thread until the listener is closed.
+    func serve(_ handler: @escaping @Sendable (TCPClient) -> Void) {
+        let thread = Thread { [self] in
+            while true {
+                let client = Glibc.accept(fd, nil, nil)
+                if client < 0 { return }
+                let connection = TCPClient(fd: client)
+                connection.setTimeout(30)
+                Thread { handler(connection) }.start()
+            }
+        }
+        thread.start()
+    }
+
+    func shutdownListener() { shutdown(fd, Int32(SHUT_RDWR)) }
+}
+
+/// A UDP socket on loopback.
+final class UDPSocket: @unchecked Sendable {
+    let fd: Int32
+    let port: Int
+
+    init(port: Int = 0, timeout: TimeInterval = 5) throws {
+        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        guard withLoopbackAddress(port: port, ipv6: false, { bind(fd, $0, $1) }) == 0 else {
+            let error = SocketError("bind udp")
+            close(fd)
+            throw error
+        }
+        self.fd = fd
+        self.port = boundPort(fd)
+        var tv = timeval(tv_sec: Int(timeout), tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    deinit { close(fd) }
+
+    func send(_ bytes: [UInt8], to port: Int) throws {
+        let sent = withLoopbackAddress(port: port, ipv6: false) { address, length in
+            bytes.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, 0, address, length) }
+        }
+        guard sent == bytes.count else { throw SocketError("sendto") }
+    }
+
+    /// One datagram and the sender's port; nil on timeout.
+    func receive() -> (bytes: [UInt8], port: Int)? {
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        var address = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let count = buffer.withUnsafeMutableBytes { raw in
+            withUnsafeMutablePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(fd, raw.baseAddress, 65536, 0, $0, &length) }
+            }
+        }
+        guard count >= 0 else { return nil }
+        return (Array(buffer.prefix(count)), Int(UInt16(bigEndian: address.sin_port)))
+    }
+}
+
+/// A free loopback TCP (and, most likely, UDP) port.
+func freePort() -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    _ = withLoopbackAddress(port: 0, ipv6: false) { bind(fd, $0, $1) }
+    return boundPort(fd)
+}
+
+func boundPort(_ fd: Int32) -> Int {
+    var address = sockaddr_storage()
+    var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+    _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin_port)) }
+    }
+}
+
+func withLoopbackAddress<T>(port: Int, ipv6: Bool, _ body: (UnsafePointer<sockaddr>, socklen_t) -> T) -> T {
+    if ipv6 {
+        var address = sockaddr_in6()
+        address.sin6_family = sa_family_t(AF_INET6)
+        address.sin6_port = in_port_t(UInt16(port).bigEndian)
+        address.sin6_addr = in6addr_loopback
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
+        }
+    }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = in_port_t(UInt16(port).bigEndian)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+}
+
+/// Deterministic pseudo-random bytes, so both ends can check a transfer without keeping a copy. The
+/// sequence does not depend on how it is split into chunks.
+struct ByteStream {
+    private var state: UInt64
+    private var word: UInt64 = 0
+    private var left = 0
+
+    init(seed: UInt64) { state = seed | 1 }
+
+    mutating func next(_ count: Int) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        for index in 0..<count {
+            if left == 0 {
+                state ^= state << 13
+                state ^= state >> 7
+                state ^= state << 17
+                word = state
+                left = 8
+            }
+            out[index] = UInt8(truncatingIfNeeded: word)
+            word >>= 8
+            left -= 1
+        }
+        return out
+    }
+}

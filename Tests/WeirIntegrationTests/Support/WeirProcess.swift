@@ -1,0 +1,179 @@
+import Foundation
+import Testing
+
+/// The real `weir` binary, run against a configuration written to a temporary folder.
+final class WeirProcess: @unchecked Sendable {
+    static var binary: String {
+        if let path = ProcessInfo.processInfo.environment["WEIR_BIN"] { return path }
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().deletingLastPathComponent()
+        return root.appendingPathComponent(".build/debug/weir").path
+    }
+
+    let directory: URL
+    let metricsPort: Int
+    private var process: Process?
+    private let stderrFile: URL
+
+    var configPath: String { directory.appendingPathComponent("weir.yaml").path }
+
+    /// Writes `weir.yaml` with the metrics endpoint on a free port, and `pipelines` as `pipelines.d/main.yaml`.
+    init(pipelines: String, extra: String = "") throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("weir-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory.appendingPathComponent("pipelines.d"), withIntermediateDirectories: true)
+        metricsPort = freePort()
+        stderrFile = directory.appendingPathComponent("stderr.log")
+        let main = """
+            agent:
+              id: test-agent
+              state_dir: \(directory.path)
+              shutdown_grace: 3s
+            metrics:
+              listen: 127.0.0.1:\(metricsPort)
+            log:
+              level: debug
+            \(extra)
+            """
+        try main.write(toFile: configPath, atomically: true, encoding: .utf8)
+        try writePipelines(pipelines)
+    }
+
+    deinit {
+        if let process, process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    func writePipelines(_ yaml: String, file: String = "main.yaml") throws {
+        try yaml.write(to: directory.appendingPathComponent("pipelines.d/\(file)"), atomically: true, encoding: .utf8)
+    }
+
+    /// Starts the agent and waits until `/healthz` answers.
+    func start() throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.arguments = ["agent", "--config", configPath]
+        _ = FileManager.default.createFile(atPath: stderrFile.path, contents: nil)
+        process.standardError = try FileHandle(forWritingTo: stderrFile)
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        self.process = process
+        let deadline = Date().addingTimeInterval(15)
+        while Date() < deadline {
+            if !process.isRunning { throw AgentFailed(log: log) }
+            if (try? httpGet("/healthz")) != nil { return }
+            usleep(50_000)
+        }
+        throw AgentFailed(log: "agent did not become healthy\n" + log)
+    }
+
+    var pid: Int32 { process?.processIdentifier ?? 0 }
+
+    var log: String { (try? String(contentsOf: stderrFile, encoding: .utf8)) ?? "" }
+
+    func signal(_ signal: Int32) { if let process { kill(process.processIdentifier, signal) } }
+
+    /// Sends SIGHUP and waits until the reload counter moves.
+    func reload() throws {
+        let before = reloadCount()
+        signal(SIGHUP)
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline {
+            if reloadCount() > before { return }
+            usleep(50_000)
+        }
+        throw AgentFailed(log: "reload did not complete\n" + log)
+    }
+
+    private func reloadCount() -> Double {
+        let metrics = (try? self.metrics()) ?? ""
+        return (value(in: metrics, "weir_config_reloads_total", ["result": "success"]) ?? 0)
+            + (value(in: metrics, "weir_config_reloads_total", ["result": "failure"]) ?? 0)
+    }
+
+    /// Waits for the process to end; nil if it is still running after `timeout`.
+    func waitForExit(timeout: TimeInterval) -> Int32? {
+        guard let process else { return nil }
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning, Date() < deadline { usleep(20_000) }
+        return process.isRunning ? nil : process.terminationStatus
+    }
+
+    func stop() {
+        signal(SIGTERM)
+        if waitForExit(timeout: 10) == nil { signal(SIGKILL) }
+    }
+
+    func metrics() throws -> String { try httpGet("/metrics") }
+
+    /// A sample's value from the exposition, matching every given label.
+    func metric(_ name: String, _ labels: [String: String] = [:]) throws -> Double? {
+        value(in: try metrics(), name, labels)
+    }
+
+    /// Polls until the sample satisfies `condition`, for counters updated asynchronously.
+    func waitForMetric(_ name: String, _ labels: [String: String] = [:], timeout: TimeInterval = 5, _ condition: (Double?) -> Bool) throws -> Double? {
+        let deadline = Date().addingTimeInterval(timeout)
+        var current = try metric(name, labels)
+        while !condition(current), Date() < deadline {
+            usleep(50_000)
+            current = try metric(name, labels)
+        }
+        return current
+    }
+
+    func httpGet(_ path: String) throws -> String {
+        let client = try TCPClient(port: metricsPort, timeout: 5)
+        try client.send("GET \(path) HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        let response = String(decoding: try client.receiveAll(), as: UTF8.self)
+        guard response.hasPrefix("HTTP/1.1 200"), let split = response.range(of: "\r\n\r\n") else {
+            throw AgentFailed(log: "GET \(path): \(response.prefix(200))")
+        }
+        return String(response[split.upperBound...])
+    }
+}
+
+struct AgentFailed: Error, CustomStringConvertible {
+    let log: String
+    var description: String { "weir agent failed:\n\(log)" }
+}
+
+/// Parses one sample of the Prometheus text format.
+func value(in exposition: String, _ name: String, _ labels: [String: String]) -> Double? {
+    for line in exposition.split(separator: "\n") where line.hasPrefix(name) && !line.hasPrefix("#") {
+        let rest = line.dropFirst(name.count)
+        guard rest.first == "{" || rest.first == " " else { continue }
+        var sampleLabels: [String: String] = [:]
+        if rest.first == "{", let close = rest.firstIndex(of: "}") {
+            for pair in rest[rest.index(after: rest.startIndex)..<close].split(separator: ",") {
+                let parts = pair.split(separator: "=", maxSplits: 1)
+                if parts.count == 2 { sampleLabels[String(parts[0])] = String(parts[1].dropFirst().dropLast()) }
+            }
+        }
+        guard labels.allSatisfy({ sampleLabels[$0.key] == $0.value }) else { continue }
+        return line.split(separator: " ").last.flatMap { Double($0) }
+    }
+    return nil
+}
+
+/// Runs `weir` with arguments and returns its exit status and combined output.
+func runWeir(_ arguments: [String]) throws -> (status: Int32, output: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: WeirProcess.binary)
+    process.arguments = arguments
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = pipe
+    try process.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
+/// Resident memory of a process in KiB.
+func residentKiB(pid: Int32) -> Int? {
+    guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
+    for line in status.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+        return Int(line.split(separator: " ", omittingEmptySubsequences: true)[1])
+    }
+    return nil
+}
