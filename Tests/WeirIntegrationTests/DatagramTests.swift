@@ -76,3 +76,37 @@ struct DatagramTests {
         #expect(try agent.metric("weir_pipeline_errors_total", ["pipeline": "udp", "reason": "target_unreachable"]) ?? 0 >= 1)
     }
 }
+
+@Suite("limit.bandwidth on UDP", .serialized)
+struct DatagramLimitTests {
+    @Test("Datagrams beyond the bucket are dropped, not queued")
+    func policesDatagrams() throws {
+        let echo = try Backends.udpEcho()
+        defer { try? echo.send(Array("quit".utf8), to: echo.port) }
+        let port = freePort()
+        let agent = try WeirProcess(pipelines: """
+            pipelines:
+              policed:
+                stages:
+                  - type: listen.udp
+                    address: 127.0.0.1:\(port)
+                  - type: limit.bandwidth
+                    rate: 8KiB/s
+                    burst: 32768
+                  - type: connect.udp
+                    addresses: [127.0.0.1:\(echo.port)]
+            """)
+        try agent.start()
+        defer { agent.stop() }
+        let client = try UDPSocket(timeout: 1)
+        let datagram = [UInt8](repeating: 7, count: 1024)
+        for _ in 0..<128 { try client.send(datagram, to: port) }
+        var echoed = 0
+        while client.receive() != nil { echoed += 1 }
+        // A 32 KiB bucket passes 32 datagrams of 1 KiB (plus the one that may take it into debt, plus what
+        // refills at 8 KiB/s while they are sent); the rest of the 128 are dropped.
+        let admitted = Int(try #require(try agent.metric("weir_pipeline_bytes_total", ["pipeline": "policed", "direction": "in"]))) / 1024
+        #expect((32...40).contains(admitted), "\(admitted) of 128 datagrams admitted")
+        #expect((32...admitted).contains(echoed), "\(echoed) echoes of \(admitted) admitted datagrams")
+    }
+}

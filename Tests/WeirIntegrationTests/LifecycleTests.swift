@@ -57,6 +57,23 @@ struct LifecycleTests {
         #expect(try open.receiveAll().isEmpty, "the connection was closed")
     }
 
+    @Test("log.format json writes one JSON object per line to stderr")
+    func jsonLogs() throws {
+        let agent = try WeirProcess(pipelines: "pipelines: {}\n", extra: "")
+        try String(contentsOfFile: agent.configPath, encoding: .utf8)
+            .replacingOccurrences(of: "level: debug", with: "level: info\n  format: json")
+            .write(toFile: agent.configPath, atomically: true, encoding: .utf8)
+        try agent.start()
+        agent.stop()
+        let lines = agent.log.split(separator: "\n").filter { !$0.isEmpty }
+        #expect(!lines.isEmpty)
+        for line in lines {
+            let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            #expect(object?["level"] != nil && object?["message"] != nil, "\(line)")
+        }
+        #expect(lines.contains { $0.contains("\"message\":\"agent started\"") })
+    }
+
     @Test("/metrics passes promtool check metrics; /healthz answers; unknown paths are 404")
     func exposition() throws {
         let echo = try Backends.echo()
