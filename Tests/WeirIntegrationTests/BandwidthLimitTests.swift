@@ -7,18 +7,9 @@ struct BandwidthLimitTests {
     static let seconds = 3.0
 
     func agent(per: String, backend: Int, port: Int) throws -> WeirProcess {
-        try WeirProcess(pipelines: """
-            pipelines:
-              limited:
-                stages:
-                  - type: listen.tcp
-                    address: 127.0.0.1:\(port)
-                  - type: limit.bandwidth
-                    rate: 4MiB/s
-                    per: \(per)
-                  - type: connect.tcp
-                    addresses: [127.0.0.1:\(backend)]
-            """)
+        try WeirProcess(pipelines: tcpForward(
+            "limited", port: port, to: [backend],
+            extraStages: "      - type: limit.bandwidth\n        rate: 4MiB/s\n        per: \(per)\n"))
     }
 
     /// Sends as fast as possible for `seconds`, then waits until the backend has read everything.

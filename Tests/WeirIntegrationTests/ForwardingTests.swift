@@ -10,15 +10,7 @@ struct ForwardingTests {
         let log = BackendLog()
         let backend = try Backends.verifyThenReply(expectSeed: 1, replySeed: 2, replyBytes: Self.size, log: log)
         let port = freePort()
-        let agent = try WeirProcess(pipelines: """
-            pipelines:
-              bulk:
-                stages:
-                  - type: listen.tcp
-                    address: 127.0.0.1:\(port)
-                  - type: connect.tcp
-                    addresses: [127.0.0.1:\(backend.port)]
-            """)
+        let agent = try WeirProcess(pipelines: tcpForward("bulk", port: port, to: [backend.port]))
         try agent.start()
         defer { agent.stop() }
 
@@ -91,15 +83,7 @@ struct ForwardingTests {
     @Test("When every target is down the client is closed and the error is counted")
     func allTargetsDown() throws {
         let port = freePort()
-        let agent = try WeirProcess(pipelines: """
-            pipelines:
-              down:
-                stages:
-                  - type: listen.tcp
-                    address: 127.0.0.1:\(port)
-                  - type: connect.tcp
-                    addresses: [127.0.0.1:\(freePort())]
-            """)
+        let agent = try WeirProcess(pipelines: tcpForward("down", port: port, to: [freePort()]))
         try agent.start()
         defer { agent.stop() }
         let client = try TCPClient(port: port)
@@ -113,15 +97,7 @@ struct ForwardingTests {
     func backpressureBoundsMemory() throws {
         let port = freePort()
         let backend = try Backends.source(seconds: 4)
-        let agent = try WeirProcess(pipelines: """
-            pipelines:
-              slow:
-                stages:
-                  - type: listen.tcp
-                    address: 127.0.0.1:\(port)
-                  - type: connect.tcp
-                    addresses: [127.0.0.1:\(backend.port)]
-            """)
+        let agent = try WeirProcess(pipelines: tcpForward("slow", port: port, to: [backend.port]))
         try agent.start()
         defer { agent.stop() }
         let baseline = try #require(residentKiB(pid: agent.pid))

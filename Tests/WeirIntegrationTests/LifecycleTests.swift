@@ -7,15 +7,7 @@ struct LifecycleTests {
     func gracefulShutdownDrains() throws {
         let echo = try Backends.echo()
         let port = freePort()
-        let agent = try WeirProcess(pipelines: """
-            pipelines:
-              echo:
-                stages:
-                  - type: listen.tcp
-                    address: 127.0.0.1:\(port)
-                  - type: connect.tcp
-                    addresses: [127.0.0.1:\(echo.port)]
-            """)
+        let agent = try WeirProcess(pipelines: tcpForward("echo", port: port, to: [echo.port]))
         try agent.start()
         let open = try TCPClient(port: port)
         try open.send("one")
@@ -36,15 +28,7 @@ struct LifecycleTests {
     func graceExpires() throws {
         let echo = try Backends.echo()
         let port = freePort()
-        let agent = try WeirProcess(pipelines: """
-            pipelines:
-              echo:
-                stages:
-                  - type: listen.tcp
-                    address: 127.0.0.1:\(port)
-                  - type: connect.tcp
-                    addresses: [127.0.0.1:\(echo.port)]
-            """)
+        let agent = try WeirProcess(pipelines: tcpForward("echo", port: port, to: [echo.port]))
         try agent.start()
         let open = try TCPClient(port: port)
         try open.send("x")
@@ -78,21 +62,9 @@ struct LifecycleTests {
     func exposition() throws {
         let echo = try Backends.echo()
         let port = freePort()
-        let agent = try WeirProcess(pipelines: """
-            pipelines:
-              echo:
-                stages:
-                  - type: listen.tcp
-                    address: 127.0.0.1:\(port)
-                  - type: connect.tcp
-                    addresses: [127.0.0.1:\(echo.port), 127.0.0.1:\(freePort())]
-              failing:
-                stages:
-                  - type: listen.tcp
-                    address: 127.0.0.1:\(freePort())
-                  - type: connect.tcp
-                    addresses: [127.0.0.1:\(freePort())]
-            """)
+        let agent = try WeirProcess(
+            pipelines: "pipelines:\n" + tcpForwardEntry("echo", port: port, to: [echo.port, freePort()])
+                + tcpForwardEntry("failing", port: freePort(), to: [freePort()]))
         try agent.start()
         defer { agent.stop() }
         let client = try TCPClient(port: port)

@@ -20,15 +20,7 @@ struct ReloadTests {
         }
 
         func pipeline(_ id: String, port: Int, target: Int) -> String {
-            """
-              \(id):
-                stages:
-                  - type: listen.tcp
-                    address: 127.0.0.1:\(port)
-                  - type: connect.tcp
-                    addresses: [127.0.0.1:\(target)]
-
-            """
+            tcpForwardEntry(id, port: port, to: [target])
         }
 
         var initial: String {

@@ -177,3 +177,24 @@ func residentKiB(pid: Int32) -> Int? {
     }
     return nil
 }
+
+/// A drop-in with one TCP forward pipeline: `listen.tcp` on 127.0.0.1:`port` to the given loopback ports.
+func tcpForward(_ id: String, port: Int, to targets: [Int], extraStages: String = "") -> String {
+    """
+    pipelines:
+    \(tcpForwardEntry(id, port: port, to: targets, extraStages: extraStages))
+    """
+}
+
+/// One pipeline entry of a `pipelines:` map, indented to sit under it.
+func tcpForwardEntry(_ id: String, port: Int, to targets: [Int], extraStages: String = "") -> String {
+    """
+      \(id):
+        stages:
+          - type: listen.tcp
+            address: 127.0.0.1:\(port)
+    \(extraStages)      - type: connect.tcp
+            addresses: [\(targets.map { "127.0.0.1:\($0)" }.joined(separator: ", "))]
+
+    """
+}
