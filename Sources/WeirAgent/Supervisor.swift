@@ -31,13 +31,6 @@ public actor Supervisor {
         self.logger = logger
     }
 
-    public var pipelineIDs: [String] { running.keys.sorted() }
-
-    /// The listening address of a running pipeline (useful with port 0).
-    public func localAddress(of pipeline: String) -> SocketAddress? {
-        running[pipeline]?.socket?.channel?.localAddress
-    }
-
     @discardableResult
     public func apply(_ config: AgentConfig) async throws(ApplyError) -> ReloadPlan {
         let old = running.values.map(\.spec)

@@ -119,8 +119,6 @@ public final class ConfigMapping {
         self.entries = entries
     }
 
-    public var keys: [String] { entries.map(\.key) }
-
     /// The value under `key`, or nil when absent. Marks the key as known.
     public func optional(_ key: String) -> ConfigValue? {
         consumed.insert(key)

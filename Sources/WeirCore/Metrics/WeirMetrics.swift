@@ -63,10 +63,6 @@ public final class PipelineMetrics: Sendable {
             help: "Client connections (TCP) or sessions (UDP) open now.")
     }
 
-    public func bytes(_ direction: TrafficDirection) -> Prometheus.Counter {
-        direction == .in ? bytesIn : bytesOut
-    }
-
     /// Counts one error of `reason` in the stage named `stage` (its type, e.g. `connect.tcp`).
     public func error(stage: String, reason: String) {
         let key = stage + "\u{0}" + reason
