@@ -51,9 +51,11 @@ public actor Agent: Service {
         }
         WeirLogHandler.settings.update(level: config.logLevel, format: config.logFormat)
         do {
-            try await applyMetricsListen(config.metricsListen)
+            // Pipelines first: once /healthz answers, every pipeline is serving.
             try await supervisor.apply(config)
+            try await applyMetricsListen(config.metricsListen)
         } catch {
+            await supervisor.shutdown()
             throw StartError.startFailed(error)
         }
         recordReload(success: true)

@@ -8,15 +8,17 @@ struct ReloadTests {
         let echo: TCPListener
         let greeterA: TCPListener
         let greeterB: TCPListener
-        let keepPort = freePort()
-        let dropPort = freePort()
-        let changePort = freePort()
-        let addPort = freePort()
+        let keepPort: Int
+        let dropPort: Int
+        let changePort: Int
+        let addPort: Int
 
         init() throws {
+            // Backends bind first, so the free ports picked next cannot be one of theirs.
             echo = try Backends.echo()
             greeterA = try Backends.greeter("A")
             greeterB = try Backends.greeter("B")
+            (keepPort, dropPort, changePort, addPort) = (freePort(), freePort(), freePort(), freePort())
         }
 
         func pipeline(_ id: String, port: Int, target: Int) -> String {
