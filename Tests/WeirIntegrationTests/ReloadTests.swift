@@ -115,6 +115,34 @@ struct ReloadTests {
         #expect(try greeting(setup.addPort) == "B")
     }
 
+    @Test("metrics.listen moves on reload; a new address that is taken keeps the old endpoint")
+    func metricsEndpointMoves() throws {
+        let agent = try WeirProcess(pipelines: "pipelines: {}\n")
+        try agent.start()
+        defer { agent.stop() }
+        let oldPort = agent.metricsPort
+        let main = try String(contentsOfFile: agent.configPath, encoding: .utf8)
+
+        let squatter = try TCPListener()
+        try main.replacingOccurrences(of: "127.0.0.1:\(oldPort)", with: "127.0.0.1:\(squatter.port)")
+            .write(toFile: agent.configPath, atomically: true, encoding: .utf8)
+        try agent.reload()
+        #expect(try agent.metric("weir_config_reloads_total", ["result": "failure"]) == 1, "the old endpoint still answers")
+
+        let newPort = freePort()
+        try main.replacingOccurrences(of: "127.0.0.1:\(oldPort)", with: "127.0.0.1:\(newPort)")
+            .write(toFile: agent.configPath, atomically: true, encoding: .utf8)
+        agent.signal(SIGHUP)
+        var moved = false
+        for _ in 0..<100 where !moved {
+            usleep(50_000)
+            moved = (try? TCPClient(port: newPort, timeout: 1)) != nil
+        }
+        #expect(moved, "the endpoint listens on the new address")
+        #expect(throws: SocketError.self, "and no longer on the old one") { try TCPClient(port: oldPort) }
+        _ = squatter
+    }
+
     @Test("Changing a pipeline but not its listener keeps the socket: no refused connection in between")
     func changedPipelineAdoptsSocket() throws {
         let setup = try Setup()
