@@ -5,19 +5,9 @@ import Testing
 struct DatagramTests {
     @Test("Datagrams round-trip per client session; idle sessions expire; a new datagram opens a new one")
     func roundTripsAndIdleExpiry() throws {
-        let echo = try Backends.udpEcho()
-        defer { try? echo.send(Array("quit".utf8), to: echo.port) }
+        let echo = try UDPEchoServer()
         let port = freePort()
-        let agent = try WeirProcess(pipelines: """
-            pipelines:
-              udp:
-                stages:
-                  - type: listen.udp
-                    address: 127.0.0.1:\(port)
-                  - type: connect.udp
-                    addresses: [127.0.0.1:\(echo.port)]
-                    idle_timeout: 1s
-            """)
+        let agent = try WeirProcess(pipelines: udpForward("udp", port: port, to: [echo.port], connectOptions: "        idle_timeout: 1s"))
         try agent.start()
         defer { agent.stop() }
 
@@ -49,21 +39,12 @@ struct DatagramTests {
 
     @Test("A target that answers ICMP unreachable is passed over for the next one")
     func failoverOnUnreachable() throws {
-        let echo = try Backends.udpEcho()
-        defer { try? echo.send(Array("quit".utf8), to: echo.port) }
+        let echo = try UDPEchoServer()
         let dead = try UDPSocket()
         let deadPort = dead.port
         _ = consume dead  // closed: the kernel answers port unreachable
         let port = freePort()
-        let agent = try WeirProcess(pipelines: """
-            pipelines:
-              udp:
-                stages:
-                  - type: listen.udp
-                    address: 127.0.0.1:\(port)
-                  - type: connect.udp
-                    addresses: [127.0.0.1:\(deadPort), 127.0.0.1:\(echo.port)]
-            """)
+        let agent = try WeirProcess(pipelines: udpForward("udp", port: port, to: [deadPort, echo.port]))
         try agent.start()
         defer { agent.stop() }
         let client = try UDPSocket(timeout: 1)
@@ -81,21 +62,11 @@ struct DatagramTests {
 struct DatagramLimitTests {
     @Test("Datagrams beyond the bucket are dropped, not queued")
     func policesDatagrams() throws {
-        let echo = try Backends.udpEcho()
-        defer { try? echo.send(Array("quit".utf8), to: echo.port) }
+        let echo = try UDPEchoServer()
         let port = freePort()
-        let agent = try WeirProcess(pipelines: """
-            pipelines:
-              policed:
-                stages:
-                  - type: listen.udp
-                    address: 127.0.0.1:\(port)
-                  - type: limit.bandwidth
-                    rate: 8KiB/s
-                    burst: 32768
-                  - type: connect.udp
-                    addresses: [127.0.0.1:\(echo.port)]
-            """)
+        let agent = try WeirProcess(pipelines: udpForward(
+            "policed", port: port, to: [echo.port],
+            extraStages: "      - type: limit.bandwidth\n        rate: 8KiB/s\n        burst: 32768\n"))
         try agent.start()
         defer { agent.stop() }
         let client = try UDPSocket(timeout: 1)

@@ -99,9 +99,16 @@ enum Backends {
         return listener
     }
 
-    /// Echoes UDP datagrams back to their sender on a background thread.
-    static func udpEcho() throws -> UDPSocket {
+}
+
+/// Echoes UDP datagrams back to their sender on a background thread, until released.
+final class UDPEchoServer: @unchecked Sendable {
+    private let socket: UDPSocket
+    var port: Int { socket.port }
+
+    init() throws {
         let socket = try UDPSocket(timeout: 1)
+        self.socket = socket
         Thread {
             while true {
                 guard let (bytes, port) = socket.receive() else { continue }
@@ -109,8 +116,9 @@ enum Backends {
                 try? socket.send(bytes, to: port)
             }
         }.start()
-        return socket
     }
+
+    deinit { try? socket.send(Array("quit".utf8), to: socket.port) }
 }
 
 /// Runs `body` on a thread and returns a way to wait for its result, for clients that must run while

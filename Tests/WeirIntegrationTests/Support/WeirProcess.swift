@@ -198,3 +198,17 @@ func tcpForwardEntry(_ id: String, port: Int, to targets: [Int], extraStages: St
 
     """
 }
+
+/// A drop-in with one UDP forward pipeline; `connectOptions` are extra `connect.udp` lines.
+func udpForward(_ id: String, port: Int, to targets: [Int], extraStages: String = "", connectOptions: String = "") -> String {
+    """
+    pipelines:
+      \(id):
+        stages:
+          - type: listen.udp
+            address: 127.0.0.1:\(port)
+    \(extraStages)      - type: connect.udp
+            addresses: [\(targets.map { "127.0.0.1:\($0)" }.joined(separator: ", "))]
+    \(connectOptions)
+    """
+}
