@@ -66,7 +66,7 @@ struct PipelineCollector {
         let stageValue = ConfigValue(node: item.node, file: item.file, path: item.path.enteringStage(type: type), sink: sink)
         guard let options = stageValue.mapping else { return nil }
         _ = options.optional("type")
-        let decoded = configType.decodeErased(options)
+        let decoded = configType.decode(options)
         options.finish()
         guard let decoded else { return nil }
         return StageSpec(index: index, type: type, location: item.location, fingerprint: item.node.fingerprint, config: decoded)

@@ -66,12 +66,3 @@ public struct StageContext: Sendable {
         self.metrics = metrics
     }
 }
-
-extension StageConfig {
-    /// `decode`, type-erased: calling `decode` through an `any StageConfig.Type` directly crashes the
-    /// Swift 6.3 compiler when the optional `Self` is opened.
-    static func decodeErased(_ options: ConfigMapping) -> (any StageConfig)? {
-        guard let decoded = decode(options) else { return nil }
-        return decoded
-    }
-}
