@@ -39,23 +39,20 @@ extension GlueHandler {
         }
     }
 
-    /// Half-closes this side once every queued write is out: NIO escalates an output shutdown to a full
-    /// close (dropping queued writes) when input is already shut, so the flush must come first.
-    private func partnerInputClosed() {
-        guard let context else { return }
-        let channel = context.channel
-        context.writeAndFlush(NIOAny(ByteBuffer())).whenComplete { _ in
-            channel.close(mode: .output, promise: nil)
-        }
-    }
+    /// The partner's input ended: half-close this side's output.
+    private func partnerInputClosed() { closeAfterQueuedWrites(mode: .output) }
 
-    /// The partner is gone: deliver what is still queued for this side, then close it. Closing at once
-    /// would drop the tail of a transfer whose sender closed right after writing it.
-    private func partnerClosed() {
+    /// The partner is gone: close this side.
+    private func partnerClosed() { closeAfterQueuedWrites(mode: .all) }
+
+    /// Closes once every write queued for this side is out. Closing at once would drop the tail of a
+    /// transfer whose sender closed right after writing it — also for a half-close, because NIO escalates
+    /// an output shutdown to a full close (dropping queued writes) when input is already shut.
+    private func closeAfterQueuedWrites(mode: CloseMode) {
         guard let context else { return }
         let channel = context.channel
         context.writeAndFlush(NIOAny(ByteBuffer())).whenComplete { _ in
-            channel.close(promise: nil)
+            channel.close(mode: mode, promise: nil)
         }
     }
 }
