@@ -34,6 +34,24 @@ let package = Package(
             ],
             path: "Sources/WeirCore"
         ),
+        // libbpf from the system, and the small C layer over it that the eBPF stages use.
+        .systemLibrary(
+            name: "CLibbpf",
+            path: "Sources/CLibbpf",
+            pkgConfig: "libbpf",
+            providers: [.apt(["libbpf-dev"])]
+        ),
+        .target(
+            name: "CWeirBPF",
+            dependencies: ["CLibbpf"],
+            path: "Sources/CWeirBPF"
+        ),
+        // Compiles bpf/*.bpf.c with clang's BPF target and embeds the objects in the target that uses it.
+        .plugin(
+            name: "BPFObjectPlugin",
+            capability: .buildTool(),
+            path: "Plugins/BPFObjectPlugin"
+        ),
         // Stage families, one target each.
         .target(
             name: "WeirListeners",
@@ -56,10 +74,18 @@ let package = Package(
             exclude: ["bandwidth/README.md"],
             resources: [.embedInCode("bandwidth/limit.bandwidth.sample.yaml")]
         ),
+        .target(
+            name: "WeirCounters",
+            dependencies: ["WeirCore", "CWeirBPF", .product(name: "Logging", package: "swift-log")],
+            path: "plugins/counters",
+            exclude: ["ebpf/README.md"],
+            resources: [.embedInCode("ebpf/count.ebpf.sample.yaml")],
+            plugins: ["BPFObjectPlugin"]
+        ),
         // The one list of built-in stages.
         .target(
             name: "WeirStages",
-            dependencies: ["WeirCore", "WeirListeners", "WeirConnectors", "WeirLimiters"],
+            dependencies: ["WeirCore", "WeirListeners", "WeirConnectors", "WeirLimiters", "WeirCounters"],
             path: "Sources/WeirStages"
         ),
         // The agent: reload planning and supervision, the metrics endpoint, logging.
@@ -92,7 +118,7 @@ let package = Package(
         ),
         .testTarget(
             name: "WeirPluginTests",
-            dependencies: ["WeirCore", "WeirStages", "WeirLimiters", "WeirListeners", "WeirConnectors"],
+            dependencies: ["WeirCore", "WeirStages", "WeirLimiters", "WeirListeners", "WeirConnectors", "WeirCounters"],
             path: "Tests/WeirPluginTests"
         ),
         .testTarget(

@@ -3,38 +3,78 @@ import NIOConcurrencyHelpers
 import NIOCore
 import WeirCore
 
+/// A service stage and what identifies its behaviour: its own YAML and its listener's, which it may act on.
+/// Equal keys across a reload mean the running instance can simply carry on.
+struct ServiceSlot: Sendable {
+    let key: String
+    let stage: any ServiceStage
+}
+
 /// One running pipeline: its built stages and, for a forward pipeline, its listener socket and forwarder.
 ///
-/// `init` only builds (nothing is acquired); `start` binds or adopts a socket; `stop` releases it.
+/// `init` only builds (nothing is acquired); `start` binds or adopts a socket, the supervisor starts or hands
+/// over the service stages; `stop` releases both.
 final class PipelineRuntime: Sendable {
     let spec: PipelineSpec
     let metrics: PipelineMetrics
     private let owner: ListenerOwner?
     private let listenerStage: (any Stage)?
     private let logger: Logger
+    /// The service stages this runtime is responsible for; some may be handed to a successor on reload.
+    private let serviceSlots: NIOLockedValueBox<[ServiceSlot]>
 
-    init(spec: PipelineSpec, metrics: PipelineMetrics, logger: Logger) {
+    init(spec: PipelineSpec, metrics: PipelineMetrics, environment: StageEnvironment, logger: Logger) {
         self.spec = spec
         self.metrics = metrics
         self.logger = logger
-        let stages = spec.stages.map { $0.config.makeStage(StageContext(pipeline: spec.id, stageIndex: $0.index, metrics: metrics)) }
+        let listenerConfig = spec.listener?.config as? any ListenerConfig
+        let stages = spec.stages.map {
+            $0.config.makeStage(StageContext(
+                pipeline: spec.id, stageIndex: $0.index, metrics: metrics, listener: listenerConfig, environment: environment))
+        }
         listenerStage = spec.listener.map { stages[$0.index] }
         owner = Self.makeOwner(spec: spec, stages: stages, metrics: metrics, logger: logger)
+        serviceSlots = NIOLockedValueBox(spec.stages.compactMap { stageSpec in
+            guard let service = stages[stageSpec.index] as? any ServiceStage else { return nil }
+            return ServiceSlot(key: stageSpec.fingerprint + "|" + (spec.listener?.fingerprint ?? ""), stage: service)
+        })
+    }
+
+    var services: [ServiceSlot] { serviceSlots.withLockedValue { $0 } }
+
+    /// Removes and returns the services whose keys are in `keys`, for a successor to carry on with.
+    func handOverServices(withKeys keys: Set<String>) -> [ServiceSlot] {
+        serviceSlots.withLockedValue { slots in
+            let handed = slots.filter { keys.contains($0.key) }
+            slots.removeAll { keys.contains($0.key) }
+            return handed
+        }
+    }
+
+    /// Takes running services over (from a predecessor, or back on rollback), replacing the built ones.
+    func takeOverServices(_ handed: [ServiceSlot]) {
+        let keys = Set(handed.map(\.key))
+        serviceSlots.withLockedValue { slots in
+            slots.removeAll { keys.contains($0.key) }
+            slots.append(contentsOf: handed)
+        }
     }
 
     private static func makeOwner(spec: PipelineSpec, stages: [any Stage], metrics: PipelineMetrics, logger: Logger) -> ListenerOwner? {
+        let dataPath = spec.dataPath
         guard let listener = spec.listener, case .listener(let transport) = listener.role,
-            let connectorSpec = spec.stages.last
+            let connectorSpec = dataPath.last
         else { return nil }
-        let middle = stages.dropFirst().dropLast()
+        let middle = dataPath.dropFirst().dropLast().map { stages[$0.index] }
+        let connector = stages[connectorSpec.index]
         switch transport {
         case .stream:
-            guard let connector = stages.last as? any StreamConnector else { return nil }
+            guard let connector = connector as? any StreamConnector else { return nil }
             return .stream(StreamForwarder(
                 pipeline: spec.id, filters: middle.compactMap { $0 as? any StreamFilter }, connector: connector,
                 connectorType: connectorSpec.type, metrics: metrics, logger: logger))
         case .datagram:
-            guard let connector = stages.last as? any DatagramConnector else { return nil }
+            guard let connector = connector as? any DatagramConnector else { return nil }
             return .datagram(DatagramForwarder(
                 pipeline: spec.id, filters: middle.compactMap { $0 as? any DatagramFilter }, connector: connector,
                 connectorType: connectorSpec.type, metrics: metrics, logger: logger))
@@ -96,9 +136,14 @@ final class PipelineRuntime: Sendable {
         if ownsSocket { await socket?.close() }
     }
 
-    /// Stops accepting, then waits up to `grace` for open connections before closing them.
-    func stop(grace: Duration) async {
+    /// Stops accepting and stops the service stages (retiring them too when the pipeline or they left the
+    /// configuration), then waits up to `grace` for open connections before closing them.
+    func stop(grace: Duration, retireServices: Bool) async {
         await closeListener()
+        for slot in services.reversed() {
+            await slot.stage.stop()
+            if retireServices { await slot.stage.retire() }
+        }
         await tracker?.drain(grace: grace)
     }
 }

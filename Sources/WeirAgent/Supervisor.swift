@@ -45,7 +45,8 @@ public actor Supervisor {
         var started: [Start] = []
         for id in plan.toChange + plan.toAdd {
             guard let spec = config.pipeline(id) else { continue }
-            let runtime = PipelineRuntime(spec: spec, metrics: metrics.pipeline(id), logger: logger)
+            let runtime = PipelineRuntime(
+                spec: spec, metrics: metrics.pipeline(id), environment: config.stageEnvironment, logger: logger)
             var start = Start(id: id, runtime: runtime)
             do {
                 if let key = runtime.listenerKey, let predecessor = outgoing.removeValue(forKey: key),
@@ -62,6 +63,7 @@ public actor Supervisor {
                 } else {
                     _ = try await runtime.start(reusing: nil, group: group)
                 }
+                try await startServices(&start, predecessor: running[id])
                 started.append(start)
             } catch {
                 started.append(start)
@@ -87,11 +89,12 @@ public actor Supervisor {
     }
 
     /// Stops accepting everywhere, waits up to the configured grace for open connections, closes the rest.
+    /// Service stages stop but keep their persistent state (pinned maps) for the next start.
     public func shutdown() async {
         let runtimes = Array(running.values)
         running = [:]
         await withTaskGroup(of: Void.self) { group in
-            for runtime in runtimes { group.addTask { await runtime.stop(grace: self.shutdownGrace) } }
+            for runtime in runtimes { group.addTask { await runtime.stop(grace: self.shutdownGrace, retireServices: false) } }
             for task in retiring.values { group.addTask { await task.value } }
         }
         retiring = [:]
@@ -104,10 +107,46 @@ public actor Supervisor {
         var adopted: (socket: ListenerSocket, previousOwner: ListenerOwner?)?
         /// A predecessor whose socket was closed to make room; rollback reopens it.
         var reopen: PipelineRuntime?
+        /// Service stages the new runtime carries on with from its predecessor (same key).
+        var adoptedServices: [ServiceSlot] = []
+        /// The predecessor's other service stages, stopped before the new ones started so the two never
+        /// act at once (counting packets twice); the predecessor's retirement retires them, rollback restarts them.
+        var stoppedServices: [ServiceSlot] = []
+        /// The new runtime's service stages started so far.
+        var startedServices: [ServiceSlot] = []
     }
 
+    /// Hands unchanged service stages over from the predecessor, stops its others, starts the new ones.
+    private func startServices(_ start: inout Start, predecessor: PipelineRuntime?) async throws {
+        let keys = Set(start.runtime.services.map(\.key))
+        if let predecessor {
+            start.adoptedServices = predecessor.handOverServices(withKeys: keys)
+            start.runtime.takeOverServices(start.adoptedServices)
+            start.stoppedServices = predecessor.services
+            for slot in start.stoppedServices { await slot.stage.stop() }
+        }
+        let adopted = Set(start.adoptedServices.map(\.key))
+        for slot in start.runtime.services where !adopted.contains(slot.key) {
+            try await slot.stage.start()
+            start.startedServices.append(slot)
+        }
+    }
+
+    /// Undoes the starts of a failed apply, newest first. Stages started here are stopped but not retired:
+    /// their persistent state may be what the previous configuration, or the next attempt, uses.
     private func rollBack(_ started: [Start]) async {
         for start in started.reversed() {
+            for slot in start.startedServices.reversed() { await slot.stage.stop() }
+            if let predecessor = running[start.id] {
+                predecessor.takeOverServices(start.adoptedServices)
+                for slot in start.stoppedServices {
+                    do {
+                        try await slot.stage.start()
+                    } catch {
+                        logger.error("rollback could not restart a service stage", metadata: ["pipeline": "\(start.id)", "error": "\(error)"])
+                    }
+                }
+            }
             if let (socket, previousOwner) = start.adopted {
                 socket.setOwner(previousOwner)
             } else {
@@ -130,7 +169,7 @@ public actor Supervisor {
         let number = nextRetirement
         nextRetirement += 1
         retiring[number] = Task {
-            await runtime.stop(grace: grace)
+            await runtime.stop(grace: grace, retireServices: true)
             self.retired(number, runtime: runtime, removed: removed)
         }
     }

@@ -1,5 +1,6 @@
 import WeirConnectors
 import WeirCore
+import WeirCounters
 import WeirLimiters
 import WeirListeners
 
@@ -11,5 +12,6 @@ public enum BuiltinStages {
         ConnectTCPConfig.self,
         ConnectUDPConfig.self,
         LimitBandwidthConfig.self,
+        CountEBPFConfig.self,
     ])
 }

@@ -8,6 +8,8 @@ public struct AgentConfig: Sendable {
 
     public var agentID: String
     public var stateDirectory: String
+    /// Where eBPF stages pin their maps, on a bpf filesystem (mounted by the agent when missing).
+    public var bpfPinDirectory: String = AgentConfig.defaultBPFPinDirectory
     /// How long SIGTERM waits for open connections to finish.
     public var shutdownGrace: Duration
     /// Where `/metrics` and `/healthz` are served; nil turns the endpoint off.
@@ -20,8 +22,14 @@ public struct AgentConfig: Sendable {
     public var files: [String]
 
     public static let defaultPath = "/etc/weir/weir.yaml"
+    public static let defaultBPFPinDirectory = "/sys/fs/bpf/weir"
     public static let defaultMetricsListen = "127.0.0.1:9477"
     public static let defaultInclude = ["pipelines.d/*.yaml"]
+
+    /// The settings stages may read.
+    public var stageEnvironment: StageEnvironment {
+        StageEnvironment(stateDirectory: stateDirectory, bpfPinDirectory: bpfPinDirectory)
+    }
 
     public func pipeline(_ id: String) -> PipelineSpec? { pipelines.first { $0.id == id } }
 }

@@ -60,10 +60,11 @@ public struct ConfigLoader: Sendable {
     private func readAgent(_ value: ConfigValue?, into config: inout AgentConfig) {
         guard let agent = value?.mapping else { return }
         if let id = agent.optional("id")?.string { config.agentID = id }
-        if let dir = agent.optional("state_dir") {
-            if let text = dir.string {
-                if text.hasPrefix("/") { config.stateDirectory = text } else { dir.error("state_dir must be an absolute path") }
-            }
+        if let dir = agent.optional("state_dir"), let text = dir.string {
+            if text.hasPrefix("/") { config.stateDirectory = text } else { dir.error("state_dir must be an absolute path") }
+        }
+        if let dir = agent.optional("bpf_pin_dir"), let text = dir.string {
+            if text.hasPrefix("/") { config.bpfPinDirectory = text } else { dir.error("bpf_pin_dir must be an absolute path") }
         }
         if let grace = agent.optional("shutdown_grace")?.parsed(DurationParser.parse) { config.shutdownGrace = grace }
         agent.finish()

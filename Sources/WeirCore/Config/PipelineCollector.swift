@@ -73,6 +73,7 @@ struct PipelineCollector {
     }
 
     /// A forward pipeline is one listener first, one connector last, filters in between, all of one transport.
+    /// Service stages may stand anywhere, including alone.
     private func checkShape(_ stages: [StageSpec], items: [ConfigValue], stagesValue: ConfigValue) {
         func error(at index: Int, _ message: String) {
             let item = items[index]
@@ -81,18 +82,24 @@ struct PipelineCollector {
         }
         var listener: (index: Int, transport: Transport)?
         var connector: (index: Int, transport: Transport)?
+        // Service stages work beside the data path, so "first" and "last" count only the others.
+        let dataPath = stages.filter { $0.role != .service }
         for stage in stages {
             switch stage.role {
             case .listener(let transport):
                 if listener != nil { error(at: stage.index, "a pipeline has at most one listener") }
-                else if stage.index != 0 { error(at: stage.index, "the listener must be the first stage") }
+                else if stage.index != dataPath.first?.index { error(at: stage.index, "the listener must be the first stage") }
                 listener = (stage.index, transport)
             case .connector(let transport):
                 if connector != nil { error(at: stage.index, "a pipeline has at most one connector") }
-                else if stage.index != stages.count - 1 { error(at: stage.index, "the connector must be the last stage") }
+                else if stage.index != dataPath.last?.index { error(at: stage.index, "the connector must be the last stage") }
                 connector = (stage.index, transport)
             case .filter:
                 break
+            case .service:
+                if let first = stages.first(where: { $0.type == stage.type }), first.index != stage.index {
+                    error(at: stage.index, "a pipeline has at most one \(stage.type) stage (the first is stages[\(first.index)])")
+                }
             }
         }
         if let listener, connector == nil {
@@ -103,6 +110,10 @@ struct PipelineCollector {
         }
         if let listener, let connector, listener.transport != connector.transport {
             error(at: connector.index, "\(stages[connector.index].type) cannot carry traffic from \(stages[listener.index].type)")
+        }
+        let listenerConfig = listener.flatMap { stages[$0.index].config as? any ListenerConfig }
+        for stage in stages {
+            if let message = stage.config.placementError(listener: listenerConfig) { error(at: stage.index, message) }
         }
         for stage in stages {
             guard case .filter(let transports) = stage.role else { continue }
@@ -117,8 +128,8 @@ struct PipelineCollector {
     }
 
     private mutating func checkListenerConflict(pipeline: String, stages: [StageSpec], items: [ConfigValue]) {
-        guard let stage = stages.first, let config = stage.config as? any ListenerConfig,
-            case .listener(let transport) = stage.role
+        guard let stage = stages.first(where: { $0.config is any ListenerConfig }),
+            let config = stage.config as? any ListenerConfig, case .listener(let transport) = stage.role
         else { return }
         let address = config.bindAddress
         for taken in listeners where taken.transport == transport && Self.overlaps(taken.address, address) {

@@ -19,6 +19,9 @@ public struct PipelineSpec: Sendable {
     /// Canonical text of the whole pipeline; the reload diff compares these.
     public var fingerprint: String { stages.map(\.fingerprint).joined(separator: "|") }
 
+    /// The stages that carry traffic, in order: listener, filters, connector (service stages left out).
+    public var dataPath: [StageSpec] { stages.filter { $0.role != .service } }
+
     /// The listener, when this is a forward pipeline.
     public var listener: StageSpec? {
         stages.first { if case .listener = $0.role { return true } else { return false } }

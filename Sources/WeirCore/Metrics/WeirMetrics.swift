@@ -6,6 +6,8 @@ import Prometheus
 /// passes `promtool check metrics`; swift-metrics is bootstrapped on the same registry for library metrics.
 public final class WeirMetrics: Sendable {
     public let registry: PrometheusCollectorRegistry
+    /// Families written at scrape time (per-IP counters of eBPF stages).
+    public let collectors = ScrapeCollectors()
 
     public let reloadsSucceeded: Prometheus.Counter
     public let reloadsFailed: Prometheus.Counter
@@ -28,10 +30,14 @@ public final class WeirMetrics: Sendable {
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
     }
 
-    public func pipeline(_ id: String) -> PipelineMetrics { PipelineMetrics(pipeline: id, registry: registry) }
+    public func pipeline(_ id: String) -> PipelineMetrics { PipelineMetrics(pipeline: id, registry: registry, collectors: collectors) }
 
     /// The Prometheus text exposition.
-    public func render() -> [UInt8] { registry.emitToBuffer() }
+    public func render() -> [UInt8] {
+        var output = registry.emitToBuffer()
+        collectors.render(into: &output)
+        return output
+    }
 }
 
 /// The series of one pipeline. Asking the registry again for the same pipeline returns the same series,
@@ -43,13 +49,16 @@ public final class PipelineMetrics: Sendable {
     public let connectionsTotal: Prometheus.Counter
     public let connectionsActive: Prometheus.Gauge
     private let registry: PrometheusCollectorRegistry
+    /// Where stages register scrape-time collectors for this pipeline's series.
+    public let collectors: ScrapeCollectors
     private let errorCounters = NIOLockedValueBox<[String: Prometheus.Counter]>([:])
 
     static let errorsHelp = "Errors by pipeline, stage and reason."
 
-    init(pipeline: String, registry: PrometheusCollectorRegistry) {
+    init(pipeline: String, registry: PrometheusCollectorRegistry, collectors: ScrapeCollectors) {
         self.pipeline = pipeline
         self.registry = registry
+        self.collectors = collectors
         let bytesHelp = "Bytes forwarded; direction in is client to target, out is target to client."
         bytesIn = registry.makeCounter(
             name: "weir_pipeline_bytes_total", labels: [("pipeline", pipeline), ("direction", "in")], help: bytesHelp)

@@ -85,6 +85,20 @@ public protocol DatagramSessionFilter: AnyObject {
     func admit(bytes: Int, direction: TrafficDirection) -> Bool
 }
 
+/// A stage that works beside the data path — kernel counters, firewall rules, shapers — rather than on each
+/// connection. The supervisor starts it with its pipeline and stops it with it; like every stage, building
+/// it acquired nothing.
+public protocol ServiceStage: Stage {
+    /// Acquires and installs what the stage needs. Called again after `stop` when a failed reload puts the
+    /// previous configuration back.
+    func start() async throws
+    /// Removes what `start` installed, keeping state meant to outlive the process (pinned maps), so a restart
+    /// continues where this one stopped. Safe to call when not started.
+    func stop() async
+    /// The stage left the configuration: removes that persistent state too. Called after `stop`.
+    func retire() async
+}
+
 /// `in` is client to target, `out` is target to client — the labels of `weir_pipeline_bytes_total`.
 public enum TrafficDirection: String, Sendable, CaseIterable {
     case `in`

@@ -12,6 +12,9 @@ public enum StageRole: Sendable, Hashable {
     case connector(Transport)
     /// Acts on each connection between listener and connector.
     case filter(Set<Transport>)
+    /// Works beside the data path (a `ServiceStage`): may stand anywhere, at most once per pipeline, and
+    /// alone in a pipeline of its own.
+    case service
 }
 
 /// One documented option of a stage, printed by `weir stages TYPE`.
@@ -44,9 +47,17 @@ public protocol StageConfig: Sendable {
     /// Reads the stage's own keys (`type` is already read). Returns nil after reporting diagnostics.
     static func decode(_ options: ConfigMapping) -> Self?
 
+    /// Checks what depends on the rest of the pipeline; `listener` is the pipeline's listener, if any.
+    /// Returns a message for the stage's location, or nil.
+    func placementError(listener: (any ListenerConfig)?) -> String?
+
     /// Builds the runnable stage. Must not acquire anything (sockets, files, kernel objects): that happens
     /// when the pipeline runs, so validation and rollback never leave traces.
     func makeStage(_ context: StageContext) -> any Stage
+}
+
+extension StageConfig {
+    public func placementError(listener: (any ListenerConfig)?) -> String? { nil }
 }
 
 /// A listener's configuration exposes its address so validation can catch two pipelines on one port.
@@ -54,15 +65,44 @@ public protocol ListenerConfig: StageConfig {
     var bindAddress: BindAddress { get }
 }
 
+extension ListenerConfig {
+    /// TCP or UDP.
+    public var transport: Transport? {
+        if case .listener(let transport) = Self.role { return transport }
+        return nil
+    }
+}
+
+/// Agent-wide settings a stage may need.
+public struct StageEnvironment: Sendable, Equatable {
+    /// `agent.state_dir`.
+    public var stateDirectory: String
+    /// `agent.bpf_pin_dir`: where eBPF stages pin their maps (on a bpf filesystem, mounted when missing).
+    public var bpfPinDirectory: String
+
+    public init(stateDirectory: String = "/var/lib/weir", bpfPinDirectory: String = "/sys/fs/bpf/weir") {
+        self.stateDirectory = stateDirectory
+        self.bpfPinDirectory = bpfPinDirectory
+    }
+}
+
 /// What a stage may know about the pipeline it is built for.
 public struct StageContext: Sendable {
     public let pipeline: String
     public let stageIndex: Int
     public let metrics: PipelineMetrics
+    /// The pipeline's listener, for stages that act on its traffic from beside the data path.
+    public let listener: (any ListenerConfig)?
+    public let environment: StageEnvironment
 
-    public init(pipeline: String, stageIndex: Int, metrics: PipelineMetrics) {
+    public init(
+        pipeline: String, stageIndex: Int, metrics: PipelineMetrics, listener: (any ListenerConfig)? = nil,
+        environment: StageEnvironment = StageEnvironment()
+    ) {
         self.pipeline = pipeline
         self.stageIndex = stageIndex
         self.metrics = metrics
+        self.listener = listener
+        self.environment = environment
     }
 }

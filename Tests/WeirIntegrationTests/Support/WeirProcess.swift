@@ -12,13 +12,16 @@ final class WeirProcess: @unchecked Sendable {
 
     let directory: URL
     let metricsPort: Int
+    /// The network namespace the agent runs in (`ip netns exec`); nil for the test's own.
+    let netns: String?
     private var process: Process?
     private let stderrFile: URL
 
     var configPath: String { directory.appendingPathComponent("weir.yaml").path }
 
     /// Writes `weir.yaml` with the metrics endpoint on a free port, and `pipelines` as `pipelines.d/main.yaml`.
-    init(pipelines: String, extra: String = "") throws {
+    init(pipelines: String, extra: String = "", netns: String? = nil, bpfPinDir: String? = nil) throws {
+        self.netns = netns
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("weir-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory.appendingPathComponent("pipelines.d"), withIntermediateDirectories: true)
         metricsPort = freePort()
@@ -28,6 +31,7 @@ final class WeirProcess: @unchecked Sendable {
               id: test-agent
               state_dir: \(directory.path)
               shutdown_grace: 3s
+            \(bpfPinDir.map { "  bpf_pin_dir: \($0)" } ?? "")
             metrics:
               listen: 127.0.0.1:\(metricsPort)
             log:
@@ -50,8 +54,14 @@ final class WeirProcess: @unchecked Sendable {
     /// Starts the agent and waits until `/healthz` answers.
     func start() throws {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.binary)
-        process.arguments = ["agent", "--config", configPath]
+        if let netns {
+            // `ip netns exec` execs the agent, so the process is the agent and signals reach it.
+            process.executableURL = URL(fileURLWithPath: which("ip") ?? "/usr/sbin/ip")
+            process.arguments = ["netns", "exec", netns, Self.binary, "agent", "--config", configPath]
+        } else {
+            process.executableURL = URL(fileURLWithPath: Self.binary)
+            process.arguments = ["agent", "--config", configPath]
+        }
         _ = FileManager.default.createFile(atPath: stderrFile.path, contents: nil)
         process.standardError = try FileHandle(forWritingTo: stderrFile)
         process.standardOutput = FileHandle.nullDevice
@@ -122,6 +132,11 @@ final class WeirProcess: @unchecked Sendable {
     }
 
     func httpGet(_ path: String) throws -> String {
+        if let netns {
+            let (status, output) = try command([which("ip") ?? "/usr/sbin/ip", "netns", "exec", netns, "curl", "-sf", "--max-time", "5", "http://127.0.0.1:\(metricsPort)\(path)"])
+            guard status == 0 else { throw AgentFailed(log: "GET \(path) in \(netns): curl exit \(status)") }
+            return output
+        }
         let client = try TCPClient(port: metricsPort, timeout: 5)
         try client.send("GET \(path) HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         let response = String(decoding: try client.receiveAll(), as: UTF8.self)
@@ -157,9 +172,14 @@ func value(in exposition: String, _ name: String, _ labels: [String: String]) ->
 
 /// Runs `weir` with arguments and returns its exit status and combined output.
 func runWeir(_ arguments: [String]) throws -> (status: Int32, output: String) {
+    try command([WeirProcess.binary] + arguments)
+}
+
+/// Runs a program (looked up in PATH) and returns its exit status and combined output.
+func command(_ arguments: [String]) throws -> (status: Int32, output: String) {
     let process = Process()
-    process.executableURL = URL(fileURLWithPath: WeirProcess.binary)
-    process.arguments = arguments
+    process.executableURL = URL(fileURLWithPath: arguments[0].hasPrefix("/") ? arguments[0] : "/usr/bin/env")
+    process.arguments = arguments[0].hasPrefix("/") ? Array(arguments.dropFirst()) : arguments
     let pipe = Pipe()
     process.standardOutput = pipe
     process.standardError = pipe
