@@ -123,7 +123,7 @@ let package = Package(
         ),
         .testTarget(
             name: "WeirAgentTests",
-            dependencies: ["WeirCore", "WeirAgent", "WeirStages"],
+            dependencies: nio + ["WeirCore", "WeirAgent", "WeirStages", .product(name: "Logging", package: "swift-log")],
             path: "Tests/WeirAgentTests"
         ),
         // Runs the real `weir` binary against real sockets.

@@ -53,17 +53,26 @@ final class MetricsHTTPHandler: ChannelInboundHandler {
 
     private func respond(to head: HTTPRequestHead, context: ChannelHandlerContext) {
         let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
-        let (status, contentType, body): (HTTPResponseStatus, String, [UInt8])
+        let plain = "text/plain; charset=utf-8"
         switch (head.method, path) {
         case (.GET, "/metrics"), (.HEAD, "/metrics"):
-            (status, contentType, body) = (.ok, "text/plain; version=0.0.4; charset=utf-8", metrics.render())
+            // Scrape-time collectors read kernel maps and may write hundreds of thousands of samples:
+            // render away from the event loop, which forwards traffic.
+            let metrics = self.metrics
+            let bound = NIOLoopBound((handler: self, context: context), eventLoop: context.eventLoop)
+            context.eventLoop.makeFutureWithTask { metrics.render() }.whenSuccess { body in
+                bound.value.handler.send(.ok, "text/plain; version=0.0.4; charset=utf-8", body, for: head, context: bound.value.context)
+            }
         case (.GET, "/healthz"), (.HEAD, "/healthz"):
-            (status, contentType, body) = (.ok, "text/plain; charset=utf-8", Array("ok\n".utf8))
+            send(.ok, plain, Array("ok\n".utf8), for: head, context: context)
         case (_, "/metrics"), (_, "/healthz"):
-            (status, contentType, body) = (.methodNotAllowed, "text/plain; charset=utf-8", Array("method not allowed\n".utf8))
+            send(.methodNotAllowed, plain, Array("method not allowed\n".utf8), for: head, context: context)
         default:
-            (status, contentType, body) = (.notFound, "text/plain; charset=utf-8", Array("not found\n".utf8))
+            send(.notFound, plain, Array("not found\n".utf8), for: head, context: context)
         }
+    }
+
+    private func send(_ status: HTTPResponseStatus, _ contentType: String, _ body: [UInt8], for head: HTTPRequestHead, context: ChannelHandlerContext) {
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: contentType)
         headers.add(name: "Content-Length", value: "\(body.count)")
