@@ -214,6 +214,8 @@ struct CountEBPFTests {
         #expect(listed == 100)
         #expect(other == entries - 100, "each of the other addresses sent one packet")
         #expect(try agent.metric("weir_ip_other_addresses", ["pipeline": "veth"]) == entries - 100)
+        let (status, report) = try promtoolCheck(exposition)
+        #expect(status == 0, "promtool: \(report)")
     }
 
     @Test("Inside a forward pipeline it counts the listener's clients only, not the connection to the target")

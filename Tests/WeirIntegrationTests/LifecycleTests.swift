@@ -79,18 +79,7 @@ struct LifecycleTests {
             #expect(exposition.contains("# TYPE \(name) "), "\(name) missing")
         }
 
-        let promtool = Process()
-        promtool.executableURL = URL(fileURLWithPath: "/usr/bin/promtool")
-        promtool.arguments = ["check", "metrics"]
-        let input = Pipe(), output = Pipe()
-        promtool.standardInput = input
-        promtool.standardOutput = output
-        promtool.standardError = output
-        try promtool.run()
-        input.fileHandleForWriting.write(Data(exposition.utf8))
-        try input.fileHandleForWriting.close()
-        let report = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        promtool.waitUntilExit()
-        #expect(promtool.terminationStatus == 0, "promtool: \(report)")
+        let (status, report) = try promtoolCheck(exposition)
+        #expect(status == 0, "promtool: \(report)")
     }
 }

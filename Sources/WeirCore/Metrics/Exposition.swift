@@ -41,6 +41,16 @@ public struct ExpositionWriter {
         body(&bodies[family.name, default: []])
     }
 
+    /// Appends finished sample lines of `family` without copying them when the family has none yet.
+    public mutating func append(_ family: MetricFamily, lines: consuming [UInt8]) {
+        if bodies[family.name] == nil {
+            families.append(family)
+            bodies[family.name] = lines
+        } else {
+            bodies[family.name]!.append(contentsOf: lines)
+        }
+    }
+
     /// The text of every family written so far.
     public func render(into output: inout [UInt8]) {
         for family in families {

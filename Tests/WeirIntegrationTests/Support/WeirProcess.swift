@@ -232,3 +232,20 @@ func udpForward(_ id: String, port: Int, to targets: [Int], extraStages: String 
     \(connectOptions)
     """
 }
+
+/// `promtool check metrics` on an exposition: its exit status and report.
+func promtoolCheck(_ exposition: String) throws -> (status: Int32, report: String) {
+    let promtool = Process()
+    promtool.executableURL = URL(fileURLWithPath: which("promtool") ?? "/usr/bin/promtool")
+    promtool.arguments = ["check", "metrics"]
+    let input = Pipe(), output = Pipe()
+    promtool.standardInput = input
+    promtool.standardOutput = output
+    promtool.standardError = output
+    try promtool.run()
+    input.fileHandleForWriting.write(Data(exposition.utf8))
+    try input.fileHandleForWriting.close()
+    let report = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    promtool.waitUntilExit()
+    return (promtool.terminationStatus, report)
+}

@@ -138,6 +138,7 @@ final class CountEBPF: ServiceStage, ScrapeCollector {
     // MARK: - Scrape
 
     func collect(into exposition: inout ExpositionWriter) {
+        let started = ContinuousClock.now
         // Read under the lock so `stop` cannot close the map in the middle of the read.
         let read: (CountSnapshot, CountStats, [Int32: String])? = state.withLockedValue { state in
             guard let state else { return nil }
@@ -151,10 +152,14 @@ final class CountEBPF: ServiceStage, ScrapeCollector {
             }
         }
         guard let (snapshot, stats, interfaces) = read else { return }
+        let readDone = ContinuousClock.now
         report.write(snapshot, stats: stats, maxEntries: config.maxEntries, interfaceName: { index in
             if let name = interfaces[Int32(index)] { return name }
             var buffer = [CChar](repeating: 0, count: Int(IF_NAMESIZE))
             return if_indextoname(index, &buffer).map { String(cString: $0) } ?? "ifindex\(index)"
         }, into: &exposition)
+        logger.debug(
+            "scraped counters",
+            metadata: ["entries": "\(snapshot.count)", "read": "\(readDone - started)", "render": "\(ContinuousClock.now - readDone)"])
     }
 }
