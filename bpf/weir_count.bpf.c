@@ -172,42 +172,24 @@ static __always_inline int weir_count(struct __sk_buff *skb, int ingress)
 	__u64 bytes = length + (__u64)(segments - 1) * p.header_len;
 
 	struct weir_ip_counts *counts = bpf_map_lookup_elem(&weir_ip_counts, &key);
-	if (counts) {
-		if (ingress) {
-			counts->in_bytes += bytes;
-			counts->in_packets += segments;
-		} else {
-			counts->out_bytes += bytes;
-			counts->out_packets += segments;
-		}
-		return TC_ACT_UNSPEC;
-	}
-
-	struct weir_ip_counts initial = {};
-	if (ingress) {
-		initial.in_bytes = bytes;
-		initial.in_packets = segments;
-	} else {
-		initial.out_bytes = bytes;
-		initial.out_packets = segments;
-	}
-	int err = bpf_map_update_elem(&weir_ip_counts, &key, &initial, BPF_NOEXIST);
-	if (err == 0) {
-		bump_stat(WEIR_STAT_INSERTS);
-	} else {
-		/* Another CPU inserted the key first: add to its entry. */
+	if (!counts) {
+		struct weir_ip_counts initial = {};
+		if (bpf_map_update_elem(&weir_ip_counts, &key, &initial, BPF_NOEXIST) == 0)
+			bump_stat(WEIR_STAT_INSERTS);
+		/* else another CPU inserted the key first: add to its entry */
 		counts = bpf_map_lookup_elem(&weir_ip_counts, &key);
 		if (!counts) {
 			bump_stat(WEIR_STAT_INSERT_ERRORS);
 			return TC_ACT_UNSPEC;
 		}
-		if (ingress) {
-			counts->in_bytes += bytes;
-			counts->in_packets += segments;
-		} else {
-			counts->out_bytes += bytes;
-			counts->out_packets += segments;
-		}
+	}
+	/* Per-CPU values: no other CPU writes this copy, so plain adds suffice. */
+	if (ingress) {
+		counts->in_bytes += bytes;
+		counts->in_packets += segments;
+	} else {
+		counts->out_bytes += bytes;
+		counts->out_packets += segments;
 	}
 	return TC_ACT_UNSPEC;
 }

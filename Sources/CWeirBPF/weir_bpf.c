@@ -307,15 +307,23 @@ int weir_counts_write(int counts_fd, const struct weir_ip_key *keys, const struc
 	return err;
 }
 
-int weir_stats_read(int stats_fd, uint64_t totals[WEIR_STAT_COUNT])
+/* A zeroed buffer for one per-CPU u64 value; returns the CPU count or a negative errno. */
+static int percpu_u64(uint64_t **buffer)
 {
-	begin();
 	int cpus = libbpf_num_possible_cpus();
 	if (cpus <= 0)
 		return fail(cpus, "counting CPUs");
-	uint64_t *percpu = calloc((size_t)cpus, sizeof(uint64_t));
-	if (!percpu)
-		return fail(ENOMEM, "allocating");
+	*buffer = calloc((size_t)cpus, sizeof(uint64_t));
+	return *buffer ? cpus : fail(ENOMEM, "allocating");
+}
+
+int weir_stats_read(int stats_fd, uint64_t totals[WEIR_STAT_COUNT])
+{
+	begin();
+	uint64_t *percpu = NULL;
+	int cpus = percpu_u64(&percpu);
+	if (cpus < 0)
+		return cpus;
 	int err = 0;
 	for (__u32 slot = 0; slot < WEIR_STAT_COUNT; slot++) {
 		totals[slot] = 0;
@@ -333,14 +341,12 @@ int weir_stats_read(int stats_fd, uint64_t totals[WEIR_STAT_COUNT])
 int weir_stats_write(int stats_fd, uint32_t slot, uint64_t value)
 {
 	begin();
-	int cpus = libbpf_num_possible_cpus();
-	if (cpus <= 0)
-		return fail(cpus, "counting CPUs");
-	uint64_t *percpu = calloc((size_t)cpus, sizeof(uint64_t));
-	if (!percpu)
-		return fail(ENOMEM, "allocating");
+	uint64_t *percpu = NULL;
+	int err = percpu_u64(&percpu);
+	if (err < 0)
+		return err;
 	percpu[0] = value;
-	int err = bpf_map_update_elem(stats_fd, &slot, percpu, BPF_ANY) ? fail(errno, "writing weir_ebpf_stats") : 0;
+	err = bpf_map_update_elem(stats_fd, &slot, percpu, BPF_ANY) ? fail(errno, "writing weir_ebpf_stats") : 0;
 	free(percpu);
 	return err;
 }

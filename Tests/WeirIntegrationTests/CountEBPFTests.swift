@@ -213,7 +213,7 @@ struct CountEBPFTests {
         let listed = series.filter { !$0.contains("ip=\"other\"") }.count / 2
         #expect(listed == 100)
         #expect(other == entries - 100, "each of the other addresses sent one packet")
-        #expect(try agent.metric("weir_ip_other_addresses", ["pipeline": "veth"]) == entries - 100)
+        #expect(value(in: exposition, "weir_ip_other_addresses", ["pipeline": "veth"]) == entries - 100)
         let (status, report) = try promtoolCheck(exposition)
         #expect(status == 0, "promtool: \(report)")
     }
