@@ -46,6 +46,26 @@ let package = Package(
             dependencies: ["CLibbpf"],
             path: "Sources/CWeirBPF"
         ),
+        // libnftables (JSON API) for rulesets; libnftnl/libmnl under a small C layer for set elements and routes.
+        .systemLibrary(
+            name: "CNftables",
+            path: "Sources/CNftables",
+            pkgConfig: "libnftables",
+            providers: [.apt(["libnftables-dev"])]
+        ),
+        .systemLibrary(
+            name: "CLibnftnl",
+            path: "Sources/CLibnftnl",
+            pkgConfig: "libnftnl",
+            providers: [.apt(["libnftnl-dev", "libmnl-dev"])]
+        ),
+        .target(
+            name: "CWeirNetlink",
+            dependencies: ["CLibnftnl"],
+            path: "Sources/CWeirNetlink",
+            // libnftnl's pkg-config file lists libmnl as private only.
+            linkerSettings: [.linkedLibrary("nftnl"), .linkedLibrary("mnl")]
+        ),
         // Compiles bpf/*.bpf.c with clang's BPF target and embeds the objects in the target that uses it.
         .plugin(
             name: "BPFObjectPlugin",
@@ -82,10 +102,24 @@ let package = Package(
             resources: [.embedInCode("ebpf/count.ebpf.sample.yaml")],
             plugins: ["BPFObjectPlugin"]
         ),
+        .target(
+            name: "WeirEnforcers",
+            dependencies: nio + ["WeirCore", "CNftables", "CWeirNetlink", .product(name: "Logging", package: "swift-log")],
+            path: "plugins/enforcers",
+            exclude: ["nftables/README.md"],
+            resources: [.embedInCode("nftables/enforce.nftables.sample.yaml")]
+        ),
+        .target(
+            name: "WeirRoutes",
+            dependencies: ["WeirCore", "CWeirNetlink", .product(name: "Logging", package: "swift-log")],
+            path: "plugins/routes",
+            exclude: ["gateway/README.md"],
+            resources: [.embedInCode("gateway/route.gateway.sample.yaml")]
+        ),
         // The one list of built-in stages.
         .target(
             name: "WeirStages",
-            dependencies: ["WeirCore", "WeirListeners", "WeirConnectors", "WeirLimiters", "WeirCounters"],
+            dependencies: ["WeirCore", "WeirListeners", "WeirConnectors", "WeirLimiters", "WeirCounters", "WeirEnforcers", "WeirRoutes"],
             path: "Sources/WeirStages"
         ),
         // The agent: reload planning and supervision, the metrics endpoint, logging.
@@ -118,7 +152,7 @@ let package = Package(
         ),
         .testTarget(
             name: "WeirPluginTests",
-            dependencies: ["WeirCore", "WeirStages", "WeirLimiters", "WeirListeners", "WeirConnectors", "WeirCounters"],
+            dependencies: ["WeirCore", "WeirStages", "WeirLimiters", "WeirListeners", "WeirConnectors", "WeirCounters", "WeirEnforcers", "WeirRoutes"],
             path: "Tests/WeirPluginTests"
         ),
         .testTarget(

@@ -38,7 +38,7 @@ public actor Agent: Service {
         self.metrics = metrics
         self.logger = logger
         self.group = MultiThreadedEventLoopGroup.singleton
-        self.supervisor = Supervisor(group: group, metrics: metrics, logger: logger)
+        self.supervisor = Supervisor(group: group, metrics: metrics, logger: logger, stageTypes: registry.all)
         self.metricsServer = MetricsServer(metrics: metrics, group: group)
     }
 

@@ -25,7 +25,11 @@ public actor Supervisor {
     private var retiring: [Int: Task<Void, Never>] = [:]
     private var nextRetirement = 0
 
-    public init(group: any EventLoopGroup, metrics: WeirMetrics, logger: Logger) {
+    /// Stage types that may sweep shared kernel state after an apply.
+    private let stageTypes: [any StageConfig.Type]
+
+    public init(group: any EventLoopGroup, metrics: WeirMetrics, logger: Logger, stageTypes: [any StageConfig.Type] = []) {
+        self.stageTypes = stageTypes
         self.group = group
         self.metrics = metrics
         self.logger = logger
@@ -80,12 +84,22 @@ public actor Supervisor {
             if let predecessor = running[start.id] { retire(predecessor, removed: false) }
             running[start.id] = start.runtime
         }
+        await sweep(config.stageEnvironment)
         if !plan.isEmpty {
             logger.info(
                 "configuration applied",
                 metadata: ["added": "\(plan.toAdd)", "changed": "\(plan.toChange)", "removed": "\(plan.toRemove)", "unchanged": "\(plan.unchanged.count)"])
         }
         return plan
+    }
+
+    /// Lets each stage type remove shared kernel state that no running stage owns.
+    private func sweep(_ environment: StageEnvironment) async {
+        for type in stageTypes {
+            let name = type.type
+            let owners = Set(running.values.filter { runtime in runtime.spec.stages.contains { $0.type == name } }.map(\.spec.id))
+            await type.sweep(keeping: owners, environment: environment)
+        }
     }
 
     /// Stops accepting everywhere, waits up to the configured grace for open connections, closes the rest.

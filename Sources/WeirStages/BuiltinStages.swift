@@ -1,8 +1,10 @@
 import WeirConnectors
 import WeirCore
 import WeirCounters
+import WeirEnforcers
 import WeirLimiters
 import WeirListeners
+import WeirRoutes
 
 /// Every stage type built into the agent. Adding a stage is one line here.
 public enum BuiltinStages {
@@ -13,5 +15,7 @@ public enum BuiltinStages {
         ConnectUDPConfig.self,
         LimitBandwidthConfig.self,
         CountEBPFConfig.self,
+        EnforceNftablesConfig.self,
+        RouteGatewayConfig.self,
     ])
 }

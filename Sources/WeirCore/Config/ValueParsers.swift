@@ -91,6 +91,16 @@ public struct HostPort: Sendable, Hashable, CustomStringConvertible {
         try parse(text, allowPortZero: false)
     }
 
+    /// `host` or `host:port`; a bare address or name gets `defaultPort`.
+    public static func parse(_ text: String, defaultPort: Int) throws -> HostPort {
+        if (try? SocketAddress(ipAddress: text, port: 0)) != nil { return HostPort(host: text, port: defaultPort) }
+        if !text.contains(":") {
+            guard !text.isEmpty, isValidHostName(text[...]) else { throw ValueError("\"\(text)\" is not a valid host name or address") }
+            return HostPort(host: text, port: defaultPort)
+        }
+        return try parse(text)
+    }
+
     /// `allowPortZero` accepts port 0 (bind to any free port).
     public static func parse(_ text: String, allowPortZero: Bool) throws -> HostPort {
         let host: Substring

@@ -51,6 +51,12 @@ public protocol StageConfig: Sendable {
     /// Returns a message for the stage's location, or nil.
     func placementError(listener: (any ListenerConfig)?) -> String?
 
+    /// For stage types whose kernel state is shared between pipelines (one nftables table, the routes of one
+    /// protocol): called after the agent starts and after every reload that succeeded, with the pipelines whose
+    /// stage of this type now runs. Whatever state of this type none of them owns — left by a crashed run, or by
+    /// a stage removed while the agent was stopped — is removed.
+    static func sweep(keeping pipelines: Set<String>, environment: StageEnvironment) async
+
     /// Builds the runnable stage. Must not acquire anything (sockets, files, kernel objects): that happens
     /// when the pipeline runs, so validation and rollback never leave traces.
     func makeStage(_ context: StageContext) -> any Stage
@@ -58,6 +64,7 @@ public protocol StageConfig: Sendable {
 
 extension StageConfig {
     public func placementError(listener: (any ListenerConfig)?) -> String? { nil }
+    public static func sweep(keeping pipelines: Set<String>, environment: StageEnvironment) async {}
 }
 
 /// A listener's configuration exposes its address so validation can catch two pipelines on one port.

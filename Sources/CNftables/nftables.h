@@ -1,0 +1,2 @@
+// libnftables from the system (Debian: libnftables-dev, pkg-config `libnftables`): the JSON API.
+#include <nftables/libnftables.h>

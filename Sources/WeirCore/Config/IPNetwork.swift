@@ -1,0 +1,115 @@
+import NIOCore
+
+/// An IPv4 or IPv6 network: an address and a prefix length (32 or 128 for a single address).
+public struct IPNetwork: Hashable, Sendable, Comparable, CustomStringConvertible {
+    /// 4 bytes (IPv4) or 16 (IPv6), host bits zero.
+    public let bytes: [UInt8]
+    public let prefix: Int
+
+    public var isIPv4: Bool { bytes.count == 4 }
+    public var width: Int { bytes.count * 8 }
+    public var isSingleAddress: Bool { prefix == width }
+
+    /// Masks host bits off.
+    public init(bytes: [UInt8], prefix: Int) {
+        precondition(bytes.count == 4 || bytes.count == 16)
+        self.prefix = max(0, min(prefix, bytes.count * 8))
+        self.bytes = Self.masked(bytes, self.prefix)
+    }
+
+    /// `192.0.2.7`, `198.51.100.0/24`, `2001:db8::/32`. Host bits set after the prefix are an error: the
+    /// writer probably meant something else.
+    public static func parse(_ text: String) throws -> IPNetwork {
+        let parts = text.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
+        guard let address = Self.addressBytes(String(parts[0])) else {
+            throw ValueError("\"\(text)\" is not an IP address or CIDR network")
+        }
+        var prefix = address.count * 8
+        if parts.count == 2 {
+            guard let value = Int(parts[1]), (0...address.count * 8).contains(value) else {
+                throw ValueError("\"\(text)\": the prefix length must be 0-\(address.count * 8)")
+            }
+            prefix = value
+        }
+        let network = IPNetwork(bytes: address, prefix: prefix)
+        if network.bytes != address {
+            throw ValueError("\"\(text)\" has host bits set; the network is \(network)")
+        }
+        return network
+    }
+
+    /// The bytes of an IPv4 or IPv6 address literal, or nil.
+    public static func addressBytes(_ text: String) -> [UInt8]? {
+        guard let address = try? SocketAddress(ipAddress: text, port: 0) else { return nil }
+        switch address {
+        case .v4(let v4): return withUnsafeBytes(of: v4.address.sin_addr) { Array($0) }
+        case .v6(let v6): return withUnsafeBytes(of: v6.address.sin6_addr) { Array($0) }
+        default: return nil
+        }
+    }
+
+    public var address: String {
+        guard let text = try? SocketAddress(packedIPAddress: ByteBuffer(bytes: bytes), port: 0).ipAddress else { return "?" }
+        return text
+    }
+
+    public var description: String { isSingleAddress ? address : "\(address)/\(prefix)" }
+
+    public func contains(_ other: IPNetwork) -> Bool {
+        other.bytes.count == bytes.count && other.prefix >= prefix && Self.masked(other.bytes, prefix) == bytes
+    }
+
+    public func overlaps(_ other: IPNetwork) -> Bool { contains(other) || other.contains(self) }
+
+    public static func < (a: IPNetwork, b: IPNetwork) -> Bool {
+        if a.bytes.count != b.bytes.count { return a.bytes.count < b.bytes.count }
+        if a.bytes != b.bytes { return a.bytes.lexicographicallyPrecedes(b.bytes) }
+        return a.prefix < b.prefix
+    }
+
+    private static func masked(_ bytes: [UInt8], _ prefix: Int) -> [UInt8] {
+        var result = bytes
+        for index in result.indices {
+            let bit = index * 8
+            if bit >= prefix {
+                result[index] = 0
+            } else if bit + 8 > prefix {
+                result[index] &= UInt8(truncatingIfNeeded: 0xFF << (8 - (prefix - bit)))
+            }
+        }
+        return result
+    }
+
+    // MARK: - Address space
+
+    private static func networks(_ texts: [String]) -> [IPNetwork] { texts.map { try! IPNetwork.parse($0) } }
+
+    /// Ranges that are not reachable on the public internet: private, shared (CGNAT), loopback, link-local,
+    /// documentation, benchmarking, multicast, reserved; for IPv6 everything outside global unicast 2000::/3,
+    /// and documentation space inside it.
+    public static let nonPublic: [IPNetwork] = networks([
+        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.0.0.0/24",
+        "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24",
+        "224.0.0.0/4", "240.0.0.0/4",
+        "::/3", "4000::/2", "8000::/1", "2001:db8::/32",
+    ])
+
+    /// RFC 1918 and unique-local (ULA) networks: an organisation's internal addresses.
+    public static let privateNetworks: [IPNetwork] = networks(["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"])
+
+    /// Whether no part of this network is in `nonPublic`.
+    public var isPublic: Bool { !Self.nonPublic.contains { $0.overlaps(self) } }
+
+    /// The smallest list of networks covering `whole` minus `excluded`, in address order.
+    public static func subtract(_ excluded: [IPNetwork], from whole: IPNetwork) -> [IPNetwork] {
+        let relevant = excluded.filter { $0.bytes.count == whole.bytes.count && $0.overlaps(whole) }
+        if relevant.contains(where: { $0.contains(whole) }) { return [] }
+        if relevant.isEmpty { return [whole] }
+        // Split in halves until each half is either clean or wholly excluded.
+        let bit = whole.prefix
+        var upper = whole.bytes
+        upper[bit / 8] |= UInt8(0x80 >> (bit % 8))
+        return subtract(relevant, from: IPNetwork(bytes: whole.bytes, prefix: bit + 1))
+            + subtract(relevant, from: IPNetwork(bytes: upper, prefix: bit + 1))
+    }
+}

@@ -1,0 +1,357 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import WeirCore
+
+/// The running `enforce.nftables` stage. `start` applies the pipeline's objects as a delta and keeps the
+/// allowlist's domains resolved; `stop` leaves the rules in force (a firewall does not open when its agent
+/// stops); `retire` removes them.
+final class EnforceNftables: ServiceStage, ScrapeCollector {
+    typealias Config = EnforceNftablesConfig
+
+    private let config: Config
+    private let owner: String
+    private let listener: (port: Int, transport: Transport)?
+    private let stateFile: String
+    private let collectors: ScrapeCollectors
+    private let logger: Logger
+
+    private struct Resolution: Sendable {
+        var addresses: Set<IPNetwork>
+        var refreshAt: ContinuousClock.Instant
+    }
+
+    private struct State: Sendable {
+        var running = false
+        var resolutions: [String: Resolution] = [:]
+        var kept: [Config.DestinationEntry] = []
+        var outcomes: [String: Int] = [:]
+        var refresher: Task<Void, Never>?
+        var applied = NftOwnerState()
+    }
+
+    private let state = NIOLockedValueBox(State())
+
+    init(config: Config, context: StageContext) {
+        self.config = config
+        self.owner = context.pipeline
+        if let listener = context.listener, let transport = listener.transport {
+            self.listener = (listener.bindAddress.port, transport)
+        } else {
+            self.listener = nil
+        }
+        self.stateFile = context.environment.stateDirectory + "/nftables/" + context.pipeline + ".json"
+        self.collectors = context.metrics.collectors
+        var logger = Logger(label: "weir.enforce.nftables")
+        logger[metadataKey: "pipeline"] = "\(context.pipeline)"
+        self.logger = logger
+    }
+
+    // MARK: - Lifecycle
+
+    func start() async throws {
+        guard !state.withLockedValue({ $0.running }) else { return }
+        let saved = SavedState.load(stateFile)
+        let kept = keptProtectedEntries(saved)
+        var resolutions: [String: Resolution] = [:]
+        state.withLockedValue { $0.kept = kept }  // the domains to resolve include kept ones
+        let domains = self.domains
+        if let allowlist = config.destinations {
+            let resolver = makeResolver(allowlist)
+            await withTaskGroup(of: (String, Resolution).self) { group in
+                for domain in domains {
+                    group.addTask {
+                        let fallback = Set(saved.resolved[domain]?.compactMap { try? IPNetwork.parse($0) } ?? [])
+                        return (domain, await self.resolve(domain, resolver: resolver, allowlist: allowlist, previous: fallback))
+                    }
+                }
+                for await (domain, resolution) in group { resolutions[domain] = resolution }
+            }
+        }
+        let desired = compile(resolutions: resolutions, kept: kept)
+        let started = ContinuousClock.now
+        let plan = try NftablesTable.shared.apply(owner: owner, desired)
+        OwnerUsers.shared.add(self, owner)
+        logger.info(
+            "nftables applied",
+            metadata: [
+                "commands": "\(plan.commands.count)", "address_changes": "\(plan.addressChanges.reduce(0) { $0 + $1.add.count + $1.remove.count })",
+                "took": "\(ContinuousClock.now - started)",
+            ])
+        let watchDomains = !resolutions.isEmpty
+        state.withLockedValue { state in
+            state.running = true
+            state.resolutions = resolutions
+            state.kept = kept
+            state.applied = desired
+            if watchDomains, let allowlist = config.destinations {
+                state.refresher = Task { [weak self] in await self?.refreshLoop(allowlist) }
+            }
+        }
+        save()
+        collectors.add(self)
+    }
+
+    func stop() async {
+        collectors.remove(self)
+        let refresher = state.withLockedValue { state in
+            defer {
+                state.running = false
+                state.refresher = nil
+            }
+            return state.refresher
+        }
+        refresher?.cancel()
+        await refresher?.value
+    }
+
+    func retire() async {
+        guard OwnerUsers.shared.remove(self, owner) else { return }
+        do {
+            try NftablesTable.shared.remove(owner: owner)
+            try? FileManager.default.removeItem(atPath: stateFile)
+            logger.info("removed the pipeline's nftables objects")
+        } catch {
+            logger.error("removing the pipeline's nftables objects failed", metadata: ["error": "\(error)"])
+        }
+    }
+
+    // MARK: - Domains
+
+    private var domains: [String] {
+        var names = Set<String>()
+        for entry in (config.destinations?.entries ?? []) + state.withLockedValue({ $0.kept }) {
+            if case .domain(let name) = entry.target { names.insert(name) }
+        }
+        return names.sorted()
+    }
+
+    private func makeResolver(_ allowlist: Config.DestinationAllowlist) -> DNSResolver {
+        let servers = allowlist.resolvers.isEmpty
+            ? DNSResolver.systemServers()
+            : allowlist.resolvers.compactMap { try? SocketAddress(ipAddress: $0.host, port: $0.port) }
+        return DNSResolver(servers: servers, timeout: .seconds(2), group: MultiThreadedEventLoopGroup.singleton)
+    }
+
+    /// Resolves one domain; on failure keeps `previous` and tries again sooner.
+    private func resolve(_ domain: String, resolver: DNSResolver, allowlist: Config.DestinationAllowlist, previous: Set<IPNetwork>) async -> Resolution {
+        let allowPrivate = ((config.destinations?.entries ?? []) + state.withLockedValue { $0.kept }).contains {
+            $0.target == .domain(domain) && $0.allowPrivate
+        }
+        let now = ContinuousClock.now
+        switch await resolver.resolve(domain) {
+        case .addresses(let addresses, let ttl):
+            count("success")
+            let refused = addresses.filter { !allowPrivate && !$0.isPublic }
+            if !refused.isEmpty {
+                logger.warning("domain resolves to non-public addresses; left out (allow_private: true allows them)", metadata: ["domain": "\(domain)", "addresses": "\(refused.map(\.description))"])
+            }
+            let delay = max(allowlist.minimumTTL, min(.seconds(Int(ttl)), allowlist.resolveInterval))
+            return Resolution(addresses: Set(addresses).subtracting(refused), refreshAt: now + delay)
+        case .nameError:
+            count("nxdomain")
+            logger.warning("domain does not exist; its addresses are removed", metadata: ["domain": "\(domain)"])
+            return Resolution(addresses: [], refreshAt: now + allowlist.resolveInterval)
+        case .failure(let reason):
+            count("failure")
+            logger.warning("resolving failed; keeping the previous addresses", metadata: ["domain": "\(domain)", "error": "\(reason)"])
+            return Resolution(addresses: previous, refreshAt: now + max(allowlist.minimumTTL, .seconds(5)))
+        }
+    }
+
+    private func count(_ result: String) { state.withLockedValue { $0.outcomes[result, default: 0] += 1 } }
+
+    /// Re-resolves each domain when its answer expires; applies only the address changes.
+    private func refreshLoop(_ allowlist: Config.DestinationAllowlist) async {
+        let resolver = makeResolver(allowlist)
+        while !Task.isCancelled {
+            let next = state.withLockedValue { $0.resolutions.values.map(\.refreshAt).min() } ?? (ContinuousClock.now + allowlist.resolveInterval)
+            do { try await Task.sleep(until: next, clock: .continuous) } catch { return }
+            let now = ContinuousClock.now
+            let due = state.withLockedValue { state in state.resolutions.filter { $0.value.refreshAt <= now } }
+            var updated: [String: Resolution] = [:]
+            for (domain, resolution) in due {
+                updated[domain] = await resolve(domain, resolver: resolver, allowlist: allowlist, previous: resolution.addresses)
+            }
+            if Task.isCancelled { return }
+            let (resolutions, kept) = state.withLockedValue { state -> ([String: Resolution], [Config.DestinationEntry]) in
+                state.resolutions.merge(updated) { $1 }
+                return (state.resolutions, state.kept)
+            }
+            let desired = compile(resolutions: resolutions, kept: kept)
+            do {
+                let started = ContinuousClock.now
+                let plan = try NftablesTable.shared.apply(owner: owner, desired)
+                state.withLockedValue { $0.applied = desired }
+                if !plan.isEmpty {
+                    logger.info(
+                        "allowlist follows DNS",
+                        metadata: [
+                            "added": "\(plan.addressChanges.flatMap(\.add).map(\.description))",
+                            "removed": "\(plan.addressChanges.flatMap(\.remove).map(\.description))", "took": "\(ContinuousClock.now - started)",
+                        ])
+                }
+                save()
+            } catch {
+                count("apply_failed")
+                logger.error("applying resolved addresses failed; the previous ones stay", metadata: ["error": "\(error)"])
+                // Forget the failed answers so the kernel and our view agree; retry later.
+                state.withLockedValue { state in
+                    for domain in updated.keys { state.resolutions[domain]?.refreshAt = ContinuousClock.now + allowlist.minimumTTL }
+                }
+            }
+        }
+    }
+
+    private func compile(resolutions: [String: Resolution], kept: [Config.DestinationEntry]) -> NftOwnerState {
+        var compiler = NftCompiler(owner: owner, config: config, listener: listener)
+        compiler.resolved = resolutions.values.reduce(into: Set<IPNetwork>()) { $0.formUnion($1.addresses) }
+        compiler.keptEntries = kept
+        return compiler.compile()
+    }
+
+    // MARK: - Protected entries
+
+    /// Protected entries of the previous configuration that this one left out: they stay, and the log says why.
+    private func keptProtectedEntries(_ saved: SavedState) -> [Config.DestinationEntry] {
+        let configured = Set((config.destinations?.entries ?? []).map(\.target))
+        var kept: [Config.DestinationEntry] = []
+        for entry in saved.protectedEntries() where !configured.contains(entry.target) {
+            logger.warning(
+                "protected allowlist entry kept although the configuration omits it; list it with protected: false to release it, then remove it",
+                metadata: ["entry": "\(entry.text)"])
+            kept.append(entry)
+        }
+        return kept
+    }
+
+    private func save() {
+        let snapshot = state.withLockedValue { ($0.resolutions, $0.kept) }
+        let entries = (config.destinations?.entries ?? []) + snapshot.1
+        SavedState(
+            protected: entries.filter(\.protected).map { .init(entry: $0.text, allowPrivate: $0.allowPrivate) },
+            resolved: snapshot.0.mapValues { $0.addresses.map(\.description).sorted() }
+        ).write(stateFile, logger: logger)
+    }
+
+    // MARK: - Metrics
+
+    static let setElements = MetricFamily("weir_nft_set_elements", .gauge, help: "Elements in each nftables set of an enforce.nftables stage.")
+    static let droppedPackets = MetricFamily("weir_nft_dropped_packets_total", .counter, help: "Packets enforce.nftables dropped.")
+    static let droppedBytes = MetricFamily("weir_nft_dropped_bytes_total", .counter, help: "Bytes enforce.nftables dropped.")
+    static let resolutions = MetricFamily(
+        "weir_nft_domain_resolutions_total", .counter, help: "Resolutions of allowlisted domains by result (success, nxdomain, failure, apply_failed).")
+    static let allowedBytes = MetricFamily(
+        "weir_nft_allowed_bytes_total", .counter, help: "Bytes sent to each allowlisted destination (count_elements: true).")
+    static let allowedPackets = MetricFamily(
+        "weir_nft_allowed_packets_total", .counter, help: "Packets sent to each allowlisted destination (count_elements: true).")
+
+    func collect(into exposition: inout ExpositionWriter) {
+        let (applied, outcomes) = state.withLockedValue { ($0.applied, $0.outcomes) }
+        func labels(_ pairs: (String, String)...) -> [UInt8] {
+            var bytes: [UInt8] = []
+            bytes.appendLabel("pipeline", owner)
+            for (key, value) in pairs {
+                bytes.append(UInt8(ascii: ","))
+                bytes.appendLabel(key, value)
+            }
+            return bytes
+        }
+        exposition.write(Self.setElements) { body in
+            for name in applied.sets.keys.sorted() {
+                let count = (applied.addresses[name]?.count ?? 0) + (applied.networks[name]?.count ?? 0)
+                body.appendSample(Array(Self.setElements.name.utf8), labels: labels(("set", name)), value: UInt64(count))
+            }
+        }
+        if let dropped = try? NftablesTable.shared.counter(owner: owner, "dropped") {
+            exposition.write(Self.droppedPackets) { $0.appendSample(Array(Self.droppedPackets.name.utf8), labels: labels(), value: UInt64(dropped.packets)) }
+            exposition.write(Self.droppedBytes) { $0.appendSample(Array(Self.droppedBytes.name.utf8), labels: labels(), value: UInt64(dropped.bytes)) }
+        }
+        if config.destinations != nil {
+            exposition.write(Self.resolutions) { body in
+                for result in ["success", "nxdomain", "failure", "apply_failed"] {
+                    body.appendSample(Array(Self.resolutions.name.utf8), labels: labels(("result", result)), value: UInt64(outcomes[result] ?? 0))
+                }
+            }
+        }
+        guard config.destinations?.countElements == true else { return }
+        var elements: [(network: IPNetwork, packets: UInt64, bytes: UInt64)] = []
+        for set in ["dst4", "dst6"] { elements += (try? NftablesTable.shared.listAddressSet(NftNames.full(owner, set))) ?? [] }
+        for set in ["dstnet4", "dstnet6"] { elements += (try? NftablesTable.shared.listIntervalSetCounters(NftNames.full(owner, set))) ?? [] }
+        exposition.write(Self.allowedBytes) { body in
+            for element in elements {
+                body.appendSample(Array(Self.allowedBytes.name.utf8), labels: labels(("destination", element.network.description)), value: element.bytes)
+            }
+        }
+        exposition.write(Self.allowedPackets) { body in
+            for element in elements {
+                body.appendSample(Array(Self.allowedPackets.name.utf8), labels: labels(("destination", element.network.description)), value: element.packets)
+            }
+        }
+    }
+}
+
+/// What a stage keeps in `agent.state_dir/nftables/<pipeline>.json` between runs: protected entries (so a
+/// configuration that omits them cannot remove them) and the last addresses of each domain (used when DNS
+/// does not answer at start).
+struct SavedState: Codable {
+    struct Protected: Codable {
+        var entry: String
+        var allowPrivate: Bool
+    }
+
+    var protected: [Protected] = []
+    var resolved: [String: [String]] = [:]
+
+    static func load(_ path: String) -> SavedState {
+        guard let data = FileManager.default.contents(atPath: path), let state = try? JSONDecoder().decode(SavedState.self, from: data) else {
+            return SavedState()
+        }
+        return state
+    }
+
+    func protectedEntries() -> [EnforceNftablesConfig.DestinationEntry] {
+        protected.compactMap { item in
+            if let network = try? IPNetwork.parse(item.entry) {
+                return .init(target: .network(network), allowPrivate: item.allowPrivate, protected: true)
+            }
+            return DomainName.normalized(item.entry).map { .init(target: .domain($0), allowPrivate: item.allowPrivate, protected: true) }
+        }
+    }
+
+    func write(_ path: String, logger: Logger) {
+        do {
+            try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try encoder.encode(self).write(to: URL(fileURLWithPath: path), options: .atomic)
+        } catch {
+            logger.error("could not save the allowlist state", metadata: ["path": "\(path)", "error": "\(error)"])
+        }
+    }
+}
+
+/// Which stages of this process own a pipeline's objects. A stage retired on reload removes them only when
+/// its successor (same pipeline) does not own them now.
+final class OwnerUsers: Sendable {
+    static let shared = OwnerUsers()
+    private let users = NIOLockedValueBox<[String: Set<ObjectIdentifier>]>([:])
+
+    func add(_ user: AnyObject, _ owner: String) {
+        users.withLockedValue { _ = $0[owner, default: []].insert(ObjectIdentifier(user)) }
+    }
+
+    /// Removes the user; true when nobody owns the objects any more.
+    func remove(_ user: AnyObject, _ owner: String) -> Bool {
+        users.withLockedValue { users in
+            users[owner]?.remove(ObjectIdentifier(user))
+            if users[owner]?.isEmpty ?? true {
+                users[owner] = nil
+                return true
+            }
+            return false
+        }
+    }
+}

@@ -1,0 +1,394 @@
+import WeirCore
+
+/// `enforce.nftables`: the kernel firewall of a pipeline — destination and source allowlists, access
+/// profiles, NAT, DNS hijack and marks — kept in Weir's own nftables table.
+public struct EnforceNftablesConfig: StageConfig {
+    public static let type = "enforce.nftables"
+    public static let summary = "Enforce allowlists, access profiles, NAT, DNS hijack and marks in the kernel (nftables)."
+    public static let role = StageRole.service
+    public static let options = [
+        OptionDoc("allow_destinations", "mapping", "Egress allowlist: only these IPs, networks and domains may be forwarded or sent out of `interfaces`."),
+        OptionDoc("allow_sources", "[network]", "Forward pipelines: only these client networks reach the listener's port."),
+        OptionDoc("profiles", "[{source, profile}]", "Access profile per source address or network: full, internet_only, intranet_only or a custom one."),
+        OptionDoc("custom_profiles", "mapping", "Named profiles: lists of {destination, protocol, ports} that are allowed; all else is dropped."),
+        OptionDoc("masquerade", "[{source, out_interface}]", "Source NAT to the outgoing interface's address."),
+        OptionDoc("dns_hijack", "mapping", "Send DNS (port 53) from `sources` to `resolver`; block known DNS-over-HTTPS/TLS endpoints."),
+        OptionDoc("marks", "[{mark, source, destination, protocol, ports}]", "Set packet and connection marks for tc classes."),
+    ]
+    public static var sample: String { String(decoding: PackageResources.enforce_nftables_sample_yaml, as: UTF8.self) }
+
+    public var destinations: DestinationAllowlist?
+    public var sources: [IPNetwork]
+    public var profiles: [ProfileAssignment]
+    public var customProfiles: [String: [ProfileRule]]
+    public var masquerade: [Masquerade]
+    public var dnsHijack: DNSHijack?
+    public var marks: [MarkRule]
+
+    /// One entry of the destination allowlist.
+    public struct DestinationEntry: Sendable, Hashable {
+        public enum Target: Sendable, Hashable {
+            case network(IPNetwork)
+            case domain(String)
+        }
+        public var target: Target
+        /// Private and other non-public addresses are accepted (for a literal) or kept (when a domain resolves to them).
+        public var allowPrivate: Bool
+        /// A reload that omits the entry keeps it; clear the flag first to remove it.
+        public var protected: Bool
+
+        public var text: String {
+            switch target {
+            case .network(let network): return network.description
+            case .domain(let name): return name
+            }
+        }
+    }
+
+    public struct DestinationAllowlist: Sendable {
+        public var interfaces: [String]
+        public var entries: [DestinationEntry]
+        /// DNS servers for the domains, `ip` or `ip:port`; empty = the nameservers of /etc/resolv.conf.
+        public var resolvers: [HostPort]
+        public var resolveInterval: Duration
+        /// Answers are never re-asked sooner than this, whatever their TTL.
+        public var minimumTTL: Duration
+        /// Per-address counters, exported as weir_nft_allowed_bytes_total.
+        public var countElements: Bool
+        /// Capacity of each address set; a resolution that would exceed it is refused by the kernel and not applied.
+        public var maxElements: Int
+    }
+
+    public enum Profile: Sendable, Hashable {
+        case full, internetOnly, intranetOnly
+        case custom(String)
+
+        public var name: String {
+            switch self {
+            case .full: return "full"
+            case .internetOnly: return "internet_only"
+            case .intranetOnly: return "intranet_only"
+            case .custom(let name): return name
+            }
+        }
+    }
+
+    public struct ProfileAssignment: Sendable, Hashable {
+        public var source: IPNetwork
+        public var profile: Profile
+    }
+
+    public enum TransportProtocol: String, Sendable, CaseIterable {
+        case tcp, udp, any
+    }
+
+    public struct ProfileRule: Sendable, Hashable {
+        public var destination: IPNetwork?
+        public var transport: TransportProtocol
+        public var ports: [Int]
+    }
+
+    public struct Masquerade: Sendable, Hashable {
+        public var source: IPNetwork
+        public var outInterface: String
+    }
+
+    public struct DNSHijack: Sendable {
+        public var sources: [IPNetwork]
+        public var resolver: IPNetwork
+        public var port: Int
+        public var blockDoH: Bool
+        public var extraDoHEndpoints: [IPNetwork]
+    }
+
+    public struct MarkRule: Sendable, Hashable {
+        public var mark: UInt32
+        public var source: IPNetwork?
+        public var destination: IPNetwork?
+        public var transport: TransportProtocol
+        public var ports: [Int]
+    }
+
+    // MARK: - Decoding
+
+    public static func decode(_ options: ConfigMapping) -> EnforceNftablesConfig? {
+        var ok = true
+        func need<T>(_ value: T?) -> T? {
+            if value == nil { ok = false }
+            return value
+        }
+        let destinations = options.optional("allow_destinations").map { need(decodeDestinations($0)) } ?? nil
+        let sources = options.optional("allow_sources", default: [IPNetwork]()) { networks($0) }
+        let profiles = options.optional("profiles", default: [ProfileAssignment]()) { value in
+            value.sequence.flatMap { items in all(items.map(decodeProfile)) }
+        }
+        let customProfiles = options.optional("custom_profiles", default: [String: [ProfileRule]]()) { value in
+            guard let map = value.mapping else { return nil }
+            var result: [String: [ProfileRule]] = [:]
+            var good = true
+            for (name, _, rules) in map.allEntries() {
+                if ["full", "internet_only", "intranet_only"].contains(name) {
+                    rules.error("\"\(name)\" is a built-in profile")
+                    good = false
+                }
+                guard let items = rules.sequence, let decoded = all(items.map(decodeProfileRule)) else {
+                    good = false
+                    continue
+                }
+                result[name] = decoded
+            }
+            return good ? result : nil
+        }
+        let masquerade = options.optional("masquerade", default: [Masquerade]()) { value in
+            value.sequence.flatMap { items in all(items.map(decodeMasquerade)) }
+        }
+        let dnsHijack = options.optional("dns_hijack").map { need(decodeDNSHijack($0)) } ?? nil
+        let marks = options.optional("marks", default: [MarkRule]()) { value in
+            value.sequence.flatMap { items in all(items.map(decodeMark)) }
+        }
+        guard ok, let sources, let profiles, let customProfiles, let masquerade, let marks else { return nil }
+
+        // Profiles must name a built-in or custom profile.
+        var known = true
+        for (index, assignment) in profiles.enumerated() {
+            if case .custom(let name) = assignment.profile, customProfiles[name] == nil {
+                options.optional("profiles")?.sequence?[index].mapping?.optional("profile")?
+                    .error("unknown profile \"\(name)\" (built in: full, internet_only, intranet_only; custom: \(customProfiles.keys.sorted().joined(separator: ", ")))")
+                known = false
+            }
+        }
+        let config = EnforceNftablesConfig(
+            destinations: destinations, sources: sources, profiles: profiles, customProfiles: customProfiles,
+            masquerade: masquerade, dnsHijack: dnsHijack, marks: marks)
+        if config.isEmpty {
+            options.value.error("enforce.nftables needs at least one of: \(Self.options.map(\.name).joined(separator: ", "))")
+            return nil
+        }
+        return known ? config : nil
+    }
+
+    var isEmpty: Bool {
+        destinations == nil && sources.isEmpty && profiles.isEmpty && masquerade.isEmpty && dnsHijack == nil && marks.isEmpty
+    }
+
+    public func placementError(listener: (any ListenerConfig)?) -> String? {
+        if !sources.isEmpty, listener == nil {
+            return "allow_sources: needs a listen.* stage in the pipeline (it guards the listener's port)"
+        }
+        if !sources.isEmpty, let listener, listener.bindAddress.port == 0 {
+            return "allow_sources: cannot guard a listener on port 0"
+        }
+        return nil
+    }
+
+    public func makeStage(_ context: StageContext) -> any Stage { EnforceNftables(config: self, context: context) }
+
+    public static func sweep(keeping pipelines: Set<String>, environment: StageEnvironment) async {
+        NftablesTable.shared.sweep(keeping: pipelines)
+    }
+
+    // MARK: - Pieces
+
+    private static func all<T>(_ values: [T?]) -> [T]? {
+        let present = values.compactMap { $0 }
+        return present.count == values.count ? present : nil
+    }
+
+    static func network(_ value: ConfigValue) -> IPNetwork? {
+        value.parsed(IPNetwork.parse)
+    }
+
+    static func networks(_ value: ConfigValue) -> [IPNetwork]? {
+        if value.string != nil { return network(value).map { [$0] } }
+        guard let items = value.sequence else { return nil }
+        return all(items.map(network))
+    }
+
+    static func interfaceName(_ value: ConfigValue) -> String? {
+        guard let name = value.string else { return nil }
+        guard (1...15).contains(name.utf8.count), !name.contains("/"), !name.contains(where: \.isWhitespace) else {
+            value.error("not an interface name: \"\(name)\"")
+            return nil
+        }
+        return name
+    }
+
+    static func ports(_ value: ConfigValue) -> [Int]? {
+        if value.string != nil { return value.int(in: 1...65535).map { [$0] } }
+        guard let items = value.sequence, !items.isEmpty else {
+            value.error("list one or more ports")
+            return nil
+        }
+        return all(items.map { $0.int(in: 1...65535) })
+    }
+
+    private static func decodeDestinations(_ value: ConfigValue) -> DestinationAllowlist? {
+        guard let map = value.mapping else { return nil }
+        let interfaces = map.required("interfaces").flatMap { value -> [String]? in
+            guard let items = value.sequence else { return nil }
+            if items.isEmpty { value.error("list at least one interface") }
+            return items.isEmpty ? nil : all(items.map(interfaceName))
+        }
+        let entries = map.required("entries").flatMap { value -> [DestinationEntry]? in
+            guard let items = value.sequence else { return nil }
+            return all(items.map(decodeDestinationEntry))
+        }
+        let resolvers = map.optional("resolvers", default: [HostPort]()) { value in
+            value.sequence.flatMap { items in
+                all(items.map { item in item.parsed { text in try HostPort.parse(text, defaultPort: 53) } })
+            }
+        }
+        let interval = map.optional("resolve_interval", default: Duration.seconds(60)) { $0.parsed(DurationParser.parse) }
+        let minimumTTL = map.optional("min_ttl", default: Duration.seconds(10)) { $0.parsed(DurationParser.parse) }
+        let count = map.optional("count_elements", default: false) { $0.bool }
+        let maxElements = map.optional("max_elements", default: 65536) { $0.int(in: 1...(1 << 24)) }
+        map.finish()
+        guard let interfaces, let entries, let resolvers, let interval, let minimumTTL, let count, let maxElements else { return nil }
+        let literals = entries.filter { if case .network(let n) = $0.target { return n.isSingleAddress } else { return false } }
+        if literals.count > maxElements {
+            map.optional("max_elements")?.error("\(literals.count) addresses do not fit in max_elements \(maxElements)")
+            return nil
+        }
+        return DestinationAllowlist(
+            interfaces: interfaces, entries: entries, resolvers: resolvers, resolveInterval: interval, minimumTTL: minimumTTL,
+            countElements: count, maxElements: maxElements)
+    }
+
+    private static func decodeDestinationEntry(_ value: ConfigValue) -> DestinationEntry? {
+        var text: String?
+        var allowPrivate = false
+        var protected = false
+        var at = value
+        if let plain = value.string {
+            text = plain
+        } else if let map = value.mapping {
+            let address = map.optional("address")
+            let domain = map.optional("domain")
+            allowPrivate = map.optional("allow_private", default: false) { $0.bool } ?? false
+            protected = map.optional("protected", default: false) { $0.bool } ?? false
+            map.finish()
+            switch (address, domain) {
+            case (let a?, nil): text = a.string; at = a
+            case (nil, let d?): text = d.string; at = d
+            default:
+                value.error("an entry has either address: or domain:")
+                return nil
+            }
+        }
+        guard let text else { return nil }
+        if let network = try? IPNetwork.parse(text) {
+            if !allowPrivate, !network.isPublic {
+                at.error("\(network) is not a public address; add allow_private: true to allow it")
+                return nil
+            }
+            return DestinationEntry(target: .network(network), allowPrivate: allowPrivate, protected: protected)
+        }
+        if text.contains("/") || IPNetwork.addressBytes(text.split(separator: "/").first.map(String.init) ?? "") != nil {
+            _ = at.parsed(IPNetwork.parse)  // reports why
+            return nil
+        }
+        guard let name = DomainName.normalized(text) else {
+            at.error("\"\(text)\" is neither an IP address, a network nor a domain name")
+            return nil
+        }
+        return DestinationEntry(target: .domain(name), allowPrivate: allowPrivate, protected: protected)
+    }
+
+    private static func decodeProfile(_ value: ConfigValue) -> ProfileAssignment? {
+        guard let map = value.mapping else { return nil }
+        let source = map.required("source").flatMap(network)
+        let profile = map.required("profile")?.string.map { name -> Profile in
+            switch name {
+            case "full": return .full
+            case "internet_only": return .internetOnly
+            case "intranet_only": return .intranetOnly
+            default: return .custom(name)
+            }
+        }
+        map.finish()
+        guard let source, let profile else { return nil }
+        return ProfileAssignment(source: source, profile: profile)
+    }
+
+    private static func decodeProfileRule(_ value: ConfigValue) -> ProfileRule? {
+        guard let map = value.mapping else { return nil }
+        let destination = map.optional("destination", default: IPNetwork?.none) { network($0).map(Optional.some) }
+        let transport = map.optional("protocol", default: TransportProtocol.any) { $0.oneOf(TransportProtocol.self) }
+        let ports = map.optional("ports", default: [Int]()) { self.ports($0) }
+        map.finish()
+        guard let destination, let transport, let ports else { return nil }
+        if !ports.isEmpty, transport == .any {
+            map.optional("ports")?.error("ports need protocol: tcp or udp")
+            return nil
+        }
+        return ProfileRule(destination: destination, transport: transport, ports: ports)
+    }
+
+    private static func decodeMasquerade(_ value: ConfigValue) -> Masquerade? {
+        guard let map = value.mapping else { return nil }
+        let source = map.required("source").flatMap(network)
+        let outInterface = map.required("out_interface").flatMap(interfaceName)
+        map.finish()
+        guard let source, let outInterface else { return nil }
+        return Masquerade(source: source, outInterface: outInterface)
+    }
+
+    private static func decodeDNSHijack(_ value: ConfigValue) -> DNSHijack? {
+        guard let map = value.mapping else { return nil }
+        let sources = map.required("sources").flatMap(networks)
+        let resolver = map.required("resolver").flatMap { value -> HostPort? in value.parsed { try HostPort.parse($0, defaultPort: 53) } }
+        let blockDoH = map.optional("block_doh", default: true) { $0.bool }
+        let extra = map.optional("doh_endpoints", default: [IPNetwork]()) { networks($0) }
+        map.finish()
+        guard let sources, let resolver, let blockDoH, let extra else { return nil }
+        guard let address = IPNetwork.addressBytes(resolver.host) else {
+            map.optional("resolver")?.error("the resolver must be an IP address")
+            return nil
+        }
+        let resolverNetwork = IPNetwork(bytes: address, prefix: address.count * 8)
+        if sources.contains(where: { $0.isIPv4 != resolverNetwork.isIPv4 }) {
+            map.optional("sources")?.error("sources must be of the resolver's address family (\(resolverNetwork.isIPv4 ? "IPv4" : "IPv6"))")
+            return nil
+        }
+        return DNSHijack(sources: sources, resolver: resolverNetwork, port: resolver.port, blockDoH: blockDoH, extraDoHEndpoints: extra)
+    }
+
+    private static func decodeMark(_ value: ConfigValue) -> MarkRule? {
+        guard let map = value.mapping else { return nil }
+        let mark = map.required("mark").flatMap { value -> UInt32? in
+            if let number = value.int(in: 1...Int(UInt32.max)) { return UInt32(number) }
+            return nil
+        }
+        let source = map.optional("source", default: IPNetwork?.none) { network($0).map(Optional.some) }
+        let destination = map.optional("destination", default: IPNetwork?.none) { network($0).map(Optional.some) }
+        let transport = map.optional("protocol", default: TransportProtocol.any) { $0.oneOf(TransportProtocol.self) }
+        let ports = map.optional("ports", default: [Int]()) { self.ports($0) }
+        map.finish()
+        guard let mark, let source, let destination, let transport, let ports else { return nil }
+        if !ports.isEmpty, transport == .any {
+            map.optional("ports")?.error("ports need protocol: tcp or udp")
+            return nil
+        }
+        if let source, let destination, source.isIPv4 != destination.isIPv4 {
+            map.optional("destination")?.error("source and destination are of different address families")
+            return nil
+        }
+        return MarkRule(mark: mark, source: source, destination: destination, transport: transport, ports: ports)
+    }
+}
+
+/// Domain names as the allowlist keeps them: lower case, no trailing dot, valid labels.
+enum DomainName {
+    static func normalized(_ text: String) -> String? {
+        var name = text.lowercased()
+        if name.hasSuffix(".") { name.removeLast() }
+        let labels = name.split(separator: ".", omittingEmptySubsequences: false)
+        guard labels.count >= 2, name.utf8.count <= 253 else { return nil }
+        for label in labels {
+            guard (1...63).contains(label.utf8.count), label.first != "-", label.last != "-",
+                label.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") })
+            else { return nil }
+        }
+        return name
+    }
+}
