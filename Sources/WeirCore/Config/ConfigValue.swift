@@ -31,6 +31,10 @@ public struct ConfigValue {
     }
 
     /// A scalar as text; plain scalars, quoted strings and numbers are all accepted.
+    /// What the node is, without reporting anything: for values that may take several shapes.
+    public var isScalar: Bool { node.scalar != nil }
+    public var isMapping: Bool { node.mapping != nil }
+
     public var string: String? {
         guard case .scalar(let scalar) = node else {
             error("expected a string, found \(node.kindName)")

@@ -9,6 +9,9 @@ func which(_ name: String) -> String? {
     return nil
 }
 
+/// The system's Python, not a version manager's shim (which forks, so terminating it would leave Python running).
+let python3: String = FileManager.default.isExecutableFile(atPath: "/usr/bin/python3") ? "/usr/bin/python3" : (which("python3") ?? "python3")
+
 /// Why kernel tests cannot run here, or nil when they can: they need root, `ip`, eBPF and network namespaces.
 let kernelTestsUnavailable: String? = {
     if getuid() != 0 { return "needs root (network namespaces, eBPF)" }
@@ -73,8 +76,8 @@ final class NamespacePair: @unchecked Sendable {
     }
 
     deinit {
-        _ = try? command([which("ip")!, "netns", "del", agent])
-        _ = try? command([which("ip")!, "netns", "del", peer])
+        removeNamespace(agent)
+        removeNamespace(peer)
         _ = try? command([which("umount")!, bpffs])
         try? FileManager.default.removeItem(atPath: bpffs)
     }
@@ -96,14 +99,14 @@ final class NamespacePair: @unchecked Sendable {
     /// Runs a Python script inside a namespace (traffic generators; see `TrafficScripts`).
     @discardableResult
     func python(_ ns: String, _ script: String, _ arguments: [String] = []) throws -> String {
-        try inside(ns, ["python3", "-c", script] + arguments.map { $0 })
+        try inside(ns, [python3, "-c", script] + arguments)
     }
 
     /// Starts a Python script inside a namespace in the background; kill the process when done.
     func pythonInBackground(_ ns: String, _ script: String, _ arguments: [String] = []) throws -> Process {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: which("ip")!)
-        process.arguments = ["netns", "exec", ns, "python3", "-c", script] + arguments
+        process.arguments = ["netns", "exec", ns, python3, "-c", script] + arguments
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()
@@ -126,6 +129,13 @@ final class NamespacePair: @unchecked Sendable {
         }
         return result
     }
+}
+
+/// Kills whatever still runs in a namespace (a helper whose test failed early), then deletes it.
+func removeNamespace(_ ns: String) {
+    let pids = (try? command([which("ip")!, "netns", "pids", ns]).output) ?? ""
+    for pid in pids.split(separator: "\n").compactMap({ Int32($0) }) { kill(pid, SIGKILL) }
+    _ = try? command([which("ip")!, "netns", "del", ns])
 }
 
 struct CommandFailed: Error, CustomStringConvertible {

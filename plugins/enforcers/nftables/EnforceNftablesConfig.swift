@@ -199,7 +199,7 @@ public struct EnforceNftablesConfig: StageConfig {
     }
 
     static func networks(_ value: ConfigValue) -> [IPNetwork]? {
-        if value.string != nil { return network(value).map { [$0] } }
+        if value.isScalar { return network(value).map { [$0] } }
         guard let items = value.sequence else { return nil }
         return all(items.map(network))
     }
@@ -214,7 +214,7 @@ public struct EnforceNftablesConfig: StageConfig {
     }
 
     static func ports(_ value: ConfigValue) -> [Int]? {
-        if value.string != nil { return value.int(in: 1...65535).map { [$0] } }
+        if value.isScalar { return value.int(in: 1...65535).map { [$0] } }
         guard let items = value.sequence, !items.isEmpty else {
             value.error("list one or more ports")
             return nil
@@ -259,8 +259,8 @@ public struct EnforceNftablesConfig: StageConfig {
         var allowPrivate = false
         var protected = false
         var at = value
-        if let plain = value.string {
-            text = plain
+        if !value.isMapping {
+            text = value.string
         } else if let map = value.mapping {
             let address = map.optional("address")
             let domain = map.optional("domain")

@@ -86,7 +86,8 @@ struct NftPlan: Sendable {
         let structural = flush + delete + create + late
         if !structural.isEmpty {
             let table: NftJSON = .object([("add", .object([("table", .object([("family", .string(NftNames.family)), ("name", .string(NftNames.table))]))]))])
-            commands = [table] + structural
+            // Removing everything must not bring back a table that a sweep just deleted.
+            commands = (desired.isEmpty ? [] : [table]) + structural
         }
 
         for (name, addresses) in desired.addresses.sorted(by: { $0.key < $1.key }) {

@@ -19,7 +19,10 @@ final class NftablesTable: Sendable {
         let pointer: OpaquePointer
     }
 
+    /// Serialises each use of libnftables.
     private let lock = NIOLock()
+    /// Serialises whole operations (list, plan, apply), so a sweep never reads half of a stage's removal.
+    private let operations = NIOLock()
     /// What each owner's objects are now, as last applied or listed. Absent: list the kernel first.
     private let applied = NIOLockedValueBox<[String: NftOwnerState]>([:])
     private let logger = Logger(label: "weir.enforce.nftables")
@@ -27,7 +30,8 @@ final class NftablesTable: Sendable {
     /// Runs libnftables commands (JSON) as one transaction and returns their output.
     @discardableResult
     func run(_ commands: [NftJSON]) throws -> String {
-        try run(text: NftJSON.object([("nftables", .array(commands))]).text)
+        if commands.isEmpty { return "" }
+        return try run(text: NftJSON.object([("nftables", .array(commands))]).text)
     }
 
     private func run(text: String) throws -> String {
@@ -146,6 +150,10 @@ final class NftablesTable: Sendable {
     /// address elements. When the second fails, the first is undone; either way the error is thrown and the
     /// table is as it was.
     func apply(owner: String, _ desired: NftOwnerState) throws -> NftPlan {
+        try operations.withLock { try applyLocked(owner: owner, desired) }
+    }
+
+    private func applyLocked(owner: String, _ desired: NftOwnerState) throws -> NftPlan {
         let current = try currentState(owner)
         let plan = NftPlan(owner: owner, from: current, to: desired)
         if !plan.commands.isEmpty {
@@ -236,13 +244,19 @@ final class NftablesTable: Sendable {
 
     /// Deletes every object of `owner`.
     func remove(owner: String) throws {
-        let current = try currentState(owner)
-        try run(NftPlan(owner: owner, from: current, to: NftOwnerState()).commands)
-        forget(owner)
+        try operations.withLock {
+            let current = try currentState(owner)
+            try run(NftPlan(owner: owner, from: current, to: NftOwnerState()).commands)
+            forget(owner)
+        }
     }
 
     /// Removes the objects of owners not in `keeping`; the whole table when nobody is left.
     func sweep(keeping: Set<String>) {
+        operations.withLock { sweepLocked(keeping: keeping) }
+    }
+
+    private func sweepLocked(keeping: Set<String>) {
         do {
             let owners = try listOwners()
             if keeping.isEmpty {

@@ -1,0 +1,171 @@
+import Foundation
+
+/// Three network namespaces for the enforcement tests: a client, a gateway that forwards (where the agent
+/// runs), and an upstream with "public" addresses — which exist only inside these namespaces, so no packet
+/// leaves them.
+///
+///     client 10.50.0.2, fd50::2  ──  10.50.0.1, fd50::1  gateway  11.0.0.1, 2a01:4f8::1  ──  upstream
+///                                                                            11.0.0.2, .3, .53, 1.1.1.1, 10.60.0.2
+///                                                                            2a01:4f8::2, ::3
+final class GatewayTopology: @unchecked Sendable {
+    private static let counter = NSLock()
+    nonisolated(unsafe) private static var next = 0
+
+    let client: String
+    let gateway: String
+    let upstream: String
+    /// Interface names, on the gateway: toward the client and toward the upstream.
+    let gatewayInside: String
+    let gatewayOutside: String
+    let clientInterface: String
+
+    init(upstreamRoutesBack: Bool = true) throws {
+        let number = Self.counter.withLock {
+            Self.next += 1
+            return Self.next
+        }
+        let tag = "\(getpid() % 100_000)y\(number)"
+        client = "weir-c\(tag)"
+        gateway = "weir-g\(tag)"
+        upstream = "weir-u\(tag)"
+        gatewayInside = "gi\(tag)"
+        gatewayOutside = "go\(tag)"
+        clientInterface = "ci\(tag)"
+        let upstreamInterface = "uo\(tag)"
+        for ns in [client, gateway, upstream] {
+            try sh(["ip", "netns", "add", ns])
+            try sh(["ip", "-n", ns, "link", "set", "lo", "up"])
+        }
+        try sh(["ip", "link", "add", gatewayInside, "netns", gateway, "type", "veth", "peer", "name", clientInterface, "netns", client])
+        try sh(["ip", "link", "add", gatewayOutside, "netns", gateway, "type", "veth", "peer", "name", upstreamInterface, "netns", upstream])
+        let addresses = [
+            (client, clientInterface, ["10.50.0.2/24", "fd50::2/64"]),
+            (gateway, gatewayInside, ["10.50.0.1/24", "fd50::1/64"]),
+            (gateway, gatewayOutside, ["11.0.0.1/24", "2a01:4f8::1/64"]),
+            (upstream, upstreamInterface, ["11.0.0.2/24", "11.0.0.3/24", "11.0.0.53/24", "1.1.1.1/32", "10.60.0.2/24", "2a01:4f8::2/64", "2a01:4f8::3/64"]),
+        ]
+        for (ns, interface, list) in addresses {
+            for address in list {
+                try sh(["ip", "-n", ns, "addr", "add", address, "dev", interface] + (address.contains(":") ? ["nodad"] : []))
+            }
+            try sh(["ip", "-n", ns, "link", "set", interface, "up"])
+        }
+        try sh(["ip", "-n", client, "route", "add", "default", "via", "10.50.0.1"])
+        try sh(["ip", "-n", client, "-6", "route", "add", "default", "via", "fd50::1"])
+        try sh(["ip", "-n", gateway, "route", "add", "10.60.0.0/24", "via", "11.0.0.2"])
+        if upstreamRoutesBack {
+            try sh(["ip", "-n", upstream, "route", "add", "10.50.0.0/24", "via", "11.0.0.1"])
+            try sh(["ip", "-n", upstream, "-6", "route", "add", "fd50::/64", "via", "2a01:4f8::1"])
+        }
+        try sh(["ip", "netns", "exec", gateway, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        try sh(["ip", "netns", "exec", gateway, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
+    }
+
+    deinit {
+        for ns in [client, gateway, upstream] { removeNamespace(ns) }
+    }
+
+    @discardableResult
+    func sh(_ arguments: [String]) throws -> String {
+        let (status, output) = try command([which(arguments[0]) ?? arguments[0]] + arguments.dropFirst())
+        guard status == 0 else { throw CommandFailed(command: arguments.joined(separator: " "), status: status, output: output) }
+        return output
+    }
+
+    @discardableResult
+    func inside(_ ns: String, _ arguments: [String]) throws -> String { try sh(["ip", "netns", "exec", ns] + arguments) }
+
+    /// Weir's table on the gateway, as `nft list` prints it ("" when there is none).
+    func ruleset() -> String {
+        guard let (status, output) = try? command([which("ip")!, "netns", "exec", gateway, which("nft")!, "list", "table", "inet", "weir"]),
+            status == 0
+        else { return "" }
+        return output
+    }
+
+    func background(_ ns: String, _ script: String, _ arguments: [String] = []) throws -> Process {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: which("ip")!)
+        process.arguments = ["netns", "exec", ns, python3, "-c", script] + arguments
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        return process
+    }
+
+    /// Whether a TCP connection from the client to `host`:`port` opens (two tries of two seconds: the first
+    /// packets of a path wait for neighbour discovery).
+    func clientReaches(_ host: String, port: Int) -> Bool {
+        for _ in 0..<2 {
+            let output = (try? command([which("ip")!, "netns", "exec", client, python3, "-c", Scripts.connect, host, "\(port)"]).output) ?? ""
+            if output.contains("open") { return true }
+        }
+        return false
+    }
+
+    enum Scripts {
+        /// argv: host port. Prints "open" or the error.
+        static let connect = """
+            import socket, sys
+            try:
+                socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close()
+                print("open")
+            except Exception as error:
+                print(error)
+            """
+
+        /// argv: port. Accepts on every address of the namespace, IPv4 and IPv6, and closes; writes the peer
+        /// address of each connection to stdout.
+        static let acceptAll = """
+            import socket, sys, threading
+            def serve(family, address):
+                s = socket.socket(family, socket.SOCK_STREAM)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                s.bind((address, int(sys.argv[1])))
+                s.listen(64)
+                while True:
+                    c, peer = s.accept()
+                    print(peer[0], flush=True)
+                    c.close()
+            threading.Thread(target=serve, args=(socket.AF_INET6, "::"), daemon=True).start()
+            serve(socket.AF_INET, "0.0.0.0")
+            """
+
+        /// argv: answers_file address port. A DNS server answering A queries with the addresses listed in
+        /// the file (one per line, read at each query), TTL 1; AAAA queries get no answer. It binds the one
+        /// address so that answers come from it.
+        static let dnsServer = """
+            import socket, struct, sys
+            path, address, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((address, port))
+            while True:
+                query, peer = s.recvfrom(512)
+                ident, flags, qd = struct.unpack("!HHH", query[:6])
+                end = 12
+                while query[end] != 0:
+                    end += query[end] + 1
+                question = query[12:end + 5]
+                qtype = struct.unpack("!H", query[end + 1:end + 3])[0]
+                addresses = [line.strip() for line in open(path) if line.strip()] if qtype == 1 else []
+                answers = b"".join(b"\\xc0\\x0c" + struct.pack("!HHIH", 1, 1, 1, 4) + socket.inet_aton(a) for a in addresses)
+                header = struct.pack("!HHHHHH", ident, 0x8180, 1, len(addresses), 0, 0)
+                s.sendto(header + question + answers, peer)
+            """
+
+        /// argv: server port name. One A query; prints the addresses of the answer.
+        static let dnsQuery = """
+            import socket, struct, sys
+            server, port, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+            q = struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\\x00\\x00\\x01\\x00\\x01"
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(2)
+            s.sendto(q, (server, port))
+            data, peer = s.recvfrom(512)
+            count = struct.unpack("!H", data[6:8])[0]
+            print(peer[0], [socket.inet_ntoa(data[-4 - 16 * i:][:4]) for i in range(count)])
+            """
+    }
+}
