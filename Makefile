@@ -46,8 +46,10 @@ bench:
 	$(call apt_install,$(BENCH_PACKAGES))
 	$(SWIFT) build -c release --product weir
 	WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/forward-bench.sh
-	@if [ "$$(id -u)" = 0 ]; then WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/count-ebpf-bench.sh; \
-	else echo "skipping bench/count-ebpf-bench.sh: needs root (network namespaces, eBPF)"; fi
+	@if [ "$$(id -u)" = 0 ]; then \
+		WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/count-ebpf-bench.sh && \
+		WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/nftables-bench.sh; \
+	else echo "skipping bench/count-ebpf-bench.sh and bench/nftables-bench.sh: they need root (network namespaces)"; fi
 
 clean:
 	rm -rf .build

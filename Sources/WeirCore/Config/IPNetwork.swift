@@ -1,20 +1,51 @@
 import NIOCore
 
 /// An IPv4 or IPv6 network: an address and a prefix length (32 or 128 for a single address).
+///
+/// Stored as two integers rather than a byte array: allowlists hold hundreds of thousands of these in sets,
+/// and hashing and comparing must not touch the heap.
 public struct IPNetwork: Hashable, Sendable, Comparable, CustomStringConvertible {
-    /// 4 bytes (IPv4) or 16 (IPv6), host bits zero.
-    public let bytes: [UInt8]
-    public let prefix: Int
+    /// The address, left-aligned in 128 bits (an IPv4 address fills the top 32), host bits zero.
+    private let high: UInt64
+    private let low: UInt64
+    private let length: UInt8
+    public let isIPv4: Bool
 
-    public var isIPv4: Bool { bytes.count == 4 }
-    public var width: Int { bytes.count * 8 }
+    public var prefix: Int { Int(length) }
+    public var width: Int { isIPv4 ? 32 : 128 }
     public var isSingleAddress: Bool { prefix == width }
+
+    /// 4 bytes (IPv4) or 16 (IPv6).
+    public var bytes: [UInt8] {
+        let all = (0..<8).map { UInt8(truncatingIfNeeded: high >> (56 - 8 * $0)) } + (0..<8).map { UInt8(truncatingIfNeeded: low >> (56 - 8 * $0)) }
+        return isIPv4 ? Array(all.prefix(4)) : all
+    }
+
+    /// Two words into the hasher instead of four fields: allowlist deltas hash every element twice.
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(high)
+        hasher.combine(low ^ (UInt64(length) << 1) ^ (isIPv4 ? 1 : 0))
+    }
 
     /// Masks host bits off.
     public init(bytes: [UInt8], prefix: Int) {
         precondition(bytes.count == 4 || bytes.count == 16)
-        self.prefix = max(0, min(prefix, bytes.count * 8))
-        self.bytes = Self.masked(bytes, self.prefix)
+        isIPv4 = bytes.count == 4
+        let width = bytes.count * 8
+        let length = max(0, min(prefix, width))
+        self.length = UInt8(length)
+        var high: UInt64 = 0
+        var low: UInt64 = 0
+        for (index, byte) in bytes.enumerated() {
+            if index < 8 { high |= UInt64(byte) << (56 - 8 * index) } else { low |= UInt64(byte) << (56 - 8 * (index - 8)) }
+        }
+        (self.high, self.low) = Self.masked(high, low, length)
+    }
+
+    private static func masked(_ high: UInt64, _ low: UInt64, _ length: Int) -> (UInt64, UInt64) {
+        let highMask: UInt64 = length >= 64 ? .max : (length == 0 ? 0 : ~(UInt64.max >> length))
+        let lowMask: UInt64 = length <= 64 ? 0 : (length >= 128 ? .max : ~(UInt64.max >> (length - 64)))
+        return (high & highMask, low & lowMask)
     }
 
     /// `192.0.2.7`, `198.51.100.0/24`, `2001:db8::/32`. Host bits set after the prefix are an error: the
@@ -56,28 +87,17 @@ public struct IPNetwork: Hashable, Sendable, Comparable, CustomStringConvertible
     public var description: String { isSingleAddress ? address : "\(address)/\(prefix)" }
 
     public func contains(_ other: IPNetwork) -> Bool {
-        other.bytes.count == bytes.count && other.prefix >= prefix && Self.masked(other.bytes, prefix) == bytes
+        guard other.isIPv4 == isIPv4, other.length >= length else { return false }
+        let (high, low) = Self.masked(other.high, other.low, prefix)
+        return high == self.high && low == self.low
     }
 
     public func overlaps(_ other: IPNetwork) -> Bool { contains(other) || other.contains(self) }
 
+    /// IPv4 before IPv6, then by address, then by prefix length.
     public static func < (a: IPNetwork, b: IPNetwork) -> Bool {
-        if a.bytes.count != b.bytes.count { return a.bytes.count < b.bytes.count }
-        if a.bytes != b.bytes { return a.bytes.lexicographicallyPrecedes(b.bytes) }
-        return a.prefix < b.prefix
-    }
-
-    private static func masked(_ bytes: [UInt8], _ prefix: Int) -> [UInt8] {
-        var result = bytes
-        for index in result.indices {
-            let bit = index * 8
-            if bit >= prefix {
-                result[index] = 0
-            } else if bit + 8 > prefix {
-                result[index] &= UInt8(truncatingIfNeeded: 0xFF << (8 - (prefix - bit)))
-            }
-        }
-        return result
+        if a.isIPv4 != b.isIPv4 { return a.isIPv4 }
+        return (a.high, a.low, a.length) < (b.high, b.low, b.length)
     }
 
     // MARK: - Address space
@@ -102,7 +122,7 @@ public struct IPNetwork: Hashable, Sendable, Comparable, CustomStringConvertible
 
     /// The smallest list of networks covering `whole` minus `excluded`, in address order.
     public static func subtract(_ excluded: [IPNetwork], from whole: IPNetwork) -> [IPNetwork] {
-        let relevant = excluded.filter { $0.bytes.count == whole.bytes.count && $0.overlaps(whole) }
+        let relevant = excluded.filter { $0.isIPv4 == whole.isIPv4 && $0.overlaps(whole) }
         if relevant.contains(where: { $0.contains(whole) }) { return [] }
         if relevant.isEmpty { return [whole] }
         // Split in halves until each half is either clean or wholly excluded.

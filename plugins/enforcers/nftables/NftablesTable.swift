@@ -154,8 +154,10 @@ final class NftablesTable: Sendable {
     }
 
     private func applyLocked(owner: String, _ desired: NftOwnerState) throws -> NftPlan {
+        let started = ContinuousClock.now
         let current = try currentState(owner)
         let plan = NftPlan(owner: owner, from: current, to: desired)
+        logger.debug("planned", metadata: ["pipeline": "\(owner)", "took": "\(ContinuousClock.now - started)"])
         if !plan.commands.isEmpty {
             do {
                 try run(plan.commands)
