@@ -245,6 +245,36 @@ struct NftablesTests {
         #expect(seen.contains("11.0.0.1") && !seen.contains("10.50.0.2"), "the upstream saw the gateway's address: \(seen)")
     }
 
+    @Test("allow_sources lets only the listed clients reach a forward pipeline's listener")
+    func sourceAllowlist() throws {
+        let net = try GatewayTopology()
+        let server = try net.background(net.upstream, GatewayTopology.Scripts.acceptAll, ["7000"])
+        defer { server.terminate() }
+        func pipelines(_ sources: String) -> String {
+            """
+            pipelines:
+              admin:
+                stages:
+                  - type: listen.tcp
+                    address: 10.50.0.1:7200
+                  - type: enforce.nftables
+                    allow_sources: [\(sources)]
+                  - type: connect.tcp
+                    addresses: [11.0.0.2:7000]
+            """
+        }
+        let agent = try WeirProcess(pipelines: pipelines("10.99.0.0/24, fd99::/64"), netns: net.gateway)
+        try agent.start()
+        defer { agent.stop() }
+        #expect(!net.clientReaches("10.50.0.1", port: 7200), "the client is not listed")
+        #expect((try agent.metric("weir_nft_dropped_packets_total", ["pipeline": "admin"]) ?? 0) >= 1)
+
+        try agent.writePipelines(pipelines("10.50.0.0/24"))
+        try agent.reload()
+        #expect(net.clientReaches("10.50.0.1", port: 7200))
+        #expect(try agent.metric("weir_pipeline_connections_total", ["pipeline": "admin"]) ?? 0 >= 1)
+    }
+
     @Test("route.gateway sends public ranges via the gateway, keeps private ones local, and removes its routes")
     func gatewayRoutes() throws {
         let net = try GatewayTopology()
