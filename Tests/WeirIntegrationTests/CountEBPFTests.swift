@@ -52,21 +52,11 @@ struct CountEBPFTests {
         return output.split(separator: "\n").filter { $0.contains("weir_count_in") || $0.contains("weir_count_out") }.map(String.init)
     }
 
-    /// Polls `condition` for up to `timeout` seconds.
-    static func eventually(timeout: TimeInterval = 5, _ condition: () throws -> Bool) rethrows -> Bool {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            if try condition() { return true }
-            usleep(50_000)
-        }
-        return try condition()
-    }
-
     @Test("UDP over IPv4 and IPv6 is counted exactly, both ways, and agrees with the kernel's SNMP counters")
     func exactUDPCounts() throws {
         let net = try NamespacePair()
-        let echo4 = try net.pythonInBackground(net.peer, TrafficScripts.udpHalfEcho, ["4", net.peerIPv4, "7001"])
-        let echo6 = try net.pythonInBackground(net.peer, TrafficScripts.udpHalfEcho, ["6", net.peerIPv6, "7001"])
+        let echo4 = try net.background(net.peer, TrafficScripts.udpHalfEcho, ["4", net.peerIPv4, "7001"])
+        let echo6 = try net.background(net.peer, TrafficScripts.udpHalfEcho, ["6", net.peerIPv6, "7001"])
         defer { echo4.terminate(); echo6.terminate() }
         let agent = try Self.startAgent(net, pipelines: Self.countPipeline(net))
         defer { agent.stop() }
@@ -94,7 +84,7 @@ struct CountEBPFTests {
     @Test("TCP is counted per GSO segment: packets equal the kernel's TCP segment counters, bytes add each segment's headers")
     func tcpCountsBySegment() throws {
         let net = try NamespacePair()
-        let server = try net.pythonInBackground(net.peer, TrafficScripts.tcpReadThenReply, ["4", net.peerIPv4, "7002", "\(1 << 20)"])
+        let server = try net.background(net.peer, TrafficScripts.tcpReadThenReply, ["4", net.peerIPv4, "7002", "\(1 << 20)"])
         defer { server.terminate() }
         let agent = try Self.startAgent(net, pipelines: Self.countPipeline(net))
         defer { agent.stop() }
@@ -122,7 +112,7 @@ struct CountEBPFTests {
     @Test("Counts continue across an agent restart and a reload that resizes the map; removing the stage leaves nothing")
     func countsSurviveRestartAndReload() throws {
         let net = try NamespacePair()
-        let echo = try net.pythonInBackground(net.peer, TrafficScripts.udpHalfEcho, ["4", net.peerIPv4, "7003"])
+        let echo = try net.background(net.peer, TrafficScripts.udpHalfEcho, ["4", net.peerIPv4, "7003"])
         defer { echo.terminate() }
         let pins = "\(net.pinRoot)/veth/count-v1-remote_ip-32-128-65536"
 
@@ -132,7 +122,7 @@ struct CountEBPFTests {
         #expect(first == Counts(inBytes: 40 * 78, inPackets: 40, outBytes: 40 * 128, outPackets: 40), "\(first)")
         agent.stop()
         #expect(FileManager.default.fileExists(atPath: pins + "/weir_ip_counts"), "stopping keeps the pinned counters")
-        #expect(try Self.eventually { try Self.loadedPrograms().isEmpty }, "stopping detaches and unloads the programs")
+        #expect(try eventually { try Self.loadedPrograms().isEmpty }, "stopping detaches and unloads the programs")
 
         agent = try Self.startAgent(net, pipelines: Self.countPipeline(net))
         defer { agent.stop() }
@@ -155,7 +145,7 @@ struct CountEBPFTests {
         // Removing the pipeline removes everything it put in the kernel and the pins.
         try agent.writePipelines("pipelines:\n\(tcpForwardEntry("other", port: freePort(), to: [freePort()]))")
         try agent.reload()
-        #expect(try Self.eventually { try Self.loadedPrograms().isEmpty }, "programs unloaded")
+        #expect(try eventually { try Self.loadedPrograms().isEmpty }, "programs unloaded")
         #expect(!FileManager.default.fileExists(atPath: "\(net.pinRoot)/veth"), "pins removed")
         #expect(try agent.metric("weir_ebpf_map_entries", ["pipeline": "veth"]) == nil, "series gone")
     }
@@ -166,7 +156,7 @@ struct CountEBPFTests {
         // Somebody else's filter on the same hook.
         try net.inside(net.agent, ["tc", "qdisc", "add", "dev", net.agentInterface, "clsact"])
         try net.inside(net.agent, ["tc", "filter", "add", "dev", net.agentInterface, "ingress", "prio", "2", "protocol", "ip", "u32", "match", "u32", "0", "0", "classid", "1:1"])
-        let echo = try net.pythonInBackground(net.peer, TrafficScripts.udpHalfEcho, ["6", net.peerIPv6, "7004"])
+        let echo = try net.background(net.peer, TrafficScripts.udpHalfEcho, ["6", net.peerIPv6, "7004"])
         defer { echo.terminate() }
         let agent = try Self.startAgent(net, pipelines: Self.countPipeline(net, options: "        attach: \(mode)\n"))
         defer { agent.stop() }
@@ -190,7 +180,7 @@ struct CountEBPFTests {
         #expect(try !filters("ingress").contains("weir_count"))
         #expect(try !filters("egress").contains("weir_count"))
         #expect(try filters("ingress").contains("u32"), "the other filter is untouched")
-        #expect(try Self.eventually { try links() == 0 && Self.loadedPrograms().isEmpty })
+        #expect(try eventually { try links() == 0 && Self.loadedPrograms().isEmpty })
         #expect(!FileManager.default.fileExists(atPath: "\(net.pinRoot)/veth"))
     }
 
@@ -221,7 +211,7 @@ struct CountEBPFTests {
     @Test("Inside a forward pipeline it counts the listener's clients only, not the connection to the target")
     func countsListenerClients() throws {
         let net = try NamespacePair()
-        let server = try net.pythonInBackground(net.peer, TrafficScripts.tcpReadThenReply, ["4", net.peerIPv4, "7005", "\(2 << 20)"])
+        let server = try net.background(net.peer, TrafficScripts.tcpReadThenReply, ["4", net.peerIPv4, "7005", "\(2 << 20)"])
         defer { server.terminate() }
         let pipelines = """
             pipelines:
@@ -239,7 +229,7 @@ struct CountEBPFTests {
         let received = try net.python(net.peer, TrafficScripts.tcpSendThenRead, ["4", net.agentIPv4, "7100", "\(1 << 20)"])
         #expect(received.contains("\(2 << 20)"))
         var counts = Counts()
-        _ = try Self.eventually {
+        _ = try eventually {
             counts = try Self.counts(agent, net, ip: net.peerIPv4, pipeline: "fwd")
             return counts.inBytes >= Double(1 << 20) && counts.outBytes >= Double(2 << 20)
         }

@@ -21,15 +21,6 @@ struct NftablesTests {
         """
     }
 
-    static func eventually(timeout: TimeInterval = 8, _ condition: () throws -> Bool) rethrows -> Bool {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            if try condition() { return true }
-            usleep(100_000)
-        }
-        return try condition()
-    }
-
     @Test("Only allowlisted destinations are forwarded, IPv4 and IPv6; the rest is dropped and counted; reloads apply deltas")
     func allowlistForwardsOnlyListedDestinations() throws {
         let net = try GatewayTopology()
@@ -95,7 +86,7 @@ struct NftablesTests {
         #expect(!net.clientReaches("11.0.0.3", port: 7000))
 
         try "11.0.0.3\n".write(toFile: answers, atomically: true, encoding: .utf8)
-        #expect(Self.eventually { net.ruleset().contains("11.0.0.3") && !net.ruleset().contains("11.0.0.2") }, "the set follows the answer")
+        #expect(eventually { net.ruleset().contains("11.0.0.3") && !net.ruleset().contains("11.0.0.2") }, "the set follows the answer")
         #expect(net.clientReaches("11.0.0.3", port: 7000))
         #expect(!net.clientReaches("11.0.0.2", port: 7000))
         #expect((try agent.metric("weir_nft_domain_resolutions_total", ["pipeline": "egress", "result": "success"]) ?? 0) >= 2)
@@ -103,7 +94,7 @@ struct NftablesTests {
         // Three addresses do not fit in max_elements 2: the kernel refuses the batch and nothing changes.
         let before = net.ruleset()
         try "11.0.0.2\n11.0.0.3\n11.0.0.4\n".write(toFile: answers, atomically: true, encoding: .utf8)
-        #expect(try Self.eventually { (try agent.metric("weir_nft_domain_resolutions_total", ["pipeline": "egress", "result": "apply_failed"]) ?? 0) >= 1 })
+        #expect(try eventually { (try agent.metric("weir_nft_domain_resolutions_total", ["pipeline": "egress", "result": "apply_failed"]) ?? 0) >= 1 })
         #expect(net.ruleset() == before)
         #expect(agent.log.contains("applying resolved addresses failed"))
     }

@@ -7,10 +7,7 @@ import Foundation
 ///     client 10.50.0.2, fd50::2  ──  10.50.0.1, fd50::1  gateway  11.0.0.1, 2a01:4f8::1  ──  upstream
 ///                                                                            11.0.0.2, .3, .53, 1.1.1.1, 10.60.0.2
 ///                                                                            2a01:4f8::2, ::3
-final class GatewayTopology: @unchecked Sendable {
-    private static let counter = NSLock()
-    nonisolated(unsafe) private static var next = 0
-
+final class GatewayTopology: NamespaceCommands, @unchecked Sendable {
     let client: String
     let gateway: String
     let upstream: String
@@ -20,11 +17,7 @@ final class GatewayTopology: @unchecked Sendable {
     let clientInterface: String
 
     init(upstreamRoutesBack: Bool = true) throws {
-        let number = Self.counter.withLock {
-            Self.next += 1
-            return Self.next
-        }
-        let tag = "\(getpid() % 100_000)y\(number)"
+        let tag = namespaceTag("y")
         client = "weir-c\(tag)"
         gateway = "weir-g\(tag)"
         upstream = "weir-u\(tag)"
@@ -65,32 +58,12 @@ final class GatewayTopology: @unchecked Sendable {
         for ns in [client, gateway, upstream] { removeNamespace(ns) }
     }
 
-    @discardableResult
-    func sh(_ arguments: [String]) throws -> String {
-        let (status, output) = try command([which(arguments[0]) ?? arguments[0]] + arguments.dropFirst())
-        guard status == 0 else { throw CommandFailed(command: arguments.joined(separator: " "), status: status, output: output) }
-        return output
-    }
-
-    @discardableResult
-    func inside(_ ns: String, _ arguments: [String]) throws -> String { try sh(["ip", "netns", "exec", ns] + arguments) }
-
     /// Weir's table on the gateway, as `nft list` prints it ("" when there is none).
     func ruleset() -> String {
         guard let (status, output) = try? command([which("ip")!, "netns", "exec", gateway, which("nft")!, "list", "table", "inet", "weir"]),
             status == 0
         else { return "" }
         return output
-    }
-
-    func background(_ ns: String, _ script: String, _ arguments: [String] = []) throws -> Process {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: which("ip")!)
-        process.arguments = ["netns", "exec", ns, python3, "-c", script] + arguments
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        return process
     }
 
     /// Whether a TCP connection from the client to `host`:`port` opens (two tries of two seconds: the first

@@ -26,10 +26,7 @@ let kernelTestsUnavailable: String? = {
 /// Two network namespaces joined by a veth pair, with IPv4 and IPv6 addresses and static neighbour entries
 /// (so no ARP or neighbour discovery runs between the test's packets), plus a private bpf filesystem for
 /// pins. Created for one test and deleted with it.
-final class NamespacePair: @unchecked Sendable {
-    private static let counter = NSLock()
-    nonisolated(unsafe) private static var next = 0
-
+final class NamespacePair: NamespaceCommands, @unchecked Sendable {
     /// The agent's side.
     let agent: String
     let peer: String
@@ -45,11 +42,7 @@ final class NamespacePair: @unchecked Sendable {
     var pinRoot: String { bpffs + "/weir" }
 
     init() throws {
-        let number = Self.counter.withLock {
-            Self.next += 1
-            return Self.next
-        }
-        let tag = "\(getpid() % 100_000)x\(number)"
+        let tag = namespaceTag("x")
         agent = "weir-a\(tag)"
         peer = "weir-b\(tag)"
         agentInterface = "wa\(tag)"
@@ -82,35 +75,10 @@ final class NamespacePair: @unchecked Sendable {
         try? FileManager.default.removeItem(atPath: bpffs)
     }
 
-    /// Runs a command, failing the test when it fails.
-    @discardableResult
-    func sh(_ arguments: [String]) throws -> String {
-        let (status, output) = try command([which(arguments[0]) ?? arguments[0]] + arguments.dropFirst())
-        guard status == 0 else { throw CommandFailed(command: arguments.joined(separator: " "), status: status, output: output) }
-        return output
-    }
-
-    /// Runs a command inside a namespace.
-    @discardableResult
-    func inside(_ ns: String, _ arguments: [String]) throws -> String {
-        try sh(["ip", "netns", "exec", ns] + arguments)
-    }
-
     /// Runs a Python script inside a namespace (traffic generators; see `TrafficScripts`).
     @discardableResult
     func python(_ ns: String, _ script: String, _ arguments: [String] = []) throws -> String {
         try inside(ns, [python3, "-c", script] + arguments)
-    }
-
-    /// Starts a Python script inside a namespace in the background; kill the process when done.
-    func pythonInBackground(_ ns: String, _ script: String, _ arguments: [String] = []) throws -> Process {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: which("ip")!)
-        process.arguments = ["netns", "exec", ns, python3, "-c", script] + arguments
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        return process
     }
 
     /// The kernel's own SNMP counters of a namespace (`Udp` `OutDatagrams`, `Udp6OutDatagrams`, `Tcp` `OutSegs`…),
@@ -129,6 +97,55 @@ final class NamespacePair: @unchecked Sendable {
         }
         return result
     }
+}
+
+/// A short tag unique to this test process and call, for namespace and interface names (IFNAMSIZ is 16).
+func namespaceTag(_ kind: String) -> String {
+    struct Counter { nonisolated(unsafe) static var next = 0 }
+    let number = tagLock.withLock {
+        Counter.next += 1
+        return Counter.next
+    }
+    return "\(getpid() % 100_000)\(kind)\(number)"
+}
+private let tagLock = NSLock()
+
+/// Commands for tests that build namespaces: run a tool (failing the test when it fails), run one inside a
+/// namespace, start a Python helper there in the background.
+protocol NamespaceCommands {}
+
+extension NamespaceCommands {
+    @discardableResult
+    func sh(_ arguments: [String]) throws -> String {
+        let (status, output) = try command([which(arguments[0]) ?? arguments[0]] + arguments.dropFirst())
+        guard status == 0 else { throw CommandFailed(command: arguments.joined(separator: " "), status: status, output: output) }
+        return output
+    }
+
+    @discardableResult
+    func inside(_ ns: String, _ arguments: [String]) throws -> String { try sh(["ip", "netns", "exec", ns] + arguments) }
+
+    /// Starts a Python script inside a namespace; terminate the process when done (the namespace's removal
+    /// kills it otherwise).
+    func background(_ ns: String, _ script: String, _ arguments: [String] = []) throws -> Process {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: which("ip")!)
+        process.arguments = ["netns", "exec", ns, python3, "-c", script] + arguments
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        return process
+    }
+}
+
+/// Polls `condition` for up to `timeout` seconds.
+func eventually(timeout: TimeInterval = 8, _ condition: () throws -> Bool) rethrows -> Bool {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if try condition() { return true }
+        usleep(100_000)
+    }
+    return try condition()
 }
 
 /// Kills whatever still runs in a namespace (a helper whose test failed early), then deletes it.

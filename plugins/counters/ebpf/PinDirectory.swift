@@ -1,6 +1,7 @@
 import CWeirBPF
 import Foundation
 import NIOConcurrencyHelpers
+import WeirCore
 
 /// Where one count stage pins its maps: `<bpf_pin_dir>/<pipeline>/count-v<layout>-<meaning>-<max_entries>/`.
 ///
@@ -96,27 +97,8 @@ struct PinDirectory: Sendable {
     }
 }
 
-/// Which pin directories the stages of this process use. A stage retired on reload removes its directory
+/// Which pin directories the stages of this process use: a stage retired on reload removes its directory
 /// only when no other stage uses it — its successor with the same map definition does.
-final class PinUsers: Sendable {
-    static let shared = PinUsers()
-    private let users = NIOLockedValueBox<[String: Set<ObjectIdentifier>]>([:])
-
-    func add(_ user: AnyObject, _ path: String) {
-        users.withLockedValue { _ = $0[path, default: []].insert(ObjectIdentifier(user)) }
-    }
-
-    /// Removes the user; returns whether the directory is now unused.
-    func remove(_ user: AnyObject, _ path: String) -> Bool {
-        users.withLockedValue { users in
-            users[path]?.remove(ObjectIdentifier(user))
-            if users[path]?.isEmpty ?? true {
-                users[path] = nil
-                return true
-            }
-            return false
-        }
-    }
-
-    func isUsed(_ path: String) -> Bool { users.withLockedValue { !($0[path]?.isEmpty ?? true) } }
+enum PinUsers {
+    static let shared = SharedStateUsers()
 }

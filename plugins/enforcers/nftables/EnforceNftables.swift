@@ -333,25 +333,8 @@ struct SavedState: Codable {
     }
 }
 
-/// Which stages of this process own a pipeline's objects. A stage retired on reload removes them only when
+/// Which stages of this process own a pipeline's objects: a stage retired on reload removes them only when
 /// its successor (same pipeline) does not own them now.
-final class OwnerUsers: Sendable {
-    static let shared = OwnerUsers()
-    private let users = NIOLockedValueBox<[String: Set<ObjectIdentifier>]>([:])
-
-    func add(_ user: AnyObject, _ owner: String) {
-        users.withLockedValue { _ = $0[owner, default: []].insert(ObjectIdentifier(user)) }
-    }
-
-    /// Removes the user; true when nobody owns the objects any more.
-    func remove(_ user: AnyObject, _ owner: String) -> Bool {
-        users.withLockedValue { users in
-            users[owner]?.remove(ObjectIdentifier(user))
-            if users[owner]?.isEmpty ?? true {
-                users[owner] = nil
-                return true
-            }
-            return false
-        }
-    }
+enum OwnerUsers {
+    static let shared = SharedStateUsers()
 }

@@ -14,7 +14,8 @@ final class RouteGateway: ServiceStage {
 
     private let config: RouteGatewayConfig
     private let logger: Logger
-    private static let tableUsers = NIOLockedValueBox<[UInt32: Set<ObjectIdentifier>]>([:])
+    /// Stages installing routes in each table; the last one to retire removes them.
+    private static let tableUsers = SharedStateUsers()
 
     init(config: RouteGatewayConfig, pipeline: String) {
         self.config = config
@@ -42,18 +43,14 @@ final class RouteGateway: ServiceStage {
             throw error
         }
         for stale in existing.subtracting(desired) { try? Self.change(stale, add: false) }
-        Self.tableUsers.withLockedValue { _ = $0[config.table, default: []].insert(ObjectIdentifier(self)) }
+        Self.tableUsers.add(self, "\(config.table)")
         logger.info("routes installed", metadata: ["routes": "\(desired.count)", "added": "\(added.count)", "table": "\(config.table)"])
     }
 
     func stop() async {}
 
     func retire() async {
-        let last = Self.tableUsers.withLockedValue { users -> Bool in
-            users[config.table]?.remove(ObjectIdentifier(self))
-            return users[config.table]?.isEmpty ?? true
-        }
-        guard last else { return }
+        guard Self.tableUsers.remove(self, "\(config.table)") else { return }
         for route in (try? Self.installed().filter { $0.table == config.table }) ?? [] {
             do { try Self.change(route, add: false) } catch { logger.error("removing a route failed", metadata: ["error": "\(error)"]) }
         }
