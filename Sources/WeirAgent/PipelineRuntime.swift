@@ -7,6 +7,8 @@ import WeirCore
 /// Equal keys across a reload mean the running instance can simply carry on.
 struct ServiceSlot: Sendable {
     let key: String
+    /// The stage type, e.g. `enforce.nftables`.
+    let type: String
     let stage: any ServiceStage
 }
 
@@ -36,7 +38,7 @@ final class PipelineRuntime: Sendable {
         owner = Self.makeOwner(spec: spec, stages: stages, metrics: metrics, logger: logger)
         serviceSlots = NIOLockedValueBox(spec.stages.compactMap { stageSpec in
             guard let service = stages[stageSpec.index] as? any ServiceStage else { return nil }
-            return ServiceSlot(key: stageSpec.fingerprint + "|" + (spec.listener?.fingerprint ?? ""), stage: service)
+            return ServiceSlot(key: stageSpec.fingerprint + "|" + (spec.listener?.fingerprint ?? ""), type: stageSpec.type, stage: service)
         })
     }
 

@@ -2,6 +2,11 @@ import Logging
 import NIOCore
 import WeirCore
 
+/// A service stage refused to leave the configuration.
+public struct RetirementRefused: Error, CustomStringConvertible {
+    public let description: String
+}
+
 /// Why a configuration could not be applied; the running configuration is unchanged.
 public struct ApplyError: Error, CustomStringConvertible {
     public let pipeline: String
@@ -39,6 +44,7 @@ public actor Supervisor {
     public func apply(_ config: AgentConfig) async throws(ApplyError) -> ReloadPlan {
         let old = running.values.map(\.spec)
         let plan = ReloadPlan(old: old, new: config.pipelines)
+        try refuseProtectedRemovals(plan, config)
 
         // Sockets of pipelines that go away or change, by listen address.
         var outgoing: [String: PipelineRuntime] = [:]
@@ -91,6 +97,20 @@ public actor Supervisor {
                 metadata: ["added": "\(plan.toAdd)", "changed": "\(plan.toChange)", "removed": "\(plan.toRemove)", "unchanged": "\(plan.unchanged.count)"])
         }
         return plan
+    }
+
+    /// Service stages that would leave the configuration (their pipeline removed, or changed to have no
+    /// stage of that type) may refuse: the whole apply fails before anything changes.
+    private func refuseProtectedRemovals(_ plan: ReloadPlan, _ config: AgentConfig) throws(ApplyError) {
+        for id in plan.toRemove + plan.toChange {
+            guard let runtime = running[id] else { continue }
+            let remainingTypes = Set(config.pipeline(id)?.stages.map(\.type) ?? [])
+            for slot in runtime.services where !remainingTypes.contains(slot.type) {
+                if let refusal = slot.stage.retirementRefusal() {
+                    throw ApplyError(pipeline: id, underlying: RetirementRefused(description: "\(slot.type): \(refusal)"))
+                }
+            }
+        }
     }
 
     /// Lets each stage type remove shared kernel state that no running stage owns.

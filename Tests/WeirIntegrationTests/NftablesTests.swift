@@ -132,6 +132,13 @@ struct NftablesTests {
         #expect(net.clientReaches("11.0.0.3", port: 7000), "protected: kept")
         #expect(agent.log.contains("protected allowlist entry kept"))
 
+        // Nor can removing the whole stage drop it: that reload fails and says why.
+        try agent.writePipelines("pipelines:\n\(tcpForwardEntry("other", port: freePort(), to: [freePort()]))")
+        try agent.reload()
+        #expect(try agent.metric("weir_config_reloads_total", ["result": "failure"]) == 1)
+        #expect(agent.log.contains("the allowlist has protected entries (11.0.0.3)"))
+        #expect(net.clientReaches("11.0.0.3", port: 7000))
+
         // Clearing the flag first, then omitting the entry, removes it.
         try agent.writePipelines(Self.allowlist(net, entries: ["11.0.0.2", "{ address: 11.0.0.3, protected: false }"]))
         try agent.reload()

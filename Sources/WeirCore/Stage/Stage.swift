@@ -97,6 +97,14 @@ public protocol ServiceStage: Stage {
     func stop() async
     /// The stage left the configuration: removes that persistent state too. Called after `stop`.
     func retire() async
+
+    /// Why the stage must not leave the configuration yet (protected state the operator has to release
+    /// first), or nil. A reload that would remove it fails with this message and changes nothing.
+    func retirementRefusal() -> String?
+}
+
+extension ServiceStage {
+    public func retirementRefusal() -> String? { nil }
 }
 
 /// `in` is client to target, `out` is target to client — the labels of `weir_pipeline_bytes_total`.

@@ -118,6 +118,14 @@ final class EnforceNftables: ServiceStage, ScrapeCollector {
         }
     }
 
+    /// Protected allowlist entries are released one by one (`protected: false`), never by removing the stage.
+    func retirementRefusal() -> String? {
+        let protected = ((config.destinations?.entries ?? []) + state.withLockedValue { $0.kept }).filter(\.protected)
+        guard !protected.isEmpty else { return nil }
+        return "the allowlist has protected entries (\(protected.map(\.text).joined(separator: ", "))); "
+            + "set protected: false on them and reload before removing the stage"
+    }
+
     // MARK: - Domains
 
     private var domains: [String] {
