@@ -76,6 +76,11 @@ public struct CountEBPFConfig: StageConfig {
 
     public func makeStage(_ context: StageContext) -> any Stage { CountEBPF(config: self, context: context) }
 
+    /// Pins of pipelines that no longer count (removed while the agent was stopped) are removed.
+    public static func sweep(keeping pipelines: Set<String>, environment: StageEnvironment) async {
+        PinDirectory.sweep(root: environment.bpfPinDirectory, keeping: pipelines)
+    }
+
     /// What the pinned counters mean; a map can only be carried over to one with the same meaning.
     var meaning: String { "\(key.rawValue)-\(ipv4Prefix)-\(ipv6Prefix)" }
 }

@@ -74,6 +74,19 @@ struct PinDirectory: Sendable {
         rmdir(URL(fileURLWithPath: directory).deletingLastPathComponent().path)  // fails unless empty
     }
 
+    /// Removes the count directories of pipelines not in `keeping` (and nothing that is not Weir's: only
+    /// `<pipeline>/count-*` directories are touched). Never mounts anything.
+    static func sweep(root: String, keeping: Set<String>) {
+        guard let pipelines = try? FileManager.default.contentsOfDirectory(atPath: root) else { return }
+        for pipeline in pipelines where !keeping.contains(pipeline) {
+            let directory = root + "/" + pipeline
+            let entries = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+            for entry in entries where entry.hasPrefix("count-") && !PinUsers.shared.isUsed(directory + "/" + entry) {
+                remove(directory + "/" + entry)
+            }
+        }
+    }
+
     struct MountError: Error, CustomStringConvertible {
         let description: String
     }
