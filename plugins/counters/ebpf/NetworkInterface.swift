@@ -55,17 +55,9 @@ struct IPAddressBytes: Hashable, Sendable {
     var bytes: [UInt8]
 
     init?(_ text: String) {
-        var v4 = in_addr()
-        var v6 = in6_addr()
-        if inet_pton(AF_INET, text, &v4) == 1 {
-            family = 4
-            bytes = withUnsafeBytes(of: &v4) { Array($0) } + [UInt8](repeating: 0, count: 12)
-        } else if inet_pton(AF_INET6, text, &v6) == 1 {
-            family = 6
-            bytes = withUnsafeBytes(of: &v6) { Array($0) }
-        } else {
-            return nil
-        }
+        guard let address = IPNetwork.addressBytes(text) else { return nil }
+        family = address.count == 4 ? 4 : 6
+        bytes = address + [UInt8](repeating: 0, count: 16 - address.count)
     }
 
     init?(_ address: UnsafeMutablePointer<sockaddr>) {

@@ -246,11 +246,12 @@ final class NftablesTable: Sendable {
 
     /// Deletes every object of `owner`.
     func remove(owner: String) throws {
-        try operations.withLock {
-            let current = try currentState(owner)
-            try run(NftPlan(owner: owner, from: current, to: NftOwnerState()).commands)
-            forget(owner)
-        }
+        try operations.withLock { try removeLocked(owner: owner, current: try currentState(owner)) }
+    }
+
+    private func removeLocked(owner: String, current: NftOwnerState) throws {
+        try run(NftPlan(owner: owner, from: current, to: NftOwnerState()).commands)
+        forget(owner)
     }
 
     /// Removes the objects of owners not in `keeping`; the whole table when nobody is left.
@@ -270,8 +271,7 @@ final class NftablesTable: Sendable {
                 return
             }
             for owner in owners.keys.sorted() where !keeping.contains(owner) {
-                try run(NftPlan(owner: owner, from: owners[owner]!, to: NftOwnerState()).commands)
-                forget(owner)
+                try removeLocked(owner: owner, current: owners[owner]!)
                 logger.info("removed nftables objects nothing owns", metadata: ["owner": "\(owner)"])
             }
         } catch {
