@@ -57,3 +57,29 @@ int weir_route_delete(const struct weir_route *route);
 int weir_route_list(uint8_t family, uint8_t protocol, struct weir_route **routes, size_t *count);
 
 #endif
+
+/* ---- tc: HTB over rtnetlink (shape.tc, work in progress) ---- */
+
+struct weir_tc_object {
+	uint32_t handle;
+	uint32_t parent;
+	char kind[16];
+	uint64_t bytes;
+	uint64_t packets;
+	uint32_t drops;
+	uint32_t overlimits;
+	/* HTB classes: configured rate and ceiling, bytes per second */
+	uint64_t rate;
+	uint64_t ceil;
+};
+
+/* An HTB qdisc at the root of the interface, unclassified traffic to `default_class` (minor). */
+int weir_tc_htb_root(int ifindex, uint32_t handle, uint32_t default_class);
+/* Creates or changes an HTB class. Rates in bytes per second. */
+int weir_tc_htb_class(int ifindex, uint32_t parent, uint32_t classid, uint64_t rate, uint64_t ceil, uint32_t prio, int create);
+/* A FIFO leaf qdisc ("pfifo" or "bfifo") under a class, or "fq_codel" where the kernel has it. */
+int weir_tc_leaf(int ifindex, uint32_t parent, uint32_t handle, const char *kind, uint32_t limit);
+/* Deletes a qdisc (is_class 0) or class (1). Already gone is not an error. */
+int weir_tc_delete(int ifindex, int is_class, uint32_t parent, uint32_t handle);
+/* Lists the interface's qdiscs (classes 0) or classes (1) with their counters. Free with free(). */
+int weir_tc_list(int ifindex, int classes, struct weir_tc_object **objects, size_t *count);
