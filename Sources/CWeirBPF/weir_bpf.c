@@ -97,7 +97,7 @@ struct weir_count_object *weir_count_load(const void *elf, size_t elf_len, const
 		goto error;
 	}
 	size_t rodata_size = 0;
-	void *rodata_value = bpf_map__initial_value(rodata, &rodata_size);
+	void *rodata_value = (void *)bpf_map__initial_value(rodata, &rodata_size);
 	if (!rodata_value || rodata_size < sizeof(*config)) {
 		fail(EINVAL, "the eBPF object's .rodata does not hold struct weir_count_config");
 		goto error;
@@ -153,6 +153,78 @@ void weir_count_close(struct weir_count_object *object)
 int weir_count_program_fd(const struct weir_count_object *object, int ingress) { return object->program_fd[ingress ? 1 : 0]; }
 int weir_count_counts_fd(const struct weir_count_object *object) { return object->counts_fd; }
 int weir_count_stats_fd(const struct weir_count_object *object) { return object->stats_fd; }
+
+/* ---- shape.tc classifier ---- */
+
+struct weir_shape_object {
+	struct bpf_object *object;
+	int program_fd;
+	int scopes_fd;
+	int dynamic_fd;
+	int misses_fd;
+};
+
+struct weir_shape_object *weir_shape_load(const void *elf, size_t elf_len, const struct weir_shape_config *config)
+{
+	begin();
+	struct weir_shape_object *result = calloc(1, sizeof(*result));
+	if (!result) {
+		fail(ENOMEM, "allocating");
+		return NULL;
+	}
+	LIBBPF_OPTS(bpf_object_open_opts, open_opts, .object_name = "weir_shape");
+	struct bpf_object *object = bpf_object__open_mem(elf, elf_len, &open_opts);
+	int err = libbpf_get_error(object);
+	if (err) {
+		fail(err, "opening the eBPF classifier");
+		free(result);
+		return NULL;
+	}
+	struct bpf_map *rodata = bpf_object__find_map_by_name(object, ".rodata");
+	size_t rodata_size = 0;
+	void *rodata_value = rodata ? (void *)bpf_map__initial_value(rodata, &rodata_size) : NULL;
+	if (!rodata_value || rodata_size < sizeof(*config)) {
+		fail(EINVAL, "the eBPF classifier's .rodata does not hold struct weir_shape_config");
+		goto error;
+	}
+	memcpy(rodata_value, config, sizeof(*config));
+	if ((err = bpf_object__load(object))) {
+		fail(err, "loading the eBPF classifier");
+		goto error;
+	}
+	struct bpf_program *program = bpf_object__find_program_by_name(object, "weir_shape_classify");
+	struct bpf_map *scopes = bpf_object__find_map_by_name(object, "weir_shape_scopes");
+	struct bpf_map *dynamic = bpf_object__find_map_by_name(object, "weir_shape_dynamic");
+	struct bpf_map *misses = bpf_object__find_map_by_name(object, "weir_shape_misses");
+	if (!program || !scopes || !dynamic || !misses) {
+		fail(ENOENT, "the eBPF classifier lacks its program or one of its maps");
+		goto error;
+	}
+	result->object = object;
+	result->program_fd = bpf_program__fd(program);
+	result->scopes_fd = bpf_map__fd(scopes);
+	result->dynamic_fd = bpf_map__fd(dynamic);
+	result->misses_fd = bpf_map__fd(misses);
+	return result;
+
+error:
+	bpf_object__close(object);
+	free(result);
+	return NULL;
+}
+
+void weir_shape_close(struct weir_shape_object *object)
+{
+	if (!object)
+		return;
+	bpf_object__close(object->object);
+	free(object);
+}
+
+int weir_shape_program_fd(const struct weir_shape_object *object) { return object->program_fd; }
+int weir_shape_scopes_fd(const struct weir_shape_object *object) { return object->scopes_fd; }
+int weir_shape_dynamic_fd(const struct weir_shape_object *object) { return object->dynamic_fd; }
+int weir_shape_misses_fd(const struct weir_shape_object *object) { return object->misses_fd; }
 
 /* ---- attaching at tc ---- */
 
@@ -349,6 +421,28 @@ int weir_stats_write(int stats_fd, uint32_t slot, uint64_t value)
 	err = bpf_map_update_elem(stats_fd, &slot, percpu, BPF_ANY) ? fail(errno, "writing weir_ebpf_stats") : 0;
 	free(percpu);
 	return err;
+}
+
+int weir_map_update(int map_fd, const void *key, const void *value, uint64_t flags)
+{
+	begin();
+	int err = bpf_map_update_elem(map_fd, key, value, flags);
+	return err ? fail(err, "updating a map entry") : 0;
+}
+
+int weir_map_delete(int map_fd, const void *key)
+{
+	begin();
+	int err = bpf_map_delete_elem(map_fd, key);
+	if (err == -ENOENT)
+		return 0;
+	return err ? fail(err, "deleting a map entry") : 0;
+}
+
+int weir_map_next_key(int map_fd, const void *key, void *next)
+{
+	int err = bpf_map_get_next_key(map_fd, key, next);
+	return err ? -errno : 0;
 }
 
 int weir_pinned_open(const char *path)

@@ -2,10 +2,17 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <linux/gen_stats.h>
+#include <linux/if.h>
+#include <linux/if_ether.h>
+#include <linux/if_link.h>
 #include <linux/netfilter.h>
 #include <linux/netfilter/nf_tables.h>
 #include <linux/netfilter/nfnetlink.h>
+#include <linux/pkt_cls.h>
+#include <linux/pkt_sched.h>
 #include <linux/rtnetlink.h>
+#include <linux/tc_act/tc_mirred.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -417,9 +424,6 @@ int weir_route_list(uint8_t family, uint8_t protocol, struct weir_route **routes
 
 /* ---- tc ---- */
 
-#include <linux/gen_stats.h>
-#include <linux/pkt_sched.h>
-
 static int tc_talk(struct nlmsghdr *nlh, char *buffer)
 {
 	struct mnl_socket *nl = open_socket(NETLINK_ROUTE);
@@ -630,4 +634,153 @@ int weir_tc_list(int ifindex, int classes, struct weir_tc_object **objects, size
 	*objects = list.objects;
 	*count = list.count;
 	return 0;
+}
+
+int weir_tc_qdisc_add(int ifindex, uint32_t parent, uint32_t handle, const char *kind)
+{
+	char buffer[MNL_SOCKET_BUFFER_SIZE];
+	struct nlmsghdr *nlh = tc_header(buffer, RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, ifindex, parent, handle);
+	mnl_attr_put_strz(nlh, TCA_KIND, kind);
+	int err = tc_talk(nlh, buffer);
+	return err ? fail(err, "adding a %s qdisc to ifindex %d", kind, ifindex) : 0;
+}
+
+int weir_tc_bpf_filter(int ifindex, uint32_t parent, uint16_t prio, int program_fd, const char *name)
+{
+	char buffer[MNL_SOCKET_BUFFER_SIZE];
+	struct nlmsghdr *nlh = tc_header(buffer, RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_REPLACE, ifindex, parent, 1);
+	struct tcmsg *tcm = mnl_nlmsg_get_payload(nlh);
+	tcm->tcm_info = TC_H_MAKE((uint32_t)prio << 16, htons(ETH_P_ALL));
+	mnl_attr_put_strz(nlh, TCA_KIND, "bpf");
+	struct nlattr *options = mnl_attr_nest_start(nlh, TCA_OPTIONS);
+	mnl_attr_put_u32(nlh, TCA_BPF_FD, (uint32_t)program_fd);
+	mnl_attr_put_strz(nlh, TCA_BPF_NAME, name);
+	mnl_attr_nest_end(nlh, options);
+	int err = tc_talk(nlh, buffer);
+	return err ? fail(err, "attaching the classifier %s at %x:%x on ifindex %d", name, parent >> 16, parent & 0xffff, ifindex) : 0;
+}
+
+int weir_tc_redirect_filter(int ifindex, uint32_t parent, uint16_t prio, int target_ifindex)
+{
+	char buffer[MNL_SOCKET_BUFFER_SIZE];
+	struct nlmsghdr *nlh = tc_header(buffer, RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL, ifindex, parent, 0);
+	struct tcmsg *tcm = mnl_nlmsg_get_payload(nlh);
+	tcm->tcm_info = TC_H_MAKE((uint32_t)prio << 16, htons(ETH_P_ALL));
+	mnl_attr_put_strz(nlh, TCA_KIND, "u32");
+	struct nlattr *options = mnl_attr_nest_start(nlh, TCA_OPTIONS);
+	/* One key with mask 0: matches every packet. */
+	char selector[sizeof(struct tc_u32_sel) + sizeof(struct tc_u32_key)];
+	memset(selector, 0, sizeof(selector));
+	struct tc_u32_sel *sel = (struct tc_u32_sel *)selector;
+	sel->flags = TC_U32_TERMINAL;
+	sel->nkeys = 1;
+	mnl_attr_put(nlh, TCA_U32_SEL, sizeof(selector), selector);
+	struct nlattr *actions = mnl_attr_nest_start(nlh, TCA_U32_ACT);
+	struct nlattr *first = mnl_attr_nest_start(nlh, 1);
+	mnl_attr_put_strz(nlh, TCA_ACT_KIND, "mirred");
+	struct nlattr *action_options = mnl_attr_nest_start(nlh, TCA_ACT_OPTIONS);
+	struct tc_mirred mirred;
+	memset(&mirred, 0, sizeof(mirred));
+	mirred.action = TC_ACT_STOLEN;
+	mirred.eaction = TCA_EGRESS_REDIR;
+	mirred.ifindex = (uint32_t)target_ifindex;
+	mnl_attr_put(nlh, TCA_MIRRED_PARMS, sizeof(mirred), &mirred);
+	mnl_attr_nest_end(nlh, action_options);
+	mnl_attr_nest_end(nlh, first);
+	mnl_attr_nest_end(nlh, actions);
+	mnl_attr_nest_end(nlh, options);
+	int err = tc_talk(nlh, buffer);
+	return err ? fail(err, "redirecting the ingress of ifindex %d to ifindex %d", ifindex, target_ifindex) : 0;
+}
+
+int weir_tc_filter_delete(int ifindex, uint32_t parent, uint16_t prio)
+{
+	char buffer[MNL_SOCKET_BUFFER_SIZE];
+	struct nlmsghdr *nlh = tc_header(buffer, RTM_DELTFILTER, 0, ifindex, parent, 0);
+	struct tcmsg *tcm = mnl_nlmsg_get_payload(nlh);
+	tcm->tcm_info = TC_H_MAKE((uint32_t)prio << 16, 0);
+	int err = tc_talk(nlh, buffer);
+	if (err == -ENOENT || err == -EINVAL || err == -ENODEV)
+		return 0;
+	return err ? fail(err, "deleting the filters of priority %u at %x:%x on ifindex %d", prio, parent >> 16, parent & 0xffff, ifindex) : 0;
+}
+
+static int count_filter(const struct nlmsghdr *nlh, void *data)
+{
+	(void)nlh;
+	*(size_t *)data += 1;
+	return MNL_CB_OK;
+}
+
+int weir_tc_filter_count(int ifindex, uint32_t parent, size_t *count)
+{
+	char buffer[MNL_SOCKET_BUFFER_SIZE];
+	struct nlmsghdr *nlh = mnl_nlmsg_put_header(buffer);
+	nlh->nlmsg_type = RTM_GETTFILTER;
+	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+	nlh->nlmsg_seq = (uint32_t)time(NULL);
+	struct tcmsg *tcm = mnl_nlmsg_put_extra_header(nlh, sizeof(*tcm));
+	tcm->tcm_family = AF_UNSPEC;
+	tcm->tcm_ifindex = ifindex;
+	tcm->tcm_parent = parent;
+	*count = 0;
+	struct mnl_socket *nl = open_socket(NETLINK_ROUTE);
+	if (!nl)
+		return fail(errno, "opening a route netlink socket");
+	int err = 0;
+	if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0) {
+		err = fail(errno, "asking for the filters of ifindex %d", ifindex);
+	} else {
+		ssize_t n;
+		while ((n = mnl_socket_recvfrom(nl, buffer, sizeof(buffer))) > 0) {
+			int result = mnl_cb_run(buffer, (size_t)n, nlh->nlmsg_seq, mnl_socket_get_portid(nl), count_filter, count);
+			if (result < 0) {
+				err = fail(errno, "listing the filters of ifindex %d", ifindex);
+				break;
+			}
+			if (result == MNL_CB_STOP)
+				break;
+		}
+	}
+	mnl_socket_close(nl);
+	return err;
+}
+
+/* ---- links ---- */
+
+int weir_link_ifb_create(const char *name)
+{
+	char buffer[MNL_SOCKET_BUFFER_SIZE];
+	struct nlmsghdr *nlh = mnl_nlmsg_put_header(buffer);
+	nlh->nlmsg_type = RTM_NEWLINK;
+	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+	nlh->nlmsg_seq = (uint32_t)time(NULL);
+	struct ifinfomsg *ifi = mnl_nlmsg_put_extra_header(nlh, sizeof(*ifi));
+	ifi->ifi_family = AF_UNSPEC;
+	ifi->ifi_flags = IFF_UP;
+	ifi->ifi_change = IFF_UP;
+	mnl_attr_put_strz(nlh, IFLA_IFNAME, name);
+	/* IFB's own default queue length (32) is far below what a shaped link needs in flight. */
+	mnl_attr_put_u32(nlh, IFLA_TXQLEN, 1000);
+	struct nlattr *info = mnl_attr_nest_start(nlh, IFLA_LINKINFO);
+	mnl_attr_put_strz(nlh, IFLA_INFO_KIND, "ifb");
+	mnl_attr_nest_end(nlh, info);
+	int err = tc_talk(nlh, buffer);
+	return err ? fail(err, "creating the IFB device %s", name) : 0;
+}
+
+int weir_link_delete(const char *name)
+{
+	char buffer[MNL_SOCKET_BUFFER_SIZE];
+	struct nlmsghdr *nlh = mnl_nlmsg_put_header(buffer);
+	nlh->nlmsg_type = RTM_DELLINK;
+	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+	nlh->nlmsg_seq = (uint32_t)time(NULL);
+	struct ifinfomsg *ifi = mnl_nlmsg_put_extra_header(nlh, sizeof(*ifi));
+	ifi->ifi_family = AF_UNSPEC;
+	mnl_attr_put_strz(nlh, IFLA_IFNAME, name);
+	int err = tc_talk(nlh, buffer);
+	if (err == -ENODEV || err == -ENOENT)
+		return 0;
+	return err ? fail(err, "deleting the link %s", name) : 0;
 }

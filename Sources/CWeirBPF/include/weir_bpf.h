@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "../../../bpf/weir_count.h"
+#include "../../../bpf/weir_shape.h"
 
 const char *weir_bpf_last_error(void);
 
@@ -27,6 +28,19 @@ void weir_count_close(struct weir_count_object *object);
 int weir_count_program_fd(const struct weir_count_object *object, int ingress);
 int weir_count_counts_fd(const struct weir_count_object *object);
 int weir_count_stats_fd(const struct weir_count_object *object);
+
+/* ---- shape.tc classifier ---- */
+
+struct weir_shape_object;
+
+/* Opens the compiled classifier from memory and loads it, unpinned: the cls_bpf filter that runs it keeps
+ * the program and its maps alive, and the agent refills the maps when it loads a new copy. */
+struct weir_shape_object *weir_shape_load(const void *elf, size_t elf_len, const struct weir_shape_config *config);
+void weir_shape_close(struct weir_shape_object *object);
+int weir_shape_program_fd(const struct weir_shape_object *object);
+int weir_shape_scopes_fd(const struct weir_shape_object *object);
+int weir_shape_dynamic_fd(const struct weir_shape_object *object);
+int weir_shape_misses_fd(const struct weir_shape_object *object);
 
 /* ---- attaching at tc ---- */
 
@@ -50,6 +64,12 @@ int weir_counts_write(int counts_fd, const struct weir_ip_key *keys, const struc
 int weir_stats_read(int stats_fd, uint64_t totals[WEIR_STAT_COUNT]);
 /* Sets a slot to `value` (on CPU 0; other CPUs zero). */
 int weir_stats_write(int stats_fd, uint32_t slot, uint64_t value);
+/* Plain map operations (bpf(2) wrappers) for callers that do not see libbpf. */
+int weir_map_update(int map_fd, const void *key, const void *value, uint64_t flags);
+/* A missing key is not an error. */
+int weir_map_delete(int map_fd, const void *key);
+/* 0 with `next` set, -ENOENT after the last key; `key` NULL starts from the first. */
+int weir_map_next_key(int map_fd, const void *key, void *next);
 /* Opens a pinned map read-write. */
 int weir_pinned_open(const char *path);
 /* The map's max_entries, or a negative errno. */

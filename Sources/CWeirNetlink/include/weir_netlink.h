@@ -56,7 +56,6 @@ int weir_route_delete(const struct weir_route *route);
 /* Lists the unicast routes of `family` installed with `protocol`, in every table. Free with free(). */
 int weir_route_list(uint8_t family, uint8_t protocol, struct weir_route **routes, size_t *count);
 
-#endif
 
 /* ---- tc: HTB over rtnetlink (shape.tc, work in progress) ---- */
 
@@ -83,3 +82,25 @@ int weir_tc_leaf(int ifindex, uint32_t parent, uint32_t handle, const char *kind
 int weir_tc_delete(int ifindex, int is_class, uint32_t parent, uint32_t handle);
 /* Lists the interface's qdiscs (classes 0) or classes (1) with their counters. Free with free(). */
 int weir_tc_list(int ifindex, int classes, struct weir_tc_object **objects, size_t *count);
+
+/* A qdisc of any kind without options (e.g. "clsact" at TC_H_CLSACT). Fails with -EEXIST if one is there. */
+int weir_tc_qdisc_add(int ifindex, uint32_t parent, uint32_t handle, const char *kind);
+/* A cls_bpf filter (classic, not direct-action: the program returns the class id, 0 for no match) for all
+ * protocols at `parent`, priority `prio`, handle 1. Replaces the program of an existing filter there. */
+int weir_tc_bpf_filter(int ifindex, uint32_t parent, uint16_t prio, int program_fd, const char *name);
+/* A u32 filter matching every packet at `parent` (an ingress hook) with a mirred action that redirects it
+ * to the egress of `target_ifindex` (an IFB device). */
+int weir_tc_redirect_filter(int ifindex, uint32_t parent, uint16_t prio, int target_ifindex);
+/* Deletes every filter at `parent` with priority `prio`. Already gone is not an error. */
+int weir_tc_filter_delete(int ifindex, uint32_t parent, uint16_t prio);
+/* How many filters sit at `parent`. */
+int weir_tc_filter_count(int ifindex, uint32_t parent, size_t *count);
+
+/* ---- links ---- */
+
+/* Creates an IFB device named `name` and sets it up. */
+int weir_link_ifb_create(const char *name);
+/* Deletes the link named `name`. Already gone is not an error. */
+int weir_link_delete(const char *name);
+
+#endif
