@@ -116,10 +116,18 @@ let package = Package(
             exclude: ["gateway/README.md"],
             resources: [.embedInCode("gateway/route.gateway.sample.yaml")]
         ),
+        .target(
+            name: "WeirShapers",
+            dependencies: ["WeirCore", "CWeirBPF", "CWeirNetlink", .product(name: "Logging", package: "swift-log")] + nio,
+            path: "plugins/shapers",
+            exclude: ["tc/README.md"],
+            resources: [.embedInCode("tc/shape.tc.sample.yaml")],
+            plugins: ["BPFObjectPlugin"]
+        ),
         // The one list of built-in stages.
         .target(
             name: "WeirStages",
-            dependencies: ["WeirCore", "WeirListeners", "WeirConnectors", "WeirLimiters", "WeirCounters", "WeirEnforcers", "WeirRoutes"],
+            dependencies: ["WeirCore", "WeirListeners", "WeirConnectors", "WeirLimiters", "WeirCounters", "WeirEnforcers", "WeirRoutes", "WeirShapers"],
             path: "Sources/WeirStages"
         ),
         // The agent: reload planning and supervision, the metrics endpoint, logging.
@@ -152,7 +160,7 @@ let package = Package(
         ),
         .testTarget(
             name: "WeirPluginTests",
-            dependencies: ["WeirCore", "WeirStages", "WeirLimiters", "WeirListeners", "WeirConnectors", "WeirCounters", "WeirEnforcers", "WeirRoutes"],
+            dependencies: ["WeirCore", "WeirStages", "WeirLimiters", "WeirListeners", "WeirConnectors", "WeirCounters", "WeirEnforcers", "WeirRoutes", "WeirShapers"],
             path: "Tests/WeirPluginTests"
         ),
         .testTarget(

@@ -5,6 +5,7 @@ import WeirEnforcers
 import WeirLimiters
 import WeirListeners
 import WeirRoutes
+import WeirShapers
 
 /// Every stage type built into the agent. Adding a stage is one line here.
 public enum BuiltinStages {
@@ -17,5 +18,6 @@ public enum BuiltinStages {
         CountEBPFConfig.self,
         EnforceNftablesConfig.self,
         RouteGatewayConfig.self,
+        ShapeTCConfig.self,
     ])
 }

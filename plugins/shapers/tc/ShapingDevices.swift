@@ -1,0 +1,515 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import WeirCore
+
+/// What weir set up on one device and for whom, saved in `state_dir/tc/INTERFACE.SIDE.json` before the kernel
+/// is changed, so a restarted agent (or one that crashed) knows which classes are its own and what to undo.
+struct DeviceRecord: Codable, Sendable {
+    var interface: String
+    var side: ShapeSide
+    /// Ingress: the IFB device weir created for the interface.
+    var ifb: String?
+    /// Ingress: weir added the interface's clsact qdisc (removed again when nothing else uses it).
+    var addedClsact = false
+    var owners: [String: OwnerRecord] = [:]
+
+    struct OwnerRecord: Codable, Sendable {
+        var shape: StageShape
+        /// Class key → minor number under weir's root.
+        var minors: [String: UInt16] = [:]
+        /// On-demand classes: class key → the client or mark.
+        var dynamic: [String: DynamicKey] = [:]
+
+        var scopeID: UInt16 { minors["total"] ?? 0 }
+
+        func classID(_ key: String) -> UInt32? { minors[key].map(TrafficControl.classID) }
+
+        func spec(_ key: String) -> ClassSpec? {
+            shape.classes.first { $0.key == key } ?? dynamic[key].map(shape.dynamicClass)
+        }
+
+        /// Every class the stage wants, with minor numbers.
+        var htbClasses: [HTBClass] {
+            minors.compactMap { key, minor in
+                guard let spec = spec(key) else { return nil }
+                return HTBClass(
+                    minor: minor, parentMinor: spec.parent.flatMap { minors[$0] }, rate: spec.rate, ceil: spec.ceil, isLeaf: spec.isLeaf)
+            }
+        }
+    }
+
+    var device: String { side == .egress ? interface : (ifb ?? Self.ifbName(interface)) }
+
+    /// `wi-eth0`: IFNAMSIZ leaves room for 12 characters of the interface's name.
+    static func ifbName(_ interface: String) -> String {
+        interface.utf8.count <= 12 ? "wi-" + interface : "wi-" + String(UInt32(truncatingIfNeeded: interface.hashValue & 0x7FFF_FFFF) % 1_000_000_000)
+    }
+}
+
+/// One class's counters, for the metrics.
+struct ClassReading: Sendable {
+    var label: String
+    var bytes: UInt64
+    var packets: UInt64
+    var drops: UInt32
+    var overlimits: UInt32
+    var rate: UInt64
+    var ceil: UInt64
+}
+
+/// weir's HTB trees, one per shaped device, shared by every `shape.tc` stage of the agent. Each device has one
+/// root qdisc (`7765:`), one classifier and one record; each stage (by pipeline) owns a top class with its
+/// classes beneath. All operations are serialised: the kernel objects of a device are read, planned and
+/// changed as one step.
+final class ShapingDevices: @unchecked Sendable {
+    static let shared = ShapingDevices()
+
+    private let lock = NIOLock()
+    private var records: [String: DeviceRecord] = [:]  // by "interface.side"
+    private var classifiers: [String: ShapeClassifier] = [:]
+    /// Ingress redirects checked in this process.
+    private var redirects: Set<String> = []
+    private var idle: [String: [UInt16: (bytes: UInt64, since: ContinuousClock.Instant)]] = [:]
+    private var poller: Task<Void, Never>?
+    private var stateDirectory = "/var/lib/weir"
+    private var leafKind: LeafKind?
+    private let logger = Logger(label: "weir.shape.tc")
+
+    struct ShapeError: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    private static func name(_ interface: String, _ side: ShapeSide) -> String { "\(interface).\(side.rawValue)" }
+
+    private func stateFile(_ name: String) -> String { "\(stateDirectory)/tc/\(name).json" }
+
+    // MARK: - Stages
+
+    /// Makes the kernel match `shape` for `owner` on the device; unchanged classes are left alone.
+    func apply(owner: String, shape: StageShape, interface: String, side: ShapeSide, stateDirectory: String) throws {
+        try lock.withLock {
+            self.stateDirectory = stateDirectory
+            let name = Self.name(interface, side)
+            var record = try loadRecord(name) ?? DeviceRecord(interface: interface, side: side)
+            if let other = record.owners.first(where: {
+                $0.key != owner && $0.value.shape.scopeProtocol == shape.scopeProtocol && $0.value.shape.scopePort == shape.scopePort
+            }) {
+                throw ShapeError(
+                    description: "\(interface) \(side.rawValue): \(shape.scopeDescription) is already shaped by pipeline \"\(other.key)\"")
+            }
+            let previous = record.owners[owner]
+            var entry = previous ?? DeviceRecord.OwnerRecord(shape: shape)
+            if entry.shape.per != shape.per { entry.dynamic = [:] }
+            entry.shape = shape
+            let wanted = Set(shape.classes.map(\.key)).union(entry.dynamic.keys)
+            entry.minors = entry.minors.filter { wanted.contains($0.key) }
+            for key in shape.classes.map(\.key) where entry.minors[key] == nil {
+                entry.minors[key] = try allocateMinor(record, entry)
+            }
+            let owned = Set((previous?.minors.values).map(Array.init) ?? [])
+            record.owners[owner] = entry
+            try saveRecord(name, record)  // before the kernel changes: a crash in between is swept later
+            do {
+                try reconcile(name, &record, owner: owner, owned: owned, previousShape: previous?.shape)
+            } catch {
+                // Put back what was there; the supervisor restarts the previous stage, which applies it again.
+                logger.error("shaping \(name) failed; restoring", metadata: ["pipeline": "\(owner)", "error": "\(error)"])
+                var restored = record
+                restored.owners[owner] = previous
+                if previous == nil { try? removeOwnerLocked(name, &restored, owner: owner, entry: entry) }
+                else { try? saveRecord(name, restored) }
+                records[name] = restored
+                throw error
+            }
+            records[name] = record
+            if shape.hasDynamicClasses { startPolling() }
+        }
+    }
+
+    /// Removes `owner`'s classes from the device; the device's own state goes with the last stage.
+    func remove(owner: String, interface: String, side: ShapeSide, stateDirectory: String) throws {
+        try lock.withLock {
+            self.stateDirectory = stateDirectory
+            let name = Self.name(interface, side)
+            guard var record = try loadRecord(name), let entry = record.owners[owner] else { return }
+            try removeOwnerLocked(name, &record, owner: owner, entry: entry)
+        }
+    }
+
+    /// Removes every owner not in `keeping`, on every device with a record.
+    func sweep(keeping: Set<String>, stateDirectory: String) {
+        forEachRecord(stateDirectory: stateDirectory) { name, record in
+            let empty = record.owners.isEmpty  // left so by a crash between saving and tearing down
+            for (owner, entry) in record.owners where !keeping.contains(owner) {
+                logger.info("removing the classes of a pipeline that no longer shapes", metadata: ["pipeline": "\(owner)", "device": "\(name)"])
+                try removeOwnerLocked(name, &record, owner: owner, entry: entry)
+            }
+            if empty { try teardown(name, record) }
+        }
+    }
+
+    /// Removes `owner` from the devices (`interface.side`) not in `keeping`.
+    func removeElsewhere(owner: String, keeping: Set<String>, stateDirectory: String) {
+        forEachRecord(stateDirectory: stateDirectory) { name, record in
+            guard !keeping.contains(name), let entry = record.owners[owner] else { return }
+            try removeOwnerLocked(name, &record, owner: owner, entry: entry)
+        }
+    }
+
+    private func forEachRecord(stateDirectory: String, _ body: (String, inout DeviceRecord) throws -> Void) {
+        lock.withLock {
+            self.stateDirectory = stateDirectory
+            let directory = "\(stateDirectory)/tc"
+            let files = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+            for file in files where file.hasSuffix(".json") {
+                let name = String(file.dropLast(5))
+                do {
+                    guard var record = try loadRecord(name) else { continue }
+                    try body(name, &record)
+                } catch {
+                    logger.error("cleaning up shaped device \(name) failed", metadata: ["error": "\(error)"])
+                }
+            }
+        }
+    }
+
+    /// The counters of `owner`'s classes on the device.
+    func readings(owner: String, interface: String, side: ShapeSide) -> [ClassReading] {
+        lock.withLock {
+            let name = Self.name(interface, side)
+            guard let record = records[name], let entry = record.owners[owner], let ifindex = TrafficControl.index(of: record.device),
+                let classes = try? TrafficControl.classes(ifindex)
+            else { return [] }
+            let labels = Dictionary(
+                entry.minors.compactMap { key, minor in entry.spec(key).map { (minor, $0) } }) { a, _ in a }
+            return classes.compactMap { object in
+                guard object.major == TrafficControl.rootMajor, let spec = labels[object.minor] else { return nil }
+                return ClassReading(
+                    label: spec.label, bytes: object.bytes, packets: object.packets, drops: object.drops,
+                    overlimits: object.overlimits, rate: spec.rate, ceil: spec.ceil)
+            }
+        }
+    }
+
+    // MARK: - Kernel
+
+    private func reconcile(
+        _ name: String, _ record: inout DeviceRecord, owner: String, owned: Set<UInt16>, previousShape: StageShape?
+    ) throws {
+        let ifindex = try prepareDevice(&record)
+        try saveRecord(name, record)
+        guard let entry = record.owners[owner] else { return }
+        let actual = try htbClasses(ifindex)
+        let plan = ClassPlan.make(desired: entry.htbClasses, actual: actual, owned: owned)
+        try run(plan, ifindex: ifindex)
+        try ensureLeaves(ifindex, entry)
+        let classifier = try ensureClassifier(name, record, ifindex: ifindex)
+        if let previousShape, previousShape.scopeProtocol != entry.shape.scopeProtocol || previousShape.scopePort != entry.shape.scopePort {
+            try classifier.deleteScope(previousShape)
+        }
+        try classifier.setScope(entry.shape, id: entry.scopeID, classID: entry.classID)
+        for (key, dynamic) in entry.dynamic {
+            if let classID = entry.classID(key) { try classifier.setDynamic(scope: entry.scopeID, dynamic, classID: classID) }
+        }
+        if !plan.isEmpty {
+            logger.info("shaping updated", metadata: ["pipeline": "\(owner)", "device": "\(name)", "changes": "\(plan.steps.count)"])
+        }
+    }
+
+    /// The device's ifindex with weir's root qdisc in place (and for ingress the IFB and the redirect to it).
+    private func prepareDevice(_ record: inout DeviceRecord) throws -> Int32 {
+        guard let interfaceIndex = TrafficControl.index(of: record.interface) else {
+            throw ShapeError(description: "interface \"\(record.interface)\" does not exist")
+        }
+        var ifindex = interfaceIndex
+        if record.side == .ingress {
+            let ifb = record.ifb ?? DeviceRecord.ifbName(record.interface)
+            if TrafficControl.index(of: ifb) == nil {
+                do { try TrafficControl.createIFB(ifb) } catch {
+                    throw ShapeError(
+                        description: "ingress shaping of \(record.interface) needs an IFB device, and creating \(ifb) failed: \(error)"
+                            + (error.code == EOPNOTSUPP || error.code == ENOENT ? " (the kernel lacks CONFIG_IFB)" : ""))
+                }
+            }
+            record.ifb = ifb
+            guard let ifbIndex = TrafficControl.index(of: ifb) else { throw ShapeError(description: "the IFB device \(ifb) vanished") }
+            ifindex = ifbIndex
+            try ensureRedirect(&record, interfaceIndex: interfaceIndex, to: ifbIndex)
+        }
+        let root = try TrafficControl.qdiscs(ifindex).first { $0.parent == TrafficControl.rootParent }
+        if let root, root.handle == TrafficControl.rootHandle, root.kind == "htb" { return ifindex }
+        if let root, root.major != 0 {
+            throw ShapeError(
+                description: "\(record.device) has a root qdisc \(root.kind) \(String(root.major, radix: 16)): that weir did not add; "
+                    + "shape.tc leaves it alone (remove it with `tc qdisc del dev \(record.device) root` to let weir shape this interface)")
+        }
+        do { try TrafficControl.addRoot(ifindex) } catch {
+            throw ShapeError(
+                description: "adding weir's HTB qdisc to \(record.device) failed: \(error)"
+                    + (error.code == ENOENT ? " (the kernel lacks the HTB qdisc, CONFIG_NET_SCH_HTB)" : ""))
+        }
+        logger.info("added weir's HTB root qdisc", metadata: ["device": "\(record.device)", "replaced": "\(root?.kind ?? "none")"])
+        return ifindex
+    }
+
+    /// Ingress: every packet arriving at the interface is redirected to the IFB, where the HTB tree shapes it.
+    /// The filter goes onto the interface's clsact (or ingress) qdisc; weir adds clsact only when neither is there.
+    private func ensureRedirect(_ record: inout DeviceRecord, interfaceIndex: Int32, to ifbIndex: Int32) throws {
+        let key = record.interface
+        if redirects.contains(key) { return }
+        let qdiscs = try TrafficControl.qdiscs(interfaceIndex)
+        let hook: UInt32
+        if qdiscs.contains(where: { $0.kind == "clsact" }) {
+            hook = TrafficControl.clsactIngressHook
+        } else if qdiscs.contains(where: { $0.kind == "ingress" }) {
+            hook = TrafficControl.ingressHandle
+        } else {
+            try TrafficControl.addClsact(interfaceIndex)
+            record.addedClsact = true
+            hook = TrafficControl.clsactIngressHook
+        }
+        // Replace rather than add twice: u32 filters get a new handle each time.
+        try TrafficControl.deleteFilters(interfaceIndex, parent: hook, priority: TrafficControl.redirectPriority)
+        do { try TrafficControl.addRedirect(interfaceIndex, hook: hook, to: ifbIndex) } catch {
+            throw ShapeError(
+                description: "redirecting \(record.interface)'s ingress to \(record.device) failed: \(error)"
+                    + (error.code == ENOENT ? " (the kernel lacks the u32 classifier or the mirred action)" : ""))
+        }
+        redirects.insert(key)
+    }
+
+    private func htbClasses(_ ifindex: Int32) throws -> [UInt16: HTBClass] {
+        var result: [UInt16: HTBClass] = [:]
+        for object in try TrafficControl.classes(ifindex) where object.major == TrafficControl.rootMajor && object.kind == "htb" {
+            // Classes directly under the qdisc report TC_H_ROOT as their parent.
+            let parent: UInt16? =
+                object.parent == TrafficControl.rootHandle || object.parent == TrafficControl.rootParent ? nil : UInt16(object.parent & 0xFFFF)
+            result[object.minor] = HTBClass(minor: object.minor, parentMinor: parent, rate: object.rate, ceil: object.ceil, isLeaf: false)
+        }
+        return result
+    }
+
+    private func run(_ plan: ClassPlan, ifindex: Int32) throws {
+        for step in plan.steps {
+            switch step {
+            case .delete(let htb): try TrafficControl.deleteClass(ifindex, htb)
+            case .create(let htb): try TrafficControl.setClass(ifindex, htb, create: true)
+            case .change(let htb):
+                try TrafficControl.setClass(ifindex, htb, create: false)
+                // A FIFO leaf is sized by the ceiling.
+                if htb.isLeaf, leafKind == .bfifo { try addLeaf(ifindex, htb) }
+            }
+        }
+    }
+
+    /// Every leaf class has its queue (a class created by the plan, or whose queue someone deleted).
+    private func ensureLeaves(_ ifindex: Int32, _ entry: DeviceRecord.OwnerRecord) throws {
+        let queued = Set(try TrafficControl.qdiscs(ifindex).map(\.parent))
+        for htb in entry.htbClasses where htb.isLeaf && !queued.contains(TrafficControl.classID(htb.minor)) {
+            try addLeaf(ifindex, htb)
+        }
+    }
+
+    private func addLeaf(_ ifindex: Int32, _ htb: HTBClass) throws {
+        if leafKind == nil {
+            let result = Result { () throws(TCError) in try TrafficControl.addLeaf(ifindex, minor: htb.minor, kind: .fqCodel, ceil: htb.ceil) }
+            switch result {
+            case .success:
+                leafKind = .fqCodel
+                return
+            case .failure(let error) where error.code == ENOENT:
+                leafKind = .bfifo
+                logger.notice("the kernel has no fq_codel qdisc; leaf classes queue in a byte FIFO sized to 100 ms at their ceiling")
+            case .failure(let error):
+                throw error
+            }
+        }
+        try TrafficControl.addLeaf(ifindex, minor: htb.minor, kind: leafKind ?? .bfifo, ceil: htb.ceil)
+    }
+
+    /// The classifier for the device, loaded and attached once per process; a fresh load gets every owner's
+    /// scope and on-demand classes before it replaces the program a previous run left attached.
+    private func ensureClassifier(_ name: String, _ record: DeviceRecord, ifindex: Int32) throws -> ShapeClassifier {
+        if let classifier = classifiers[name] { return classifier }
+        let classifier: ShapeClassifier
+        do { classifier = try ShapeClassifier(side: record.side) } catch {
+            throw ShapeError(description: "loading the shape.tc classifier failed: \(error)")
+        }
+        for entry in record.owners.values {
+            try classifier.setScope(entry.shape, id: entry.scopeID, classID: entry.classID)
+            for (key, dynamic) in entry.dynamic {
+                if let classID = entry.classID(key) { try classifier.setDynamic(scope: entry.scopeID, dynamic, classID: classID) }
+            }
+        }
+        do { try TrafficControl.attachClassifier(ifindex, programFD: classifier.programFD) } catch {
+            throw ShapeError(
+                description: "attaching the classifier to \(record.device) failed: \(error)"
+                    + (error.code == ENOENT ? " (the kernel lacks the bpf classifier, CONFIG_NET_CLS_BPF)" : ""))
+        }
+        classifiers[name] = classifier
+        return classifier
+    }
+
+    private func removeOwnerLocked(_ name: String, _ record: inout DeviceRecord, owner: String, entry: DeviceRecord.OwnerRecord) throws {
+        if let classifier = classifiers[name] {
+            try? classifier.deleteScope(entry.shape)
+            for dynamic in entry.dynamic.values { try? classifier.deleteDynamic(scope: entry.scopeID, dynamic) }
+        }
+        if let ifindex = TrafficControl.index(of: record.device) {
+            let actual = try htbClasses(ifindex)
+            try run(ClassPlan.make(desired: [], actual: actual, owned: Set(entry.minors.values)), ifindex: ifindex)
+        }
+        record.owners[owner] = nil
+        idle[name] = idle[name]?.filter { minor, _ in !entry.minors.values.contains(minor) }
+        if record.owners.isEmpty {
+            try teardown(name, record)
+        } else {
+            try saveRecord(name, record)
+            records[name] = record
+        }
+    }
+
+    /// Gives the device back as it was: weir's root qdisc deleted (the kernel puts its default back), and for
+    /// ingress the redirect, the clsact qdisc weir added (when nothing else uses it) and the IFB removed.
+    private func teardown(_ name: String, _ record: DeviceRecord) throws {
+        classifiers[name] = nil
+        if let ifindex = TrafficControl.index(of: record.device) { try TrafficControl.deleteRoot(ifindex) }
+        if record.side == .ingress {
+            if let interfaceIndex = TrafficControl.index(of: record.interface) {
+                let qdiscs = try TrafficControl.qdiscs(interfaceIndex)
+                let isClsact = qdiscs.contains { $0.kind == "clsact" }
+                let hook = isClsact ? TrafficControl.clsactIngressHook : TrafficControl.ingressHandle
+                try TrafficControl.deleteFilters(interfaceIndex, parent: hook, priority: TrafficControl.redirectPriority)
+                if record.addedClsact, isClsact {
+                    let remaining =
+                        try TrafficControl.filterCount(interfaceIndex, parent: TrafficControl.clsactIngressHook)
+                        + TrafficControl.filterCount(interfaceIndex, parent: 0xFFFF_FFF3)
+                    if remaining == 0 { try TrafficControl.deleteClsact(interfaceIndex) }
+                }
+            }
+            if let ifb = record.ifb { try TrafficControl.deleteLink(ifb) }
+            redirects.remove(record.interface)
+        }
+        records[name] = nil
+        idle[name] = nil
+        try? FileManager.default.removeItem(atPath: stateFile(name))
+        logger.info("restored the device's qdiscs", metadata: ["device": "\(name)"])
+    }
+
+    // MARK: - Minor numbers
+
+    /// A minor number free on the device: not used by any owner. Leaf queues take the class's minor as their
+    /// major, so minors stay below weir's root major.
+    private func allocateMinor(_ record: DeviceRecord, _ entry: DeviceRecord.OwnerRecord) throws -> UInt16 {
+        var used = Set(entry.minors.values)
+        for other in record.owners.values { used.formUnion(other.minors.values) }
+        for minor in UInt16(1)..<UInt16(TrafficControl.rootMajor) where !used.contains(minor) { return minor }
+        throw ShapeError(description: "\(record.device) has no free class numbers left")
+    }
+
+    // MARK: - State
+
+    private func loadRecord(_ name: String) throws -> DeviceRecord? {
+        if let record = records[name] { return record }
+        guard let data = FileManager.default.contents(atPath: stateFile(name)) else { return nil }
+        do {
+            let record = try JSONDecoder().decode(DeviceRecord.self, from: data)
+            records[name] = record
+            return record
+        } catch {
+            throw ShapeError(description: "\(stateFile(name)) cannot be read (\(error)); move it away to start afresh")
+        }
+    }
+
+    private func saveRecord(_ name: String, _ record: DeviceRecord) throws {
+        let path = stateFile(name)
+        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        try encoder.encode(record).write(to: URL(fileURLWithPath: path), options: .atomic)
+    }
+
+    // MARK: - On-demand classes
+
+    private func startPolling() {
+        guard poller == nil else { return }
+        poller = Task { [weak self] in
+            var tick = 0
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(200))
+                guard let self else { return }
+                tick += 1
+                self.pollOnce(expire: tick % 10 == 0)
+            }
+        }
+    }
+
+    /// Creates classes for clients (or marks) the classifier reported, and removes those idle too long.
+    func pollOnce(expire: Bool) {
+        lock.withLock {
+            for (name, classifier) in classifiers {
+                guard var record = records[name], record.owners.values.contains(where: { $0.shape.hasDynamicClasses }),
+                    let ifindex = TrafficControl.index(of: record.device)
+                else { continue }
+                var changed = false
+                for (scope, key) in classifier.takeMisses() {
+                    guard let (owner, entry) = record.owners.first(where: { $0.value.scopeID == scope }), entry.shape.hasDynamicClasses,
+                        entry.dynamic.count < entry.shape.maxDynamic, entry.dynamic[key.classKey] == nil
+                    else { continue }
+                    do {
+                        var updated = entry
+                        let minor = try allocateMinor(record, entry)
+                        updated.minors[key.classKey] = minor
+                        updated.dynamic[key.classKey] = key
+                        let spec = entry.shape.dynamicClass(key)
+                        let htb = HTBClass(minor: minor, parentMinor: entry.minors["total"], rate: spec.rate, ceil: spec.ceil, isLeaf: true)
+                        try TrafficControl.setClass(ifindex, htb, create: true)
+                        try addLeaf(ifindex, htb)
+                        try classifier.setDynamic(scope: scope, key, classID: TrafficControl.classID(minor))
+                        record.owners[owner] = updated
+                        changed = true
+                    } catch {
+                        logger.warning("adding a class for \(key.label) failed", metadata: ["pipeline": "\(owner)", "error": "\(error)"])
+                    }
+                }
+                if expire { changed = expireIdle(name, &record, ifindex: ifindex, classifier: classifier) || changed }
+                if changed {
+                    records[name] = record
+                    try? saveRecord(name, record)
+                }
+            }
+        }
+    }
+
+    private func expireIdle(_ name: String, _ record: inout DeviceRecord, ifindex: Int32, classifier: ShapeClassifier) -> Bool {
+        guard let classes = try? TrafficControl.classes(ifindex) else { return false }
+        let bytes = Dictionary(classes.filter { $0.major == TrafficControl.rootMajor }.map { ($0.minor, $0.bytes) }) { a, _ in a }
+        let now = ContinuousClock.now
+        var seen = idle[name] ?? [:]
+        var changed = false
+        for (owner, entry) in record.owners where entry.shape.hasDynamicClasses {
+            var updated = entry
+            for (key, dynamic) in entry.dynamic {
+                guard let minor = entry.minors[key] else { continue }
+                let current = bytes[minor] ?? 0
+                if let last = seen[minor], last.bytes == current {
+                    guard now - last.since >= .seconds(entry.shape.idleSeconds) else { continue }
+                    try? classifier.deleteDynamic(scope: entry.scopeID, dynamic)
+                    try? TrafficControl.deleteClass(
+                        ifindex, HTBClass(minor: minor, parentMinor: entry.minors["total"], rate: 0, ceil: 0, isLeaf: true))
+                    updated.minors[key] = nil
+                    updated.dynamic[key] = nil
+                    seen[minor] = nil
+                    changed = true
+                    logger.info("removed an idle class", metadata: ["pipeline": "\(owner)", "class": "\(dynamic.label)"])
+                } else {
+                    seen[minor] = (current, now)
+                }
+            }
+            record.owners[owner] = updated
+        }
+        idle[name] = seen
+        return changed
+    }
+}
