@@ -137,6 +137,9 @@ int weir_shape_classify(struct __sk_buff *skb)
 	if (scope->per == WEIR_SHAPE_PER_CLIENT) {
 		key.family = p.family;
 		__builtin_memcpy(key.addr, from_clients ? p.saddr : p.daddr, 16);
+		/* Multicast and broadcast are nobody's client: they stay in the default class. */
+		if ((p.family == 4 && key.addr[0] >= 224) || (p.family == 6 && key.addr[0] == 0xff))
+			return scope->default_classid;
 	} else {
 		__u32 mark = skb->mark;
 		__builtin_memcpy(key.addr, &mark, 4);

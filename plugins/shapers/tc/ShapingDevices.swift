@@ -33,8 +33,10 @@ struct DeviceRecord: Codable, Sendable {
         var htbClasses: [HTBClass] {
             minors.compactMap { key, minor in
                 guard let spec = spec(key) else { return nil }
+                // A stage's top class hangs under the device's link class.
                 return HTBClass(
-                    minor: minor, parentMinor: spec.parent.flatMap { minors[$0] }, rate: spec.rate, ceil: spec.ceil, isLeaf: spec.isLeaf)
+                    minor: minor, parentMinor: spec.parent.flatMap { minors[$0] } ?? LinkClass.minor, rate: spec.rate, ceil: spec.ceil,
+                    isLeaf: spec.isLeaf)
             }
         }
     }
@@ -200,6 +202,7 @@ final class ShapingDevices: @unchecked Sendable {
         let ifindex = try prepareDevice(&record)
         try saveRecord(name, record)
         guard let entry = record.owners[owner] else { return }
+        try ensureLinkClass(record, ifindex: ifindex)
         let actual = try htbClasses(ifindex)
         let plan = ClassPlan.make(desired: entry.htbClasses, actual: actual, owned: owned)
         try run(plan, ifindex: ifindex)
@@ -277,6 +280,16 @@ final class ShapingDevices: @unchecked Sendable {
                     + (error.code == ENOENT ? " (the kernel lacks the u32 classifier or the mirred action)" : ""))
         }
         redirects.insert(key)
+    }
+
+    /// The class every stage's top class hangs under, so stages on one device borrow from each other: its rate
+    /// is the link's speed where the interface reports one, else the sum of the stages' ceilings.
+    private func ensureLinkClass(_ record: DeviceRecord, ifindex: Int32) throws {
+        let rate = LinkClass.rate(interface: record.interface, ceilings: record.owners.values.compactMap { $0.spec("total")?.ceil })
+        let want = HTBClass(minor: LinkClass.minor, parentMinor: nil, rate: rate, ceil: rate, isLeaf: false)
+        let current = try htbClasses(ifindex)[LinkClass.minor]
+        if current?.rate == rate, current?.ceil == rate { return }
+        try TrafficControl.setClass(ifindex, want, create: current == nil)
     }
 
     private func htbClasses(_ ifindex: Int32) throws -> [UInt16: HTBClass] {
@@ -365,6 +378,7 @@ final class ShapingDevices: @unchecked Sendable {
         if record.owners.isEmpty {
             try teardown(name, record)
         } else {
+            if let ifindex = TrafficControl.index(of: record.device) { try ensureLinkClass(record, ifindex: ifindex) }
             try saveRecord(name, record)
             records[name] = record
         }
@@ -404,7 +418,7 @@ final class ShapingDevices: @unchecked Sendable {
     private func allocateMinor(_ record: DeviceRecord, _ entry: DeviceRecord.OwnerRecord) throws -> UInt16 {
         var used = Set(entry.minors.values)
         for other in record.owners.values { used.formUnion(other.minors.values) }
-        for minor in UInt16(1)..<UInt16(TrafficControl.rootMajor) where !used.contains(minor) { return minor }
+        for minor in (LinkClass.minor + 1)..<UInt16(TrafficControl.rootMajor) where !used.contains(minor) { return minor }
         throw ShapeError(description: "\(record.device) has no free class numbers left")
     }
 
@@ -511,5 +525,21 @@ final class ShapingDevices: @unchecked Sendable {
         }
         idle[name] = seen
         return changed
+    }
+}
+
+/// The class `7765:1` at the top of each device's tree: the link.
+enum LinkClass {
+    static let minor: UInt16 = 1
+
+    /// The interface's speed (`/sys/class/net/NAME/speed`, Mbit/s) when it reports one; virtual devices
+    /// without one (WireGuard, tun) get the sum of the stages' ceilings, at least 1mbit.
+    static func rate(interface: String, ceilings: [UInt64]) -> UInt64 {
+        if let text = try? String(contentsOfFile: "/sys/class/net/\(interface)/speed", encoding: .utf8),
+            let mbit = Int64(text.trimmingCharacters(in: .whitespacesAndNewlines)), mbit > 0
+        {
+            return UInt64(mbit) * 125_000
+        }
+        return max(ceilings.reduce(0, +), 125_000)
     }
 }
