@@ -78,6 +78,9 @@ public actor Supervisor {
             } catch {
                 started.append(start)
                 await rollBack(started)
+                // Kernel state the failed apply created for pipelines that do not run (an added pipeline's
+                // rules or classes) goes; what the running ones use was re-applied by their restart.
+                await sweep(config.stageEnvironment)
                 throw ApplyError(pipeline: id, underlying: error)
             }
         }

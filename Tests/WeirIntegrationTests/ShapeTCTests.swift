@@ -200,6 +200,85 @@ struct ShapeTCTests {
             })
     }
 
+    @Test("Per mark: packets marked by enforce.nftables get one class per mark", .enabled(if: which("nft") != nil))
+    func perMarkFromNftables() throws {
+        let net = try NamespacePair()
+        let agent = try Self.startAgent(
+            net,
+            """
+            pipelines:
+              marking:
+                stages:
+                  - type: enforce.nftables
+                    marks:
+                      - {destination: \(net.peerIPv4), protocol: tcp, ports: [5201], mark: 0x10}
+                      - {destination: \(net.peerIPv4), protocol: tcp, ports: [5202], mark: 0x20}
+              by-mark:
+                stages:
+                  - type: shape.tc
+                    interface: \(net.agentInterface)
+                    rate: 10mbit
+                    per: mark
+            """)
+        defer { agent.stop() }
+        let first = try Iperf(net, ns: net.peer, address: net.peerIPv4, port: 5201)
+        defer { first.stop() }
+        let second = try Iperf(net, ns: net.peer, address: net.peerIPv4, port: 5202)
+        defer { second.stop() }
+        try Self.expectRate(10, "mark 0x10") { try first.send(from: net.agent, seconds: 3) }
+        try Self.expectRate(10, "mark 0x20") { try second.send(from: net.agent, seconds: 3) }
+        let exposition = try agent.metrics()
+        for mark in ["mark:0x10", "mark:0x20"] {
+            #expect((value(in: exposition, "weir_tc_class_bytes_total", ["pipeline": "by-mark", "class": mark]) ?? 0) > 2_000_000, "\(mark)")
+        }
+    }
+
+    @Test("Two forward pipelines on one interface: each shapes its own port; a second whole-interface stage is refused")
+    func pipelinesShareAnInterface() throws {
+        let net = try NamespacePair()
+        let first = try Iperf(net, ns: net.agent, address: "127.0.0.1", port: 5301)
+        defer { first.stop() }
+        let second = try Iperf(net, ns: net.agent, address: "127.0.0.1", port: 5302)
+        defer { second.stop() }
+        func forward(_ name: String, _ port: Int, _ target: Int, _ rate: String) -> String {
+            """
+              \(name):
+                stages:
+                  - type: listen.tcp
+                    address: \(net.agentIPv4):\(port)
+                  - type: shape.tc
+                    interface: \(net.agentInterface)
+                    rate: \(rate)
+                  - type: connect.tcp
+                    addresses: [127.0.0.1:\(target)]
+            """
+        }
+        let both = "pipelines:\n" + forward("slow", 7001, 5301, "10mbit") + "\n" + forward("fast", 7002, 5302, "30mbit")
+        let agent = try Self.startAgent(net, both)
+        defer { agent.stop() }
+        try Self.expectRate(10, "pipeline slow") { try Iperf(net, address: net.agentIPv4, port: 7001).receive(in: net.peer, seconds: 3) }
+        try Self.expectRate(30, "pipeline fast") { try Iperf(net, address: net.agentIPv4, port: 7002).receive(in: net.peer, seconds: 3) }
+
+        // Removing one pipeline leaves the other's classes and counters.
+        let fastBytes = try #require(try agent.metric("weir_tc_class_bytes_total", ["pipeline": "fast", "class": "default"]))
+        try agent.writePipelines("pipelines:\n" + forward("fast", 7002, 5302, "30mbit"))
+        try agent.reload()
+        #expect(try agent.metric("weir_tc_class_bytes_total", ["pipeline": "slow", "class": "default"]) == nil)
+        #expect(try agent.metric("weir_tc_class_bytes_total", ["pipeline": "fast", "class": "default"]).map { $0 >= fastBytes } == true)
+
+        // Two stages that would both shape all of the interface's traffic cannot both have it.
+        let whole = { (name: String) in
+            "  \(name):\n    stages:\n      - type: shape.tc\n        interface: \(net.agentInterface)\n        rate: 5mbit\n"
+        }
+        try agent.writePipelines("pipelines:\n" + whole("all-a") + whole("all-b"))
+        try agent.reload()
+        #expect(try agent.metric("weir_config_reloads_total", ["result": "failure"]) == 1)
+        #expect(agent.log.contains("all traffic is already shaped by pipeline"), "\(agent.log)")
+        #expect(try agent.metric("weir_tc_class_bytes_total", ["pipeline": "fast", "class": "default"]) != nil, "the running configuration stays")
+        let classes = try net.inside(net.agent, ["tc", "class", "show", "dev", net.agentInterface])
+        #expect(!classes.contains("rate 5Mbit"), "the failed reload left no class behind: \(classes)")
+    }
+
     // MARK: - Reload, restart, removal
 
     @Test("Reload changes a rate in place; other classes keep their counters; so does an agent restart")
