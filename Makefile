@@ -48,8 +48,9 @@ bench:
 	WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/forward-bench.sh
 	@if [ "$$(id -u)" = 0 ]; then \
 		WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/count-ebpf-bench.sh && \
-		WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/nftables-bench.sh; \
-	else echo "skipping bench/count-ebpf-bench.sh and bench/nftables-bench.sh: they need root (network namespaces)"; fi
+		WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/nftables-bench.sh && \
+		WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/shape-tc-bench.sh; \
+	else echo "skipping the count.ebpf, nftables and shape.tc benchmarks: they need root (network namespaces)"; fi
 
 clean:
 	rm -rf .build

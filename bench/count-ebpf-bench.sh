@@ -25,41 +25,14 @@ NS_B=weirbench-b$$
 IF_A=wba$$
 IF_B=wbb$$
 TMP=$(mktemp -d /tmp/weir-count-bench.XXXXXX)
-AGENT_PID=""
 
-[ "$(id -u)" = 0 ] || { echo "count-ebpf-bench: needs root (network namespaces, eBPF)" >&2; exit 1; }
-for tool in ip curl python3 iperf3; do
-    command -v "$tool" >/dev/null || { echo "count-ebpf-bench: needs $tool" >&2; exit 1; }
-done
-
-cleanup() {
-    [ -n "$AGENT_PID" ] && kill "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null || true
-    ip netns pids "$NS_B" 2>/dev/null | xargs -r kill 2>/dev/null || true
-    ip netns del "$NS_A" 2>/dev/null || true
-    ip netns del "$NS_B" 2>/dev/null || true
-    umount "$TMP/bpffs" 2>/dev/null || true
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-if [ -z "${WEIR_BIN:-}" ]; then
-    (cd "$REPO_DIR" && swift build -c release --product weir --scratch-path .build-bench >&2)
-    WEIR_BIN="$REPO_DIR/.build-bench/release/weir"
-fi
-
-# Two namespaces, one veth pair, static neighbours (no ARP/ND noise).
-ip netns add "$NS_A"
-ip netns add "$NS_B"
-ip link add "$IF_A" netns "$NS_A" address 02:00:00:00:02:01 type veth peer name "$IF_B" netns "$NS_B" address 02:00:00:00:02:02
-ip -n "$NS_A" addr add 10.203.0.1/24 dev "$IF_A"
-ip -n "$NS_B" addr add 10.203.0.2/24 dev "$IF_B"
-for ns in "$NS_A" "$NS_B"; do ip -n "$ns" link set lo up; done
-ip -n "$NS_A" link set "$IF_A" up
-ip -n "$NS_B" link set "$IF_B" up
-ip -n "$NS_A" neigh replace 10.203.0.2 lladdr 02:00:00:00:02:02 dev "$IF_A" nud permanent
-ip -n "$NS_B" neigh replace 10.203.0.1 lladdr 02:00:00:00:02:01 dev "$IF_B" nud permanent
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh"
+bench_init count-ebpf-bench ip curl python3 iperf3
+bench_veth_pair "$NS_A" "$NS_B" "$IF_A" "$IF_B" 10.203.0 02:00:00:00:02
 mkdir -p "$TMP/bpffs" "$TMP/pipelines.d"
 mount -t bpf bpf "$TMP/bpffs"
+BENCH_MOUNTS+=("$TMP/bpffs")
 
 cat > "$TMP/weir.yaml" <<YAML
 agent:
@@ -86,19 +59,8 @@ YAML
 in_a() { ip netns exec "$NS_A" "$@"; }
 metric() { in_a curl -sf --max-time 10 http://127.0.0.1:9477/metrics | awk -v name="$1" '$1 ~ "^"name"[{]" { print $2; exit }'; }
 
-start_agent() {
-    ip netns exec "$NS_A" "$WEIR_BIN" agent --config "$TMP/weir.yaml" >"$TMP/agent.log" 2>&1 &
-    AGENT_PID=$!
-    for _ in $(seq 100); do
-        in_a curl -sf --max-time 1 http://127.0.0.1:9477/healthz >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    cat "$TMP/agent.log" >&2
-    echo "count-ebpf-bench: agent did not start" >&2
-    exit 1
-}
-
-stop_agent() { kill "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null || true; AGENT_PID=""; }
+start_agent() { bench_start_agent "$NS_A" "$TMP/weir.yaml" "$TMP/agent.log"; }
+stop_agent() { bench_stop_agent; }
 
 # Times $SCRAPES scrapes. Prints "render_median render_max total_median total_max bytes series" (ms): render
 # is until the first byte of the response (the agent reads the map and writes the text before sending),

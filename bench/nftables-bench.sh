@@ -17,24 +17,12 @@ ELEMENTS=${BENCH_ELEMENTS:-100000}
 DELTA=${BENCH_DELTA:-1000}
 NS=weirbench-nft$$
 TMP=$(mktemp -d /tmp/weir-nft-bench.XXXXXX)
-AGENT_PID=""
 
-[ "$(id -u)" = 0 ] || { echo "nftables-bench: needs root (network namespaces, nftables)" >&2; exit 1; }
-for tool in ip nft python3 curl; do command -v "$tool" >/dev/null || { echo "nftables-bench: needs $tool" >&2; exit 1; }; done
-
-cleanup() {
-    [ -n "$AGENT_PID" ] && kill "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null || true
-    ip netns del "$NS" 2>/dev/null || true
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-if [ -z "${WEIR_BIN:-}" ]; then
-    (cd "$REPO_DIR" && swift build -c release --product weir --scratch-path .build-bench >&2)
-    WEIR_BIN="$REPO_DIR/.build-bench/release/weir"
-fi
-
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh"
+bench_init nftables-bench ip nft python3 curl
 ip netns add "$NS"
+BENCH_NAMESPACES+=("$NS")
 ip -n "$NS" link set lo up
 ip -n "$NS" link add wbn0 type veth peer name wbn1
 mkdir -p "$TMP/pipelines.d"

@@ -335,21 +335,70 @@ int weir_route_delete(const struct weir_route *route)
 	return err ? fail(err, "deleting the route %s", route_text(route, text, sizeof(text))) : 0;
 }
 
+/* Sends a dump request on a fresh route netlink socket and feeds every answer to `callback`. A callback that
+ * fails leaves its error code in `*callback_error` (when given). */
+static int route_dump(const struct nlmsghdr *nlh, mnl_cb_t callback, void *data, const int *callback_error, const char *what)
+{
+	char buffer[MNL_SOCKET_BUFFER_SIZE];
+	struct mnl_socket *nl = open_socket(NETLINK_ROUTE);
+	if (!nl)
+		return fail(errno, "opening a route netlink socket");
+	int err = 0;
+	if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0) {
+		err = fail(errno, "asking for %s", what);
+	} else {
+		ssize_t n;
+		while ((n = mnl_socket_recvfrom(nl, buffer, sizeof(buffer))) > 0) {
+			int result = mnl_cb_run(buffer, (size_t)n, nlh->nlmsg_seq, mnl_socket_get_portid(nl), callback, data);
+			if (result < 0) {
+				err = fail(callback_error && *callback_error ? *callback_error : errno, "listing %s", what);
+				break;
+			}
+			if (result == MNL_CB_STOP)
+				break;
+		}
+	}
+	mnl_socket_close(nl);
+	return err;
+}
+
+/* Room for one more item in a growing array; false (with -ENOMEM in *error) when memory ran out. */
+static int reserve(void **items, size_t *capacity, size_t count, size_t item_size, size_t initial, int *error)
+{
+	if (count < *capacity)
+		return 1;
+	size_t grown = *capacity ? *capacity * 2 : initial;
+	void *more = realloc(*items, grown * item_size);
+	if (!more) {
+		*error = -ENOMEM;
+		return 0;
+	}
+	*items = more;
+	*capacity = grown;
+	return 1;
+}
+
+/* Parses a message's attributes into table[0...max], indexed by type. */
+struct attribute_table {
+	const struct nlattr **table;
+	int max;
+};
+
+static int index_attribute(const struct nlattr *attr, void *data)
+{
+	const struct attribute_table *attributes = data;
+	int type = mnl_attr_get_type(attr);
+	if (type <= attributes->max)
+		attributes->table[type] = attr;
+	return MNL_CB_OK;
+}
+
 struct route_list {
 	uint8_t protocol;
 	struct weir_route *routes;
 	size_t count, capacity;
 	int error;
 };
-
-static int route_attribute(const struct nlattr *attr, void *data)
-{
-	const struct nlattr **table = data;
-	int type = mnl_attr_get_type(attr);
-	if (type <= RTA_MAX)
-		table[type] = attr;
-	return MNL_CB_OK;
-}
 
 static int parse_route(const struct nlmsghdr *nlh, void *data)
 {
@@ -358,17 +407,9 @@ static int parse_route(const struct nlmsghdr *nlh, void *data)
 	if (rtm->rtm_protocol != list->protocol || rtm->rtm_type != RTN_UNICAST)
 		return MNL_CB_OK;
 	const struct nlattr *attributes[RTA_MAX + 1] = {0};
-	mnl_attr_parse(nlh, sizeof(*rtm), route_attribute, attributes);
-	if (list->count == list->capacity) {
-		size_t capacity = list->capacity ? list->capacity * 2 : 64;
-		struct weir_route *routes = realloc(list->routes, capacity * sizeof(*routes));
-		if (!routes) {
-			list->error = -ENOMEM;
-			return MNL_CB_ERROR;
-		}
-		list->routes = routes;
-		list->capacity = capacity;
-	}
+	mnl_attr_parse(nlh, sizeof(*rtm), index_attribute, &(struct attribute_table){attributes, RTA_MAX});
+	if (!reserve((void **)&list->routes, &list->capacity, list->count, sizeof(*list->routes), 64, &list->error))
+		return MNL_CB_ERROR;
 	struct weir_route *route = &list->routes[list->count++];
 	memset(route, 0, sizeof(*route));
 	size_t length = rtm->rtm_family == AF_INET ? 4 : 16;
@@ -394,25 +435,7 @@ int weir_route_list(uint8_t family, uint8_t protocol, struct weir_route **routes
 	rtm->rtm_family = family;
 
 	struct route_list list = {.protocol = protocol};
-	struct mnl_socket *nl = open_socket(NETLINK_ROUTE);
-	if (!nl)
-		return fail(errno, "opening a route netlink socket");
-	int err = 0;
-	if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0) {
-		err = fail(errno, "asking for routes");
-	} else {
-		ssize_t n;
-		while ((n = mnl_socket_recvfrom(nl, buffer, sizeof(buffer))) > 0) {
-			int result = mnl_cb_run(buffer, (size_t)n, nlh->nlmsg_seq, mnl_socket_get_portid(nl), parse_route, &list);
-			if (result < 0) {
-				err = fail(list.error ? list.error : errno, "listing routes");
-				break;
-			}
-			if (result == MNL_CB_STOP)
-				break;
-		}
-	}
-	mnl_socket_close(nl);
+	int err = route_dump(nlh, parse_route, &list, &list.error, "routes");
 	if (err) {
 		free(list.routes);
 		return err;
@@ -529,15 +552,6 @@ struct tc_list {
 	int error;
 };
 
-static int tc_attribute(const struct nlattr *attr, void *data)
-{
-	const struct nlattr **table = data;
-	int type = mnl_attr_get_type(attr);
-	if (type <= TCA_MAX)
-		table[type] = attr;
-	return MNL_CB_OK;
-}
-
 static int parse_tc(const struct nlmsghdr *nlh, void *data)
 {
 	struct tc_list *list = data;
@@ -545,17 +559,9 @@ static int parse_tc(const struct nlmsghdr *nlh, void *data)
 	if (tcm->tcm_ifindex != list->ifindex)
 		return MNL_CB_OK;
 	const struct nlattr *attributes[TCA_MAX + 1] = {0};
-	mnl_attr_parse(nlh, sizeof(*tcm), tc_attribute, attributes);
-	if (list->count == list->capacity) {
-		size_t capacity = list->capacity ? list->capacity * 2 : 32;
-		struct weir_tc_object *objects = realloc(list->objects, capacity * sizeof(*objects));
-		if (!objects) {
-			list->error = -ENOMEM;
-			return MNL_CB_ERROR;
-		}
-		list->objects = objects;
-		list->capacity = capacity;
-	}
+	mnl_attr_parse(nlh, sizeof(*tcm), index_attribute, &(struct attribute_table){attributes, TCA_MAX});
+	if (!reserve((void **)&list->objects, &list->capacity, list->count, sizeof(*list->objects), 32, &list->error))
+		return MNL_CB_ERROR;
 	struct weir_tc_object *object = &list->objects[list->count++];
 	memset(object, 0, sizeof(*object));
 	object->handle = tcm->tcm_handle;
@@ -608,25 +614,7 @@ int weir_tc_list(int ifindex, int classes, struct weir_tc_object **objects, size
 	tcm->tcm_ifindex = ifindex;
 
 	struct tc_list list = {.ifindex = ifindex};
-	struct mnl_socket *nl = open_socket(NETLINK_ROUTE);
-	if (!nl)
-		return fail(errno, "opening a route netlink socket");
-	int err = 0;
-	if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0) {
-		err = fail(errno, "asking for the %s of ifindex %d", classes ? "classes" : "qdiscs", ifindex);
-	} else {
-		ssize_t n;
-		while ((n = mnl_socket_recvfrom(nl, buffer, sizeof(buffer))) > 0) {
-			int result = mnl_cb_run(buffer, (size_t)n, nlh->nlmsg_seq, mnl_socket_get_portid(nl), parse_tc, &list);
-			if (result < 0) {
-				err = fail(list.error ? list.error : errno, "listing tc objects");
-				break;
-			}
-			if (result == MNL_CB_STOP)
-				break;
-		}
-	}
-	mnl_socket_close(nl);
+	int err = route_dump(nlh, parse_tc, &list, &list.error, classes ? "tc classes" : "qdiscs");
 	if (err) {
 		free(list.objects);
 		return err;
@@ -724,26 +712,7 @@ int weir_tc_filter_count(int ifindex, uint32_t parent, size_t *count)
 	tcm->tcm_ifindex = ifindex;
 	tcm->tcm_parent = parent;
 	*count = 0;
-	struct mnl_socket *nl = open_socket(NETLINK_ROUTE);
-	if (!nl)
-		return fail(errno, "opening a route netlink socket");
-	int err = 0;
-	if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0) {
-		err = fail(errno, "asking for the filters of ifindex %d", ifindex);
-	} else {
-		ssize_t n;
-		while ((n = mnl_socket_recvfrom(nl, buffer, sizeof(buffer))) > 0) {
-			int result = mnl_cb_run(buffer, (size_t)n, nlh->nlmsg_seq, mnl_socket_get_portid(nl), count_filter, count);
-			if (result < 0) {
-				err = fail(errno, "listing the filters of ifindex %d", ifindex);
-				break;
-			}
-			if (result == MNL_CB_STOP)
-				break;
-		}
-	}
-	mnl_socket_close(nl);
-	return err;
+	return route_dump(nlh, count_filter, count, NULL, "tc filters");
 }
 
 /* ---- links ---- */
