@@ -32,8 +32,9 @@ struct BandwidthLimitTests {
         let weir = try agent(per: "connection", backend: sink.port, port: port)
         try weir.start()
         defer { weir.stop() }
+        let started = Date()
         try upload(port: port)
-        let measured = log.receiveRate
+        let measured = log.receiveRate(since: started)
         #expect(abs(measured - Self.rate) / Self.rate < 0.10, "measured \(measured / 1_048_576) MiB/s for 4 MiB/s")
     }
 
@@ -62,11 +63,12 @@ struct BandwidthLimitTests {
         let weir = try agent(per: "pipeline", backend: sink.port, port: port)
         try weir.start()
         defer { weir.stop() }
+        let started = Date()
         let first = Background { try self.upload(port: port) }
         let second = Background { try self.upload(port: port) }
         try first.value()
         try second.value()
-        let total = log.receiveRate
+        let total = log.receiveRate(since: started)
         #expect(abs(total - Self.rate) / Self.rate < 0.10, "two connections together: \(total / 1_048_576) MiB/s for 4 MiB/s")
     }
 }

@@ -15,12 +15,14 @@ final class BackendLog: @unchecked Sendable {
         _windows.append((first, last))
     }
 
-    /// Bytes per second over all connections, from the first byte of any to the last byte of any.
-    var receiveRate: Double {
+    /// Bytes per second over all connections, from `start` (when the senders began) to the last byte of any.
+    /// Timed from the senders' start, not the backend's first read: a backend that got to read late on a busy
+    /// machine (socket buffers filling meanwhile) would make the rate look higher than it was.
+    func receiveRate(since start: Date) -> Double {
         lock.lock()
         defer { lock.unlock() }
-        guard let first = _windows.map(\.first).min(), let last = _windows.map(\.last).max(), last > first else { return 0 }
-        return Double(_received.reduce(0, +)) / last.timeIntervalSince(first)
+        guard let last = _windows.map(\.last).max(), last > start else { return 0 }
+        return Double(_received.reduce(0, +)) / last.timeIntervalSince(start)
     }
 
     var received: [Int] { lock.lock(); defer { lock.unlock() }; return _received }
