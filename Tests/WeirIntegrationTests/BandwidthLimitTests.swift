@@ -12,6 +12,19 @@ struct BandwidthLimitTests {
             extraStages: "      - type: limit.bandwidth\n        rate: 4MiB/s\n        per: \(per)\n"))
     }
 
+    /// Measures up to three times until a reading is within 10% of the rate; no reading may exceed it by more.
+    /// A busy machine can slow a transfer down (the CI runner shares two CPUs), never speed the limiter up.
+    func expectRate(_ what: String, _ measure: () throws -> Double) throws {
+        var readings: [Double] = []
+        for _ in 0..<3 {
+            let reading = try measure()
+            readings.append(reading / 1_048_576)
+            #expect(reading < Self.rate * 1.10, "\(what): \(reading / 1_048_576) MiB/s for 4 MiB/s")
+            if abs(reading - Self.rate) / Self.rate < 0.10 { return }
+        }
+        Issue.record("\(what): \(readings) MiB/s, expected 4 MiB/s ± 10%")
+    }
+
     /// Sends as fast as possible for `seconds`, then waits until the backend has read everything.
     func upload(port: Int) throws {
         let client = try TCPClient(port: port)
@@ -32,10 +45,11 @@ struct BandwidthLimitTests {
         let weir = try agent(per: "connection", backend: sink.port, port: port)
         try weir.start()
         defer { weir.stop() }
-        let started = Date()
-        try upload(port: port)
-        let measured = log.receiveRate(since: started)
-        #expect(abs(measured - Self.rate) / Self.rate < 0.10, "measured \(measured / 1_048_576) MiB/s for 4 MiB/s")
+        try expectRate("upload") {
+            let started = Date()
+            try upload(port: port)
+            return log.receiveRate(since: started)
+        }
     }
 
     @Test("Download (target to client) is held within 10% of the rate")
@@ -45,14 +59,15 @@ struct BandwidthLimitTests {
         let weir = try agent(per: "connection", backend: source.port, port: port)
         try weir.start()
         defer { weir.stop() }
-        let client = try TCPClient(port: port)
-        let start = Date()
-        var received = 0
-        while Date().timeIntervalSince(start) < Self.seconds {
-            received += try client.receive().count
+        try expectRate("download") {
+            let client = try TCPClient(port: port)
+            let start = Date()
+            var received = 0
+            while Date().timeIntervalSince(start) < Self.seconds {
+                received += try client.receive().count
+            }
+            return Double(received) / Date().timeIntervalSince(start)
         }
-        let measured = Double(received) / Date().timeIntervalSince(start)
-        #expect(abs(measured - Self.rate) / Self.rate < 0.10, "measured \(measured / 1_048_576) MiB/s for 4 MiB/s")
     }
 
     @Test("per: pipeline shares one rate between connections")
@@ -63,12 +78,13 @@ struct BandwidthLimitTests {
         let weir = try agent(per: "pipeline", backend: sink.port, port: port)
         try weir.start()
         defer { weir.stop() }
-        let started = Date()
-        let first = Background { try self.upload(port: port) }
-        let second = Background { try self.upload(port: port) }
-        try first.value()
-        try second.value()
-        let total = log.receiveRate(since: started)
-        #expect(abs(total - Self.rate) / Self.rate < 0.10, "two connections together: \(total / 1_048_576) MiB/s for 4 MiB/s")
+        try expectRate("two connections together") {
+            let started = Date()
+            let first = Background { try self.upload(port: port) }
+            let second = Background { try self.upload(port: port) }
+            try first.value()
+            try second.value()
+            return log.receiveRate(since: started)
+        }
     }
 }

@@ -15,14 +15,16 @@ final class BackendLog: @unchecked Sendable {
         _windows.append((first, last))
     }
 
-    /// Bytes per second over all connections, from `start` (when the senders began) to the last byte of any.
+    /// Bytes per second over the connections that began after `start` (when the senders began), from `start`
+    /// to the last byte of any.
     /// Timed from the senders' start, not the backend's first read: a backend that got to read late on a busy
     /// machine (socket buffers filling meanwhile) would make the rate look higher than it was.
     func receiveRate(since start: Date) -> Double {
         lock.lock()
         defer { lock.unlock() }
-        guard let last = _windows.map(\.last).max(), last > start else { return 0 }
-        return Double(_received.reduce(0, +)) / last.timeIntervalSince(start)
+        let since = _windows.indices.filter { _windows[$0].first >= start }
+        guard let last = since.map({ _windows[$0].last }).max(), last > start else { return 0 }
+        return Double(since.map { _received[$0] }.reduce(0, +)) / last.timeIntervalSince(start)
     }
 
     var received: [Int] { lock.lock(); defer { lock.unlock() }; return _received }
