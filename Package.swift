@@ -15,6 +15,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
+        .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.24.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.5.0"),
@@ -75,10 +76,16 @@ let package = Package(
         // Stage families, one target each.
         .target(
             name: "WeirListeners",
-            dependencies: ["WeirCore"] + nio,
+            dependencies: ["WeirCore"] + nio + [
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSOCKS", package: "swift-nio-extras"),
+            ],
             path: "plugins/listeners",
-            exclude: ["tcp/README.md", "udp/README.md"],
-            resources: [.embedInCode("tcp/listen.tcp.sample.yaml"), .embedInCode("udp/listen.udp.sample.yaml")]
+            exclude: ["tcp/README.md", "udp/README.md", "socks5/README.md", "http/README.md"],
+            resources: [
+                .embedInCode("tcp/listen.tcp.sample.yaml"), .embedInCode("udp/listen.udp.sample.yaml"),
+                .embedInCode("socks5/listen.socks5.sample.yaml"), .embedInCode("http/listen.http.sample.yaml"),
+            ]
         ),
         .target(
             name: "WeirConnectors",

@@ -69,12 +69,13 @@ final class PipelineRuntime: Sendable {
         else { return nil }
         let middle = dataPath.dropFirst().dropLast().map { stages[$0.index] }
         let connector = stages[connectorSpec.index]
+        let negotiating = stages[listener.index] as? any NegotiatingStreamListener
         switch transport {
         case .stream:
             guard let connector = connector as? any StreamConnector else { return nil }
             return .stream(StreamForwarder(
                 pipeline: spec.id, filters: middle.compactMap { $0 as? any StreamFilter }, connector: connector,
-                connectorType: connectorSpec.type, metrics: metrics, logger: logger))
+                connectorType: connectorSpec.type, negotiating: negotiating, metrics: metrics, logger: logger))
         case .datagram:
             guard let connector = connector as? any DatagramConnector else { return nil }
             return .datagram(DatagramForwarder(

@@ -12,6 +12,8 @@ public enum BuiltinStages {
     public static let registry = StageRegistry([
         ListenTCPConfig.self,
         ListenUDPConfig.self,
+        ListenSOCKS5Config.self,
+        ListenHTTPConfig.self,
         ConnectTCPConfig.self,
         ConnectUDPConfig.self,
         LimitBandwidthConfig.self,

@@ -2,21 +2,32 @@ import Logging
 import NIOCore
 import NIOPosix
 
-/// Forwards each accepted stream connection of one pipeline: filters, then the connector, then glue.
+/// A connector's failure because a destination's name did not resolve (answered as "host unreachable").
+public struct NameNotResolved: Error, CustomStringConvertible {
+    public let name: String
+    public init(name: String) { self.name = name }
+    public var description: String { "\(name) did not resolve" }
+}
+
+/// Forwards each accepted stream connection of one pipeline: the listener's negotiation (when its clients name
+/// their destination), then the connector, the filters and the glue.
 public final class StreamForwarder: Sendable {
     public let pipeline: String
     private let filters: [any StreamFilter]
     private let connector: any StreamConnector
     private let connectorType: String
+    /// The listener, when its clients negotiate their destination.
+    private let negotiating: (any NegotiatingStreamListener)?
     private let metrics: PipelineMetrics
     public let tracker: ConnectionTracker
     private let logger: Logger
 
     public init(
         pipeline: String, filters: [any StreamFilter], connector: any StreamConnector, connectorType: String,
-        metrics: PipelineMetrics, logger: Logger
+        negotiating: (any NegotiatingStreamListener)? = nil, metrics: PipelineMetrics, logger: Logger
     ) {
         self.pipeline = pipeline
+        self.negotiating = negotiating
         self.filters = filters
         self.connector = connector
         self.connectorType = connectorType
@@ -37,25 +48,54 @@ public final class StreamForwarder: Sendable {
         client.closeFuture.whenComplete { _ in metrics.connectionsActive.decrement() }
 
         let info = ConnectionInfo(pipeline: pipeline, client: client.remoteAddress, local: client.localAddress, eventLoop: client.eventLoop)
-        let bootstrap = ClientBootstrap(group: client.eventLoop)
-            .channelOption(.autoRead, value: false)
-            .channelOption(.allowRemoteHalfClosure, value: true)
-            .channelOption(.socketOption(.so_keepalive), value: 1)
-
-        connector.connect(info, bootstrap: bootstrap).hop(to: client.eventLoop).assumeIsolated().whenComplete { result in
-            switch result {
-            case .success(let target):
-                self.join(client: client, target: target, info: info)
-            case .failure(let error):
-                metrics.error(stage: self.connectorType, reason: "connect_failed")
-                self.logger.warning(
-                    "connect failed", metadata: ["pipeline": "\(self.pipeline)", "client": "\(info.client.map { "\($0)" } ?? "?")", "error": "\(error)"])
-                client.close(promise: nil)
+        guard let negotiating else {
+            connect(client: client, info: info, negotiation: nil)
+            return
+        }
+        let negotiation = negotiating.negotiation(for: info)
+        client.eventLoop.execute {
+            negotiation.begin(on: client).whenComplete { result in
+                switch result {
+                case .success(let destination):
+                    var info = info
+                    info.destination = destination
+                    self.connect(client: client, info: info, negotiation: negotiation)
+                case .failure(let error):
+                    metrics.error(stage: "listener", reason: "negotiation_failed")
+                    self.logger.debug("negotiation failed", metadata: ["pipeline": "\(self.pipeline)", "error": "\(error)"])
+                }
             }
         }
     }
 
-    private func join(client: any Channel, target: any Channel, info: ConnectionInfo) {
+    private func connect(client: any Channel, info: ConnectionInfo, negotiation: (any StreamNegotiation)?) {
+        let bootstrap = ClientBootstrap(group: client.eventLoop)
+            .channelOption(.autoRead, value: false)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.socketOption(.so_keepalive), value: 1)
+        let metrics = self.metrics
+        connector.connect(info, bootstrap: bootstrap).hop(to: client.eventLoop).assumeIsolated().whenComplete { result in
+            switch result {
+            case .success(let target):
+                self.join(client: client, target: target, info: info, negotiation: negotiation)
+            case .failure(let error):
+                metrics.error(stage: self.connectorType, reason: "connect_failed")
+                self.logger.warning(
+                    "connect failed",
+                    metadata: [
+                        "pipeline": "\(self.pipeline)", "client": "\(info.client.map { "\($0)" } ?? "?")",
+                        "destination": "\(info.destination.map { "\($0)" } ?? "-")", "error": "\(error)",
+                    ])
+                if let negotiation {
+                    negotiation.fail(error is NameNotResolved ? .unknownHost : .unreachable)
+                } else {
+                    client.close(promise: nil)
+                }
+            }
+        }
+    }
+
+    private func join(client: any Channel, target: any Channel, info: ConnectionInfo, negotiation: (any StreamNegotiation)?) {
         client.eventLoop.preconditionInEventLoop()
         // The client may not be active yet (a loopback connect can finish before the accepted channel is
         // registered) or may already be gone; in the latter case this closes the target at once.
@@ -73,6 +113,8 @@ public final class StreamForwarder: Sendable {
             target.close(promise: nil)
             return
         }
+        // The client hears that the target answered; what it sent after its request flows into the glue.
+        negotiation?.succeed(target: target)
         // Both channels were accepted or connected with autoRead off, so nothing was read before the glue
         // was in place. From here NIO reads after every read cycle, through the glue's (and filters')
         // `read` interception, which is where backpressure holds reads back.

@@ -11,13 +11,61 @@ public struct ConnectionInfo: Sendable {
     public let local: SocketAddress?
     /// The loop the client's channel runs on; the target side runs on it too.
     public let eventLoop: any EventLoop
+    /// Where the client asked to go (SOCKS5, HTTP CONNECT, a TLS server name); nil for plain listeners.
+    public var destination: Destination?
 
-    public init(pipeline: String, client: SocketAddress?, local: SocketAddress?, eventLoop: any EventLoop) {
+    public init(
+        pipeline: String, client: SocketAddress?, local: SocketAddress?, eventLoop: any EventLoop, destination: Destination? = nil
+    ) {
         self.pipeline = pipeline
         self.client = client
         self.local = local
         self.eventLoop = eventLoop
+        self.destination = destination
     }
+}
+
+/// Where a client asked to be connected.
+public struct Destination: Sendable, Hashable, CustomStringConvertible {
+    /// A name or an IP literal (IPv6 without brackets).
+    public var host: String
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
+/// Why a connection a client negotiated was not made, for its answer (a SOCKS5 reply code, an HTTP status).
+public enum NegotiationFailure: Sendable, Equatable {
+    /// The destination is not allowed by the listener's policy.
+    case notAllowed
+    /// No target answered (refused, unreachable, timed out).
+    case unreachable
+    /// The name did not resolve.
+    case unknownHost
+}
+
+/// A stream listener whose clients name their destination before any data flows (SOCKS5, HTTP CONNECT).
+public protocol NegotiatingStreamListener: StreamListener {
+    func negotiation(for connection: ConnectionInfo) -> any StreamNegotiation
+}
+
+/// One client's negotiation, driven by the forwarder on the connection's event loop (implementations are
+/// channel handlers, touched only there).
+public protocol StreamNegotiation: AnyObject, Sendable {
+    /// Adds the negotiation's handlers to the client channel and starts reading. Completes with an allowed
+    /// destination; fails when the client broke the protocol, failed to authenticate, asked for a destination
+    /// the policy refuses or went away — the negotiation has then answered it and closed the channel.
+    func begin(on channel: any Channel) -> EventLoopFuture<Destination>
+    /// The target is connected and the glue is in place: answer the client and remove the negotiation's
+    /// handlers, so bytes the client already sent flow on to the target.
+    func succeed(target: any Channel)
+    /// Answers the client with the failure and closes the channel.
+    func fail(_ reason: NegotiationFailure)
 }
 
 /// Accepts stream connections. `childInitializer` is the runtime's; the listener applies it to every

@@ -70,6 +70,12 @@ extension StageConfig {
 /// A listener's configuration exposes its address so validation can catch two pipelines on one port.
 public protocol ListenerConfig: StageConfig {
     var bindAddress: BindAddress { get }
+    /// Whether its clients name their destination (SOCKS5, HTTP CONNECT), so a connector needs no targets.
+    static var providesDestination: Bool { get }
+}
+
+extension ListenerConfig {
+    public static var providesDestination: Bool { false }
 }
 
 extension ListenerConfig {

@@ -9,7 +9,9 @@ public struct ConnectTCPConfig: StageConfig {
     public static let summary = "Connect to a TCP target, failing over through a list of addresses; names race all their addresses."
     public static let role = StageRole.connector(.stream)
     public static let options = [
-        OptionDoc("addresses", "list of host:port", "Targets tried in order; the next is used when one is down (required)."),
+        OptionDoc(
+            "addresses", "list of host:port", default: "the client's destination",
+            "Targets tried in order; the next is used when one is down. Required unless the listener's clients name their destination (SOCKS5, HTTP CONNECT); when given, it wins over theirs."),
         OptionDoc("connect_timeout", "duration", default: "3s", "Time allowed for each target."),
     ]
     public static var sample: String { String(decoding: PackageResources.connect_tcp_sample_yaml, as: UTF8.self) }
@@ -18,10 +20,16 @@ public struct ConnectTCPConfig: StageConfig {
     public let connectTimeout: Duration
 
     public static func decode(_ options: ConfigMapping) -> ConnectTCPConfig? {
-        let addresses = options.required("addresses").flatMap(TargetList.read)
+        let addresses = options.optional("addresses", default: [HostPort]()) { TargetList.read($0) }
         let timeout = options.optional("connect_timeout", default: Duration.seconds(3)) { $0.parsed(DurationParser.parse) }
         guard let addresses, let timeout else { return nil }
         return ConnectTCPConfig(addresses: addresses, connectTimeout: timeout)
+    }
+
+    public func placementError(listener: (any ListenerConfig)?) -> String? {
+        guard addresses.isEmpty, let listener else { return nil }
+        if Swift.type(of: listener).providesDestination { return nil }
+        return "addresses: required (\(Swift.type(of: listener).type) clients do not name a destination)"
     }
 
     public func makeStage(_ context: StageContext) -> any Stage { ConnectTCP(config: self) }
@@ -52,7 +60,29 @@ struct ConnectTCP: StreamConnector {
 
     func connect(_ connection: ConnectionInfo, bootstrap: ClientBootstrap) -> EventLoopFuture<any Channel> {
         let bootstrap = bootstrap.connectTimeout(TimeAmount(config.connectTimeout))
+        if config.addresses.isEmpty {
+            guard let destination = connection.destination else {
+                return connection.eventLoop.makeFailedFuture(AllTargetsFailed(errors: ["no target and no destination from the client"]))
+            }
+            return connectDestination(destination, bootstrap: bootstrap, on: connection.eventLoop)
+        }
         return attempt(0, bootstrap: bootstrap, errors: [])
+    }
+
+    /// The client's destination: an IP literal directly, a name through NIO's happy-eyeballs resolver (a name
+    /// that does not resolve fails with NameNotResolved, answered as "host unreachable").
+    private func connectDestination(_ destination: Destination, bootstrap: ClientBootstrap, on loop: any EventLoop) -> EventLoopFuture<any Channel> {
+        if let literal = try? SocketAddress(ipAddress: destination.host, port: destination.port) {
+            return bootstrap.connect(to: literal)
+        }
+        return bootstrap.connect(host: destination.host, port: destination.port).flatMapErrorThrowing { error in
+            if error is NIOConnectionError, (error as? NIOConnectionError)?.dnsAError != nil || (error as? NIOConnectionError)?.dnsAAAAError != nil,
+                (error as? NIOConnectionError)?.connectionErrors.isEmpty == true
+            {
+                throw NameNotResolved(name: destination.host)
+            }
+            throw error
+        }
     }
 
     /// Tries target `index`, then the ones after it.

@@ -1,0 +1,142 @@
+import Foundation
+import Testing
+
+/// listen.socks5 and listen.http against curl, the client most people use, through the real binary to a
+/// local web server (python3 -m http.server). Everything stays on loopback.
+@Suite(
+    "SOCKS5 and HTTP CONNECT proxies with curl", .serialized,
+    .enabled(if: which("curl") != nil, "needs curl installed"))
+struct ProxyListenerTests {
+    /// A web server on 127.0.0.1 serving one file with known content.
+    final class WebServer: @unchecked Sendable {
+        let port = freePort()
+        let content = "weir proxy test \(UUID().uuidString)\n"
+        private let directory = FileManager.default.temporaryDirectory.appendingPathComponent("weir-web-\(UUID().uuidString)")
+        private let process = Process()
+
+        init() throws {
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            try content.write(to: directory.appendingPathComponent("file.txt"), atomically: true, encoding: .utf8)
+            process.executableURL = URL(fileURLWithPath: python3)
+            process.arguments = ["-m", "http.server", "--bind", "127.0.0.1", "--directory", directory.path, "\(port)"]
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            _ = eventually(timeout: 5) { (try? command([which("curl")!, "-sf", "http://127.0.0.1:\(port)/file.txt"]))?.status == 0 }
+        }
+
+        deinit {
+            process.terminate()
+            try? FileManager.default.removeItem(at: directory)
+        }
+    }
+
+    static func agent(_ listener: String, options: String = "") throws -> (WeirProcess, Int) {
+        let port = freePort()
+        let agent = try WeirProcess(
+            pipelines: """
+                pipelines:
+                  proxy:
+                    stages:
+                      - type: \(listener)
+                        address: 127.0.0.1:\(port)
+                \(options.split(separator: "\n").map { "        " + $0 }.joined(separator: "\n"))
+                      - type: connect.tcp
+                        connect_timeout: 2s
+                """)
+        try agent.start()
+        return (agent, port)
+    }
+
+    /// curl's exit status, body, and the proxy's CONNECT status (0 when it gave none).
+    static func curl(_ arguments: [String]) throws -> (status: Int32, body: String, connectCode: Int) {
+        let (status, output) = try command([which("curl")!, "-s", "--max-time", "10", "-w", "\n%{http_connect}"] + arguments)
+        guard let newline = output.lastIndex(of: "\n") else { return (status, "", Int(output) ?? 0) }
+        return (status, String(output[..<newline]), Int(output[output.index(after: newline)...]) ?? 0)
+    }
+
+    // MARK: - SOCKS5
+
+    @Test("curl --socks5-hostname and --socks5 reach the web server through listen.socks5")
+    func socks5WithoutAuthentication() throws {
+        let web = try WebServer()
+        let (agent, port) = try Self.agent("listen.socks5")
+        defer { agent.stop() }
+        let byName = try Self.curl(["--socks5-hostname", "127.0.0.1:\(port)", "http://localhost:\(web.port)/file.txt"])
+        #expect(byName.status == 0 && byName.body == web.content, "\(byName)")
+        let byAddress = try Self.curl(["--socks5", "127.0.0.1:\(port)", "http://127.0.0.1:\(web.port)/file.txt"])
+        #expect(byAddress.status == 0 && byAddress.body == web.content, "\(byAddress)")
+        #expect(try agent.metric("weir_pipeline_connections_total", ["pipeline": "proxy"]) == 2)
+    }
+
+    @Test("SOCKS5 username/password: the right credentials pass, wrong ones and none are refused")
+    func socks5Authentication() throws {
+        let web = try WebServer()
+        let (agent, port) = try Self.agent("listen.socks5", options: "users:\n  alice: \"open sesame\"")
+        defer { agent.stop() }
+        let url = "http://127.0.0.1:\(web.port)/file.txt"
+        let good = try Self.curl(["--socks5-hostname", "alice:open%20sesame@127.0.0.1:\(port)", url])
+        #expect(good.status == 0 && good.body == web.content, "\(good)")
+        let wrong = try Self.curl(["--socks5-hostname", "alice:guess@127.0.0.1:\(port)", url])
+        #expect(wrong.status != 0 && !wrong.body.contains(web.content), "\(wrong)")
+        let none = try Self.curl(["--socks5-hostname", "127.0.0.1:\(port)", url])
+        #expect(none.status != 0 && !none.body.contains(web.content), "\(none)")
+        #expect((try agent.metric("weir_pipeline_errors_total", ["pipeline": "proxy", "reason": "negotiation_failed"]) ?? 0) >= 2)
+    }
+
+    @Test("SOCKS5: a destination the policy denies and a name that does not resolve are refused")
+    func socks5Refusals() throws {
+        let web = try WebServer()
+        let (agent, port) = try Self.agent("listen.socks5", options: "destinations:\n  deny: [127.0.0.2/32, blocked.example]")
+        defer { agent.stop() }
+        let denied = try Self.curl(["--socks5", "127.0.0.1:\(port)", "http://127.0.0.2:\(web.port)/file.txt"])
+        #expect(denied.status != 0, "\(denied)")
+        let deniedName = try Self.curl(["--socks5-hostname", "127.0.0.1:\(port)", "http://www.blocked.example:\(web.port)/"])
+        #expect(deniedName.status != 0, "\(deniedName)")
+        let unknown = try Self.curl(["--socks5-hostname", "127.0.0.1:\(port)", "http://no-such-host.invalid:\(web.port)/"])
+        #expect(unknown.status != 0, "\(unknown)")
+        // The proxy still serves allowed destinations.
+        let allowed = try Self.curl(["--socks5-hostname", "127.0.0.1:\(port)", "http://127.0.0.1:\(web.port)/file.txt"])
+        #expect(allowed.status == 0 && allowed.body == web.content, "\(allowed)")
+    }
+
+    // MARK: - HTTP CONNECT
+
+    @Test("curl --proxy http:// --proxytunnel reaches the web server through listen.http")
+    func httpConnect() throws {
+        let web = try WebServer()
+        let (agent, port) = try Self.agent("listen.http")
+        defer { agent.stop() }
+        let result = try Self.curl(["--proxy", "http://127.0.0.1:\(port)", "--proxytunnel", "http://127.0.0.1:\(web.port)/file.txt"])
+        #expect(result.status == 0 && result.body == web.content && result.connectCode == 200, "\(result)")
+        // A plain proxy request (GET http://…) is not a tunnel: 405.
+        let (_, plain) = try command([which("curl")!, "-s", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}", "--proxy", "http://127.0.0.1:\(port)", "http://127.0.0.1:\(web.port)/file.txt"])
+        #expect(plain == "405")
+    }
+
+    @Test("HTTP CONNECT basic auth: 407 without or with wrong credentials, tunnel with the right ones")
+    func httpConnectAuthentication() throws {
+        let web = try WebServer()
+        let (agent, port) = try Self.agent("listen.http", options: "users:\n  bob: s3cret")
+        defer { agent.stop() }
+        let url = "http://127.0.0.1:\(web.port)/file.txt"
+        let none = try Self.curl(["--proxy", "http://127.0.0.1:\(port)", "--proxytunnel", url])
+        #expect(none.connectCode == 407 && !none.body.contains(web.content), "\(none)")
+        let wrong = try Self.curl(["--proxy", "http://127.0.0.1:\(port)", "--proxy-user", "bob:guess", "--proxytunnel", url])
+        #expect(wrong.connectCode == 407, "\(wrong)")
+        let good = try Self.curl(["--proxy", "http://127.0.0.1:\(port)", "--proxy-user", "bob:s3cret", "--proxytunnel", url])
+        #expect(good.status == 0 && good.body == web.content && good.connectCode == 200, "\(good)")
+    }
+
+    @Test("HTTP CONNECT: 403 for a denied destination, 502 for one that does not answer or resolve")
+    func httpConnectRefusals() throws {
+        let web = try WebServer()
+        let (agent, port) = try Self.agent("listen.http", options: "destinations:\n  allow: [127.0.0.1/32, localhost]")
+        defer { agent.stop() }
+        let proxy = ["--proxy", "http://127.0.0.1:\(port)", "--proxytunnel"]
+        #expect(try Self.curl(proxy + ["http://127.0.0.2:\(web.port)/"]).connectCode == 403)
+        #expect(try Self.curl(proxy + ["http://127.0.0.1:\(freePort())/"]).connectCode == 502)
+        let byName = try Self.curl(proxy + ["http://localhost:\(web.port)/file.txt"])
+        #expect(byName.status == 0 && byName.body == web.content, "\(byName)")
+    }
+}

@@ -1,0 +1,100 @@
+import NIOCore
+import Testing
+import WeirCore
+import WeirStages
+
+@testable import WeirListeners
+
+/// The proxy listeners' options and their small parsers, without sockets.
+@Suite struct ProxyListenerConfigTests {
+    let loader = ConfigLoader(registry: BuiltinStages.registry)
+
+    func errors(_ yaml: String) -> [String] {
+        do {
+            _ = try loader.loadPipelines(yaml: yaml, name: "p.yaml")
+            Issue.record("expected errors")
+            return []
+        } catch {
+            return error.diagnostics.map(\.description)
+        }
+    }
+
+    @Test func socks5OptionsAreRead() throws {
+        let pipelines = try loader.loadPipelines(
+            yaml: """
+                pipelines:
+                  s:
+                    stages:
+                      - type: listen.socks5
+                        address: 127.0.0.1:1080
+                        users: {alice: secret, bob: "two words"}
+                        destinations: {allow: [10.0.0.0/8, .Example.COM], deny: [10.1.0.0/16]}
+                      - type: connect.tcp
+                """, name: "p.yaml")
+        let config = try #require(pipelines.first?.stages.first?.config as? ListenSOCKS5Config)
+        #expect(config.users?.users == ["alice": "secret", "bob": "two words"])
+        #expect(config.destinations.allow.map(\.description) == ["10.0.0.0/8", "example.com"])
+        #expect(config.destinations.permits(Destination(host: "10.2.3.4", port: 80)))
+        #expect(!config.destinations.permits(Destination(host: "10.1.3.4", port: 80)))
+        #expect(config.destinations.permits(Destination(host: "www.example.com.", port: 443)))
+        #expect(config.destinations.permits(Destination(host: "EXAMPLE.com", port: 443)))
+        #expect(!config.destinations.permits(Destination(host: "badexample.com", port: 443)))
+        #expect(!config.destinations.permits(Destination(host: "8.8.8.8", port: 53)))
+    }
+
+    @Test func aConnectorWithoutTargetsNeedsAListenerThatNamesDestinations() {
+        let found = errors(
+            """
+            pipelines:
+              t:
+                stages:
+                  - type: listen.tcp
+                    address: 127.0.0.1:8080
+                  - type: connect.tcp
+            """)
+        #expect(found == ["p.yaml:6:9: pipelines.t.stages[1] (connect.tcp): addresses: required (listen.tcp clients do not name a destination)"], "\(found)")
+    }
+
+    @Test func badPolicyEntriesAndUsersAreReported() {
+        let found = errors(
+            """
+            pipelines:
+              h:
+                stages:
+                  - type: listen.http
+                    address: 127.0.0.1:3128
+                    users: {"a:b": x}
+                    destinations: {allow: ["10.0.0.1/33", "bad..name"], block: []}
+                  - type: connect.tcp
+            """)
+        #expect(found.contains { $0.contains("users.a:b: user names are 1-255 bytes without ':'") }, "\(found)")
+        #expect(found.contains { $0.contains("destinations.allow[0]: not a network") }, "\(found)")
+        #expect(found.contains { $0.contains("destinations.allow[1]: not a network") }, "\(found)")
+        #expect(found.contains { $0.contains("destinations.block: unknown key \"block\"") }, "\(found)")
+    }
+
+    @Test func usernamePasswordRequestsParseIncrementally() {
+        var buffer = ByteBuffer(bytes: [1, 5])
+        #expect(UsernamePasswordRequest.parse(buffer) == .incomplete)
+        buffer.writeBytes(Array("alice".utf8) + [6])
+        #expect(UsernamePasswordRequest.parse(buffer) == .incomplete)
+        buffer.writeBytes(Array("secret".utf8))
+        #expect(UsernamePasswordRequest.parse(buffer) == .credentials(username: "alice", password: "secret"))
+        #expect(UsernamePasswordRequest.parse(ByteBuffer(bytes: [5, 1, 0])) == .malformed)
+    }
+
+    @Test func credentialsCompareWholePasswords() {
+        let users = ProxyCredentials(users: ["alice": "secret"])
+        #expect(users.accepts(username: "alice", password: "secret"))
+        #expect(!users.accepts(username: "alice", password: "secre"))
+        #expect(!users.accepts(username: "alice", password: "secret!"))
+        #expect(!users.accepts(username: "bob", password: "secret"))
+    }
+
+    @Test func basicProxyAuthorizationIsDecoded() {
+        #expect(HTTPConnectNegotiation.basicCredentials("Basic Ym9iOnMzY3JldA==").map { [$0.0, $0.1] } == ["bob", "s3cret"])
+        #expect(HTTPConnectNegotiation.basicCredentials("basic Ym9iOmE6Yg==").map { [$0.0, $0.1] } == ["bob", "a:b"])
+        #expect(HTTPConnectNegotiation.basicCredentials("Bearer x") == nil)
+        #expect(HTTPConnectNegotiation.basicCredentials("Basic !!!") == nil)
+    }
+}

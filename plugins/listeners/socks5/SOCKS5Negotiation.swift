@@ -1,0 +1,178 @@
+import NIOCore
+import NIOSOCKS
+import WeirCore
+
+/// One SOCKS5 client: method selection, optional RFC 1929 authentication, the CONNECT request, the reply.
+/// NIOSOCKS' handshake handler does the framing; this handler decides. Reads are requested one at a time
+/// (the accepted channel has autoRead off) until the request arrived.
+final class SOCKS5Negotiation: ChannelInboundHandler, RemovableChannelHandler, StreamNegotiation, @unchecked Sendable {
+    typealias InboundIn = ClientMessage
+    typealias OutboundOut = ServerMessage
+
+    private let credentials: ProxyCredentials?
+    private let policy: DestinationPolicy
+    private let handshake = SOCKSServerHandshakeHandler()
+    private var authentication: ByteBuffer?
+    private var destination: EventLoopPromise<Destination>?
+    private var context: ChannelHandlerContext?
+    private var decided = false
+
+    init(credentials: ProxyCredentials?, policy: DestinationPolicy) {
+        self.credentials = credentials
+        self.policy = policy
+    }
+
+    // MARK: StreamNegotiation
+
+    func begin(on channel: any Channel) -> EventLoopFuture<Destination> {
+        let promise = channel.eventLoop.makePromise(of: Destination.self)
+        destination = promise
+        do {
+            try channel.pipeline.syncOperations.addHandler(handshake)
+            try channel.pipeline.syncOperations.addHandler(self)
+        } catch {
+            promise.fail(error)
+            channel.close(promise: nil)
+            return promise.futureResult
+        }
+        return promise.futureResult
+    }
+
+    func succeed(target: any Channel) {
+        guard let context else { return }
+        let bound = target.localAddress.map(SOCKSAddress.address) ?? .domain("0.0.0.0", port: 0)
+        context.writeAndFlush(wrapOutboundOut(.response(SOCKSResponse(reply: .succeeded, boundAddress: bound))), promise: nil)
+        // This handler first, then the handshake handler, which hands on what the client sent meanwhile.
+        let pipeline = context.pipeline.syncOperations
+        pipeline.removeHandler(context: context, promise: nil)
+        pipeline.removeHandler(handshake, promise: nil)
+    }
+
+    func fail(_ reason: NegotiationFailure) {
+        let reply: SOCKSServerReply =
+            switch reason {
+            case .notAllowed: .notAllowed
+            case .unreachable: .refused
+            case .unknownHost: .hostUnreachable
+            }
+        answerAndClose(reply)
+    }
+
+    // MARK: ChannelInboundHandler
+
+    // The accepted channel reads only when asked: once it is active, then after each read until decided.
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if context.channel.isActive { context.read() }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.read()
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .greeting(let greeting):
+            let method: AuthenticationMethod = credentials == nil ? .noneRequired : .usernamePassword
+            guard greeting.methods.contains(method) else {
+                context.writeAndFlush(wrapOutboundOut(.selectedAuthenticationMethod(.init(method: .noneAcceptable))), promise: nil)
+                refuse(context, SOCKSRefused(reason: "the client offers none of the methods this listener accepts"))
+                return
+            }
+            context.writeAndFlush(wrapOutboundOut(.selectedAuthenticationMethod(.init(method: method))), promise: nil)
+        case .authenticationData(var bytes):
+            authentication.setOrWriteBuffer(&bytes)
+            authenticate(context)
+        case .request(let request):
+            decide(context, request)
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if !decided { context.read() }
+        context.fireChannelReadComplete()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        refuse(context, error)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        settle(SOCKSRefused(reason: "the client went away"))
+        context.fireChannelInactive()
+        // Leave before the closing channel removes the handshake handler, which hands its leftover bytes
+        // (raw, not a ClientMessage) to whatever follows it.
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+    }
+
+    // MARK: Steps
+
+    private func authenticate(_ context: ChannelHandlerContext) {
+        guard let credentials, let bytes = authentication else { return }
+        switch UsernamePasswordRequest.parse(bytes) {
+        case .incomplete:
+            return
+        case .malformed:
+            refuse(context, SOCKSRefused(reason: "malformed username/password request"))
+        case .credentials(let username, let password):
+            let accepted = credentials.accepts(username: username, password: password)
+            let reply = UsernamePasswordRequest.reply(accepted: accepted, allocator: context.channel.allocator)
+            context.writeAndFlush(wrapOutboundOut(.authenticationData(reply, complete: accepted)), promise: nil)
+            if !accepted { refuse(context, SOCKSRefused(reason: "wrong user name or password for \"\(username)\"")) }
+        }
+    }
+
+    private func decide(_ context: ChannelHandlerContext, _ request: SOCKSRequest) {
+        decided = true
+        guard request.command == .connect else {
+            settle(SOCKSRefused(reason: "command \(request.command.value) is not supported"))
+            answerAndClose(.commandUnsupported)
+            return
+        }
+        let wanted: Destination
+        switch request.addressType {
+        case .domain(let host, let port):
+            wanted = Destination(host: host, port: port)
+        case .address(let address):
+            guard let host = address.ipAddress, let port = address.port else {
+                settle(SOCKSRefused(reason: "unsupported address"))
+                answerAndClose(.addressUnsupported)
+                return
+            }
+            wanted = Destination(host: host, port: port)
+        }
+        guard policy.permits(wanted) else {
+            settle(SOCKSRefused(reason: "\(wanted) is not allowed"))
+            answerAndClose(.notAllowed)
+            return
+        }
+        destination?.succeed(wanted)
+        destination = nil
+    }
+
+    /// Ends a negotiation that failed before a request was accepted.
+    private func refuse(_ context: ChannelHandlerContext, _ error: any Error) {
+        settle(error)
+        context.close(promise: nil)
+    }
+
+    /// Fails the negotiation once (a promise completes only once; later failures, such as the close that
+    /// follows, are not news).
+    private func settle(_ error: any Error) {
+        decided = true
+        destination?.fail(error)
+        destination = nil
+    }
+
+    private func answerAndClose(_ reply: SOCKSServerReply) {
+        guard let context else { return }
+        let response = SOCKSResponse(reply: reply, boundAddress: .domain("0.0.0.0", port: 0))
+        context.writeAndFlush(wrapOutboundOut(.response(response))).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+    }
+}
+
+struct SOCKSRefused: Error, CustomStringConvertible {
+    let reason: String
+    var description: String { "SOCKS5: \(reason)" }
+}
