@@ -79,12 +79,14 @@ let package = Package(
             dependencies: ["WeirCore"] + nio + [
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOSOCKS", package: "swift-nio-extras"),
+                .product(name: "NIOTLS", package: "swift-nio"),
             ],
             path: "plugins/listeners",
-            exclude: ["tcp/README.md", "udp/README.md", "socks5/README.md", "http/README.md"],
+            exclude: ["tcp/README.md", "udp/README.md", "socks5/README.md", "http/README.md", "tls_sni/README.md"],
             resources: [
                 .embedInCode("tcp/listen.tcp.sample.yaml"), .embedInCode("udp/listen.udp.sample.yaml"),
                 .embedInCode("socks5/listen.socks5.sample.yaml"), .embedInCode("http/listen.http.sample.yaml"),
+                .embedInCode("tls_sni/listen.tls_sni.sample.yaml"),
             ]
         ),
         .target(

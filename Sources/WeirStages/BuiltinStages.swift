@@ -14,6 +14,7 @@ public enum BuiltinStages {
         ListenUDPConfig.self,
         ListenSOCKS5Config.self,
         ListenHTTPConfig.self,
+        ListenTLSSNIConfig.self,
         ConnectTCPConfig.self,
         ConnectUDPConfig.self,
         LimitBandwidthConfig.self,

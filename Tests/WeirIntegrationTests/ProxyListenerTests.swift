@@ -1,10 +1,10 @@
 import Foundation
 import Testing
 
-/// listen.socks5 and listen.http against curl, the client most people use, through the real binary to a
-/// local web server (python3 -m http.server). Everything stays on loopback.
+/// listen.socks5, listen.http and listen.tls_sni against curl, the client most people use, through the real binary to
+/// local web servers (python3 http.server, plain and TLS). Everything stays on loopback.
 @Suite(
-    "SOCKS5 and HTTP CONNECT proxies with curl", .serialized,
+    "Proxy listeners (SOCKS5, HTTP CONNECT, TLS SNI) with curl", .serialized,
     .enabled(if: which("curl") != nil, "needs curl installed"))
 struct ProxyListenerTests {
     /// A web server on 127.0.0.1 serving one file with known content.
@@ -138,5 +138,91 @@ struct ProxyListenerTests {
         #expect(try Self.curl(proxy + ["http://127.0.0.1:\(freePort())/"]).connectCode == 502)
         let byName = try Self.curl(proxy + ["http://localhost:\(web.port)/file.txt"])
         #expect(byName.status == 0 && byName.body == web.content, "\(byName)")
+    }
+
+    // MARK: - TLS SNI
+
+    /// An HTTPS server on 127.0.0.1 with a self-signed certificate for `name`, answering every GET with `name`.
+    final class TLSServer: @unchecked Sendable {
+        let port = freePort()
+        private let directory = FileManager.default.temporaryDirectory.appendingPathComponent("weir-tls-\(UUID().uuidString)")
+        private let process = Process()
+
+        static let script = """
+            import http.server, ssl, sys
+            port, cert, key, name = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+            class Handler(http.server.BaseHTTPRequestHandler):
+                def do_GET(self):
+                    body = name.encode()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                def log_message(self, *args):
+                    pass
+            server = http.server.HTTPServer(("127.0.0.1", port), Handler)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(cert, key)
+            server.socket = context.wrap_socket(server.socket, server_side=True)
+            server.serve_forever()
+            """
+
+        init(name: String) throws {
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            let cert = directory.appendingPathComponent("cert.pem").path, key = directory.appendingPathComponent("key.pem").path
+            let (status, output) = try command([
+                which("openssl")!, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+                "-subj", "/CN=\(name)", "-addext", "subjectAltName=DNS:\(name)", "-keyout", key, "-out", cert,
+            ])
+            guard status == 0 else { throw CommandFailed(command: "openssl req", status: status, output: output) }
+            process.executableURL = URL(fileURLWithPath: python3)
+            process.arguments = ["-c", Self.script, "\(port)", cert, key, name]
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            _ = eventually(timeout: 5) { (try? command([which("curl")!, "-skf", "https://127.0.0.1:\(port)/"]))?.status == 0 }
+        }
+
+        deinit {
+            process.terminate()
+            try? FileManager.default.removeItem(at: directory)
+        }
+    }
+
+    @Test(
+        "listen.tls_sni routes two server names to two TLS backends without terminating TLS; unknown names use the default",
+        .enabled(if: which("openssl") != nil, "needs openssl installed"))
+    func tlsSNIRouting() throws {
+        let a = try TLSServer(name: "a.weir.test")
+        let b = try TLSServer(name: "b.weir.test")
+        let fallback = try TLSServer(name: "default.weir.test")
+        let (agent, port) = try Self.agent(
+            "listen.tls_sni",
+            options: "routes:\n  a.weir.test: 127.0.0.1:\(a.port)\n  \"*.b.weir.test\": 127.0.0.1:\(b.port)\n  b.weir.test: 127.0.0.1:\(b.port)\ndefault: 127.0.0.1:\(fallback.port)")
+        defer { agent.stop() }
+        func get(_ name: String) throws -> String {
+            // The certificate is the backend's own: verified against it, so TLS was not terminated by weir.
+            try Self.curl(["--resolve", "\(name):\(port):127.0.0.1", "-k", "https://\(name):\(port)/"]).body
+        }
+        #expect(try get("a.weir.test") == "a.weir.test")
+        #expect(try get("b.weir.test") == "b.weir.test")
+        #expect(try get("x.b.weir.test") == "b.weir.test")
+        #expect(try get("other.weir.test") == "default.weir.test")
+        let (status, subject) = try command([
+            which("curl")!, "-sv", "-k", "--max-time", "10", "--resolve", "a.weir.test:\(port):127.0.0.1", "https://a.weir.test:\(port)/",
+        ])
+        #expect(status == 0 && subject.contains("subject: CN=a.weir.test"), "the backend's certificate reaches the client")
+    }
+
+    @Test("listen.tls_sni without a default closes connections whose name has no route", .enabled(if: which("openssl") != nil, "needs openssl installed"))
+    func tlsSNIWithoutRoute() throws {
+        let a = try TLSServer(name: "a.weir.test")
+        let (agent, port) = try Self.agent("listen.tls_sni", options: "routes:\n  a.weir.test: 127.0.0.1:\(a.port)")
+        defer { agent.stop() }
+        let unknown = try Self.curl(["--resolve", "z.weir.test:\(port):127.0.0.1", "-k", "https://z.weir.test:\(port)/"])
+        #expect(unknown.status != 0, "\(unknown)")
+        let known = try Self.curl(["--resolve", "a.weir.test:\(port):127.0.0.1", "-k", "https://a.weir.test:\(port)/"])
+        #expect(known.body == "a.weir.test", "\(known)")
+        #expect((try agent.metric("weir_pipeline_errors_total", ["pipeline": "proxy", "reason": "negotiation_failed"]) ?? 0) >= 1)
     }
 }

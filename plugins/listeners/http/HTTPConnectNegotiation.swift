@@ -43,9 +43,7 @@ final class HTTPConnectNegotiation: ChannelInboundHandler, RemovableChannelHandl
         guard let context else { return }
         context.writeAndFlush(wrapOutboundOut(Self.response("200 Connection established", allocator: context.channel.allocator)), promise: nil)
         // This handler first, then the decoder, which hands on what the client sent after its request.
-        let pipeline = context.pipeline.syncOperations
-        pipeline.removeHandler(context: context, promise: nil)
-        pipeline.removeHandler(decoder, promise: nil)
+        context.pipeline.syncOperations.handOver(from: context, then: decoder)
     }
 
     func fail(_ reason: NegotiationFailure) {

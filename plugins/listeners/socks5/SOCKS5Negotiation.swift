@@ -43,9 +43,7 @@ final class SOCKS5Negotiation: ChannelInboundHandler, RemovableChannelHandler, S
         let bound = target.localAddress.map(SOCKSAddress.address) ?? .domain("0.0.0.0", port: 0)
         context.writeAndFlush(wrapOutboundOut(.response(SOCKSResponse(reply: .succeeded, boundAddress: bound))), promise: nil)
         // This handler first, then the handshake handler, which hands on what the client sent meanwhile.
-        let pipeline = context.pipeline.syncOperations
-        pipeline.removeHandler(context: context, promise: nil)
-        pipeline.removeHandler(handshake, promise: nil)
+        context.pipeline.syncOperations.handOver(from: context, then: handshake)
     }
 
     func fail(_ reason: NegotiationFailure) {

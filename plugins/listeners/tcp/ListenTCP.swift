@@ -36,22 +36,3 @@ struct ListenTCP: StreamListener {
         try await StreamSocket.bind(config.bindAddress, backlog: config.backlog, group: group, childInitializer: childInitializer)
     }
 }
-
-/// The listening socket every stream listener uses: accepted channels start with autoRead off (the runtime
-/// reads once its handlers are in place) and remote half-closure allowed.
-enum StreamSocket {
-    static func bind(
-        _ address: BindAddress, backlog: Int, group: any EventLoopGroup,
-        childInitializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
-    ) async throws -> any Channel {
-        try await ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: Int32(backlog))
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.autoRead, value: false)
-            .childChannelOption(.allowRemoteHalfClosure, value: true)
-            .childChannelOption(.socketOption(.so_keepalive), value: 1)
-            .childChannelInitializer(childInitializer)
-            .bind(to: address.socketAddress())
-            .get()
-    }
-}
