@@ -32,14 +32,14 @@ import WeirStages
                       - type: connect.tcp
                 """, name: "p.yaml")
         let config = try #require(pipelines.first?.stages.first?.config as? ListenSOCKS5Config)
-        #expect(config.users?.users == ["alice": "secret", "bob": "two words"])
-        #expect(config.destinations.allow.map(\.description) == ["10.0.0.0/8", "example.com"])
-        #expect(config.destinations.permits(Destination(host: "10.2.3.4", port: 80)))
-        #expect(!config.destinations.permits(Destination(host: "10.1.3.4", port: 80)))
-        #expect(config.destinations.permits(Destination(host: "www.example.com.", port: 443)))
-        #expect(config.destinations.permits(Destination(host: "EXAMPLE.com", port: 443)))
-        #expect(!config.destinations.permits(Destination(host: "badexample.com", port: 443)))
-        #expect(!config.destinations.permits(Destination(host: "8.8.8.8", port: 53)))
+        #expect(config.proxy.users?.users == ["alice": "secret", "bob": "two words"])
+        #expect(config.proxy.destinations.allow.map(\.description) == ["10.0.0.0/8", "example.com"])
+        #expect(config.proxy.destinations.permits(Destination(host: "10.2.3.4", port: 80)))
+        #expect(!config.proxy.destinations.permits(Destination(host: "10.1.3.4", port: 80)))
+        #expect(config.proxy.destinations.permits(Destination(host: "www.example.com.", port: 443)))
+        #expect(config.proxy.destinations.permits(Destination(host: "EXAMPLE.com", port: 443)))
+        #expect(!config.proxy.destinations.permits(Destination(host: "badexample.com", port: 443)))
+        #expect(!config.proxy.destinations.permits(Destination(host: "8.8.8.8", port: 53)))
     }
 
     @Test func aConnectorWithoutTargetsNeedsAListenerThatNamesDestinations() {

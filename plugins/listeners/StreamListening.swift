@@ -35,3 +35,77 @@ extension ChannelPipeline.SynchronousOperations {
         removed.futureResult.whenSuccess { channel.pipeline.fireChannelReadComplete() }
     }
 }
+
+/// A stream listener whose clients negotiate: binds like every stream listener, and makes one negotiation
+/// per accepted connection.
+struct NegotiatingListener: NegotiatingStreamListener {
+    let address: BindAddress
+    let backlog: Int
+    let makeNegotiation: @Sendable () -> any StreamNegotiation
+
+    func bind(
+        group: any EventLoopGroup,
+        childInitializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
+    ) async throws -> any Channel {
+        try await StreamSocket.bind(address, backlog: backlog, group: group, childInitializer: childInitializer)
+    }
+
+    func negotiation(for connection: ConnectionInfo) -> any StreamNegotiation { makeNegotiation() }
+}
+
+/// The options the proxy listeners (SOCKS5, HTTP CONNECT) share.
+struct ProxyListenerOptions: Sendable {
+    static let docs = [
+        OptionDoc("backlog", "integer", default: "1024", "Kernel queue of connections not yet accepted."),
+        OptionDoc("destinations", "{allow, deny}", default: "any", "Destinations clients may name: CIDRs and domain suffixes; deny wins."),
+    ]
+
+    let address: BindAddress
+    let backlog: Int
+    let users: ProxyCredentials?
+    let destinations: DestinationPolicy
+
+    static func decode(_ options: ConfigMapping) -> ProxyListenerOptions? {
+        let address = options.required("address")?.parsed(BindAddress.parse)
+        let backlog = options.optional("backlog", default: 1024) { $0.int(in: 1...65535) }
+        let users = options.optional("users").map(ProxyCredentials.read)
+        let destinations = options.optional("destinations", default: DestinationPolicy.open) { DestinationPolicy.read($0) }
+        guard let address, let backlog, let destinations else { return nil }
+        if let users, users == nil { return nil }
+        return ProxyListenerOptions(address: address, backlog: backlog, users: users ?? nil, destinations: destinations)
+    }
+}
+
+/// A negotiating handler on an accepted channel, which has autoRead off: it asks for one read at a time,
+/// from the moment the channel is active until it has decided.
+protocol ReadsUntilDecided: ChannelInboundHandler {
+    var decided: Bool { get }
+}
+
+extension ReadsUntilDecided {
+    /// For `handlerAdded`: a channel that is already active gets its first read now.
+    func readIfActive(_ context: ChannelHandlerContext) {
+        if context.channel.isActive { context.read() }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.read()
+        context.fireChannelActive()
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if !decided { context.read() }
+        context.fireChannelReadComplete()
+    }
+}
+
+/// Adds a negotiation's handlers to an accepted channel; if that fails, so do the negotiation and the channel.
+func install(_ handlers: [any ChannelHandler], on channel: any Channel, for promise: EventLoopPromise<Destination>) -> EventLoopFuture<Destination> {
+    do {
+        try channel.pipeline.syncOperations.addHandlers(handlers)
+    } catch {
+        promise.fail(error)
+        channel.close(promise: nil)
+    }
+    return promise.futureResult
+}

@@ -25,19 +25,8 @@ public struct ConnectionInfo: Sendable {
     }
 }
 
-/// Where a client asked to be connected.
-public struct Destination: Sendable, Hashable, CustomStringConvertible {
-    /// A name or an IP literal (IPv6 without brackets).
-    public var host: String
-    public var port: Int
-
-    public init(host: String, port: Int) {
-        self.host = host
-        self.port = port
-    }
-
-    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
-}
+/// Where a client asked to be connected: a name or an IP literal, and a port.
+public typealias Destination = HostPort
 
 /// Why a connection a client negotiated was not made, for its answer (a SOCKS5 reply code, an HTTP status).
 public enum NegotiationFailure: Sendable, Equatable {

@@ -6,7 +6,7 @@ import WeirCore
 /// One HTTP proxy client: a `CONNECT host:port` request, optional `Proxy-Authorization: Basic`, then the
 /// tunnel. Anything but CONNECT is answered 405; answers are written as bytes (no body framing to get wrong
 /// around a tunnel). Reads are requested one at a time (autoRead is off) until the request is complete.
-final class HTTPConnectNegotiation: ChannelInboundHandler, RemovableChannelHandler, StreamNegotiation, @unchecked Sendable {
+final class HTTPConnectNegotiation: ReadsUntilDecided, RemovableChannelHandler, StreamNegotiation, @unchecked Sendable {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = ByteBuffer
 
@@ -16,7 +16,7 @@ final class HTTPConnectNegotiation: ChannelInboundHandler, RemovableChannelHandl
     private var requested: Destination?
     private var destination: EventLoopPromise<Destination>?
     private var context: ChannelHandlerContext?
-    private var decided = false
+    private(set) var decided = false
 
     init(credentials: ProxyCredentials?, policy: DestinationPolicy) {
         self.credentials = credentials
@@ -28,15 +28,7 @@ final class HTTPConnectNegotiation: ChannelInboundHandler, RemovableChannelHandl
     func begin(on channel: any Channel) -> EventLoopFuture<Destination> {
         let promise = channel.eventLoop.makePromise(of: Destination.self)
         destination = promise
-        do {
-            try channel.pipeline.syncOperations.addHandler(decoder)
-            try channel.pipeline.syncOperations.addHandler(self)
-        } catch {
-            promise.fail(error)
-            channel.close(promise: nil)
-            return promise.futureResult
-        }
-        return promise.futureResult
+        return install([decoder, self], on: channel, for: promise)
     }
 
     func succeed(target: any Channel) {
@@ -56,15 +48,9 @@ final class HTTPConnectNegotiation: ChannelInboundHandler, RemovableChannelHandl
 
     // MARK: ChannelInboundHandler
 
-    // The accepted channel reads only when asked: once it is active, then after each read until decided.
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        if context.channel.isActive { context.read() }
-    }
-
-    func channelActive(context: ChannelHandlerContext) {
-        context.read()
-        context.fireChannelActive()
+        readIfActive(context)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -81,11 +67,6 @@ final class HTTPConnectNegotiation: ChannelInboundHandler, RemovableChannelHandl
                 destination = nil
             }
         }
-    }
-
-    func channelReadComplete(context: ChannelHandlerContext) {
-        if !decided { context.read() }
-        context.fireChannelReadComplete()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

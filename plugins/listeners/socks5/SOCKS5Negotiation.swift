@@ -5,7 +5,7 @@ import WeirCore
 /// One SOCKS5 client: method selection, optional RFC 1929 authentication, the CONNECT request, the reply.
 /// NIOSOCKS' handshake handler does the framing; this handler decides. Reads are requested one at a time
 /// (the accepted channel has autoRead off) until the request arrived.
-final class SOCKS5Negotiation: ChannelInboundHandler, RemovableChannelHandler, StreamNegotiation, @unchecked Sendable {
+final class SOCKS5Negotiation: ReadsUntilDecided, RemovableChannelHandler, StreamNegotiation, @unchecked Sendable {
     typealias InboundIn = ClientMessage
     typealias OutboundOut = ServerMessage
 
@@ -15,7 +15,7 @@ final class SOCKS5Negotiation: ChannelInboundHandler, RemovableChannelHandler, S
     private var authentication: ByteBuffer?
     private var destination: EventLoopPromise<Destination>?
     private var context: ChannelHandlerContext?
-    private var decided = false
+    private(set) var decided = false
 
     init(credentials: ProxyCredentials?, policy: DestinationPolicy) {
         self.credentials = credentials
@@ -27,15 +27,7 @@ final class SOCKS5Negotiation: ChannelInboundHandler, RemovableChannelHandler, S
     func begin(on channel: any Channel) -> EventLoopFuture<Destination> {
         let promise = channel.eventLoop.makePromise(of: Destination.self)
         destination = promise
-        do {
-            try channel.pipeline.syncOperations.addHandler(handshake)
-            try channel.pipeline.syncOperations.addHandler(self)
-        } catch {
-            promise.fail(error)
-            channel.close(promise: nil)
-            return promise.futureResult
-        }
-        return promise.futureResult
+        return install([handshake, self], on: channel, for: promise)
     }
 
     func succeed(target: any Channel) {
@@ -58,15 +50,9 @@ final class SOCKS5Negotiation: ChannelInboundHandler, RemovableChannelHandler, S
 
     // MARK: ChannelInboundHandler
 
-    // The accepted channel reads only when asked: once it is active, then after each read until decided.
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        if context.channel.isActive { context.read() }
-    }
-
-    func channelActive(context: ChannelHandlerContext) {
-        context.read()
-        context.fireChannelActive()
+        readIfActive(context)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -85,11 +71,6 @@ final class SOCKS5Negotiation: ChannelInboundHandler, RemovableChannelHandler, S
         case .request(let request):
             decide(context, request)
         }
-    }
-
-    func channelReadComplete(context: ChannelHandlerContext) {
-        if !decided { context.read() }
-        context.fireChannelReadComplete()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

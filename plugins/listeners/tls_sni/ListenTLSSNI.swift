@@ -33,20 +33,8 @@ public struct ListenTLSSNIConfig: ListenerConfig {
         return ListenTLSSNIConfig(bindAddress: address, backlog: backlog, routes: routes)
     }
 
-    public func makeStage(_ context: StageContext) -> any Stage { ListenTLSSNI(config: self) }
-}
-
-struct ListenTLSSNI: NegotiatingStreamListener {
-    let config: ListenTLSSNIConfig
-
-    func bind(
-        group: any EventLoopGroup,
-        childInitializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
-    ) async throws -> any Channel {
-        try await StreamSocket.bind(config.bindAddress, backlog: config.backlog, group: group, childInitializer: childInitializer)
-    }
-
-    func negotiation(for connection: ConnectionInfo) -> any StreamNegotiation {
-        TLSSNINegotiation(routes: config.routes)
+    public func makeStage(_ context: StageContext) -> any Stage {
+        let routes = self.routes
+        return NegotiatingListener(address: bindAddress, backlog: backlog) { TLSSNINegotiation(routes: routes) }
     }
 }

@@ -5,7 +5,7 @@ import WeirCore
 /// One TLS client, not terminated: NIO's SNIHandler reads the ClientHello's server name, the routes pick the
 /// target, and once it is connected the buffered ClientHello and everything after flow to it unchanged.
 /// A name with no route (and no default) is closed: there is no way to answer in plain text.
-final class TLSSNINegotiation: ChannelInboundHandler, RemovableChannelHandler, StreamNegotiation, @unchecked Sendable {
+final class TLSSNINegotiation: ReadsUntilDecided, RemovableChannelHandler, StreamNegotiation, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
 
     private let routes: SNIRoutes
@@ -14,7 +14,7 @@ final class TLSSNINegotiation: ChannelInboundHandler, RemovableChannelHandler, S
     private var release: EventLoopPromise<Void>?
     private var sni: ByteToMessageHandler<SNIHandler>?
     private var context: ChannelHandlerContext?
-    private var decided = false
+    private(set) var decided = false
 
     init(routes: SNIRoutes) {
         self.routes = routes
@@ -30,14 +30,7 @@ final class TLSSNINegotiation: ChannelInboundHandler, RemovableChannelHandler, S
             return release.futureResult
         })
         self.sni = sni
-        do {
-            try channel.pipeline.syncOperations.addHandler(sni)
-            try channel.pipeline.syncOperations.addHandler(self)
-        } catch {
-            settle(error)
-            channel.close(promise: nil)
-        }
-        return promise.futureResult
+        return install([sni, self], on: channel, for: promise)
     }
 
     func succeed(target: any Channel) {
@@ -53,20 +46,9 @@ final class TLSSNINegotiation: ChannelInboundHandler, RemovableChannelHandler, S
         context?.close(promise: nil)
     }
 
-    // The accepted channel reads only when asked: once it is active, then after each read until decided.
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        if context.channel.isActive { context.read() }
-    }
-
-    func channelActive(context: ChannelHandlerContext) {
-        context.read()
-        context.fireChannelActive()
-    }
-
-    func channelReadComplete(context: ChannelHandlerContext) {
-        if !decided { context.read() }
-        context.fireChannelReadComplete()
+        readIfActive(context)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
