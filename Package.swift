@@ -16,6 +16,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.24.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.0.0"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.5.0"),
@@ -133,6 +134,11 @@ let package = Package(
             resources: [.embedInCode("tc/shape.tc.sample.yaml")],
             plugins: ["BPFObjectPlugin"]
         ),
+        .target(
+            name: "WeirTransforms",
+            dependencies: ["WeirCore", .product(name: "Crypto", package: "swift-crypto")] + nio,
+            path: "plugins/transforms"
+        ),
         // The one list of built-in stages.
         .target(
             name: "WeirStages",
@@ -169,7 +175,7 @@ let package = Package(
         ),
         .testTarget(
             name: "WeirPluginTests",
-            dependencies: ["WeirCore", "WeirStages", "WeirLimiters", "WeirListeners", "WeirConnectors", "WeirCounters", "WeirEnforcers", "WeirRoutes", "WeirShapers"],
+            dependencies: ["WeirCore", "WeirStages", "WeirLimiters", "WeirListeners", "WeirConnectors", "WeirCounters", "WeirEnforcers", "WeirRoutes", "WeirShapers", "WeirTransforms"],
             path: "Tests/WeirPluginTests"
         ),
         .testTarget(
