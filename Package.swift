@@ -137,12 +137,14 @@ let package = Package(
         .target(
             name: "WeirTransforms",
             dependencies: ["WeirCore", .product(name: "Crypto", package: "swift-crypto")] + nio,
-            path: "plugins/transforms"
+            path: "plugins/transforms",
+            exclude: ["aead/README.md"],
+            resources: [.embedInCode("aead/transform.aead.sample.yaml")]
         ),
         // The one list of built-in stages.
         .target(
             name: "WeirStages",
-            dependencies: ["WeirCore", "WeirListeners", "WeirConnectors", "WeirLimiters", "WeirCounters", "WeirEnforcers", "WeirRoutes", "WeirShapers"],
+            dependencies: ["WeirCore", "WeirListeners", "WeirConnectors", "WeirLimiters", "WeirCounters", "WeirEnforcers", "WeirRoutes", "WeirShapers", "WeirTransforms"],
             path: "Sources/WeirStages"
         ),
         // The agent: reload planning and supervision, the metrics endpoint, logging.

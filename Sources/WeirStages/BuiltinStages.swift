@@ -6,6 +6,7 @@ import WeirLimiters
 import WeirListeners
 import WeirRoutes
 import WeirShapers
+import WeirTransforms
 
 /// Every stage type built into the agent. Adding a stage is one line here.
 public enum BuiltinStages {
@@ -22,5 +23,6 @@ public enum BuiltinStages {
         EnforceNftablesConfig.self,
         RouteGatewayConfig.self,
         ShapeTCConfig.self,
+        TransformAEADConfig.self,
     ])
 }

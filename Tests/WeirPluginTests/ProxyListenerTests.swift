@@ -52,7 +52,7 @@ import WeirStages
                     address: 127.0.0.1:8080
                   - type: connect.tcp
             """)
-        #expect(found == ["p.yaml:6:9: pipelines.t.stages[1] (connect.tcp): addresses: required (listen.tcp clients do not name a destination)"], "\(found)")
+        #expect(found.count == 1 && found[0].hasPrefix("p.yaml:6:9: pipelines.t.stages[1] (connect.tcp): needs a destination for each connection, and no stage of this pipeline names one"), "\(found)")
     }
 
     @Test func badPolicyEntriesAndUsersAreReported() {

@@ -115,6 +115,11 @@ struct PipelineCollector {
         for stage in stages {
             if let message = stage.config.placementError(listener: listenerConfig) { error(at: stage.index, message) }
         }
+        if !stages.contains(where: { $0.config.namesDestination }) {
+            for stage in stages where stage.config.needsDestination {
+                error(at: stage.index, "needs a destination for each connection, and no stage of this pipeline names one (give it fixed targets, or use a listener such as listen.socks5 or a transform that carries destinations)")
+            }
+        }
         for stage in stages {
             guard case .filter(let transports) = stage.role else { continue }
             guard let listener else {

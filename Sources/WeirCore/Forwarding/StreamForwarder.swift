@@ -48,11 +48,21 @@ public final class StreamForwarder: Sendable {
         client.closeFuture.whenComplete { _ in metrics.connectionsActive.decrement() }
 
         let info = ConnectionInfo(pipeline: pipeline, client: client.remoteAddress, local: client.localAddress, eventLoop: client.eventLoop)
-        guard let negotiating else {
+        let acceptHandlers = filters.flatMap { $0.acceptHandlers(for: info) }
+        let negotiation = negotiating?.negotiation(for: info) ?? filters.lazy.compactMap { $0.negotiation(for: info) }.last
+        if !acceptHandlers.isEmpty {
+            do {
+                try client.pipeline.syncOperations.addHandlers(acceptHandlers)
+            } catch {
+                metrics.error(stage: "pipeline", reason: "setup_failed")
+                client.close(promise: nil)
+                return
+            }
+        }
+        guard let negotiation else {
             connect(client: client, info: info, negotiation: nil)
             return
         }
-        let negotiation = negotiating.negotiation(for: info)
         client.eventLoop.execute {
             negotiation.begin(on: client).whenComplete { result in
                 switch result {
@@ -105,7 +115,7 @@ public final class StreamForwarder: Sendable {
             let handlers = filters.map { $0.handlers(for: info) }
             try client.pipeline.syncOperations.addHandlers(handlers.flatMap(\.clientSide))
             try client.pipeline.syncOperations.addHandler(glue.client)
-            try target.pipeline.syncOperations.addHandlers(handlers.flatMap(\.targetSide))
+            try target.pipeline.syncOperations.addHandlers(handlers.reversed().flatMap(\.targetSide))
             try target.pipeline.syncOperations.addHandler(glue.target)
         } catch {
             metrics.error(stage: "pipeline", reason: "setup_failed")

@@ -106,8 +106,24 @@ public struct StreamFilterHandlers {
 
 /// Acts on each stream connection between listener and connector (rate limits, later transforms).
 public protocol StreamFilter: Stage {
-    /// Called on the connection's event loop.
+    /// Handlers added once the target is connected. Client-side handlers go onto the accepted channel in the
+    /// order the filters are listed (the first nearest the client's socket); target-side handlers onto the
+    /// target channel in reverse order (the last listed nearest the target's socket), so a list reads in the
+    /// direction data flows from client to target. Called on the connection's event loop.
     func handlers(for connection: ConnectionInfo) -> StreamFilterHandlers
+
+    /// Handlers for the accepted channel from the moment it is accepted, before the listener's negotiation: a
+    /// transform that decodes what the client sends from its first byte (TLS, a decrypting stream).
+    func acceptHandlers(for connection: ConnectionInfo) -> [any ChannelHandler]
+
+    /// A negotiation that reads the destination from the decoded stream (the address header of an encrypted
+    /// stream), used when the listener's clients do not name one.
+    func negotiation(for connection: ConnectionInfo) -> (any StreamNegotiation)?
+}
+
+extension StreamFilter {
+    public func acceptHandlers(for connection: ConnectionInfo) -> [any ChannelHandler] { [] }
+    public func negotiation(for connection: ConnectionInfo) -> (any StreamNegotiation)? { nil }
 }
 
 /// Acts on each datagram session between listener and connector.

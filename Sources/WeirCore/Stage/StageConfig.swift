@@ -57,6 +57,14 @@ public protocol StageConfig: Sendable {
     /// a stage removed while the agent was stopped — is removed.
     static func sweep(keeping pipelines: Set<String>, environment: StageEnvironment) async
 
+    /// Whether the stage learns where each connection goes (a SOCKS5 listener, a decrypting transform whose
+    /// stream starts with an address).
+    var namesDestination: Bool { get }
+
+    /// Whether the stage needs to know where each connection goes (a connector without targets of its own).
+    /// Validation refuses it in a pipeline where no stage names destinations.
+    var needsDestination: Bool { get }
+
     /// Builds the runnable stage. Must not acquire anything (sockets, files, kernel objects): that happens
     /// when the pipeline runs, so validation and rollback never leave traces.
     func makeStage(_ context: StageContext) -> any Stage
@@ -64,6 +72,8 @@ public protocol StageConfig: Sendable {
 
 extension StageConfig {
     public func placementError(listener: (any ListenerConfig)?) -> String? { nil }
+    public var namesDestination: Bool { false }
+    public var needsDestination: Bool { false }
     public static func sweep(keeping pipelines: Set<String>, environment: StageEnvironment) async {}
 }
 
@@ -76,6 +86,7 @@ public protocol ListenerConfig: StageConfig {
 
 extension ListenerConfig {
     public static var providesDestination: Bool { false }
+    public var namesDestination: Bool { Self.providesDestination }
 }
 
 extension ListenerConfig {

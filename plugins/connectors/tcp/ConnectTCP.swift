@@ -26,11 +26,8 @@ public struct ConnectTCPConfig: StageConfig {
         return ConnectTCPConfig(addresses: addresses, connectTimeout: timeout)
     }
 
-    public func placementError(listener: (any ListenerConfig)?) -> String? {
-        guard addresses.isEmpty, let listener else { return nil }
-        if Swift.type(of: listener).providesDestination { return nil }
-        return "addresses: required (\(Swift.type(of: listener).type) clients do not name a destination)"
-    }
+    /// Without addresses it connects where each client asked.
+    public var needsDestination: Bool { addresses.isEmpty }
 
     public func makeStage(_ context: StageContext) -> any Stage { ConnectTCP(config: self) }
 }

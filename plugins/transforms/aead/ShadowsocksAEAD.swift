@@ -7,7 +7,7 @@ import NIOCore
 /// sequence of chunks `[length (2 bytes, big-endian, at most 0x3FFF)][tag][payload][tag]`, each sealed with a
 /// 12-byte little-endian counter nonce that advances after every seal. No I/O here: the channel handlers
 /// feed bytes in and take bytes out.
-enum ShadowsocksCipher: String, Sendable, CaseIterable {
+public enum ShadowsocksCipher: String, Sendable, CaseIterable {
     case chacha20IETFPoly1305 = "chacha20-ietf-poly1305"
     case aes256GCM = "aes-256-gcm"
     case aes128GCM = "aes-128-gcm"
