@@ -91,6 +91,13 @@ struct ShadowsocksInteropTests {
         #expect(uploadStatus == 0 && answer == server.sha256, "\(what): upload \(uploadStatus) \(answer)")
     }
 
+    /// A transform.aead stage, indented for the pipelines below.
+    static func aead(_ side: String, _ cipher: String, password: String = password, target: String? = nil) -> String {
+        let lines = ["- type: transform.aead", "  side: \(side)", "  cipher: \(cipher)", "  password: \"\(password)\""]
+            + (target.map { ["  target: \($0)"] } ?? [])
+        return lines.map { "      " + $0 }.joined(separator: "\n")
+    }
+
     static func waitForPort(_ port: Int) {
         _ = eventually(timeout: 5) { (try? TCPClient(port: port)) != nil }
     }
@@ -106,10 +113,7 @@ struct ShadowsocksInteropTests {
                     stages:
                       - type: listen.tcp
                         address: 127.0.0.1:\(weirPort)
-                      - type: transform.aead
-                        side: server
-                        cipher: \(cipher)
-                        password: "\(Self.password)"
+                \(Self.aead("server", cipher))
                       - type: connect.tcp
                 """)
         try agent.start()
@@ -133,10 +137,7 @@ struct ShadowsocksInteropTests {
                     stages:
                       - type: listen.socks5
                         address: 127.0.0.1:\(socks)
-                      - type: transform.aead
-                        side: client
-                        cipher: \(cipher)
-                        password: "\(Self.password)"
+                \(Self.aead("client", cipher))
                       - type: connect.tcp
                         addresses: [127.0.0.1:\(ssPort)]
                 """)
@@ -157,31 +158,21 @@ struct ShadowsocksInteropTests {
                     stages:
                       - type: listen.socks5
                         address: 127.0.0.1:\(socks)
-                      - type: transform.aead
-                        side: client
-                        cipher: \(cipher)
-                        password: "\(Self.password)"
+                \(Self.aead("client", cipher))
                       - type: connect.tcp
                         addresses: [127.0.0.1:\(exitPort)]
                   fixed:
                     stages:
                       - type: listen.tcp
                         address: 127.0.0.1:\(plain)
-                      - type: transform.aead
-                        side: client
-                        cipher: \(cipher)
-                        password: "\(Self.password)"
-                        target: 127.0.0.1:\(web.port)
+                \(Self.aead("client", cipher, target: "127.0.0.1:\(web.port)"))
                       - type: connect.tcp
                         addresses: [127.0.0.1:\(exitPort)]
                   exit:
                     stages:
                       - type: listen.tcp
                         address: 127.0.0.1:\(exitPort)
-                      - type: transform.aead
-                        side: server
-                        cipher: \(cipher)
-                        password: "\(Self.password)"
+                \(Self.aead("server", cipher))
                       - type: connect.tcp
                 """)
         try agent.start()
@@ -203,9 +194,7 @@ struct ShadowsocksInteropTests {
                     stages:
                       - type: listen.tcp
                         address: 127.0.0.1:\(weirPort)
-                      - type: transform.aead
-                        side: server
-                        password: "right"
+                \(Self.aead("server", "chacha20-ietf-poly1305", password: "right"))
                       - type: connect.tcp
                 """)
         try agent.start()
