@@ -57,7 +57,7 @@ struct CountEBPFTests {
         let net = try NamespacePair()
         let echo4 = try net.background(net.peer, TrafficScripts.udpHalfEcho, ["4", net.peerIPv4, "7001"])
         let echo6 = try net.background(net.peer, TrafficScripts.udpHalfEcho, ["6", net.peerIPv6, "7001"])
-        defer { echo4.terminate(); echo6.terminate() }
+        defer { echo4.stopHelper(); echo6.stopHelper() }
         let agent = try Self.startAgent(net, pipelines: Self.countPipeline(net))
         defer { agent.stop() }
 
@@ -85,7 +85,7 @@ struct CountEBPFTests {
     func tcpCountsBySegment() throws {
         let net = try NamespacePair()
         let server = try net.background(net.peer, TrafficScripts.tcpReadThenReply, ["4", net.peerIPv4, "7002", "\(1 << 20)"])
-        defer { server.terminate() }
+        defer { server.stopHelper() }
         let agent = try Self.startAgent(net, pipelines: Self.countPipeline(net))
         defer { agent.stop() }
 
@@ -113,7 +113,7 @@ struct CountEBPFTests {
     func countsSurviveRestartAndReload() throws {
         let net = try NamespacePair()
         let echo = try net.background(net.peer, TrafficScripts.udpHalfEcho, ["4", net.peerIPv4, "7003"])
-        defer { echo.terminate() }
+        defer { echo.stopHelper() }
         let pins = "\(net.pinRoot)/veth/count-v1-remote_ip-32-128-65536"
 
         var agent = try Self.startAgent(net, pipelines: Self.countPipeline(net))
@@ -160,7 +160,7 @@ struct CountEBPFTests {
         try net.inside(net.agent, ["tc", "qdisc", "add", "dev", net.agentInterface, "clsact"])
         try net.inside(net.agent, ["tc", "filter", "add", "dev", net.agentInterface, "ingress", "prio", "2", "protocol", "ip", "u32", "match", "u32", "0", "0", "classid", "1:1"])
         let echo = try net.background(net.peer, TrafficScripts.udpHalfEcho, ["6", net.peerIPv6, "7004"])
-        defer { echo.terminate() }
+        defer { echo.stopHelper() }
         let agent = try Self.startAgent(net, pipelines: Self.countPipeline(net, options: "        attach: \(mode)\n"))
         defer { agent.stop() }
 
@@ -215,7 +215,7 @@ struct CountEBPFTests {
     func countsListenerClients() throws {
         let net = try NamespacePair()
         let server = try net.background(net.peer, TrafficScripts.tcpReadThenReply, ["4", net.peerIPv4, "7005", "\(2 << 20)"])
-        defer { server.terminate() }
+        defer { server.stopHelper() }
         let pipelines = """
             pipelines:
               fwd:

@@ -25,7 +25,7 @@ struct NftablesTests {
     func allowlistForwardsOnlyListedDestinations() throws {
         let net = try GatewayTopology()
         let server = try net.background(net.upstream, GatewayTopology.Scripts.acceptAll, ["7000"])
-        defer { server.terminate() }
+        defer { server.stopHelper() }
         let config = Self.allowlist(net, entries: ["11.0.0.2", "2a01:4f8::2"], extra: "          count_elements: true")
         let agent = try WeirProcess(pipelines: config, netns: net.gateway)
         try agent.start()
@@ -66,12 +66,12 @@ struct NftablesTests {
     func domainEntriesFollowDNS() throws {
         let net = try GatewayTopology()
         let server = try net.background(net.upstream, GatewayTopology.Scripts.acceptAll, ["7000"])
-        defer { server.terminate() }
+        defer { server.stopHelper() }
         let answers = FileManager.default.temporaryDirectory.appendingPathComponent("weir-dns-\(UUID().uuidString)").path
         try "11.0.0.2\n".write(toFile: answers, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: answers) }
         let dns = try net.background(net.upstream, GatewayTopology.Scripts.dnsServer, [answers, "11.0.0.53", "53"])
-        defer { dns.terminate() }
+        defer { dns.stopHelper() }
         let agent = try WeirProcess(
             pipelines: Self.allowlist(net, entries: ["svc.example.net"], extra: """
                           resolvers: [11.0.0.53]
@@ -121,7 +121,7 @@ struct NftablesTests {
 
         let net = try GatewayTopology()
         let server = try net.background(net.upstream, GatewayTopology.Scripts.acceptAll, ["7000"])
-        defer { server.terminate() }
+        defer { server.stopHelper() }
         let agent = try WeirProcess(pipelines: Self.allowlist(net, entries: ["11.0.0.2", "{ address: 11.0.0.3, protected: true }"]), netns: net.gateway)
         try agent.start()
         defer { agent.stop() }
@@ -169,7 +169,7 @@ struct NftablesTests {
 
         // A reload whose other pipeline cannot start rolls back: the ruleset does not change.
         let holder = try net.background(net.gateway, GatewayTopology.Scripts.acceptAll, ["7100"])
-        defer { holder.terminate() }
+        defer { holder.stopHelper() }
         usleep(300_000)
         try agent.writePipelines(Self.allowlist(net, entries: ["11.0.0.2", "11.0.0.3"]) + "\n" + tcpForwardEntry("busy", port: 7100, to: [freePort()]))
         try agent.reload()
@@ -196,9 +196,9 @@ struct NftablesTests {
         try "11.0.0.7\n".write(toFile: answers, atomically: true, encoding: .utf8)
         let dns = try net.background(net.upstream, GatewayTopology.Scripts.dnsServer, [answers, "11.0.0.53", "53"])
         defer {
-            server.terminate()
-            tls.terminate()
-            dns.terminate()
+            server.stopHelper()
+            tls.stopHelper()
+            dns.stopHelper()
             try? FileManager.default.removeItem(atPath: answers)
         }
         // The test's own table counts packets leaving the gateway with mark 16.
@@ -247,7 +247,7 @@ struct NftablesTests {
     func sourceAllowlist() throws {
         let net = try GatewayTopology()
         let server = try net.background(net.upstream, GatewayTopology.Scripts.acceptAll, ["7000"])
-        defer { server.terminate() }
+        defer { server.stopHelper() }
         func pipelines(_ sources: String) -> String {
             """
             pipelines:
@@ -277,7 +277,7 @@ struct NftablesTests {
     func gatewayRoutes() throws {
         let net = try GatewayTopology()
         let server = try net.background(net.upstream, GatewayTopology.Scripts.acceptAll, ["7000"])
-        defer { server.terminate() }
+        defer { server.stopHelper() }
         try net.inside(net.client, ["ip", "route", "del", "default"])
         try net.inside(net.client, ["ip", "-6", "route", "del", "default"])
         #expect(!net.clientReaches("11.0.0.2", port: 7000), "no route yet")

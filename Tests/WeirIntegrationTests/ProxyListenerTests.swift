@@ -26,7 +26,7 @@ struct ProxyListenerTests {
         }
 
         deinit {
-            process.terminate()
+            process.stopHelper()
             try? FileManager.default.removeItem(at: directory)
         }
     }
@@ -184,7 +184,7 @@ struct ProxyListenerTests {
         }
 
         deinit {
-            process.terminate()
+            process.stopHelper()
             try? FileManager.default.removeItem(at: directory)
         }
     }

@@ -52,7 +52,7 @@ struct ShadowsocksInteropTests {
         }
 
         deinit {
-            process.terminate()
+            process.stopHelper()
             try? FileManager.default.removeItem(at: file)
         }
 
@@ -71,7 +71,7 @@ struct ShadowsocksInteropTests {
             try process.run()
         }
 
-        deinit { process.terminate() }
+        deinit { process.stopHelper() }
     }
 
     /// Downloads /data and uploads the same bytes through the SOCKS5 proxy at `socks`; both must arrive intact.

@@ -435,7 +435,7 @@ final class Iperf: @unchecked Sendable {
         _ = eventually(timeout: 5) { (try? net.inside(ns, ["ss", "-Hltn", "sport = :\(port)"]))?.contains("LISTEN") == true }
     }
 
-    func stop() { server?.terminate() }
+    func stop() { server?.stopHelper() }
 
     /// Sends from `ns` to the server; the goodput the server received, skipping the first second (slow start
     /// and the bucket's initial burst).

@@ -245,3 +245,13 @@ enum TrafficScripts {
         print(count)
         """
 }
+
+extension Process {
+    /// Ends a helper a test started (a server, a peer). SIGKILL, because helpers inherit the test runner's
+    /// blocked-signal mask: a SIGTERM would stay pending and the helper would outlive the test.
+    func stopHelper() {
+        guard isRunning else { return }
+        kill(processIdentifier, SIGKILL)
+        waitUntilExit()
+    }
+}

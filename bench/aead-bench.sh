@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# transform.aead benchmark: an encrypted entry -> exit relay on loopback, weir against shadowsocks-libev
+# (ss-tunnel -> ss-server) with the same cipher, iperf3 at the far end. Both relays carry the same bytes
+# through the same two hops: a local port that takes plain TCP, an encrypted leg, an exit that decrypts and
+# connects to iperf3.
+#
+#   bench/aead-bench.sh                       # builds weir (release, .build-bench/) and runs
+#   WEIR_BIN=/path/to/weir bench/aead-bench.sh
+#
+# Environment (all optional):
+#   BENCH_CIPHERS   ciphers to measure (default "chacha20-ietf-poly1305 aes-256-gcm")
+#   BENCH_ROUNDS    iperf3 runs per setting; the median is reported (default 3)
+#   BENCH_SECONDS   length of each run (default 5)
+#
+# Writes bench/results/aead.md. Exits non-zero only when something failed to run, never because of a number.
+set -Eeuo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
+RESULTS_DIR="$BENCH_DIR/results"
+CIPHERS=${BENCH_CIPHERS:-"chacha20-ietf-poly1305 aes-256-gcm"}
+ROUNDS=${BENCH_ROUNDS:-3}
+SECONDS_EACH=${BENCH_SECONDS:-5}
+TMP=$(mktemp -d /tmp/weir-aead-bench.XXXXXX)
+PIDS=()
+PASSWORD="weir benchmark secret"
+
+for tool in iperf3 ss-server ss-tunnel python3 curl; do
+    command -v "$tool" >/dev/null || { echo "aead-bench: needs $tool (apt install iperf3 shadowsocks-libev)" >&2; exit 1; }
+done
+
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+if [ -z "${WEIR_BIN:-}" ]; then
+    (cd "$REPO_DIR" && swift build -c release --product weir --scratch-path .build-bench >&2)
+    WEIR_BIN="$REPO_DIR/.build-bench/release/weir"
+fi
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+wait_port() {
+    for _ in $(seq 100); do
+        python3 -c "import socket, sys; socket.create_connection(('127.0.0.1', $1), 0.2)" 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "aead-bench: nothing listens on port $1" >&2
+    exit 1
+}
+
+start() {  # command...: runs in the background, remembered for cleanup
+    "$@" >/dev/null 2>&1 &
+    PIDS+=($!)
+    LAST_PID=$!
+}
+
+stop_last() { kill "$LAST_PID" 2>/dev/null || true; wait "$LAST_PID" 2>/dev/null || true; }
+
+# Median Gbit/s of $ROUNDS iperf3 runs through port $1.
+gbits() {
+    local runs=()
+    for _ in $(seq "$ROUNDS"); do
+        runs+=("$(timeout $((SECONDS_EACH + 30)) iperf3 -c 127.0.0.1 -p "$1" -t "$SECONDS_EACH" -J |
+            python3 -c 'import json, sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9))')")
+    done
+    printf '%s\n' "${runs[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
+}
+
+IPERF=$(free_port)
+start iperf3 -s -B 127.0.0.1 -p "$IPERF"
+wait_port "$IPERF"
+direct=$(gbits "$IPERF")
+
+rows=()
+for cipher in $CIPHERS; do
+    echo "== $cipher: shadowsocks-libev (ss-tunnel -> ss-server)" >&2
+    server=$(free_port) tunnel=$(free_port)
+    start ss-server -s 127.0.0.1 -p "$server" -k "$PASSWORD" -m "$cipher"
+    server_pid=$LAST_PID
+    start ss-tunnel -s 127.0.0.1 -p "$server" -l "$tunnel" -k "$PASSWORD" -m "$cipher" -L "127.0.0.1:$IPERF"
+    tunnel_pid=$LAST_PID
+    wait_port "$tunnel"
+    shadowsocks=$(gbits "$tunnel")
+    kill "$tunnel_pid" "$server_pid" 2>/dev/null || true
+
+    echo "== $cipher: weir (listen.tcp + transform.aead client -> listen.tcp + transform.aead server)" >&2
+    entry=$(free_port) exit_port=$(free_port) metrics=$(free_port)
+    mkdir -p "$TMP/$cipher"
+    cat > "$TMP/$cipher/weir.yaml" <<YAML
+agent:
+  state_dir: $TMP/$cipher
+metrics:
+  listen: 127.0.0.1:$metrics
+log:
+  level: warning
+pipelines:
+  entry:
+    stages:
+      - type: listen.tcp
+        address: 127.0.0.1:$entry
+      - type: transform.aead
+        side: client
+        cipher: $cipher
+        password: "$PASSWORD"
+        target: 127.0.0.1:$IPERF
+      - type: connect.tcp
+        addresses: [127.0.0.1:$exit_port]
+  exit:
+    stages:
+      - type: listen.tcp
+        address: 127.0.0.1:$exit_port
+      - type: transform.aead
+        side: server
+        cipher: $cipher
+        password: "$PASSWORD"
+      - type: connect.tcp
+YAML
+    start "$WEIR_BIN" agent --config "$TMP/$cipher/weir.yaml"
+    weir_pid=$LAST_PID
+    wait_port "$entry"
+    wait_port "$exit_port"
+    weir=$(gbits "$entry")
+    kill "$weir_pid" 2>/dev/null || true
+    wait "$weir_pid" 2>/dev/null || true
+
+    rows+=("| $cipher | $weir | $shadowsocks | $(python3 -c "print('%.2fx' % ($weir / $shadowsocks))") |")
+done
+
+mkdir -p "$RESULTS_DIR"
+{
+    echo "### transform.aead ($(date -u +%Y-%m-%d), $(nproc) CPUs)"
+    echo
+    echo "Encrypted relay on loopback, iperf3 1 stream, median of $ROUNDS × ${SECONDS_EACH}s; without any relay: ${direct} Gbit/s."
+    echo
+    echo "| cipher | weir Gbit/s | shadowsocks-libev Gbit/s | weir / shadowsocks-libev |"
+    echo "|---|---:|---:|---:|"
+    printf '%s\n' "${rows[@]}"
+} | tee "$RESULTS_DIR/aead.md"
