@@ -96,8 +96,12 @@ struct CountEBPFTests {
         #expect(received.contains("\(1 << 20)"))
         usleep(500_000)  // the last ACKs
         let (agentAfter, peerAfter) = (try net.snmp(net.agent), try net.snmp(net.peer))
-        let kernelOut = Double(agentAfter["Tcp.OutSegs"]! - agentBefore["Tcp.OutSegs"]!)
-        let kernelIn = Double(peerAfter["Tcp.OutSegs"]! - peerBefore["Tcp.OutSegs"]!)
+        // OutSegs leaves out retransmitted segments (Linux counts them in RetransSegs); both go on the wire.
+        func wire(_ after: [String: Int], _ before: [String: Int]) -> Double {
+            Double(after["Tcp.OutSegs"]! - before["Tcp.OutSegs"]! + after["Tcp.RetransSegs"]! - before["Tcp.RetransSegs"]!)
+        }
+        let kernelOut = wire(agentAfter, agentBefore)
+        let kernelIn = wire(peerAfter, peerBefore)
 
         let counts = try Self.counts(agent, net, ip: net.peerIPv4)
         #expect(counts.outPackets == kernelOut, "counted \(counts); the agent's side sent \(kernelOut) segments")
