@@ -1,5 +1,6 @@
 import CWeirBPF
 import Glibc
+import WeirCore
 
 /// One program attached at one interface and direction. Detaching removes exactly what was attached:
 /// closing our tcx link, or deleting our clsact filter by its handle and priority — never other programs'

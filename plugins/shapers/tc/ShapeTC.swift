@@ -87,11 +87,15 @@ final class ShapeTC: ServiceStage, ScrapeCollector {
     /// wildcard address).
     private func resolveInterfaces() throws -> [String] {
         if let interface = config.interface {
-            guard if_nametoindex(interface) != 0 else { throw ShapingDevices.ShapeError(description: "interface \"\(interface)\" does not exist") }
-            return [interface]
+            return [try NetworkInterface.named(interface).name]
         }
         guard let listener else { return [] }
-        let found = InterfaceAddresses.carrying(listener.address)
+        let found: [String]
+        if let address = IPAddressBytes(listener.address.host), !address.isUnspecified {
+            found = NetworkInterface.carrying(listener.address).map(\.name)
+        } else {
+            found = Set(NetworkInterface.assignedAddresses().filter { !$0.loopback }.map(\.name)).sorted()
+        }
         guard !found.isEmpty else {
             throw ShapingDevices.ShapeError(description: "no interface carries the listener's address \(listener.address.host)")
         }
@@ -102,23 +106,24 @@ final class ShapeTC: ServiceStage, ScrapeCollector {
 
     func collect(into exposition: inout ExpositionWriter) {
         let devices = applied.withLockedValue { $0 }
-        var samples: [(labels: [(String, String)], reading: ClassReading)] = []
+        // Each class's labels are rendered once and shared by its six families.
+        var samples: [(labels: [UInt8], reading: ClassReading)] = []
         for (interface, side) in devices {
             for reading in ShapingDevices.shared.readings(owner: pipeline, interface: interface, side: side) {
-                samples.append(([("pipeline", pipeline), ("class", reading.label), ("interface", interface), ("direction", side.rawValue)], reading))
+                var labels: [UInt8] = []
+                labels.appendLabel("pipeline", pipeline)
+                for (key, text) in [("class", reading.label), ("interface", interface), ("direction", side.rawValue)] {
+                    labels.append(UInt8(ascii: ","))
+                    labels.appendLabel(key, text)
+                }
+                samples.append((labels, reading))
             }
         }
         guard !samples.isEmpty else { return }
         for (family, value) in Self.families {
+            let name = Array(family.name.utf8)
             exposition.write(family) { body in
-                for sample in samples {
-                    var labels: [UInt8] = []
-                    for (index, (key, text)) in sample.labels.enumerated() {
-                        if index > 0 { labels.append(UInt8(ascii: ",")) }
-                        labels.appendLabel(key, text)
-                    }
-                    body.appendSample(Array(family.name.utf8), labels: labels, value: value(sample.reading))
-                }
+                for sample in samples { body.appendSample(name, labels: sample.labels, value: value(sample.reading)) }
             }
         }
     }
@@ -140,34 +145,4 @@ final class ShapeTC: ServiceStage, ScrapeCollector {
 /// and only the last one removes the pipeline's classes.
 enum DeviceUsers {
     static let shared = SharedStateUsers()
-}
-
-/// The interfaces that carry traffic to a listener's address.
-enum InterfaceAddresses {
-    static func carrying(_ address: BindAddress) -> [String] {
-        let wanted = IPNetwork.addressBytes(address.host)
-        let wildcard = wanted?.allSatisfy { $0 == 0 } ?? true
-        var names: [String] = []
-        var list: UnsafeMutablePointer<ifaddrs>?
-        guard getifaddrs(&list) == 0 else { return [] }
-        defer { freeifaddrs(list) }
-        var entry = list
-        while let current = entry {
-            defer { entry = current.pointee.ifa_next }
-            let name = String(cString: current.pointee.ifa_name)
-            guard let socketAddress = current.pointee.ifa_addr, !names.contains(name) else { continue }
-            let family = Int32(socketAddress.pointee.sa_family)
-            guard family == AF_INET || family == AF_INET6 else { continue }
-            if wildcard {
-                if current.pointee.ifa_flags & UInt32(IFF_LOOPBACK) == 0 { names.append(name) }
-                continue
-            }
-            let bytes: [UInt8] =
-                family == AF_INET
-                ? socketAddress.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { withUnsafeBytes(of: $0.pointee.sin_addr) { Array($0) } }
-                : socketAddress.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { withUnsafeBytes(of: $0.pointee.sin6_addr) { Array($0) } }
-            if bytes == wanted { names.append(name) }
-        }
-        return names.sorted()
-    }
 }

@@ -43,9 +43,12 @@ struct DeviceRecord: Codable, Sendable {
 
     var device: String { side == .egress ? interface : (ifb ?? Self.ifbName(interface)) }
 
-    /// `wi-eth0`: IFNAMSIZ leaves room for 12 characters of the interface's name.
+    /// `wi-eth0`: IFNAMSIZ leaves room for 12 characters of the interface's name; longer names get a
+    /// checksum of the name instead (the same in every run, unlike Swift's seeded `hashValue`).
     static func ifbName(_ interface: String) -> String {
-        interface.utf8.count <= 12 ? "wi-" + interface : "wi-" + String(UInt32(truncatingIfNeeded: interface.hashValue & 0x7FFF_FFFF) % 1_000_000_000)
+        guard interface.utf8.count > 12 else { return "wi-" + interface }
+        let fnv = interface.utf8.reduce(UInt32(2_166_136_261)) { ($0 ^ UInt32($1)) &* 16_777_619 }
+        return "wi-" + String(fnv % 1_000_000_000)
     }
 }
 
@@ -202,8 +205,8 @@ final class ShapingDevices: @unchecked Sendable {
         let ifindex = try prepareDevice(&record)
         try saveRecord(name, record)
         guard let entry = record.owners[owner] else { return }
-        try ensureLinkClass(record, ifindex: ifindex)
         let actual = try htbClasses(ifindex)
+        try ensureLinkClass(record, ifindex: ifindex, current: actual[LinkClass.minor])
         let plan = ClassPlan.make(desired: entry.htbClasses, actual: actual, owned: owned)
         try run(plan, ifindex: ifindex)
         try ensureLeaves(ifindex, entry)
@@ -284,10 +287,9 @@ final class ShapingDevices: @unchecked Sendable {
 
     /// The class every stage's top class hangs under, so stages on one device borrow from each other: its rate
     /// is the link's speed where the interface reports one, else the sum of the stages' ceilings.
-    private func ensureLinkClass(_ record: DeviceRecord, ifindex: Int32) throws {
+    private func ensureLinkClass(_ record: DeviceRecord, ifindex: Int32, current: HTBClass?) throws {
         let rate = LinkClass.rate(interface: record.interface, ceilings: record.owners.values.compactMap { $0.spec("total")?.ceil })
         let want = HTBClass(minor: LinkClass.minor, parentMinor: nil, rate: rate, ceil: rate, isLeaf: false)
-        let current = try htbClasses(ifindex)[LinkClass.minor]
         if current?.rate == rate, current?.ceil == rate { return }
         try TrafficControl.setClass(ifindex, want, create: current == nil)
     }
@@ -369,16 +371,15 @@ final class ShapingDevices: @unchecked Sendable {
             try? classifier.deleteScope(entry.shape)
             for dynamic in entry.dynamic.values { try? classifier.deleteDynamic(scope: entry.scopeID, dynamic) }
         }
-        if let ifindex = TrafficControl.index(of: record.device) {
-            let actual = try htbClasses(ifindex)
-            try run(ClassPlan.make(desired: [], actual: actual, owned: Set(entry.minors.values)), ifindex: ifindex)
-        }
+        let ifindex = TrafficControl.index(of: record.device)
+        let actual = try ifindex.map(htbClasses) ?? [:]
+        if let ifindex { try run(ClassPlan.make(desired: [], actual: actual, owned: Set(entry.minors.values)), ifindex: ifindex) }
         record.owners[owner] = nil
         idle[name] = idle[name]?.filter { minor, _ in !entry.minors.values.contains(minor) }
         if record.owners.isEmpty {
             try teardown(name, record)
         } else {
-            if let ifindex = TrafficControl.index(of: record.device) { try ensureLinkClass(record, ifindex: ifindex) }
+            if let ifindex { try ensureLinkClass(record, ifindex: ifindex, current: actual[LinkClass.minor]) }
             try saveRecord(name, record)
             records[name] = record
         }

@@ -1,24 +1,24 @@
 import Glibc
-import WeirCore
 
 /// A network interface of this host's (network namespace's) view, by name and index.
-struct NetworkInterface: Hashable, Sendable {
-    let name: String
-    let index: Int32
+public struct NetworkInterface: Hashable, Sendable {
+    public let name: String
+    public let index: Int32
 
-    struct NotFound: Error, CustomStringConvertible {
-        let name: String
-        var description: String { "interface \"\(name)\" does not exist" }
+    public struct NotFound: Error, CustomStringConvertible {
+        public let name: String
+        public init(name: String) { self.name = name }
+        public var description: String { "interface \"\(name)\" does not exist" }
     }
 
-    static func named(_ name: String) throws(NotFound) -> NetworkInterface {
+    public static func named(_ name: String) throws(NotFound) -> NetworkInterface {
         let index = if_nametoindex(name)
         guard index != 0 else { throw NotFound(name: name) }
         return NetworkInterface(name: name, index: Int32(index))
     }
 
     /// Every interface, sorted by index.
-    static func all() -> [NetworkInterface] {
+    public static func all() -> [NetworkInterface] {
         guard let list = if_nameindex() else { return [] }
         defer { if_freenameindex(list) }
         var result: [NetworkInterface] = []
@@ -30,37 +30,43 @@ struct NetworkInterface: Hashable, Sendable {
         return result.sorted { $0.index < $1.index }
     }
 
-    /// The interfaces that carry traffic to `address`: every interface for a wildcard address, else those
-    /// that have the address assigned.
-    static func carrying(_ address: BindAddress) -> [NetworkInterface] {
-        guard let wanted = IPAddressBytes(address.host), !wanted.isUnspecified else { return all() }
-        var names = Set<String>()
+    /// Every IPv4 and IPv6 address assigned to an interface, and whether that interface is a loopback.
+    public static func assignedAddresses() -> [(name: String, address: IPAddressBytes, loopback: Bool)] {
+        var result: [(name: String, address: IPAddressBytes, loopback: Bool)] = []
         var list: UnsafeMutablePointer<ifaddrs>?
         guard getifaddrs(&list) == 0 else { return [] }
         defer { freeifaddrs(list) }
         var entry = list
         while let current = entry {
-            if let socketAddress = current.pointee.ifa_addr, IPAddressBytes(socketAddress) == wanted {
-                names.insert(String(cString: current.pointee.ifa_name))
+            if let socketAddress = current.pointee.ifa_addr, let address = IPAddressBytes(socketAddress) {
+                result.append((String(cString: current.pointee.ifa_name), address, current.pointee.ifa_flags & UInt32(IFF_LOOPBACK) != 0))
             }
             entry = current.pointee.ifa_next
         }
+        return result
+    }
+
+    /// The interfaces that carry traffic to `address`: every interface for a wildcard address, else those
+    /// that have the address assigned.
+    public static func carrying(_ address: BindAddress) -> [NetworkInterface] {
+        guard let wanted = IPAddressBytes(address.host), !wanted.isUnspecified else { return all() }
+        let names = Set(assignedAddresses().filter { $0.address == wanted }.map(\.name))
         return all().filter { names.contains($0.name) }
     }
 }
 
-/// An IPv4 or IPv6 address as the eBPF program stores it: family 4 or 6, 16 bytes (IPv4 in the first 4).
-struct IPAddressBytes: Hashable, Sendable {
-    var family: UInt8
-    var bytes: [UInt8]
+/// An IPv4 or IPv6 address as the kernel stages store it: family 4 or 6, 16 bytes (IPv4 in the first 4).
+public struct IPAddressBytes: Hashable, Sendable {
+    public var family: UInt8
+    public var bytes: [UInt8]
 
-    init?(_ text: String) {
+    public init?(_ text: String) {
         guard let address = IPNetwork.addressBytes(text) else { return nil }
         family = address.count == 4 ? 4 : 6
         bytes = address + [UInt8](repeating: 0, count: 16 - address.count)
     }
 
-    init?(_ address: UnsafeMutablePointer<sockaddr>) {
+    public init?(_ address: UnsafeMutablePointer<sockaddr>) {
         switch Int32(address.pointee.sa_family) {
         case AF_INET:
             family = 4
@@ -74,5 +80,5 @@ struct IPAddressBytes: Hashable, Sendable {
         }
     }
 
-    var isUnspecified: Bool { bytes.allSatisfy { $0 == 0 } }
+    public var isUnspecified: Bool { bytes.allSatisfy { $0 == 0 } }
 }
