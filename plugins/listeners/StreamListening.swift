@@ -2,7 +2,7 @@ import NIOCore
 import NIOPosix
 import WeirCore
 
-// What the stream listeners of this family share: the listening socket, and the end of a negotiation.
+// What the stream listeners of this family share: the listening socket, the negotiating listener, the proxy options.
 
 /// The listening socket every stream listener uses: accepted channels start with autoRead off (the runtime
 /// reads once its handlers are in place) and remote half-closure allowed.
@@ -20,19 +20,6 @@ enum StreamSocket {
             .childChannelInitializer(childInitializer)
             .bind(to: address.socketAddress())
             .get()
-    }
-}
-
-extension ChannelPipeline.SynchronousOperations {
-    /// Ends a negotiation: removes the negotiating handler, then the decoder in front of it, which hands what
-    /// the client sent after its request (a TLS ClientHello, early data) to the glue behind. Those bytes
-    /// arrive outside a read cycle, so a read-complete follows them: the glue flushes on it.
-    func handOver(from negotiator: ChannelHandlerContext, then decoder: any RemovableChannelHandler) {
-        let channel = negotiator.channel
-        removeHandler(context: negotiator, promise: nil)
-        let removed = channel.eventLoop.makePromise(of: Void.self)
-        removeHandler(decoder, promise: removed)
-        removed.futureResult.whenSuccess { channel.pipeline.fireChannelReadComplete() }
     }
 }
 
@@ -74,38 +61,4 @@ struct ProxyListenerOptions: Sendable {
         if let users, users == nil { return nil }
         return ProxyListenerOptions(address: address, backlog: backlog, users: users ?? nil, destinations: destinations)
     }
-}
-
-/// A negotiating handler on an accepted channel, which has autoRead off: it asks for one read at a time,
-/// from the moment the channel is active until it has decided.
-protocol ReadsUntilDecided: ChannelInboundHandler {
-    var decided: Bool { get }
-}
-
-extension ReadsUntilDecided {
-    /// For `handlerAdded`: a channel that is already active gets its first read now.
-    func readIfActive(_ context: ChannelHandlerContext) {
-        if context.channel.isActive { context.read() }
-    }
-
-    func channelActive(context: ChannelHandlerContext) {
-        context.read()
-        context.fireChannelActive()
-    }
-
-    func channelReadComplete(context: ChannelHandlerContext) {
-        if !decided { context.read() }
-        context.fireChannelReadComplete()
-    }
-}
-
-/// Adds a negotiation's handlers to an accepted channel; if that fails, so do the negotiation and the channel.
-func install(_ handlers: [any ChannelHandler], on channel: any Channel, for promise: EventLoopPromise<Destination>) -> EventLoopFuture<Destination> {
-    do {
-        try channel.pipeline.syncOperations.addHandlers(handlers)
-    } catch {
-        promise.fail(error)
-        channel.close(promise: nil)
-    }
-    return promise.futureResult
 }

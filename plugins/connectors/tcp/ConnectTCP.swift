@@ -61,20 +61,21 @@ struct ConnectTCP: StreamConnector {
             guard let destination = connection.destination else {
                 return connection.eventLoop.makeFailedFuture(AllTargetsFailed(errors: ["no target and no destination from the client"]))
             }
-            return connectDestination(destination, bootstrap: bootstrap, on: connection.eventLoop)
+            return connectDestination(destination, bootstrap: bootstrap)
         }
         return attempt(0, bootstrap: bootstrap, errors: [])
     }
 
     /// The client's destination: an IP literal directly, a name through NIO's happy-eyeballs resolver (a name
     /// that does not resolve fails with NameNotResolved, answered as "host unreachable").
-    private func connectDestination(_ destination: Destination, bootstrap: ClientBootstrap, on loop: any EventLoop) -> EventLoopFuture<any Channel> {
+    private func connectDestination(_ destination: Destination, bootstrap: ClientBootstrap) -> EventLoopFuture<any Channel> {
         if let literal = try? SocketAddress(ipAddress: destination.host, port: destination.port) {
             return bootstrap.connect(to: literal)
         }
         return bootstrap.connect(host: destination.host, port: destination.port).flatMapErrorThrowing { error in
-            if error is NIOConnectionError, (error as? NIOConnectionError)?.dnsAError != nil || (error as? NIOConnectionError)?.dnsAAAAError != nil,
-                (error as? NIOConnectionError)?.connectionErrors.isEmpty == true
+            // No address to try at all: the lookups failed, nothing was refused.
+            if let failed = error as? NIOConnectionError, failed.connectionErrors.isEmpty,
+                failed.dnsAError != nil || failed.dnsAAAAError != nil
             {
                 throw NameNotResolved(name: destination.host)
             }

@@ -65,25 +65,19 @@ final class ShadowsocksAEADHandler: ChannelDuplexHandler, RemovableChannelHandle
 
 /// `side: server` behind a listener whose clients name no destination: the first plaintext of the stream
 /// carries it. Waits for the whole address, then hands what followed it to the glue.
-final class AddressHeaderNegotiation: ChannelInboundHandler, RemovableChannelHandler, StreamNegotiation, @unchecked Sendable {
+final class AddressHeaderNegotiation: ReadsUntilDecided, RemovableChannelHandler, StreamNegotiation, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
 
     private var buffered = ByteBuffer()
     private var destination: EventLoopPromise<Destination>?
     private var context: ChannelHandlerContext?
-    private var decided = false
+    private(set) var decided = false
 
     func begin(on channel: any Channel) -> EventLoopFuture<Destination> {
         let promise = channel.eventLoop.makePromise(of: Destination.self)
         destination = promise
-        do {
-            try channel.pipeline.syncOperations.addHandler(self)
-        } catch {
-            settle(error)
-            channel.close(promise: nil)
-        }
-        return promise.futureResult
+        return install([self], on: channel, for: promise)
     }
 
     func succeed(target: any Channel) {
@@ -99,12 +93,7 @@ final class AddressHeaderNegotiation: ChannelInboundHandler, RemovableChannelHan
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        if context.channel.isActive { context.read() }
-    }
-
-    func channelActive(context: ChannelHandlerContext) {
-        context.read()
-        context.fireChannelActive()
+        readIfActive(context)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -123,11 +112,6 @@ final class AddressHeaderNegotiation: ChannelInboundHandler, RemovableChannelHan
             destination?.succeed(wanted)
             destination = nil
         }
-    }
-
-    func channelReadComplete(context: ChannelHandlerContext) {
-        if !decided { context.read() }
-        context.fireChannelReadComplete()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
