@@ -17,6 +17,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.24.0"),
         .package(url: "https://github.com/apple/swift-crypto.git", "3.0.0"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.27.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.5.0"),
@@ -136,10 +137,10 @@ let package = Package(
         ),
         .target(
             name: "WeirTransforms",
-            dependencies: ["WeirCore", .product(name: "Crypto", package: "swift-crypto")] + nio,
+            dependencies: ["WeirCore", .product(name: "Crypto", package: "swift-crypto"), .product(name: "NIOSSL", package: "swift-nio-ssl")] + nio,
             path: "plugins/transforms",
-            exclude: ["aead/README.md"],
-            resources: [.embedInCode("aead/transform.aead.sample.yaml")]
+            exclude: ["aead/README.md", "tls/README.md", "tls/example"],
+            resources: [.embedInCode("aead/transform.aead.sample.yaml"), .embedInCode("tls/transform.tls.sample.yaml")]
         ),
         // The one list of built-in stages.
         .target(

@@ -24,5 +24,6 @@ public enum BuiltinStages {
         RouteGatewayConfig.self,
         ShapeTCConfig.self,
         TransformAEADConfig.self,
+        TransformTLSConfig.self,
     ])
 }

@@ -34,7 +34,7 @@ import WeirStages
     }
 
     @Test func registryHoldsTheBuiltinTypes() {
-        #expect(Self.types == ["connect.tcp", "connect.udp", "count.ebpf", "enforce.nftables", "limit.bandwidth", "listen.http", "listen.socks5", "listen.tcp", "listen.tls_sni", "listen.udp", "route.gateway", "shape.tc", "transform.aead"])
+        #expect(Self.types == ["connect.tcp", "connect.udp", "count.ebpf", "enforce.nftables", "limit.bandwidth", "listen.http", "listen.socks5", "listen.tcp", "listen.tls_sni", "listen.udp", "route.gateway", "shape.tc", "transform.aead", "transform.tls"])
         for type in Self.types {
             #expect(Self.registry[type]?.type == type)
         }
@@ -60,9 +60,12 @@ import WeirStages
     func sampleIsAValidDropInUsingTheType(type: String) throws {
         let stage = try #require(Self.registry[type])
         #expect(!stage.sample.isEmpty)
+        // Loaded as the file in its stage folder, so files it names (example certificates) resolve there.
+        let folder = try Self.stageFolders().first { FileManager.default.fileExists(atPath: $0.appendingPathComponent("\(type).sample.yaml").path) }
+        let name = folder.map { $0.appendingPathComponent("\(type).sample.yaml").path } ?? "\(type).sample.yaml"
         let pipelines: [PipelineSpec]
         do {
-            pipelines = try Self.loader.loadPipelines(yaml: stage.sample, name: "\(type).sample.yaml")
+            pipelines = try Self.loader.loadPipelines(yaml: stage.sample, name: name)
         } catch {
             Issue.record("\(type).sample.yaml does not validate:\n\(error)")
             return

@@ -69,7 +69,9 @@ struct PipelineCollector {
         let decoded = configType.decode(options)
         options.finish()
         guard let decoded else { return nil }
-        return StageSpec(index: index, type: type, location: item.location, fingerprint: item.node.fingerprint, config: decoded)
+        let content = decoded.contentFingerprint
+        let fingerprint = item.node.fingerprint + (content.isEmpty ? "" : "#" + content)
+        return StageSpec(index: index, type: type, location: item.location, fingerprint: fingerprint, config: decoded)
     }
 
     /// A forward pipeline is one listener first, one connector last, filters in between, all of one transport.

@@ -65,6 +65,10 @@ public protocol StageConfig: Sendable {
     /// Validation refuses it in a pipeline where no stage names destinations.
     var needsDestination: Bool { get }
 
+    /// A digest of what the stage read besides its YAML (certificate files), appended to its fingerprint so a
+    /// reload picks up a changed file even when the YAML did not change. Empty for most stages.
+    var contentFingerprint: String { get }
+
     /// Builds the runnable stage. Must not acquire anything (sockets, files, kernel objects): that happens
     /// when the pipeline runs, so validation and rollback never leave traces.
     func makeStage(_ context: StageContext) -> any Stage
@@ -74,6 +78,7 @@ extension StageConfig {
     public func placementError(listener: (any ListenerConfig)?) -> String? { nil }
     public var namesDestination: Bool { false }
     public var needsDestination: Bool { false }
+    public var contentFingerprint: String { "" }
     public static func sweep(keeping pipelines: Set<String>, environment: StageEnvironment) async {}
 }
 

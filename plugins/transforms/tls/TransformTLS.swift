@@ -1,0 +1,169 @@
+import NIOCore
+import NIOSSL
+import WeirCore
+
+/// `transform.tls`: TLS 1.2/1.3 (swift-nio-ssl). `side: server` terminates TLS on accepted connections;
+/// `side: client` speaks TLS towards the target.
+public struct TransformTLSConfig: StageConfig {
+    public enum Side: String, Sendable, CaseIterable {
+        case client, server
+    }
+
+    public enum Version: String, Sendable, CaseIterable {
+        case tls12 = "1.2"
+        case tls13 = "1.3"
+
+        var nio: TLSVersion { self == .tls12 ? .tlsv12 : .tlsv13 }
+    }
+
+    public static let type = "transform.tls"
+    public static let summary = "TLS 1.2/1.3: terminate it on accepted connections, or speak it towards the target."
+    public static let role = StageRole.filter([.stream])
+    public static let options = [
+        OptionDoc("side", "client|server", "server: clients connect with TLS (terminated here); client: TLS towards the target (required)."),
+        OptionDoc("certificate", "file", "PEM certificate chain, leaf first; side: server (required), side: client (mutual TLS, with key)."),
+        OptionDoc("key", "file", "PEM private key of certificate (unencrypted)."),
+        OptionDoc("client_ca", "file", default: "none", "side: server — require client certificates issued by these PEM CAs (mutual TLS)."),
+        OptionDoc("ca", "file", default: "the system's trust store", "side: client — PEM CAs the server's certificate must chain to."),
+        OptionDoc("server_name", "name", default: "the destination's name", "side: client — SNI and the name the server's certificate must carry; without it and without a destination name, the dialed address."),
+        OptionDoc("verify", "bool", default: "true", "side: client — false accepts any server certificate (testing only)."),
+        OptionDoc("min_version", "1.2|1.3", default: "1.2", "Oldest TLS version accepted."),
+        OptionDoc("alpn", "list of names", default: "none", "Application protocols offered (client) or accepted (server), e.g. [http/1.1]."),
+    ]
+    public static var sample: String { String(decoding: PackageResources.transform_tls_sample_yaml, as: UTF8.self) }
+
+    public let side: Side
+    public let serverName: String?
+    let context: NIOSSLContext
+    /// Digest of the certificate and key files: part of the fingerprint, so SIGHUP reloads renewed files.
+    let filesDigest: String
+
+    public var contentFingerprint: String { filesDigest }
+
+    public static func decode(_ options: ConfigMapping) -> TransformTLSConfig? {
+        guard let sideValue = options.required("side"), let side = sideValue.oneOf(Side.self) else {
+            for key in ["certificate", "key", "client_ca", "ca", "server_name", "verify", "min_version", "alpn"] {
+                _ = options.optional(key)
+            }
+            return nil
+        }
+        var files = PEMFiles()
+        var ok = true
+        func only(_ key: String, on wanted: Side) -> ConfigValue? {
+            guard let value = options.optional(key) else { return nil }
+            guard side == wanted else {
+                value.error("\(key) only applies to side: \(wanted.rawValue)")
+                ok = false
+                return nil
+            }
+            return value
+        }
+
+        let certificateValue = options.optional("certificate")
+        let keyValue = options.optional("key")
+        let chain = certificateValue.map { files.certificates($0) }
+        let key = keyValue.map { files.privateKey($0) }
+        if chain.map({ $0 == nil }) == true || key.map({ $0 == nil }) == true { ok = false }
+        switch (certificateValue, keyValue) {
+        case (nil, nil) where side == .server:
+            options.value.error("side: server needs certificate and key")
+            ok = false
+        case (.some, nil):
+            options.value.error("certificate needs key")
+            ok = false
+        case (nil, .some):
+            options.value.error("key needs certificate")
+            ok = false
+        default: break
+        }
+        let clientCA = only("client_ca", on: .server).map { files.certificates($0) }
+        let ca = only("ca", on: .client).map { files.certificates($0) }
+        if clientCA.map({ $0 == nil }) == true || ca.map({ $0 == nil }) == true { ok = false }
+        let serverNameValue = only("server_name", on: .client)
+        let serverName = serverNameValue.map { value -> String? in
+            guard let name = value.string, !name.isEmpty, (try? HostPort.parse(name, defaultPort: 443))?.host == name else {
+                value.error("must be a host name")
+                return nil
+            }
+            return name
+        }
+        let verify = only("verify", on: .client).map { $0.bool } ?? true
+        let minVersion = options.optional("min_version", default: Version.tls12) { $0.oneOf(Version.self) }
+        let alpnValue = options.optional("alpn")
+        let alpn = alpnValue.map { value -> [String]? in
+            guard let items = value.sequence else { return nil }
+            let names = items.compactMap(\.string)
+            return names.count == items.count && !names.contains(where: \.isEmpty) ? names : nil
+        }
+        guard ok, let minVersion, let verify else { return nil }
+        if let serverName, serverName == nil { return nil }
+        if let alpn, alpn == nil {
+            alpnValue?.error("must be a list of protocol names")
+            return nil
+        }
+        // Every value present was read without error: unwrap the "present but invalid" layer.
+        let identity = (chain ?? nil).flatMap { chain in (key ?? nil).map { (chain, $0) } }
+
+        var tls: TLSConfiguration
+        switch side {
+        case .server:
+            guard let (chain, key) = identity else { return nil }
+            tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+            if let clientCA = clientCA ?? nil {
+                tls.trustRoots = .certificates(clientCA)
+                tls.certificateVerification = .noHostnameVerification
+            }
+        case .client:
+            tls = TLSConfiguration.makeClientConfiguration()
+            if let ca = ca ?? nil { tls.trustRoots = .certificates(ca) }
+            tls.certificateVerification = verify ? .fullVerification : .none
+            if let (chain, key) = identity {
+                tls.certificateChain = chain.map { .certificate($0) }
+                tls.privateKey = .privateKey(key)
+            }
+        }
+        tls.minimumTLSVersion = minVersion.nio
+        tls.applicationProtocols = (alpn ?? nil) ?? []
+        let context: NIOSSLContext
+        do {
+            context = try NIOSSLContext(configuration: tls)
+        } catch {
+            (keyValue ?? options.value).error("TLS setup failed (does the key belong to the certificate?): \(error)")
+            return nil
+        }
+        return TransformTLSConfig(side: side, serverName: serverName ?? nil, context: context, filesDigest: files.fingerprint)
+    }
+
+    public func makeStage(_ context: StageContext) -> any Stage { TransformTLS(config: self) }
+}
+
+struct TransformTLS: StreamFilter {
+    let config: TransformTLSConfig
+
+    func acceptHandlers(for connection: ConnectionInfo) -> [any ChannelHandler] {
+        config.side == .server ? [NIOSSLServerHandler(context: config.context)] : []
+    }
+
+    func handlers(for connection: ConnectionInfo) -> StreamFilterHandlers {
+        guard config.side == .client else { return StreamFilterHandlers() }
+        return StreamFilterHandlers(targetSide: [clientHandler(serverName: serverName(connection))])
+    }
+
+    /// NIOSSL refuses names it cannot send as SNI (too long, a NUL byte); such a destination is checked like
+    /// an address, which fails unless the certificate names it — never an unchecked connection.
+    private func clientHandler(serverName: String?) -> NIOSSLClientHandler {
+        if let serverName, let handler = try? NIOSSLClientHandler(context: config.context, serverHostname: serverName) {
+            return handler
+        }
+        // swift-format-ignore: NeverUseForceTry
+        return try! NIOSSLClientHandler(context: config.context, serverHostname: nil)  // throws only for a bad name
+    }
+
+    /// The configured name, else the destination's when it is a name (an address is checked against the
+    /// certificate by NIOSSL from the connected peer instead, and never sent as SNI).
+    private func serverName(_ connection: ConnectionInfo) -> String? {
+        if let name = config.serverName { return name }
+        guard let host = connection.destination?.host, (try? SocketAddress(ipAddress: host, port: 0)) == nil else { return nil }
+        return host
+    }
+}
