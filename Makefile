@@ -10,7 +10,7 @@ CONFIG     ?= etc/weir/weir.yaml
 # exposition, and iproute2, bpftool, nftables and python3 for the kernel tests in network namespaces.
 BUILD_PACKAGES := libbpf-dev libnftables-dev libnftnl-dev libmnl-dev pkg-config
 RUN_PACKAGES   := ca-certificates $(BUILD_PACKAGES)
-TEST_PACKAGES  := $(BUILD_PACKAGES) prometheus iproute2 curl bpftool python3 nftables iperf3 openssl shadowsocks-libev
+TEST_PACKAGES  := $(BUILD_PACKAGES) prometheus iproute2 curl bpftool python3 nftables iperf3 openssl shadowsocks-libev python3-websockets nginx-light
 BENCH_PACKAGES := $(BUILD_PACKAGES) haproxy socat iperf3 nginx-light wrk curl python3 iproute2 nftables shadowsocks-libev
 
 .PHONY: run test bench build release clean

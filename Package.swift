@@ -137,10 +137,16 @@ let package = Package(
         ),
         .target(
             name: "WeirTransforms",
-            dependencies: ["WeirCore", .product(name: "Crypto", package: "swift-crypto"), .product(name: "NIOSSL", package: "swift-nio-ssl")] + nio,
+            dependencies: [
+                "WeirCore", .product(name: "Crypto", package: "swift-crypto"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+            ] + nio,
             path: "plugins/transforms",
-            exclude: ["aead/README.md", "tls/README.md", "tls/example"],
-            resources: [.embedInCode("aead/transform.aead.sample.yaml"), .embedInCode("tls/transform.tls.sample.yaml")]
+            exclude: ["aead/README.md", "tls/README.md", "tls/example", "websocket/README.md"],
+            resources: [
+                .embedInCode("aead/transform.aead.sample.yaml"), .embedInCode("tls/transform.tls.sample.yaml"),
+                .embedInCode("websocket/transform.websocket.sample.yaml"),
+            ]
         ),
         // The one list of built-in stages.
         .target(
@@ -178,7 +184,10 @@ let package = Package(
         ),
         .testTarget(
             name: "WeirPluginTests",
-            dependencies: ["WeirCore", "WeirStages", "WeirLimiters", "WeirListeners", "WeirConnectors", "WeirCounters", "WeirEnforcers", "WeirRoutes", "WeirShapers", "WeirTransforms"],
+            dependencies: [
+                "WeirCore", "WeirStages", "WeirLimiters", "WeirListeners", "WeirConnectors", "WeirCounters", "WeirEnforcers", "WeirRoutes",
+                "WeirShapers", "WeirTransforms", .product(name: "NIOEmbedded", package: "swift-nio"),
+            ],
             path: "Tests/WeirPluginTests"
         ),
         .testTarget(

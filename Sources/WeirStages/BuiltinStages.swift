@@ -25,5 +25,6 @@ public enum BuiltinStages {
         ShapeTCConfig.self,
         TransformAEADConfig.self,
         TransformTLSConfig.self,
+        TransformWebSocketConfig.self,
     ])
 }

@@ -1,6 +1,8 @@
 import Crypto
 import NIOCore
+import NIOEmbedded
 import Testing
+import WeirCore
 
 @testable import WeirTransforms
 
@@ -88,5 +90,22 @@ import Testing
         tampered[tampered.count - 20] ^= 1
         var opener = ShadowsocksOpener(cipher: cipher, master: cipher.masterKey(password: "right"))
         #expect(throws: ShadowsocksOpener.Failure.self) { try opener.open(ByteBuffer(bytes: tampered)) }
+    }
+
+    @Test func dataDecodedAfterTheAddressButBeforeTheTargetIsKept() throws {
+        // One socket read can yield several decrypted chunks: the address, then data, before the target is up.
+        let channel = EmbeddedChannel()
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        let negotiation = AddressHeaderNegotiation()
+        let destination = negotiation.begin(on: channel)
+        var header = AddressHeader.encode(Destination(host: "10.0.0.1", port: 80))
+        header.writeString("first ")
+        try channel.writeInbound(header)
+        try channel.writeInbound(ByteBuffer(string: "second "))
+        try channel.writeInbound(ByteBuffer(string: "third"))
+        #expect(try destination.wait() == Destination(host: "10.0.0.1", port: 80))
+        #expect(try channel.readInbound(as: ByteBuffer.self) == nil, "nothing passes before the target is connected")
+        negotiation.succeed(target: channel)
+        #expect(try channel.readInbound(as: ByteBuffer.self).map { String(buffer: $0) } == "first second third")
     }
 }

@@ -251,7 +251,22 @@ extension Process {
     /// blocked-signal mask: a SIGTERM would stay pending and the helper would outlive the test.
     func stopHelper() {
         guard isRunning else { return }
+        // Children first (nginx's workers), which would outlive a killed master.
+        for child in childProcesses(of: processIdentifier) { kill(child, SIGKILL) }
         kill(processIdentifier, SIGKILL)
         waitUntilExit()
+    }
+}
+
+/// The processes whose parent is `pid`, from /proc.
+func childProcesses(of pid: Int32) -> [Int32] {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    return entries.compactMap { entry -> Int32? in
+        guard let child = Int32(entry), let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+            let end = stat.lastIndex(of: ")")
+        else { return nil }
+        // "pid (comm) state ppid ...": the command may hold spaces, so fields are counted after its ")".
+        let fields = stat[stat.index(after: end)...].split(separator: " ")
+        return fields.count > 1 && Int32(fields[1]) == pid ? child : nil
     }
 }

@@ -40,7 +40,8 @@ final class TCPClient: @unchecked Sendable {
         var offset = 0
         while offset < bytes.count {
             let sent = bytes[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            guard sent > 0 else { throw SocketError("send") }
+            if sent < 0, errno == EINTR { continue }
+            guard sent > 0 else { throw SocketError("send of \(bytes.count - offset) more bytes") }
             offset += sent
         }
     }
@@ -50,7 +51,8 @@ final class TCPClient: @unchecked Sendable {
     /// Up to `max` bytes; empty at end of stream.
     func receive(max: Int = 65536) throws -> [UInt8] {
         var buffer = [UInt8](repeating: 0, count: max)
-        let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, max, 0) }
+        var count = -1
+        repeat { count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, max, 0) } } while count < 0 && errno == EINTR
         guard count >= 0 else { throw SocketError("recv") }
         return Array(buffer.prefix(count))
     }

@@ -73,6 +73,7 @@ final class AddressHeaderNegotiation: ReadsUntilDecided, RemovableChannelHandler
     private var destination: EventLoopPromise<Destination>?
     private var context: ChannelHandlerContext?
     private(set) var decided = false
+    private var failed = false
 
     func begin(on channel: any Channel) -> EventLoopFuture<Destination> {
         let promise = channel.eventLoop.makePromise(of: Destination.self)
@@ -97,9 +98,12 @@ final class AddressHeaderNegotiation: ReadsUntilDecided, RemovableChannelHandler
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !decided else { return }
+        guard !failed else { return }
         var bytes = unwrapInboundIn(data)
         buffered.writeBuffer(&bytes)
+        // Decided, waiting for the target: one read of the socket can yield several decrypted chunks (a TLS
+        // record of several WebSocket frames); they wait here for the glue with the rest.
+        guard !decided else { return }
         switch AddressHeader.parse(buffered) {
         case .incomplete:
             return
@@ -126,6 +130,7 @@ final class AddressHeaderNegotiation: ReadsUntilDecided, RemovableChannelHandler
 
     private func settle(_ error: any Error) {
         decided = true
+        failed = true
         destination?.fail(error)
         destination = nil
     }
