@@ -142,10 +142,10 @@ let package = Package(
                 .product(name: "NIOWebSocket", package: "swift-nio"),
             ] + nio,
             path: "plugins/transforms",
-            exclude: ["aead/README.md", "tls/README.md", "tls/example", "websocket/README.md"],
+            exclude: ["aead/README.md", "tls/README.md", "tls/example", "websocket/README.md", "padding/README.md"],
             resources: [
                 .embedInCode("aead/transform.aead.sample.yaml"), .embedInCode("tls/transform.tls.sample.yaml"),
-                .embedInCode("websocket/transform.websocket.sample.yaml"),
+                .embedInCode("websocket/transform.websocket.sample.yaml"), .embedInCode("padding/transform.padding.sample.yaml"),
             ]
         ),
         // The one list of built-in stages.

@@ -26,5 +26,6 @@ public enum BuiltinStages {
         TransformAEADConfig.self,
         TransformTLSConfig.self,
         TransformWebSocketConfig.self,
+        TransformPaddingConfig.self,
     ])
 }

@@ -48,23 +48,28 @@ public final class StreamForwarder: Sendable {
         client.closeFuture.whenComplete { _ in metrics.connectionsActive.decrement() }
 
         let info = ConnectionInfo(pipeline: pipeline, client: client.remoteAddress, local: client.localAddress, eventLoop: client.eventLoop)
-        let acceptHandlers = filters.flatMap { $0.acceptHandlers(for: info) }
-        let negotiation = negotiating?.negotiation(for: info) ?? filters.lazy.compactMap { $0.negotiation(for: info) }.last
-        if !acceptHandlers.isEmpty {
-            do {
-                try client.pipeline.syncOperations.addHandlers(acceptHandlers)
-            } catch {
-                metrics.error(stage: "pipeline", reason: "setup_failed")
-                client.close(promise: nil)
-                return
-            }
+        // The negotiation is the listener's, else that of the last filter that reads a destination from its
+        // stream. A filter's negotiation sits right behind that filter's own handlers (the address header is
+        // part of the AEAD layer), so handlers of filters listed after it only see what follows the header.
+        var negotiation = negotiating?.negotiation(for: info)
+        var split = filters.count
+        if negotiation == nil,
+            let (index, found) = filters.enumerated().compactMap({ item in item.element.negotiation(for: info).map { (item.offset, $0) } }).last
+        {
+            negotiation = found
+            split = index + 1
         }
+        let outerHandlers = filters[..<split].flatMap { $0.acceptHandlers(for: info) }
+        let innerHandlers = filters[split...].flatMap { $0.acceptHandlers(for: info) }
+        guard addHandlers(outerHandlers, to: client) else { return }
         guard let negotiation else {
             connect(client: client, info: info, negotiation: nil)
             return
         }
         client.eventLoop.execute {
-            negotiation.begin(on: client).whenComplete { result in
+            let decided = negotiation.begin(on: client)
+            guard self.addHandlers(innerHandlers, to: client) else { return }
+            decided.whenComplete { result in
                 switch result {
                 case .success(let destination):
                     var info = info
@@ -75,6 +80,19 @@ public final class StreamForwarder: Sendable {
                     self.logger.debug("negotiation failed", metadata: ["pipeline": "\(self.pipeline)", "error": "\(error)"])
                 }
             }
+        }
+    }
+
+    /// Adds accept-time handlers; on failure the connection closes.
+    private func addHandlers(_ handlers: [any ChannelHandler], to client: any Channel) -> Bool {
+        guard !handlers.isEmpty else { return true }
+        do {
+            try client.pipeline.syncOperations.addHandlers(handlers)
+            return true
+        } catch {
+            metrics.error(stage: "pipeline", reason: "setup_failed")
+            client.close(promise: nil)
+            return false
         }
     }
 

@@ -117,7 +117,8 @@ public protocol StreamFilter: Stage {
     func acceptHandlers(for connection: ConnectionInfo) -> [any ChannelHandler]
 
     /// A negotiation that reads the destination from the decoded stream (the address header of an encrypted
-    /// stream), used when the listener's clients do not name one.
+    /// stream), used when the listener's clients do not name one. It sits right behind this filter's accept
+    /// handlers; accept handlers of filters listed later come after it and see only what follows the header.
     func negotiation(for connection: ConnectionInfo) -> (any StreamNegotiation)?
 }
 
