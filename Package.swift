@@ -93,10 +93,13 @@ let package = Package(
         ),
         .target(
             name: "WeirConnectors",
-            dependencies: ["WeirCore"] + nio,
+            dependencies: ["WeirCore", .product(name: "Prometheus", package: "swift-prometheus")] + nio,
             path: "plugins/connectors",
-            exclude: ["tcp/README.md", "udp/README.md"],
-            resources: [.embedInCode("tcp/connect.tcp.sample.yaml"), .embedInCode("udp/connect.udp.sample.yaml")]
+            exclude: ["tcp/README.md", "udp/README.md", "relay/README.md"],
+            resources: [
+                .embedInCode("tcp/connect.tcp.sample.yaml"), .embedInCode("udp/connect.udp.sample.yaml"),
+                .embedInCode("relay/connect.relay.sample.yaml"),
+            ]
         ),
         .target(
             name: "WeirLimiters",

@@ -18,6 +18,7 @@ public enum BuiltinStages {
         ListenTLSSNIConfig.self,
         ConnectTCPConfig.self,
         ConnectUDPConfig.self,
+        ConnectRelayConfig.self,
         LimitBandwidthConfig.self,
         CountEBPFConfig.self,
         EnforceNftablesConfig.self,

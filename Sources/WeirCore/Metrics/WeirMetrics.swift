@@ -52,6 +52,9 @@ public final class PipelineMetrics: Sendable {
     /// Where stages register scrape-time collectors for this pipeline's series.
     public let collectors: ScrapeCollectors
     private let errorCounters = NIOLockedValueBox<[String: Prometheus.Counter]>([:])
+    /// Series stages add for this pipeline (per peer, per target), removed with it.
+    private let stageCounters = NIOLockedValueBox<[String: Prometheus.Counter]>([:])
+    private let stageGauges = NIOLockedValueBox<[String: Prometheus.Gauge]>([:])
 
     static let errorsHelp = "Errors by pipeline, stage and reason."
 
@@ -86,6 +89,30 @@ public final class PipelineMetrics: Sendable {
         counter.increment()
     }
 
+    /// A counter of a stage's own, labelled with this pipeline first; made on first use, removed with the pipeline.
+    public func counter(_ name: String, labels: [(String, String)], help: String) -> Prometheus.Counter {
+        let allLabels = [("pipeline", pipeline)] + labels
+        let key = name + allLabels.map { "\u{0}\($0.0)=\($0.1)" }.joined()
+        return stageCounters.withLockedValue { counters in
+            if let existing = counters[key] { return existing }
+            let made = registry.makeCounter(name: name, labels: allLabels, help: help)
+            counters[key] = made
+            return made
+        }
+    }
+
+    /// A gauge of a stage's own, labelled with this pipeline first; made on first use, removed with the pipeline.
+    public func gauge(_ name: String, labels: [(String, String)], help: String) -> Prometheus.Gauge {
+        let allLabels = [("pipeline", pipeline)] + labels
+        let key = name + allLabels.map { "\u{0}\($0.0)=\($0.1)" }.joined()
+        return stageGauges.withLockedValue { gauges in
+            if let existing = gauges[key] { return existing }
+            let made = registry.makeGauge(name: name, labels: allLabels, help: help)
+            gauges[key] = made
+            return made
+        }
+    }
+
     /// Removes this pipeline's series, when the pipeline is removed from the configuration.
     public func unregister() {
         registry.unregisterCounter(bytesIn)
@@ -97,5 +124,13 @@ public final class PipelineMetrics: Sendable {
             return Array(counters.values)
         }
         errors.forEach(registry.unregisterCounter)
+        stageCounters.withLockedValue { counters in
+            counters.values.forEach(registry.unregisterCounter)
+            counters = [:]
+        }
+        stageGauges.withLockedValue { gauges in
+            gauges.values.forEach(registry.unregisterGauge)
+            gauges = [:]
+        }
     }
 }
