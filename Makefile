@@ -11,7 +11,7 @@ CONFIG     ?= etc/weir/weir.yaml
 BUILD_PACKAGES := libbpf-dev libnftables-dev libnftnl-dev libmnl-dev pkg-config
 RUN_PACKAGES   := ca-certificates $(BUILD_PACKAGES)
 TEST_PACKAGES  := $(BUILD_PACKAGES) prometheus iproute2 curl bpftool python3 nftables iperf3 openssl shadowsocks-libev python3-websockets nginx-light
-BENCH_PACKAGES := $(BUILD_PACKAGES) haproxy socat iperf3 nginx-light wrk curl python3 iproute2 nftables shadowsocks-libev
+BENCH_PACKAGES := $(BUILD_PACKAGES) haproxy socat iperf3 nginx-light wrk curl python3 iproute2 nftables shadowsocks-libev stunnel4 openssl
 
 .PHONY: run test bench build release clean
 
@@ -47,6 +47,7 @@ bench:
 	$(SWIFT) build -c release --product weir
 	WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/forward-bench.sh
 	WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/aead-bench.sh
+	WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/tls-bench.sh
 	@if [ "$$(id -u)" = 0 ]; then \
 		WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/count-ebpf-bench.sh && \
 		WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/nftables-bench.sh && \

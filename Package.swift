@@ -190,6 +190,7 @@ let package = Package(
             dependencies: [
                 "WeirCore", "WeirStages", "WeirLimiters", "WeirListeners", "WeirConnectors", "WeirCounters", "WeirEnforcers", "WeirRoutes",
                 "WeirShapers", "WeirTransforms", .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
             ],
             path: "Tests/WeirPluginTests"
         ),

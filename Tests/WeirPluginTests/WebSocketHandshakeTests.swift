@@ -1,4 +1,6 @@
 import NIOCore
+import NIOEmbedded
+import NIOWebSocket
 import Testing
 
 @testable import WeirTransforms
@@ -82,5 +84,25 @@ import Testing
         #expect(WebSocketHandshake.problem(with: notFound, key: key) == "the server answered 404 Not Found instead of 101")
         let request = WebSocketHandshake.clientRequest(path: "/t", host: "h.example:443", key: key, headers: [("User-Agent", "weir")])
         #expect(request == "GET /t HTTP/1.1\r\nHost: h.example:443\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: \(key)\r\nSec-WebSocket-Version: 13\r\nUser-Agent: weir\r\n\r\n")
+    }
+}
+
+/// weir's own frame encoder and word-wise masking, checked with NIOWebSocket's decoder.
+@Suite struct WebSocketFramingTests {
+    @Test(arguments: [0, 1, 5, 125, 126, 127, 1000, 65535, 65536, 100_003])
+    func framesDecodeToTheirPayload(length: Int) throws {
+        let payload = ByteBuffer(bytes: (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) })
+        for key in [WebSocketMaskingKey?.none, [0x12, 0x34, 0xAB, 0xFF]] {
+            var wire = ByteBuffer(string: "xy")  // a reader index that is not zero
+            wire.moveReaderIndex(forwardBy: 2)
+            WebSocketFraming.encode(.binary, payload: payload, maskKey: key, into: &wire)
+            let channel = EmbeddedChannel(handler: ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: 1 << 20)))
+            try channel.writeInbound(wire)
+            let frame = try #require(try channel.readInbound(as: WebSocketFrame.self))
+            #expect(frame.fin && frame.opcode == .binary && frame.maskKey == key)
+            #expect(frame.unmaskedData == payload, "NIOWebSocket's byte-wise unmasking agrees")
+            #expect(WebSocketFraming.payload(of: frame) == payload)
+            _ = try channel.finish()
+        }
     }
 }

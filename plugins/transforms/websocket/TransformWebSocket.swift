@@ -94,11 +94,9 @@ struct TransformWebSocket: StreamFilter {
         return StreamFilterHandlers(targetSide: [handshake] + frameHandlers(masks: true))
     }
 
-    /// Nearest the socket first: decoder and encoder of frames, then bytes to frames and back.
+    /// Nearest the socket first: NIOWebSocket's frame decoder, then bytes to frames and back (encoding frames
+    /// itself, see WebSocketFraming).
     private func frameHandlers(masks: Bool) -> [any ChannelHandler] {
-        [
-            ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: config.maxFrame)), WebSocketFrameEncoder(),
-            WebSocketStreamHandler(masks: masks),
-        ]
+        [ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: config.maxFrame)), WebSocketStreamHandler(masks: masks)]
     }
 }

@@ -129,7 +129,7 @@ final class WebSocketStreamHandler: ChannelDuplexHandler, RemovableChannelHandle
     typealias InboundIn = WebSocketFrame
     typealias InboundOut = ByteBuffer
     typealias OutboundIn = ByteBuffer
-    typealias OutboundOut = WebSocketFrame
+    typealias OutboundOut = ByteBuffer
 
     private let masks: Bool
     private var open = false
@@ -149,7 +149,7 @@ final class WebSocketStreamHandler: ChannelDuplexHandler, RemovableChannelHandle
         open = true
         let held = self.held
         self.held = []
-        for (data, promise) in held { context.write(wrapOutboundOut(frame(.binary, data)), promise: promise) }
+        for (data, promise) in held { context.write(wrapOutboundOut(frame(.binary, data, context)), promise: promise) }
         if !held.isEmpty { context.flush() }
         if let promise = heldClose {
             heldClose = nil
@@ -161,11 +161,11 @@ final class WebSocketStreamHandler: ChannelDuplexHandler, RemovableChannelHandle
         let received = unwrapInboundIn(data)
         switch received.opcode {
         case .binary, .text, .continuation:
-            let payload = received.unmaskedData
+            let payload = WebSocketFraming.payload(of: received)
             if payload.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(payload)) }
         case .ping:
             guard sentClose == nil else { return }
-            context.writeAndFlush(wrapOutboundOut(frame(.pong, received.unmaskedData)), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(frame(.pong, WebSocketFraming.payload(of: received), context)), promise: nil)
         case .pong:
             break
         case .connectionClose:
@@ -188,7 +188,7 @@ final class WebSocketStreamHandler: ChannelDuplexHandler, RemovableChannelHandle
             held.append((bytes, promise))
             return
         }
-        context.write(wrapOutboundOut(frame(.binary, bytes)), promise: promise)
+        context.write(wrapOutboundOut(frame(.binary, bytes, context)), promise: promise)
     }
 
     func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
@@ -213,7 +213,7 @@ final class WebSocketStreamHandler: ChannelDuplexHandler, RemovableChannelHandle
         }
         var code = context.channel.allocator.buffer(capacity: 2)
         code.write(webSocketErrorCode: .normalClosure)
-        let written = context.writeAndFlush(wrapOutboundOut(frame(.connectionClose, code)))
+        let written = context.writeAndFlush(wrapOutboundOut(frame(.connectionClose, code, context)))
         written.cascade(to: promise)
         sentClose = written
         if receivedClose { closeAfter(written, context) }
@@ -225,7 +225,9 @@ final class WebSocketStreamHandler: ChannelDuplexHandler, RemovableChannelHandle
         written.whenComplete { _ in channel.close(promise: nil) }
     }
 
-    private func frame(_ opcode: WebSocketOpcode, _ data: ByteBuffer) -> WebSocketFrame {
-        WebSocketFrame(fin: true, opcode: opcode, maskKey: masks ? .random() : nil, data: data)
+    private func frame(_ opcode: WebSocketOpcode, _ data: ByteBuffer, _ context: ChannelHandlerContext) -> ByteBuffer {
+        var output = context.channel.allocator.buffer(capacity: data.readableBytes + 14)
+        WebSocketFraming.encode(opcode, payload: data, maskKey: masks ? .random() : nil, into: &output)
+        return output
     }
 }

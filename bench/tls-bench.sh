@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# transform.tls benchmark: a TLS tunnel on loopback (plain TCP in, TLS between two hops, plain TCP out to
+# iperf3), weir against stunnel4 with the same certificate, side by side; and weir's full relay
+# (aead inside websocket inside tls, through connect.relay) for reference.
+#
+#   bench/tls-bench.sh                        # builds weir (release, .build-bench/) and runs
+#   WEIR_BIN=/path/to/weir bench/tls-bench.sh
+#
+# Environment (all optional):
+#   BENCH_ROUNDS    iperf3 runs per setting; the median is reported (default 3)
+#   BENCH_SECONDS   length of each run (default 5)
+#
+# Writes bench/results/tls.md. Exits non-zero only when something failed to run, never because of a number.
+set -Eeuo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
+RESULTS_DIR="$BENCH_DIR/results"
+ROUNDS=${BENCH_ROUNDS:-3}
+SECONDS_EACH=${BENCH_SECONDS:-5}
+TMP=$(mktemp -d /tmp/weir-tls-bench.XXXXXX)
+PIDS=()
+
+STUNNEL=$(command -v stunnel4 || command -v stunnel || true)
+for tool in iperf3 openssl python3; do
+    command -v "$tool" >/dev/null || { echo "tls-bench: needs $tool (apt install iperf3 openssl stunnel4)" >&2; exit 1; }
+done
+[ -n "$STUNNEL" ] || { echo "tls-bench: needs stunnel4 (apt install stunnel4)" >&2; exit 1; }
+
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+if [ -z "${WEIR_BIN:-}" ]; then
+    (cd "$REPO_DIR" && swift build -c release --product weir --scratch-path .build-bench >&2)
+    WEIR_BIN="$REPO_DIR/.build-bench/release/weir"
+fi
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+wait_port() {
+    for _ in $(seq 100); do
+        python3 -c "import socket, sys; socket.create_connection(('127.0.0.1', $1), 0.2)" 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "tls-bench: nothing listens on port $1" >&2
+    exit 1
+}
+
+start() {  # command...: runs in the background, remembered for cleanup
+    "$@" >/dev/null 2>&1 &
+    PIDS+=($!)
+    LAST_PID=$!
+}
+
+stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+# Median Gbit/s of $ROUNDS iperf3 runs through port $1.
+gbits() {
+    local runs=()
+    for _ in $(seq "$ROUNDS"); do
+        runs+=("$(timeout $((SECONDS_EACH + 30)) iperf3 -c 127.0.0.1 -p "$1" -t "$SECONDS_EACH" -J |
+            python3 -c 'import json, sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9))')")
+    done
+    printf '%s\n' "${runs[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
+}
+
+ratio() { python3 -c "print('%.2fx' % ($1 / $2))"; }
+
+# One ECDSA P-256 certificate for both tools, so both negotiate the same key exchange and cipher (TLS 1.3,
+# AES-256-GCM is what both pick by default on this hardware).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=tunnel.bench \
+    -addext subjectAltName=DNS:tunnel.bench -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null
+
+IPERF=$(free_port)
+start iperf3 -s -B 127.0.0.1 -p "$IPERF"
+wait_port "$IPERF"
+direct=$(gbits "$IPERF")
+
+echo "== stunnel4 (client mode -> server mode)" >&2
+s_entry=$(free_port) s_exit=$(free_port)
+cat > "$TMP/stunnel.conf" <<CONF
+foreground = yes
+pid =
+debug = 3
+[exit]
+accept = 127.0.0.1:$s_exit
+connect = 127.0.0.1:$IPERF
+cert = $TMP/cert.pem
+key = $TMP/key.pem
+[entry]
+client = yes
+accept = 127.0.0.1:$s_entry
+connect = 127.0.0.1:$s_exit
+CAfile = $TMP/cert.pem
+verifyChain = yes
+checkHost = tunnel.bench
+sni = tunnel.bench
+CONF
+start "$STUNNEL" "$TMP/stunnel.conf"
+stunnel_pid=$LAST_PID
+wait_port "$s_entry"
+stunnel=$(gbits "$s_entry")
+stop_pid "$stunnel_pid"
+
+weir_config() {  # name entry_port exit_port entry_stages exit_stages connector
+    local metrics
+    metrics=$(free_port)
+    mkdir -p "$TMP/$1"
+    cat > "$TMP/$1/weir.yaml" <<YAML
+agent:
+  state_dir: $TMP/$1
+metrics:
+  listen: 127.0.0.1:$metrics
+log:
+  level: warning
+pipelines:
+  entry:
+    stages:
+      - type: listen.tcp
+        address: 127.0.0.1:$2
+$4
+$6
+  exit:
+    stages:
+      - type: listen.tcp
+        address: 127.0.0.1:$3
+$5
+      - type: connect.tcp
+        addresses: [127.0.0.1:$IPERF]
+YAML
+    echo "$TMP/$1/weir.yaml"
+}
+
+run_weir() {  # config entry_port
+    start "$WEIR_BIN" agent --config "$1"
+    local pid=$LAST_PID
+    wait_port "$2"
+    gbits "$2"
+    stop_pid "$pid"
+}
+
+echo "== weir (listen.tcp + transform.tls client -> listen.tcp + transform.tls server)" >&2
+w_entry=$(free_port) w_exit=$(free_port)
+config=$(weir_config tls "$w_entry" "$w_exit" "      - type: transform.tls
+        side: client
+        ca: $TMP/cert.pem
+        server_name: tunnel.bench" "      - type: transform.tls
+        side: server
+        certificate: $TMP/cert.pem
+        key: $TMP/key.pem" "      - type: connect.tcp
+        addresses: [127.0.0.1:$w_exit]")
+weir=$(run_weir "$config" "$w_entry")
+
+echo "== weir relay (aead in websocket in tls, connect.relay)" >&2
+r_entry=$(free_port) r_exit=$(free_port)
+config=$(weir_config relay "$r_entry" "$r_exit" "      - type: transform.aead
+        side: client
+        cipher: aes-256-gcm
+        password: bench
+        target: 127.0.0.1:$IPERF
+      - type: transform.websocket
+        side: client
+        host: tunnel.bench
+        path: /relay
+      - type: transform.tls
+        side: client
+        ca: $TMP/cert.pem
+        server_name: tunnel.bench" "      - type: transform.tls
+        side: server
+        certificate: $TMP/cert.pem
+        key: $TMP/key.pem
+      - type: transform.websocket
+        side: server
+        path: /relay
+      - type: transform.aead
+        side: server
+        cipher: aes-256-gcm
+        password: bench" "      - type: connect.relay
+        peers: [127.0.0.1:$r_exit]")
+relay=$(run_weir "$config" "$r_entry")
+
+mkdir -p "$RESULTS_DIR"
+{
+    echo "### transform.tls ($(date -u +%Y-%m-%d), $(nproc) CPUs)"
+    echo
+    echo "TLS tunnel on loopback (plain in, TLS 1.3 between two hops, plain out), iperf3 1 stream, median of $ROUNDS × ${SECONDS_EACH}s; without any tunnel: ${direct} Gbit/s."
+    echo
+    echo "| setup | Gbit/s | / stunnel4 |"
+    echo "|---|---:|---:|"
+    echo "| stunnel4 $("$STUNNEL" -version 2>&1 | awk '/^stunnel/ { print $2; exit }') (client -> server) | $stunnel | 1.00x |"
+    echo "| weir transform.tls (client -> server) | $weir | $(ratio "$weir" "$stunnel") |"
+    echo "| weir relay: aead-256-gcm in websocket in tls via connect.relay | $relay | $(ratio "$relay" "$stunnel") |"
+} | tee "$RESULTS_DIR/tls.md"
