@@ -142,7 +142,7 @@ let package = Package(
             name: "WeirTransforms",
             dependencies: [
                 "WeirCore", .product(name: "Crypto", package: "swift-crypto"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
-                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"), .product(name: "NIOFoundationCompat", package: "swift-nio"),
             ] + nio,
             path: "plugins/transforms",
             exclude: ["aead/README.md", "tls/README.md", "tls/example", "websocket/README.md", "padding/README.md"],

@@ -33,6 +33,7 @@ cleanup() {
     rm -rf "$TMP"
 }
 trap cleanup EXIT
+trap 'tail -20 "$TMP/stderr.log" >&2' ERR
 
 if [ -z "${WEIR_BIN:-}" ]; then
     (cd "$REPO_DIR" && swift build -c release --product weir --scratch-path .build-bench >&2)
@@ -41,9 +42,13 @@ fi
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
+# Waits until something listens on 127.0.0.1:$1, without connecting: a probe through a relay would reach
+# iperf3 as a client that never sends its parameters, which can leave iperf3 refusing the next test.
 wait_port() {
+    local hex
+    hex=$(printf '%04X' "$1")
     for _ in $(seq 100); do
-        python3 -c "import socket, sys; socket.create_connection(('127.0.0.1', $1), 0.2)" 2>/dev/null && return 0
+        grep -q "^ *[0-9]*: 0100007F:$hex 00000000:0000 0A" /proc/net/tcp && return 0
         sleep 0.05
     done
     echo "tls-bench: nothing listens on port $1" >&2
@@ -51,7 +56,7 @@ wait_port() {
 }
 
 start() {  # command...: runs in the background, remembered for cleanup
-    "$@" >/dev/null 2>&1 &
+    "$@" >/dev/null 2>>"$TMP/stderr.log" &
     PIDS+=($!)
     LAST_PID=$!
 }
@@ -110,6 +115,7 @@ weir_config() {  # name entry_port exit_port entry_stages exit_stages connector
     local metrics
     metrics=$(free_port)
     mkdir -p "$TMP/$1"
+    echo "$metrics" > "$TMP/$1/metrics.port"
     cat > "$TMP/$1/weir.yaml" <<YAML
 agent:
   state_dir: $TMP/$1
@@ -135,10 +141,16 @@ YAML
     echo "$TMP/$1/weir.yaml"
 }
 
+# Waits for the agent's health endpoint rather than probing the entry port: a probe through the relay would
+# reach iperf3 as a client that never sends its parameters, which can leave iperf3 refusing the next test.
 run_weir() {  # config entry_port
     start "$WEIR_BIN" agent --config "$1"
-    local pid=$LAST_PID
-    wait_port "$2"
+    local pid=$LAST_PID metrics
+    metrics=$(cat "$(dirname "$1")/metrics.port")
+    for _ in $(seq 100); do
+        python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$metrics/healthz', timeout=0.5)" 2>/dev/null && break
+        sleep 0.05
+    done
     gbits "$2"
     stop_pid "$pid"
 }

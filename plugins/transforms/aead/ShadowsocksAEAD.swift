@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import NIOCore
+import NIOFoundationCompat
 
 /// The Shadowsocks AEAD stream format (SIP004), wire-compatible with shadowsocks-libev: each direction starts
 /// with a random salt; a per-connection subkey is HKDF-SHA1(master key, salt, "ss-subkey"); the stream is a
@@ -55,18 +56,17 @@ public enum ShadowsocksCipher: String, Sendable, CaseIterable {
     }
 }
 
-/// The 12-byte little-endian counter nonce.
+/// The 12-byte little-endian counter nonce: a 96-bit counter kept as two words, rendered per seal.
 private struct NonceCounter {
-    private var value: [UInt8] = Array(repeating: 0, count: 12)
+    private var low: UInt64 = 0
+    private var high: UInt32 = 0
 
     mutating func next() -> [UInt8] {
         defer {
-            for index in value.indices {
-                value[index] &+= 1
-                if value[index] != 0 { break }
-            }
+            low &+= 1
+            if low == 0 { high &+= 1 }
         }
-        return value
+        return withUnsafeBytes(of: (low.littleEndian, high.littleEndian)) { Array($0.prefix(12)) }
     }
 }
 
@@ -102,13 +102,15 @@ struct ShadowsocksSealer {
             output.writeBytes(salt)
         }
         var rest = plaintext
+        output.reserveCapacity(minimumWritableBytes: rest.readableBytes + (rest.readableBytes / ShadowsocksCipher.maxPayload + 1) * 34)
         while rest.readableBytes > 0 {
             let count = min(rest.readableBytes, ShadowsocksCipher.maxPayload)
-            let chunk = rest.readBytes(length: count)!
+            // A view of the chunk, not a copy: swift-crypto reads it as DataProtocol.
+            let chunk = rest.readSlice(length: count)!
             let length = try cipher.seal([UInt8(count >> 8), UInt8(count & 0xFF)], key: key, nonce: nonce.next())
             output.writeBytes(length.ciphertext)
             output.writeBytes(length.tag)
-            let payload = try cipher.seal(chunk, key: key, nonce: nonce.next())
+            let payload = try cipher.seal(chunk.readableBytesView, key: key, nonce: nonce.next())
             output.writeBytes(payload.ciphertext)
             output.writeBytes(payload.tag)
         }
@@ -148,6 +150,7 @@ struct ShadowsocksOpener {
         var input = ciphertext
         buffer.writeBuffer(&input)
         var plaintext = ByteBuffer()
+        plaintext.reserveCapacity(buffer.readableBytes)
         if subkey == nil {
             guard let salt = buffer.readBytes(length: cipher.saltSize) else { return plaintext }
             subkey = cipher.subkey(master: master, salt: salt)
@@ -157,8 +160,8 @@ struct ShadowsocksOpener {
         while true {
             if pendingLength == nil {
                 guard buffer.readableBytes >= 2 + tag else { break }
-                let sealed = buffer.readBytes(length: 2)!, sealedTag = buffer.readBytes(length: tag)!
-                guard let length = try? cipher.open(ciphertext: sealed, tag: sealedTag, key: key, nonce: nonce.next()) else {
+                let sealed = buffer.readSlice(length: 2)!, sealedTag = buffer.readSlice(length: tag)!
+                guard let length = try? cipher.open(ciphertext: sealed.readableBytesView, tag: sealedTag.readableBytesView, key: key, nonce: nonce.next()) else {
                     throw Failure.authentication
                 }
                 let value = Int(length[length.startIndex]) << 8 | Int(length[length.startIndex + 1])
@@ -166,8 +169,8 @@ struct ShadowsocksOpener {
                 pendingLength = value
             }
             guard let length = pendingLength, buffer.readableBytes >= length + tag else { break }
-            let sealed = buffer.readBytes(length: length)!, sealedTag = buffer.readBytes(length: tag)!
-            guard let payload = try? cipher.open(ciphertext: sealed, tag: sealedTag, key: key, nonce: nonce.next()) else {
+            let sealed = buffer.readSlice(length: length)!, sealedTag = buffer.readSlice(length: tag)!
+            guard let payload = try? cipher.open(ciphertext: sealed.readableBytesView, tag: sealedTag.readableBytesView, key: key, nonce: nonce.next()) else {
                 throw Failure.authentication
             }
             plaintext.writeBytes(payload)
