@@ -19,61 +19,12 @@ RESULTS_DIR="$BENCH_DIR/results"
 ROUNDS=${BENCH_ROUNDS:-3}
 SECONDS_EACH=${BENCH_SECONDS:-5}
 TMP=$(mktemp -d /tmp/weir-tls-bench.XXXXXX)
-PIDS=()
-
+NAME=tls-bench
+# shellcheck source=bench/loopback-lib.sh
+. "$BENCH_DIR/loopback-lib.sh"
 STUNNEL=$(command -v stunnel4 || command -v stunnel || true)
-for tool in iperf3 openssl python3; do
-    command -v "$tool" >/dev/null || { echo "tls-bench: needs $tool (apt install iperf3 openssl stunnel4)" >&2; exit 1; }
-done
 [ -n "$STUNNEL" ] || { echo "tls-bench: needs stunnel4 (apt install stunnel4)" >&2; exit 1; }
-
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'tail -20 "$TMP/stderr.log" >&2' ERR
-
-if [ -z "${WEIR_BIN:-}" ]; then
-    (cd "$REPO_DIR" && swift build -c release --product weir --scratch-path .build-bench >&2)
-    WEIR_BIN="$REPO_DIR/.build-bench/release/weir"
-fi
-
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
-# Waits until something listens on 127.0.0.1:$1, without connecting: a probe through a relay would reach
-# iperf3 as a client that never sends its parameters, which can leave iperf3 refusing the next test.
-wait_port() {
-    local hex
-    hex=$(printf '%04X' "$1")
-    for _ in $(seq 100); do
-        grep -q "^ *[0-9]*: 0100007F:$hex 00000000:0000 0A" /proc/net/tcp && return 0
-        sleep 0.05
-    done
-    echo "tls-bench: nothing listens on port $1" >&2
-    exit 1
-}
-
-start() {  # command...: runs in the background, remembered for cleanup
-    "$@" >/dev/null 2>>"$TMP/stderr.log" &
-    PIDS+=($!)
-    LAST_PID=$!
-}
-
-stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
-
-# Median Gbit/s of $ROUNDS iperf3 runs through port $1.
-gbits() {
-    local runs=()
-    for _ in $(seq "$ROUNDS"); do
-        runs+=("$(timeout $((SECONDS_EACH + 30)) iperf3 -c 127.0.0.1 -p "$1" -t "$SECONDS_EACH" -J |
-            python3 -c 'import json, sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9))')")
-    done
-    printf '%s\n' "${runs[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
-}
-
-ratio() { python3 -c "print('%.2fx' % ($1 / $2))"; }
+loopback_init iperf3 openssl python3
 
 # One ECDSA P-256 certificate for both tools, so both negotiate the same key exchange and cipher (TLS 1.3,
 # AES-256-GCM is what both pick by default on this hardware).

@@ -100,6 +100,53 @@ struct ProxyListenerTests {
         #expect(allowed.status == 0 && allowed.body == web.content, "\(allowed)")
     }
 
+    /// A SOCKS5 UDP client (no library needed): asks for an association over TCP, then sends each `datagram`
+    /// (destination port, text) through the relay and prints what came back, one JSON line per datagram;
+    /// finally closes the TCP connection and checks the relay is gone.
+    static let socks5UDPClient = """
+        import json, socket, struct, sys
+        proxy, sends = int(sys.argv[1]), json.loads(sys.argv[2])
+        tcp = socket.create_connection(("127.0.0.1", proxy), 5)
+        tcp.sendall(b"\\x05\\x01\\x00")
+        assert tcp.recv(2) == b"\\x05\\x00"
+        tcp.sendall(b"\\x05\\x03\\x00\\x01" + socket.inet_aton("0.0.0.0") + struct.pack(">H", 0))
+        reply = tcp.recv(10)
+        assert reply[1] == 0, "reply %d" % reply[1]
+        relay = (socket.inet_ntoa(reply[4:8]), struct.unpack(">H", reply[8:10])[0])
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.settimeout(1)
+        def through(host, port, text):
+            udp.sendto(b"\\x00\\x00\\x00\\x01" + socket.inet_aton(host) + struct.pack(">H", port) + text.encode(), relay)
+            try:
+                data, _ = udp.recvfrom(65536)
+            except socket.timeout:
+                return None
+            source = "%s:%d" % (socket.inet_ntoa(data[4:8]), struct.unpack(">H", data[8:10])[0])
+            return {"from": source, "data": data[10:].decode(), "header": data[:4].hex()}
+        for host, port, text in sends:
+            print(json.dumps(through(host, port, text)))
+        tcp.close()
+        import time; time.sleep(0.5)
+        print(json.dumps(through(sends[0][0], sends[0][1], "after close")))
+        """
+
+    @Test("SOCKS5 UDP ASSOCIATE relays datagrams both ways, applies the destination policy, and ends with its TCP connection")
+    func socks5UDPAssociate() throws {
+        let echo = try UDPEchoServer()
+        let (agent, port) = try Self.agent("listen.socks5", options: "destinations:\n  deny: [127.0.0.2/32]")
+        defer { agent.stop() }
+        let sends = "[[\"127.0.0.1\", \(echo.port), \"hello udp\"], [\"127.0.0.1\", \(echo.port), \"second\"], [\"127.0.0.2\", \(echo.port), \"denied\"]]"
+        let (status, output) = try command([python3, "-c", Self.socks5UDPClient, "\(port)", sends])
+        let lines = output.split(separator: "\n").map(String.init)
+        #expect(status == 0 && lines.count == 4, "\(output)\n\(agent.log.suffix(1500))")
+        guard lines.count == 4 else { return }
+        #expect(lines[0] == #"{"from": "127.0.0.1:\#(echo.port)", "data": "hello udp", "header": "00000001"}"#)
+        #expect(lines[1] == #"{"from": "127.0.0.1:\#(echo.port)", "data": "second", "header": "00000001"}"#)
+        #expect(lines[2] == "null", "a denied destination gets nothing")
+        #expect(lines[3] == "null", "the association ended with its TCP connection")
+        #expect((try agent.metric("weir_pipeline_errors_total", ["pipeline": "proxy", "reason": "negotiation_failed"]) ?? 0) == 0)
+    }
+
     // MARK: - HTTP CONNECT
 
     @Test("curl --proxy http:// --proxytunnel reaches the web server through listen.http")

@@ -56,20 +56,6 @@ struct RelayTests {
             """)
     }
 
-    /// Sends `size` bytes through the entry and checks the echo byte for byte.
-    static func roundTrip(port: Int, size: Int, seed: UInt64) throws -> Bool {
-        var random = ByteStream(seed: seed)
-        let payload = random.next(size)
-        let client = try TCPClient(port: port, timeout: 60)
-        let sent = Background {
-            defer { client.shutdownWrite() }
-            try client.send(payload)
-        }
-        let received = try client.receiveAll()
-        try sent.value(timeout: 120)
-        return received == payload
-    }
-
     @Test("64 MiB byte-exact through the relay; killing the first exit fails over to the second; it is preferred again once back")
     func relayWithFailover() throws {
         let pki = try TestPKI()
@@ -86,7 +72,7 @@ struct RelayTests {
         defer { entry.stop() }
         let peerA = ["pipeline": "entry", "peer": "127.0.0.1:\(portA)"], peerB = ["pipeline": "entry", "peer": "127.0.0.1:\(portB)"]
 
-        #expect(try Self.roundTrip(port: entryPort, size: 64 << 20, seed: 1), "64 MiB each way byte-exact")
+        #expect(try echoMismatch(port: entryPort, size: 64 << 20, seed: 1) == nil, "64 MiB each way byte-exact")
         #expect(try exitA.metric("weir_pipeline_connections_total", ["pipeline": "exit"]) == 1)
         #expect((try exitB.metric("weir_pipeline_connections_total", ["pipeline": "exit"]) ?? 0) == 0)
         #expect(try entry.metric("weir_relay_peer_up", peerA) == 1)
@@ -96,21 +82,21 @@ struct RelayTests {
         // The first exit dies; the next connection goes to the second.
         exitA.signal(SIGKILL)
         _ = exitA.waitForExit(timeout: 5)
-        #expect(try Self.roundTrip(port: entryPort, size: 1 << 20, seed: 2), "served by the second exit")
+        #expect(try echoMismatch(port: entryPort, size: 1 << 20, seed: 2) == nil, "served by the second exit")
         #expect(try exitB.metric("weir_pipeline_connections_total", ["pipeline": "exit"]) == 1)
         #expect(try entry.metric("weir_relay_peer_up", peerA) == 0)
         #expect((try entry.metric("weir_relay_connect_failures_total", peerA) ?? 0) >= 1)
         #expect((try entry.metric("weir_relay_latency_seconds", peerB) ?? 0) > 0)
         // While the first is down it is not tried first: no new failure for this connection.
         let failures = try entry.metric("weir_relay_connect_failures_total", peerA)
-        #expect(try Self.roundTrip(port: entryPort, size: 4096, seed: 3))
+        #expect(try echoMismatch(port: entryPort, size: 4096, seed: 3) == nil)
         #expect(try entry.metric("weir_relay_connect_failures_total", peerA) == failures)
         #expect(try exitB.metric("weir_pipeline_connections_total", ["pipeline": "exit"]) == 2)
 
         // Back up: after its retry time the first exit is preferred again.
         try exitA.start()
         Thread.sleep(forTimeInterval: 2.2)
-        #expect(try Self.roundTrip(port: entryPort, size: 4096, seed: 4))
+        #expect(try echoMismatch(port: entryPort, size: 4096, seed: 4) == nil)
         #expect(try exitA.metric("weir_pipeline_connections_total", ["pipeline": "exit"]) == 1, "the restarted exit serves again")
         #expect(try entry.metric("weir_relay_peer_up", peerA) == 1)
     }

@@ -97,4 +97,16 @@ import WeirStages
         #expect(HTTPConnectNegotiation.basicCredentials("Bearer x") == nil)
         #expect(HTTPConnectNegotiation.basicCredentials("Basic !!!") == nil)
     }
+
+    @Test func socks5UDPDatagramsParseAndEncode() throws {
+        var datagram = ByteBuffer(bytes: [0, 0, 0, 3, 11] + Array("example.com".utf8) + [0, 53])
+        datagram.writeString("query")
+        #expect(SOCKS5UDPDatagram.parse(datagram) == .datagram(Destination(host: "example.com", port: 53), payload: ByteBuffer(string: "query")))
+        #expect(SOCKS5UDPDatagram.parse(ByteBuffer(bytes: [0, 0, 1, 1, 10, 0, 0, 1, 0, 53])) == .fragment)
+        #expect(SOCKS5UDPDatagram.parse(ByteBuffer(bytes: [0, 1, 0, 1, 10, 0, 0, 1, 0, 53])) == .malformed)
+        #expect(SOCKS5UDPDatagram.parse(ByteBuffer(bytes: [0, 0, 0, 1, 10, 0])) == .malformed)
+        let source = try SocketAddress(ipAddress: "2001:db8::1", port: 4433)
+        let encoded = SOCKS5UDPDatagram.encode(from: source, payload: ByteBuffer(string: "answer"), allocator: ByteBufferAllocator())
+        #expect(SOCKS5UDPDatagram.parse(encoded) == .datagram(Destination(host: "2001:db8::1", port: 4433), payload: ByteBuffer(string: "answer")))
+    }
 }

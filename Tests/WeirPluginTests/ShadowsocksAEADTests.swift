@@ -98,7 +98,7 @@ import WeirCore
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
         let negotiation = AddressHeaderNegotiation()
         let destination = negotiation.begin(on: channel)
-        var header = AddressHeader.encode(Destination(host: "10.0.0.1", port: 80))
+        var header = SOCKSAddressForm.encode(Destination(host: "10.0.0.1", port: 80))
         header.writeString("first ")
         try channel.writeInbound(header)
         try channel.writeInbound(ByteBuffer(string: "second "))

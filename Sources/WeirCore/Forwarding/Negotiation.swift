@@ -48,3 +48,11 @@ extension ChannelPipeline.SynchronousOperations {
         removed.futureResult.whenSuccess { channel.pipeline.fireChannelReadComplete() }
     }
 }
+
+/// The failure a negotiation reports when its listener took the connection over itself (a SOCKS5 UDP
+/// association): nothing is to be connected, and nothing went wrong.
+public struct HandledByListener: Error, CustomStringConvertible {
+    public let what: String
+    public init(what: String) { self.what = what }
+    public var description: String { "\(what): handled by the listener" }
+}

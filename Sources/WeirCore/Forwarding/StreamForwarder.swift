@@ -75,6 +75,8 @@ public final class StreamForwarder: Sendable {
                     var info = info
                     info.destination = destination
                     self.connect(client: client, info: info, negotiation: negotiation)
+                case .failure(let error as HandledByListener):
+                    self.logger.debug("connection taken over", metadata: ["pipeline": "\(self.pipeline)", "by": "\(error.what)"])
                 case .failure(let error):
                     metrics.error(stage: "listener", reason: "negotiation_failed")
                     self.logger.debug("negotiation failed", metadata: ["pipeline": "\(self.pipeline)", "error": "\(error)"])

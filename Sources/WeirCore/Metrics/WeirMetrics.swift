@@ -91,24 +91,22 @@ public final class PipelineMetrics: Sendable {
 
     /// A counter of a stage's own, labelled with this pipeline first; made on first use, removed with the pipeline.
     public func counter(_ name: String, labels: [(String, String)], help: String) -> Prometheus.Counter {
-        let allLabels = [("pipeline", pipeline)] + labels
-        let key = name + allLabels.map { "\u{0}\($0.0)=\($0.1)" }.joined()
-        return stageCounters.withLockedValue { counters in
-            if let existing = counters[key] { return existing }
-            let made = registry.makeCounter(name: name, labels: allLabels, help: help)
-            counters[key] = made
-            return made
-        }
+        Self.memoized(stageCounters, name, [("pipeline", pipeline)] + labels) { registry.makeCounter(name: name, labels: $0, help: help) }
     }
 
     /// A gauge of a stage's own, labelled with this pipeline first; made on first use, removed with the pipeline.
     public func gauge(_ name: String, labels: [(String, String)], help: String) -> Prometheus.Gauge {
-        let allLabels = [("pipeline", pipeline)] + labels
-        let key = name + allLabels.map { "\u{0}\($0.0)=\($0.1)" }.joined()
-        return stageGauges.withLockedValue { gauges in
-            if let existing = gauges[key] { return existing }
-            let made = registry.makeGauge(name: name, labels: allLabels, help: help)
-            gauges[key] = made
+        Self.memoized(stageGauges, name, [("pipeline", pipeline)] + labels) { registry.makeGauge(name: name, labels: $0, help: help) }
+    }
+
+    private static func memoized<Series>(
+        _ box: NIOLockedValueBox<[String: Series]>, _ name: String, _ labels: [(String, String)], make: ([(String, String)]) -> Series
+    ) -> Series {
+        let key = name + labels.map { "\u{0}\($0.0)=\($0.1)" }.joined()
+        return box.withLockedValue { series in
+            if let existing = series[key] { return existing }
+            let made = make(labels)
+            series[key] = made
             return made
         }
     }

@@ -145,3 +145,21 @@ final class Background<T: Sendable>: @unchecked Sendable {
 }
 
 struct TimedOut: Error {}
+
+/// Sends `size` deterministic bytes through `port` (an echo service at the far end), half-closes, reads to the
+/// end, and says what went wrong — nil when exactly the same bytes came back. (Compared here: `#expect` on the
+/// arrays would print and diff megabytes.)
+func echoMismatch(port: Int, size: Int, seed: UInt64, timeout: TimeInterval = 60) throws -> String? {
+    var random = ByteStream(seed: seed)
+    let payload = random.next(size)
+    let client = try TCPClient(port: port, timeout: timeout)
+    let sent = Background {
+        defer { client.shutdownWrite() }
+        try client.send(payload)
+    }
+    let received = try client.receiveAll()
+    try sent.value(timeout: timeout * 2)
+    if received == payload { return nil }
+    let firstDifference = zip(received, payload).enumerated().first { $0.element.0 != $0.element.1 }?.offset
+    return "received \(received.count) of \(payload.count) bytes, first difference at \(firstDifference.map(String.init) ?? "the end")"
+}

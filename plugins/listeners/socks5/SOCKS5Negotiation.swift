@@ -1,4 +1,5 @@
 import NIOCore
+import NIOPosix
 import NIOSOCKS
 import WeirCore
 
@@ -16,6 +17,8 @@ final class SOCKS5Negotiation: ReadsUntilDecided, RemovableChannelHandler, Strea
     private var destination: EventLoopPromise<Destination>?
     private var context: ChannelHandlerContext?
     private(set) var decided = false
+    /// The UDP socket of an association, while its TCP connection is open.
+    private var association: (any Channel)?
 
     init(credentials: ProxyCredentials?, policy: DestinationPolicy) {
         self.credentials = credentials
@@ -56,6 +59,7 @@ final class SOCKS5Negotiation: ReadsUntilDecided, RemovableChannelHandler, Strea
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard association == nil else { return }
         switch unwrapInboundIn(data) {
         case .greeting(let greeting):
             let method: AuthenticationMethod = credentials == nil ? .noneRequired : .usernamePassword
@@ -71,6 +75,21 @@ final class SOCKS5Negotiation: ReadsUntilDecided, RemovableChannelHandler, Strea
         case .request(let request):
             decide(context, request)
         }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        // Until decided, and for as long as a UDP association lives on this connection.
+        if !decided || association != nil { context.read() }
+        context.fireChannelReadComplete()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // The client half-closed the connection of a UDP association: the association is over.
+        if association != nil, case ChannelEvent.inputClosed = event {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -104,6 +123,10 @@ final class SOCKS5Negotiation: ReadsUntilDecided, RemovableChannelHandler, Strea
 
     private func decide(_ context: ChannelHandlerContext, _ request: SOCKSRequest) {
         decided = true
+        if request.command == .udpAssociate {
+            associate(context)
+            return
+        }
         guard request.command == .connect else {
             settle(SOCKSRefused(reason: "command \(request.command.value) is not supported"))
             answerAndClose(.commandUnsupported)
@@ -128,6 +151,41 @@ final class SOCKS5Negotiation: ReadsUntilDecided, RemovableChannelHandler, Strea
         }
         destination?.succeed(wanted)
         destination = nil
+    }
+
+    /// UDP ASSOCIATE: a UDP socket on the listener's address relays the client's datagrams for as long as this
+    /// TCP connection stays open. The forwarder hears that the listener took the connection over.
+    private func associate(_ context: ChannelHandlerContext) {
+        let channel = context.channel
+        guard let local = channel.localAddress, let localHost = local.ipAddress, let clientHost = channel.remoteAddress?.ipAddress else {
+            settle(SOCKSRefused(reason: "UDP ASSOCIATE without addresses"))
+            answerAndClose(.serverFailure)
+            return
+        }
+        let policy = self.policy
+        DatagramBootstrap(group: channel.eventLoop)
+            .channelInitializer { udp in
+                udp.eventLoop.makeCompletedFuture {
+                    try udp.pipeline.syncOperations.addHandler(SOCKS5UDPRelayHandler(clientHost: clientHost, policy: policy))
+                }
+            }
+            .bind(host: localHost, port: 0)
+            .assumeIsolated().whenComplete { result in
+                switch result {
+                case .success(let udp):
+                    channel.closeFuture.whenComplete { _ in udp.close(promise: nil) }
+                    let bound = udp.localAddress.map(SOCKSAddress.address) ?? .domain("0.0.0.0", port: 0)
+                    context.writeAndFlush(self.wrapOutboundOut(.response(SOCKSResponse(reply: .succeeded, boundAddress: bound))), promise: nil)
+                    self.destination?.fail(HandledByListener(what: "SOCKS5 UDP association"))
+                    self.destination = nil
+                    self.association = udp
+                    // Reads go on, so the client's close (the end of the association) is noticed.
+                    context.read()
+                case .failure(let error):
+                    self.settle(error)
+                    self.answerAndClose(.serverFailure)
+                }
+            }
     }
 
     /// Ends a negotiation that failed before a request was accepted.

@@ -104,7 +104,7 @@ final class AddressHeaderNegotiation: ReadsUntilDecided, RemovableChannelHandler
         // Decided, waiting for the target: one read of the socket can yield several decrypted chunks (a TLS
         // record of several WebSocket frames); they wait here for the glue with the rest.
         guard !decided else { return }
-        switch AddressHeader.parse(buffered) {
+        switch SOCKSAddressForm.parse(buffered) {
         case .incomplete:
             return
         case .malformed(let reason):

@@ -72,7 +72,7 @@ struct TransformAEAD: StreamFilter {
     func handlers(for connection: ConnectionInfo) -> StreamFilterHandlers {
         guard config.side == .client else { return StreamFilterHandlers() }
         let destination = connection.destination ?? config.target
-        let header = destination.map(AddressHeader.encode)
+        let header = destination.map(SOCKSAddressForm.encode)
         return StreamFilterHandlers(targetSide: [ShadowsocksAEADHandler(cipher: config.cipher, master: master, header: header)])
     }
 }

@@ -1,17 +1,18 @@
 import NIOCore
-import WeirCore
 
-/// The destination at the start of a Shadowsocks stream, in SOCKS5 address form: `ATYP` 1 (IPv4, 4 bytes),
-/// 3 (name: length byte and name) or 4 (IPv6, 16 bytes), then the port in 2 bytes, big-endian.
-enum AddressHeader {
-    enum Parsed: Equatable {
+/// A destination in SOCKS5 address form (RFC 1928): `ATYP` 1 (IPv4, 4 bytes), 3 (name: length byte and name)
+/// or 4 (IPv6, 16 bytes), then the port in 2 bytes, big-endian. SOCKS5 UDP datagrams and the start of a
+/// Shadowsocks stream carry it.
+public enum SOCKSAddressForm {
+    public enum Parsed: Equatable {
         case incomplete
         case destination(Destination, length: Int)
         case malformed(String)
     }
 
-    static func parse(_ buffer: ByteBuffer) -> Parsed {
+    public static func parse(_ buffer: ByteBuffer) -> Parsed {
         var buffer = buffer
+        let start = buffer.readerIndex
         guard let type = buffer.readInteger(as: UInt8.self) else { return .incomplete }
         let host: String
         switch type {
@@ -30,10 +31,10 @@ enum AddressHeader {
             return .malformed("address type \(type)")
         }
         guard let port = buffer.readInteger(as: UInt16.self) else { return .incomplete }
-        return .destination(Destination(host: host, port: Int(port)), length: buffer.readerIndex)
+        return .destination(Destination(host: host, port: Int(port)), length: buffer.readerIndex - start)
     }
 
-    static func encode(_ destination: Destination) -> ByteBuffer {
+    public static func encode(_ destination: Destination) -> ByteBuffer {
         var buffer = ByteBuffer()
         if let bytes = IPNetwork.addressBytes(destination.host) {
             buffer.writeInteger(UInt8(bytes.count == 4 ? 1 : 4))

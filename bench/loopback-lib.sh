@@ -1,0 +1,61 @@
+# Shared by the loopback relay benchmarks (sourced by aead-bench.sh and tls-bench.sh): tool checks, the weir
+# binary, background processes and their cleanup, free ports, waiting for listeners, and iperf3 medians.
+#
+# A script sets NAME, ROUNDS, SECONDS_EACH and TMP, then calls loopback_init TOOL...
+
+PIDS=()
+
+# loopback_init TOOL...: checks the tools, installs the cleanup trap, sets WEIR_BIN (building weir in release
+# mode into .build-bench/ when it is not given).
+loopback_init() {
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || { echo "$NAME: needs $tool" >&2; exit 1; }
+    done
+    trap loopback_cleanup EXIT
+    if [ -z "${WEIR_BIN:-}" ]; then
+        (cd "$REPO_DIR" && swift build -c release --product weir --scratch-path .build-bench >&2)
+        WEIR_BIN="$REPO_DIR/.build-bench/release/weir"
+    fi
+}
+
+loopback_cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$TMP"
+}
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# Waits until something listens on 127.0.0.1:$1, without connecting: a probe through a relay would reach
+# iperf3 as a client that never sends its parameters, which can leave iperf3 refusing the next test.
+wait_port() {
+    local hex
+    hex=$(printf '%04X' "$1")
+    for _ in $(seq 100); do
+        grep -q "^ *[0-9]*: 0100007F:$hex 00000000:0000 0A" /proc/net/tcp && return 0
+        sleep 0.05
+    done
+    echo "$NAME: nothing listens on port $1" >&2
+    exit 1
+}
+
+# start COMMAND...: runs in the background (stderr to $TMP/stderr.log), remembered for cleanup, as LAST_PID.
+start() {
+    "$@" >/dev/null 2>>"$TMP/stderr.log" &
+    PIDS+=($!)
+    LAST_PID=$!
+}
+
+stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+# Median Gbit/s of $ROUNDS iperf3 runs through port $1.
+gbits() {
+    local runs=()
+    for _ in $(seq "$ROUNDS"); do
+        runs+=("$(timeout $((SECONDS_EACH + 30)) iperf3 -c 127.0.0.1 -p "$1" -t "$SECONDS_EACH" -J |
+            python3 -c 'import json, sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9))')")
+    done
+    printf '%s\n' "${runs[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
+}
+
+ratio() { python3 -c "print('%.2fx' % ($1 / $2))"; }
