@@ -205,6 +205,7 @@ struct ShadowsocksInteropTests {
         #expect(status != 0)
         #expect(try agent.metric("weir_pipeline_connections_total", ["pipeline": "exit"]).map { $0 >= 1 } == true)
         #expect((try agent.metric("weir_pipeline_bytes_total", ["pipeline": "exit", "direction": "in"]) ?? 0) == 0)
+        #expect((try agent.metric("weir_pipeline_errors_total", ["pipeline": "exit", "stage": "transform.aead", "reason": "aead_failed"]) ?? 0) >= 1)
         withExtendedLifetime(local) {}
     }
 }

@@ -138,7 +138,8 @@ struct TransformTLSTests {
         let refused = try TCPClient(port: wrongPort)
         try refused.send("must not arrive")
         #expect(try refused.receiveAll().isEmpty, "the entry refused the exit's certificate and closed")
-        #expect(wrongAgent.log.contains("entry"), "the failure is logged")
+        let failures = try wrongAgent.waitForMetric("weir_pipeline_errors_total", ["pipeline": "entry", "stage": "transform.tls", "reason": "tls_failed"]) { ($0 ?? 0) >= 1 }
+        #expect((failures ?? 0) >= 1, "the failed handshake is counted")
     }
 
     @Test("SIGHUP after renewing the certificate files: new connections get the new certificate, an open one keeps working")

@@ -62,7 +62,7 @@ struct TransformAEAD: StreamFilter {
     let master: SymmetricKey
 
     func acceptHandlers(for connection: ConnectionInfo) -> [any ChannelHandler] {
-        config.side == .server ? [ShadowsocksAEADHandler(cipher: config.cipher, master: master, header: nil)] : []
+        config.side == .server ? [ShadowsocksAEADHandler(cipher: config.cipher, master: master, header: nil), Self.label()] : []
     }
 
     func negotiation(for connection: ConnectionInfo) -> (any StreamNegotiation)? {
@@ -73,6 +73,9 @@ struct TransformAEAD: StreamFilter {
         guard config.side == .client else { return StreamFilterHandlers() }
         let destination = connection.destination ?? config.target
         let header = destination.map(SOCKSAddressForm.encode)
-        return StreamFilterHandlers(targetSide: [ShadowsocksAEADHandler(cipher: config.cipher, master: master, header: header)])
+        return StreamFilterHandlers(targetSide: [ShadowsocksAEADHandler(cipher: config.cipher, master: master, header: header), Self.label()])
     }
+
+    /// Streams that fail authentication are counted as `transform.aead`/`aead_failed`.
+    private static func label() -> StageFailureLabel { StageFailureLabel(stage: TransformAEADConfig.type, reason: "aead_failed") }
 }

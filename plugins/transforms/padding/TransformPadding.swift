@@ -41,12 +41,15 @@ struct TransformPadding: StreamFilter {
     let config: TransformPaddingConfig
 
     func acceptHandlers(for connection: ConnectionInfo) -> [any ChannelHandler] {
-        config.side == .server ? [PaddingHandler(padding: config.padding)] : []
+        config.side == .server ? [PaddingHandler(padding: config.padding), Self.label()] : []
     }
 
     func handlers(for connection: ConnectionInfo) -> StreamFilterHandlers {
-        config.side == .client ? StreamFilterHandlers(targetSide: [PaddingHandler(padding: config.padding)]) : StreamFilterHandlers()
+        config.side == .client ? StreamFilterHandlers(targetSide: [PaddingHandler(padding: config.padding), Self.label()]) : StreamFilterHandlers()
     }
+
+    /// Frames out of bounds are counted as `transform.padding`/`padding_failed`.
+    private static func label() -> StageFailureLabel { StageFailureLabel(stage: TransformPaddingConfig.type, reason: "padding_failed") }
 }
 
 /// Pads what is written and unpads what is read on one channel.

@@ -141,13 +141,16 @@ struct TransformTLS: StreamFilter {
     let config: TransformTLSConfig
 
     func acceptHandlers(for connection: ConnectionInfo) -> [any ChannelHandler] {
-        config.side == .server ? [NIOSSLServerHandler(context: config.context)] : []
+        config.side == .server ? [NIOSSLServerHandler(context: config.context), Self.label()] : []
     }
 
     func handlers(for connection: ConnectionInfo) -> StreamFilterHandlers {
         guard config.side == .client else { return StreamFilterHandlers() }
-        return StreamFilterHandlers(targetSide: [clientHandler(serverName: serverName(connection))])
+        return StreamFilterHandlers(targetSide: [clientHandler(serverName: serverName(connection)), Self.label()])
     }
+
+    /// Handshake and record errors are counted as `transform.tls`/`tls_failed`.
+    private static func label() -> StageFailureLabel { StageFailureLabel(stage: TransformTLSConfig.type, reason: "tls_failed") }
 
     /// NIOSSL refuses names it cannot send as SNI (too long, a NUL byte); such a destination is checked like
     /// an address, which fails unless the certificate names it — never an unchecked connection.

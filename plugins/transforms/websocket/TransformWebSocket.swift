@@ -97,6 +97,9 @@ struct TransformWebSocket: StreamFilter {
     /// Nearest the socket first: NIOWebSocket's frame decoder, then bytes to frames and back (encoding frames
     /// itself, see WebSocketFraming).
     private func frameHandlers(masks: Bool) -> [any ChannelHandler] {
-        [ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: config.maxFrame)), WebSocketStreamHandler(masks: masks)]
+        [
+            ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: config.maxFrame)), WebSocketStreamHandler(masks: masks),
+            StageFailureLabel(stage: TransformWebSocketConfig.type, reason: "websocket_failed"),
+        ]
     }
 }

@@ -23,11 +23,11 @@ final class WebSocketServerHandshakeHandler: ChannelInboundHandler, RemovableCha
         case .needMore:
             return
         case .invalid(let why):
-            refuse(context, WebSocketHandshakeFailed(reason: why), response: "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            refuse(context, WebSocketFailure(reason: why), response: "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
         case .head(let head, let leftover):
             switch WebSocketHandshake.answer(head, path: path) {
             case .refuse(let status, let response):
-                refuse(context, WebSocketHandshakeFailed(reason: "refused with \(status): \(head.startLine)"), response: response)
+                refuse(context, WebSocketFailure(reason: "refused with \(status): \(head.startLine)"), response: response)
             case .upgrade(let response):
                 done = true
                 context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: response)), promise: nil)
@@ -38,7 +38,7 @@ final class WebSocketServerHandshakeHandler: ChannelInboundHandler, RemovableCha
 
     /// Answers, then reports and closes once the answer is out (reported earlier, the error would close the
     /// channel before the answer left).
-    private func refuse(_ context: ChannelHandlerContext, _ error: WebSocketHandshakeFailed, response: String) {
+    private func refuse(_ context: ChannelHandlerContext, _ error: WebSocketFailure, response: String) {
         done = true
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: response))).whenComplete { _ in
@@ -100,14 +100,14 @@ final class WebSocketClientHandshakeHandler: ChannelInboundHandler, RemovableCha
 
     private func fail(_ context: ChannelHandlerContext, _ why: String) {
         done = true
-        context.fireErrorCaught(WebSocketHandshakeFailed(reason: why))
+        context.fireErrorCaught(WebSocketFailure(reason: why))
         context.close(promise: nil)
     }
 }
 
-struct WebSocketHandshakeFailed: Error, CustomStringConvertible {
+struct WebSocketFailure: Error, CustomStringConvertible {
     let reason: String
-    var description: String { "websocket handshake failed: \(reason)" }
+    var description: String { "websocket: \(reason)" }
 }
 
 extension ChannelInboundHandler where Self: RemovableChannelHandler, InboundOut == ByteBuffer {
@@ -177,7 +177,7 @@ final class WebSocketStreamHandler: ChannelDuplexHandler, RemovableChannelHandle
                 context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
             }
         default:
-            context.fireErrorCaught(WebSocketHandshakeFailed(reason: "unknown opcode \(received.opcode)"))
+            context.fireErrorCaught(WebSocketFailure(reason: "unknown opcode \(received.opcode)"))
             context.close(promise: nil)
         }
     }
