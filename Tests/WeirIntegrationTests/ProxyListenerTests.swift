@@ -145,6 +145,9 @@ struct ProxyListenerTests {
         #expect(lines[2] == "null", "a denied destination gets nothing")
         #expect(lines[3] == "null", "the association ended with its TCP connection")
         #expect((try agent.metric("weir_pipeline_errors_total", ["pipeline": "proxy", "reason": "negotiation_failed"]) ?? 0) == 0)
+        // "hello udp" and "second" went out and came back (the denied datagram and the one after the close did not).
+        #expect(try agent.metric("weir_pipeline_bytes_total", ["pipeline": "proxy", "direction": "in"]) == 15)
+        #expect(try agent.metric("weir_pipeline_bytes_total", ["pipeline": "proxy", "direction": "out"]) == 15)
     }
 
     // MARK: - HTTP CONNECT

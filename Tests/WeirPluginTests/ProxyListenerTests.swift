@@ -109,4 +109,11 @@ import WeirStages
         let encoded = SOCKS5UDPDatagram.encode(from: source, payload: ByteBuffer(string: "answer"), allocator: ByteBufferAllocator())
         #expect(SOCKS5UDPDatagram.parse(encoded) == .datagram(Destination(host: "2001:db8::1", port: 4433), payload: ByteBuffer(string: "answer")))
     }
+
+    @Test func resolvedAddressesAreCheckedAgainstDeniedNetworksOnly() {
+        let policy = DestinationPolicy(allow: [.domain("example.com")], deny: [.network(IPNetwork(bytes: [10, 0, 0, 0], prefix: 8))])
+        #expect(policy.permits(Destination(host: "www.example.com", port: 53)))
+        #expect(policy.permitsResolved("93.184.216.34"), "the allow list of names is not asked about the address")
+        #expect(!policy.permitsResolved("10.1.2.3"), "a denied network stays denied behind a name")
+    }
 }

@@ -41,6 +41,12 @@ public struct DestinationPolicy: Sendable, Hashable {
         return allow.isEmpty || allow.contains { $0.matches(destination) }
     }
 
+    /// Whether the address a name resolved to may be used: denied networks stay denied behind a name (the
+    /// name itself already passed `permits`, so the allow list is not asked again).
+    public func permitsResolved(_ address: String) -> Bool {
+        !deny.contains { $0.matches(Destination(host: address, port: 0)) }
+    }
+
     /// Reads `{allow: [...], deny: [...]}`.
     public static func read(_ value: ConfigValue) -> DestinationPolicy? {
         guard let options = value.mapping else { return nil }

@@ -24,8 +24,9 @@ public struct ListenSOCKS5Config: ListenerConfig {
 
     public func makeStage(_ context: StageContext) -> any Stage {
         let proxy = self.proxy
+        let metrics = context.metrics
         return NegotiatingListener(address: proxy.address, backlog: proxy.backlog) {
-            SOCKS5Negotiation(credentials: proxy.users, policy: proxy.destinations)
+            SOCKS5Negotiation(credentials: proxy.users, policy: proxy.destinations, metrics: metrics)
         }
     }
 }

@@ -20,9 +20,13 @@ final class SOCKS5Negotiation: ReadsUntilDecided, RemovableChannelHandler, Strea
     /// The UDP socket of an association, while its TCP connection is open.
     private var association: (any Channel)?
 
-    init(credentials: ProxyCredentials?, policy: DestinationPolicy) {
+    /// For the bytes of UDP associations (TCP bytes are the glue's).
+    private let metrics: PipelineMetrics
+
+    init(credentials: ProxyCredentials?, policy: DestinationPolicy, metrics: PipelineMetrics) {
         self.credentials = credentials
         self.policy = policy
+        self.metrics = metrics
     }
 
     // MARK: StreamNegotiation
@@ -162,11 +166,11 @@ final class SOCKS5Negotiation: ReadsUntilDecided, RemovableChannelHandler, Strea
             answerAndClose(.serverFailure)
             return
         }
-        let policy = self.policy
+        let policy = self.policy, metrics = self.metrics
         DatagramBootstrap(group: channel.eventLoop)
             .channelInitializer { udp in
                 udp.eventLoop.makeCompletedFuture {
-                    try udp.pipeline.syncOperations.addHandler(SOCKS5UDPRelayHandler(clientHost: clientHost, policy: policy))
+                    try udp.pipeline.syncOperations.addHandler(SOCKS5UDPRelayHandler(clientHost: clientHost, policy: policy, metrics: metrics))
                 }
             }
             .bind(host: localHost, port: 0)

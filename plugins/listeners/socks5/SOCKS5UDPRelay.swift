@@ -43,12 +43,14 @@ final class SOCKS5UDPRelayHandler: ChannelInboundHandler {
 
     private let clientHost: String
     private let policy: DestinationPolicy
+    private let metrics: PipelineMetrics
     private var client: SocketAddress?
     private var contacted: Set<SocketAddress> = []
 
-    init(clientHost: String, policy: DestinationPolicy) {
+    init(clientHost: String, policy: DestinationPolicy, metrics: PipelineMetrics) {
         self.clientHost = clientHost
         self.policy = policy
+        self.metrics = metrics
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -58,6 +60,7 @@ final class SOCKS5UDPRelayHandler: ChannelInboundHandler {
             client = source
             forward(context, envelope.data)
         } else if let client, contacted.contains(source) {
+            metrics.bytesOut.increment(by: Int64(envelope.data.readableBytes))
             let wrapped = SOCKS5UDPDatagram.encode(from: source, payload: envelope.data, allocator: context.channel.allocator)
             context.writeAndFlush(wrapOutboundOut(AddressedEnvelope(remoteAddress: client, data: wrapped)), promise: nil)
         }
@@ -68,9 +71,13 @@ final class SOCKS5UDPRelayHandler: ChannelInboundHandler {
         let channel = context.channel
         Resolver.resolveAll(host: destination.host, port: destination.port, datagram: true, on: channel.eventLoop)
             .assumeIsolated().whenSuccess { addresses in
-                // The socket is bound to the listener's family; the first address of that family is used.
-                guard let family = channel.localAddress?.protocol, let target = addresses.first(where: { $0.protocol == family }) else { return }
+                // The socket is bound to the listener's family; the first address of that family is used. A
+                // name is checked again once resolved, so denied networks stay denied behind a name.
+                guard let family = channel.localAddress?.protocol, let target = addresses.first(where: { $0.protocol == family }),
+                    let address = target.ipAddress, self.policy.permitsResolved(address)
+                else { return }
                 self.contacted.insert(target)
+                self.metrics.bytesIn.increment(by: Int64(payload.readableBytes))
                 channel.writeAndFlush(AddressedEnvelope(remoteAddress: target, data: payload), promise: nil)
             }
     }
