@@ -86,6 +86,8 @@ struct TransformTLSTests {
         #expect(!stranger.output.contains("stranger\n"), "\(stranger.output)")
         let member = try Self.sClient(port: port, ["-CAfile", pki.caPath, "-cert", clientCert, "-key", clientKey], line: "member")
         #expect(member.output.contains("member"), "\(member.output)")
+        let refusals = try agent.waitForMetric("weir_pipeline_errors_total", ["pipeline": "tls-in", "stage": "transform.tls", "reason": "tls_failed"]) { ($0 ?? 0) >= 2 }
+        #expect(refusals == 2, "the two refused handshakes are counted once each")
     }
 
     /// Two agents: plain TCP in, TLS between them (verified by CA and name, client certificate), plain TCP out.

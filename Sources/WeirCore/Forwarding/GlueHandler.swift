@@ -12,17 +12,13 @@ public final class GlueHandler {
     private var pendingRead = false
     /// Bytes read on this side, i.e. forwarded in this side's direction.
     private let bytesRead: Counter
-    private let metrics: PipelineMetrics
 
-    private init(bytesRead: Counter, metrics: PipelineMetrics) {
-        self.bytesRead = bytesRead
-        self.metrics = metrics
-    }
+    private init(bytesRead: Counter) { self.bytesRead = bytesRead }
 
     /// A handler for the client channel and one for the target channel, joined.
     public static func matchedPair(metrics: PipelineMetrics) -> (client: GlueHandler, target: GlueHandler) {
-        let client = GlueHandler(bytesRead: metrics.bytesIn, metrics: metrics)
-        let target = GlueHandler(bytesRead: metrics.bytesOut, metrics: metrics)
+        let client = GlueHandler(bytesRead: metrics.bytesIn)
+        let target = GlueHandler(bytesRead: metrics.bytesOut)
         client.partner = target
         target.partner = client
         return (client, target)
@@ -97,8 +93,6 @@ extension GlueHandler: ChannelDuplexHandler {
     }
 
     public func errorCaught(context: ChannelHandlerContext, error: Error) {
-        // Errors a stage labelled are counted; plain socket errors (a reset) are a connection's normal end.
-        if let failure = error as? StageFailure { metrics.error(stage: failure.stage, reason: failure.reason) }
         context.close(promise: nil)
     }
 

@@ -1,7 +1,7 @@
 import NIOCore
 
-/// An error a stage's handlers raised on a connection, labelled with the stage and a reason, so the glue that
-/// closes the connection can count it in `weir_pipeline_errors_total{stage,reason}`.
+/// An error a stage's handlers raised on a connection, labelled with the stage and a reason (and counted in
+/// `weir_pipeline_errors_total{stage,reason}` where it was labelled).
 public struct StageFailure: Error, CustomStringConvertible {
     public let stage: String
     public let reason: String
@@ -10,20 +10,28 @@ public struct StageFailure: Error, CustomStringConvertible {
     public var description: String { "\(stage) \(reason): \(underlying)" }
 }
 
-/// Placed right behind a stage's handlers: labels every error coming from them (or from below them) that no
-/// stage has labelled yet. A TLS handshake that fails becomes `transform.tls`/`tls_failed`.
+/// Placed right behind a stage's handlers: labels and counts every error coming from them (or from below them)
+/// that no stage has labelled yet — whether or not the connection's glue is in place yet. A TLS handshake that
+/// fails becomes `transform.tls`/`tls_failed`, counted once.
 public final class StageFailureLabel: ChannelInboundHandler, RemovableChannelHandler {
     public typealias InboundIn = NIOAny
 
     private let stage: String
     private let reason: String
+    private let metrics: PipelineMetrics
 
-    public init(stage: String, reason: String) {
+    public init(stage: String, reason: String, metrics: PipelineMetrics) {
         self.stage = stage
         self.reason = reason
+        self.metrics = metrics
     }
 
     public func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        context.fireErrorCaught(error is StageFailure ? error : StageFailure(stage: stage, reason: reason, underlying: error))
+        guard !(error is StageFailure) else {
+            context.fireErrorCaught(error)
+            return
+        }
+        metrics.error(stage: stage, reason: reason)
+        context.fireErrorCaught(StageFailure(stage: stage, reason: reason, underlying: error))
     }
 }

@@ -76,8 +76,8 @@ public final class StreamForwarder: Sendable {
                     info.destination = destination
                     self.connect(client: client, info: info, negotiation: negotiation)
                 case .failure(let error as StageFailure):
-                    // A transform under the negotiation failed (an AEAD stream that does not authenticate).
-                    metrics.error(stage: error.stage, reason: error.reason)
+                    // A transform under the negotiation failed (an AEAD stream that does not authenticate); its
+                    // label counted it.
                     self.logger.debug("connection failed", metadata: ["pipeline": "\(self.pipeline)", "error": "\(error)"])
                 case .failure(let error as HandledByListener):
                     self.logger.debug("connection taken over", metadata: ["pipeline": "\(self.pipeline)", "by": "\(error.what)"])

@@ -53,16 +53,17 @@ public struct TransformAEADConfig: StageConfig {
     public var needsDestination: Bool { side == .client && target == nil }
 
     public func makeStage(_ context: StageContext) -> any Stage {
-        TransformAEAD(config: self, master: cipher.masterKey(password: password))
+        TransformAEAD(config: self, master: cipher.masterKey(password: password), metrics: context.metrics)
     }
 }
 
 struct TransformAEAD: StreamFilter {
     let config: TransformAEADConfig
     let master: SymmetricKey
+    let metrics: PipelineMetrics
 
     func acceptHandlers(for connection: ConnectionInfo) -> [any ChannelHandler] {
-        config.side == .server ? [ShadowsocksAEADHandler(cipher: config.cipher, master: master, header: nil), Self.label()] : []
+        config.side == .server ? [ShadowsocksAEADHandler(cipher: config.cipher, master: master, header: nil), label()] : []
     }
 
     func negotiation(for connection: ConnectionInfo) -> (any StreamNegotiation)? {
@@ -73,9 +74,9 @@ struct TransformAEAD: StreamFilter {
         guard config.side == .client else { return StreamFilterHandlers() }
         let destination = connection.destination ?? config.target
         let header = destination.map(SOCKSAddressForm.encode)
-        return StreamFilterHandlers(targetSide: [ShadowsocksAEADHandler(cipher: config.cipher, master: master, header: header), Self.label()])
+        return StreamFilterHandlers(targetSide: [ShadowsocksAEADHandler(cipher: config.cipher, master: master, header: header), label()])
     }
 
     /// Streams that fail authentication are counted as `transform.aead`/`aead_failed`.
-    private static func label() -> StageFailureLabel { StageFailureLabel(stage: TransformAEADConfig.type, reason: "aead_failed") }
+    private func label() -> StageFailureLabel { StageFailureLabel(stage: TransformAEADConfig.type, reason: "aead_failed", metrics: metrics) }
 }

@@ -34,22 +34,23 @@ public struct TransformPaddingConfig: StageConfig {
         return TransformPaddingConfig(side: side, padding: minimum...maximum)
     }
 
-    public func makeStage(_ context: StageContext) -> any Stage { TransformPadding(config: self) }
+    public func makeStage(_ context: StageContext) -> any Stage { TransformPadding(config: self, metrics: context.metrics) }
 }
 
 struct TransformPadding: StreamFilter {
     let config: TransformPaddingConfig
+    let metrics: PipelineMetrics
 
     func acceptHandlers(for connection: ConnectionInfo) -> [any ChannelHandler] {
-        config.side == .server ? [PaddingHandler(padding: config.padding), Self.label()] : []
+        config.side == .server ? [PaddingHandler(padding: config.padding), label()] : []
     }
 
     func handlers(for connection: ConnectionInfo) -> StreamFilterHandlers {
-        config.side == .client ? StreamFilterHandlers(targetSide: [PaddingHandler(padding: config.padding), Self.label()]) : StreamFilterHandlers()
+        config.side == .client ? StreamFilterHandlers(targetSide: [PaddingHandler(padding: config.padding), label()]) : StreamFilterHandlers()
     }
 
     /// Frames out of bounds are counted as `transform.padding`/`padding_failed`.
-    private static func label() -> StageFailureLabel { StageFailureLabel(stage: TransformPaddingConfig.type, reason: "padding_failed") }
+    private func label() -> StageFailureLabel { StageFailureLabel(stage: TransformPaddingConfig.type, reason: "padding_failed", metrics: metrics) }
 }
 
 /// Pads what is written and unpads what is read on one channel.

@@ -134,23 +134,24 @@ public struct TransformTLSConfig: StageConfig {
         return TransformTLSConfig(side: side, serverName: serverName ?? nil, context: context, filesDigest: files.fingerprint)
     }
 
-    public func makeStage(_ context: StageContext) -> any Stage { TransformTLS(config: self) }
+    public func makeStage(_ context: StageContext) -> any Stage { TransformTLS(config: self, metrics: context.metrics) }
 }
 
 struct TransformTLS: StreamFilter {
     let config: TransformTLSConfig
+    let metrics: PipelineMetrics
 
     func acceptHandlers(for connection: ConnectionInfo) -> [any ChannelHandler] {
-        config.side == .server ? [NIOSSLServerHandler(context: config.context), Self.label()] : []
+        config.side == .server ? [NIOSSLServerHandler(context: config.context), label()] : []
     }
 
     func handlers(for connection: ConnectionInfo) -> StreamFilterHandlers {
         guard config.side == .client else { return StreamFilterHandlers() }
-        return StreamFilterHandlers(targetSide: [clientHandler(serverName: serverName(connection)), Self.label()])
+        return StreamFilterHandlers(targetSide: [clientHandler(serverName: serverName(connection)), label()])
     }
 
     /// Handshake and record errors are counted as `transform.tls`/`tls_failed`.
-    private static func label() -> StageFailureLabel { StageFailureLabel(stage: TransformTLSConfig.type, reason: "tls_failed") }
+    private func label() -> StageFailureLabel { StageFailureLabel(stage: TransformTLSConfig.type, reason: "tls_failed", metrics: metrics) }
 
     /// NIOSSL refuses names it cannot send as SNI (too long, a NUL byte); such a destination is checked like
     /// an address, which fails unless the certificate names it — never an unchecked connection.

@@ -77,11 +77,12 @@ public struct TransformWebSocketConfig: StageConfig {
         }
     }
 
-    public func makeStage(_ context: StageContext) -> any Stage { TransformWebSocket(config: self) }
+    public func makeStage(_ context: StageContext) -> any Stage { TransformWebSocket(config: self, metrics: context.metrics) }
 }
 
 struct TransformWebSocket: StreamFilter {
     let config: TransformWebSocketConfig
+    let metrics: PipelineMetrics
 
     func acceptHandlers(for connection: ConnectionInfo) -> [any ChannelHandler] {
         guard config.side == .server else { return [] }
@@ -99,7 +100,7 @@ struct TransformWebSocket: StreamFilter {
     private func frameHandlers(masks: Bool) -> [any ChannelHandler] {
         [
             ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: config.maxFrame)), WebSocketStreamHandler(masks: masks),
-            StageFailureLabel(stage: TransformWebSocketConfig.type, reason: "websocket_failed"),
+            StageFailureLabel(stage: TransformWebSocketConfig.type, reason: "websocket_failed", metrics: metrics),
         ]
     }
 }
