@@ -53,8 +53,9 @@ public final class StreamForwarder: Sendable {
         // part of the AEAD layer), so handlers of filters listed after it only see what follows the header.
         var negotiation = negotiating?.negotiation(for: info)
         var split = filters.count
+        // Searched from the end, so only the negotiation that is used gets made.
         if negotiation == nil,
-            let (index, found) = filters.enumerated().compactMap({ item in item.element.negotiation(for: info).map { (item.offset, $0) } }).last
+            let (index, found) = filters.indices.reversed().lazy.compactMap({ index in self.filters[index].negotiation(for: info).map { (index, $0) } }).first
         {
             negotiation = found
             split = index + 1

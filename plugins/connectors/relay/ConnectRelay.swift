@@ -95,7 +95,7 @@ final class ConnectRelay: StreamConnector {
         }
         let peer = peers[index]
         let started = NIODeadline.now()
-        let future = peer.literal.map { bootstrap.connect(to: $0) } ?? bootstrap.connect(host: peer.address.host, port: peer.address.port)
+        let future = bootstrap.connect(to: peer.address, literal: peer.literal)
         // Runs on the client's event loop (the bootstrap's group), where the bootstrap may be reused.
         return future.assumeIsolated().map { channel in
             self.health.withLockedValue { $0.succeeded(index) }

@@ -39,7 +39,3 @@ struct PeerHealth: Sendable {
         records[index] = Record()
     }
 }
-
-extension TimeAmount {
-    static func * (amount: TimeAmount, factor: Int) -> TimeAmount { .nanoseconds(amount.nanoseconds * Int64(factor)) }
-}

@@ -86,12 +86,7 @@ struct ConnectTCP: StreamConnector {
     /// Tries target `index`, then the ones after it.
     private func attempt(_ index: Int, bootstrap: ClientBootstrap, errors: [String]) -> EventLoopFuture<any Channel> {
         let target = config.addresses[index]
-        let future: EventLoopFuture<any Channel>
-        if let literal = literals[index] {
-            future = bootstrap.connect(to: literal)
-        } else {
-            future = bootstrap.connect(host: target.host, port: target.port)
-        }
+        let future = bootstrap.connect(to: target, literal: literals[index])
         // Runs on the client's event loop (the bootstrap's group), where the bootstrap may be reused.
         return future.assumeIsolated().flatMapError { error in
             let errors = errors + ["\(target): \(error)"]
@@ -100,6 +95,14 @@ struct ConnectTCP: StreamConnector {
             }
             return attempt(index + 1, bootstrap: bootstrap, errors: errors)
         }.nonisolated()
+    }
+}
+
+extension ClientBootstrap {
+    /// Connects to a configured target: its address parsed once ahead when it is an IP literal, else the name
+    /// through NIO's happy-eyeballs resolver.
+    func connect(to target: HostPort, literal: SocketAddress?) -> EventLoopFuture<any Channel> {
+        literal.map { connect(to: $0) } ?? connect(host: target.host, port: target.port)
     }
 }
 
