@@ -1,6 +1,7 @@
 # `make run` and `make test` work on a fresh Debian 12 machine with the Swift toolchain: each installs the
 # Debian packages it needs first.
 
+SHELL      := /bin/bash
 SWIFT      ?= swift
 export PATH := $(PATH):/opt/swift/usr/bin
 CONFIG     ?= etc/weir/weir.yaml
@@ -40,7 +41,10 @@ run:
 test:
 	$(call apt_install,$(TEST_PACKAGES))
 	$(SWIFT) build --build-tests
-	WEIR_BIN=$(CURDIR)/.build/debug/weir $(SWIFT) test --skip-build --no-parallel
+	@# The log is long; a failure's lines are repeated at its end, where CI's tail shows them.
+	@set -o pipefail; WEIR_BIN=$(CURDIR)/.build/debug/weir $(SWIFT) test --skip-build --no-parallel 2>&1 \
+		| tee .build/test.log || { echo "=== failed tests and their issues ==="; \
+		grep -E '✘|recorded an issue|error:|Fatal' .build/test.log | grep -v "passed after" | cut -c1-400 | head -n 18; exit 1; }
 
 bench:
 	$(call apt_install,$(BENCH_PACKAGES))

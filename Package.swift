@@ -18,6 +18,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.24.0"),
         .package(url: "https://github.com/apple/swift-crypto.git", "3.0.0"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.27.0"),
+        .package(url: "https://github.com/apple/swift-nio-http2.git", from: "1.35.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.5.0"),
@@ -143,12 +144,14 @@ let package = Package(
             dependencies: [
                 "WeirCore", .product(name: "Crypto", package: "swift-crypto"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOWebSocket", package: "swift-nio"), .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOHPACK", package: "swift-nio-http2"),
             ] + nio,
             path: "plugins/transforms",
-            exclude: ["aead/README.md", "tls/README.md", "tls/example", "websocket/README.md", "padding/README.md"],
+            exclude: ["aead/README.md", "tls/README.md", "tls/example", "websocket/README.md", "padding/README.md", "mux/README.md"],
             resources: [
                 .embedInCode("aead/transform.aead.sample.yaml"), .embedInCode("tls/transform.tls.sample.yaml"),
                 .embedInCode("websocket/transform.websocket.sample.yaml"), .embedInCode("padding/transform.padding.sample.yaml"),
+                .embedInCode("mux/transform.mux.sample.yaml"),
             ]
         ),
         // The one list of built-in stages.
@@ -190,7 +193,8 @@ let package = Package(
             dependencies: [
                 "WeirCore", "WeirStages", "WeirLimiters", "WeirListeners", "WeirConnectors", "WeirCounters", "WeirEnforcers", "WeirRoutes",
                 "WeirShapers", "WeirTransforms", .product(name: "NIOEmbedded", package: "swift-nio"),
-                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"), .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+                .product(name: "NIOHPACK", package: "swift-nio-http2"),
             ],
             path: "Tests/WeirPluginTests"
         ),

@@ -28,5 +28,6 @@ public enum BuiltinStages {
         TransformTLSConfig.self,
         TransformWebSocketConfig.self,
         TransformPaddingConfig.self,
+        TransformMuxConfig.self,
     ])
 }

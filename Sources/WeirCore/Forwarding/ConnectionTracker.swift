@@ -32,7 +32,13 @@ public final class ConnectionTracker: Sendable {
 
     /// Refuses new connections, waits up to `grace` for open ones to end, then closes what is left.
     public func drain(grace: Duration) async {
-        state.withLockedValue { $0.accepting = false }
+        let open = state.withLockedValue { state in
+            state.accepting = false
+            return Array(state.open.values)
+        }
+        // A multiplexed carrier stops taking new streams (HTTP/2 GOAWAY) and closes once its streams end;
+        // plain connections ignore the event.
+        for channel in open { channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent()) }
         let clock = ContinuousClock()
         let deadline = clock.now.advanced(by: grace)
         while count > 0, clock.now < deadline {

@@ -1,39 +1,79 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import Prometheus
 
-/// Joins two channels on one event loop into a full-duplex byte pipe.
+/// Joins two channels into a full-duplex byte pipe. The two usually share an event loop; a stream of a
+/// multiplexed carrier runs on the carrier's loop, so the pair also works across two loops.
 ///
 /// Backpressure: a side reads only while its partner is writable, so a slow reader stalls the fast writer
-/// instead of making the agent buffer without limit. Half-close: end-of-input on one side shuts down the
+/// instead of making the agent buffer without limit. Across loops, bytes handed to the partner's loop but
+/// not yet written there count against it too. Half-close: end-of-input on one side shuts down the
 /// partner's output after everything queued for it has been written.
-public final class GlueHandler {
+///
+/// Each handler's state is touched only on its own channel's loop; what one side asks of the other runs on
+/// the other's loop (directly when that is the same loop), in the order it was asked.
+public final class GlueHandler: @unchecked Sendable {
     private var partner: GlueHandler?
     private var context: ChannelHandlerContext?
     private var pendingRead = false
+    private let channel: any Channel
+    private let sameLoop: Bool
     /// Bytes read on this side, i.e. forwarded in this side's direction.
     private let bytesRead: Counter
+    /// Across loops: bytes the partner read and handed over that this side has not yet written.
+    private let handedOver = NIOLockedValueBox(0)
+    /// How many handed-over bytes a side may have on their way before its partner stops reading.
+    private static let handOverLimit = 256 << 10
 
-    private init(bytesRead: Counter) { self.bytesRead = bytesRead }
+    private init(channel: any Channel, sameLoop: Bool, bytesRead: Counter) {
+        self.channel = channel
+        self.sameLoop = sameLoop
+        self.bytesRead = bytesRead
+    }
 
     /// A handler for the client channel and one for the target channel, joined.
-    public static func matchedPair(metrics: PipelineMetrics) -> (client: GlueHandler, target: GlueHandler) {
-        let client = GlueHandler(bytesRead: metrics.bytesIn)
-        let target = GlueHandler(bytesRead: metrics.bytesOut)
-        client.partner = target
-        target.partner = client
-        return (client, target)
+    public static func matchedPair(client: any Channel, target: any Channel, metrics: PipelineMetrics) -> (client: GlueHandler, target: GlueHandler) {
+        let sameLoop = client.eventLoop === target.eventLoop
+        let clientSide = GlueHandler(channel: client, sameLoop: sameLoop, bytesRead: metrics.bytesIn)
+        let targetSide = GlueHandler(channel: target, sameLoop: sameLoop, bytesRead: metrics.bytesOut)
+        clientSide.partner = targetSide
+        targetSide.partner = clientSide
+        return (clientSide, targetSide)
+    }
+
+    /// Runs `body` with the partner on the partner's loop.
+    private func withPartner(_ body: @escaping @Sendable (GlueHandler) -> Void) {
+        guard let partner else { return }
+        if sameLoop {
+            body(partner)
+        } else {
+            partner.channel.eventLoop.execute { body(partner) }
+        }
     }
 }
 
 extension GlueHandler {
-    private func partnerWrite(_ data: NIOAny) { context?.write(data, promise: nil) }
+    private func partnerWrite(_ data: ByteBuffer) {
+        context?.write(NIOAny(data), promise: nil)
+        guard !sameLoop else { return }
+        let before = handedOver.withLockedValue { value in
+            defer { value -= data.readableBytes }
+            return value
+        }
+        if before >= Self.handOverLimit, before - data.readableBytes < Self.handOverLimit {
+            withPartner { $0.partnerBecameWritable() }
+        }
+    }
 
     private func partnerFlush() { context?.flush() }
 
-    private var partnerWritable: Bool { context?.channel.isWritable ?? false }
+    /// Read from the partner's loop: `isWritable` is safe to read from any thread.
+    private var writable: Bool {
+        channel.isWritable && (sameLoop || handedOver.withLockedValue { $0 } < Self.handOverLimit)
+    }
 
     private func partnerBecameWritable() {
-        if pendingRead {
+        if pendingRead, partner?.writable ?? false {
             pendingRead = false
             context?.read()
         }
@@ -49,7 +89,11 @@ extension GlueHandler {
     /// transfer whose sender closed right after writing it — also for a half-close, because NIO escalates
     /// an output shutdown to a full close (dropping queued writes) when input is already shut.
     private func closeAfterQueuedWrites(mode: CloseMode) {
-        guard let context else { return }
+        guard let context else {
+            // Not in place yet (the other side's setup runs on another loop) or already removed.
+            if mode == .all { channel.close(promise: nil) }
+            return
+        }
         let channel = context.channel
         context.writeAndFlush(NIOAny(ByteBuffer())).whenComplete { _ in
             channel.close(mode: mode, promise: nil)
@@ -72,22 +116,28 @@ extension GlueHandler: ChannelDuplexHandler {
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        bytesRead.increment(by: Int64(unwrapInboundIn(data).readableBytes))
-        partner?.partnerWrite(data)
+        let buffer = unwrapInboundIn(data)
+        bytesRead.increment(by: Int64(buffer.readableBytes))
+        if sameLoop {
+            partner?.partnerWrite(buffer)
+        } else if let partner {
+            partner.handedOver.withLockedValue { $0 += buffer.readableBytes }
+            partner.channel.eventLoop.execute { partner.partnerWrite(buffer) }
+        }
     }
 
     public func channelReadComplete(context: ChannelHandlerContext) {
-        partner?.partnerFlush()
+        withPartner { $0.partnerFlush() }
     }
 
     public func channelInactive(context: ChannelHandlerContext) {
-        partner?.partnerClosed()
+        withPartner { $0.partnerClosed() }
         context.fireChannelInactive()
     }
 
     public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, case .inputClosed = event {
-            partner?.partnerInputClosed()
+            withPartner { $0.partnerInputClosed() }
         }
         context.fireUserInboundEventTriggered(event)
     }
@@ -98,13 +148,13 @@ extension GlueHandler: ChannelDuplexHandler {
 
     public func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable {
-            partner?.partnerBecameWritable()
+            withPartner { $0.partnerBecameWritable() }
         }
         context.fireChannelWritabilityChanged()
     }
 
     public func read(context: ChannelHandlerContext) {
-        if partner?.partnerWritable ?? false {
+        if partner?.writable ?? false {
             context.read()
         } else {
             pendingRead = true

@@ -10,10 +10,15 @@ public struct NameNotResolved: Error, CustomStringConvertible {
 }
 
 /// Forwards each accepted stream connection of one pipeline: the listener's negotiation (when its clients name
-/// their destination), then the connector, the filters and the glue.
+/// their destination), then the connector, the filters and the glue. With a multiplexing filter, client
+/// connections become streams of a shared carrier (client side), or an accepted connection is a carrier
+/// whose streams are forwarded like accepted connections (server side).
 public final class StreamForwarder: Sendable {
     public let pipeline: String
+    /// The filters that act on each connection (each stream, when multiplexed).
     private let filters: [any StreamFilter]
+    /// With a multiplexing filter: it, and the filters that act once on its carrier.
+    private let multiplexing: (filter: any StreamMultiplexingFilter, carrierFilters: [any StreamFilter])?
     private let connector: any StreamConnector
     private let connectorType: String
     /// The listener, when its clients negotiate their destination.
@@ -28,7 +33,22 @@ public final class StreamForwarder: Sendable {
     ) {
         self.pipeline = pipeline
         self.negotiating = negotiating
-        self.filters = filters
+        if let index = filters.firstIndex(where: { $0 is any StreamMultiplexingFilter }),
+            let filter = filters[index] as? any StreamMultiplexingFilter
+        {
+            let before = Array(filters[..<index]), after = Array(filters[(index + 1)...])
+            switch filter.multiplexingSide {
+            case .client:
+                self.filters = before
+                multiplexing = (filter, after)
+            case .server:
+                self.filters = after
+                multiplexing = (filter, before)
+            }
+        } else {
+            self.filters = filters
+            multiplexing = nil
+        }
         self.connector = connector
         self.connectorType = connectorType
         self.metrics = metrics
@@ -42,16 +62,40 @@ public final class StreamForwarder: Sendable {
             client.close(promise: nil)
             return
         }
+        let info = ConnectionInfo(pipeline: pipeline, client: client.remoteAddress, local: client.localAddress, eventLoop: client.eventLoop)
+        if let multiplexing, multiplexing.filter.multiplexingSide == .server {
+            serve(carrier: client, info: info, multiplexing: multiplexing)
+        } else {
+            forward(client, info: info, listenerNegotiation: negotiating?.negotiation(for: info))
+        }
+    }
+
+    /// An accepted carrier: its filters' accept handlers, then the multiplexer, which hands each stream back.
+    private func serve(carrier: any Channel, info: ConnectionInfo, multiplexing: (filter: any StreamMultiplexingFilter, carrierFilters: [any StreamFilter])) {
+        guard addHandlers(multiplexing.carrierFilters.flatMap { $0.acceptHandlers(for: info) }, to: carrier) else { return }
+        do {
+            try multiplexing.filter.serve(carrier: carrier) { stream, destination in
+                var info = ConnectionInfo(pipeline: self.pipeline, client: info.client, local: info.local, eventLoop: stream.eventLoop)
+                info.destination = destination
+                self.forward(stream, info: info, listenerNegotiation: nil)
+            }
+        } catch {
+            metrics.error(stage: "pipeline", reason: "setup_failed")
+            carrier.close(promise: nil)
+        }
+    }
+
+    /// Forwards one client connection or stream: negotiation, connect, glue.
+    private func forward(_ client: any Channel, info: ConnectionInfo, listenerNegotiation: (any StreamNegotiation)?) {
         let metrics = self.metrics
         metrics.connectionsTotal.increment()
         metrics.connectionsActive.increment()
         client.closeFuture.whenComplete { _ in metrics.connectionsActive.decrement() }
 
-        let info = ConnectionInfo(pipeline: pipeline, client: client.remoteAddress, local: client.localAddress, eventLoop: client.eventLoop)
         // The negotiation is the listener's, else that of the last filter that reads a destination from its
         // stream. A filter's negotiation sits right behind that filter's own handlers (the address header is
         // part of the AEAD layer), so handlers of filters listed after it only see what follows the header.
-        var negotiation = negotiating?.negotiation(for: info)
+        var negotiation = listenerNegotiation
         var split = filters.count
         // Searched from the end, so only the negotiation that is used gets made.
         if negotiation == nil,
@@ -103,13 +147,34 @@ public final class StreamForwarder: Sendable {
         }
     }
 
-    private func connect(client: any Channel, info: ConnectionInfo, negotiation: (any StreamNegotiation)?) {
-        let bootstrap = ClientBootstrap(group: client.eventLoop)
+    private func bootstrap(on eventLoop: any EventLoop) -> ClientBootstrap {
+        ClientBootstrap(group: eventLoop)
             .channelOption(.autoRead, value: false)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelOption(.socketOption(.so_keepalive), value: 1)
+    }
+
+    /// The target side of one connection: a connection from the connector, or a stream of a carrier.
+    private func openTarget(_ info: ConnectionInfo) -> EventLoopFuture<any Channel> {
+        guard let multiplexing, multiplexing.filter.multiplexingSide == .client else {
+            return connector.connect(info, bootstrap: bootstrap(on: info.eventLoop))
+        }
+        return multiplexing.filter.openStream(for: info) { eventLoop in
+            // The carrier belongs to no client connection; its filters see none.
+            let carrierInfo = ConnectionInfo(pipeline: self.pipeline, client: nil, local: nil, eventLoop: eventLoop)
+            // A carrier's end of input is its end: HTTP/2 has no use for a half-closed connection.
+            let bootstrap = self.bootstrap(on: eventLoop).channelOption(.allowRemoteHalfClosure, value: false)
+            return self.connector.connect(carrierInfo, bootstrap: bootstrap).flatMapThrowing { carrier in
+                let handlers = multiplexing.carrierFilters.reversed().flatMap { $0.handlers(for: carrierInfo).targetSide }
+                try carrier.pipeline.syncOperations.addHandlers(handlers)
+                return carrier
+            }
+        }
+    }
+
+    private func connect(client: any Channel, info: ConnectionInfo, negotiation: (any StreamNegotiation)?) {
         let metrics = self.metrics
-        connector.connect(info, bootstrap: bootstrap).hop(to: client.eventLoop).assumeIsolated().whenComplete { result in
+        openTarget(info).hop(to: client.eventLoop).assumeIsolated().whenComplete { result in
             switch result {
             case .success(let target):
                 self.join(client: client, target: target, info: info, negotiation: negotiation)
@@ -135,30 +200,76 @@ public final class StreamForwarder: Sendable {
         // The client may not be active yet (a loopback connect can finish before the accepted channel is
         // registered) or may already be gone; in the latter case this closes the target at once.
         client.closeFuture.whenComplete { _ in target.close(promise: nil) }
-        let glue = GlueHandler.matchedPair(metrics: metrics)
+        let glue = GlueHandler.matchedPair(client: client, target: target, metrics: metrics)
+        let handlers = filters.map { $0.handlers(for: info) }
+        let targetHandlers = handlers.reversed().flatMap(\.targetSide) + [glue.target]
         do {
-            let handlers = filters.map { $0.handlers(for: info) }
             try client.pipeline.syncOperations.addHandlers(handlers.flatMap(\.clientSide))
             try client.pipeline.syncOperations.addHandler(glue.client)
-            try target.pipeline.syncOperations.addHandlers(handlers.reversed().flatMap(\.targetSide))
-            try target.pipeline.syncOperations.addHandler(glue.target)
         } catch {
-            metrics.error(stage: "pipeline", reason: "setup_failed")
-            client.close(promise: nil)
-            target.close(promise: nil)
+            setupFailed(client: client, target: target)
             return
         }
+        guard target.eventLoop !== client.eventLoop else {
+            do {
+                try target.pipeline.syncOperations.addHandlers(targetHandlers)
+            } catch {
+                setupFailed(client: client, target: target)
+                return
+            }
+            start(client: client, target: target, negotiation: negotiation)
+            return
+        }
+        // A stream of a carrier on another loop: its handlers are added there, and only then does the
+        // client hear about it.
+        let handOver = UnsafeHandOver(targetHandlers)
+        target.eventLoop.submit {
+            try target.pipeline.syncOperations.addHandlers(handOver.value)
+        }.hop(to: client.eventLoop).assumeIsolated().whenComplete { result in
+            switch result {
+            case .success: self.start(client: client, target: target, negotiation: negotiation)
+            case .failure: self.setupFailed(client: client, target: target)
+            }
+        }
+    }
+
+    private func setupFailed(client: any Channel, target: any Channel) {
+        metrics.error(stage: "pipeline", reason: "setup_failed")
+        client.close(promise: nil)
+        target.close(promise: nil)
+    }
+
+    /// The glue is in place on both channels: answer the client, then let bytes flow.
+    private func start(client: any Channel, target: any Channel, negotiation: (any StreamNegotiation)?) {
         // The client hears that the target answered; what it sent after its request flows into the glue.
         negotiation?.succeed(target: target)
         // Both channels were accepted or connected with autoRead off, so nothing was read before the glue
         // was in place. From here NIO reads after every read cycle, through the glue's (and filters')
-        // `read` interception, which is where backpressure holds reads back.
+        // `read` interception, which is where backpressure holds reads back. The target starts after the
+        // answer above, so nothing it sends can overtake it.
+        // The explicit reads are for HTTP/2 stream channels, which do not start reading when autoRead is
+        // switched on. A socket that is not active yet must not get one: it starts reading when it becomes
+        // active, and a read asked for before its registration would stand in for that one and be lost.
         do {
             try client.syncOptions?.setOption(.autoRead, value: true)
-            try target.syncOptions?.setOption(.autoRead, value: true)
+            if client.isActive { client.read() }
         } catch {
             client.close(promise: nil)
             target.close(promise: nil)
         }
+        target.setOption(.autoRead, value: true).whenComplete { result in
+            switch result {
+            case .success: if target.isActive { target.read() }
+            case .failure:
+                client.close(promise: nil)
+                target.close(promise: nil)
+            }
+        }
     }
+}
+
+/// Handlers made on one loop for a channel on another: they are handed over once and touched only there.
+private struct UnsafeHandOver<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
 }

@@ -102,6 +102,8 @@ final class ConnectRelay: StreamConnector {
             peer.up.set(to: 1)
             peer.latency.set(to: Double((NIODeadline.now() - started).nanoseconds) / 1e9)
             self.sampleRoundTrips(channel, peer: peer)
+            // A multiplexed carrier pings over the connection and reports the round trip here.
+            try? channel.pipeline.syncOperations.addHandler(RoundTripRecorder(latency: peer.latency), position: .first)
             return channel
         }.flatMapError { error in
             self.health.withLockedValue { $0.failed(index, at: .now()) }
@@ -121,5 +123,22 @@ final class ConnectRelay: StreamConnector {
             }
         }
         channel.closeFuture.whenComplete { _ in task.cancel() }
+    }
+}
+
+/// Records round trips that a protocol on the relay connection measured (transform.mux's pings).
+final class RoundTripRecorder: ChannelOutboundHandler {
+    typealias OutboundIn = NIOAny
+    private let latency: Prometheus.Gauge
+
+    init(latency: Prometheus.Gauge) { self.latency = latency }
+
+    func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
+        guard let measured = event as? MeasuredRoundTrip else {
+            context.triggerUserOutboundEvent(event, promise: promise)
+            return
+        }
+        latency.set(to: measured.seconds)
+        promise?.succeed()
     }
 }
