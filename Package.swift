@@ -85,21 +85,21 @@ let package = Package(
                 .product(name: "NIOTLS", package: "swift-nio"),
             ],
             path: "plugins/listeners",
-            exclude: ["tcp/README.md", "udp/README.md", "socks5/README.md", "http/README.md", "tls_sni/README.md"],
+            exclude: ["tcp/README.md", "udp/README.md", "socks5/README.md", "http/README.md", "tls_sni/README.md", "reverse/README.md"],
             resources: [
                 .embedInCode("tcp/listen.tcp.sample.yaml"), .embedInCode("udp/listen.udp.sample.yaml"),
                 .embedInCode("socks5/listen.socks5.sample.yaml"), .embedInCode("http/listen.http.sample.yaml"),
-                .embedInCode("tls_sni/listen.tls_sni.sample.yaml"),
+                .embedInCode("tls_sni/listen.tls_sni.sample.yaml"), .embedInCode("reverse/listen.reverse.sample.yaml"),
             ]
         ),
         .target(
             name: "WeirConnectors",
             dependencies: ["WeirCore", .product(name: "Prometheus", package: "swift-prometheus")] + nio,
             path: "plugins/connectors",
-            exclude: ["tcp/README.md", "udp/README.md", "relay/README.md"],
+            exclude: ["tcp/README.md", "udp/README.md", "relay/README.md", "reverse/README.md"],
             resources: [
                 .embedInCode("tcp/connect.tcp.sample.yaml"), .embedInCode("udp/connect.udp.sample.yaml"),
-                .embedInCode("relay/connect.relay.sample.yaml"),
+                .embedInCode("relay/connect.relay.sample.yaml"), .embedInCode("reverse/connect.reverse.sample.yaml"),
             ]
         ),
         .target(

@@ -112,6 +112,7 @@ final class PipelineRuntime: Sendable {
         switch listenerStage {
         case let stream as any StreamListener: try await socket.bind(stream: stream, group: group)
         case let datagram as any DatagramListener: try await socket.bind(datagram: datagram, group: group)
+        case let dialing as any DialingStreamListener: socket.start(dialing: dialing, group: group)
         default: return nil
         }
         boundSocket.withLockedValue { $0 = socket }

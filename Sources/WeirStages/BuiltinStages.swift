@@ -29,5 +29,7 @@ public enum BuiltinStages {
         TransformWebSocketConfig.self,
         TransformPaddingConfig.self,
         TransformMuxConfig.self,
+        ListenReverseConfig.self,
+        ConnectReverseConfig.self,
     ])
 }

@@ -7,7 +7,7 @@ import Testing
     "Multiplexed relay (transform.mux over tls)", .serialized,
     .enabled(if: which("openssl") != nil, "needs openssl installed"))
 struct MuxTests {
-    static func exitAgent(port: Int, pki: TestPKI) throws -> WeirProcess {
+    static func exitAgent(port: Int, socksPort: Int, pki: TestPKI) throws -> WeirProcess {
         try WeirProcess(pipelines: """
             pipelines:
               exit:
@@ -31,7 +31,7 @@ struct MuxTests {
               socks-exit:
                 stages:
                   - type: listen.tcp
-                    address: 127.0.0.1:\(port + 1)
+                    address: 127.0.0.1:\(socksPort)
                   - type: transform.tls
                     side: server
                     certificate: \(pki.path("exit.pem"))
@@ -44,7 +44,7 @@ struct MuxTests {
 
     /// `entry` sends every connection to the echo service through aead streams over a websocket-in-tls
     /// carrier; `socks` carries SOCKS5 clients' destinations in the stream requests.
-    static func entryAgent(port: Int, socksPort: Int, exit: Int, service: Int, pki: TestPKI) throws -> WeirProcess {
+    static func entryAgent(port: Int, socksPort: Int, exit: Int, socksExit: Int, service: Int, pki: TestPKI) throws -> WeirProcess {
         try WeirProcess(pipelines: """
             pipelines:
               entry:
@@ -81,7 +81,7 @@ struct MuxTests {
                     ca: \(pki.caPath)
                     server_name: exit.weir.test
                   - type: connect.relay
-                    peers: [127.0.0.1:\(exit + 1)]
+                    peers: [127.0.0.1:\(socksExit)]
             """)
     }
 
@@ -103,11 +103,12 @@ struct MuxTests {
         let pki = try TestPKI()
         try pki.issue("exit", dnsNames: ["exit.weir.test"])
         let service = try Backends.echo()
-        let exitPort = freePort(), entryPort = freePort(), socksPort = freePort()
-        let exit = try Self.exitAgent(port: exitPort, pki: pki)
+        let exitPort = freePort(), socksExitPort = freePort(), entryPort = freePort(), socksPort = freePort()
+        let exit = try Self.exitAgent(port: exitPort, socksPort: socksExitPort, pki: pki)
         try exit.start()
         defer { exit.stop() }
-        let entry = try Self.entryAgent(port: entryPort, socksPort: socksPort, exit: exitPort, service: service.port, pki: pki)
+        let entry = try Self.entryAgent(
+            port: entryPort, socksPort: socksPort, exit: exitPort, socksExit: socksExitPort, service: service.port, pki: pki)
         try entry.start()
         defer { entry.stop() }
 
@@ -152,7 +153,7 @@ struct MuxTests {
             let fetched = try ProxyListenerTests.curl(["--socks5-hostname", "127.0.0.1:\(socksPort)", "http://localhost:\(web.port)/file.txt"])
             #expect(fetched.status == 0 && fetched.body == web.content, "\(fetched)")
         }
-        #expect(try Self.establishedConnections(toPort: exitPort + 1) == 1, "three requests, one carrier")
+        #expect(try Self.establishedConnections(toPort: socksExitPort) == 1, "three requests, one carrier")
         #expect(try exit.metric("weir_pipeline_connections_total", ["pipeline": "socks-exit"]) == 3)
     }
 
@@ -161,11 +162,12 @@ struct MuxTests {
         let pki = try TestPKI()
         try pki.issue("exit", dnsNames: ["exit.weir.test"])
         let service = try Backends.echo()
-        let exitPort = freePort(), entryPort = freePort(), socksPort = freePort()
-        let exit = try Self.exitAgent(port: exitPort, pki: pki)
+        let exitPort = freePort(), socksExitPort = freePort(), entryPort = freePort(), socksPort = freePort()
+        let exit = try Self.exitAgent(port: exitPort, socksPort: socksExitPort, pki: pki)
         try exit.start()
         defer { exit.stop() }
-        let entry = try Self.entryAgent(port: entryPort, socksPort: socksPort, exit: exitPort, service: service.port, pki: pki)
+        let entry = try Self.entryAgent(
+            port: entryPort, socksPort: socksPort, exit: exitPort, socksExit: socksExitPort, service: service.port, pki: pki)
         try entry.start()
         defer { entry.stop() }
         #expect(try echoMismatch(port: entryPort, size: 1 << 20, seed: 1) == nil)

@@ -34,7 +34,7 @@ import WeirStages
     }
 
     @Test func registryHoldsTheBuiltinTypes() {
-        #expect(Self.types == ["connect.relay", "connect.tcp", "connect.udp", "count.ebpf", "enforce.nftables", "limit.bandwidth", "listen.http", "listen.socks5", "listen.tcp", "listen.tls_sni", "listen.udp", "route.gateway", "shape.tc", "transform.aead", "transform.mux", "transform.padding", "transform.tls", "transform.websocket"])
+        #expect(Self.types == ["connect.relay", "connect.reverse", "connect.tcp", "connect.udp", "count.ebpf", "enforce.nftables", "limit.bandwidth", "listen.http", "listen.reverse", "listen.socks5", "listen.tcp", "listen.tls_sni", "listen.udp", "route.gateway", "shape.tc", "transform.aead", "transform.mux", "transform.padding", "transform.tls", "transform.websocket"])
         for type in Self.types {
             #expect(Self.registry[type]?.type == type)
         }

@@ -114,8 +114,10 @@ struct PipelineCollector {
             error(at: connector.index, "\(stages[connector.index].type) cannot carry traffic from \(stages[listener.index].type)")
         }
         let listenerConfig = listener.flatMap { stages[$0.index].config as? any ListenerConfig }
+        let configs = stages.map(\.config)
         for stage in stages {
             if let message = stage.config.placementError(listener: listenerConfig) { error(at: stage.index, message) }
+            if let message = stage.config.pipelineError(stages: configs) { error(at: stage.index, message) }
         }
         if !stages.contains(where: { $0.config.namesDestination }) {
             for stage in stages where stage.config.needsDestination {

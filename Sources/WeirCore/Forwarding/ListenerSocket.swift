@@ -10,6 +10,7 @@ public final class ListenerSocket: Sendable {
     public let fingerprint: String
     private let owner = NIOLockedValueBox<ListenerOwner?>(nil)
     private let boundChannel = NIOLockedValueBox<(any Channel)?>(nil)
+    private let dialer = NIOLockedValueBox<(any ListenerDialer)?>(nil)
 
     public init(fingerprint: String) { self.fingerprint = fingerprint }
 
@@ -39,6 +40,18 @@ public final class ListenerSocket: Sendable {
         boundChannel.withLockedValue { $0 = channel }
     }
 
+    /// Starts a listener that dials out; what it connects goes to whichever owner is current.
+    public func start(dialing listener: any DialingStreamListener, group: any EventLoopGroup) {
+        let dialer = listener.startDialing(group: group) { [self] connection in
+            if case .stream(let forwarder) = currentOwner {
+                forwarder.accept(connection)
+            } else {
+                connection.close(promise: nil)
+            }
+        }
+        self.dialer.withLockedValue { $0 = dialer }
+    }
+
     public func bind(datagram listener: any DatagramListener, group: any EventLoopGroup) async throws {
         let channel = try await listener.bind(group: group) { [self] channel in
             channel.eventLoop.makeCompletedFuture {
@@ -49,6 +62,7 @@ public final class ListenerSocket: Sendable {
     }
 
     public func close() async {
+        dialer.withLockedValue { $0 }?.stop()
         guard let channel else { return }
         try? await channel.close()
     }

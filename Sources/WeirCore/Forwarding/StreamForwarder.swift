@@ -164,10 +164,20 @@ public final class StreamForwarder: Sendable {
             let carrierInfo = ConnectionInfo(pipeline: self.pipeline, client: nil, local: nil, eventLoop: eventLoop)
             // A carrier's end of input is its end: HTTP/2 has no use for a half-closed connection.
             let bootstrap = self.bootstrap(on: eventLoop).channelOption(.allowRemoteHalfClosure, value: false)
-            return self.connector.connect(carrierInfo, bootstrap: bootstrap).flatMapThrowing { carrier in
-                let handlers = multiplexing.carrierFilters.reversed().flatMap { $0.handlers(for: carrierInfo).targetSide }
-                try carrier.pipeline.syncOperations.addHandlers(handlers)
-                return carrier
+            return self.connector.connect(carrierInfo, bootstrap: bootstrap).flatMap { carrier in
+                // A connector may hand over a connection of another loop (connect.reverse's tunnels).
+                carrier.eventLoop.submit {
+                    var carrierInfo = carrierInfo
+                    carrierInfo.eventLoop = carrier.eventLoop
+                    let handlers = multiplexing.carrierFilters.reversed().flatMap { $0.handlers(for: carrierInfo).targetSide }
+                    do {
+                        try carrier.pipeline.syncOperations.addHandlers(handlers)
+                    } catch {
+                        carrier.close(promise: nil)
+                        throw error
+                    }
+                    return carrier
+                }
             }
         }
     }

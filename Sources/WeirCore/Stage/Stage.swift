@@ -9,8 +9,9 @@ public struct ConnectionInfo: Sendable {
     public let pipeline: String
     public let client: SocketAddress?
     public let local: SocketAddress?
-    /// The loop the client's channel runs on; the target side runs on it too.
-    public let eventLoop: any EventLoop
+    /// The loop the client's channel runs on; the target side usually runs on it too (a stream of a
+    /// multiplexed carrier runs on the carrier's).
+    public var eventLoop: any EventLoop
     /// Where the client asked to go (SOCKS5, HTTP CONNECT, a TLS server name); nil for plain listeners.
     public var destination: Destination?
 
@@ -64,6 +65,19 @@ public protocol StreamListener: Stage {
         group: any EventLoopGroup,
         childInitializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
     ) async throws -> any Channel
+}
+
+/// A stream listener that dials out instead of binding (`listen.reverse`): it keeps connections to a peer
+/// open and hands each one to `accept` as if it had been accepted (autoRead off, remote half-closure
+/// allowed). Closing the returned dialer stops it from dialing again.
+public protocol DialingStreamListener: Stage {
+    func startDialing(group: any EventLoopGroup, accept: @escaping @Sendable (any Channel) -> Void) -> any ListenerDialer
+}
+
+/// The running side of a dialing listener.
+public protocol ListenerDialer: Sendable {
+    /// Stops dialing. Connections already handed over stay with the pipeline that took them.
+    func stop()
 }
 
 /// Binds a datagram socket; `initializer` installs the runtime's session table on it.

@@ -65,6 +65,10 @@ public protocol StageConfig: Sendable {
     /// Validation refuses it in a pipeline where no stage names destinations.
     var needsDestination: Bool { get }
 
+    /// Why the stage cannot work with the pipeline's other stages (`stages` is the whole pipeline, itself
+    /// included), or nil. For requirements beyond the listener's, e.g. a stage that needs another one.
+    func pipelineError(stages: [any StageConfig]) -> String?
+
     /// A digest of what the stage read besides its YAML (certificate files), appended to its fingerprint so a
     /// reload picks up a changed file even when the YAML did not change. Empty for most stages.
     var contentFingerprint: String { get }
@@ -76,6 +80,7 @@ public protocol StageConfig: Sendable {
 
 extension StageConfig {
     public func placementError(listener: (any ListenerConfig)?) -> String? { nil }
+    public func pipelineError(stages: [any StageConfig]) -> String? { nil }
     public var namesDestination: Bool { false }
     public var needsDestination: Bool { false }
     public var contentFingerprint: String { "" }
@@ -134,4 +139,9 @@ public struct StageContext: Sendable {
         self.listener = listener
         self.environment = environment
     }
+}
+
+/// A stage that multiplexes connections over a carrier (`transform.mux`), for stages that need one.
+public protocol MultiplexingConfig: StageConfig {
+    var multiplexingSide: MultiplexingSide { get }
 }

@@ -104,12 +104,14 @@ final class MuxCarriers: Sendable {
         }
         if let dialing {
             carrier.whenFailure { _ in self.forget(id) }
-            dial(eventLoop).flatMapThrowing { carrier in
-                do {
-                    return try self.setUp(carrier: carrier, id: id)
-                } catch {
-                    carrier.close(promise: nil)
-                    throw error
+            dial(eventLoop).flatMap { carrier in
+                carrier.eventLoop.submit {
+                    do {
+                        return try self.setUp(carrier: carrier, id: id)
+                    } catch {
+                        carrier.close(promise: nil)
+                        throw error
+                    }
                 }
             }.cascade(to: dialing)
         }

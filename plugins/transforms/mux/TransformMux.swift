@@ -4,7 +4,7 @@ import WeirCore
 
 /// `transform.mux`: many client connections as HTTP/2 streams of one long-lived connection between two agents,
 /// so a relay pays its TCP, TLS and WebSocket handshakes once per carrier instead of once per connection.
-public struct TransformMuxConfig: StageConfig {
+public struct TransformMuxConfig: MultiplexingConfig {
     public enum Side: String, Sendable, CaseIterable {
         case client, server
     }
@@ -48,6 +48,8 @@ public struct TransformMuxConfig: StageConfig {
         return TransformMuxConfig(side: side, maxStreams: maxStreams, keepalive: keepalive, idleTimeout: idleTimeout, window: window)
     }
 
+    public var multiplexingSide: MultiplexingSide { side == .client ? .client : .server }
+
     /// Each stream's request carries the destination the client side's connection named.
     public var namesDestination: Bool { side == .server }
 
@@ -66,7 +68,7 @@ final class TransformMux: StreamMultiplexingFilter {
         carriers = MuxCarriers(config: config, metrics: metrics)
     }
 
-    var multiplexingSide: MultiplexingSide { config.side == .client ? .client : .server }
+    var multiplexingSide: MultiplexingSide { config.multiplexingSide }
 
     // The mux has no handlers of its own per connection: it is the boundary between connection and carrier.
     func handlers(for connection: ConnectionInfo) -> StreamFilterHandlers { StreamFilterHandlers() }
