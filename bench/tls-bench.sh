@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # transform.tls benchmark: a TLS tunnel on loopback (plain TCP in, TLS between two hops, plain TCP out to
 # iperf3), weir against stunnel4 with the same certificate, side by side; and weir's full relay
-# (aead inside websocket inside tls, through connect.relay) for reference.
+# (aead inside websocket inside tls, through connect.relay) for reference, with and without transform.mux:
+# bulk throughput, and short connections per second (where a per-connection TLS handshake costs most).
 #
 #   bench/tls-bench.sh                        # builds weir (release, .build-bench/) and runs
 #   WEIR_BIN=/path/to/weir bench/tls-bench.sh
@@ -62,7 +63,7 @@ wait_port "$s_entry"
 stunnel=$(gbits "$s_entry")
 stop_pid "$stunnel_pid"
 
-weir_config() {  # name entry_port exit_port entry_stages exit_stages connector
+weir_config() {  # name entry_port exit_port entry_stages exit_stages connector [exit_target_port]
     local metrics
     metrics=$(free_port)
     mkdir -p "$TMP/$1"
@@ -87,14 +88,14 @@ $6
         address: 127.0.0.1:$3
 $5
       - type: connect.tcp
-        addresses: [127.0.0.1:$IPERF]
+        addresses: [127.0.0.1:${7:-$IPERF}]
 YAML
     echo "$TMP/$1/weir.yaml"
 }
 
 # Waits for the agent's health endpoint rather than probing the entry port: a probe through the relay would
 # reach iperf3 as a client that never sends its parameters, which can leave iperf3 refusing the next test.
-run_weir() {  # config entry_port
+run_weir() {  # config entry_port [measure: gbits (default) or conn_rate]
     start "$WEIR_BIN" agent --config "$1"
     local pid=$LAST_PID metrics
     metrics=$(cat "$(dirname "$1")/metrics.port")
@@ -102,8 +103,42 @@ run_weir() {  # config entry_port
         python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$metrics/healthz', timeout=0.5)" 2>/dev/null && break
         sleep 0.05
     done
-    gbits "$2"
+    "${3:-gbits}" "$2"
     stop_pid "$pid"
+}
+
+# A small echo service, and short connections through port $1: each connects, sends 64 bytes, reads them
+# back and closes, one after another; prints connections per second (median of $ROUNDS runs of 300).
+ECHO=$(free_port)
+start python3 -c "
+import socketserver
+class Echo(socketserver.BaseRequestHandler):
+    def handle(self):
+        while True:
+            data = self.request.recv(65536)
+            if not data: return
+            self.request.sendall(data)
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer(('127.0.0.1', $ECHO), Echo).serve_forever()"
+wait_port "$ECHO"
+conn_rate() {
+    local runs=()
+    for _ in $(seq "$ROUNDS"); do
+        runs+=("$(python3 -c "
+import socket, time
+start = time.monotonic()
+for _ in range(300):
+    s = socket.create_connection(('127.0.0.1', $1))
+    s.sendall(b'x' * 64)
+    got = b''
+    while len(got) < 64:
+        chunk = s.recv(64)
+        if not chunk: raise SystemExit('connection closed early')
+        got += chunk
+    s.close()
+print('%.0f' % (300 / (time.monotonic() - start)))")")
+    done
+    printf '%s\n' "${runs[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
 }
 
 echo "== weir (listen.tcp + transform.tls client -> listen.tcp + transform.tls server)" >&2
@@ -146,6 +181,56 @@ config=$(weir_config relay "$r_entry" "$r_exit" "      - type: transform.aead
         peers: [127.0.0.1:$r_exit]")
 relay=$(run_weir "$config" "$r_entry")
 
+relay_stages() {  # entry_or_exit mux(yes|no) target_port
+    if [ "$1" = entry ]; then
+        echo "      - type: transform.aead
+        side: client
+        cipher: aes-256-gcm
+        password: bench
+        target: 127.0.0.1:$3"
+        [ "$2" = yes ] && echo "      - type: transform.mux
+        side: client"
+        echo "      - type: transform.websocket
+        side: client
+        host: tunnel.bench
+        path: /relay
+      - type: transform.tls
+        side: client
+        ca: $TMP/cert.pem
+        server_name: tunnel.bench"
+    else
+        echo "      - type: transform.tls
+        side: server
+        certificate: $TMP/cert.pem
+        key: $TMP/key.pem
+      - type: transform.websocket
+        side: server
+        path: /relay"
+        [ "$2" = yes ] && echo "      - type: transform.mux
+        side: server"
+        echo "      - type: transform.aead
+        side: server
+        cipher: aes-256-gcm
+        password: bench"
+    fi
+}
+
+echo "== weir relay with transform.mux (aead streams in one websocket-in-tls carrier)" >&2
+m_entry=$(free_port) m_exit=$(free_port)
+config=$(weir_config mux "$m_entry" "$m_exit" "$(relay_stages entry yes "$IPERF")" "$(relay_stages exit yes)" "      - type: connect.relay
+        peers: [127.0.0.1:$m_exit]")
+mux=$(run_weir "$config" "$m_entry")
+
+echo "== short connections through the relay, without and with transform.mux" >&2
+c_entry=$(free_port) c_exit=$(free_port)
+config=$(weir_config rate "$c_entry" "$c_exit" "$(relay_stages entry no "$ECHO")" "$(relay_stages exit no)" "      - type: connect.relay
+        peers: [127.0.0.1:$c_exit]" "$ECHO")
+rate=$(run_weir "$config" "$c_entry" conn_rate)
+c_entry=$(free_port) c_exit=$(free_port)
+config=$(weir_config muxrate "$c_entry" "$c_exit" "$(relay_stages entry yes "$ECHO")" "$(relay_stages exit yes)" "      - type: connect.relay
+        peers: [127.0.0.1:$c_exit]" "$ECHO")
+mux_rate=$(run_weir "$config" "$c_entry" conn_rate)
+
 mkdir -p "$RESULTS_DIR"
 {
     echo "### transform.tls ($(date -u +%Y-%m-%d), $(nproc) CPUs)"
@@ -157,4 +242,12 @@ mkdir -p "$RESULTS_DIR"
     echo "| stunnel4 $("$STUNNEL" -version 2>&1 | awk '/^stunnel/ { print $2; exit }') (client -> server) | $stunnel | 1.00x |"
     echo "| weir transform.tls (client -> server) | $weir | $(ratio "$weir" "$stunnel") |"
     echo "| weir relay: aead-256-gcm in websocket in tls via connect.relay | $relay | $(ratio "$relay" "$stunnel") |"
+    echo "| weir relay as above, aead streams multiplexed in one carrier (transform.mux) | $mux | $(ratio "$mux" "$stunnel") |"
+    echo
+    echo "Short connections through the relay (connect, 64 bytes echoed, close; one after another, median of $ROUNDS × 300):"
+    echo
+    echo "| relay | connections/s | / without mux |"
+    echo "|---|---:|---:|"
+    echo "| aead in websocket in tls, a TLS handshake per connection | $rate | 1.00x |"
+    echo "| the same with transform.mux (one carrier) | $mux_rate | $(ratio "$mux_rate" "$rate") |"
 } | tee "$RESULTS_DIR/tls.md"
