@@ -90,6 +90,28 @@ public struct ConfigValue {
         }
     }
 
+    /// A duration (`30s`, `5m`) of at least `minimum`.
+    public func duration(atLeast minimum: Duration) -> Duration? {
+        guard let duration = parsed(DurationParser.parse) else { return nil }
+        guard duration >= minimum else {
+            let (seconds, attoseconds) = minimum.components
+            error("must be at least " + (attoseconds == 0 ? "\(seconds)s" : "\(minimum / .milliseconds(1))ms"))
+            return nil
+        }
+        return duration
+    }
+
+    /// A non-empty list of `host:port` targets.
+    public func hostPorts() -> [HostPort]? {
+        guard let items = sequence else { return nil }
+        if items.isEmpty {
+            error("needs at least one host:port")
+            return nil
+        }
+        let parsed = items.map { $0.parsed(HostPort.parse) }
+        return parsed.contains { $0 == nil } ? nil : parsed.compactMap { $0 }
+    }
+
     /// A scalar that must be one of `choices`.
     public func oneOf<T: RawRepresentable & CaseIterable>(_ type: T.Type) -> T? where T.RawValue == String {
         guard let text = string else { return nil }

@@ -28,16 +28,9 @@ public struct ConnectRelayConfig: StageConfig {
     public let maxBackoff: Duration
 
     public static func decode(_ options: ConfigMapping) -> ConnectRelayConfig? {
-        let peers = options.required("peers").flatMap { TargetList.read($0) }
+        let peers = options.required("peers").flatMap { $0.hostPorts() }
         func duration(_ key: String, _ defaultValue: Duration) -> Duration? {
-            options.optional(key, default: defaultValue) { value in
-                guard let parsed = value.parsed(DurationParser.parse) else { return nil }
-                guard parsed >= .seconds(1) else {
-                    value.error("must be at least 1s")
-                    return nil
-                }
-                return parsed
-            }
+            options.optional(key, default: defaultValue) { $0.duration(atLeast: .seconds(1)) }
         }
         let timeout = duration("connect_timeout", .seconds(3))
         let keepalive = duration("keepalive", .seconds(15))

@@ -21,14 +21,7 @@ public struct ConnectReverseConfig: StageConfig {
 
     public static func decode(_ options: ConfigMapping) -> ConnectReverseConfig? {
         let listen = options.required("listen")?.parsed(BindAddress.parse)
-        let timeout = options.optional("connect_timeout", default: Duration.seconds(5)) { value in
-            guard let parsed = value.parsed(DurationParser.parse) else { return nil }
-            guard parsed >= .milliseconds(100) else {
-                value.error("must be at least 100ms")
-                return nil
-            }
-            return parsed
-        }
+        let timeout = options.optional("connect_timeout", default: Duration.seconds(5)) { $0.duration(atLeast: .milliseconds(100)) }
         guard let listen, let timeout else { return nil }
         return ConnectReverseConfig(listen: listen, connectTimeout: timeout)
     }

@@ -20,7 +20,7 @@ public struct ConnectTCPConfig: StageConfig {
     public let connectTimeout: Duration
 
     public static func decode(_ options: ConfigMapping) -> ConnectTCPConfig? {
-        let addresses = options.optional("addresses", default: [HostPort]()) { TargetList.read($0) }
+        let addresses = options.optional("addresses", default: [HostPort]()) { $0.hostPorts() }
         let timeout = options.optional("connect_timeout", default: Duration.seconds(3)) { $0.parsed(DurationParser.parse) }
         guard let addresses, let timeout else { return nil }
         return ConnectTCPConfig(addresses: addresses, connectTimeout: timeout)
@@ -30,19 +30,6 @@ public struct ConnectTCPConfig: StageConfig {
     public var needsDestination: Bool { addresses.isEmpty }
 
     public func makeStage(_ context: StageContext) -> any Stage { ConnectTCP(config: self) }
-}
-
-/// Reads a non-empty list of `host:port` targets.
-enum TargetList {
-    static func read(_ value: ConfigValue) -> [HostPort]? {
-        guard let items = value.sequence else { return nil }
-        if items.isEmpty {
-            value.error("needs at least one host:port")
-            return nil
-        }
-        let parsed = items.map { $0.parsed(HostPort.parse) }
-        return parsed.contains { $0 == nil } ? nil : parsed.compactMap { $0 }
-    }
 }
 
 struct ConnectTCP: StreamConnector {

@@ -20,7 +20,7 @@ public struct ConnectUDPConfig: StageConfig {
     public let maxSessions: Int
 
     public static func decode(_ options: ConfigMapping) -> ConnectUDPConfig? {
-        let addresses = options.required("addresses").flatMap(TargetList.read)
+        let addresses = options.required("addresses").flatMap { $0.hostPorts() }
         let idle = options.optional("idle_timeout", default: Duration.seconds(60)) { $0.parsed(DurationParser.parse) }
         let maxSessions = options.optional("max_sessions", default: 65536) { $0.int(in: 1...10_000_000) }
         guard let addresses, let idle, let maxSessions else { return nil }

@@ -26,24 +26,10 @@ public struct ListenReverseConfig: StageConfig {
     public let maxBackoff: Duration
 
     public static func decode(_ options: ConfigMapping) -> ListenReverseConfig? {
-        let peers = options.required("peers").flatMap { value -> [HostPort]? in
-            guard let items = value.sequence, !items.isEmpty else {
-                value.error("needs at least one host:port")
-                return nil
-            }
-            let parsed = items.map { $0.parsed(HostPort.parse) }
-            return parsed.contains { $0 == nil } ? nil : parsed.compactMap { $0 }
-        }
+        let peers = options.required("peers").flatMap { $0.hostPorts() }
         let connections = options.optional("connections", default: 1) { $0.int(in: 1...64) }
         func duration(_ key: String, _ defaultValue: Duration) -> Duration? {
-            options.optional(key, default: defaultValue) { value in
-                guard let parsed = value.parsed(DurationParser.parse) else { return nil }
-                guard parsed >= .seconds(1) else {
-                    value.error("must be at least 1s")
-                    return nil
-                }
-                return parsed
-            }
+            options.optional(key, default: defaultValue) { $0.duration(atLeast: .seconds(1)) }
         }
         let timeout = duration("connect_timeout", .seconds(5))
         let maxBackoff = duration("max_backoff", .seconds(30))

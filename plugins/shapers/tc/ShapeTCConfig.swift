@@ -98,14 +98,7 @@ public struct ShapeTCConfig: StageConfig, Hashable {
         let per = options.optional("per", default: Per.pipeline) { $0.oneOf(Per.self) }
         let (total, totalValue) = optional("total", Self.rate)
         let maxClients = options.optional("max_clients", default: 1024) { $0.int(in: 1...16384) }
-        let idleTimeout = options.optional("idle_timeout", default: Duration.seconds(300)) { value in
-            guard let duration = value.parsed(DurationParser.parse) else { return nil }
-            guard duration >= .seconds(1) else {
-                value.error("must be at least 1s")
-                return nil
-            }
-            return duration
-        }
+        let idleTimeout = options.optional("idle_timeout", default: Duration.seconds(300)) { $0.duration(atLeast: .seconds(1)) }
         let (classesOption, classesValue) = optional("classes") { value -> [NamedClass]? in
             guard let items = value.sequence else { return nil }
             let decoded = items.map(decodeClass)

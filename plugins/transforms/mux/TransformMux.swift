@@ -31,14 +31,7 @@ public struct TransformMuxConfig: MultiplexingConfig {
         let side = options.required("side")?.oneOf(Side.self)
         let maxStreams = options.optional("max_streams", default: 1000) { $0.int(in: 1...100_000) }
         func duration(_ key: String, _ defaultValue: Duration) -> Duration? {
-            options.optional(key, default: defaultValue) { value in
-                guard let parsed = value.parsed(DurationParser.parse) else { return nil }
-                guard parsed >= .seconds(1) else {
-                    value.error("must be at least 1s")
-                    return nil
-                }
-                return parsed
-            }
+            options.optional(key, default: defaultValue) { $0.duration(atLeast: .seconds(1)) }
         }
         let keepalive = duration("keepalive", .seconds(15))
         let idleTimeout = duration("idle_timeout", .seconds(300))
