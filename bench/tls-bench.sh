@@ -153,34 +153,6 @@ config=$(weir_config tls "$w_entry" "$w_exit" "      - type: transform.tls
         addresses: [127.0.0.1:$w_exit]")
 weir=$(run_weir "$config" "$w_entry")
 
-echo "== weir relay (aead in websocket in tls, connect.relay)" >&2
-r_entry=$(free_port) r_exit=$(free_port)
-config=$(weir_config relay "$r_entry" "$r_exit" "      - type: transform.aead
-        side: client
-        cipher: aes-256-gcm
-        password: bench
-        target: 127.0.0.1:$IPERF
-      - type: transform.websocket
-        side: client
-        host: tunnel.bench
-        path: /relay
-      - type: transform.tls
-        side: client
-        ca: $TMP/cert.pem
-        server_name: tunnel.bench" "      - type: transform.tls
-        side: server
-        certificate: $TMP/cert.pem
-        key: $TMP/key.pem
-      - type: transform.websocket
-        side: server
-        path: /relay
-      - type: transform.aead
-        side: server
-        cipher: aes-256-gcm
-        password: bench" "      - type: connect.relay
-        peers: [127.0.0.1:$r_exit]")
-relay=$(run_weir "$config" "$r_entry")
-
 relay_stages() {  # entry_or_exit mux(yes|no) target_port
     if [ "$1" = entry ]; then
         echo "      - type: transform.aead
@@ -214,6 +186,12 @@ relay_stages() {  # entry_or_exit mux(yes|no) target_port
         password: bench"
     fi
 }
+
+echo "== weir relay (aead in websocket in tls, connect.relay)" >&2
+r_entry=$(free_port) r_exit=$(free_port)
+config=$(weir_config relay "$r_entry" "$r_exit" "$(relay_stages entry no "$IPERF")" "$(relay_stages exit no)" "      - type: connect.relay
+        peers: [127.0.0.1:$r_exit]")
+relay=$(run_weir "$config" "$r_entry")
 
 echo "== weir relay with transform.mux (aead streams in one websocket-in-tls carrier)" >&2
 m_entry=$(free_port) m_exit=$(free_port)

@@ -85,6 +85,28 @@ struct MuxTests {
             """)
     }
 
+    /// Both agents running, and the echo service behind the exit.
+    struct Agents {
+        let pki: TestPKI, service: TCPListener, exit: WeirProcess, entry: WeirProcess
+        let exitPort = freePort(), socksExitPort = freePort(), entryPort = freePort(), socksPort = freePort()
+
+        init() throws {
+            pki = try TestPKI()
+            try pki.issue("exit", dnsNames: ["exit.weir.test"])
+            service = try Backends.echo()
+            exit = try MuxTests.exitAgent(port: exitPort, socksPort: socksExitPort, pki: pki)
+            entry = try MuxTests.entryAgent(
+                port: entryPort, socksPort: socksPort, exit: exitPort, socksExit: socksExitPort, service: service.port, pki: pki)
+            try exit.start()
+            try entry.start()
+        }
+
+        func stop() {
+            entry.stop()
+            exit.stop()
+        }
+    }
+
     /// Established TCP connections whose remote port is `port`, from the kernel's table (IPv4 loopback).
     static func establishedConnections(toPort port: Int) throws -> Int {
         // procfs files have no size, so they are read to their end rather than by length.
@@ -100,17 +122,9 @@ struct MuxTests {
 
     @Test("200 concurrent connections share one carrier; 64 MiB byte-exact; pings measure the peer; SOCKS5 destinations travel in the stream")
     func manyConnectionsOneCarrier() throws {
-        let pki = try TestPKI()
-        try pki.issue("exit", dnsNames: ["exit.weir.test"])
-        let service = try Backends.echo()
-        let exitPort = freePort(), socksExitPort = freePort(), entryPort = freePort(), socksPort = freePort()
-        let exit = try Self.exitAgent(port: exitPort, socksPort: socksExitPort, pki: pki)
-        try exit.start()
-        defer { exit.stop() }
-        let entry = try Self.entryAgent(
-            port: entryPort, socksPort: socksPort, exit: exitPort, socksExit: socksExitPort, service: service.port, pki: pki)
-        try entry.start()
-        defer { entry.stop() }
+        let agents = try Agents()
+        defer { agents.stop() }
+        let (exit, entry, exitPort, entryPort) = (agents.exit, agents.entry, agents.exitPort, agents.entryPort)
 
         // 200 clients connect and send before any of them reads, so all 200 are open at once.
         var clients: [TCPClient] = []
@@ -150,26 +164,18 @@ struct MuxTests {
         // SOCKS5 clients name the destination; it travels in the stream's request to the exit.
         let web = try ProxyListenerTests.WebServer()
         for _ in 0..<3 {
-            let fetched = try ProxyListenerTests.curl(["--socks5-hostname", "127.0.0.1:\(socksPort)", "http://localhost:\(web.port)/file.txt"])
+            let fetched = try ProxyListenerTests.curl(["--socks5-hostname", "127.0.0.1:\(agents.socksPort)", "http://localhost:\(web.port)/file.txt"])
             #expect(fetched.status == 0 && fetched.body == web.content, "\(fetched)")
         }
-        #expect(try Self.establishedConnections(toPort: socksExitPort) == 1, "three requests, one carrier")
+        #expect(try Self.establishedConnections(toPort: agents.socksExitPort) == 1, "three requests, one carrier")
         #expect(try exit.metric("weir_pipeline_connections_total", ["pipeline": "socks-exit"]) == 3)
     }
 
     @Test("After the exit restarts, the next connection dials a new carrier")
     func carrierRecovers() throws {
-        let pki = try TestPKI()
-        try pki.issue("exit", dnsNames: ["exit.weir.test"])
-        let service = try Backends.echo()
-        let exitPort = freePort(), socksExitPort = freePort(), entryPort = freePort(), socksPort = freePort()
-        let exit = try Self.exitAgent(port: exitPort, socksPort: socksExitPort, pki: pki)
-        try exit.start()
-        defer { exit.stop() }
-        let entry = try Self.entryAgent(
-            port: entryPort, socksPort: socksPort, exit: exitPort, socksExit: socksExitPort, service: service.port, pki: pki)
-        try entry.start()
-        defer { entry.stop() }
+        let agents = try Agents()
+        defer { agents.stop() }
+        let (exit, entry, exitPort, entryPort) = (agents.exit, agents.entry, agents.exitPort, agents.entryPort)
         #expect(try echoMismatch(port: entryPort, size: 1 << 20, seed: 1) == nil)
 
         exit.signal(SIGKILL)

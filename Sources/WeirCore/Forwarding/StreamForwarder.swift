@@ -220,9 +220,12 @@ public final class StreamForwarder: Sendable {
             setupFailed(client: client, target: target)
             return
         }
+        // A target that went inactive before its glue was in place (a stream whose carrier just failed) told
+        // nobody: it counts as a failed setup, so the client does not wait on it.
         guard target.eventLoop !== client.eventLoop else {
             do {
                 try target.pipeline.syncOperations.addHandlers(targetHandlers)
+                guard target.isActive else { throw ChannelError.ioOnClosedChannel }
             } catch {
                 setupFailed(client: client, target: target)
                 return
@@ -235,6 +238,7 @@ public final class StreamForwarder: Sendable {
         let handOver = UnsafeHandOver(targetHandlers)
         target.eventLoop.submit {
             try target.pipeline.syncOperations.addHandlers(handOver.value)
+            guard target.isActive else { throw ChannelError.ioOnClosedChannel }
         }.hop(to: client.eventLoop).assumeIsolated().whenComplete { result in
             switch result {
             case .success: self.start(client: client, target: target, negotiation: negotiation)

@@ -116,12 +116,17 @@ final class MuxCarriers: Sendable {
             }.cascade(to: dialing)
         }
         return carrier.flatMap { carrier in
+            // A stream asked of a carrier that is already closing may never be created: the carrier's end
+            // fails it, so the client connection does not wait for nothing.
+            let opened = carrier.channel.eventLoop.makePromise(of: (any Channel).self)
+            carrier.channel.closeFuture.whenComplete { _ in opened.fail(CarrierClosed()) }
             carrier.multiplexer.createStreamChannel { stream in
                 stream.eventLoop.makeCompletedFuture {
                     try stream.syncOptions?.setOption(.autoRead, value: false)
                     try stream.pipeline.syncOperations.addHandler(MuxStreamHandler(opening: .request(destination)))
                 }
-            }
+            }.cascade(to: opened)
+            return opened.futureResult
         }.map { stream in
             stream.closeFuture.whenComplete { _ in self.streamEnded(on: id) }
             return stream
@@ -167,4 +172,8 @@ final class MuxCarriers: Sendable {
             carrier.whenSuccess { $0.channel.close(promise: nil) }
         }
     }
+}
+
+struct CarrierClosed: Error, CustomStringConvertible {
+    var description: String { "the carrier to the next agent closed" }
 }
