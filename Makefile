@@ -6,10 +6,11 @@ SWIFT      ?= swift
 export PATH := $(PATH):/opt/swift/usr/bin
 CONFIG     ?= etc/weir/weir.yaml
 
-# Debian packages by purpose. Building needs libbpf (count.ebpf) and libnftables/libnftnl/libmnl
-# (enforce.nftables, route.gateway). `make test` needs promtool (package prometheus) to check the
-# exposition, and iproute2, bpftool, nftables and python3 for the kernel tests in network namespaces.
-BUILD_PACKAGES := libbpf-dev libnftables-dev libnftnl-dev libmnl-dev pkg-config
+# Debian packages by purpose. Building needs libbpf (count.ebpf), libnftables/libnftnl/libmnl
+# (enforce.nftables, route.gateway) and libcrypto (transform.aead). `make test` needs promtool (package
+# prometheus) to check the exposition, and iproute2, bpftool, nftables and python3 for the kernel tests in
+# network namespaces.
+BUILD_PACKAGES := libbpf-dev libnftables-dev libnftnl-dev libmnl-dev libssl-dev pkg-config
 RUN_PACKAGES   := ca-certificates $(BUILD_PACKAGES)
 TEST_PACKAGES  := $(BUILD_PACKAGES) prometheus iproute2 curl bpftool python3 nftables iperf3 openssl shadowsocks-libev python3-websockets nginx-light
 BENCH_PACKAGES := $(BUILD_PACKAGES) haproxy socat iperf3 nginx-light wrk curl python3 iproute2 nftables shadowsocks-libev stunnel4 openssl

@@ -52,6 +52,12 @@ let package = Package(
         ),
         // libnftables (JSON API) for rulesets; libnftnl/libmnl under a small C layer for set elements and routes.
         .systemLibrary(
+            name: "CLibcrypto",
+            path: "Sources/CLibcrypto",
+            pkgConfig: "libcrypto",
+            providers: [.apt(["libssl-dev"])]
+        ),
+        .systemLibrary(
             name: "CNftables",
             path: "Sources/CNftables",
             pkgConfig: "libnftables",
@@ -142,7 +148,7 @@ let package = Package(
         .target(
             name: "WeirTransforms",
             dependencies: [
-                "WeirCore", .product(name: "Crypto", package: "swift-crypto"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                "WeirCore", "CLibcrypto", .product(name: "Crypto", package: "swift-crypto"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOWebSocket", package: "swift-nio"), .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "NIOHTTP2", package: "swift-nio-http2"), .product(name: "NIOHPACK", package: "swift-nio-http2"),
             ] + nio,
