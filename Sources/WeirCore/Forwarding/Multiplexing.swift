@@ -34,3 +34,9 @@ public struct MeasuredRoundTrip: Sendable {
     public let seconds: Double
     public init(seconds: Double) { self.seconds = seconds }
 }
+
+/// An outbound user event the forwarder sends once it switched autoRead on: channels that do not start
+/// reading by themselves then (an HTTP/2 stream's handler) start now. Sockets ignore it.
+public struct StartReading: Sendable {
+    public init() {}
+}

@@ -56,3 +56,59 @@ public struct HandledByListener: Error, CustomStringConvertible {
     public init(what: String) { self.what = what }
     public var description: String { "\(what): handled by the listener" }
 }
+
+/// Sits at the end of an accepted channel until the glue is in place, and keeps what reaches it meanwhile.
+///
+/// The channel has autoRead off until then, but a socket whose client already closed its end is read to that
+/// end regardless (NIO reads everything once it sees EOF): a client that sends a small request and
+/// half-closes while the target is still being connected would otherwise lose both the bytes and the end of
+/// input. Bytes a negotiation hands over when it succeeds pass through here too. `release` passes everything
+/// on in order, once the glue behind it can take it.
+final class EarlyInputHold: ChannelInboundHandler {
+    typealias InboundIn = NIOAny
+
+    private enum Held {
+        case read(NIOAny)
+        case readComplete
+        case inputClosed
+    }
+
+    private var holding = true
+    private var held: [Held] = []
+    private var context: ChannelHandlerContext?
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if holding { held.append(.read(data)) } else { context.fireChannelRead(data) }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if holding { held.append(.readComplete) } else { context.fireChannelReadComplete() }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if holding, case .inputClosed = event as? ChannelEvent {
+            held.append(.inputClosed)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    /// From here everything passes; what was kept is passed on now, in the order it came.
+    func release() {
+        holding = false
+        guard let context, !held.isEmpty else { return }
+        let kept = held
+        held = []
+        for item in kept {
+            switch item {
+            case .read(let data): context.fireChannelRead(data)
+            case .readComplete: context.fireChannelReadComplete()
+            case .inputClosed: context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+            }
+        }
+    }
+}

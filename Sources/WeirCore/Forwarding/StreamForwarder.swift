@@ -106,20 +106,23 @@ public final class StreamForwarder: Sendable {
         }
         let outerHandlers = filters[..<split].flatMap { $0.acceptHandlers(for: info) }
         let innerHandlers = filters[split...].flatMap { $0.acceptHandlers(for: info) }
-        guard addHandlers(outerHandlers, to: client) else { return }
+        // Last on the channel until the glue comes: keeps what is read before (see EarlyInputHold).
+        let hold = EarlyInputHold()
         guard let negotiation else {
-            connect(client: client, info: info, negotiation: nil)
+            guard addHandlers(outerHandlers + [hold], to: client) else { return }
+            connect(client: client, info: info, negotiation: nil, hold: hold)
             return
         }
+        guard addHandlers(outerHandlers, to: client) else { return }
         client.eventLoop.execute {
             let decided = negotiation.begin(on: client)
-            guard self.addHandlers(innerHandlers, to: client) else { return }
+            guard self.addHandlers(innerHandlers + [hold], to: client) else { return }
             decided.whenComplete { result in
                 switch result {
                 case .success(let destination):
                     var info = info
                     info.destination = destination
-                    self.connect(client: client, info: info, negotiation: negotiation)
+                    self.connect(client: client, info: info, negotiation: negotiation, hold: hold)
                 case .failure(let error as StageFailure):
                     // A transform under the negotiation failed (an AEAD stream that does not authenticate); its
                     // label counted it.
@@ -182,12 +185,12 @@ public final class StreamForwarder: Sendable {
         }
     }
 
-    private func connect(client: any Channel, info: ConnectionInfo, negotiation: (any StreamNegotiation)?) {
+    private func connect(client: any Channel, info: ConnectionInfo, negotiation: (any StreamNegotiation)?, hold: EarlyInputHold) {
         let metrics = self.metrics
         openTarget(info).hop(to: client.eventLoop).assumeIsolated().whenComplete { result in
             switch result {
             case .success(let target):
-                self.join(client: client, target: target, info: info, negotiation: negotiation)
+                self.join(client: client, target: target, info: info, negotiation: negotiation, hold: hold)
             case .failure(let error):
                 metrics.error(stage: self.connectorType, reason: "connect_failed")
                 self.logger.warning(
@@ -205,7 +208,9 @@ public final class StreamForwarder: Sendable {
         }
     }
 
-    private func join(client: any Channel, target: any Channel, info: ConnectionInfo, negotiation: (any StreamNegotiation)?) {
+    private func join(
+        client: any Channel, target: any Channel, info: ConnectionInfo, negotiation: (any StreamNegotiation)?, hold: EarlyInputHold
+    ) {
         client.eventLoop.preconditionInEventLoop()
         // The client may not be active yet (a loopback connect can finish before the accepted channel is
         // registered) or may already be gone; in the latter case this closes the target at once.
@@ -230,7 +235,7 @@ public final class StreamForwarder: Sendable {
                 setupFailed(client: client, target: target)
                 return
             }
-            start(client: client, target: target, negotiation: negotiation)
+            start(client: client, target: target, negotiation: negotiation, hold: hold)
             return
         }
         // A stream of a carrier on another loop: its handlers are added there, and only then does the
@@ -241,7 +246,7 @@ public final class StreamForwarder: Sendable {
             guard target.isActive else { throw ChannelError.ioOnClosedChannel }
         }.hop(to: client.eventLoop).assumeIsolated().whenComplete { result in
             switch result {
-            case .success: self.start(client: client, target: target, negotiation: negotiation)
+            case .success: self.start(client: client, target: target, negotiation: negotiation, hold: hold)
             case .failure: self.setupFailed(client: client, target: target)
             }
         }
@@ -254,26 +259,28 @@ public final class StreamForwarder: Sendable {
     }
 
     /// The glue is in place on both channels: answer the client, then let bytes flow.
-    private func start(client: any Channel, target: any Channel, negotiation: (any StreamNegotiation)?) {
-        // The client hears that the target answered; what it sent after its request flows into the glue.
+    private func start(client: any Channel, target: any Channel, negotiation: (any StreamNegotiation)?, hold: EarlyInputHold) {
+        // The client hears that the target answered; what it sent after its request flows into the glue,
+        // and then its end of input if that was read already.
         negotiation?.succeed(target: target)
+        hold.release()
         // Both channels were accepted or connected with autoRead off, so nothing was read before the glue
         // was in place. From here NIO reads after every read cycle, through the glue's (and filters')
         // `read` interception, which is where backpressure holds reads back. The target starts after the
         // answer above, so nothing it sends can overtake it.
-        // The explicit reads are for HTTP/2 stream channels, which do not start reading when autoRead is
-        // switched on. A socket that is not active yet must not get one: it starts reading when it becomes
-        // active, and a read asked for before its registration would stand in for that one and be lost.
+        // StartReading is for HTTP/2 streams, which do not start reading when autoRead is switched on; a
+        // socket ignores it. (A plain read() would not do: a socket accepted but not registered yet takes it
+        // as the read it does on registration, and never reads.)
         do {
             try client.syncOptions?.setOption(.autoRead, value: true)
-            if client.isActive { client.read() }
+            client.triggerUserOutboundEvent(StartReading(), promise: nil)
         } catch {
             client.close(promise: nil)
             target.close(promise: nil)
         }
         target.setOption(.autoRead, value: true).whenComplete { result in
             switch result {
-            case .success: if target.isActive { target.read() }
+            case .success: target.triggerUserOutboundEvent(StartReading(), promise: nil)
             case .failure:
                 client.close(promise: nil)
                 target.close(promise: nil)

@@ -150,6 +150,16 @@ final class MuxStreamHandler: ChannelDuplexHandler {
         context.close(promise: nil)
     }
 
+    /// The forwarder switched autoRead on: a stream channel does not start reading by itself.
+    func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
+        guard event is StartReading else {
+            context.triggerUserOutboundEvent(event, promise: promise)
+            return
+        }
+        promise?.succeed()
+        read(context: context)
+    }
+
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let buffer = unwrapOutboundIn(data)
         guard buffer.readableBytes > 0 else {
