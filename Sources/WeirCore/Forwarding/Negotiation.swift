@@ -63,8 +63,9 @@ public struct HandledByListener: Error, CustomStringConvertible {
 /// end regardless (NIO reads everything once it sees EOF): a client that sends a small request and
 /// half-closes while the target is still being connected would otherwise lose both the bytes and the end of
 /// input. Bytes a negotiation hands over when it succeeds pass through here too. `release` passes everything
-/// on in order, once the glue behind it can take it.
-final class EarlyInputHold: ChannelInboundHandler {
+/// on in order, once the glue behind it can take it. Touched only on its channel's loop (the forwarder's
+/// callbacks that carry it run there).
+final class EarlyInputHold: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = NIOAny
 
     private enum Held {
