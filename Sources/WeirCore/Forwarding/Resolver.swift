@@ -54,3 +54,11 @@ public struct ResolutionError: Error, CustomStringConvertible {
 
     public var description: String { "cannot resolve \(host): \(reason)" }
 }
+
+extension ClientBootstrap {
+    /// Connects to a configured target: its address parsed once ahead when it is an IP literal, else the name
+    /// through NIO's happy-eyeballs resolver.
+    public func connect(to target: HostPort, literal: SocketAddress?) -> EventLoopFuture<any Channel> {
+        literal.map { connect(to: $0) } ?? connect(host: target.host, port: target.port)
+    }
+}

@@ -225,30 +225,25 @@ public final class StreamForwarder: Sendable {
             setupFailed(client: client, target: target)
             return
         }
-        // A target that went inactive before its glue was in place (a stream whose carrier just failed) told
-        // nobody: it counts as a failed setup, so the client does not wait on it.
-        guard target.eventLoop !== client.eventLoop else {
-            do {
-                try target.pipeline.syncOperations.addHandlers(targetHandlers)
-                guard target.isActive else { throw ChannelError.ioOnClosedChannel }
-            } catch {
-                setupFailed(client: client, target: target)
-                return
-            }
-            start(client: client, target: target, negotiation: negotiation, hold: hold)
-            return
-        }
-        // A stream of a carrier on another loop: its handlers are added there, and only then does the
-        // client hear about it.
+        // The target's handlers are added on its loop: at once when it is the client's, else (a stream of a
+        // carrier on another loop) there, and only then does the client hear about it. A target that went
+        // inactive before its glue was in place (a stream whose carrier just failed) told nobody: that counts
+        // as a failed setup, so the client does not wait on it.
         let handOver = UnsafeHandOver(targetHandlers)
-        target.eventLoop.submit {
+        let installTarget: @Sendable () throws -> Void = {
             try target.pipeline.syncOperations.addHandlers(handOver.value)
             guard target.isActive else { throw ChannelError.ioOnClosedChannel }
-        }.hop(to: client.eventLoop).assumeIsolated().whenComplete { result in
+        }
+        let installed = { (result: Result<Void, any Error>) in
             switch result {
             case .success: self.start(client: client, target: target, negotiation: negotiation, hold: hold)
             case .failure: self.setupFailed(client: client, target: target)
             }
+        }
+        if target.eventLoop === client.eventLoop {
+            installed(Result { try installTarget() })
+        } else {
+            target.eventLoop.submit(installTarget).hop(to: client.eventLoop).assumeIsolated().whenComplete(installed)
         }
     }
 
@@ -265,9 +260,9 @@ public final class StreamForwarder: Sendable {
         negotiation?.succeed(target: target)
         hold.release()
         // Both channels were accepted or connected with autoRead off, so nothing was read before the glue
-        // was in place. From here NIO reads after every read cycle, through the glue's (and filters')
-        // `read` interception, which is where backpressure holds reads back. The target starts after the
-        // answer above, so nothing it sends can overtake it.
+        // was in place except what EarlyInputHold kept. From here NIO reads after every read cycle, through
+        // the glue's (and filters') `read` interception, which is where backpressure holds reads back. The
+        // target starts after the answer above, so nothing it sends can overtake it.
         // StartReading is for HTTP/2 streams, which do not start reading when autoRead is switched on; a
         // socket ignores it. (A plain read() would not do: a socket accepted but not registered yet takes it
         // as the read it does on registration, and never reads.)

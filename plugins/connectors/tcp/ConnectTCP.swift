@@ -85,22 +85,7 @@ struct ConnectTCP: StreamConnector {
     }
 }
 
-extension ClientBootstrap {
-    /// Connects to a configured target: its address parsed once ahead when it is an IP literal, else the name
-    /// through NIO's happy-eyeballs resolver.
-    func connect(to target: HostPort, literal: SocketAddress?) -> EventLoopFuture<any Channel> {
-        literal.map { connect(to: $0) } ?? connect(host: target.host, port: target.port)
-    }
-}
-
 struct AllTargetsFailed: Error, CustomStringConvertible {
     let errors: [String]
     var description: String { "no target answered (\(errors.joined(separator: "; ")))" }
-}
-
-extension TimeAmount {
-    init(_ duration: Duration) {
-        let (seconds, attoseconds) = duration.components
-        self = .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
-    }
 }

@@ -64,6 +64,8 @@ struct ListenReverse: DialingStreamListener {
 /// again once it closes — at once after a tunnel that worked, after a doubling wait when every peer failed.
 final class ReverseDialer: ListenerDialer, Sendable {
     private let config: ListenReverseConfig
+    /// IP literals among the peers, parsed once; names are resolved on every dial.
+    private let literals: [SocketAddress?]
     private let group: any EventLoopGroup
     private let accept: @Sendable (any Channel) -> Void
     private let open: Prometheus.Gauge
@@ -74,7 +76,6 @@ final class ReverseDialer: ListenerDialer, Sendable {
         var stopped = false
         /// Each slot's pending redial.
         var retries: [Int: Scheduled<Void>] = [:]
-        var tunnels: [ObjectIdentifier: any Channel] = [:]
     }
 
     init(
@@ -82,6 +83,7 @@ final class ReverseDialer: ListenerDialer, Sendable {
         open: Prometheus.Gauge, failures: Prometheus.Counter
     ) {
         self.config = config
+        self.literals = config.peers.map { try? SocketAddress(ipAddress: $0.host, port: $0.port) }
         self.group = group
         self.accept = accept
         self.open = open
@@ -100,19 +102,12 @@ final class ReverseDialer: ListenerDialer, Sendable {
     func dial(slot: Int, attempt: Int, peer: Int = 0) {
         guard !state.withLockedValue({ $0.stopped }) else { return }
         let eventLoop = group.next()
-        let target = config.peers[peer]
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(TimeAmount(config.connectTimeout))
             .channelOption(.autoRead, value: false)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelOption(.socketOption(.so_keepalive), value: 1)
-        let connecting: EventLoopFuture<any Channel>
-        if let literal = try? SocketAddress(ipAddress: target.host, port: target.port) {
-            connecting = bootstrap.connect(to: literal)
-        } else {
-            connecting = bootstrap.connect(host: target.host, port: target.port)
-        }
-        connecting.whenComplete { result in
+        bootstrap.connect(to: config.peers[peer], literal: literals[peer]).whenComplete { result in
             switch result {
             case .success(let tunnel):
                 self.handOver(tunnel, slot: slot)
@@ -128,12 +123,7 @@ final class ReverseDialer: ListenerDialer, Sendable {
     }
 
     private func handOver(_ tunnel: any Channel, slot: Int) {
-        let id = ObjectIdentifier(tunnel)
-        let stopped = state.withLockedValue { state -> Bool in
-            if !state.stopped { state.tunnels[id] = tunnel }
-            return state.stopped
-        }
-        guard !stopped else {
+        guard !state.withLockedValue({ $0.stopped }) else {
             tunnel.close(promise: nil)
             return
         }
@@ -141,7 +131,6 @@ final class ReverseDialer: ListenerDialer, Sendable {
         tunnel.closeFuture.whenComplete { _ in
             self.open.decrement()
             self.failures.increment()
-            self.state.withLockedValue { _ = $0.tunnels.removeValue(forKey: id) }
             // A tunnel that ends is replaced; a short pause keeps a peer that accepts and drops at once from
             // being dialed in a tight loop.
             self.retry(slot: slot, attempt: 0, on: tunnel.eventLoop)

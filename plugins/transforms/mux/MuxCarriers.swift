@@ -70,10 +70,15 @@ extension CarrierBook.Carrier {
 /// it runs on, pinged while open, closed when idle.
 final class MuxCarriers: Sendable {
     private let config: TransformMuxConfig
-    private let label: @Sendable () -> StageFailureLabel
-    private let book: NIOLockedValueBox<CarrierBook>
-    /// Each carrier's connection and HTTP/2 side, once dialed.
-    private let opened = NIOLockedValueBox<[Int: EventLoopFuture<OpenCarrier>]>([:])
+    private let metrics: PipelineMetrics
+    /// Which carrier has room, and each carrier's connection and HTTP/2 side once dialed: one lock, so a
+    /// reservation and the carrier it names are always seen together.
+    private let state: NIOLockedValueBox<State>
+
+    private struct State {
+        var book: CarrierBook
+        var opened: [Int: EventLoopFuture<OpenCarrier>] = [:]
+    }
 
     private struct OpenCarrier: Sendable {
         let channel: any Channel
@@ -82,8 +87,8 @@ final class MuxCarriers: Sendable {
 
     init(config: TransformMuxConfig, metrics: PipelineMetrics) {
         self.config = config
-        label = { StageFailureLabel(stage: TransformMuxConfig.type, reason: "mux_failed", metrics: metrics) }
-        book = NIOLockedValueBox(CarrierBook(maxStreams: config.maxStreams))
+        self.metrics = metrics
+        state = NIOLockedValueBox(State(book: CarrierBook(maxStreams: config.maxStreams)))
     }
 
     func openStream(
@@ -92,13 +97,13 @@ final class MuxCarriers: Sendable {
         // The reservation and the carrier it may need are decided together, so two connections arriving at
         // once on an empty pool share one new carrier instead of dialing two. The dial itself runs outside
         // the lock: its callbacks may run at once and take the lock again.
-        let (id, carrier, dialing) = opened.withLockedValue { opened -> (Int, EventLoopFuture<OpenCarrier>, EventLoopPromise<OpenCarrier>?) in
-            switch book.withLockedValue({ $0.reserve() }) {
+        let (id, carrier, dialing) = state.withLockedValue { state -> (Int, EventLoopFuture<OpenCarrier>, EventLoopPromise<OpenCarrier>?) in
+            switch state.book.reserve() {
             case .use(let id):
-                return (id, opened[id]!, nil)
+                return (id, state.opened[id]!, nil)
             case .dial(let id):
                 let promise = eventLoop.makePromise(of: OpenCarrier.self)
-                opened[id] = promise.futureResult
+                state.opened[id] = promise.futureResult
                 return (id, promise.futureResult, promise)
             }
         }
@@ -146,8 +151,8 @@ final class MuxCarriers: Sendable {
             stream.close()
         }
         try operations.addHandlers([
-            MuxKeepalive(interval: TimeAmount(config.keepalive)) { [weak self] in self?.book.withLockedValue { $0.drain(id) } },
-            label(),
+            MuxKeepalive(interval: TimeAmount(config.keepalive)) { [weak self] in self?.state.withLockedValue { $0.book.drain(id) } },
+            TransformMuxConfig.failureLabel(metrics),
         ])
         try carrier.syncOptions?.setOption(.autoRead, value: true)
         carrier.closeFuture.whenComplete { _ in self.forget(id) }
@@ -155,19 +160,22 @@ final class MuxCarriers: Sendable {
     }
 
     private func forget(_ id: Int) {
-        opened.withLockedValue { opened in
-            opened[id] = nil
-            book.withLockedValue { $0.remove(id) }
+        state.withLockedValue { state in
+            state.opened[id] = nil
+            state.book.remove(id)
         }
     }
 
     /// A stream ended: an idle carrier is closed after `idle_timeout` unless a stream came in the meantime.
     private func streamEnded(on id: Int) {
-        book.withLockedValue { $0.release(id, at: .now()) }
-        guard let carrier = opened.withLockedValue({ $0[id] }) else { return }
+        let carrier = state.withLockedValue { state in
+            state.book.release(id, at: .now())
+            return state.opened[id]
+        }
+        guard let carrier else { return }
         let timeout = TimeAmount(config.idleTimeout)
         carrier.eventLoop.scheduleTask(in: timeout) {
-            guard self.book.withLockedValue({ $0.isIdle(id, at: .now(), timeout: timeout) }) else { return }
+            guard self.state.withLockedValue({ $0.book.isIdle(id, at: .now(), timeout: timeout) }) else { return }
             self.forget(id)
             carrier.whenSuccess { $0.channel.close(promise: nil) }
         }

@@ -29,17 +29,20 @@ final class MuxStreamHandler: ChannelDuplexHandler {
         case end
     }
 
+    /// What is still to do to open the stream; nil once it is open.
     private var opening: Opening?
     private var held: [Held] = []
-    /// Server side: the request has not arrived yet, so reads are the handler's own.
-    private var awaitingRequest: Bool
+    /// The pipeline asked to read while nothing was held: what arrives is delivered at the end of this cycle.
+    private var deliverOnReadComplete = false
     private var outputEnded = false
     /// The last data write; an empty write (a glue's "tell me when all is out") completes with it.
     private var lastWrite: EventLoopFuture<Void>?
 
-    init(opening: Opening) {
-        self.opening = opening
-        if case .accepted = opening { awaitingRequest = true } else { awaitingRequest = false }
+    init(opening: Opening) { self.opening = opening }
+
+    /// Server side: the request has not arrived yet, so reads are the handler's own.
+    private var awaitingRequest: Bool {
+        if case .accepted = opening { true } else { false }
     }
 
     static let noDestination = "0.0.0.0:0"
@@ -69,10 +72,7 @@ final class MuxStreamHandler: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .headers(let headers):
-            if awaitingRequest {
-                awaitingRequest = false
-                accept(context, request: headers.headers)
-            }
+            if awaitingRequest { accept(context, request: headers.headers) }
             if headers.endStream { held.append(.end) }
         case .data(let data):
             if case .byteBuffer(let buffer) = data.data, buffer.readableBytes > 0 { held.append(.data(buffer)) }
@@ -103,9 +103,6 @@ final class MuxStreamHandler: ChannelDuplexHandler {
         deliver(context)
         context.fireChannelInactive()
     }
-
-    /// The pipeline asked to read while nothing was held: what arrives is delivered at the end of this cycle.
-    private var deliverOnReadComplete = false
 
     func read(context: ChannelHandlerContext) {
         guard !awaitingRequest else { return }

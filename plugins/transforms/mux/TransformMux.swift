@@ -43,6 +43,12 @@ public struct TransformMuxConfig: MultiplexingConfig {
 
     public var multiplexingSide: MultiplexingSide { side == .client ? .client : .server }
 
+    /// Counts a carrier's failures as `transform.mux`/`mux_failed`; both sides put one behind the carrier's
+    /// HTTP/2 handlers.
+    static func failureLabel(_ metrics: PipelineMetrics) -> StageFailureLabel {
+        StageFailureLabel(stage: type, reason: "mux_failed", metrics: metrics)
+    }
+
     /// Each stream's request carries the destination the client side's connection named.
     public var namesDestination: Bool { side == .server }
 
@@ -77,7 +83,6 @@ final class TransformMux: StreamMultiplexingFilter {
             eventLoop: carrier.eventLoop,
             // Graceful close on reload (GOAWAY, then streams finish); the client pings, the server only answers.
             configuration: .init(maxIdleTime: nil, maxAge: nil, maxGraceTime: nil, keepalive: nil))
-        let label = StageFailureLabel(stage: TransformMuxConfig.type, reason: "mux_failed", metrics: metrics)
         try carrier.pipeline.syncOperations.configureHTTP2Pipeline(
             mode: .server, connectionConfiguration: MuxSettings.connection(config), streamConfiguration: MuxSettings.stream(config),
             streamDelegate: management.http2StreamDelegate
@@ -87,7 +92,7 @@ final class TransformMux: StreamMultiplexingFilter {
                 try stream.pipeline.syncOperations.addHandler(MuxStreamHandler(opening: .accepted(accept)))
             }
         }
-        try carrier.pipeline.syncOperations.addHandlers([management, label])
+        try carrier.pipeline.syncOperations.addHandlers([management, TransformMuxConfig.failureLabel(metrics)])
         // A carrier's end of input is its end: HTTP/2 has no use for a half-closed connection.
         try carrier.syncOptions?.setOption(.allowRemoteHalfClosure, value: false)
         try carrier.syncOptions?.setOption(.autoRead, value: true)
