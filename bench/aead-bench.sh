@@ -46,44 +46,17 @@ for cipher in $CIPHERS; do
     kill "$tunnel_pid" "$server_pid" 2>/dev/null || true
 
     echo "== $cipher: weir (listen.tcp + transform.aead client -> listen.tcp + transform.aead server)" >&2
-    entry=$(free_port) exit_port=$(free_port) metrics=$(free_port)
-    mkdir -p "$TMP/$cipher"
-    cat > "$TMP/$cipher/weir.yaml" <<YAML
-agent:
-  state_dir: $TMP/$cipher
-metrics:
-  listen: 127.0.0.1:$metrics
-log:
-  level: warning
-pipelines:
-  entry:
-    stages:
-      - type: listen.tcp
-        address: 127.0.0.1:$entry
-      - type: transform.aead
+    entry=$(free_port) exit_port=$(free_port)
+    config=$(weir_config "$cipher" "$entry" "$exit_port" "      - type: transform.aead
         side: client
         cipher: $cipher
-        password: "$PASSWORD"
-        target: 127.0.0.1:$IPERF
-      - type: connect.tcp
-        addresses: [127.0.0.1:$exit_port]
-  exit:
-    stages:
-      - type: listen.tcp
-        address: 127.0.0.1:$exit_port
-      - type: transform.aead
+        password: \"$PASSWORD\"
+        target: 127.0.0.1:$IPERF" "      - type: transform.aead
         side: server
         cipher: $cipher
-        password: "$PASSWORD"
-      - type: connect.tcp
-YAML
-    start "$WEIR_BIN" agent --config "$TMP/$cipher/weir.yaml"
-    weir_pid=$LAST_PID
-    wait_port "$entry"
-    wait_port "$exit_port"
-    weir=$(gbits "$entry")
-    kill "$weir_pid" 2>/dev/null || true
-    wait "$weir_pid" 2>/dev/null || true
+        password: \"$PASSWORD\"" "      - type: connect.tcp
+        addresses: [127.0.0.1:$exit_port]")
+    weir=$(run_weir "$config" "$entry")
 
     rows+=("| $cipher | $weir | $shadowsocks | $(ratio "$weir" "$shadowsocks") |")
 done

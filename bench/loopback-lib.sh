@@ -59,3 +59,52 @@ gbits() {
 }
 
 ratio() { python3 -c "print('%.2fx' % ($1 / $2))"; }
+
+# weir_config NAME ENTRY_PORT EXIT_PORT ENTRY_STAGES EXIT_STAGES CONNECTOR [EXIT_TARGET_PORT]: one agent with
+# an entry pipeline (listen.tcp, ENTRY_STAGES, CONNECTOR) and an exit pipeline (listen.tcp, EXIT_STAGES,
+# connect.tcp to EXIT_TARGET_PORT, default $IPERF); prints the config's path.
+weir_config() {
+    local metrics
+    metrics=$(free_port)
+    mkdir -p "$TMP/$1"
+    echo "$metrics" > "$TMP/$1/metrics.port"
+    cat > "$TMP/$1/weir.yaml" <<YAML
+agent:
+  state_dir: $TMP/$1
+metrics:
+  listen: 127.0.0.1:$metrics
+log:
+  level: warning
+pipelines:
+  entry:
+    stages:
+      - type: listen.tcp
+        address: 127.0.0.1:$2
+$4
+$6
+  exit:
+    stages:
+      - type: listen.tcp
+        address: 127.0.0.1:$3
+$5
+      - type: connect.tcp
+        addresses: [127.0.0.1:${7:-$IPERF}]
+YAML
+    echo "$TMP/$1/weir.yaml"
+}
+
+# Waits for the agent's health endpoint rather than probing the entry port: a probe through the relay would
+# reach iperf3 as a client that never sends its parameters, which can leave iperf3 refusing the next test.
+# run_weir CONFIG ENTRY_PORT [MEASURE]: runs the agent, measures through ENTRY_PORT with MEASURE (default
+# gbits), stops it.
+run_weir() {
+    start "$WEIR_BIN" agent --config "$1"
+    local pid=$LAST_PID metrics
+    metrics=$(cat "$(dirname "$1")/metrics.port")
+    for _ in $(seq 100); do
+        python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$metrics/healthz', timeout=0.5)" 2>/dev/null && break
+        sleep 0.05
+    done
+    "${3:-gbits}" "$2"
+    stop_pid "$pid"
+}

@@ -63,50 +63,6 @@ wait_port "$s_entry"
 stunnel=$(gbits "$s_entry")
 stop_pid "$stunnel_pid"
 
-weir_config() {  # name entry_port exit_port entry_stages exit_stages connector [exit_target_port]
-    local metrics
-    metrics=$(free_port)
-    mkdir -p "$TMP/$1"
-    echo "$metrics" > "$TMP/$1/metrics.port"
-    cat > "$TMP/$1/weir.yaml" <<YAML
-agent:
-  state_dir: $TMP/$1
-metrics:
-  listen: 127.0.0.1:$metrics
-log:
-  level: warning
-pipelines:
-  entry:
-    stages:
-      - type: listen.tcp
-        address: 127.0.0.1:$2
-$4
-$6
-  exit:
-    stages:
-      - type: listen.tcp
-        address: 127.0.0.1:$3
-$5
-      - type: connect.tcp
-        addresses: [127.0.0.1:${7:-$IPERF}]
-YAML
-    echo "$TMP/$1/weir.yaml"
-}
-
-# Waits for the agent's health endpoint rather than probing the entry port: a probe through the relay would
-# reach iperf3 as a client that never sends its parameters, which can leave iperf3 refusing the next test.
-run_weir() {  # config entry_port [measure: gbits (default) or conn_rate]
-    start "$WEIR_BIN" agent --config "$1"
-    local pid=$LAST_PID metrics
-    metrics=$(cat "$(dirname "$1")/metrics.port")
-    for _ in $(seq 100); do
-        python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$metrics/healthz', timeout=0.5)" 2>/dev/null && break
-        sleep 0.05
-    done
-    "${3:-gbits}" "$2"
-    stop_pid "$pid"
-}
-
 # A small echo service, and short connections through port $1: each connects, sends 64 bytes, reads them
 # back and closes, one after another; prints connections per second (median of $ROUNDS runs of 300).
 ECHO=$(free_port)
