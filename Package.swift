@@ -25,6 +25,12 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.1.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.0.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird-websocket.git", from: "2.8.0"),
+        .package(url: "https://github.com/vapor/sql-kit.git", from: "3.36.0"),
+        .package(url: "https://github.com/vapor/sqlite-kit.git", from: "4.5.0"),
+        .package(url: "https://github.com/vapor/postgres-kit.git", from: "2.17.0"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
     ],
     targets: [
         // The core: stage protocols, registry, config loading and validation, the data-plane glue and metrics.
@@ -170,7 +176,9 @@ let package = Package(
         .target(
             name: "WeirAgent",
             dependencies: nio + [
-                "WeirCore",
+                "WeirCore", "WeirCoordinatorProtocol",
+                .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -180,10 +188,38 @@ let package = Package(
             ],
             path: "Sources/WeirAgent"
         ),
+        // What agents and the coordinator say to each other over their WebSocket, and the bundle's version.
+        .target(
+            name: "WeirCoordinatorProtocol",
+            dependencies: [.product(name: "Crypto", package: "swift-crypto")],
+            path: "Sources/WeirCoordinatorProtocol"
+        ),
+        // The coordinator: registry, desired state in SQLite or PostgreSQL, distribution, REST API.
+        .target(
+            name: "WeirCoordinator",
+            dependencies: nio + [
+                "WeirCore", "WeirCoordinatorProtocol",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+                .product(name: "SQLKit", package: "sql-kit"),
+                .product(name: "SQLiteKit", package: "sqlite-kit"),
+                .product(name: "PostgresKit", package: "postgres-kit"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Sources/WeirCoordinator",
+            resources: [.embedInCode("API/openapi.json")]
+        ),
         .executableTarget(
             name: "weir",
             dependencies: [
-                "WeirCore", "WeirAgent", "WeirStages",
+                "WeirCore", "WeirAgent", "WeirStages", "WeirCoordinator",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -5,6 +5,7 @@ import NIOPosix
 import ServiceLifecycle
 import UnixSignals
 import WeirCore
+import WeirCoordinatorProtocol
 
 /// The agent process: loads the configuration, runs the pipelines and the metrics endpoint, reloads on
 /// SIGHUP, and on graceful shutdown (SIGTERM/SIGINT) stops accepting and drains.
@@ -31,6 +32,26 @@ public actor Agent: Service {
     private let metricsServer: MetricsServer
     private var metricsChannel: (any Channel)?
     private var metricsAddress: BindAddress?
+    /// The configuration running now.
+    private var running: AgentConfig?
+    private var coordinatorClient: Task<Void, Never>?
+    private var coordinatorSettings: CoordinatorSettings?
+
+    /// Why a reload did not take effect; the running configuration stays.
+    public enum ReloadFailure: Error, CustomStringConvertible {
+        case invalid(ConfigErrors)
+        case applyFailed(any Error)
+
+        /// One line per problem, as an agent reports them to its coordinator.
+        public var messages: [String] {
+            switch self {
+            case .invalid(let errors): return errors.diagnostics.map(\.description)
+            case .applyFailed(let error): return ["\(error)"]
+            }
+        }
+
+        public var description: String { messages.joined(separator: "\n") }
+    }
 
     public init(configPath: String, registry: StageRegistry, metrics: WeirMetrics, logger: Logger) {
         self.configPath = configPath
@@ -59,20 +80,25 @@ public actor Agent: Service {
             throw StartError.startFailed(error)
         }
         recordReload(success: true)
+        running = config
         logger.info("agent started", metadata: ["id": "\(config.agentID)", "pipelines": "\(config.pipelines.count)", "config": "\(configPath)"])
+        updateCoordinatorClient(config)
 
         for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {
-            await reload()
+            _ = await reload()
         }
 
         logger.info("shutting down: draining connections", metadata: ["grace": "\(config.shutdownGrace)"])
+        coordinatorClient?.cancel()
+        await coordinatorClient?.value
         await supervisor.shutdown()
         try? await metricsChannel?.close()
         logger.info("stopped")
     }
 
     /// Validate, diff, apply; on any failure the running configuration stays as it was.
-    func reload() async {
+    @discardableResult
+    func reload() async -> ReloadFailure? {
         logger.info("reloading configuration", metadata: ["config": "\(configPath)"])
         let config: AgentConfig
         do {
@@ -80,7 +106,7 @@ public actor Agent: Service {
         } catch {
             logger.error("reload rejected: invalid configuration; keeping the running one\n\(error)")
             recordReload(success: false)
-            return
+            return .invalid(error)
         }
         let previousMetrics = metricsChannel
         let previousAddress = metricsAddress
@@ -94,11 +120,62 @@ public actor Agent: Service {
             }
             logger.error("reload failed, rolled back; keeping the running configuration", metadata: ["error": "\(error)"])
             recordReload(success: false)
-            return
+            return .applyFailed(error)
         }
         if metricsChannel !== previousMetrics { try? await previousMetrics?.close() }
         WeirLogHandler.settings.update(level: config.logLevel, format: config.logFormat)
         recordReload(success: true)
+        running = config
+        updateCoordinatorClient(config)
+        return nil
+    }
+
+    // MARK: - Coordinator
+
+    /// Installs a bundle from the coordinator and reloads through the same path as SIGHUP. When the reload
+    /// fails, the previous bundle goes back in place (the running configuration never changed) and the
+    /// errors are returned for the NACK.
+    func apply(_ bundle: ConfigBundle) async -> [String]? {
+        guard let config = running else { return ["the agent is not running yet"] }
+        guard bundle.isIntact else { return ["bundle \(bundle.version): content does not match its version or has invalid file names"] }
+        let managed = ManagedBundle(directory: config.coordinatorDirectory)
+        if managed.currentVersion == bundle.version { return nil }
+        let previous: String?
+        do {
+            previous = try managed.install(bundle)
+        } catch {
+            return ["cannot write bundle \(bundle.version) to \(config.coordinatorDirectory): \(error)"]
+        }
+        logger.info("applying coordinator bundle", metadata: ["version": "\(bundle.version)", "files": "\(bundle.files.map(\.name))"])
+        if let failure = await reload() {
+            try? managed.switchTo(previous)
+            managed.prune()
+            return failure.messages
+        }
+        managed.prune()
+        return nil
+    }
+
+    /// The bundle version running now.
+    func appliedBundleVersion() -> String? {
+        running.flatMap { ManagedBundle(directory: $0.coordinatorDirectory).currentVersion }
+    }
+
+    /// Per-pipeline numbers for the heartbeat, read from the agent's own metrics.
+    func pipelineReports() -> [String: PipelineReport] {
+        PipelineReports.read(exposition: metrics.render(), running: running?.pipelines.map(\.id) ?? [])
+    }
+
+    /// Starts, restarts (settings changed) or stops the coordinator connection to match the configuration.
+    private func updateCoordinatorClient(_ config: AgentConfig) {
+        guard config.coordinator != coordinatorSettings || (config.coordinator != nil && coordinatorClient == nil) else { return }
+        coordinatorClient?.cancel()
+        coordinatorClient = nil
+        coordinatorSettings = config.coordinator
+        guard let settings = config.coordinator else { return }
+        let client = CoordinatorClient(
+            settings: settings, agentID: config.agentID, stateDirectory: config.coordinatorDirectory, agent: self, logger: logger)
+        coordinatorClient = Task { await client.run() }
     }
 
     /// Binds the metrics endpoint when its address changed; the old one closes only once the new one is up.

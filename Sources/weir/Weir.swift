@@ -3,17 +3,18 @@ import Foundation
 import Logging
 import ServiceLifecycle
 import WeirAgent
+import WeirCoordinator
 import WeirCore
 import WeirStages
 
 @main
 struct Weir: AsyncParsableCommand {
-    static let version = "0.1.0"
+    static let version = AgentInfo.version
 
     static let configuration = CommandConfiguration(
         commandName: "weir",
         abstract: "A host agent for forwarding, securing, shaping and measuring network traffic.",
-        subcommands: [AgentCommand.self, Validate.self, Stages.self, Version.self]
+        subcommands: [AgentCommand.self, CoordinatorCommand.self, Ctl.self, Validate.self, Stages.self, Version.self]
     )
 }
 
@@ -54,6 +55,40 @@ struct AgentCommand: AsyncParsableCommand {
             if case .invalidConfig = error { throw ExitStatus.config }
             throw ExitCode.failure
         } catch let error as ServiceGroupError {
+            logger.critical("\(error)")
+            throw ExitCode.failure
+        }
+    }
+}
+
+struct CoordinatorCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "coordinator",
+        abstract: "Run the coordinator: agent registry, desired state and its distribution, REST API (/api/v1)."
+    )
+
+    @Option(name: .long, help: "Coordinator configuration file.")
+    var config: String = CoordinatorConfig.defaultPath
+
+    func run() async throws {
+        LoggingSystem.bootstrap(WeirLogHandler.init)
+        let logger = Logger(label: "weir-coordinator")
+        let settings: CoordinatorConfig
+        do {
+            settings = try CoordinatorConfig.load(path: config)
+        } catch {
+            logger.critical("invalid configuration:\n\(error)")
+            throw ExitStatus.config
+        }
+        WeirLogHandler.settings.update(level: settings.logLevel, format: settings.logFormat)
+        let coordinator = Coordinator(config: settings, registry: BuiltinStages.registry, logger: logger)
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: coordinator, successTerminationBehavior: .gracefullyShutdownGroup)],
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        do {
+            try await group.run()
+        } catch let error as Coordinator.StartError {
             logger.critical("\(error)")
             throw ExitCode.failure
         }

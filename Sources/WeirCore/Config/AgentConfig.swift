@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 
 /// The whole validated configuration: the main file plus every included drop-in.
@@ -16,6 +17,8 @@ public struct AgentConfig: Sendable {
     public var metricsListen: BindAddress?
     public var logLevel: Logger.Level
     public var logFormat: LogFormat
+    /// Where the agent gets remote configuration, if anywhere.
+    public var coordinator: CoordinatorSettings?
     /// Sorted by id.
     public var pipelines: [PipelineSpec]
     /// The main file and every included file, in load order.
@@ -32,4 +35,29 @@ public struct AgentConfig: Sendable {
     }
 
     public func pipeline(_ id: String) -> PipelineSpec? { pipelines.first { $0.id == id } }
+
+    /// The coordinator's bundle is kept here: `bundle` links to `bundles/<version>`, whose files load like drop-ins.
+    public var coordinatorDirectory: String { (stateDirectory as NSString).appendingPathComponent("coordinator") }
+}
+
+/// The `coordinator:` section of the main file.
+public struct CoordinatorSettings: Sendable, Equatable {
+    /// `wss://host:port`; the agent dials its WebSocket path.
+    public var url: String
+    /// An enrollment token, used once when the agent has no credential yet.
+    public var tokenFile: String?
+    /// The agent's own credential; default `state_dir/coordinator/credential`, written at enrollment.
+    public var credentialFile: String?
+    /// CA certificate(s) that signed the coordinator's certificate; default: the system's trust store.
+    public var caFile: String?
+    /// Labels the agent announces (assignments select agents by label).
+    public var labels: [String: String]
+
+    public init(url: String, tokenFile: String?, credentialFile: String?, caFile: String?, labels: [String: String]) {
+        self.url = url
+        self.tokenFile = tokenFile
+        self.credentialFile = credentialFile
+        self.caFile = caFile
+        self.labels = labels
+    }
 }

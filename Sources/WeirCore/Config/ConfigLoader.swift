@@ -15,12 +15,13 @@ public struct ConfigLoader: Sendable {
         var config = AgentConfig(
             agentID: Self.hostname(), stateDirectory: "/var/lib/weir", shutdownGrace: .seconds(10),
             metricsListen: try? BindAddress.parse(AgentConfig.defaultMetricsListen),
-            logLevel: .info, logFormat: .text, pipelines: [], files: [])
+            logLevel: .info, logFormat: .text, coordinator: nil, pipelines: [], files: [])
 
         guard let root = Self.parseFile(path, sink: sink)?.mapping else { throw ConfigErrors(sink.diagnostics) }
         readAgent(root.optional("agent"), into: &config)
         readMetrics(root.optional("metrics"), into: &config)
         readLog(root.optional("log"), into: &config)
+        readCoordinator(root.optional("coordinator"), into: &config)
         let include = root.optional("include").flatMap { value in value.sequence?.compactMap(\.string) }
         if let inline = root.optional("pipelines") { pipelines.read(inline) }
         root.finish()
@@ -29,6 +30,17 @@ public struct ConfigLoader: Sendable {
         for pattern in include ?? AgentConfig.defaultInclude {
             let absolute = pattern.hasPrefix("/") ? pattern : (baseDirectory as NSString).appendingPathComponent(pattern)
             for file in Self.glob(absolute) {
+                files.append(file)
+                guard let document = Self.parseFile(file, sink: sink)?.mapping else { continue }
+                if let section = document.required("pipelines") { pipelines.read(section) }
+                document.finish()
+            }
+        }
+
+        if config.coordinator != nil {
+            // The coordinator's bundle, read like any drop-in: a pipeline id used both here and there is a duplicate.
+            let managed = (config.coordinatorDirectory as NSString).appendingPathComponent("bundle/*.yaml")
+            for file in Self.glob(managed) {
                 files.append(file)
                 guard let document = Self.parseFile(file, sink: sink)?.mapping else { continue }
                 if let section = document.required("pipelines") { pipelines.read(section) }
@@ -97,9 +109,47 @@ public struct ConfigLoader: Sendable {
         log.finish()
     }
 
+    private func readCoordinator(_ value: ConfigValue?, into config: inout AgentConfig) {
+        guard let section = value?.mapping else { return }
+        func path(_ key: String) -> String? {
+            guard let value = section.optional(key), let text = value.string else { return nil }
+            guard text.hasPrefix("/") else {
+                value.error("\(key) must be an absolute path")
+                return nil
+            }
+            return text
+        }
+        let urlValue = section.required("url")
+        let url = urlValue?.string ?? ""
+        if let urlValue, !url.isEmpty {
+            if !url.hasPrefix("wss://") {
+                urlValue.error("\"\(url)\": the coordinator is reached over TLS: wss://host:port")
+            } else if URL(string: url)?.host == nil {
+                urlValue.error("\"\(url)\" is not a URL")
+            }
+        }
+        var labels: [String: String] = [:]
+        if let map = section.optional("labels")?.mapping {
+            for (key, _, value) in map.allEntries() {
+                guard let text = value.string else { continue }
+                if Self.isValidLabel(key) && Self.isValidLabel(text) { labels[key] = text } else {
+                    value.error("label \(key)=\(text): keys and values are 1-63 letters, digits, '-', '_', '.' or '/'")
+                }
+            }
+        }
+        config.coordinator = CoordinatorSettings(
+            url: url, tokenFile: path("token_file"), credentialFile: path("credential_file"), caFile: path("ca"), labels: labels)
+        section.finish()
+    }
+
+    /// Label keys and values, here and in the coordinator's selectors.
+    public static func isValidLabel(_ text: String) -> Bool {
+        (1...63).contains(text.count) && text.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "-_./".contains($0)) }
+    }
+
     // MARK: - Files
 
-    static func parseFile(_ path: String, sink: DiagnosticSink) -> ConfigValue? {
+    public static func parseFile(_ path: String, sink: DiagnosticSink) -> ConfigValue? {
         guard let data = FileManager.default.contents(atPath: path) else {
             sink.report(ConfigDiagnostic(location: nil, path: .root, message: "\(path): cannot read file"))
             return nil

@@ -1,0 +1,25 @@
+import HTTPTypes
+import Hummingbird
+
+/// Bearer API tokens on everything under /api/v1 except the agents' own endpoint and the OpenAPI document:
+/// no or an unknown token is 401; a viewer may read (GET) but not write (403).
+struct APIAuthenticationMiddleware<Context: RequestContext>: RouterMiddleware {
+    let store: CoordinatorStore
+    let openPaths: Set<String>
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let path = request.uri.path
+        guard path.hasPrefix("/api/"), !openPaths.contains(path) else { return try await next(request, context) }
+        guard let authorization = request.headers[.authorization], authorization.hasPrefix("Bearer "),
+            let token = try await store.apiToken(secret: String(authorization.dropFirst("Bearer ".count)))
+        else {
+            var error = APIError(status: .unauthorized, message: "an API token is required (Authorization: Bearer <token>)")
+            error.details = []
+            return JSONResponse.make(ErrorBody(error: error.message, details: nil), status: .unauthorized, headers: [.wwwAuthenticate: "Bearer"])
+        }
+        if token.role == .viewer && request.method != .get && request.method != .head {
+            throw APIError(status: .forbidden, message: "token \"\(token.name)\" has role viewer, which cannot change anything")
+        }
+        return try await next(request, context)
+    }
+}

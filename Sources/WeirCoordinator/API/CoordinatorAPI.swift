@@ -1,0 +1,280 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import WeirCore
+import WeirCoordinatorProtocol
+
+/// The REST API under /api/v1. Every write that changes what agents should run ends with `changed()`, which
+/// reaches every instance's connected agents.
+struct CoordinatorAPI: Sendable {
+    let store: CoordinatorStore
+    let registry: StageRegistry
+    let offlineAfter: Duration
+    let changed: @Sendable () async -> Void
+    let agentSessions: AgentSessions
+
+    static let maxDocumentSize = 16 << 20
+
+    func register(on router: Router<BasicRequestContext>) {
+        let api = router.group("api/v1")
+        api.get("openapi.json") { _, _ in
+            Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: OpenAPIDocument.json)))
+        }
+        // An upgrade the WebSocket side refused lands here: say why.
+        api.get("agent/connect") { request, _ -> Response in
+            _ = try await agentSessions.identify(request.headers)
+            throw APIError(status: .upgradeRequired, message: "this endpoint takes WebSocket connections from agents")
+        }
+
+        api.get("agents") { _, _ in JSONResponse.make(try await agentViews()) }
+        api.get("agents/{id}") { _, context in
+            let id = try context.parameters.require("id")
+            guard let view = try await agentViews().first(where: { $0.id == id }) else { throw APIError.notFound("agent \"\(id)\"") }
+            return JSONResponse.make(view)
+        }
+        api.get("agents/{id}/traffic") { _, context in
+            let id = try context.parameters.require("id")
+            guard let agent = try await store.agent(id: id) else { throw APIError.notFound("agent \"\(id)\"") }
+            return JSONResponse.make(agent.report)
+        }
+        api.delete("agents/{id}") { _, context in
+            let id = try context.parameters.require("id")
+            guard try await store.deleteAgent(id: id) else { throw APIError.notFound("agent \"\(id)\"") }
+            await changed()
+            return Response(status: .noContent)
+        }
+        api.post("agents/{id}/revoke") { _, context in
+            let id = try context.parameters.require("id")
+            guard try await store.revoke(agentID: id) else { throw APIError.notFound("agent \"\(id)\"") }
+            await changed()
+            return JSONResponse.make(["revoked": id])
+        }
+        api.put("agents/{id}/labels") { request, context in
+            let id = try context.parameters.require("id")
+            let labels = try await decode([String: String].self, request, context)
+            try Self.checkLabels(labels)
+            guard try await store.setOperatorLabels(agentID: id, labels) else { throw APIError.notFound("agent \"\(id)\"") }
+            await changed()
+            guard let view = try await agentViews().first(where: { $0.id == id }) else { throw APIError.notFound("agent \"\(id)\"") }
+            return JSONResponse.make(view)
+        }
+        api.get("labels") { _, _ in
+            var counts: [String: [String: Int]] = [:]
+            for agent in try await store.agents() {
+                for (key, value) in agent.labels { counts[key, default: [:]][value, default: 0] += 1 }
+            }
+            return JSONResponse.make(counts)
+        }
+
+        api.get("enrollment-tokens") { _, _ in JSONResponse.make(try await store.enrollmentTokens()) }
+        api.post("enrollment-tokens") { request, context in
+            let body = try await decode(EnrollmentTokenRequest.self, request, context)
+            try Self.checkLabels(body.labels ?? [:])
+            if let uses = body.uses, uses < 1 { throw APIError.badRequest("uses must be at least 1") }
+            var expiresAt: Double?
+            if let ttl = body.ttl {
+                do { expiresAt = Date().timeIntervalSince1970 + (try DurationParser.parse(ttl)).seconds } catch {
+                    throw APIError.badRequest("ttl: \(error)")
+                }
+            }
+            let (record, secret) = try await store.createEnrollmentToken(labels: body.labels ?? [:], expiresAt: expiresAt, uses: body.uses)
+            return JSONResponse.make(CreatedSecret(record: record, token: secret), status: .created)
+        }
+        api.delete("enrollment-tokens/{id}") { _, context in
+            let id = try context.parameters.require("id")
+            guard try await store.deleteEnrollmentToken(id: id) else { throw APIError.notFound("enrollment token \"\(id)\"") }
+            return Response(status: .noContent)
+        }
+
+        api.get("tokens") { _, _ in JSONResponse.make(try await store.apiTokens()) }
+        api.post("tokens") { request, context in
+            let body = try await decode(APITokenRequest.self, request, context)
+            guard !body.name.isEmpty, body.name.count <= 128 else { throw APIError.badRequest("name must be 1-128 characters") }
+            let (record, secret) = try await store.createAPIToken(name: body.name, role: body.role)
+            return JSONResponse.make(CreatedSecret(record: record, token: secret), status: .created)
+        }
+        api.delete("tokens/{id}") { _, context in
+            let id = try context.parameters.require("id")
+            guard try await store.deleteAPIToken(id: id) else { throw APIError.notFound("token \"\(id)\"") }
+            return Response(status: .noContent)
+        }
+
+        api.get("pipelines") { _, _ in JSONResponse.make(try await store.pipelines()) }
+        api.get("pipelines/{name}") { _, context in
+            let name = try context.parameters.require("name")
+            guard let document = try await store.pipeline(name: name) else { throw APIError.notFound("pipeline document \"\(name)\"") }
+            return JSONResponse.make(document)
+        }
+        api.put("pipelines/{name}") { request, context in
+            let name = try context.parameters.require("name")
+            guard Identifiers.isValidDocumentName(name) else {
+                throw APIError.badRequest("a pipeline document name is 1-64 letters, digits, '-' or '_'")
+            }
+            let document = try await documentBody(request, context)
+            try validate(document: document, name: name)
+            let existed = try await store.pipeline(name: name) != nil
+            try await store.putPipeline(name: name, document: document)
+            await changed()
+            guard let stored = try await store.pipeline(name: name) else { throw APIError.notFound("pipeline document \"\(name)\"") }
+            return JSONResponse.make(stored, status: existed ? .ok : .created)
+        }
+        api.delete("pipelines/{name}") { _, context in
+            let name = try context.parameters.require("name")
+            guard try await store.deletePipeline(name: name) else { throw APIError.notFound("pipeline document \"\(name)\"") }
+            await changed()
+            return Response(status: .noContent)
+        }
+
+        api.get("assignments") { _, _ in JSONResponse.make(try await store.assignments()) }
+        api.post("assignments") { request, context in
+            let body = try await decode(AssignmentRequest.self, request, context)
+            guard try await store.pipeline(name: body.pipeline) != nil else { throw APIError.notFound("pipeline document \"\(body.pipeline)\"") }
+            let selector = try body.selector.map { try LabelSelector(parsing: $0) }
+            guard (body.agent == nil) != (selector == nil) else { throw APIError.badRequest("give exactly one of agent and selector") }
+            if let agent = body.agent, !Identifiers.isValidAgentID(agent) { throw APIError.badRequest("\"\(agent)\" is not an agent id") }
+            let assignment = try await store.createAssignment(pipeline: body.pipeline, agent: body.agent, selector: selector)
+            await changed()
+            return JSONResponse.make(assignment, status: .created)
+        }
+        api.delete("assignments/{id}") { _, context in
+            let id = try context.parameters.require("id")
+            guard try await store.deleteAssignment(id: id) else { throw APIError.notFound("assignment \"\(id)\"") }
+            await changed()
+            return Response(status: .noContent)
+        }
+    }
+
+    // MARK: - Views
+
+    func agentViews() async throws -> [AgentView] {
+        let state = DesiredState(documents: try await store.pipelines(), assignments: try await store.assignments())
+        let now = Date().timeIntervalSince1970
+        return try await store.agents().map { agent in
+            AgentView(agent, desired: state.bundle(for: agent).version, online: now - agent.lastSeen < offlineAfter.seconds)
+        }
+    }
+
+    /// The agent's own validator (shared code), so the API refuses what an agent would, with the same messages.
+    func validate(document: String, name: String) throws {
+        do {
+            _ = try ConfigLoader(registry: registry).loadPipelines(yaml: document, name: "pipelines/\(name).yaml")
+        } catch {
+            throw APIError.unprocessable("invalid pipeline document", details: error.diagnostics.map(\.description))
+        }
+    }
+
+    private func documentBody(_ request: Request, _ context: BasicRequestContext) async throws -> String {
+        let buffer = try await request.body.collect(upTo: Self.maxDocumentSize)
+        let text = String(buffer: buffer)
+        if request.headers[.contentType]?.hasPrefix("application/json") == true {
+            struct Body: Decodable { let document: String }
+            guard let body = try? JSONDecoder().decode(Body.self, from: Data(text.utf8)) else {
+                throw APIError.badRequest("expected {\"document\": \"<YAML>\"} or the YAML itself (Content-Type: application/yaml)")
+            }
+            return body.document
+        }
+        return text
+    }
+
+    private func decode<T: Decodable>(_ type: T.Type, _ request: Request, _ context: BasicRequestContext) async throws -> T {
+        let buffer = try await request.body.collect(upTo: Self.maxDocumentSize)
+        do {
+            return try JSONDecoder().decode(type, from: Data(buffer: buffer))
+        } catch let error as APIError {
+            throw error
+        } catch {
+            throw APIError.badRequest("request body: \(Self.describe(error))")
+        }
+    }
+
+    static func describe(_ error: any Error) -> String {
+        switch error {
+        case DecodingError.keyNotFound(let key, _): return "missing key \"\(key.stringValue)\""
+        case DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context), DecodingError.dataCorrupted(let context):
+            let path = context.codingPath.map(\.stringValue).joined(separator: ".")
+            return (path.isEmpty ? "" : "\(path): ") + context.debugDescription
+        default: return "\(error)"
+        }
+    }
+
+    static func checkLabels(_ labels: [String: String]) throws {
+        for (key, value) in labels where !ConfigLoader.isValidLabel(key) || !ConfigLoader.isValidLabel(value) {
+            throw APIError.badRequest("label \(key)=\(value): keys and values are 1-63 letters, digits, '-', '_', '.' or '/'")
+        }
+    }
+}
+
+struct AgentView: Encodable {
+    let id: String
+    let labels: [String: String]
+    let version: String
+    let facts: [String: String]
+    let online: Bool
+    let revoked: Bool
+    let lastSeen: Double
+    let enrolledAt: Double
+    /// What it should run now; applied is what it runs.
+    let desiredVersion: String
+    let appliedVersion: String?
+    let nackedVersion: String?
+    let lastError: String?
+    /// in_sync, pending (not applied yet) or refused (the desired version was NACKed).
+    let status: String
+    let pipelines: [String: PipelineReport]
+
+    init(_ agent: AgentRecord, desired: String, online: Bool) {
+        id = agent.id
+        labels = agent.labels
+        version = agent.version
+        facts = agent.facts
+        self.online = online
+        revoked = agent.revoked
+        lastSeen = agent.lastSeen
+        enrolledAt = agent.enrolledAt
+        desiredVersion = desired
+        appliedVersion = agent.appliedVersion
+        nackedVersion = agent.nackedVersion
+        lastError = agent.lastError
+        status = agent.appliedVersion == desired ? "in_sync" : agent.nackedVersion == desired ? "refused" : "pending"
+        pipelines = agent.report
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case id, labels, version, facts, online, revoked, lastSeen = "last_seen", enrolledAt = "enrolled_at"
+        case desiredVersion = "desired_version", appliedVersion = "applied_version", nackedVersion = "nacked_version"
+        case lastError = "last_error", status, pipelines
+    }
+}
+
+struct EnrollmentTokenRequest: Decodable {
+    let labels: [String: String]?
+    /// e.g. "24h"; none: the token does not expire.
+    let ttl: String?
+    /// none: any number of agents may enroll with it.
+    let uses: Int?
+}
+
+struct APITokenRequest: Decodable {
+    let name: String
+    let role: APIRole
+}
+
+struct AssignmentRequest: Decodable {
+    let pipeline: String
+    let agent: String?
+    let selector: String?
+}
+
+/// A created token: its record and, this once, its secret.
+struct CreatedSecret<Record: Encodable>: Encodable {
+    let record: Record
+    let token: String
+
+    func encode(to encoder: any Encoder) throws {
+        try record.encode(to: encoder)
+        var container = encoder.container(keyedBy: Keys.self)
+        try container.encode(token, forKey: .token)
+    }
+
+    enum Keys: String, CodingKey { case token }
+}

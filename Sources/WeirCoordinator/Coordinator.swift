@@ -1,0 +1,150 @@
+import Foundation
+import Hummingbird
+import HummingbirdTLS
+import HummingbirdWebSocket
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+import ServiceLifecycle
+import WeirCore
+import WeirCoordinatorProtocol
+
+/// `weir coordinator`: the registry, the desired state and its distribution, the REST API, all on one TLS port.
+public struct Coordinator: Service {
+    public enum StartError: Error, CustomStringConvertible {
+        case invalidConfig(ConfigErrors)
+        case startFailed(String)
+
+        public var description: String {
+            switch self {
+            case .invalidConfig(let errors): return "invalid configuration:\n\(errors)"
+            case .startFailed(let message): return message
+            }
+        }
+    }
+
+    let config: CoordinatorConfig
+    let registry: StageRegistry
+    let logger: Logger
+
+    public init(config: CoordinatorConfig, registry: StageRegistry, logger: Logger) {
+        self.config = config
+        self.registry = registry
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let tls: TLSConfiguration
+        do {
+            try FileManager.default.createDirectory(atPath: config.stateDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            tls = TLSConfiguration.makeServerConfiguration(
+                certificateChain: try NIOSSLCertificate.fromPEMFile(config.certificatePath).map { .certificate($0) },
+                privateKey: .privateKey(try NIOSSLPrivateKey(file: config.keyPath, format: .pem)))
+        } catch {
+            throw StartError.startFailed("cannot load the TLS certificate or key: \(error)")
+        }
+        let database: CoordinatorDatabase
+        do {
+            database = try await CoordinatorDatabase.open(config.database, group: group, logger: logger)
+            try await database.migrate()
+        } catch {
+            throw StartError.startFailed("database \(config.database): \(String(reflecting: error))")
+        }
+        let store = CoordinatorStore(database: database)
+        try await bootstrapAdminToken(store)
+
+        let metrics = CoordinatorMetrics()
+        let distributor = Distributor(store: store, metrics: metrics, logger: logger)
+        let changes = ChangeFeed(database: database, distributor: distributor)
+        let sessions = AgentSessions(store: store, distributor: distributor, heartbeatInterval: config.heartbeatInterval, logger: logger)
+        let api = CoordinatorAPI(
+            store: store, registry: registry, offlineAfter: config.offlineAfter, changed: { await changes.publish() }, agentSessions: sessions)
+
+        let router = Router(context: BasicRequestContext.self)
+        router.add(middleware: APIErrorMiddleware())
+        router.add(middleware: APIAuthenticationMiddleware(store: store, openPaths: ["/api/v1/openapi.json", agentConnectPath]))
+        router.get("healthz") { _, _ in "ok\n" }
+        router.get("metrics") { _, _ in
+            Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"], body: .init(byteBuffer: ByteBuffer(bytes: metrics.render())))
+        }
+        api.register(on: router)
+
+        var services: [any Service] = [
+            Housekeeping(store: store, distributor: distributor, metrics: metrics, config: config, logger: logger)
+        ]
+        if case .postgres(let url) = config.database {
+            services.append(PostgresChangeListener(url: url, distributor: distributor, logger: logger))
+        }
+        let address = config.listen
+        let log = logger
+        let app = Application(
+            router: router,
+            server: try .tls(
+                .http1WebSocketUpgrade(configuration: .init(ws: .init(maxFrameSize: AgentSessions.maxMessageSize, autoPing: .disabled))) {
+                    request, _, _ in
+                    guard request.path == agentConnectPath, let identity = try? await sessions.identify(request.headerFields) else {
+                        return .dontUpgrade
+                    }
+                    return .upgrade([:]) { inbound, outbound, _ in
+                        try await sessions.serve(identity, inbound: inbound, outbound: outbound)
+                    }
+                },
+                tlsConfiguration: tls),
+            configuration: .init(address: .hostname(address.host, port: address.port), serverName: nil),
+            services: services,
+            onServerRunning: { channel in
+                log.info("coordinator listening", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? "\(address)")"])
+            },
+            eventLoopGroupProvider: .shared(group),
+            logger: logger)
+        defer { Task { await database.shutdown() } }
+        try await app.runService()
+    }
+
+    /// A new database has no API token: make an admin one and write it where the operator can read it.
+    private func bootstrapAdminToken(_ store: CoordinatorStore) async throws {
+        guard try await store.apiTokenCount() == 0 else { return }
+        let (_, secret) = try await store.createAPIToken(name: "bootstrap-admin", role: .admin)
+        let path = config.adminTokenFile
+        try? FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        guard FileManager.default.createFile(atPath: path, contents: Data((secret + "\n").utf8), attributes: [.posixPermissions: 0o600]) else {
+            throw StartError.startFailed("cannot write the first admin token to \(path)")
+        }
+        logger.notice("created the first admin API token", metadata: ["file": "\(path)"])
+    }
+}
+
+/// Every heartbeat interval: online/offline counts, silent connections closed, long-gone agents removed.
+struct Housekeeping: Service {
+    let store: CoordinatorStore
+    let distributor: Distributor
+    let metrics: CoordinatorMetrics
+    let config: CoordinatorConfig
+    let logger: Logger
+
+    func run() async throws {
+        try? await cancelWhenGracefulShutdown {
+            while true {
+                await sweep()
+                try await Task.sleep(for: config.heartbeatInterval)
+            }
+        }
+    }
+
+    private func sweep() async {
+        do {
+            await distributor.closeSilent(olderThan: config.offlineAfter)
+            let now = Date().timeIntervalSince1970
+            let removed = try await store.removeAgents(lastSeenBefore: now - config.retention.seconds)
+            if !removed.isEmpty { logger.notice("removed agents offline longer than the retention", metadata: ["agents": "\(removed)"]) }
+            let agents = try await store.agents()
+            let online = agents.filter { now - $0.lastSeen < config.offlineAfter.seconds }.count
+            metrics.agentsOnline.set(to: Double(online))
+            metrics.agentsOffline.set(to: Double(agents.count - online))
+        } catch {
+            logger.warning("housekeeping failed", metadata: ["error": "\(error)"])
+        }
+    }
+}

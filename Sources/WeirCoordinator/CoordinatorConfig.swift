@@ -1,0 +1,90 @@
+import Foundation
+import Logging
+import WeirCore
+
+/// `weir coordinator`'s settings file.
+public struct CoordinatorConfig: Sendable {
+    public enum Database: Sendable, Equatable {
+        /// One file; one coordinator instance.
+        case sqlite(path: String)
+        /// A `postgres://` URL; any number of instances on the same database.
+        case postgres(url: String)
+    }
+
+    public var listen: BindAddress
+    public var certificatePath: String
+    public var keyPath: String
+    public var stateDirectory: String
+    public var database: Database
+    /// How often agents send a heartbeat.
+    public var heartbeatInterval: Duration
+    /// An agent whose last heartbeat is older than this is offline.
+    public var offlineAfter: Duration
+    /// An agent offline longer than this is removed from the registry.
+    public var retention: Duration
+    /// Where the first admin API token is written when the database has no token yet.
+    public var adminTokenFile: String
+    public var logLevel: Logger.Level
+    public var logFormat: AgentConfig.LogFormat
+
+    public static let defaultPath = "/etc/weir/coordinator.yaml"
+
+    public static func load(path: String) throws(ConfigErrors) -> CoordinatorConfig {
+        let sink = DiagnosticSink()
+        guard let root = ConfigLoader.parseFile(path, sink: sink)?.mapping else { throw ConfigErrors(sink.diagnostics) }
+        var config = CoordinatorConfig(
+            listen: try! BindAddress.parse("0.0.0.0:8443"), certificatePath: "", keyPath: "", stateDirectory: "/var/lib/weir-coordinator",
+            database: .sqlite(path: ""), heartbeatInterval: .seconds(10), offlineAfter: .seconds(30), retention: .seconds(7 * 86400),
+            adminTokenFile: "", logLevel: .info, logFormat: .text)
+        var databaseText: String?
+        var adminTokenFile: String?
+        if let section = root.required("coordinator")?.mapping {
+            if let listen = section.optional("listen")?.parsed(BindAddress.parse) { config.listen = listen }
+            if let dir = section.optional("state_dir"), let text = dir.string {
+                if text.hasPrefix("/") { config.stateDirectory = text } else { dir.error("state_dir must be an absolute path") }
+            }
+            if let tls = section.required("tls")?.mapping {
+                config.certificatePath = tls.required("certificate")?.string ?? ""
+                config.keyPath = tls.required("key")?.string ?? ""
+                tls.finish()
+            }
+            if let database = section.optional("database") {
+                if let text = database.string {
+                    if text == "sqlite" || text.hasPrefix("sqlite:") || text.hasPrefix("postgres://") || text.hasPrefix("postgresql://") {
+                        databaseText = text
+                    } else {
+                        database.error("\"\(text)\" is not a database: use sqlite, sqlite:/path/to/file.db or postgres://user:password@host:5432/name")
+                    }
+                }
+            }
+            if let value = section.optional("heartbeat_interval")?.duration(atLeast: .milliseconds(100)) { config.heartbeatInterval = value }
+            if let value = section.optional("offline_after")?.duration(atLeast: .milliseconds(200)) { config.offlineAfter = value }
+            if let value = section.optional("retention")?.duration(atLeast: .seconds(1)) { config.retention = value }
+            adminTokenFile = section.optional("admin_token_file")?.string
+            if let value = section.optional("offline_after"), config.offlineAfter <= config.heartbeatInterval {
+                value.error("offline_after must be longer than heartbeat_interval (\(config.heartbeatInterval))")
+            }
+            section.finish()
+        }
+        if let log = root.optional("log")?.mapping {
+            if let level = log.optional("level") {
+                if let text = level.string {
+                    if let parsed = Logger.Level(rawValue: text) { config.logLevel = parsed } else { level.error("\"\(text)\" is not a log level") }
+                }
+            }
+            if let format = log.optional("format")?.oneOf(AgentConfig.LogFormat.self) { config.logFormat = format }
+            log.finish()
+        }
+        root.finish()
+        if sink.hasErrors { throw ConfigErrors(sink.diagnostics) }
+
+        let state = config.stateDirectory as NSString
+        switch databaseText {
+        case nil, "sqlite": config.database = .sqlite(path: state.appendingPathComponent("coordinator.db"))
+        case let text? where text.hasPrefix("sqlite:"): config.database = .sqlite(path: String(text.dropFirst("sqlite:".count)))
+        case let text?: config.database = .postgres(url: text)
+        }
+        config.adminTokenFile = adminTokenFile ?? state.appendingPathComponent("admin.token")
+        return config
+    }
+}

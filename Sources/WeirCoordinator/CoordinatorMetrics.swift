@@ -1,0 +1,37 @@
+import Prometheus
+
+/// The coordinator's own /metrics.
+final class CoordinatorMetrics: Sendable {
+    let registry = PrometheusCollectorRegistry()
+    let agentsOnline: Gauge
+    let agentsOffline: Gauge
+    /// Agents with an open connection to this instance.
+    let connectedAgents: Gauge
+    let pushes: Counter
+    let acks: Counter
+    let nacks: Counter
+    /// From sending a bundle to the agent's ACK of it.
+    let pushLatency: DurationHistogram
+
+    init() {
+        let agentsHelp = "Registered agents by state (online: heartbeat within offline_after)."
+        agentsOnline = registry.makeGauge(name: "weir_coordinator_agents", labels: [("state", "online")], help: agentsHelp)
+        agentsOffline = registry.makeGauge(name: "weir_coordinator_agents", labels: [("state", "offline")], help: agentsHelp)
+        connectedAgents = registry.makeGauge(
+            name: "weir_coordinator_connected_agents", labels: [], help: "Agents connected to this coordinator instance.")
+        pushes = registry.makeCounter(name: "weir_coordinator_pushes_total", labels: [], help: "Bundles sent to agents.")
+        acks = registry.makeCounter(name: "weir_coordinator_acks_total", labels: [], help: "Bundles agents applied (ACK).")
+        nacks = registry.makeCounter(name: "weir_coordinator_nacks_total", labels: [], help: "Bundles agents refused (NACK).")
+        pushLatency = registry.makeDurationHistogram(
+            name: "weir_coordinator_push_latency_seconds", labels: [],
+            buckets: [.milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250),
+                      .milliseconds(500), .seconds(1), .seconds(2), .seconds(5), .seconds(10)],
+            help: "Time from sending a bundle to the agent's ACK.")
+    }
+
+    func render() -> [UInt8] {
+        var buffer: [UInt8] = []
+        registry.emit(into: &buffer)
+        return buffer
+    }
+}

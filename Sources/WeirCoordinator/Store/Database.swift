@@ -1,0 +1,88 @@
+import Logging
+import NIOCore
+import NIOPosix
+import PostgresKit
+import SQLKit
+import SQLiteKit
+
+/// The coordinator's database: one SQLite file, or a PostgreSQL shared by several instances. Every query
+/// goes through SQLKit, so the store's SQL is written once for both.
+final class CoordinatorDatabase: Sendable {
+    let sql: any SQLDatabase
+    let isPostgres: Bool
+    private let close: @Sendable () async throws -> Void
+
+    private init(sql: any SQLDatabase, isPostgres: Bool, close: @escaping @Sendable () async throws -> Void) {
+        self.sql = sql
+        self.isPostgres = isPostgres
+        self.close = close
+    }
+
+    static func open(_ database: CoordinatorConfig.Database, group: any EventLoopGroup, logger: Logger) async throws -> CoordinatorDatabase {
+        switch database {
+        case .sqlite(let path):
+            // One connection: SQLite takes one writer at a time anyway, and one connection never sees "busy".
+            let connection = try await SQLiteConnection.open(storage: .file(path: path), threadPool: .singleton, logger: logger, on: group.next())
+            let sql = connection.sql(queryLogLevel: .trace)
+            try await sql.raw("PRAGMA journal_mode = WAL").run()
+            try await sql.raw("PRAGMA synchronous = NORMAL").run()
+            return CoordinatorDatabase(sql: sql, isPostgres: false) { try await connection.close() }
+        case .postgres(let url):
+            let configuration = try SQLPostgresConfiguration(url: url)
+            let pool = EventLoopGroupConnectionPool(
+                source: PostgresConnectionSource(sqlConfiguration: configuration), maxConnectionsPerEventLoop: 4,
+                pruneInterval: .seconds(60), logger: logger, on: group)
+            let sql = pool.database(logger: logger).sql(queryLogLevel: .trace)
+            do {
+                _ = try await sql.raw("SELECT 1").all()
+            } catch {
+                try? await pool.shutdownAsync()
+                throw error
+            }
+            let owner = PoolOwner(pool: pool)
+            return CoordinatorDatabase(sql: sql, isPostgres: true) { try await owner.pool.shutdownAsync() }
+        }
+    }
+
+    func shutdown() async { try? await close() }
+
+    /// Creates the tables when missing. Columns only ever get added, so an older database opens in a newer coordinator.
+    func migrate() async throws {
+        let statements = [
+            """
+            CREATE TABLE IF NOT EXISTS api_tokens (
+                id TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL, secret_hash TEXT NOT NULL UNIQUE,
+                created_at DOUBLE PRECISION NOT NULL)
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS enrollment_tokens (
+                id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL UNIQUE, labels TEXT NOT NULL, expires_at DOUBLE PRECISION,
+                uses_left INTEGER, created_at DOUBLE PRECISION NOT NULL)
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS agents (
+                id TEXT PRIMARY KEY, credential_hash TEXT NOT NULL, revoked INTEGER NOT NULL DEFAULT 0,
+                enrollment_labels TEXT NOT NULL DEFAULT '{}', announced_labels TEXT NOT NULL DEFAULT '{}',
+                operator_labels TEXT NOT NULL DEFAULT '{}', version TEXT NOT NULL DEFAULT '', facts TEXT NOT NULL DEFAULT '{}',
+                enrolled_at DOUBLE PRECISION NOT NULL, last_seen DOUBLE PRECISION NOT NULL,
+                desired_version TEXT, applied_version TEXT, nacked_version TEXT, last_error TEXT,
+                report TEXT NOT NULL DEFAULT '{}')
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS pipelines (
+                name TEXT PRIMARY KEY, document TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL)
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS assignments (
+                id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, agent TEXT, selector TEXT, created_at DOUBLE PRECISION NOT NULL)
+            """,
+        ]
+        for statement in statements { try await sql.raw(SQLQueryString(statement)).run() }
+    }
+}
+
+/// AsyncKit's pool guards its state with a lock but is not marked Sendable; only its shutdown crosses here.
+private final class PoolOwner: @unchecked Sendable {
+    let pool: EventLoopGroupConnectionPool<PostgresConnectionSource>
+    init(pool: EventLoopGroupConnectionPool<PostgresConnectionSource>) { self.pool = pool }
+}
