@@ -1,3 +1,4 @@
+import Glibc
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -109,11 +110,17 @@ final class PipelineRuntime: Sendable {
         }
         let socket = ListenerSocket(fingerprint: listener.fingerprint)
         socket.setOwner(owner)
-        switch listenerStage {
-        case let stream as any StreamListener: try await socket.bind(stream: stream, group: group)
-        case let datagram as any DatagramListener: try await socket.bind(datagram: datagram, group: group)
-        case let dialing as any DialingStreamListener: socket.start(dialing: dialing, group: group)
-        default: return nil
+        do {
+            switch listenerStage {
+            case let stream as any StreamListener: try await socket.bind(stream: stream, group: group)
+            case let datagram as any DatagramListener: try await socket.bind(datagram: datagram, group: group)
+            case let dialing as any DialingStreamListener: socket.start(dialing: dialing, group: group)
+            default: return nil
+            }
+        } catch let error as IOError {
+            // NIO names the system call; operators need the address.
+            let address = (listener.config as? any ListenerConfig).map { "\($0.bindAddress) (\(listener.type))" } ?? listener.type
+            throw ListenFailed(address: address, reason: String(cString: strerror(error.errnoCode)))
         }
         boundSocket.withLockedValue { $0 = socket }
         return nil
@@ -150,4 +157,11 @@ final class PipelineRuntime: Sendable {
         }
         await tracker?.drain(grace: grace)
     }
+}
+
+/// A listener that could not bind, e.g. `cannot listen on 127.0.0.1:8080 (listen.tcp): Address already in use`.
+struct ListenFailed: Error, CustomStringConvertible {
+    let address: String
+    let reason: String
+    var description: String { "cannot listen on \(address): \(reason)" }
 }

@@ -244,6 +244,25 @@ struct AgentView: Encodable {
         case desiredVersion = "desired_version", appliedVersion = "applied_version", nackedVersion = "nacked_version"
         case lastError = "last_error", status, pipelines
     }
+
+    /// Absent values are written as null, so every agent has the same fields.
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(id, forKey: .id)
+        try container.encode(labels, forKey: .labels)
+        try container.encode(version, forKey: .version)
+        try container.encode(facts, forKey: .facts)
+        try container.encode(online, forKey: .online)
+        try container.encode(revoked, forKey: .revoked)
+        try container.encode(lastSeen, forKey: .lastSeen)
+        try container.encode(enrolledAt, forKey: .enrolledAt)
+        try container.encode(desiredVersion, forKey: .desiredVersion)
+        try container.encode(appliedVersion, forKey: .appliedVersion)
+        try container.encode(nackedVersion, forKey: .nackedVersion)
+        try container.encode(lastError, forKey: .lastError)
+        try container.encode(status, forKey: .status)
+        try container.encode(pipelines, forKey: .pipelines)
+    }
 }
 
 struct EnrollmentTokenRequest: Decodable {

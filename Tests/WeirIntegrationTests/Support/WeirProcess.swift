@@ -20,7 +20,7 @@ final class WeirProcess: @unchecked Sendable {
     var configPath: String { directory.appendingPathComponent("weir.yaml").path }
 
     /// Writes `weir.yaml` with the metrics endpoint on a free port, and `pipelines` as `pipelines.d/main.yaml`.
-    init(pipelines: String, extra: String = "", netns: String? = nil, bpfPinDir: String? = nil) throws {
+    init(pipelines: String, extra: String = "", netns: String? = nil, bpfPinDir: String? = nil, id: String = "test-agent") throws {
         self.netns = netns
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("weir-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory.appendingPathComponent("pipelines.d"), withIntermediateDirectories: true)
@@ -28,7 +28,7 @@ final class WeirProcess: @unchecked Sendable {
         stderrFile = directory.appendingPathComponent("stderr.log")
         let main = """
             agent:
-              id: test-agent
+              id: \(id)
               state_dir: \(directory.path)
               shutdown_grace: 3s
             \(bpfPinDir.map { "  bpf_pin_dir: \($0)" } ?? "")

@@ -1,0 +1,236 @@
+import Foundation
+import Testing
+
+/// `weir coordinator` with real agents: enrollment over wss, bundles pushed on change, ACK/NACK, agents that
+/// keep running without it, authentication. SQLite here; PostgreSQL in CoordinatorPostgresTests. All on loopback.
+@Suite(
+    "Coordinator (SQLite) with real agents", .serialized,
+    .enabled(if: which("openssl") != nil && which("curl") != nil, "needs openssl and curl installed"))
+struct CoordinatorTests {
+    static func forward(_ id: String, port: Int, to target: Int) -> String {
+        """
+        pipelines:
+          \(id):
+            stages:
+              - type: listen.tcp
+                address: 127.0.0.1:\(port)
+              - type: connect.tcp
+                addresses: [127.0.0.1:\(target)]
+
+        """
+    }
+
+    static func managedAgent(_ id: String, coordinator: CoordinatorProcess, token: String, labels: [String: String], pipelines: String = "pipelines: {}")
+        throws -> WeirProcess
+    {
+        let agent = try WeirProcess(
+            pipelines: pipelines, extra: try coordinator.agentSection(token: token, labels: labels, agent: id), id: id)
+        try agent.start()
+        return agent
+    }
+
+    /// 4 KiB echoed byte-exact through the port.
+    static func echoes(_ port: Int) -> Bool {
+        do { return try echoMismatch(port: port, size: 4096, seed: UInt64(port), timeout: 5) == nil } catch { return false }
+    }
+
+    /// Applied version equals the desired one.
+    static func inSync(_ coordinator: CoordinatorProcess, _ id: String) -> Bool {
+        (try? coordinator.agent(id))??["status"] as? String == "in_sync"
+    }
+
+    @Test("enroll two agents, assign to a label group: both ACK within 2 s; invalid documents refused; a NACK for one agent only")
+    func distribution() throws {
+        let pki = try TestPKI()
+        let coordinator = try CoordinatorProcess(pki: pki)
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let token = try coordinator.enrollmentToken(labels: ["fleet": "test"], uses: 2)
+        let echo = try Backends.echo()
+        let localPort = freePort()
+        let a = try Self.managedAgent("agent-a", coordinator: coordinator, token: token, labels: ["role": "edge"],
+                                      pipelines: Self.forward("local-one", port: localPort, to: echo.port))
+        let b = try Self.managedAgent("agent-b", coordinator: coordinator, token: token, labels: ["role": "edge", "site": "b"])
+        defer { a.stop(); b.stop() }
+        #expect(eventually(timeout: 10) { (try? coordinator.agent("agent-a"))??["online"] as? Bool == true && (try? coordinator.agent("agent-b"))??["online"] as? Bool == true })
+        let agentA = try #require(try coordinator.agent("agent-a"))
+        #expect(agentA["labels"] as? [String: String] == ["fleet": "test", "role": "edge"])
+        #expect((agentA["facts"] as? [String: String])?["kernel"]?.isEmpty == false)
+        // The token allowed two enrollments; a third agent is refused.
+        let (thirdStatus, thirdBody) = try coordinator.request("GET", "/api/v1/agent/connect", token: nil, extraHeaders: ["X-Weir-Agent-Id: agent-c", "X-Weir-Enrollment-Token: \(token)"])
+        #expect(thirdStatus == 401, "\(thirdBody)")
+
+        // A document for the group: both agents run it, and say so, within 2 s.
+        try coordinator.admin("PUT", "/api/v1/pipelines/group-echo", yaml: Self.forward("group-echo", port: 0, to: echo.port))
+        let assigned = Date()
+        try coordinator.admin("POST", "/api/v1/assignments", json: ["pipeline": "group-echo", "selector": "role=edge"])
+        #expect(eventually(timeout: 2) { Self.inSync(coordinator, "agent-a") && Self.inSync(coordinator, "agent-b") },
+                "\(String(describing: try? coordinator.agent("agent-a")))\n\(String(describing: try? coordinator.agent("agent-b")))")
+        let converged = Date().timeIntervalSince(assigned)
+        print("group assignment: both agents ACKed after \(String(format: "%.3f", converged)) s")
+        for agent in [a, b] {
+            #expect(try agent.metric("weir_pipeline_connections_total", ["pipeline": "group-echo"]) != nil, "\(agent.log)")
+        }
+
+        // One agent's own forward, assigned by id, carries traffic.
+        let portA = freePort()
+        try coordinator.admin("PUT", "/api/v1/pipelines/a-forward", yaml: Self.forward("a-forward", port: portA, to: echo.port))
+        try coordinator.admin("POST", "/api/v1/assignments", json: ["pipeline": "a-forward", "agent": "agent-a"])
+        #expect(eventually(timeout: 5) { Self.echoes(portA) })
+        #expect(eventually(timeout: 5) { Self.inSync(coordinator, "agent-a") })
+        // Heartbeats carry the pipeline's traffic.
+        #expect(eventually(timeout: 5) {
+            let traffic = (try? coordinator.admin("GET", "/api/v1/agents/agent-a/traffic")) as? [String: [String: Any]]
+            return (traffic?["a-forward"]?["bytes_in"] as? Double ?? 0) >= 4096
+        })
+
+        // An invalid document is refused with the validator's own messages, and nothing changes.
+        let invalid = "pipelines:\n  broken:\n    stages:\n      - type: listen.tcp\n        adress: 127.0.0.1:1\n"
+        let (invalidStatus, invalidBody) = try coordinator.request(
+            "PUT", "/api/v1/pipelines/broken", body: invalid, contentType: "application/yaml", token: coordinator.adminToken)
+        #expect(invalidStatus == 422)
+        #expect(invalidBody.contains("pipelines/broken.yaml:5:9: pipelines.broken.stages[0] (listen.tcp): adress: unknown key"), "\(invalidBody)")
+        let (missing, _) = try coordinator.request("GET", "/api/v1/pipelines/broken", token: coordinator.adminToken)
+        #expect(missing == 404)
+
+        // A document that cannot run on agent-b (its port is taken there): NACK with the error, for agent-b only.
+        let taken = try TCPListener()
+        try coordinator.admin("PUT", "/api/v1/pipelines/b-only", yaml: Self.forward("b-only", port: taken.port, to: echo.port))
+        try coordinator.admin("POST", "/api/v1/assignments", json: ["pipeline": "b-only", "agent": "agent-b"])
+        #expect(eventually(timeout: 5) { (try? coordinator.agent("agent-b"))??["status"] as? String == "refused" })
+        let agentB = try #require(try coordinator.agent("agent-b"))
+        let error = agentB["last_error"] as? String ?? ""
+        #expect(error == "pipeline \"b-only\" failed to start: cannot listen on 127.0.0.1:\(taken.port) (listen.tcp): Address already in use", "\(error)")
+        #expect(Self.inSync(coordinator, "agent-a"))
+        // agent-b keeps running what it had; the refused version is not sent again.
+        #expect(try b.metric("weir_pipeline_connections_total", ["pipeline": "group-echo"]) != nil)
+        usleep(1_500_000)
+        let refusedVersion = agentB["nacked_version"] as? String ?? "?"
+        #expect(b.log.components(separatedBy: "applying coordinator bundle").filter { $0.contains(refusedVersion) }.count == 1, "\(b.log)")
+
+        // A pipeline id that agent-a already has locally: refused as a duplicate, reported as a NACK.
+        try coordinator.admin("PUT", "/api/v1/pipelines/collide", yaml: Self.forward("local-one", port: 0, to: echo.port))
+        try coordinator.admin("POST", "/api/v1/assignments", json: ["pipeline": "collide", "agent": "agent-a"])
+        #expect(eventually(timeout: 5) { (try? coordinator.agent("agent-a"))??["status"] as? String == "refused" })
+        #expect(((try coordinator.agent("agent-a"))?["last_error"] as? String)?.contains("duplicate pipeline id \"local-one\"") == true)
+        #expect(Self.echoes(portA) && Self.echoes(localPort))
+
+        let metrics = try coordinator.request("GET", "/metrics", token: nil).1
+        #expect((value(in: metrics, "weir_coordinator_acks_total", [:]) ?? 0) >= 3)
+        #expect((value(in: metrics, "weir_coordinator_nacks_total", [:]) ?? 0) >= 2)
+        #expect(value(in: metrics, "weir_coordinator_connected_agents", [:]) == 2)
+        #expect((value(in: metrics, "weir_coordinator_push_latency_seconds_count", [:]) ?? 0) >= 3)
+    }
+
+    @Test("agents keep forwarding while the coordinator is down, restart from their last bundle, and converge when it returns")
+    func coordinatorDown() throws {
+        let pki = try TestPKI()
+        let coordinator = try CoordinatorProcess(pki: pki)
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let token = try coordinator.enrollmentToken(labels: ["role": "edge"])
+        let echo = try Backends.echo()
+        let a = try Self.managedAgent("agent-a", coordinator: coordinator, token: token, labels: [:])
+        let b = try Self.managedAgent("agent-b", coordinator: coordinator, token: token, labels: [:])
+        defer { a.stop(); b.stop() }
+        let portA = freePort(), portB = freePort()
+        try coordinator.admin("PUT", "/api/v1/pipelines/fa", yaml: Self.forward("fa", port: portA, to: echo.port))
+        try coordinator.admin("PUT", "/api/v1/pipelines/fb", yaml: Self.forward("fb", port: portB, to: echo.port))
+        try coordinator.admin("POST", "/api/v1/assignments", json: ["pipeline": "fa", "agent": "agent-a"])
+        try coordinator.admin("POST", "/api/v1/assignments", json: ["pipeline": "fb", "agent": "agent-b"])
+        #expect(eventually(timeout: 5) { Self.echoes(portA) && Self.echoes(portB) })
+
+        coordinator.stop()
+        #expect(Self.echoes(portA) && Self.echoes(portB))
+        // Restarted while the coordinator is away: it runs its last bundle from state_dir.
+        a.stop()
+        try a.start()
+        #expect(Self.echoes(portA), "\(a.log)")
+        #expect(a.log.contains("coordinator connection failed"))
+
+        try coordinator.start()
+        #expect(eventually(timeout: 10) { (try? coordinator.agent("agent-a"))??["online"] as? Bool == true }, "\(a.log)")
+        let portA2 = freePort(), portB2 = freePort()
+        try coordinator.admin("PUT", "/api/v1/pipelines/fa", yaml: Self.forward("fa", port: portA2, to: echo.port))
+        try coordinator.admin("PUT", "/api/v1/pipelines/fb", yaml: Self.forward("fb", port: portB, to: echo.port) + Self.forward("fb2", port: portB2, to: echo.port).replacingOccurrences(of: "pipelines:\n", with: ""))
+        #expect(eventually(timeout: 10) { Self.inSync(coordinator, "agent-a") && Self.inSync(coordinator, "agent-b") },
+                "\(coordinator.log)")
+        #expect(Self.echoes(portA2))
+        #expect(eventually(timeout: 5) { !Self.echoes(portA) })
+        #expect(Self.echoes(portB2) && Self.echoes(portB))
+    }
+
+    @Test("API tokens: 401 without or with an unknown token, viewers read but cannot write; revoked agent credentials are refused")
+    func authentication() throws {
+        let pki = try TestPKI()
+        let coordinator = try CoordinatorProcess(pki: pki)
+        try coordinator.start()
+        defer { coordinator.stop() }
+        for token in [nil, "weir_api_not-a-token"] {
+            let (status, body) = try coordinator.request("GET", "/api/v1/agents", token: token)
+            #expect(status == 401, "\(body)")
+            let (writeStatus, _) = try coordinator.request("PUT", "/api/v1/pipelines/x", body: "pipelines: {}", token: token)
+            #expect(writeStatus == 401)
+        }
+        let viewer = try #require((coordinator.admin("POST", "/api/v1/tokens", json: ["name": "grafana", "role": "viewer"]) as? [String: Any])?["token"] as? String)
+        #expect(try coordinator.request("GET", "/api/v1/agents", token: viewer).0 == 200)
+        #expect(try coordinator.request("GET", "/api/v1/pipelines", token: viewer).0 == 200)
+        #expect(try coordinator.request("PUT", "/api/v1/pipelines/x", body: "pipelines: {}", contentType: "application/yaml", token: viewer).0 == 403)
+        #expect(try coordinator.request("POST", "/api/v1/enrollment-tokens", body: "{}", token: viewer).0 == 403)
+        #expect(try coordinator.request("POST", "/api/v1/tokens", body: #"{"name":"x","role":"admin"}"#, token: viewer).0 == 403)
+
+        let token = try coordinator.enrollmentToken()
+        let agent = try Self.managedAgent("agent-r", coordinator: coordinator, token: token, labels: [:])
+        defer { agent.stop() }
+        #expect(eventually(timeout: 10) { (try? coordinator.agent("agent-r"))??["online"] as? Bool == true })
+        let credentialFile = agent.directory.appendingPathComponent("coordinator/credential")
+        let credential = try String(contentsOf: credentialFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let connect = { (credential: String) in
+            try coordinator.request("GET", "/api/v1/agent/connect", token: nil, extraHeaders: ["X-Weir-Agent-Id: agent-r", "Authorization: Bearer \(credential)"]).0
+        }
+        #expect(try connect(credential) == 426)
+        #expect(try connect("weir_agent_forged") == 401)
+        // Another agent's token cannot claim an enrolled id.
+        let (claim, _) = try coordinator.request("GET", "/api/v1/agent/connect", token: nil, extraHeaders: ["X-Weir-Agent-Id: agent-r", "X-Weir-Enrollment-Token: \(token)"])
+        #expect(claim == 409)
+
+        try coordinator.admin("POST", "/api/v1/agents/agent-r/revoke")
+        #expect(try connect(credential) == 401)
+        #expect(eventually(timeout: 5) { agent.log.contains("credential revoked") || agent.log.contains("WebSocket upgrade failed") }, "\(agent.log)")
+        #expect(eventually(timeout: 5) { (try? coordinator.agent("agent-r"))??["online"] as? Bool == false })
+    }
+
+    @Test("every operation in /api/v1/openapi.json exists, and an agent's JSON has the documented fields")
+    func openAPIMatchesRoutes() throws {
+        let pki = try TestPKI()
+        let coordinator = try CoordinatorProcess(pki: pki)
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let (status, text) = try coordinator.request("GET", "/api/v1/openapi.json", token: nil)
+        #expect(status == 200)
+        let document = try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
+        let paths = try #require(document["paths"] as? [String: [String: Any]])
+        #expect(paths.count >= 15)
+        for (path, operations) in paths {
+            let concrete = path.replacingOccurrences(of: "{id}", with: "no-such-thing").replacingOccurrences(of: "{name}", with: "no-such-thing")
+            for method in operations.keys {
+                let (code, body) = try coordinator.request(method.uppercased(), concrete, body: method == "get" || method == "delete" ? nil : "{}",
+                                                           token: coordinator.adminToken)
+                // A route that does not exist answers 404 without naming the thing, or 405.
+                let routeMissing = code == 405 || (code == 404 && !body.contains("no-such-thing") && !body.contains("not found"))
+                #expect(!routeMissing, "\(method.uppercased()) \(path): \(code) \(body)")
+            }
+        }
+        // Something undocumented is not there.
+        #expect(try coordinator.request("GET", "/api/v1/no-such-route", token: coordinator.adminToken).0 == 404)
+
+        let token = try coordinator.enrollmentToken()
+        let agent = try Self.managedAgent("agent-doc", coordinator: coordinator, token: token, labels: ["k": "v"])
+        defer { agent.stop() }
+        #expect(eventually(timeout: 10) { (try? coordinator.agent("agent-doc"))??["online"] as? Bool == true })
+        let schemas = try #require((document["components"] as? [String: Any])?["schemas"] as? [String: [String: Any]])
+        let documented = Set(((schemas["Agent"]?["properties"]) as? [String: Any])?.keys.map { $0 } ?? [])
+        let served = Set(try #require(try coordinator.agent("agent-doc")).keys)
+        #expect(served == documented)
+    }
+}
