@@ -116,8 +116,14 @@ public struct Coordinator: Service {
     }
 }
 
+extension Coordinator: CustomStringConvertible {
+    public var description: String { "Coordinator(\(config.listen))" }
+}
+
 /// Every heartbeat interval: online/offline counts, silent connections closed, long-gone agents removed.
-struct Housekeeping: Service {
+struct Housekeeping: Service, CustomStringConvertible {
+    var description: String { "Housekeeping" }
+
     let store: CoordinatorStore
     let distributor: Distributor
     let metrics: CoordinatorMetrics

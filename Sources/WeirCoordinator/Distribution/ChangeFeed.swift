@@ -22,7 +22,9 @@ struct ChangeFeed: Sendable {
 
 /// One dedicated connection that LISTENs, reconnecting (with a fresh refresh, in case something was missed)
 /// whenever it drops.
-struct PostgresChangeListener: Service {
+struct PostgresChangeListener: Service, CustomStringConvertible {
+    var description: String { "PostgresChangeListener" }
+
     let url: String
     let distributor: Distributor
     let logger: Logger
