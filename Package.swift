@@ -242,8 +242,15 @@ let package = Package(
         ),
         .testTarget(
             name: "WeirAgentTests",
-            dependencies: nio + ["WeirCore", "WeirAgent", "WeirStages", .product(name: "Logging", package: "swift-log")],
+            dependencies: nio + ["WeirCore", "WeirAgent", "WeirStages", "WeirCoordinatorProtocol", .product(name: "Logging", package: "swift-log")],
             path: "Tests/WeirAgentTests"
+        ),
+        .testTarget(
+            name: "WeirCoordinatorTests",
+            dependencies: nio + [
+                "WeirCoordinator", "WeirCoordinatorProtocol", "WeirCore", "WeirStages", .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/WeirCoordinatorTests"
         ),
         // Runs the real `weir` binary against real sockets.
         .testTarget(

@@ -1,0 +1,48 @@
+import Foundation
+import Testing
+import WeirCoordinatorProtocol
+@testable import WeirAgent
+
+/// The agent's side of the coordinator, without a coordinator: the bundle folder and the heartbeat numbers.
+@Suite struct CoordinatorAgentSideTests {
+    @Test("a bundle is written completely, then switched to by one rename; switching back restores the previous one")
+    func managedBundle() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("weir-bundle-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let managed = ManagedBundle(directory: directory)
+        #expect(managed.currentVersion == nil)
+        let first = ConfigBundle(files: [.init(name: "a.yaml", content: "pipelines: {}\n")])
+        #expect(try managed.install(first) == nil)
+        #expect(managed.currentVersion == first.version)
+        #expect(try String(contentsOfFile: directory + "/bundle/a.yaml", encoding: .utf8) == "pipelines: {}\n")
+
+        let second = ConfigBundle(files: [.init(name: "b.yaml", content: "pipelines: {}\n# b\n")])
+        #expect(try managed.install(second) == first.version)
+        #expect(!FileManager.default.fileExists(atPath: directory + "/bundle/a.yaml"))
+        #expect(FileManager.default.fileExists(atPath: directory + "/bundle/b.yaml"))
+        try managed.switchTo(first.version)
+        #expect(managed.currentVersion == first.version)
+        managed.prune()
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory + "/bundles") == [first.version])
+        // No staging folder or temporary link left behind.
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory).sorted() == ["bundle", "bundles"])
+    }
+
+    @Test("heartbeat numbers are read from the agent's own exposition, for running pipelines only")
+    func pipelineReports() {
+        let exposition = """
+            # TYPE weir_pipeline_bytes_total counter
+            weir_pipeline_bytes_total{pipeline="web",direction="in"} 1200
+            weir_pipeline_bytes_total{pipeline="web",direction="out"} 34
+            weir_pipeline_connections_total{pipeline="web"} 3
+            weir_pipeline_connections_active{pipeline="web"} 1
+            weir_pipeline_errors_total{pipeline="web",stage="connect.tcp",reason="refused"} 2
+            weir_pipeline_errors_total{pipeline="web",stage="listen.tcp",reason="accept"} 1
+            weir_pipeline_connections_total{pipeline="retired"} 9
+            """
+        let reports = PipelineReports.read(exposition: Array(exposition.utf8), running: ["web", "idle"])
+        #expect(reports["web"] == PipelineReport(bytesIn: 1200, bytesOut: 34, connectionsTotal: 3, connectionsActive: 1, errorsTotal: 3))
+        #expect(reports["idle"] == PipelineReport())
+        #expect(reports["retired"] == nil)
+    }
+}
