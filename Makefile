@@ -50,6 +50,8 @@ test:
 bench:
 	$(call apt_install,$(BENCH_PACKAGES))
 	$(SWIFT) build -c release --product weir
+	$(SWIFT) build -c release --product weir-fleet-sim
+	WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/coordinator-bench.sh
 	WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/forward-bench.sh
 	WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/aead-bench.sh
 	WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/tls-bench.sh

@@ -11,7 +11,8 @@ let package = Package(
     name: "weir",
     platforms: [.macOS(.v14)],
     products: [
-        .executable(name: "weir", targets: ["weir"])
+        .executable(name: "weir", targets: ["weir"]),
+        .executable(name: "weir-fleet-sim", targets: ["weir-fleet-sim"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
@@ -224,6 +225,16 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Sources/weir"
+        ),
+        // Simulated agents for the coordinator benchmark (bench/coordinator-bench.sh).
+        .executableTarget(
+            name: "weir-fleet-sim",
+            dependencies: [
+                "WeirCoordinatorProtocol", .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/weir-fleet-sim"
         ),
         .testTarget(
             name: "WeirCoreTests",

@@ -200,6 +200,37 @@ struct CoordinatorTests {
         #expect(eventually(timeout: 5) { (try? coordinator.agent("agent-r"))??["online"] as? Bool == false })
     }
 
+    @Test("weir ctl: documents, assignments, tokens and agents through the API; errors exit 1 with the status")
+    func ctl() throws {
+        let pki = try TestPKI()
+        let coordinator = try CoordinatorProcess(pki: pki)
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let tokenFile = coordinator.directory.appendingPathComponent("state/admin.token").path
+        let ctl = { (arguments: [String]) throws -> (status: Int32, output: String) in
+            try runWeir(["ctl"] + arguments.prefix(1) + ["--url", coordinator.url, "--ca", pki.caPath, "--token-file", tokenFile] + arguments.dropFirst())
+        }
+        let document = coordinator.directory.appendingPathComponent("doc.yaml").path
+        try Self.forward("from-ctl", port: freePort(), to: 9).write(toFile: document, atomically: true, encoding: .utf8)
+        let applied = try ctl(["pipelines", "apply", "from-ctl", document])
+        #expect(applied.status == 0 && applied.output.contains("\"name\" : \"from-ctl\""), "\(applied.output)")
+        let assigned = try ctl(["assignments", "add", "from-ctl", "--selector", "role=edge"])
+        #expect(assigned.status == 0 && assigned.output.contains("\"selector\" : \"role=edge\""), "\(assigned.output)")
+        #expect(try ctl(["assignments", "list"]).output.contains("from-ctl"))
+        let enrollment = try ctl(["enrollment-tokens", "create", "--label", "role=edge", "--uses", "3", "--ttl", "1h"])
+        #expect(enrollment.status == 0 && enrollment.output.contains("weir_enroll_"), "\(enrollment.output)")
+        let viewer = try ctl(["tokens", "create", "dashboards", "--role", "viewer"])
+        #expect(viewer.status == 0 && viewer.output.contains("\"role\" : \"viewer\""))
+        #expect(try ctl(["agents", "list"]).status == 0)
+
+        let broken = coordinator.directory.appendingPathComponent("broken.yaml").path
+        try "pipelines:\n  x:\n    stages: []\n".write(toFile: broken, atomically: true, encoding: .utf8)
+        let refused = try ctl(["pipelines", "apply", "x", broken])
+        #expect(refused.status == 1 && refused.output.contains("422") && refused.output.contains("a pipeline needs at least one stage"), "\(refused.output)")
+        let missing = try ctl(["agents", "show", "nobody"])
+        #expect(missing.status == 1 && missing.output.contains("404"))
+    }
+
     @Test("every operation in /api/v1/openapi.json exists, and an agent's JSON has the documented fields")
     func openAPIMatchesRoutes() throws {
         let pki = try TestPKI()
