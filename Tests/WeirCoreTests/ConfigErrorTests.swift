@@ -74,7 +74,7 @@ import WeirStages
             try folder.write("weir.yaml", "log:\n  level: info\npipeline: {}\n")
             let errors = loadErrors(folder.mainFile)
             #expect(errors.map(\.description) == [
-                "\(folder.mainFile):3:1: pipeline: unknown key \"pipeline\" (allowed: agent, include, log, metrics, pipelines)"
+                "\(folder.mainFile):3:1: pipeline: unknown key \"pipeline\" (allowed: agent, coordinator, include, lists, log, metrics, pipelines)"
             ])
         }
     }
@@ -199,7 +199,7 @@ import WeirStages
             let errors = loadErrors(folder.mainFile)
             #expect(errors.map(\.description) == [
                 "\(dropIn):1:1: missing required key \"pipelines\"",
-                "\(dropIn):1:1: pipeline: unknown key \"pipeline\" (allowed: pipelines)",
+                "\(dropIn):1:1: pipeline: unknown key \"pipeline\" (allowed: lists, pipelines)",
             ])
         }
     }

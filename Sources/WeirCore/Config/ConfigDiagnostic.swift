@@ -91,9 +91,12 @@ public struct ConfigErrors: Error, Sendable, CustomStringConvertible {
     public var description: String { diagnostics.map(\.description).joined(separator: "\n") }
 }
 
-/// Collects diagnostics while a configuration is read, so one pass reports every error.
+/// Collects diagnostics while a configuration is read, so one pass reports every error. It is also what all
+/// values of one load share, so it carries the load's named lists to the stages that reference them.
 public final class DiagnosticSink {
     public private(set) var diagnostics: [ConfigDiagnostic] = []
+    /// `lists:` sections of every file of the load: name -> the list's `entries` value.
+    var namedLists: [String: ConfigValue] = [:]
 
     public init() {}
 

@@ -23,30 +23,28 @@ public struct ConfigLoader: Sendable {
         readLog(root.optional("log"), into: &config)
         readCoordinator(root.optional("coordinator"), into: &config)
         let include = root.optional("include").flatMap { value in value.sequence?.compactMap(\.string) }
-        if let inline = root.optional("pipelines") { pipelines.read(inline) }
+        // Lists first, from every file, so a pipeline may use a list defined in any of them.
+        var documents: [(lists: ConfigValue?, pipelines: ConfigValue?)] = [(root.optional("lists"), root.optional("pipelines"))]
         root.finish()
 
         let baseDirectory = (path as NSString).deletingLastPathComponent
+        var dropIns: [String] = []
         for pattern in include ?? AgentConfig.defaultInclude {
             let absolute = pattern.hasPrefix("/") ? pattern : (baseDirectory as NSString).appendingPathComponent(pattern)
-            for file in Self.glob(absolute) {
-                files.append(file)
-                guard let document = Self.parseFile(file, sink: sink)?.mapping else { continue }
-                if let section = document.required("pipelines") { pipelines.read(section) }
-                document.finish()
-            }
+            dropIns += Self.glob(absolute)
         }
-
         if config.coordinator != nil {
             // The coordinator's bundle, read like any drop-in: a pipeline id used both here and there is a duplicate.
-            let managed = (config.coordinatorDirectory as NSString).appendingPathComponent("bundle/*.yaml")
-            for file in Self.glob(managed) {
-                files.append(file)
-                guard let document = Self.parseFile(file, sink: sink)?.mapping else { continue }
-                if let section = document.required("pipelines") { pipelines.read(section) }
-                document.finish()
-            }
+            dropIns += Self.glob((config.coordinatorDirectory as NSString).appendingPathComponent("bundle/*.yaml"))
         }
+        for file in dropIns {
+            files.append(file)
+            guard let document = Self.parseFile(file, sink: sink)?.mapping else { continue }
+            documents.append(Self.dropInSections(document))
+        }
+        var lists = NamedListCollector(sink: sink)
+        for document in documents { if let section = document.lists { lists.read(section) } }
+        for document in documents { if let section = document.pipelines { pipelines.read(section) } }
 
         config.pipelines = pipelines.validated()
         config.files = files
@@ -54,13 +52,24 @@ public struct ConfigLoader: Sendable {
         return config
     }
 
-    /// Validates a standalone document holding a `pipelines:` map (a drop-in file's content).
+    /// A drop-in holds `pipelines:`, `lists:` or both.
+    static func dropInSections(_ document: ConfigMapping) -> (lists: ConfigValue?, pipelines: ConfigValue?) {
+        let lists = document.optional("lists")
+        let pipelines = lists == nil ? document.required("pipelines") : document.optional("pipelines")
+        document.finish()
+        return (lists, pipelines)
+    }
+
+    /// Validates a standalone document holding a `pipelines:` map, a `lists:` map or both (a drop-in file's
+    /// content); its pipelines may use its lists.
     public func loadPipelines(yaml: String, name: String) throws(ConfigErrors) -> [PipelineSpec] {
         let sink = DiagnosticSink()
         var pipelines = PipelineCollector(registry: registry, sink: sink)
         if let document = Self.parse(yaml, file: name, sink: sink)?.mapping {
-            if let section = document.required("pipelines") { pipelines.read(section) }
-            document.finish()
+            let sections = Self.dropInSections(document)
+            var lists = NamedListCollector(sink: sink)
+            if let section = sections.lists { lists.read(section) }
+            if let section = sections.pipelines { pipelines.read(section) }
         }
         let result = pipelines.validated()
         if sink.hasErrors { throw ConfigErrors(sink.diagnostics) }

@@ -26,6 +26,16 @@ public struct ConfigValue {
         sink.report(ConfigDiagnostic(location: location, path: path, message: message))
     }
 
+    /// A named list's `entries` (from a `lists:` section of any file of this load), or nil with an error
+    /// reported here when there is no such list. Stages decode the entries themselves, so a list is checked
+    /// by the rules of the stage that uses it, at the list's own file and line.
+    public func namedList(_ name: String) -> ConfigValue? {
+        if let list = sink.namedLists[name] { return list }
+        let known = sink.namedLists.keys.sorted()
+        error("unknown list \"\(name)\"" + (known.isEmpty ? " (no lists are defined)" : " (defined: \(known.joined(separator: ", ")))"))
+        return nil
+    }
+
     public func child(_ node: Node, _ segment: String) -> ConfigValue {
         ConfigValue(node: node, file: file, path: path.appending(segment), sink: sink)
     }

@@ -25,6 +25,9 @@ public struct EnforceNftablesConfig: StageConfig {
     public var dnsHijack: DNSHijack?
     public var marks: [MarkRule]
 
+    /// The stage's YAML names its lists; their content counts too, so a reload applies a list's new entries.
+    public var contentFingerprint: String { destinations?.listsFingerprint ?? "" }
+
     /// One entry of the destination allowlist.
     public struct DestinationEntry: Sendable, Hashable {
         public enum Target: Sendable, Hashable {
@@ -57,6 +60,8 @@ public struct EnforceNftablesConfig: StageConfig {
         public var countElements: Bool
         /// Capacity of each address set; a resolution that would exceed it is refused by the kernel and not applied.
         public var maxElements: Int
+        /// The named lists `entries` came from (with their content), so editing a list changes the stage.
+        public var listsFingerprint: String = ""
     }
 
     public enum Profile: Sendable, Hashable {
@@ -229,9 +234,23 @@ public struct EnforceNftablesConfig: StageConfig {
             if items.isEmpty { value.error("list at least one interface") }
             return items.isEmpty ? nil : all(items.map(interfaceName))
         }
-        let entries = map.required("entries").flatMap { value -> [DestinationEntry]? in
+        // Entries of its own, named lists (`lists:` sections of any file), or both.
+        let listNames = map.optional("lists").flatMap { value -> [ConfigValue]? in value.sequence }
+        let ownEntries = listNames == nil ? map.required("entries") : map.optional("entries")
+        var entries = ownEntries.flatMap { value -> [DestinationEntry]? in
             guard let items = value.sequence else { return nil }
             return all(items.map(decodeDestinationEntry))
+        } ?? (ownEntries == nil ? [] : nil)
+        var listsFingerprint = ""
+        for item in listNames ?? [] {
+            guard let name = item.string, let list = item.namedList(name), let items = list.sequence,
+                let decoded = all(items.map(decodeDestinationEntry))
+            else {
+                entries = nil
+                continue
+            }
+            entries? += decoded
+            listsFingerprint += "\(name)=\(list.node.fingerprint);"
         }
         let resolvers = map.optional("resolvers", default: [HostPort]()) { value in
             value.sequence.flatMap { items in
@@ -251,7 +270,7 @@ public struct EnforceNftablesConfig: StageConfig {
         }
         return DestinationAllowlist(
             interfaces: interfaces, entries: entries, resolvers: resolvers, resolveInterval: interval, minimumTTL: minimumTTL,
-            countElements: count, maxElements: maxElements)
+            countElements: count, maxElements: maxElements, listsFingerprint: listsFingerprint)
     }
 
     private static func decodeDestinationEntry(_ value: ConfigValue) -> DestinationEntry? {
