@@ -4,12 +4,13 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOSSL
+import WeirCore
 
 /// `weir ctl`: the coordinator's REST API from a shell. Prints the API's JSON; exits 1 on an error status.
 struct Ctl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Talk to a coordinator's API (/api/v1).",
-        subcommands: [CtlAgents.self, CtlPipelines.self, CtlAssignments.self, CtlEnrollmentTokens.self, CtlTokens.self, CtlRequest.self]
+        subcommands: [CtlAgents.self, CtlPipelines.self, CtlAssignments.self, CtlLists.self, CtlEnrollmentTokens.self, CtlTokens.self, CtlRequest.self]
     )
 }
 
@@ -141,6 +142,57 @@ struct CtlAssignments: AsyncParsableCommand {
             body["selector"] = selector
             try await options.request(.POST, "/api/v1/assignments", body: try jsonText(body))
         default: throw ValidationError("usage: weir ctl assignments list | add PIPELINE (--agent ID | --selector k=v) | delete ID")
+        }
+    }
+}
+
+struct CtlLists: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lists", abstract: "Named lists of IPs, networks and domains: list, show, set, add, remove, delete.")
+
+    @OptionGroup var options: CtlOptions
+    @Argument(help: "list | show NAME | set NAME ENTRY... | add NAME ENTRY... | remove NAME ENTRY... | delete NAME") var action: String = "list"
+    @Argument var arguments: [String] = []
+    @Flag(help: "Entries given here are protected: a push that omits them does not remove them from agents.") var protected = false
+    @Flag(help: "Entries given here may be private, loopback or other non-public addresses.") var allowPrivate = false
+
+    func run() async throws {
+        // Plain strings unless a flag asks for more; then the same address-or-domain test as the stage's.
+        let entries: [ListEntryArgument] = arguments.dropFirst().map { text in
+            guard protected || allowPrivate else { return .plain(text) }
+            let isAddress = (try? IPNetwork.parse(text)) != nil
+            return .detailed(address: isAddress ? text : nil, domain: isAddress ? nil : text, protected: protected ? true : nil,
+                             allowPrivate: allowPrivate ? true : nil)
+        }
+        switch (action, arguments.first.map(pathComponent)) {
+        case ("list", _): try await options.request(.GET, "/api/v1/lists")
+        case ("show", let name?): try await options.request(.GET, "/api/v1/lists/\(name)")
+        case ("delete", let name?): try await options.request(.DELETE, "/api/v1/lists/\(name)")
+        case ("set", let name?): try await options.request(.PUT, "/api/v1/lists/\(name)", body: try jsonText(["entries": entries]))
+        case ("add", let name?): try await options.request(.POST, "/api/v1/lists/\(name)/entries", body: try jsonText(["add": entries]))
+        case ("remove", let name?): try await options.request(.POST, "/api/v1/lists/\(name)/entries", body: try jsonText(["remove": entries]))
+        default: throw ValidationError("usage: weir ctl lists list | show NAME | set|add|remove NAME ENTRY... [--protected] [--allow-private] | delete NAME")
+        }
+    }
+}
+
+enum ListEntryArgument: Encodable {
+    case plain(String)
+    case detailed(address: String?, domain: String?, protected: Bool?, allowPrivate: Bool?)
+
+    enum Keys: String, CodingKey { case address, domain, protected, allowPrivate = "allow_private" }
+
+    func encode(to encoder: any Encoder) throws {
+        switch self {
+        case .plain(let text):
+            var container = encoder.singleValueContainer()
+            try container.encode(text)
+        case .detailed(let address, let domain, let protected, let allowPrivate):
+            var container = encoder.container(keyedBy: Keys.self)
+            try container.encodeIfPresent(address, forKey: .address)
+            try container.encodeIfPresent(domain, forKey: .domain)
+            try container.encodeIfPresent(protected, forKey: .protected)
+            try container.encodeIfPresent(allowPrivate, forKey: .allowPrivate)
         }
     }
 }

@@ -34,7 +34,7 @@ import WeirCoordinatorProtocol
                 Assignment(id: "3", pipeline: "one", agent: "a", selector: nil, createdAt: 0),
                 Assignment(id: "4", pipeline: "three", agent: nil, selector: edgeFra, createdAt: 0),
                 Assignment(id: "5", pipeline: "deleted", agent: "a", selector: nil, createdAt: 0),
-            ])
+            ], lists: [])
         let a = state.bundle(for: Self.agent("a", labels: ["role": "edge", "site": "fra"]))
         #expect(a.files.map(\.name) == ["one.yaml", "three.yaml"])
         let b = state.bundle(for: Self.agent("b", labels: ["role": "core"]))

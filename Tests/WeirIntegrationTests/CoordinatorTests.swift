@@ -231,6 +231,55 @@ struct CoordinatorTests {
         #expect(missing.status == 1 && missing.output.contains("404"))
     }
 
+    @Test("named lists: checked by the nftables stage's rules, pushed to agents, usable by documents, not deleted while used")
+    func namedLists() throws {
+        let pki = try TestPKI()
+        let coordinator = try CoordinatorProcess(pki: pki)
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let agent = try Self.managedAgent("agent-l", coordinator: coordinator, token: try coordinator.enrollmentToken(), labels: [:])
+        defer { agent.stop() }
+        #expect(eventually(timeout: 10) { Self.inSync(coordinator, "agent-l") })
+        let tokenFile = coordinator.directory.appendingPathComponent("state/admin.token").path
+        let ctl = { (arguments: [String]) throws -> (status: Int32, output: String) in
+            try runWeir(["ctl"] + arguments.prefix(1) + ["--url", coordinator.url, "--ca", pki.caPath, "--token-file", tokenFile] + arguments.dropFirst())
+        }
+        let created = try ctl(["lists", "set", "corp", "9.9.9.9", "2a00:1450::/32", "api.example.com"])
+        #expect(created.status == 0, "\(created.output)")
+        let added = try ctl(["lists", "add", "corp", "1.1.1.1", "--protected"])
+        #expect(added.status == 0 && added.output.contains("\"protected\" : true"), "\(added.output)")
+        #expect(try ctl(["lists", "remove", "corp", "9.9.9.9"]).status == 0)
+
+        // The agent receives every list as one drop-in and applies it.
+        let listsFile = agent.directory.appendingPathComponent("coordinator/bundle/lists.weir.yaml").path
+        #expect(eventually(timeout: 5) { FileManager.default.fileExists(atPath: listsFile) && Self.inSync(coordinator, "agent-l") })
+        let pushed = try String(contentsOfFile: listsFile, encoding: .utf8)
+        #expect(pushed.contains("api.example.com") && pushed.contains("1.1.1.1") && !pushed.contains("9.9.9.9"))
+
+        // The stage's rules: a private address needs allow_private; the error names the entry's line.
+        let (badStatus, badBody) = try coordinator.request("PUT", "/api/v1/lists/bad", body: #"{"entries":["8.8.8.8","10.1.2.3"]}"#, token: coordinator.adminToken)
+        #expect(badStatus == 422 && badBody.contains("lists/bad.yaml:6:9: lists.bad.entries[1]: 10.1.2.3 is not a public address"), "\(badBody)")
+
+        // Documents may use lists; an unknown one is refused like on an agent.
+        let user = """
+            pipelines:
+              egress:
+                stages:
+                  - type: enforce.nftables
+                    allow_destinations: { interfaces: [eth9], lists: [LIST] }
+            """
+        let (unknown, unknownBody) = try coordinator.request(
+            "PUT", "/api/v1/pipelines/egress", body: user.replacingOccurrences(of: "LIST", with: "nope"), contentType: "application/yaml",
+            token: coordinator.adminToken)
+        #expect(unknown == 422 && unknownBody.contains("unknown list \\\"nope\\\" (defined: corp)"), "\(unknownBody)")
+        try coordinator.admin("PUT", "/api/v1/pipelines/egress", yaml: user.replacingOccurrences(of: "LIST", with: "corp"))
+        let (inUse, inUseBody) = try coordinator.request("DELETE", "/api/v1/lists/corp", token: coordinator.adminToken)
+        #expect(inUse == 409 && inUseBody.contains("used by pipeline document \\\"egress\\\""), "\(inUseBody)")
+        try coordinator.admin("DELETE", "/api/v1/pipelines/egress")
+        try coordinator.admin("DELETE", "/api/v1/lists/corp")
+        #expect(eventually(timeout: 5) { !FileManager.default.fileExists(atPath: listsFile) && Self.inSync(coordinator, "agent-l") })
+    }
+
     @Test("every operation in /api/v1/openapi.json exists, and an agent's JSON has the documented fields")
     func openAPIMatchesRoutes() throws {
         let pki = try TestPKI()

@@ -111,7 +111,7 @@ struct CoordinatorAPI: Sendable {
                 throw APIError.badRequest("a pipeline document name is 1-64 letters, digits, '-' or '_'")
             }
             let document = try await documentBody(request, context)
-            try validate(document: document, name: name)
+            try validate(document: document, name: name, lists: try await store.lists())
             let existed = try await store.pipeline(name: name) != nil
             try await store.putPipeline(name: name, document: document)
             await changed()
@@ -121,6 +121,49 @@ struct CoordinatorAPI: Sendable {
         api.delete("pipelines/{name}") { _, context in
             let name = try context.parameters.require("name")
             guard try await store.deletePipeline(name: name) else { throw APIError.notFound("pipeline document \"\(name)\"") }
+            await changed()
+            return Response(status: .noContent)
+        }
+
+        api.get("lists") { _, _ in JSONResponse.make(try await store.lists()) }
+        api.get("lists/{name}") { _, context in
+            let name = try context.parameters.require("name")
+            guard let list = try await store.list(name: name) else { throw APIError.notFound("list \"\(name)\"") }
+            return JSONResponse.make(list)
+        }
+        api.put("lists/{name}") { request, context in
+            let name = try context.parameters.require("name")
+            guard Identifiers.isValidDocumentName(name) else { throw APIError.badRequest("a list name is 1-64 letters, digits, '-' or '_'") }
+            let body = try await decode(ListRequest.self, request, context)
+            let existed = try await store.list(name: name) != nil
+            try await replaceList(name: name, entries: body.entries)
+            return JSONResponse.make(try await store.list(name: name), status: existed ? .ok : .created)
+        }
+        api.post("lists/{name}/entries") { request, context in
+            let name = try context.parameters.require("name")
+            guard let list = try await store.list(name: name) else { throw APIError.notFound("list \"\(name)\"") }
+            let body = try await decode(ListChange.self, request, context)
+            let removed = Set((body.remove ?? []).map(\.key))
+            var entries = list.entries.filter { !removed.contains($0.key) }
+            let present = Set(entries.map(\.key))
+            entries += (body.add ?? []).filter { !present.contains($0.key) }
+            try await replaceList(name: name, entries: entries)
+            return JSONResponse.make(try await store.list(name: name))
+        }
+        api.delete("lists/{name}") { _, context in
+            let name = try context.parameters.require("name")
+            var remaining = try await store.lists()
+            guard remaining.contains(where: { $0.name == name }) else { throw APIError.notFound("list \"\(name)\"") }
+            remaining.removeAll { $0.name == name }
+            // Refused while a document uses it: agents would refuse their next bundle.
+            for document in try await store.pipelines() {
+                do {
+                    try validate(document: document.document, name: document.name, lists: remaining)
+                } catch let error as APIError {
+                    throw APIError(status: .conflict, message: "list \"\(name)\" is used by pipeline document \"\(document.name)\"", details: error.details)
+                }
+            }
+            _ = try await store.deleteList(name: name)
             await changed()
             return Response(status: .noContent)
         }
@@ -147,20 +190,46 @@ struct CoordinatorAPI: Sendable {
     // MARK: - Views
 
     func agentViews() async throws -> [AgentView] {
-        let state = DesiredState(documents: try await store.pipelines(), assignments: try await store.assignments())
+        let state = try await store.desiredState()
         let now = Date().timeIntervalSince1970
         return try await store.agents().map { agent in
             AgentView(agent, desired: state.bundle(for: agent).version, online: now - agent.lastSeen < offlineAfter.seconds)
         }
     }
 
-    /// The agent's own validator (shared code), so the API refuses what an agent would, with the same messages.
-    func validate(document: String, name: String) throws {
+    /// The agent's own validator (shared code), so the API refuses what an agent would, with the same
+    /// messages; the document may use the named lists, as it will on agents.
+    func validate(document: String, name: String, lists: [NamedList]) throws {
+        let listFiles = lists.isEmpty ? [] : [(name: "lists/\(NamedListFile.fileName)", yaml: NamedListFile.render(lists))]
         do {
-            _ = try ConfigLoader(registry: registry).loadPipelines(yaml: document, name: "pipelines/\(name).yaml")
+            _ = try ConfigLoader(registry: registry).loadPipelines(yaml: document, name: "pipelines/\(name).yaml", listFiles: listFiles)
         } catch {
             throw APIError.unprocessable("invalid pipeline document", details: error.diagnostics.map(\.description))
         }
+    }
+
+    /// A list is checked by the rules of the stage that uses lists (enforce.nftables allow_destinations), the
+    /// same code that checks it on agents; errors point at the entry's line of the rendered list.
+    func validate(list: NamedList) throws {
+        let user = """
+            pipelines:
+              list-check:
+                stages:
+                  - type: enforce.nftables
+                    allow_destinations: { interfaces: [lo], lists: [\(list.name)] }
+            """
+        do {
+            _ = try ConfigLoader(registry: registry).loadPipelines(
+                yaml: user, name: "list-check.yaml", listFiles: [(name: "lists/\(list.name).yaml", yaml: NamedListFile.render([list]))])
+        } catch {
+            throw APIError.unprocessable("invalid list", details: error.diagnostics.map(\.description))
+        }
+    }
+
+    private func replaceList(name: String, entries: [ListEntry]) async throws {
+        try validate(list: NamedList(name: name, entries: entries, updatedAt: 0))
+        try await store.putList(name: name, entries: entries)
+        await changed()
     }
 
     private func documentBody(_ request: Request, _ context: BasicRequestContext) async throws -> String {
@@ -276,6 +345,15 @@ struct EnrollmentTokenRequest: Decodable {
 struct APITokenRequest: Decodable {
     let name: String
     let role: APIRole
+}
+
+struct ListRequest: Decodable {
+    let entries: [ListEntry]
+}
+
+struct ListChange: Decodable {
+    let add: [ListEntry]?
+    let remove: [ListEntry]?
 }
 
 struct AssignmentRequest: Decodable {

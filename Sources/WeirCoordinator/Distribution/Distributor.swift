@@ -114,7 +114,7 @@ actor Distributor {
         let state: DesiredState
         let records: [String: AgentRecord]
         do {
-            state = DesiredState(documents: try await store.pipelines(), assignments: try await store.assignments())
+            state = try await store.desiredState()
             if targets.count == 1, let id = targets.first {
                 records = try await store.agent(id: id).map { [id: $0] } ?? [:]
             } else {

@@ -267,6 +267,39 @@ struct CoordinatorStore: Sendable {
         try await deleting("DELETE FROM assignments WHERE id = \(bind: id)", exists: "SELECT id FROM assignments WHERE id = \(bind: id)")
     }
 
+    /// Documents, assignments and lists, read together for rendering bundles.
+    func desiredState() async throws -> DesiredState {
+        DesiredState(documents: try await pipelines(), assignments: try await assignments(), lists: try await lists())
+    }
+
+    // MARK: - Named lists
+
+    func putList(name: String, entries: [ListEntry]) async throws {
+        try await sql.raw("""
+            INSERT INTO lists (name, entries, updated_at) VALUES (\(bind: name), \(bind: try JSONText.encode(entries)), \(bind: Self.now()))
+            ON CONFLICT (name) DO UPDATE SET entries = excluded.entries, updated_at = excluded.updated_at
+            """).run()
+    }
+
+    func lists() async throws -> [NamedList] {
+        try await sql.raw("SELECT name, entries, updated_at FROM lists ORDER BY name").all().map(Self.list)
+    }
+
+    func list(name: String) async throws -> NamedList? {
+        try await sql.raw("SELECT name, entries, updated_at FROM lists WHERE name = \(bind: name)").first().map(Self.list)
+    }
+
+    func deleteList(name: String) async throws -> Bool {
+        try await deleting("DELETE FROM lists WHERE name = \(bind: name)", exists: "SELECT name FROM lists WHERE name = \(bind: name)")
+    }
+
+    private static func list(_ row: any SQLRow) throws -> NamedList {
+        NamedList(
+            name: try row.decode(column: "name", as: String.self),
+            entries: try JSONText.decode([ListEntry].self, try row.decode(column: "entries", as: String.self)),
+            updatedAt: try row.decode(column: "updated_at", as: Double.self))
+    }
+
     // MARK: -
 
     /// Deletes and says whether there was something to delete.

@@ -73,6 +73,10 @@ final class CoordinatorDatabase: Sendable {
                 name TEXT PRIMARY KEY, document TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL)
             """,
             """
+            CREATE TABLE IF NOT EXISTS lists (
+                name TEXT PRIMARY KEY, entries TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL)
+            """,
+            """
             CREATE TABLE IF NOT EXISTS assignments (
                 id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, agent TEXT, selector TEXT, created_at DOUBLE PRECISION NOT NULL)
             """,

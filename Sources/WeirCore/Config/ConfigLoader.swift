@@ -61,13 +61,17 @@ public struct ConfigLoader: Sendable {
     }
 
     /// Validates a standalone document holding a `pipelines:` map, a `lists:` map or both (a drop-in file's
-    /// content); its pipelines may use its lists.
-    public func loadPipelines(yaml: String, name: String) throws(ConfigErrors) -> [PipelineSpec] {
+    /// content); its pipelines may use its lists and those of `listFiles` (other drop-ins' content, by name).
+    public func loadPipelines(yaml: String, name: String, listFiles: [(name: String, yaml: String)] = []) throws(ConfigErrors) -> [PipelineSpec] {
         let sink = DiagnosticSink()
         var pipelines = PipelineCollector(registry: registry, sink: sink)
+        var lists = NamedListCollector(sink: sink)
+        for file in listFiles {
+            guard let document = Self.parse(file.yaml, file: file.name, sink: sink)?.mapping else { continue }
+            if let section = Self.dropInSections(document).lists { lists.read(section) }
+        }
         if let document = Self.parse(yaml, file: name, sink: sink)?.mapping {
             let sections = Self.dropInSections(document)
-            var lists = NamedListCollector(sink: sink)
             if let section = sections.lists { lists.read(section) }
             if let section = sections.pipelines { pipelines.read(section) }
         }
