@@ -20,7 +20,7 @@ strmap = {"type": "object", "additionalProperties": {"type": "string"}}
 doc = {
  "openapi": "3.1.0",
  "info": {"title": "Weir coordinator API", "version": "1",
-          "description": "Agents, enrollment tokens, API tokens, pipeline documents and their assignments, named lists. Every operation except this document needs `Authorization: Bearer <API token>`; tokens with role viewer may only GET."},
+          "description": "Agents, enrollment tokens, API tokens, pipeline documents and their assignments, named lists, relays. Every operation except this document needs `Authorization: Bearer <API token>`; tokens with role viewer may only GET."},
  "servers": [{"url": "/"}],
  "security": [{"bearer": []}],
  "paths": {
@@ -55,6 +55,12 @@ doc = {
      "put": op("Create or replace a named list; entries are checked by enforce.nftables' rules (422 lists every error)", {**resp("replaced", ref("NamedList")), **resp("created", ref("NamedList"), "201"), "400": err, "422": err}, body=J(ref("ListRequest")), params=[p("name", "list name: 1-64 letters, digits, '-' or '_'")], write=True, opid="putList"),
      "delete": op("Delete a named list; refused (409) while a pipeline document uses it", {"204": {"description": "deleted"}, "404": err, "409": err}, params=[p("name", "list name")], write=True, opid="deleteList")},
   "/api/v1/lists/{name}/entries": {"post": op("Add and remove entries (matched by address or domain)", {**resp("list", ref("NamedList")), "400": err, "404": err, "422": err}, body=J(ref("ListChange")), params=[p("name", "list name")], write=True, opid="changeListEntries")},
+  "/api/v1/relays": {
+     "get": op("List relays (without their keys)", resp("relays", {"type": "array", "items": ref("Relay")}), opid="listRelays"),
+     "post": op("Create a relay: renders the entry agents' and the exit agent's pipelines with a generated key and pushes them", {**resp("created", ref("Relay"), "201"), "400": err, "409": err, "422": err}, body=J(ref("RelayRequest")), write=True, opid="createRelay")},
+  "/api/v1/relays/{name}": {
+     "get": op("One relay", {**resp("relay", ref("Relay")), "404": err}, params=[p("name", "relay name")], opid="getRelay"),
+     "delete": op("Delete a relay and its pipelines", {"204": {"description": "deleted"}, "404": err}, params=[p("name", "relay name")], write=True, opid="deleteRelay")},
   "/api/v1/assignments": {
      "get": op("List assignments", resp("assignments", {"type": "array", "items": ref("Assignment")}), opid="listAssignments"),
      "post": op("Assign a pipeline document to one agent or to a label selector", {**resp("created", ref("Assignment"), "201"), "400": err, "404": err}, body=J(ref("AssignmentRequest")), write=True, opid="createAssignment")},
@@ -83,6 +89,9 @@ doc = {
    "NamedList": {"type": "object", "properties": {"name": {"type": "string"}, "entries": {"type": "array", "items": ref("ListEntry")}, "updated_at": {"type": "number"}}},
    "ListRequest": {"type": "object", "required": ["entries"], "properties": {"entries": {"type": "array", "items": ref("ListEntry")}}},
    "ListChange": {"type": "object", "properties": {"add": {"type": "array", "items": ref("ListEntry")}, "remove": {"type": "array", "items": ref("ListEntry")}}},
+   "RelayExit": {"type": "object", "required": ["agent", "listen", "address"], "properties": {"agent": {"type": "string"}, "listen": {"type": "string", "example": "0.0.0.0:8388"}, "address": {"type": "string", "example": "exit.example.net:8388"}}},
+   "Relay": {"type": "object", "properties": {"name": {"type": "string"}, "entry": {"type": "object", "properties": {"agent": {"type": ["string", "null"]}, "selector": {"type": ["string", "null"]}}}, "exit": ref("RelayExit"), "listen": {"type": "string"}, "target": {"type": "string"}, "cipher": {"type": "string"}, "created_at": {"type": "number"}}},
+   "RelayRequest": {"type": "object", "required": ["name", "entry", "exit", "listen", "target"], "properties": {"name": {"type": "string"}, "entry": {"type": "object", "description": "exactly one of agent and selector", "properties": {"agent": {"type": "string"}, "selector": {"type": "string"}}}, "exit": ref("RelayExit"), "listen": {"type": "string", "example": "0.0.0.0:1080"}, "target": {"type": "string", "example": "10.0.0.5:443"}, "cipher": {"type": "string", "enum": ["chacha20-ietf-poly1305", "aes-256-gcm", "aes-128-gcm"]}}},
    "AssignmentRequest": {"type": "object", "required": ["pipeline"], "properties": {"pipeline": {"type": "string"}, "agent": {"type": "string"}, "selector": {"type": "string"}}, "description": "exactly one of agent and selector"},
   }}}
 print(json.dumps(doc, indent=1))

@@ -280,6 +280,46 @@ struct CoordinatorTests {
         #expect(eventually(timeout: 5) { !FileManager.default.fileExists(atPath: listsFile) && Self.inSync(coordinator, "agent-l") })
     }
 
+    @Test("a relay in one call: entry and exit pipelines with a generated key, traffic encrypted between the agents")
+    func relay() throws {
+        let pki = try TestPKI()
+        let coordinator = try CoordinatorProcess(pki: pki)
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let token = try coordinator.enrollmentToken()
+        let entry = try Self.managedAgent("entry-1", coordinator: coordinator, token: token, labels: ["role": "entry"])
+        let exit = try Self.managedAgent("exit-1", coordinator: coordinator, token: token, labels: [:])
+        defer { entry.stop(); exit.stop() }
+        #expect(eventually(timeout: 10) { Self.inSync(coordinator, "entry-1") && Self.inSync(coordinator, "exit-1") })
+        let echo = try Backends.echo()
+        let publicPort = freePort(), exitPort = freePort()
+        let relay: [String: Any] = [
+            "name": "db", "entry": ["selector": "role=entry"], "listen": "127.0.0.1:\(publicPort)", "target": "127.0.0.1:\(echo.port)",
+            "exit": ["agent": "exit-1", "listen": "127.0.0.1:\(exitPort)", "address": "127.0.0.1:\(exitPort)"],
+        ]
+        let created = try #require(try coordinator.admin("POST", "/api/v1/relays", json: relay) as? [String: Any])
+        #expect(created["key"] == nil && created["cipher"] as? String == "chacha20-ietf-poly1305")
+        #expect(eventually(timeout: 5) { Self.echoes(publicPort) }, "\(entry.log)\n\(exit.log)")
+        #expect(Self.inSync(coordinator, "entry-1") && Self.inSync(coordinator, "exit-1"))
+        // The exit speaks AEAD only: plain bytes to it reach nothing and are counted as failures.
+        #expect(!Self.echoes(exitPort))
+        #expect(try exit.waitForMetric("weir_pipeline_errors_total", ["pipeline": "relay-db", "stage": "transform.aead"]) { ($0 ?? 0) > 0 } != nil)
+        // Same name again: conflict; a listen address that is no address: the validator's message.
+        var duplicate = relay
+        duplicate["listen"] = "127.0.0.1:\(freePort())"
+        let body = String(decoding: try JSONSerialization.data(withJSONObject: duplicate), as: UTF8.self)
+        #expect(try coordinator.request("POST", "/api/v1/relays", body: body, token: coordinator.adminToken).0 == 409)
+        var invalid = relay
+        invalid["name"] = "other"
+        invalid["listen"] = "nowhere"
+        let invalidBody = String(decoding: try JSONSerialization.data(withJSONObject: invalid), as: UTF8.self)
+        let (status, text) = try coordinator.request("POST", "/api/v1/relays", body: invalidBody, token: coordinator.adminToken)
+        #expect(status == 422 && text.contains("pipelines/relay.other.entry.yaml"), "\(text)")
+
+        try coordinator.admin("DELETE", "/api/v1/relays/db")
+        #expect(eventually(timeout: 5) { !Self.echoes(publicPort) })
+    }
+
     @Test("every operation in /api/v1/openapi.json exists, and an agent's JSON has the documented fields")
     func openAPIMatchesRoutes() throws {
         let pki = try TestPKI()

@@ -168,6 +168,41 @@ struct CoordinatorAPI: Sendable {
             return Response(status: .noContent)
         }
 
+        api.get("relays") { _, _ in JSONResponse.make(try await store.relays().map(Relay.View.init)) }
+        api.get("relays/{name}") { _, context in
+            let name = try context.parameters.require("name")
+            guard let relay = try await store.relays().first(where: { $0.name == name }) else { throw APIError.notFound("relay \"\(name)\"") }
+            return JSONResponse.make(Relay.View(relay: relay))
+        }
+        api.post("relays") { request, context in
+            let body = try await decode(RelayRequest.self, request, context)
+            guard Identifiers.isValidDocumentName(body.name), body.name.count <= 58 else {
+                throw APIError.badRequest("a relay name is 1-58 letters, digits, '-' or '_'")
+            }
+            let selector = try body.entry.selector.map { try LabelSelector(parsing: $0) }
+            guard (body.entry.agent == nil) != (selector == nil) else { throw APIError.badRequest("entry: give exactly one of agent and selector") }
+            for agent in [body.entry.agent, body.exit.agent].compactMap({ $0 }) where !Identifiers.isValidAgentID(agent) {
+                throw APIError.badRequest("\"\(agent)\" is not an agent id")
+            }
+            let cipher = body.cipher ?? Relay.ciphers[0]
+            guard Relay.ciphers.contains(cipher) else { throw APIError.badRequest("cipher must be one of \(Relay.ciphers.joined(separator: ", "))") }
+            let relay = Relay(
+                name: body.name, entry: .init(agent: body.entry.agent, selector: selector), exit: body.exit, listen: body.listen,
+                target: body.target, cipher: cipher, key: Secrets.make(prefix: ""), createdAt: Date().timeIntervalSince1970)
+            // Both sides through the agent's validator, as agents will load them.
+            try validate(document: relay.entryDocument, name: relay.entryDocumentName, lists: [])
+            try validate(document: relay.exitDocument, name: relay.exitDocumentName, lists: [])
+            guard try await store.createRelay(relay) else { throw APIError(status: .conflict, message: "relay \"\(relay.name)\" exists") }
+            await changed()
+            return JSONResponse.make(Relay.View(relay: relay), status: .created)
+        }
+        api.delete("relays/{name}") { _, context in
+            let name = try context.parameters.require("name")
+            guard try await store.deleteRelay(name: name) else { throw APIError.notFound("relay \"\(name)\"") }
+            await changed()
+            return Response(status: .noContent)
+        }
+
         api.get("assignments") { _, _ in JSONResponse.make(try await store.assignments()) }
         api.post("assignments") { request, context in
             let body = try await decode(AssignmentRequest.self, request, context)
@@ -345,6 +380,20 @@ struct EnrollmentTokenRequest: Decodable {
 struct APITokenRequest: Decodable {
     let name: String
     let role: APIRole
+}
+
+struct RelayRequest: Decodable {
+    struct Entry: Decodable {
+        let agent: String?
+        let selector: String?
+    }
+
+    let name: String
+    let entry: Entry
+    let exit: Relay.Exit
+    let listen: String
+    let target: String
+    let cipher: String?
 }
 
 struct ListRequest: Decodable {

@@ -269,7 +269,26 @@ struct CoordinatorStore: Sendable {
 
     /// Documents, assignments and lists, read together for rendering bundles.
     func desiredState() async throws -> DesiredState {
-        DesiredState(documents: try await pipelines(), assignments: try await assignments(), lists: try await lists())
+        DesiredState(documents: try await pipelines(), assignments: try await assignments(), lists: try await lists(), relays: try await relays())
+    }
+
+    // MARK: - Relays
+
+    /// False when a relay of that name exists.
+    func createRelay(_ relay: Relay) async throws -> Bool {
+        guard try await sql.raw("SELECT name FROM relays WHERE name = \(bind: relay.name)").first() == nil else { return false }
+        try await sql.raw("""
+            INSERT INTO relays (name, spec, created_at) VALUES (\(bind: relay.name), \(bind: try JSONText.encode(relay)), \(bind: relay.createdAt))
+            """).run()
+        return true
+    }
+
+    func relays() async throws -> [Relay] {
+        try await sql.raw("SELECT spec FROM relays ORDER BY name").all().map { try JSONText.decode(Relay.self, try $0.decode(column: "spec", as: String.self)) }
+    }
+
+    func deleteRelay(name: String) async throws -> Bool {
+        try await deleting("DELETE FROM relays WHERE name = \(bind: name)", exists: "SELECT name FROM relays WHERE name = \(bind: name)")
     }
 
     // MARK: - Named lists

@@ -77,6 +77,9 @@ final class CoordinatorDatabase: Sendable {
                 name TEXT PRIMARY KEY, entries TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL)
             """,
             """
+            CREATE TABLE IF NOT EXISTS relays (name TEXT PRIMARY KEY, spec TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL)
+            """,
+            """
             CREATE TABLE IF NOT EXISTS assignments (
                 id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, agent TEXT, selector TEXT, created_at DOUBLE PRECISION NOT NULL)
             """,
