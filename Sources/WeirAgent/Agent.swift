@@ -36,6 +36,8 @@ public actor Agent: Service {
     private var running: AgentConfig?
     private var coordinatorClient: Task<Void, Never>?
     private var coordinatorSettings: CoordinatorSettings?
+    /// The last reload or bundle apply queued; the next waits for it (see `serially`).
+    private var queueTail: Task<Void, Never>?
 
     /// Why a reload did not take effect; the running configuration stays.
     public enum ReloadFailure: Error, CustomStringConvertible {
@@ -99,6 +101,23 @@ public actor Agent: Service {
     /// Validate, diff, apply; on any failure the running configuration stays as it was.
     @discardableResult
     func reload() async -> ReloadFailure? {
+        await serially { await self.reloadNow() }
+    }
+
+    /// Runs reloads and bundle applies one at a time, in the order they came: the actor alone would let a
+    /// SIGHUP reload start while a bundle's reload waits for the supervisor, and a failed bundle's rollback
+    /// could then undo the wrong files.
+    private func serially<T: Sendable>(_ work: @escaping @Sendable () async -> T) async -> T {
+        let previous = queueTail
+        let task = Task {
+            await previous?.value
+            return await work()
+        }
+        queueTail = Task { _ = await task.value }
+        return await task.value
+    }
+
+    private func reloadNow() async -> ReloadFailure? {
         logger.info("reloading configuration", metadata: ["config": "\(configPath)"])
         let config: AgentConfig
         do {
@@ -136,6 +155,10 @@ public actor Agent: Service {
     /// fails, the previous bundle goes back in place (the running configuration never changed) and the
     /// errors are returned for the NACK.
     func apply(_ bundle: ConfigBundle) async -> [String]? {
+        await serially { await self.applyNow(bundle) }
+    }
+
+    private func applyNow(_ bundle: ConfigBundle) async -> [String]? {
         guard let config = running else { return ["the agent is not running yet"] }
         guard bundle.isIntact else { return ["bundle \(bundle.version): content does not match its version or has invalid file names"] }
         let managed = ManagedBundle(directory: config.coordinatorDirectory)
@@ -147,7 +170,7 @@ public actor Agent: Service {
             return ["cannot write bundle \(bundle.version) to \(config.coordinatorDirectory): \(error)"]
         }
         logger.info("applying coordinator bundle", metadata: ["version": "\(bundle.version)", "files": "\(bundle.files.map(\.name))"])
-        if let failure = await reload() {
+        if let failure = await reloadNow() {
             try? managed.switchTo(previous)
             managed.prune()
             return failure.messages
