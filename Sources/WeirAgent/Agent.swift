@@ -36,6 +36,8 @@ public actor Agent: Service {
     private var running: AgentConfig?
     private var coordinatorClient: Task<Void, Never>?
     private var coordinatorSettings: CoordinatorSettings?
+    /// Set once shutdown begins: a bundle that arrives after that is not applied.
+    private var stopping = false
     /// The last reload or bundle apply queued; the next waits for it (see `serially`).
     private var queueTail: Task<Void, Never>?
 
@@ -91,8 +93,9 @@ public actor Agent: Service {
         }
 
         logger.info("shutting down: draining connections", metadata: ["grace": "\(config.shutdownGrace)"])
+        // Not awaited: the client says goodbye at once, but its TLS close may wait seconds for the peer.
+        stopping = true
         coordinatorClient?.cancel()
-        await coordinatorClient?.value
         await supervisor.shutdown()
         try? await metricsChannel?.close()
         logger.info("stopped")
@@ -159,7 +162,7 @@ public actor Agent: Service {
     }
 
     private func applyNow(_ bundle: ConfigBundle) async -> [String]? {
-        guard let config = running else { return ["the agent is not running yet"] }
+        guard let config = running, !stopping else { return ["the agent is not running (starting or stopping)"] }
         guard bundle.isIntact else { return ["bundle \(bundle.version): content does not match its version or has invalid file names"] }
         let managed = ManagedBundle(directory: config.coordinatorDirectory)
         if managed.currentVersion == bundle.version { return nil }

@@ -231,6 +231,28 @@ struct CoordinatorTests {
         #expect(missing.status == 1 && missing.output.contains("404"))
     }
 
+    @Test("a stopped agent shows offline after offline_after, and is removed after the retention; online agents stay")
+    func offlineAndRetention() throws {
+        let pki = try TestPKI()
+        let coordinator = try CoordinatorProcess(pki: pki, heartbeat: "300ms", offlineAfter: "1s", retention: "3s")
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let token = try coordinator.enrollmentToken()
+        let staying = try Self.managedAgent("staying", coordinator: coordinator, token: token, labels: [:])
+        let leaving = try Self.managedAgent("leaving", coordinator: coordinator, token: token, labels: [:])
+        defer { staying.stop() }
+        #expect(eventually(timeout: 10) { (try? coordinator.agent("leaving"))??["online"] as? Bool == true })
+        leaving.stop()
+        #expect(eventually(timeout: 5) { (try? coordinator.agent("leaving"))??["online"] as? Bool == false })
+        let metrics = try coordinator.request("GET", "/metrics", token: nil).1
+        #expect(eventually(timeout: 3) {
+            let text = (try? coordinator.request("GET", "/metrics", token: nil).1) ?? metrics
+            return value(in: text, "weir_coordinator_agents", ["state": "offline"]) == 1 && value(in: text, "weir_coordinator_agents", ["state": "online"]) == 1
+        })
+        #expect(eventually(timeout: 8) { (try? coordinator.request("GET", "/api/v1/agents/leaving", token: coordinator.adminToken).0) == 404 })
+        #expect((try coordinator.agent("staying"))?["online"] as? Bool == true)
+    }
+
     @Test("named lists: checked by the nftables stage's rules, pushed to agents, usable by documents, not deleted while used")
     func namedLists() throws {
         let pki = try TestPKI()

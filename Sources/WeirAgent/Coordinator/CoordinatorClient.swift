@@ -91,6 +91,19 @@ struct CoordinatorClient: Sendable {
         logger.info("connected to the coordinator", metadata: ["url": "\(connectURL)"])
 
         let interval = Duration.milliseconds(Int64(max(welcome.heartbeatIntervalSeconds, 0.1) * 1000))
+        // The inbound stream does not end on cancellation by itself: closing the WebSocket ends it, so an
+        // agent that stops says goodbye and exits at once.
+        try await withTaskCancellationHandler {
+            try await exchange(messages: &messages, send: send, interval: interval)
+        } onCancel: {
+            Task { try? await outbound.close(.goingAway, reason: "agent stopping") }
+        }
+    }
+
+    private func exchange(
+        messages: inout WebSocketInboundMessageStream.AsyncIterator, send: @escaping @Sendable (AgentMessage) async throws -> Void,
+        interval: Duration
+    ) async throws {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 while true {

@@ -17,7 +17,10 @@ final class CoordinatorProcess: @unchecked Sendable {
     }
 
     /// `database` is `sqlite` (a file in the state folder) or a postgres:// URL.
-    init(pki: TestPKI, database: String = "sqlite", heartbeat: String = "500ms", offlineAfter: String = "2s", port: Int = freePort()) throws {
+    init(
+        pki: TestPKI, database: String = "sqlite", heartbeat: String = "500ms", offlineAfter: String = "2s", retention: String = "168h",
+        port: Int = freePort()
+    ) throws {
         self.pki = pki
         self.port = port
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("weir-coordinator-\(UUID().uuidString)")
@@ -34,6 +37,7 @@ final class CoordinatorProcess: @unchecked Sendable {
               tls: { certificate: \(pki.path("coordinator.pem")), key: \(pki.path("coordinator.key")) }
               heartbeat_interval: \(heartbeat)
               offline_after: \(offlineAfter)
+              retention: \(retention)
             log: { level: debug }
             """.write(toFile: configPath, atomically: true, encoding: .utf8)
     }
