@@ -99,8 +99,13 @@ public struct Coordinator: Service {
             },
             eventLoopGroupProvider: .shared(group),
             logger: logger)
-        defer { Task { await database.shutdown() } }
-        try await app.runService()
+        do {
+            try await app.runService()
+        } catch {
+            await database.shutdown()
+            throw error
+        }
+        await database.shutdown()
     }
 
     /// A new database has no API token: make an admin one and write it where the operator can read it.

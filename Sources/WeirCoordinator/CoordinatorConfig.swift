@@ -40,9 +40,7 @@ public struct CoordinatorConfig: Sendable {
         var adminTokenFile: String?
         if let section = root.required("coordinator")?.mapping {
             if let listen = section.optional("listen")?.parsed(BindAddress.parse) { config.listen = listen }
-            if let dir = section.optional("state_dir"), let text = dir.string {
-                if text.hasPrefix("/") { config.stateDirectory = text } else { dir.error("state_dir must be an absolute path") }
-            }
+            if let dir = section.optional("state_dir")?.absolutePath { config.stateDirectory = dir }
             if let tls = section.required("tls")?.mapping {
                 config.certificatePath = tls.required("certificate")?.string ?? ""
                 config.keyPath = tls.required("key")?.string ?? ""
@@ -66,15 +64,7 @@ public struct CoordinatorConfig: Sendable {
             }
             section.finish()
         }
-        if let log = root.optional("log")?.mapping {
-            if let level = log.optional("level") {
-                if let text = level.string {
-                    if let parsed = Logger.Level(rawValue: text) { config.logLevel = parsed } else { level.error("\"\(text)\" is not a log level") }
-                }
-            }
-            if let format = log.optional("format")?.oneOf(AgentConfig.LogFormat.self) { config.logFormat = format }
-            log.finish()
-        }
+        ConfigLoader.readLog(root.optional("log"), level: &config.logLevel, format: &config.logFormat)
         root.finish()
         if sink.hasErrors { throw ConfigErrors(sink.diagnostics) }
 

@@ -4,6 +4,7 @@ import HummingbirdWSClient
 import Logging
 import NIOCore
 import NIOSSL
+import Synchronization
 import WeirCore
 import WeirCoordinatorProtocol
 
@@ -44,7 +45,7 @@ struct CoordinatorClient: Sendable {
 
     /// One connection, from dialing to closing. True when the coordinator welcomed the agent.
     private func connectOnce() async -> Bool {
-        let welcomed = WelcomeFlag()
+        let welcomed = Mutex(false)
         do {
             var headers = HTTPFields()
             headers[HTTPField.Name(AgentHeaders.agentID)!] = agentID
@@ -69,10 +70,10 @@ struct CoordinatorClient: Sendable {
         } catch {
             if !Task.isCancelled { logger.warning("coordinator connection failed", metadata: ["url": "\(connectURL)", "error": "\(error)"]) }
         }
-        return welcomed.value
+        return welcomed.withLock { $0 }
     }
 
-    private func session(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, welcomed: WelcomeFlag) async throws {
+    private func session(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, welcomed: borrowing Mutex<Bool>) async throws {
         @Sendable func send(_ message: AgentMessage) async throws { try await outbound.writeTextMessage(try WireCoding.encode(message)) }
         var messages = inbound.messages(maxSize: 64 << 20).makeAsyncIterator()
         guard case .text(let text)? = try await messages.next(), case .welcome(let welcome) = try WireCoding.decode(CoordinatorMessage.self, from: text)
@@ -84,7 +85,7 @@ struct CoordinatorClient: Sendable {
             try saveCredential(credential)
             logger.notice("enrolled with the coordinator; credential stored", metadata: ["file": "\(credentialPath)"])
         }
-        welcomed.value = true
+        welcomed.withLock { $0 = true }
         try await send(.hello(AgentHello(
             agentID: agentID, version: AgentInfo.version, labels: settings.labels, facts: AgentInfo.hostFacts(),
             appliedVersion: await agent.appliedBundleVersion())))
@@ -144,15 +145,6 @@ struct CoordinatorClient: Sendable {
         guard FileManager.default.createFile(atPath: temporary, contents: Data((credential + "\n").utf8), attributes: [.posixPermissions: 0o600])
         else { throw POSIXError(.EACCES) }
         guard rename(temporary, credentialPath) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
-    }
-}
-
-private final class WelcomeFlag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var _value = false
-    var value: Bool {
-        get { lock.withLock { _value } }
-        set { lock.withLock { _value = newValue } }
     }
 }
 

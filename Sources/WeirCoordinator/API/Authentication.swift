@@ -13,9 +13,9 @@ struct APIAuthenticationMiddleware<Context: RequestContext>: RouterMiddleware {
         guard let authorization = request.headers[.authorization], authorization.hasPrefix("Bearer "),
             let token = try await store.apiToken(secret: String(authorization.dropFirst("Bearer ".count)))
         else {
-            var error = APIError(status: .unauthorized, message: "an API token is required (Authorization: Bearer <token>)")
-            error.details = []
-            return JSONResponse.make(ErrorBody(error: error.message, details: nil), status: .unauthorized, headers: [.wwwAuthenticate: "Bearer"])
+            return JSONResponse.make(
+                ErrorBody(error: "an API token is required (Authorization: Bearer <token>)", details: nil), status: .unauthorized,
+                headers: [.wwwAuthenticate: "Bearer"])
         }
         if token.role == .viewer && request.method != .get && request.method != .head {
             throw APIError(status: .forbidden, message: "token \"\(token.name)\" has role viewer, which cannot change anything")

@@ -29,8 +29,7 @@ struct CoordinatorAPI: Sendable {
         api.get("agents") { _, _ in JSONResponse.make(try await agentViews()) }
         api.get("agents/{id}") { _, context in
             let id = try context.parameters.require("id")
-            guard let view = try await agentViews().first(where: { $0.id == id }) else { throw APIError.notFound("agent \"\(id)\"") }
-            return JSONResponse.make(view)
+            return JSONResponse.make(try await agentView(id))
         }
         api.get("agents/{id}/traffic") { _, context in
             let id = try context.parameters.require("id")
@@ -55,8 +54,7 @@ struct CoordinatorAPI: Sendable {
             try Self.checkLabels(labels)
             guard try await store.setOperatorLabels(agentID: id, labels) else { throw APIError.notFound("agent \"\(id)\"") }
             await changed()
-            guard let view = try await agentViews().first(where: { $0.id == id }) else { throw APIError.notFound("agent \"\(id)\"") }
-            return JSONResponse.make(view)
+            return JSONResponse.make(try await agentView(id))
         }
         api.get("labels") { _, _ in
             var counts: [String: [String: Int]] = [:]
@@ -107,7 +105,7 @@ struct CoordinatorAPI: Sendable {
         }
         api.put("pipelines/{name}") { request, context in
             let name = try context.parameters.require("name")
-            guard Identifiers.isValidDocumentName(name) else {
+            guard ConfigLoader.isValidName(name) else {
                 throw APIError.badRequest("a pipeline document name is 1-64 letters, digits, '-' or '_'")
             }
             let document = try await documentBody(request, context)
@@ -133,7 +131,7 @@ struct CoordinatorAPI: Sendable {
         }
         api.put("lists/{name}") { request, context in
             let name = try context.parameters.require("name")
-            guard Identifiers.isValidDocumentName(name) else { throw APIError.badRequest("a list name is 1-64 letters, digits, '-' or '_'") }
+            guard ConfigLoader.isValidName(name) else { throw APIError.badRequest("a list name is 1-64 letters, digits, '-' or '_'") }
             let body = try await decode(ListRequest.self, request, context)
             let existed = try await store.list(name: name) != nil
             try await replaceList(name: name, entries: body.entries)
@@ -176,7 +174,7 @@ struct CoordinatorAPI: Sendable {
         }
         api.post("relays") { request, context in
             let body = try await decode(RelayRequest.self, request, context)
-            guard Identifiers.isValidDocumentName(body.name), body.name.count <= 58 else {
+            guard ConfigLoader.isValidName(body.name), body.name.count <= 58 else {
                 throw APIError.badRequest("a relay name is 1-58 letters, digits, '-' or '_'")
             }
             let selector = try body.entry.selector.map { try LabelSelector(parsing: $0) }
@@ -226,10 +224,17 @@ struct CoordinatorAPI: Sendable {
 
     func agentViews() async throws -> [AgentView] {
         let state = try await store.desiredState()
-        let now = Date().timeIntervalSince1970
-        return try await store.agents().map { agent in
-            AgentView(agent, desired: state.bundle(for: agent).version, online: now - agent.lastSeen < offlineAfter.seconds)
-        }
+        return try await store.agents().map { view($0, state) }
+    }
+
+    /// One agent, without reading every other.
+    func agentView(_ id: String) async throws -> AgentView {
+        guard let agent = try await store.agent(id: id) else { throw APIError.notFound("agent \"\(id)\"") }
+        return view(agent, try await store.desiredState())
+    }
+
+    private func view(_ agent: AgentRecord, _ state: DesiredState) -> AgentView {
+        AgentView(agent, desired: state.bundle(for: agent).version, online: Date().timeIntervalSince1970 - agent.lastSeen < offlineAfter.seconds)
     }
 
     /// The agent's own validator (shared code), so the API refuses what an agent would, with the same

@@ -43,9 +43,7 @@ struct AgentSessions: Sendable {
             return .enrolled(agentID: agentID)
         }
         if let token = headers[Self.enrollmentHeader] {
-            guard let record = try await store.enrollmentToken(secret: token),
-                record.expiresAt.map({ $0 > Date().timeIntervalSince1970 }) ?? true, record.usesLeft.map({ $0 > 0 }) ?? true
-            else { throw AgentRefusal(status: .unauthorized, message: "enrollment token refused (unknown, expired or used up)") }
+            guard let record = try await store.enrollmentToken(secret: token), record.isUsable(at: Date().timeIntervalSince1970) else { throw AgentRefusal(status: .unauthorized, message: "enrollment token refused (unknown, expired or used up)") }
             if let existing = try await store.agent(id: agentID), !existing.revoked {
                 throw AgentRefusal(status: .conflict, message: "agent \"\(agentID)\" is already enrolled; delete it before enrolling again")
             }

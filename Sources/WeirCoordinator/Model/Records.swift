@@ -28,6 +28,11 @@ struct EnrollmentTokenRecord: Codable, Sendable {
     var createdAt: Double
 
     enum CodingKeys: String, CodingKey { case id, labels, expiresAt = "expires_at", usesLeft = "uses_left", createdAt = "created_at" }
+
+    /// Not expired and not used up.
+    func isUsable(at time: Double) -> Bool {
+        (expiresAt.map { $0 > time } ?? true) && (usesLeft.map { $0 > 0 } ?? true)
+    }
 }
 
 /// One agent as the registry knows it.
@@ -113,10 +118,5 @@ enum Identifiers {
     static func isValidAgentID(_ id: String) -> Bool {
         (1...128).contains(id.count) && id.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) }
             && !id.hasPrefix(".")
-    }
-
-    /// Pipeline document names become file names on agents.
-    static func isValidDocumentName(_ name: String) -> Bool {
-        (1...64).contains(name.count) && name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "-_".contains($0)) }
     }
 }

@@ -96,9 +96,7 @@ struct CoordinatorStore: Sendable {
     /// (and not revoked) is refused: a token must not let anyone take over another agent's identity.
     func enroll(agentID: String, tokenSecret: String, credentialHash: String) async throws -> EnrollmentResult {
         let now = Self.now()
-        guard let token = try await enrollmentToken(secret: tokenSecret), token.expiresAt.map({ $0 > now }) ?? true,
-            token.usesLeft.map({ $0 > 0 }) ?? true
-        else { return .tokenInvalid }
+        guard let token = try await enrollmentToken(secret: tokenSecret), token.isUsable(at: now) else { return .tokenInvalid }
         if let existing = try await agent(id: agentID), !existing.revoked { return .agentExists }
         if token.usesLeft != nil {
             // Conditional, so two agents racing for the last use cannot both win.

@@ -85,12 +85,8 @@ public struct ConfigLoader: Sendable {
     private func readAgent(_ value: ConfigValue?, into config: inout AgentConfig) {
         guard let agent = value?.mapping else { return }
         if let id = agent.optional("id")?.string { config.agentID = id }
-        if let dir = agent.optional("state_dir"), let text = dir.string {
-            if text.hasPrefix("/") { config.stateDirectory = text } else { dir.error("state_dir must be an absolute path") }
-        }
-        if let dir = agent.optional("bpf_pin_dir"), let text = dir.string {
-            if text.hasPrefix("/") { config.bpfPinDirectory = text } else { dir.error("bpf_pin_dir must be an absolute path") }
-        }
+        if let dir = agent.optional("state_dir")?.absolutePath { config.stateDirectory = dir }
+        if let dir = agent.optional("bpf_pin_dir")?.absolutePath { config.bpfPinDirectory = dir }
         if let grace = agent.optional("shutdown_grace")?.parsed(DurationParser.parse) { config.shutdownGrace = grace }
         agent.finish()
     }
@@ -108,30 +104,26 @@ public struct ConfigLoader: Sendable {
     }
 
     private func readLog(_ value: ConfigValue?, into config: inout AgentConfig) {
+        Self.readLog(value, level: &config.logLevel, format: &config.logFormat)
+    }
+
+    /// The `log:` section, shared by the agent's and the coordinator's files.
+    public static func readLog(_ value: ConfigValue?, level: inout Logger.Level, format: inout AgentConfig.LogFormat) {
         guard let log = value?.mapping else { return }
-        if let level = log.optional("level") {
-            if let text = level.string {
-                if let parsed = Logger.Level(rawValue: text) {
-                    config.logLevel = parsed
-                } else {
-                    level.error("\"\(text)\" is not one of trace, debug, info, notice, warning, error, critical")
-                }
+        if let levelValue = log.optional("level"), let text = levelValue.string {
+            if let parsed = Logger.Level(rawValue: text) {
+                level = parsed
+            } else {
+                levelValue.error("\"\(text)\" is not one of trace, debug, info, notice, warning, error, critical")
             }
         }
-        if let format = log.optional("format")?.oneOf(AgentConfig.LogFormat.self) { config.logFormat = format }
+        if let parsed = log.optional("format")?.oneOf(AgentConfig.LogFormat.self) { format = parsed }
         log.finish()
     }
 
     private func readCoordinator(_ value: ConfigValue?, into config: inout AgentConfig) {
         guard let section = value?.mapping else { return }
-        func path(_ key: String) -> String? {
-            guard let value = section.optional(key), let text = value.string else { return nil }
-            guard text.hasPrefix("/") else {
-                value.error("\(key) must be an absolute path")
-                return nil
-            }
-            return text
-        }
+        func path(_ key: String) -> String? { section.optional(key)?.absolutePath }
         let urlValue = section.required("url")
         let url = urlValue?.string ?? ""
         if let urlValue, !url.isEmpty {
@@ -153,6 +145,11 @@ public struct ConfigLoader: Sendable {
         config.coordinator = CoordinatorSettings(
             url: url, tokenFile: path("token_file"), credentialFile: path("credential_file"), caFile: path("ca"), labels: labels)
         section.finish()
+    }
+
+    /// Pipeline ids and list names here; document, list and relay names in the coordinator.
+    public static func isValidName(_ name: String) -> Bool {
+        (1...64).contains(name.count) && name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }
     }
 
     /// Label keys and values, here and in the coordinator's selectors.

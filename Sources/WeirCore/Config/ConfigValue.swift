@@ -26,6 +26,17 @@ public struct ConfigValue {
         sink.report(ConfigDiagnostic(location: location, path: path, message: message))
     }
 
+    /// A path that must be absolute (a relative one would depend on the working directory of whoever starts
+    /// the process); the error names the key.
+    public var absolutePath: String? {
+        guard let text = string else { return nil }
+        guard text.hasPrefix("/") else {
+            error("\(path.scope.last ?? "path") must be an absolute path")
+            return nil
+        }
+        return text
+    }
+
     /// A named list's `entries` (from a `lists:` section of any file of this load), or nil with an error
     /// reported here when there is no such list. Stages decode the entries themselves, so a list is checked
     /// by the rules of the stage that uses it, at the list's own file and line.

@@ -20,7 +20,7 @@ struct NamedListCollector {
                 continue
             }
             seen[name] = keyLocation
-            guard PipelineCollector.isValidID(name) else {
+            guard ConfigLoader.isValidName(name) else {
                 sink.report(ConfigDiagnostic(location: keyLocation, path: value.path, message: "list name must be 1-64 letters, digits, '-' or '_'"))
                 continue
             }

@@ -22,7 +22,7 @@ struct PipelineCollector {
                 continue
             }
             seen[id] = keyLocation
-            if !Self.isValidID(id) {
+            if !ConfigLoader.isValidName(id) {
                 sink.report(ConfigDiagnostic(
                     location: keyLocation, path: value.path,
                     message: "pipeline id must be 1-64 letters, digits, '-' or '_'"))
@@ -32,10 +32,6 @@ struct PipelineCollector {
     }
 
     func validated() -> [PipelineSpec] { pipelines.values.sorted { $0.id < $1.id } }
-
-    static func isValidID(_ id: String) -> Bool {
-        (1...64).contains(id.count) && id.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }
-    }
 
     private mutating func readPipeline(id: String, location: SourceLocation?, _ value: ConfigValue) -> PipelineSpec? {
         guard let map = value.mapping else { return nil }
