@@ -38,6 +38,7 @@ let package = Package(
         .target(
             name: "WeirCore",
             dependencies: nio + [
+                "CWeirSystem",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -45,6 +46,8 @@ let package = Package(
             ],
             path: "Sources/WeirCore"
         ),
+        // System calls Swift cannot make itself: a thread with a descriptor table of its own.
+        .target(name: "CWeirSystem", path: "Sources/CWeirSystem"),
         // libbpf from the system, and the small C layer over it that the eBPF stages use.
         .systemLibrary(
             name: "CLibbpf",

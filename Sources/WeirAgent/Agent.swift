@@ -68,6 +68,8 @@ public actor Agent: Service {
     }
 
     public func run() async throws {
+        // Before anything opens a socket: two descriptors per forwarded connection.
+        let descriptors = DescriptorLimit.raiseSoftToHard()
         let config: AgentConfig
         do {
             config = try loader.load(path: configPath)
@@ -85,7 +87,12 @@ public actor Agent: Service {
         }
         recordReload(success: true)
         running = config
-        logger.info("agent started", metadata: ["id": "\(config.agentID)", "pipelines": "\(config.pipelines.count)", "config": "\(configPath)"])
+        logger.info(
+            "agent started",
+            metadata: [
+                "id": "\(config.agentID)", "pipelines": "\(config.pipelines.count)", "config": "\(configPath)",
+                "max_descriptors": "\(descriptors.soft)",
+            ])
         updateCoordinatorClient(config)
 
         for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {

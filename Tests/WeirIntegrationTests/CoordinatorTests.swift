@@ -93,6 +93,17 @@ struct CoordinatorTests {
         let (missing, _) = try coordinator.request("GET", "/api/v1/pipelines/broken", token: coordinator.adminToken)
         #expect(missing == 404)
 
+        // An alias bomb (a few hundred bytes standing for billions of values) is refused at once, and the
+        // coordinator stays small and keeps serving.
+        var bomb = ["pipelines:", "  bomb:", "    stages: *a9", "x0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+        bomb = Array(bomb[3...]) + (1...9).map { "x\($0): &a\($0) [" + Array(repeating: "*a\($0 - 1)", count: 9).joined(separator: ", ") + "]" } + Array(bomb[..<3])
+        let bombStarted = Date()
+        let (bombStatus, bombBody) = try coordinator.request(
+            "PUT", "/api/v1/pipelines/bomb", body: bomb.joined(separator: "\n") + "\n", contentType: "application/yaml", token: coordinator.adminToken)
+        #expect(bombStatus == 422 && bombBody.contains("once its aliases are expanded"), "\(bombStatus) \(bombBody)")
+        #expect(Date().timeIntervalSince(bombStarted) < 2)
+        #expect((residentKiB(pid: coordinator.pid) ?? 0) < 500_000)
+
         // A document that cannot run on agent-b (its port is taken there): NACK with the error, for agent-b only.
         let taken = try TCPListener()
         try coordinator.admin("PUT", "/api/v1/pipelines/b-only", yaml: Self.forward("b-only", port: taken.port, to: echo.port))

@@ -160,6 +160,12 @@ public struct ConfigLoader: Sendable {
     // MARK: - Files
 
     public static func parseFile(_ path: String, sink: DiagnosticSink) -> ConfigValue? {
+        if let size = (try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int, size > YAMLBudget().maxBytes {
+            sink.report(ConfigDiagnostic(
+                location: SourceLocation(file: path, line: 1, column: 1), path: .root,
+                message: "the file is \(size) bytes; at most \(YAMLBudget().maxBytes) are read"))
+            return nil
+        }
         guard let data = FileManager.default.contents(atPath: path) else {
             sink.report(ConfigDiagnostic(location: nil, path: .root, message: "\(path): cannot read file"))
             return nil
@@ -172,6 +178,10 @@ public struct ConfigLoader: Sendable {
     }
 
     static func parse(_ text: String, file: String, sink: DiagnosticSink) -> ConfigValue? {
+        if let (line, column, message) = YAMLBudget().violation(in: text) {
+            sink.report(ConfigDiagnostic(location: SourceLocation(file: file, line: line, column: column), path: .root, message: message))
+            return nil
+        }
         do {
             guard let node = try Yams.compose(yaml: text) else {
                 sink.report(ConfigDiagnostic(location: SourceLocation(file: file, line: 1, column: 1), path: .root, message: "file is empty"))

@@ -6,6 +6,7 @@ final class CoordinatorProcess: @unchecked Sendable {
     let port: Int
     let pki: TestPKI
     private var process: Process?
+    var pid: Int32 { process?.processIdentifier ?? 0 }
     private let logFile: URL
 
     var configPath: String { directory.appendingPathComponent("coordinator.yaml").path }

@@ -11,7 +11,9 @@ struct NftError: Error, CustomStringConvertible {
 
 /// Weir's table (`inet weir`), shared by every enforce.nftables stage of the process. Each stage owns the
 /// objects named after its pipeline; this type applies an owner's desired state as a delta, remembers what it
-/// applied, and removes what no running stage owns. One lock serialises every use of libnftables.
+/// applied, and removes what no running stage owns. Every use of libnftables runs on the one thread with a
+/// descriptor table of its own (libnftables waits on its netlink socket with `select()`, which aborts the
+/// process for a descriptor above 1023), which also runs them one at a time.
 final class NftablesTable: Sendable {
     static let shared = NftablesTable()
 
@@ -19,8 +21,6 @@ final class NftablesTable: Sendable {
         let pointer: OpaquePointer
     }
 
-    /// Serialises each use of libnftables.
-    private let lock = NIOLock()
     /// Serialises whole operations (list, plan, apply), so a sweep never reads half of a stage's removal.
     private let operations = NIOLock()
     /// What each owner's objects are now, as last applied or listed. Absent: list the kernel first.
@@ -35,7 +35,7 @@ final class NftablesTable: Sendable {
     }
 
     private func run(text: String) throws -> String {
-        try lock.withLock {
+        try DescriptorIsolatedThread.netlink.run {
             guard let context = nft_ctx_new(UInt32(NFT_CTX_DEFAULT)) else { throw NftError(description: "libnftables: cannot create a context") }
             defer { nft_ctx_free(context) }
             nft_ctx_output_set_flags(context, UInt32(NFT_CTX_OUTPUT_JSON | NFT_CTX_OUTPUT_TERSE | NFT_CTX_OUTPUT_HANDLE))

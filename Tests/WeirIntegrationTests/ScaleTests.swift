@@ -1,0 +1,145 @@
+import Foundation
+import Testing
+
+/// The agent at production scale: thousands of open connections (descriptor numbers far above 1023) and
+/// hundreds of pipelines while it reloads, applies coordinator bundles and re-resolves nftables domains.
+/// Connections are held by a client process of their own to an echo server of its own.
+@Suite("Agent at scale: reloads with thousands of connections and pipelines", .serialized)
+struct ScaleTests {
+    static let connections = 5_000
+
+    /// A forward to the herd's echo server, plus `extra` pipelines.
+    static func forward(port: Int, echo: Int, extra: String = "") -> String {
+        tcpForward("herd", port: port, to: [echo]) + extra
+    }
+
+    @Test("SIGHUP and a coordinator bundle with 5,000 connections open: the agent and every connection survive")
+    func reloadAndBundleWithThousandsOfConnections() throws {
+        let pki = try TestPKI()
+        let coordinator = try CoordinatorProcess(pki: pki)
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let token = try coordinator.enrollmentToken(labels: [:], uses: 1)
+        let echoPort = freePort(), port = freePort()
+        let echo = try ConnectionHerd.echoServer(port: echoPort)
+        defer { echo.stopHelper() }
+        let agent = try WeirProcess(
+            pipelines: Self.forward(port: port, echo: echoPort),
+            extra: try coordinator.agentSection(token: token, labels: ["role": "scale"], agent: "scale-agent"), id: "scale-agent")
+        try agent.start()
+        defer { agent.stop() }
+        #expect(agent.log.contains("max_descriptors"), "the agent logs its descriptor limit")
+
+        let herd = try ConnectionHerd(count: Self.connections, port: port)
+        defer { herd.close() }
+        let descriptors = openDescriptors(pid: agent.pid)
+        #expect(descriptors > 2 * Self.connections, "two descriptors per connection: \(descriptors)")
+
+        // A reload that changes something (a pipeline added) and one that changes nothing.
+        let addedPort = freePort()
+        try agent.writePipelines(tcpForward("added", port: addedPort, to: [echoPort]), file: "added.yaml")
+        try agent.reload()
+        try agent.reload()
+        #expect(agent.waitForExit(timeout: 0.5) == nil, "the agent is alive after the reloads:\n\(agent.log.suffix(2000))")
+        #expect((try agent.metric("weir_config_reloads_total", ["result": "failure"]) ?? 0) == 0)
+        #expect(try echoMismatch(port: addedPort, size: 1024, seed: 1, timeout: 5) == nil)
+
+        // A bundle from the coordinator goes through the same apply path.
+        let bundlePort = freePort()
+        try coordinator.admin("PUT", "/api/v1/pipelines/from-coordinator", yaml: tcpForward("from-coordinator", port: bundlePort, to: [echoPort]))
+        try coordinator.admin("POST", "/api/v1/assignments", json: ["pipeline": "from-coordinator", "selector": "role=scale"])
+        #expect(eventually(timeout: 20) { CoordinatorTests.inSync(coordinator, "scale-agent") }, "\(agent.log.suffix(2000))")
+        #expect(agent.waitForExit(timeout: 0.5) == nil, "the agent is alive after the bundle:\n\(agent.log.suffix(2000))")
+        #expect(try echoMismatch(port: bundlePort, size: 1024, seed: 2, timeout: 5) == nil)
+
+        #expect(try herd.echoing() == Self.connections, "every connection still echoes")
+        #expect(try agent.metric("weir_pipeline_connections_active", ["pipeline": "herd"]) == Double(Self.connections))
+        herd.close()
+        #expect(try agent.waitForMetric("weir_pipeline_connections_active", ["pipeline": "herd"], timeout: 20) { $0 == 0 } == 0)
+        #expect(eventually(timeout: 10) { openDescriptors(pid: agent.pid) < 200 }, "descriptors back to baseline: \(openDescriptors(pid: agent.pid))")
+    }
+
+    @Test(
+        "enforce.nftables at 5,000 connections: reloads and domain re-resolution run libnftables with descriptors above 1023",
+        .enabled(if: kernelTestsUnavailable == nil && which("nft") != nil, "\(kernelTestsUnavailable ?? "needs nft installed")"))
+    func nftablesWithThousandsOfConnections() throws {
+        let net = try GatewayTopology()
+        let answers = FileManager.default.temporaryDirectory.appendingPathComponent("weir-dns-\(UUID().uuidString)").path
+        try "11.0.0.2\n".write(toFile: answers, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: answers) }
+        let dns = try net.background(net.upstream, GatewayTopology.Scripts.dnsServer, [answers, "11.0.0.53", "53"])
+        defer { dns.stopHelper() }
+        let echoPort = 7100, port = 7101
+        let echo = try ConnectionHerd.echoServer(port: echoPort, netns: net.gateway)
+        defer { echo.stopHelper() }
+        func enforcement(_ entries: [String]) -> String {
+            """
+
+              egress:
+                stages:
+                  - type: enforce.nftables
+                    allow_destinations:
+                      interfaces: [\(net.gatewayOutside)]
+                      entries: [\(entries.joined(separator: ", "))]
+                      resolvers: [11.0.0.53]
+                      resolve_interval: 1s
+                      min_ttl: 1s
+            """
+        }
+        let agent = try WeirProcess(pipelines: Self.forward(port: port, echo: echoPort, extra: enforcement(["svc.example.net"])), netns: net.gateway)
+        try agent.start()
+        defer { agent.stop() }
+        let herd = try ConnectionHerd(count: Self.connections, port: port, netns: net.gateway)
+        defer { herd.close() }
+        #expect(openDescriptors(pid: agent.pid) > 2 * Self.connections)
+
+        // Each reload changes the stage (an entry added), so libnftables applies a delta; meanwhile the
+        // domain's answer changes under the periodic re-resolution.
+        for (round, address) in ["11.0.0.3", "11.0.0.2", "11.0.0.3"].enumerated() {
+            try "\(address)\n".write(toFile: answers, atomically: true, encoding: .utf8)
+            #expect(eventually(timeout: 10) { net.ruleset().contains(address) }, "round \(round): the set follows the answer")
+            let entries = ["svc.example.net"] + (0...round).map { "9.9.\($0).0/24" }
+            try agent.writePipelines(Self.forward(port: port, echo: echoPort, extra: enforcement(entries)))
+            try agent.reload()
+            #expect(agent.waitForExit(timeout: 0.5) == nil, "round \(round): the agent is alive:\n\(agent.log.suffix(2000))")
+            #expect(net.ruleset().contains("9.9.\(round).0/24"), "round \(round): the reload applied")
+        }
+        #expect((try agent.metric("weir_config_reloads_total", ["result": "failure"]) ?? 0) == 0)
+        #expect(try herd.echoing() == Self.connections, "every connection still echoes")
+    }
+
+    @Test("1,500 pipelines: a reload that changes one keeps the others' connections; the agent survives")
+    func reloadWithFifteenHundredPipelines() throws {
+        let echoPort = freePort()
+        let echo = try ConnectionHerd.echoServer(port: echoPort)
+        defer { echo.stopHelper() }
+        let ordered = freePorts(1_500)
+        func pipelines(changed: Int?) -> String {
+            "pipelines:\n" + ordered.enumerated().map { index, port in
+                tcpForwardEntry("p\(index)", port: port, to: [echoPort], extraStages: index == changed ? Self.limit : "")
+            }.joined()
+        }
+        let agent = try WeirProcess(pipelines: pipelines(changed: nil))
+        try agent.start()
+        defer { agent.stop() }
+        // Connections through the first ten pipelines: they must survive a reload that changes only p1499.
+        let herds = try (0..<10).map { try ConnectionHerd(count: 20, port: ordered[$0]) }
+        defer { herds.forEach { $0.close() } }
+        #expect(openDescriptors(pid: agent.pid) > 1_500)
+
+        try agent.writePipelines(pipelines(changed: 1_499))
+        let signalled = Date()
+        try agent.reload()
+        print("1,500 pipelines, one changed: reload applied \(String(format: "%.0f", Date().timeIntervalSince(signalled) * 1000)) ms after SIGHUP (metrics polled)")
+        #expect(agent.waitForExit(timeout: 0.5) == nil, "the agent is alive:\n\(agent.log.suffix(2000))")
+        #expect(agent.log.contains("changed\": [\"p1499\"]") || agent.log.contains("changed=[\"p1499\"]") || agent.log.contains("[\"p1499\"]"))
+        for herd in herds { #expect(try herd.echoing() == 20) }
+        #expect(try echoMismatch(port: ordered[1_499], size: 1024, seed: 3, timeout: 5) == nil)
+    }
+
+    static let limit = """
+              - type: limit.bandwidth
+                rate: 100MiB/s
+
+        """
+}
