@@ -74,9 +74,11 @@ final class PipelineRuntime: Sendable {
         switch transport {
         case .stream:
             guard let connector = connector as? any StreamConnector else { return nil }
+            let options = (listener.config as? any ListenerConfig)?.connectionOptions ?? ConnectionOptions()
             return .stream(StreamForwarder(
                 pipeline: spec.id, filters: middle.compactMap { $0 as? any StreamFilter }, connector: connector,
-                connectorType: connectorSpec.type, negotiating: negotiating, metrics: metrics, logger: logger))
+                connectorType: connectorSpec.type, negotiating: negotiating, listenerType: listener.type,
+                idleTimeout: options.idleTimeout, metrics: metrics, logger: logger))
         case .datagram:
             guard let connector = connector as? any DatagramConnector else { return nil }
             return .datagram(DatagramForwarder(
@@ -102,13 +104,15 @@ final class PipelineRuntime: Sendable {
 
     /// Binds a new socket, or adopts `reusable` (a socket of an identical listener from the running config).
     /// Returns the owner `reusable` had, so a rollback can hand it back.
-    func start(reusing reusable: ListenerSocket?, group: any EventLoopGroup) async throws -> ListenerOwner? {
+    func start(reusing reusable: ListenerSocket?, group: any EventLoopGroup, agentBudget: ConnectionBudget? = nil) async throws -> ListenerOwner? {
         guard let owner, let listener = spec.listener, let listenerStage else { return nil }
         if let reusable {
             boundSocket.withLockedValue { $0 = reusable }
             return reusable.setOwner(owner)
         }
-        let socket = ListenerSocket(fingerprint: listener.fingerprint)
+        let socket = ListenerSocket(
+            fingerprint: listener.fingerprint, stage: listener.type,
+            maxConnections: (listener.config as? any ListenerConfig)?.connectionOptions.maxConnections, agentBudget: agentBudget)
         socket.setOwner(owner)
         do {
             switch listenerStage {

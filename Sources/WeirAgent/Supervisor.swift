@@ -29,6 +29,8 @@ public actor Supervisor {
     /// Retirements still draining, so shutdown can wait for them.
     private var retiring: [Int: Task<Void, Never>] = [:]
     private var nextRetirement = 0
+    /// `agent.max_connections`, shared by every listener.
+    private let agentBudget = ConnectionBudget(limit: nil)
 
     /// Stage types that may sweep shared kernel state after an apply.
     private let stageTypes: [any StageConfig.Type]
@@ -68,10 +70,10 @@ public actor Supervisor {
                         // Same address, other listener options: the old socket must go before the new bind.
                         await predecessor.closeListener()
                         start.reopen = predecessor
-                        _ = try await runtime.start(reusing: nil, group: group)
+                        _ = try await runtime.start(reusing: nil, group: group, agentBudget: agentBudget)
                     }
                 } else {
-                    _ = try await runtime.start(reusing: nil, group: group)
+                    _ = try await runtime.start(reusing: nil, group: group, agentBudget: agentBudget)
                 }
                 try await startServices(&start, predecessor: running[id])
                 started.append(start)
@@ -86,6 +88,7 @@ public actor Supervisor {
         }
 
         shutdownGrace = config.shutdownGrace
+        agentBudget.setLimit(config.maxConnections)
         for id in plan.toRemove {
             if let runtime = running.removeValue(forKey: id) { retire(runtime, removed: true) }
         }
@@ -191,7 +194,7 @@ public actor Supervisor {
             }
             if let predecessor = start.reopen {
                 do {
-                    _ = try await predecessor.start(reusing: nil, group: group)
+                    _ = try await predecessor.start(reusing: nil, group: group, agentBudget: agentBudget)
                 } catch {
                     logger.error("rollback could not reopen listener", metadata: ["pipeline": "\(predecessor.spec.id)", "error": "\(error)"])
                 }

@@ -28,7 +28,15 @@ enum StreamSocket {
 struct NegotiatingListener: NegotiatingStreamListener {
     let address: BindAddress
     let backlog: Int
+    let opening: OpeningStep
     let makeNegotiation: @Sendable () -> any StreamNegotiation
+
+    init(type: String, address: BindAddress, backlog: Int, handshakeTimeout: Duration, makeNegotiation: @escaping @Sendable () -> any StreamNegotiation) {
+        self.address = address
+        self.backlog = backlog
+        opening = OpeningStep(stage: type, timeout: TimeAmount(handshakeTimeout), completion: .negotiated)
+        self.makeNegotiation = makeNegotiation
+    }
 
     func bind(
         group: any EventLoopGroup,
@@ -45,20 +53,31 @@ struct ProxyListenerOptions: Sendable {
     static let docs = [
         OptionDoc("backlog", "integer", default: "1024", "Kernel queue of connections not yet accepted."),
         OptionDoc("destinations", "{allow, deny}", default: "any", "Destinations clients may name: CIDRs and domain suffixes; deny wins."),
-    ]
+        ConnectionOptions.handshakeTimeoutDoc,
+    ] + ConnectionOptions.docs
 
     let address: BindAddress
     let backlog: Int
     let users: ProxyCredentials?
     let destinations: DestinationPolicy
+    let handshakeTimeout: Duration
+    let connections: ConnectionOptions
 
     static func decode(_ options: ConfigMapping) -> ProxyListenerOptions? {
         let address = options.required("address")?.parsed(BindAddress.parse)
         let backlog = options.optional("backlog", default: 1024) { $0.int(in: 1...65535) }
         let users = options.optional("users").map(ProxyCredentials.read)
         let destinations = options.optional("destinations", default: DestinationPolicy.open) { DestinationPolicy.read($0) }
-        guard let address, let backlog, let destinations else { return nil }
+        let handshakeTimeout = ConnectionOptions.handshakeTimeout(options)
+        let connections = ConnectionOptions.decode(options)
+        guard let address, let backlog, let destinations, let handshakeTimeout, let connections else { return nil }
         if let users, users == nil { return nil }
-        return ProxyListenerOptions(address: address, backlog: backlog, users: users ?? nil, destinations: destinations)
+        return ProxyListenerOptions(
+            address: address, backlog: backlog, users: users ?? nil, destinations: destinations, handshakeTimeout: handshakeTimeout,
+            connections: connections)
+    }
+
+    func listener(type: String, _ makeNegotiation: @escaping @Sendable () -> any StreamNegotiation) -> NegotiatingListener {
+        NegotiatingListener(type: type, address: address, backlog: backlog, handshakeTimeout: handshakeTimeout, makeNegotiation: makeNegotiation)
     }
 }

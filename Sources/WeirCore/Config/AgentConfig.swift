@@ -13,6 +13,8 @@ public struct AgentConfig: Sendable {
     public var bpfPinDirectory: String = AgentConfig.defaultBPFPinDirectory
     /// How long SIGTERM waits for open connections to finish.
     public var shutdownGrace: Duration
+    /// Open connections at most across every listener (`agent.max_connections`); nil: no limit.
+    public var maxConnections: Int?
     /// Where `/metrics` and `/healthz` are served; nil turns the endpoint off.
     public var metricsListen: BindAddress?
     public var logLevel: Logger.Level

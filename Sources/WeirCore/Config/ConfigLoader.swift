@@ -88,6 +88,7 @@ public struct ConfigLoader: Sendable {
         if let dir = agent.optional("state_dir")?.absolutePath { config.stateDirectory = dir }
         if let dir = agent.optional("bpf_pin_dir")?.absolutePath { config.bpfPinDirectory = dir }
         if let grace = agent.optional("shutdown_grace")?.parsed(DurationParser.parse) { config.shutdownGrace = grace }
+        if let limit = agent.optional("max_connections")?.int(in: 1...10_000_000) { config.maxConnections = limit }
         agent.finish()
     }
 

@@ -1,3 +1,4 @@
+import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 
@@ -5,14 +6,30 @@ import NIOCore
 ///
 /// A reload that changes a pipeline but not its listener hands the socket to the new pipeline instead of
 /// closing and rebinding it, so no connection attempt is refused in between.
+///
+/// It also admits what it accepts: within the listener's own `max_connections` and the agent's, pausing
+/// accepting while either is spent, and pausing for a moment when accepting fails for lack of descriptors.
 public final class ListenerSocket: Sendable {
     /// The listener stage's fingerprint: a socket is reused only for an identical listener.
     public let fingerprint: String
+    /// The listener's stage type, for counting and logging.
+    public let stage: String
     private let owner = NIOLockedValueBox<ListenerOwner?>(nil)
     private let boundChannel = NIOLockedValueBox<(any Channel)?>(nil)
     private let dialer = NIOLockedValueBox<(any ListenerDialer)?>(nil)
+    /// The listener's own budget first, then the agent's.
+    private let budgets: [ConnectionBudget]
+    /// Why accepting is paused, if it is.
+    private let pauses = NIOLockedValueBox<Set<PauseReason>>([])
+    /// Set from the first refused connection until accepting resumes: one count and one log line per pause.
+    private let limitReached = NIOLockedValueBox(false)
+    private let logger = Logger(label: "weir.listener")
 
-    public init(fingerprint: String) { self.fingerprint = fingerprint }
+    public init(fingerprint: String, stage: String = "listener", maxConnections: Int? = nil, agentBudget: ConnectionBudget? = nil) {
+        self.fingerprint = fingerprint
+        self.stage = stage
+        budgets = [ConnectionBudget(limit: maxConnections)] + (agentBudget.map { [$0] } ?? [])
+    }
 
     public var channel: (any Channel)? { boundChannel.withLockedValue { $0 } }
 
@@ -30,7 +47,7 @@ public final class ListenerSocket: Sendable {
     /// Binds with `listener`, routing to whichever owner is current.
     public func bind(stream listener: any StreamListener, group: any EventLoopGroup) async throws {
         let channel = try await listener.bind(group: group) { [self] child in
-            if case .stream(let forwarder) = currentOwner {
+            if case .stream(let forwarder) = currentOwner, admit(child) {
                 forwarder.accept(child)
             } else {
                 child.close(promise: nil)
@@ -38,6 +55,95 @@ public final class ListenerSocket: Sendable {
             return child.eventLoop.makeSucceededVoidFuture()
         }
         boundChannel.withLockedValue { $0 = channel }
+        try await channel.eventLoop.submit { [self] in
+            let report = AcceptFailureReport(
+                failed: { [self] error, first in
+                    count("accept_failed")
+                    if first {
+                        logger.error(
+                            "accepting failed; pausing accepts briefly and retrying",
+                            metadata: ["listener": "\(stage)", "address": "\(channel.localAddress.map { "\($0)" } ?? "?")", "error": "\(error)"])
+                    }
+                    // epoll reports the waiting connection again at once: retrying now would spin.
+                    setPaused(.descriptors, true)
+                    channel.eventLoop.scheduleTask(in: AcceptFailureReport.pause) { [self] in setPaused(.descriptors, false) }
+                },
+                recovered: { [self] in
+                    logger.notice("accepting again", metadata: ["listener": "\(stage)", "address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
+                })
+            try channel.pipeline.syncOperations.addHandler(report, position: .first)
+        }.get()
+    }
+
+    /// Takes a place in every budget for `child` (given back when it closes), or none: a spent budget
+    /// refuses it. Accepting pauses as soon as a budget is spent, so the next client waits in the backlog.
+    private func admit(_ child: any Channel) -> Bool {
+        var taken: [ConnectionBudget] = []
+        for budget in budgets {
+            guard budget.take() else {
+                taken.forEach { $0.release() }
+                pauseForLimit()
+                return false
+            }
+            taken.append(budget)
+        }
+        child.closeFuture.whenComplete { _ in taken.forEach { $0.release() } }
+        if budgets.contains(where: \.isFull) { pauseForLimit() }
+        return true
+    }
+
+    /// Why accepting is paused; it resumes when no reason is left.
+    private enum PauseReason: Hashable {
+        /// A budget is spent (`connection_limit`).
+        case connectionLimit
+        /// The process or system ran out of descriptors (`accept_failed`).
+        case descriptors
+    }
+
+    /// Pauses or resumes on the socket's own loop, so the reasons and the socket's reading change together
+    /// and in order. Accepting is off while any reason holds.
+    private func setPaused(_ reason: PauseReason, _ on: Bool) {
+        guard let channel else { return }
+        channel.eventLoop.execute { [self] in
+            let (wasPaused, isPaused) = pauses.withLockedValue { reasons in
+                let before = !reasons.isEmpty
+                if on { reasons.insert(reason) } else { reasons.remove(reason) }
+                return (before, !reasons.isEmpty)
+            }
+            if wasPaused != isPaused { try? channel.syncOptions?.setOption(.autoRead, value: !isPaused) }
+        }
+    }
+
+    /// Stops accepting until every budget has room (counted once per pause as `connection_limit`).
+    private func pauseForLimit() {
+        guard let channel else { return }
+        let first = limitReached.withLockedValue { reached in
+            defer { reached = true }
+            return !reached
+        }
+        guard first else { return }
+        count("connection_limit")
+        logger.warning(
+            "connection limit reached; accepting paused until a connection ends",
+            metadata: [
+                "listener": "\(stage)", "address": "\(channel.localAddress.map { "\($0)" } ?? "?")",
+                "limits": "\(budgets.map { $0.limit.map(String.init) ?? "none" })",
+            ])
+        setPaused(.connectionLimit, true)
+        resumeWhenRoom()
+    }
+
+    /// Resumes once no budget is spent (waiting on each spent one in turn).
+    private func resumeWhenRoom() {
+        for budget in budgets where budget.waitForRoom(ObjectIdentifier(self), { [self] in resumeWhenRoom() }) {
+            return
+        }
+        limitReached.withLockedValue { $0 = false }
+        setPaused(.connectionLimit, false)
+    }
+
+    private func count(_ reason: String) {
+        if case .stream(let forwarder) = currentOwner { forwarder.metrics.error(stage: stage, reason: reason) }
     }
 
     /// Starts a listener that dials out; what it connects goes to whichever owner is current.

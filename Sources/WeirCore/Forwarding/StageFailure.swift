@@ -27,7 +27,10 @@ public final class StageFailureLabel: ChannelInboundHandler, RemovableChannelHan
     }
 
     public func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        guard !(error is StageFailure) else {
+        // Already labelled below; or the opening guard closed the connection and counted why (the TLS
+        // handshake that then fails is not a second error).
+        let closedByGuard = (try? context.pipeline.syncOperations.handler(type: OpeningGuard.self))?.closedTheConnection == true
+        guard !(error is StageFailure), !closedByGuard else {
             context.fireErrorCaught(error)
             return
         }

@@ -23,16 +23,22 @@ public final class StreamForwarder: Sendable {
     private let connectorType: String
     /// The listener, when its clients negotiate their destination.
     private let negotiating: (any NegotiatingStreamListener)?
-    private let metrics: PipelineMetrics
+    public let metrics: PipelineMetrics
     public let tracker: ConnectionTracker
     private let logger: Logger
+    /// The listener's stage type and its `idle_timeout`.
+    private let listenerType: String
+    private let idleTimeout: TimeAmount?
 
     public init(
         pipeline: String, filters: [any StreamFilter], connector: any StreamConnector, connectorType: String,
-        negotiating: (any NegotiatingStreamListener)? = nil, metrics: PipelineMetrics, logger: Logger
+        negotiating: (any NegotiatingStreamListener)? = nil, listenerType: String = "listener", idleTimeout: Duration? = nil,
+        metrics: PipelineMetrics, logger: Logger
     ) {
         self.pipeline = pipeline
         self.negotiating = negotiating
+        self.listenerType = listenerType
+        self.idleTimeout = idleTimeout.map(TimeAmount.init)
         if let index = filters.firstIndex(where: { $0 is any StreamMultiplexingFilter }),
             let filter = filters[index] as? any StreamMultiplexingFilter
         {
@@ -72,7 +78,10 @@ public final class StreamForwarder: Sendable {
 
     /// An accepted carrier: its filters' accept handlers, then the multiplexer, which hands each stream back.
     private func serve(carrier: any Channel, info: ConnectionInfo, multiplexing: (filter: any StreamMultiplexingFilter, carrierFilters: [any StreamFilter])) {
-        guard addHandlers(multiplexing.carrierFilters.flatMap { $0.acceptHandlers(for: info) }, to: carrier) else { return }
+        // The carrier's handshakes (TLS, a WebSocket upgrade) are its opening; its streams have none of their own.
+        let steps = multiplexing.carrierFilters.compactMap(\.acceptOpening).filter { $0.completion == .reported }
+        let opening = steps.isEmpty ? [] : [OpeningGuard(steps: steps, metrics: metrics)]
+        guard addHandlers(opening + multiplexing.carrierFilters.flatMap { $0.acceptHandlers(for: info) }, to: carrier) else { return }
         do {
             try multiplexing.filter.serve(carrier: carrier) { stream, destination in
                 var info = ConnectionInfo(pipeline: self.pipeline, client: info.client, local: info.local, eventLoop: stream.eventLoop)
@@ -96,33 +105,43 @@ public final class StreamForwarder: Sendable {
         // stream. A filter's negotiation sits right behind that filter's own handlers (the address header is
         // part of the AEAD layer), so handlers of filters listed after it only see what follows the header.
         var negotiation = listenerNegotiation
+        var negotiationStep = listenerNegotiation == nil ? nil : negotiating?.opening
         var split = filters.count
         // Searched from the end, so only the negotiation that is used gets made.
         if negotiation == nil,
             let (index, found) = filters.indices.reversed().lazy.compactMap({ index in self.filters[index].negotiation(for: info).map { (index, $0) } }).first
         {
             negotiation = found
+            negotiationStep = filters[index].acceptOpening
             split = index + 1
         }
         let outerHandlers = filters[..<split].flatMap { $0.acceptHandlers(for: info) }
         let innerHandlers = filters[split...].flatMap { $0.acceptHandlers(for: info) }
+        // What the client must complete before data flows; bounded by the guard nearest the socket.
+        let steps = (negotiationStep.map { [$0] } ?? []) + filters.compactMap(\.acceptOpening).filter { $0.completion == .reported }
+        let opening = steps.isEmpty ? nil : OpeningGuard(steps: steps, metrics: metrics)
+        let outer = (opening.map { [$0] } ?? []) + outerHandlers
         // Last on the channel until the glue comes: keeps what is read before (see EarlyInputHold).
         let hold = EarlyInputHold()
         guard let negotiation else {
-            guard addHandlers(outerHandlers + [hold], to: client) else { return }
+            guard addHandlers(outer + [hold], to: client) else { return }
             connect(client: client, info: info, negotiation: nil, hold: hold)
             return
         }
-        guard addHandlers(outerHandlers, to: client) else { return }
+        guard addHandlers(outer, to: client) else { return }
         client.eventLoop.execute {
             let decided = negotiation.begin(on: client)
             guard self.addHandlers(innerHandlers + [hold], to: client) else { return }
             decided.whenComplete { result in
                 switch result {
                 case .success(let destination):
+                    if let opening, let negotiationStep { opening.completed(stage: negotiationStep.stage) }
                     var info = info
                     info.destination = destination
                     self.connect(client: client, info: info, negotiation: negotiation, hold: hold)
+                case .failure where opening?.closedTheConnection == true:
+                    // The guard closed it (timeout, or the client left mid-opening) and counted why.
+                    break
                 case .failure(let error as StageFailure):
                     // A transform under the negotiation failed (an AEAD stream that does not authenticate); its
                     // label counted it.
@@ -267,6 +286,10 @@ public final class StreamForwarder: Sendable {
         // socket ignores it. (A plain read() would not do: a socket accepted but not registered yet takes it
         // as the read it does on registration, and never reads.)
         do {
+            if let idleTimeout {
+                try client.pipeline.syncOperations.addHandler(
+                    IdleTimeout(timeout: idleTimeout, stage: listenerType, metrics: metrics), position: .first)
+            }
             try client.syncOptions?.setOption(.autoRead, value: true)
             client.triggerUserOutboundEvent(StartReading(), promise: nil)
         } catch {

@@ -42,6 +42,8 @@ public enum NegotiationFailure: Sendable, Equatable {
 /// A stream listener whose clients name their destination before any data flows (SOCKS5, HTTP CONNECT).
 public protocol NegotiatingStreamListener: StreamListener {
     func negotiation(for connection: ConnectionInfo) -> any StreamNegotiation
+    /// The negotiation as a step of the opening (its `handshake_timeout`), completed when it decides.
+    var opening: OpeningStep { get }
 }
 
 /// One client's negotiation, driven by the forwarder on the connection's event loop (implementations are
@@ -134,11 +136,16 @@ public protocol StreamFilter: Stage {
     /// stream), used when the listener's clients do not name one. It sits right behind this filter's accept
     /// handlers; accept handlers of filters listed later come after it and see only what follows the header.
     func negotiation(for connection: ConnectionInfo) -> (any StreamNegotiation)?
+
+    /// What the client must complete on the accept side before data flows (a TLS handshake, a WebSocket
+    /// upgrade, an address header) and how long it may take; nil when there is nothing.
+    var acceptOpening: OpeningStep? { get }
 }
 
 extension StreamFilter {
     public func acceptHandlers(for connection: ConnectionInfo) -> [any ChannelHandler] { [] }
     public func negotiation(for connection: ConnectionInfo) -> (any StreamNegotiation)? { nil }
+    public var acceptOpening: OpeningStep? { nil }
 }
 
 /// Acts on each datagram session between listener and connector.

@@ -90,11 +90,14 @@ extension StageConfig {
 /// A listener's configuration exposes its address so validation can catch two pipelines on one port.
 public protocol ListenerConfig: StageConfig {
     var bindAddress: BindAddress { get }
+    /// `max_connections`, `idle_timeout` (stream listeners).
+    var connectionOptions: ConnectionOptions { get }
     /// Whether its clients name their destination (SOCKS5, HTTP CONNECT), so a connector needs no targets.
     static var providesDestination: Bool { get }
 }
 
 extension ListenerConfig {
+    public var connectionOptions: ConnectionOptions { ConnectionOptions() }
     public static var providesDestination: Bool { false }
     public var namesDestination: Bool { Self.providesDestination }
 }

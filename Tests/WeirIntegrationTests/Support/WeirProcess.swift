@@ -14,14 +14,20 @@ final class WeirProcess: @unchecked Sendable {
     let metricsPort: Int
     /// The network namespace the agent runs in (`ip netns exec`); nil for the test's own.
     let netns: String?
+    /// A command the agent runs under, e.g. `prlimit --nofile=64:64 --`.
+    let launcher: [String]
     private var process: Process?
     private let stderrFile: URL
 
     var configPath: String { directory.appendingPathComponent("weir.yaml").path }
 
     /// Writes `weir.yaml` with the metrics endpoint on a free port, and `pipelines` as `pipelines.d/main.yaml`.
-    init(pipelines: String, extra: String = "", netns: String? = nil, bpfPinDir: String? = nil, id: String = "test-agent") throws {
+    init(
+        pipelines: String, extra: String = "", netns: String? = nil, bpfPinDir: String? = nil, id: String = "test-agent",
+        launcher: [String] = [], agentOptions: [String] = []
+    ) throws {
         self.netns = netns
+        self.launcher = launcher
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("weir-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory.appendingPathComponent("pipelines.d"), withIntermediateDirectories: true)
         metricsPort = freePort()
@@ -31,7 +37,7 @@ final class WeirProcess: @unchecked Sendable {
               id: \(id)
               state_dir: \(directory.path)
               shutdown_grace: 3s
-            \(bpfPinDir.map { "  bpf_pin_dir: \($0)" } ?? "")
+            \(agentOptions.map { "  \($0)\n" }.joined())            \(bpfPinDir.map { "  bpf_pin_dir: \($0)" } ?? "")
             metrics:
               listen: 127.0.0.1:\(metricsPort)
             log:
@@ -58,6 +64,9 @@ final class WeirProcess: @unchecked Sendable {
             // `ip netns exec` execs the agent, so the process is the agent and signals reach it.
             process.executableURL = URL(fileURLWithPath: which("ip") ?? "/usr/sbin/ip")
             process.arguments = ["netns", "exec", netns, Self.binary, "agent", "--config", configPath]
+        } else if let tool = launcher.first {
+            process.executableURL = URL(fileURLWithPath: which(tool) ?? tool)
+            process.arguments = Array(launcher.dropFirst()) + [Self.binary, "agent", "--config", configPath]
         } else {
             process.executableURL = URL(fileURLWithPath: Self.binary)
             process.arguments = ["agent", "--config", configPath]

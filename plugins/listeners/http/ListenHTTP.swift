@@ -17,6 +17,7 @@ public struct ListenHTTPConfig: ListenerConfig {
 
     let proxy: ProxyListenerOptions
     public var bindAddress: BindAddress { proxy.address }
+    public var connectionOptions: ConnectionOptions { proxy.connections }
 
     public static func decode(_ options: ConfigMapping) -> ListenHTTPConfig? {
         ProxyListenerOptions.decode(options).map(ListenHTTPConfig.init)
@@ -24,7 +25,7 @@ public struct ListenHTTPConfig: ListenerConfig {
 
     public func makeStage(_ context: StageContext) -> any Stage {
         let proxy = self.proxy
-        return NegotiatingListener(address: proxy.address, backlog: proxy.backlog) {
+        return proxy.listener(type: Self.type) {
             HTTPConnectNegotiation(credentials: proxy.users, policy: proxy.destinations)
         }
     }

@@ -17,6 +17,7 @@ public struct ListenSOCKS5Config: ListenerConfig {
 
     let proxy: ProxyListenerOptions
     public var bindAddress: BindAddress { proxy.address }
+    public var connectionOptions: ConnectionOptions { proxy.connections }
 
     public static func decode(_ options: ConfigMapping) -> ListenSOCKS5Config? {
         ProxyListenerOptions.decode(options).map(ListenSOCKS5Config.init)
@@ -25,7 +26,7 @@ public struct ListenSOCKS5Config: ListenerConfig {
     public func makeStage(_ context: StageContext) -> any Stage {
         let proxy = self.proxy
         let metrics = context.metrics
-        return NegotiatingListener(address: proxy.address, backlog: proxy.backlog) {
+        return proxy.listener(type: Self.type) {
             SOCKS5Negotiation(credentials: proxy.users, policy: proxy.destinations, metrics: metrics)
         }
     }

@@ -12,12 +12,15 @@ public struct ListenTLSSNIConfig: ListenerConfig {
         OptionDoc("backlog", "integer", default: "1024", "Kernel queue of connections not yet accepted."),
         OptionDoc("routes", "{name: host:port}", "Server names to targets; \"*.example.com\" matches names under it (required)."),
         OptionDoc("default", "host:port", default: "close", "Target for names without a route and for clients that send none."),
-    ]
+        ConnectionOptions.handshakeTimeoutDoc,
+    ] + ConnectionOptions.docs
     public static var sample: String { String(decoding: PackageResources.listen_tls_sni_sample_yaml, as: UTF8.self) }
 
     public let bindAddress: BindAddress
     public let backlog: Int
     let routes: SNIRoutes
+    let handshakeTimeout: Duration
+    public let connectionOptions: ConnectionOptions
 
     public static func decode(_ options: ConfigMapping) -> ListenTLSSNIConfig? {
         let address = options.required("address")?.parsed(BindAddress.parse)
@@ -25,16 +28,21 @@ public struct ListenTLSSNIConfig: ListenerConfig {
         let routes = options.required("routes").flatMap(SNIRoutes.read)
         let fallbackValue = options.optional("default")
         let fallback = fallbackValue.map { $0.parsed(HostPort.parse) }
-        guard let address, let backlog, var routes else { return nil }
+        let handshakeTimeout = ConnectionOptions.handshakeTimeout(options)
+        let connections = ConnectionOptions.decode(options)
+        guard let address, let backlog, var routes, let handshakeTimeout, let connections else { return nil }
         if let fallback {
             guard let fallback else { return nil }
             routes.fallback = fallback
         }
-        return ListenTLSSNIConfig(bindAddress: address, backlog: backlog, routes: routes)
+        return ListenTLSSNIConfig(
+            bindAddress: address, backlog: backlog, routes: routes, handshakeTimeout: handshakeTimeout, connectionOptions: connections)
     }
 
     public func makeStage(_ context: StageContext) -> any Stage {
         let routes = self.routes
-        return NegotiatingListener(address: bindAddress, backlog: backlog) { TLSSNINegotiation(routes: routes) }
+        return NegotiatingListener(type: Self.type, address: bindAddress, backlog: backlog, handshakeTimeout: handshakeTimeout) {
+            TLSSNINegotiation(routes: routes)
+        }
     }
 }

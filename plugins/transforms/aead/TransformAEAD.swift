@@ -17,6 +17,7 @@ public struct TransformAEADConfig: StageConfig {
         OptionDoc("password", "string", "The pre-shared password both ends know (required)."),
         OptionDoc("cipher", "chacha20-ietf-poly1305|aes-256-gcm|aes-128-gcm", default: "chacha20-ietf-poly1305", "AEAD cipher; both ends must agree."),
         OptionDoc("target", "host:port", default: "the client's destination", "side: client — the address sent to the server when the listener's clients name none."),
+        OptionDoc("handshake_timeout", "duration", default: "10s", "side: server — close a connection whose client has not sent the whole address header this long after connecting."),
     ]
     public static var sample: String { String(decoding: PackageResources.transform_aead_sample_yaml, as: UTF8.self) }
 
@@ -24,6 +25,8 @@ public struct TransformAEADConfig: StageConfig {
     public let cipher: ShadowsocksCipher
     let password: String
     public let target: HostPort?
+    /// side: server — how long a client may take to send its address header.
+    let handshakeTimeout: Duration
 
     public static func decode(_ options: ConfigMapping) -> TransformAEADConfig? {
         let side = options.required("side")?.oneOf(Side.self)
@@ -38,13 +41,19 @@ public struct TransformAEADConfig: StageConfig {
         let cipher = options.optional("cipher", default: ShadowsocksCipher.chacha20IETFPoly1305) { $0.oneOf(ShadowsocksCipher.self) }
         let targetValue = options.optional("target")
         let target = targetValue.map { $0.parsed(HostPort.parse) }
-        guard let side, let password, let cipher else { return nil }
+        let timeoutValue = options.optional("handshake_timeout")
+        let handshakeTimeout = timeoutValue.map { $0.duration(atLeast: .milliseconds(100)) } ?? OpeningStep.defaultTimeout
+        guard let side, let password, let cipher, let handshakeTimeout else { return nil }
         if let target, target == nil { return nil }
+        if timeoutValue != nil, side == .client {
+            timeoutValue?.error("handshake_timeout only applies to side: server")
+            return nil
+        }
         if target != nil, side == .server {
             targetValue?.error("target only applies to side: client")
             return nil
         }
-        return TransformAEADConfig(side: side, cipher: cipher, password: password, target: target ?? nil)
+        return TransformAEADConfig(side: side, cipher: cipher, password: password, target: target ?? nil, handshakeTimeout: handshakeTimeout)
     }
 
     /// The server side reads each connection's destination from the stream.
@@ -68,6 +77,11 @@ struct TransformAEAD: StreamFilter {
 
     func negotiation(for connection: ConnectionInfo) -> (any StreamNegotiation)? {
         config.side == .server ? AddressHeaderNegotiation() : nil
+    }
+
+    var acceptOpening: OpeningStep? {
+        guard config.side == .server else { return nil }
+        return OpeningStep(stage: TransformAEADConfig.type, timeout: TimeAmount(config.handshakeTimeout), completion: .negotiated)
     }
 
     func handlers(for connection: ConnectionInfo) -> StreamFilterHandlers {

@@ -1,5 +1,6 @@
 import NIOCore
 import NIOSSL
+import NIOTLS
 import WeirCore
 
 /// `transform.tls`: TLS 1.2/1.3 (swift-nio-ssl). `side: server` terminates TLS on accepted connections;
@@ -29,6 +30,7 @@ public struct TransformTLSConfig: StageConfig {
         OptionDoc("verify", "bool", default: "true", "side: client — false accepts any server certificate (testing only)."),
         OptionDoc("min_version", "1.2|1.3", default: "1.2", "Oldest TLS version accepted."),
         OptionDoc("alpn", "list of names", default: "none", "Application protocols offered (client) or accepted (server), e.g. [http/1.1]."),
+        OptionDoc("handshake_timeout", "duration", default: "10s", "side: server — close a connection whose client has not completed the TLS handshake this long after connecting."),
     ]
     public static var sample: String { String(decoding: PackageResources.transform_tls_sample_yaml, as: UTF8.self) }
 
@@ -37,12 +39,14 @@ public struct TransformTLSConfig: StageConfig {
     let context: NIOSSLContext
     /// Digest of the certificate and key files: part of the fingerprint, so SIGHUP reloads renewed files.
     let filesDigest: String
+    /// side: server — how long a client may take to complete its handshake.
+    let handshakeTimeout: Duration
 
     public var contentFingerprint: String { filesDigest }
 
     public static func decode(_ options: ConfigMapping) -> TransformTLSConfig? {
         guard let sideValue = options.required("side"), let side = sideValue.oneOf(Side.self) else {
-            for key in ["certificate", "key", "client_ca", "ca", "server_name", "verify", "min_version", "alpn"] {
+            for key in ["certificate", "key", "client_ca", "ca", "server_name", "verify", "min_version", "alpn", "handshake_timeout"] {
                 _ = options.optional(key)
             }
             return nil
@@ -88,6 +92,7 @@ public struct TransformTLSConfig: StageConfig {
             return name
         }
         let verify = only("verify", on: .client).map { $0.bool } ?? true
+        let handshakeTimeout = only("handshake_timeout", on: .server).map { $0.duration(atLeast: .milliseconds(100)) } ?? OpeningStep.defaultTimeout
         let minVersion = options.optional("min_version", default: Version.tls12) { $0.oneOf(Version.self) }
         let alpnValue = options.optional("alpn")
         let alpn = alpnValue.map { value -> [String]? in
@@ -95,7 +100,7 @@ public struct TransformTLSConfig: StageConfig {
             let names = items.compactMap(\.string)
             return names.count == items.count && !names.contains(where: \.isEmpty) ? names : nil
         }
-        guard ok, let minVersion, let verify else { return nil }
+        guard ok, let minVersion, let verify, let handshakeTimeout else { return nil }
         if let serverName, serverName == nil { return nil }
         if let alpn, alpn == nil {
             alpnValue?.error("must be a list of protocol names")
@@ -131,7 +136,8 @@ public struct TransformTLSConfig: StageConfig {
             (keyValue ?? options.value).error("TLS setup failed (does the key belong to the certificate?): \(error)")
             return nil
         }
-        return TransformTLSConfig(side: side, serverName: serverName ?? nil, context: context, filesDigest: files.fingerprint)
+        return TransformTLSConfig(
+            side: side, serverName: serverName ?? nil, context: context, filesDigest: files.fingerprint, handshakeTimeout: handshakeTimeout)
     }
 
     public func makeStage(_ context: StageContext) -> any Stage { TransformTLS(config: self, metrics: context.metrics) }
@@ -142,7 +148,12 @@ struct TransformTLS: StreamFilter {
     let metrics: PipelineMetrics
 
     func acceptHandlers(for connection: ConnectionInfo) -> [any ChannelHandler] {
-        config.side == .server ? [NIOSSLServerHandler(context: config.context), label()] : []
+        config.side == .server ? [NIOSSLServerHandler(context: config.context), label(), TLSHandshakeReport()] : []
+    }
+
+    var acceptOpening: OpeningStep? {
+        guard config.side == .server else { return nil }
+        return OpeningStep(stage: TransformTLSConfig.type, timeout: TimeAmount(config.handshakeTimeout), completion: .reported)
     }
 
     func handlers(for connection: ConnectionInfo) -> StreamFilterHandlers {
@@ -169,5 +180,21 @@ struct TransformTLS: StreamFilter {
         if let name = config.serverName { return name }
         guard let host = connection.destination?.host, (try? SocketAddress(ipAddress: host, port: 0)) == nil else { return nil }
         return host
+    }
+}
+
+/// Behind the server side's TLS handler: tells the connection's opening guard that the handshake completed,
+/// then leaves.
+final class TLSHandshakeReport: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .handshakeCompleted = event as? TLSUserEvent {
+            context.openingCompleted(stage: TransformTLSConfig.type)
+            context.fireUserInboundEventTriggered(event)
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 }

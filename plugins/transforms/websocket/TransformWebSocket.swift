@@ -18,6 +18,7 @@ public struct TransformWebSocketConfig: StageConfig {
         OptionDoc("host", "string", "side: client — the Host header, which reverse proxies route by (required on the client)."),
         OptionDoc("headers", "map", default: "none", "side: client — extra request headers (User-Agent, a proxy's auth token)."),
         OptionDoc("max_frame", "bytes", default: "1048576", "Largest frame accepted from the peer; a larger one closes the connection."),
+        OptionDoc("handshake_timeout", "duration", default: "10s", "side: server — close a connection whose client has not completed its upgrade request this long after connecting."),
     ]
     public static var sample: String { String(decoding: PackageResources.transform_websocket_sample_yaml, as: UTF8.self) }
 
@@ -26,6 +27,8 @@ public struct TransformWebSocketConfig: StageConfig {
     public let host: String?
     public let headers: [(String, String)]
     public let maxFrame: Int
+    /// side: server — how long a client may take to send its upgrade request.
+    let handshakeTimeout: Duration
 
     public static func decode(_ options: ConfigMapping) -> TransformWebSocketConfig? {
         let side = options.required("side")?.oneOf(Side.self)
@@ -62,7 +65,9 @@ public struct TransformWebSocketConfig: StageConfig {
             return headers
         }
         let maxFrame = options.optional("max_frame", default: 1 << 20) { $0.int(in: 1024...(1 << 30)) }
-        guard let side, let path, let maxFrame else { return nil }
+        let timeoutValue = options.optional("handshake_timeout")
+        let handshakeTimeout = timeoutValue.map { $0.duration(atLeast: .milliseconds(100)) } ?? OpeningStep.defaultTimeout
+        guard let side, let path, let maxFrame, let handshakeTimeout else { return nil }
         if let host, host == nil { return nil }
         if let headers, headers == nil { return nil }
         switch side {
@@ -72,8 +77,12 @@ public struct TransformWebSocketConfig: StageConfig {
         case .server where hostValue != nil || headersValue != nil:
             (hostValue ?? headersValue)?.error("\(hostValue != nil ? "host" : "headers") only applies to side: client")
             return nil
+        case .client where timeoutValue != nil:
+            timeoutValue?.error("handshake_timeout only applies to side: server")
+            return nil
         default:
-            return TransformWebSocketConfig(side: side, path: path, host: host ?? nil, headers: (headers ?? nil) ?? [], maxFrame: maxFrame)
+            return TransformWebSocketConfig(
+                side: side, path: path, host: host ?? nil, headers: (headers ?? nil) ?? [], maxFrame: maxFrame, handshakeTimeout: handshakeTimeout)
         }
     }
 
@@ -87,6 +96,11 @@ struct TransformWebSocket: StreamFilter {
     func acceptHandlers(for connection: ConnectionInfo) -> [any ChannelHandler] {
         guard config.side == .server else { return [] }
         return [WebSocketServerHandshakeHandler(path: config.path)] + frameHandlers(masks: false)
+    }
+
+    var acceptOpening: OpeningStep? {
+        guard config.side == .server else { return nil }
+        return OpeningStep(stage: TransformWebSocketConfig.type, timeout: TimeAmount(config.handshakeTimeout), completion: .reported)
     }
 
     func handlers(for connection: ConnectionInfo) -> StreamFilterHandlers {

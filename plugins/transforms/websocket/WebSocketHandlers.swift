@@ -31,6 +31,7 @@ final class WebSocketServerHandshakeHandler: ChannelInboundHandler, RemovableCha
             case .upgrade(let response):
                 done = true
                 context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: response)), promise: nil)
+                context.openingCompleted(stage: TransformWebSocketConfig.type)
                 upgraded(context, leftover: leftover)
             }
         }
