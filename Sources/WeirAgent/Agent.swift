@@ -128,6 +128,8 @@ public actor Agent: Service {
     }
 
     private func reloadNow() async -> ReloadFailure? {
+        let started = ContinuousClock.now
+        defer { metrics.reloadDuration.record(ContinuousClock.now - started) }
         logger.info("reloading configuration", metadata: ["config": "\(configPath)"])
         let config: AgentConfig
         do {

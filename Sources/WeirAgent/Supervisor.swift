@@ -34,6 +34,11 @@ public actor Supervisor {
 
     /// Stage types that may sweep shared kernel state after an apply.
     private let stageTypes: [any StageConfig.Type]
+    /// The pipelines each stage type last swept for. A type is swept again only when they change (a
+    /// pipeline with such a stage added or removed) or after a failed apply: the first sweep removed what a
+    /// previous run left, and a stage that retires removes its own state, so a reload that touches no kernel
+    /// stage costs no kernel round trips.
+    private var sweptFor: [String: Set<String>] = [:]
 
     public init(group: any EventLoopGroup, metrics: WeirMetrics, logger: Logger, stageTypes: [any StageConfig.Type] = []) {
         self.stageTypes = stageTypes
@@ -82,7 +87,7 @@ public actor Supervisor {
                 await rollBack(started)
                 // Kernel state the failed apply created for pipelines that do not run (an added pipeline's
                 // rules or classes) goes; what the running ones use was re-applied by their restart.
-                await sweep(config.stageEnvironment)
+                await sweep(config.stageEnvironment, always: true)
                 throw ApplyError(pipeline: id, underlying: error)
             }
         }
@@ -120,11 +125,16 @@ public actor Supervisor {
     }
 
     /// Lets each stage type remove shared kernel state that no running stage owns.
-    private func sweep(_ environment: StageEnvironment) async {
+    private func sweep(_ environment: StageEnvironment, always: Bool = false) async {
+        var owners: [String: Set<String>] = [:]
+        for runtime in running.values {
+            for stage in runtime.spec.stages { owners[stage.type, default: []].insert(runtime.spec.id) }
+        }
         for type in stageTypes {
-            let name = type.type
-            let owners = Set(running.values.filter { runtime in runtime.spec.stages.contains { $0.type == name } }.map(\.spec.id))
-            await type.sweep(keeping: owners, environment: environment)
+            let keeping = owners[type.type] ?? []
+            guard always || sweptFor[type.type] != keeping else { continue }
+            await type.sweep(keeping: keeping, environment: environment)
+            sweptFor[type.type] = keeping
         }
     }
 

@@ -70,7 +70,7 @@ import WeirStages
         #expect(errors.map(\.description) == [
             #"p.yaml:5:18: pipelines.web.stages[0] (listen.tcp): address: "99999" is not a port number (0-65535)"#,
             #"p.yaml:6:18: pipelines.web.stages[0] (listen.tcp): backlog: expected an integer, found "lots""#,
-            #"p.yaml:7:9: pipelines.web.stages[0] (listen.tcp): colour: unknown key "colour" (allowed: address, backlog, type)"#,
+            #"p.yaml:7:9: pipelines.web.stages[0] (listen.tcp): colour: unknown key "colour" (allowed: address, backlog, idle_timeout, max_connections, type)"#,
             #"p.yaml:9:20: pipelines.web.stages[1] (connect.tcp): addresses: expected a list, found a scalar"#,
             #"p.yaml:10:26: pipelines.web.stages[1] (connect.tcp): connect_timeout: "3 seconds" is not a duration (examples: 500ms, 3s, 1m30s)"#,
         ])

@@ -13,6 +13,7 @@ public final class WeirMetrics: Sendable {
     public let reloadsFailed: Prometheus.Counter
     public let lastReloadSuccessful: Prometheus.Gauge
     public let lastReloadTimestamp: Prometheus.Gauge
+    public let reloadDuration: DurationHistogram
 
     public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
@@ -23,6 +24,11 @@ public final class WeirMetrics: Sendable {
             name: "weir_config_last_reload_successful", help: "1 when the last configuration load or reload succeeded, else 0.")
         lastReloadTimestamp = registry.makeGauge(
             name: "weir_config_last_reload_timestamp_seconds", help: "Unix time of the last configuration load or reload attempt.")
+        reloadDuration = registry.makeDurationHistogram(
+            name: "weir_config_reload_duration_seconds", labels: [],
+            buckets: [.milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
+                      .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5), .seconds(10)],
+            help: "Time from a reload's start (SIGHUP or a coordinator bundle) to its configuration applied or refused.")
     }
 
     /// Points swift-metrics at this registry. Call once per process.

@@ -37,7 +37,8 @@ final class WeirProcess: @unchecked Sendable {
               id: \(id)
               state_dir: \(directory.path)
               shutdown_grace: 3s
-            \(agentOptions.map { "  \($0)\n" }.joined())            \(bpfPinDir.map { "  bpf_pin_dir: \($0)" } ?? "")
+            \(agentOptions.map { "  \($0)" }.joined(separator: "\n"))
+            \(bpfPinDir.map { "  bpf_pin_dir: \($0)" } ?? "")
             metrics:
               listen: 127.0.0.1:\(metricsPort)
             log:

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Reload at scale: PIPELINES forwards (listen.tcp -> connect.tcp, one port each) with CONNECTIONS open through
+# the first ones; each round changes one pipeline and sends SIGHUP. Measures the time from the signal to the
+# configuration applied (weir_config_reload_duration_seconds, recorded by the agent itself, and the wall time
+# until the reload counter moves), and checks that no open connection was dropped. Results:
+# bench/results/reload.md.
+set -euo pipefail
+NAME=reload-bench
+REPO_DIR="$(cd "$(dirname "$0")/.." && pwd)"
+PIPELINES="${PIPELINES:-1000}"
+CONNECTIONS="${CONNECTIONS:-2000}"
+ROUNDS="${ROUNDS:-7}"
+TMP="$(mktemp -d)"
+SECONDS_EACH=0
+source "$REPO_DIR/bench/loopback-lib.sh"
+loopback_init python3
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+mkdir -p "$REPO_DIR/bench/results"
+
+python3 - "$WEIR_BIN" "$TMP" "$PIPELINES" "$CONNECTIONS" "$ROUNDS" "$REPO_DIR/bench/results/reload.md" <<'PY'
+import os, re, resource, signal, socket, statistics, subprocess, sys, time, urllib.request
+weir, tmp, pipelines, connections, rounds, results = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+def free_ports(count, start=20000):
+    ports, port = [], start
+    while len(ports) < count:
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port)); ports.append(port)
+        except OSError:
+            pass
+        s.close(); port += 1
+    return ports
+
+ports = free_ports(pipelines + 2)
+metrics_port, backend_port, ports = ports[0], ports[1], ports[2:]
+backend = subprocess.Popen([sys.executable, "-c", """
+import asyncio, resource, sys
+s, h = resource.getrlimit(resource.RLIMIT_NOFILE); resource.setrlimit(resource.RLIMIT_NOFILE, (h, h))
+async def echo(r, w):
+    while data := await r.read(65536):
+        w.write(data); await w.drain()
+    w.close()
+async def main():
+    server = await asyncio.start_server(echo, "127.0.0.1", int(sys.argv[1]), backlog=4096)
+    print("up", flush=True); await server.serve_forever()
+asyncio.run(main())
+""", str(backend_port)], stdout=subprocess.PIPE)
+backend.stdout.readline()
+
+def write_pipelines(changed):
+    with open(f"{tmp}/pipelines.d/all.yaml", "w") as f:
+        f.write("pipelines:\n")
+        for i, port in enumerate(ports):
+            f.write(f"  p{i}:\n    stages:\n      - {{type: listen.tcp, address: \"127.0.0.1:{port}\"}}\n")
+            if i == changed:
+                f.write(f"      - {{type: limit.bandwidth, rate: {100 + i}MiB/s}}\n")
+            f.write(f"      - {{type: connect.tcp, addresses: [\"127.0.0.1:{backend_port}\"]}}\n")
+
+os.makedirs(f"{tmp}/pipelines.d", exist_ok=True)
+with open(f"{tmp}/weir.yaml", "w") as f:
+    f.write(f"agent: {{id: bench, state_dir: {tmp}/state}}\nmetrics: {{listen: 127.0.0.1:{metrics_port}}}\nlog: {{level: warning}}\n")
+write_pipelines(-1)
+agent = subprocess.Popen([weir, "agent", "--config", f"{tmp}/weir.yaml"], stderr=open(f"{tmp}/agent.log", "w"))
+
+def scrape():
+    return urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+
+def sample(text, name):
+    m = re.search(r"^" + re.escape(name) + r"(?:\{[^}]*\})? ([0-9.e+-]+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+def reloads(text):
+    return sum(float(v) for v in re.findall(r'^weir_config_reloads_total\{[^}]*\} ([0-9.e+-]+)$', text, re.M))
+
+for _ in range(300):
+    try:
+        scrape(); break
+    except OSError:
+        time.sleep(0.1)
+else:
+    sys.exit("reload-bench: the agent did not start")
+
+# Connections through the first pipelines, which no reload changes.
+held = []
+for i in range(connections):
+    c = socket.create_connection(("127.0.0.1", ports[i % 10]), timeout=10)
+    held.append(c)
+def echoing():
+    for c in held: c.sendall(b"x")
+    return sum(1 for c in held if c.recv(1) == b"x")
+assert echoing() == connections
+
+agent_ms, wall_ms = [], []
+for r in range(rounds):
+    write_pipelines(pipelines - 1 - r)
+    before = scrape()
+    count, total = reloads(before), sample(before, "weir_config_reload_duration_seconds_sum")
+    started = time.monotonic()
+    agent.send_signal(signal.SIGHUP)
+    while True:
+        after = scrape()
+        if reloads(after) > count:
+            break
+        time.sleep(0.002)
+    wall_ms.append((time.monotonic() - started) * 1000)
+    agent_ms.append((sample(after, "weir_config_reload_duration_seconds_sum") - total) * 1000)
+    if "failure" in after and sample(after, 'weir_config_reloads_total{result="failure"}') > 0:
+        sys.exit("reload-bench: a reload failed; see " + tmp + "/agent.log")
+
+alive = echoing()
+fds = len(os.listdir(f"/proc/{agent.pid}/fd"))
+agent.send_signal(signal.SIGTERM); agent.wait(timeout=30); backend.kill()
+lines = [
+    f"| pipelines | open connections | agent descriptors | reload, agent's own timing (median of {rounds}) | SIGHUP to counter moved (median) | connections dropped |",
+    "|---:|---:|---:|---:|---:|---:|",
+    f"| {pipelines} | {connections} | {fds} | {statistics.median(agent_ms):.1f} ms | {statistics.median(wall_ms):.1f} ms | {connections - alive} |",
+]
+print("\n".join(lines))
+open(results, "w").write("\n".join(lines) + "\n")
+if alive != connections:
+    sys.exit(f"reload-bench: {connections - alive} connections were dropped")
+PY
