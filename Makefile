@@ -15,7 +15,7 @@ RUN_PACKAGES   := ca-certificates $(BUILD_PACKAGES)
 TEST_PACKAGES  := $(BUILD_PACKAGES) prometheus iproute2 curl bpftool python3 nftables iperf3 openssl shadowsocks-libev python3-websockets nginx-light postgresql
 BENCH_PACKAGES := $(BUILD_PACKAGES) haproxy socat iperf3 nginx-light wrk curl python3 iproute2 nftables shadowsocks-libev stunnel4 openssl
 
-.PHONY: run test bench build release clean
+.PHONY: run test bench soak build release clean
 
 # Installs the listed Debian packages that are missing (apt-get update only when something is missing).
 define apt_install
@@ -55,11 +55,18 @@ bench:
 	WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/forward-bench.sh
 	WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/aead-bench.sh
 	WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/tls-bench.sh
+	WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/reload-bench.sh
 	@if [ "$$(id -u)" = 0 ]; then \
 		WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/count-ebpf-bench.sh && \
 		WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/nftables-bench.sh && \
 		WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/shape-tc-bench.sh; \
 	else echo "skipping the count.ebpf, nftables and shape.tc benchmarks: they need root (network namespaces)"; fi
+
+# Not a test: 9,000 connections held through one forward while the agent reloads every second for a minute.
+soak:
+	$(call apt_install,$(BUILD_PACKAGES) python3)
+	$(SWIFT) build -c release --product weir
+	WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/soak.sh
 
 clean:
 	rm -rf .build

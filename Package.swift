@@ -13,6 +13,7 @@ let package = Package(
     products: [
         .executable(name: "weir", targets: ["weir"]),
         .executable(name: "weir-fleet-sim", targets: ["weir-fleet-sim"]),
+        .executable(name: "weir-fuzz", targets: ["weir-fuzz"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
@@ -239,6 +240,15 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Sources/weir-fleet-sim"
+        ),
+        // Every parser of untrusted input as a libFuzzer target (`make fuzz`); the ordinary build replays inputs.
+        .executableTarget(
+            name: "weir-fuzz",
+            dependencies: [
+                "WeirCore", "WeirStages", "WeirListeners", "WeirTransforms", "WeirEnforcers", "WeirCoordinator", "WeirCoordinatorProtocol",
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"),
+            ],
+            path: "Sources/weir-fuzz"
         ),
         .testTarget(
             name: "WeirCoreTests",

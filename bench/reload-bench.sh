@@ -17,9 +17,11 @@ loopback_init python3
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 mkdir -p "$REPO_DIR/bench/results"
 
-python3 - "$WEIR_BIN" "$TMP" "$PIPELINES" "$CONNECTIONS" "$ROUNDS" "$REPO_DIR/bench/results/reload.md" <<'PY'
+rm -f "$REPO_DIR/bench/results/reload.md"
+for LAYOUT in one-file file-per-pipeline; do
+python3 - "$WEIR_BIN" "$TMP/$LAYOUT" "$PIPELINES" "$CONNECTIONS" "$ROUNDS" "$REPO_DIR/bench/results/reload.md" "$LAYOUT" <<'PY'
 import os, re, resource, signal, socket, statistics, subprocess, sys, time, urllib.request
-weir, tmp, pipelines, connections, rounds, results = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+weir, tmp, pipelines, connections, rounds, results, layout = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], sys.argv[7]
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
@@ -50,14 +52,22 @@ asyncio.run(main())
 """, str(backend_port)], stdout=subprocess.PIPE)
 backend.stdout.readline()
 
+def pipeline(i, port, changed):
+    text = f"  p{i}:\n    stages:\n      - {{type: listen.tcp, address: \"127.0.0.1:{port}\"}}\n"
+    if i == changed:
+        text += f"      - {{type: limit.bandwidth, rate: {100 + i}MiB/s}}\n"
+    return text + f"      - {{type: connect.tcp, addresses: [\"127.0.0.1:{backend_port}\"]}}\n"
+
+written = {}
 def write_pipelines(changed):
-    with open(f"{tmp}/pipelines.d/all.yaml", "w") as f:
-        f.write("pipelines:\n")
-        for i, port in enumerate(ports):
-            f.write(f"  p{i}:\n    stages:\n      - {{type: listen.tcp, address: \"127.0.0.1:{port}\"}}\n")
-            if i == changed:
-                f.write(f"      - {{type: limit.bandwidth, rate: {100 + i}MiB/s}}\n")
-            f.write(f"      - {{type: connect.tcp, addresses: [\"127.0.0.1:{backend_port}\"]}}\n")
+    # one-file: every pipeline in one drop-in; file-per-pipeline: a drop-in each (as coordinator bundles are).
+    files = {"all.yaml": "pipelines:\n" + "".join(pipeline(i, port, changed) for i, port in enumerate(ports))} if layout == "one-file" else \
+        {f"p{i}.yaml": "pipelines:\n" + pipeline(i, port, changed) for i, port in enumerate(ports)}
+    for name, text in files.items():
+        if written.get(name) != text:
+            with open(f"{tmp}/pipelines.d/{name}", "w") as f:
+                f.write(text)
+            written[name] = text
 
 os.makedirs(f"{tmp}/pipelines.d", exist_ok=True)
 with open(f"{tmp}/weir.yaml", "w") as f:
@@ -113,13 +123,14 @@ for r in range(rounds):
 alive = echoing()
 fds = len(os.listdir(f"/proc/{agent.pid}/fd"))
 agent.send_signal(signal.SIGTERM); agent.wait(timeout=30); backend.kill()
-lines = [
-    f"| pipelines | open connections | agent descriptors | reload, agent's own timing (median of {rounds}) | SIGHUP to counter moved (median) | connections dropped |",
-    "|---:|---:|---:|---:|---:|---:|",
-    f"| {pipelines} | {connections} | {fds} | {statistics.median(agent_ms):.1f} ms | {statistics.median(wall_ms):.1f} ms | {connections - alive} |",
+lines = [] if os.path.exists(results) else [
+    f"| layout | pipelines | open connections | agent descriptors | reload, agent's own timing (median of {rounds}) | SIGHUP to counter moved (median) | connections dropped |",
+    "|---|---:|---:|---:|---:|---:|---:|",
 ]
+lines.append(f"| {layout} | {pipelines} | {connections} | {fds} | {statistics.median(agent_ms):.1f} ms | {statistics.median(wall_ms):.1f} ms | {connections - alive} |")
 print("\n".join(lines))
-open(results, "w").write("\n".join(lines) + "\n")
+open(results, "a").write("\n".join(lines) + "\n")
 if alive != connections:
     sys.exit(f"reload-bench: {connections - alive} connections were dropped")
 PY
+done

@@ -5,6 +5,8 @@ import Yams
 /// Reads the main file and its drop-ins into a validated `AgentConfig`, or reports every error at once.
 public struct ConfigLoader: Sendable {
     public let registry: StageRegistry
+    /// Files composed by the last load, by path, reused while their text is unchanged.
+    private let composed = ComposedFiles()
 
     public init(registry: StageRegistry) { self.registry = registry }
 
@@ -17,7 +19,9 @@ public struct ConfigLoader: Sendable {
             metricsListen: try? BindAddress.parse(AgentConfig.defaultMetricsListen),
             logLevel: .info, logFormat: .text, coordinator: nil, pipelines: [], files: [])
 
-        guard let root = Self.parseFile(path, sink: sink)?.mapping else { throw ConfigErrors(sink.diagnostics) }
+        let composed = self.composed.generation()
+        defer { self.composed.keep(composed) }
+        guard let root = Self.parseFile(path, sink: sink, composed: composed)?.mapping else { throw ConfigErrors(sink.diagnostics) }
         readAgent(root.optional("agent"), into: &config)
         readMetrics(root.optional("metrics"), into: &config)
         readLog(root.optional("log"), into: &config)
@@ -39,7 +43,7 @@ public struct ConfigLoader: Sendable {
         }
         for file in dropIns {
             files.append(file)
-            guard let document = Self.parseFile(file, sink: sink)?.mapping else { continue }
+            guard let document = Self.parseFile(file, sink: sink, composed: composed)?.mapping else { continue }
             documents.append(Self.dropInSections(document))
         }
         var lists = NamedListCollector(sink: sink)
@@ -161,6 +165,10 @@ public struct ConfigLoader: Sendable {
     // MARK: - Files
 
     public static func parseFile(_ path: String, sink: DiagnosticSink) -> ConfigValue? {
+        parseFile(path, sink: sink, composed: nil)
+    }
+
+    static func parseFile(_ path: String, sink: DiagnosticSink, composed: ComposedFiles.Generation?) -> ConfigValue? {
         if let size = (try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int, size > YAMLBudget().maxBytes {
             sink.report(ConfigDiagnostic(
                 location: SourceLocation(file: path, line: 1, column: 1), path: .root,
@@ -175,7 +183,10 @@ public struct ConfigLoader: Sendable {
             sink.report(ConfigDiagnostic(location: SourceLocation(file: path, line: 1, column: 1), path: .root, message: "file is not UTF-8"))
             return nil
         }
-        return parse(text, file: path, sink: sink)
+        if let node = composed?.node(path: path, text: text) { return ConfigValue(node: node, file: path, path: .root, sink: sink) }
+        let value = parse(text, file: path, sink: sink)
+        if let value { composed?.add(path: path, text: text, node: value.node) }
+        return value
     }
 
     static func parse(_ text: String, file: String, sink: DiagnosticSink) -> ConfigValue? {
@@ -184,7 +195,10 @@ public struct ConfigLoader: Sendable {
             return nil
         }
         do {
-            guard let node = try Yams.compose(yaml: text) else {
+            // No implicit tag resolution: Yams resolves each plain scalar by trying a regular expression per
+            // type, which was most of a reload's time; ConfigValue reads integers and booleans from plain
+            // scalars itself, when a stage asks for one.
+            guard let node = try Yams.compose(yaml: text, .basic) else {
                 sink.report(ConfigDiagnostic(location: SourceLocation(file: file, line: 1, column: 1), path: .root, message: "file is empty"))
                 return nil
             }

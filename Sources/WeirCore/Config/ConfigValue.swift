@@ -64,8 +64,19 @@ public struct ConfigValue {
         return scalar.string
     }
 
+    /// YAML 1.1's booleans, unquoted: true/yes/on and false/no/off, in any case.
     public var bool: Bool? {
-        guard case .scalar(let scalar) = node, let value = Bool.construct(from: scalar) else {
+        let value: Bool? =
+            switch node {
+            case .scalar(let scalar) where scalar.style == .plain || scalar.style == .any:
+                switch scalar.string.lowercased() {
+                case "true", "yes", "on": true
+                case "false", "no", "off": false
+                default: nil
+                }
+            default: nil
+            }
+        guard let value else {
             error("expected true or false, found \(node.summary)")
             return nil
         }
@@ -231,16 +242,36 @@ extension Node {
     /// A canonical text of the value, independent of key order, quoting style and position; two pipelines
     /// with equal fingerprints behave the same.
     public var fingerprint: String {
+        var text = ""
+        appendFingerprint(to: &text)
+        return text
+    }
+
+    /// Builds the fingerprint in one string (a reload fingerprints every stage of every pipeline).
+    private func appendFingerprint(to text: inout String) {
         switch self {
         case .scalar(let scalar):
-            return "s:" + String(reflecting: scalar.string)
+            text += "s:"
+            text += String(reflecting: scalar.string)
         case .sequence(let items):
-            return "[" + items.map(\.fingerprint).joined(separator: ",") + "]"
+            text += "["
+            for (index, item) in items.enumerated() {
+                if index > 0 { text += "," }
+                item.appendFingerprint(to: &text)
+            }
+            text += "]"
         case .mapping(let pairs):
             let rendered = pairs.map { ($0.key.fingerprint, $0.value.fingerprint) }.sorted { $0.0 < $1.0 }
-            return "{" + rendered.map { "\($0.0):\($0.1)" }.joined(separator: ",") + "}"
+            text += "{"
+            for (index, (key, value)) in rendered.enumerated() {
+                if index > 0 { text += "," }
+                text += key
+                text += ":"
+                text += value
+            }
+            text += "}"
         case .alias:
-            return "alias"
+            text += "alias"
         }
     }
 }
