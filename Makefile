@@ -15,7 +15,7 @@ RUN_PACKAGES   := ca-certificates $(BUILD_PACKAGES)
 TEST_PACKAGES  := $(BUILD_PACKAGES) prometheus iproute2 curl bpftool python3 nftables iperf3 openssl shadowsocks-libev python3-websockets nginx-light postgresql
 BENCH_PACKAGES := $(BUILD_PACKAGES) haproxy socat iperf3 nginx-light wrk curl python3 iproute2 nftables shadowsocks-libev stunnel4 openssl
 
-.PHONY: run test bench soak build release clean
+.PHONY: run test bench soak fuzz fuzz-build build release clean
 
 # Installs the listed Debian packages that are missing (apt-get update only when something is missing).
 define apt_install
@@ -46,6 +46,29 @@ test:
 	@set -o pipefail; WEIR_BIN=$(CURDIR)/.build/debug/weir $(SWIFT) test --skip-build --no-parallel 2>&1 \
 		| tee .build/test.log || { echo "=== failed tests and their issues ==="; \
 		grep -E '✘|recorded an issue|error:|Fatal' .build/test.log | grep -v "passed after" | cut -c1-400 | head -n 18; exit 1; }
+	@# Every fuzz target for a few seconds from the committed corpus (make fuzz runs them for longer).
+	$(MAKE) fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
+
+# libFuzzer on every parser of untrusted input (Sources/weir-fuzz), FUZZ_SECONDS each. New inputs are kept in
+# .build-fuzz/corpus; a crash or hang stops the run and is written to fuzz/crashes/ — fix it, then add the input
+# to fuzz/corpus/TARGET/ as a regression input (the test suite replays that corpus).
+FUZZ_SECONDS      ?= 600
+TEST_FUZZ_SECONDS ?= 5
+FUZZ_TARGETS      := aead config coordinator-messages coordinator-requests dns http-connect padding socks5 socks5-udp tls-sni websocket
+
+fuzz-build:
+	$(SWIFT) build --product weir-fuzz --scratch-path .build-fuzz -Xswiftc -sanitize=fuzzer -Xswiftc -DFUZZING
+
+fuzz: fuzz-build
+	@mkdir -p fuzz/crashes
+	@for target in $(FUZZ_TARGETS); do \
+		mkdir -p .build-fuzz/corpus/$$target; \
+		echo "fuzzing $$target for $(FUZZ_SECONDS) s"; \
+		WEIR_FUZZ_TARGET=$$target .build-fuzz/debug/weir-fuzz -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+			-seed=1 -print_final_stats=1 -artifact_prefix=fuzz/crashes/$$target- .build-fuzz/corpus/$$target fuzz/corpus/$$target \
+			> .build-fuzz/$$target.log 2>&1 || { tail -n 40 .build-fuzz/$$target.log; echo "fuzz target $$target failed"; exit 1; }; \
+		grep -E "^Done|stat::number_of_executed_units" .build-fuzz/$$target.log | tr '\n' ' '; echo; \
+	done
 
 bench:
 	$(call apt_install,$(BENCH_PACKAGES))

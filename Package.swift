@@ -245,7 +245,7 @@ let package = Package(
         .executableTarget(
             name: "weir-fuzz",
             dependencies: [
-                "WeirCore", "WeirStages", "WeirListeners", "WeirTransforms", "WeirEnforcers", "WeirCoordinator", "WeirCoordinatorProtocol",
+                "WeirCore", "WeirStages", "WeirListeners", "WeirTransforms", "WeirEnforcers", "WeirCoordinator", "WeirCoordinatorProtocol", "CWeirSystem",
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"),
             ],
             path: "Sources/weir-fuzz"

@@ -5,7 +5,17 @@ import Foundation
 // test suite checks every one of them without the fuzzer's build.
 
 #if FUZZING
+import CWeirSystem
+
 nonisolated(unsafe) private var selected: (@Sendable ([UInt8]) -> Void)?
+
+/// SwiftPM links an executable's `main` to this name; libFuzzer's driver takes it from here.
+@_cdecl("weir_fuzz_main")
+public func fuzzMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+    var count = argc
+    var arguments = argv
+    return LLVMFuzzerRunDriver(&count, &arguments) { data, size in fuzzerTestOneInput(data, size) }
+}
 
 @_cdecl("LLVMFuzzerInitialize")
 public func fuzzerInitialize(_ argc: UnsafeMutableRawPointer, _ argv: UnsafeMutableRawPointer) -> Int32 {

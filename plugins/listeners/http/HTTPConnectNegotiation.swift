@@ -53,6 +53,10 @@ final class HTTPConnectNegotiation: ReadsUntilDecided, RemovableChannelHandler, 
         readIfActive(context)
     }
 
+    /// The context refers back to this handler: kept past removal, the two would keep each other (and the
+    /// connection's buffers) alive after the connection closed.
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !decided else { return }
         switch unwrapInboundIn(data) {

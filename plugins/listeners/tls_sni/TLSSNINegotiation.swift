@@ -51,6 +51,10 @@ final class TLSSNINegotiation: ReadsUntilDecided, RemovableChannelHandler, Strea
         readIfActive(context)
     }
 
+    /// The context refers back to this handler: kept past removal, the two would keep each other (and the
+    /// connection's buffers) alive after the connection closed.
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
     func channelInactive(context: ChannelHandlerContext) {
         settle(TLSSNIRefused(reason: "the client went away"))
         release?.fail(TLSSNIRefused(reason: "closed"))
