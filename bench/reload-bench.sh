@@ -18,39 +18,17 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 mkdir -p "$REPO_DIR/bench/results"
 
 rm -f "$REPO_DIR/bench/results/reload.md"
+export BENCH_DIR="$REPO_DIR/bench"
 for LAYOUT in one-file file-per-pipeline; do
 python3 - "$WEIR_BIN" "$TMP/$LAYOUT" "$PIPELINES" "$CONNECTIONS" "$ROUNDS" "$REPO_DIR/bench/results/reload.md" "$LAYOUT" <<'PY'
-import os, re, resource, signal, socket, statistics, subprocess, sys, time, urllib.request
+import os, signal, socket, statistics, subprocess, sys, time
+sys.path.insert(0, os.environ["BENCH_DIR"])
+from harness import Metrics, echo_backend, free_ports, raise_descriptor_limit
 weir, tmp, pipelines, connections, rounds, results, layout = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], sys.argv[7]
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-def free_ports(count, start=20000):
-    ports, port = [], start
-    while len(ports) < count:
-        s = socket.socket()
-        try:
-            s.bind(("127.0.0.1", port)); ports.append(port)
-        except OSError:
-            pass
-        s.close(); port += 1
-    return ports
-
+raise_descriptor_limit()
 ports = free_ports(pipelines + 2)
 metrics_port, backend_port, ports = ports[0], ports[1], ports[2:]
-backend = subprocess.Popen([sys.executable, "-c", """
-import asyncio, resource, sys
-s, h = resource.getrlimit(resource.RLIMIT_NOFILE); resource.setrlimit(resource.RLIMIT_NOFILE, (h, h))
-async def echo(r, w):
-    while data := await r.read(65536):
-        w.write(data); await w.drain()
-    w.close()
-async def main():
-    server = await asyncio.start_server(echo, "127.0.0.1", int(sys.argv[1]), backlog=4096)
-    print("up", flush=True); await server.serve_forever()
-asyncio.run(main())
-""", str(backend_port)], stdout=subprocess.PIPE)
-backend.stdout.readline()
+backend = echo_backend(backend_port)
 
 def pipeline(i, port, changed):
     text = f"  p{i}:\n    stages:\n      - {{type: listen.tcp, address: \"127.0.0.1:{port}\"}}\n"
@@ -75,23 +53,8 @@ with open(f"{tmp}/weir.yaml", "w") as f:
 write_pipelines(-1)
 agent = subprocess.Popen([weir, "agent", "--config", f"{tmp}/weir.yaml"], stderr=open(f"{tmp}/agent.log", "w"))
 
-def scrape():
-    return urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-
-def sample(text, name):
-    m = re.search(r"^" + re.escape(name) + r"(?:\{[^}]*\})? ([0-9.e+-]+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
-
-def reloads(text):
-    return sum(float(v) for v in re.findall(r'^weir_config_reloads_total\{[^}]*\} ([0-9.e+-]+)$', text, re.M))
-
-for _ in range(300):
-    try:
-        scrape(); break
-    except OSError:
-        time.sleep(0.1)
-else:
-    sys.exit("reload-bench: the agent did not start")
+metrics = Metrics(metrics_port)
+metrics.wait_up()
 
 # Connections through the first pipelines, which no reload changes.
 held = []
@@ -106,18 +69,18 @@ assert echoing() == connections
 agent_ms, wall_ms = [], []
 for r in range(rounds):
     write_pipelines(pipelines - 1 - r)
-    before = scrape()
-    count, total = reloads(before), sample(before, "weir_config_reload_duration_seconds_sum")
+    before = metrics.scrape()
+    count, total = Metrics.total(before, "weir_config_reloads_total"), Metrics.sample(before, "weir_config_reload_duration_seconds_sum")
     started = time.monotonic()
     agent.send_signal(signal.SIGHUP)
     while True:
-        after = scrape()
-        if reloads(after) > count:
+        after = metrics.scrape()
+        if Metrics.total(after, "weir_config_reloads_total") > count:
             break
         time.sleep(0.002)
     wall_ms.append((time.monotonic() - started) * 1000)
-    agent_ms.append((sample(after, "weir_config_reload_duration_seconds_sum") - total) * 1000)
-    if "failure" in after and sample(after, 'weir_config_reloads_total{result="failure"}') > 0:
+    agent_ms.append((Metrics.sample(after, "weir_config_reload_duration_seconds_sum") - total) * 1000)
+    if Metrics.sample(after, "weir_config_reloads_total", 'result="failure"') > 0:
         sys.exit("reload-bench: a reload failed; see " + tmp + "/agent.log")
 
 alive = echoing()

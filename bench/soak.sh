@@ -16,30 +16,14 @@ loopback_init python3
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 mkdir -p "$REPO_DIR/bench/results"
 
+export BENCH_DIR="$REPO_DIR/bench"
 python3 - "$WEIR_BIN" "$TMP" "$CONNECTIONS" "$DURATION" "$REPO_DIR/bench/results/soak.md" <<'PY'
-import os, re, resource, signal, socket, subprocess, sys, time, urllib.request
+import os, signal, socket, subprocess, sys, time
+sys.path.insert(0, os.environ["BENCH_DIR"])
+from harness import RAISE_LIMIT, Metrics, echo_backend, free_ports
 weir, tmp, connections, duration, results = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close(); return port
-
-RAISE = "import resource\ns, h = resource.getrlimit(resource.RLIMIT_NOFILE)\nresource.setrlimit(resource.RLIMIT_NOFILE, (h, h))\n"
-backend_port, port, spare_port, metrics_port = free_port(), free_port(), free_port(), free_port()
-backend = subprocess.Popen([sys.executable, "-c", RAISE + """
-import asyncio, sys
-async def echo(r, w):
-    try:
-        while data := await r.read(65536):
-            w.write(data); await w.drain()
-    except OSError:
-        pass
-    w.close()
-async def main():
-    server = await asyncio.start_server(echo, "127.0.0.1", int(sys.argv[1]), backlog=8192)
-    print("up", flush=True); await server.serve_forever()
-asyncio.run(main())
-""", str(backend_port)], stdout=subprocess.PIPE)
-backend.stdout.readline()
+backend_port, port, spare_port, metrics_port = free_ports(4)
+backend = echo_backend(backend_port)
 
 os.makedirs(f"{tmp}/pipelines.d", exist_ok=True)
 def write_pipelines(round):
@@ -60,25 +44,18 @@ with open(f"{tmp}/weir.yaml", "w") as f:
 write_pipelines(0)
 agent = subprocess.Popen([weir, "agent", "--config", f"{tmp}/weir.yaml"], stderr=open(f"{tmp}/agent.log", "w"))
 
-def scrape():
-    return urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
-def sample(text, name, labels=""):
-    m = re.search(r"^" + re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else r"(?:\{[^}]*\})?") + r" ([0-9.e+-]+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
+metrics = Metrics(metrics_port)
+scrape, sample = metrics.scrape, Metrics.sample
 def rss_kib(pid):
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS:"): return int(line.split()[1])
 def fds(pid): return len(os.listdir(f"/proc/{pid}/fd"))
 
-for _ in range(300):
-    try:
-        scrape(); break
-    except OSError:
-        time.sleep(0.1)
+metrics.wait_up()
 time.sleep(0.5)
 base_fds, base_rss = fds(agent.pid), rss_kib(agent.pid)
 
-herd = subprocess.Popen([sys.executable, "-c", RAISE + """
+herd = subprocess.Popen([sys.executable, "-c", RAISE_LIMIT + """
 import socket, sys
 host, port, count = "127.0.0.1", int(sys.argv[1]), int(sys.argv[2])
 conns = [socket.create_connection((host, port), timeout=30) for _ in range(count)]
@@ -116,7 +93,7 @@ while time.monotonic() - started < duration:
     time.sleep(max(0, reloads - (time.monotonic() - started)))
 text = scrape()
 failures = sample(text, "weir_config_reloads_total", 'result="failure"')
-errors = sum(float(v) for v in re.findall(r"^weir_pipeline_errors_total\{[^}]*\} ([0-9.e+-]+)$", text, re.M))
+errors = Metrics.total(text, "weir_pipeline_errors_total")
 active = sample(text, "weir_pipeline_connections_active", 'pipeline="soak"')
 herd.stdin.write("quit\n"); herd.stdin.flush(); herd.stdout.readline(); herd.wait(timeout=60)
 deadline = time.monotonic() + 30

@@ -23,7 +23,10 @@ struct ShapeTCTests {
     /// Measures up to three times until a reading reaches `mbit` of goodput (within `tolerance`); no reading may
     /// exceed it. A busy machine can slow the sender down, never speed the shaper up, so only the ceiling is
     /// held against every reading.
-    static func expectRate(_ mbit: Double, tolerance: Double = 0.10, _ what: String, _ measure: () throws -> Double) throws {
+    /// `diagnostics` says what the kernel saw (queue drops, classes) when the rate misses.
+    static func expectRate(
+        _ mbit: Double, tolerance: Double = 0.10, _ what: String, diagnostics: () -> String = { "" }, _ measure: () throws -> Double
+    ) throws {
         var readings: [Double] = []
         for _ in 0..<3 {
             let reading = try measure()
@@ -31,7 +34,7 @@ struct ShapeTCTests {
             #expect(reading <= goodput(mbit) * (1 + tolerance), "\(what): \(reading) Mbit/s exceeds \(mbit)mbit")
             if within(reading, goodput(mbit), tolerance) { return }
         }
-        Issue.record("\(what): \(readings) Mbit/s, expected \(goodput(mbit)) ± \(Int(tolerance * 100))% (\(mbit)mbit of frames)")
+        Issue.record("\(what): \(readings) Mbit/s, expected \(goodput(mbit)) ± \(Int(tolerance * 100))% (\(mbit)mbit of frames)\n\(diagnostics())")
     }
 
     static func startAgent(_ net: NamespacePair, _ pipelines: String) throws -> WeirProcess {
@@ -221,8 +224,12 @@ struct ShapeTCTests {
         defer { first.stop() }
         let second = try Iperf(net, ns: net.peer, address: net.peerIPv4, port: 5202)
         defer { second.stop() }
-        try Self.expectRate(10, "mark 0x10") { try first.send(from: net.agent, seconds: 3) }
-        try Self.expectRate(10, "mark 0x20") { try second.send(from: net.agent, seconds: 3) }
+        let kernel = {
+            ["qdisc", "class"].map { (try? net.inside(net.agent, ["tc", "-s", $0, "show", "dev", net.agentInterface])) ?? "" }.joined(separator: "\n")
+                + ((try? net.inside(net.agent, ["ethtool", "-k", net.agentInterface])) ?? "").split(separator: "\n").filter { $0.contains("segmentation") }.joined(separator: "\n")
+        }
+        try Self.expectRate(10, "mark 0x10", diagnostics: kernel) { try first.send(from: net.agent, seconds: 3) }
+        try Self.expectRate(10, "mark 0x20", diagnostics: kernel) { try second.send(from: net.agent, seconds: 3) }
         let exposition = try agent.metrics()
         for mark in ["mark:0x10", "mark:0x20"] {
             #expect((value(in: exposition, "weir_tc_class_bytes_total", ["pipeline": "by-mark", "class": mark]) ?? 0) > 2_000_000, "\(mark)")
