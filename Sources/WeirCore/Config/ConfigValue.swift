@@ -127,7 +127,7 @@ public struct ConfigValue {
         guard let duration = parsed(DurationParser.parse) else { return nil }
         guard duration >= minimum else {
             let (seconds, attoseconds) = minimum.components
-            error("must be at least " + (attoseconds == 0 ? "\(seconds)s" : "\(minimum / .milliseconds(1))ms"))
+            error("must be at least " + (attoseconds == 0 ? "\(seconds)s" : "\(Int((minimum / .milliseconds(1)).rounded()))ms"))
             return nil
         }
         return duration
