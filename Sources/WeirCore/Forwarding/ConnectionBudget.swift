@@ -19,7 +19,6 @@ public final class ConnectionBudget: Sendable {
     public init(limit: Int?) { state = NIOLockedValueBox(State(limit: limit)) }
 
     public var limit: Int? { state.withLockedValue { $0.limit } }
-    public var open: Int { state.withLockedValue { $0.open } }
     public var isFull: Bool { state.withLockedValue { state in state.limit.map { state.open >= $0 } ?? false } }
 
     /// Changes the limit (a reload); listeners waiting for room get it if there is some now.

@@ -26,6 +26,10 @@ public final class StreamForwarder: Sendable {
     public let metrics: PipelineMetrics
     public let tracker: ConnectionTracker
     private let logger: Logger
+    /// The handshakes of the filters' accept sides (TLS, a WebSocket upgrade), per connection and per carrier:
+    /// fixed by the configuration, so made once rather than for every connection.
+    private let handshakeSteps: [OpeningStep]
+    private let carrierHandshakeSteps: [OpeningStep]
     /// The listener's stage type and its `idle_timeout`.
     private let listenerType: String
     private let idleTimeout: TimeAmount?
@@ -55,6 +59,9 @@ public final class StreamForwarder: Sendable {
             self.filters = filters
             multiplexing = nil
         }
+        let reported = { (filters: [any StreamFilter]) in filters.compactMap(\.acceptOpening).filter { $0.completion == .reported } }
+        handshakeSteps = reported(self.filters)
+        carrierHandshakeSteps = reported(multiplexing?.carrierFilters ?? [])
         self.connector = connector
         self.connectorType = connectorType
         self.metrics = metrics
@@ -79,8 +86,7 @@ public final class StreamForwarder: Sendable {
     /// An accepted carrier: its filters' accept handlers, then the multiplexer, which hands each stream back.
     private func serve(carrier: any Channel, info: ConnectionInfo, multiplexing: (filter: any StreamMultiplexingFilter, carrierFilters: [any StreamFilter])) {
         // The carrier's handshakes (TLS, a WebSocket upgrade) are its opening; its streams have none of their own.
-        let steps = multiplexing.carrierFilters.compactMap(\.acceptOpening).filter { $0.completion == .reported }
-        let opening = steps.isEmpty ? [] : [OpeningGuard(steps: steps, metrics: metrics)]
+        let opening = carrierHandshakeSteps.isEmpty ? [] : [OpeningGuard(steps: carrierHandshakeSteps, metrics: metrics)]
         guard addHandlers(opening + multiplexing.carrierFilters.flatMap { $0.acceptHandlers(for: info) }, to: carrier) else { return }
         do {
             try multiplexing.filter.serve(carrier: carrier) { stream, destination in
@@ -118,7 +124,7 @@ public final class StreamForwarder: Sendable {
         let outerHandlers = filters[..<split].flatMap { $0.acceptHandlers(for: info) }
         let innerHandlers = filters[split...].flatMap { $0.acceptHandlers(for: info) }
         // What the client must complete before data flows; bounded by the guard nearest the socket.
-        let steps = (negotiationStep.map { [$0] } ?? []) + filters.compactMap(\.acceptOpening).filter { $0.completion == .reported }
+        let steps = (negotiationStep.map { [$0] } ?? []) + handshakeSteps
         let opening = steps.isEmpty ? nil : OpeningGuard(steps: steps, metrics: metrics)
         let outer = (opening.map { [$0] } ?? []) + outerHandlers
         // Last on the channel until the glue comes: keeps what is read before (see EarlyInputHold).
