@@ -169,10 +169,12 @@ public struct ConfigLoader: Sendable {
     }
 
     static func parseFile(_ path: String, sink: DiagnosticSink, composed: ComposedFiles.Generation?) -> ConfigValue? {
-        if let size = (try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int, size > YAMLBudget().maxBytes {
+        // Refused before reading: parse would refuse the text anyway, after reading all of it.
+        let maxBytes = YAMLBudget().maxBytes
+        if let size = (try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int, size > maxBytes {
             sink.report(ConfigDiagnostic(
                 location: SourceLocation(file: path, line: 1, column: 1), path: .root,
-                message: "the file is \(size) bytes; at most \(YAMLBudget().maxBytes) are read"))
+                message: "the file is \(size) bytes; at most \(maxBytes) are read"))
             return nil
         }
         guard let data = FileManager.default.contents(atPath: path) else {

@@ -22,14 +22,24 @@ public struct ConnectionOptions: Sendable, Equatable {
     /// Reads `max_connections` and `idle_timeout`; nil after reporting an error.
     public static func decode(_ options: ConfigMapping) -> ConnectionOptions? {
         let maxConnections = options.optional("max_connections").map { $0.int(in: 1...10_000_000) }
-        let idleTimeout = options.optional("idle_timeout").map { $0.duration(atLeast: .milliseconds(100)) }
+        let idleTimeout = options.optional("idle_timeout").map { $0.duration(atLeast: minimumTimeout) }
         if let maxConnections, maxConnections == nil { return nil }
         if let idleTimeout, idleTimeout == nil { return nil }
         return ConnectionOptions(maxConnections: maxConnections ?? nil, idleTimeout: idleTimeout ?? nil)
     }
 
+    /// The shortest `idle_timeout` or `handshake_timeout` accepted.
+    static let minimumTimeout: Duration = .milliseconds(100)
+
     /// Reads `handshake_timeout` (default 10 s); nil after reporting an error.
     public static func handshakeTimeout(_ options: ConfigMapping) -> Duration? {
-        options.optional("handshake_timeout", default: OpeningStep.defaultTimeout) { $0.duration(atLeast: .milliseconds(100)) }
+        handshakeTimeout(options.optional("handshake_timeout"))
+    }
+
+    /// A `handshake_timeout` value already looked up (stages that take it on one side only); the default when
+    /// absent, nil after reporting an error.
+    public static func handshakeTimeout(_ value: ConfigValue?) -> Duration? {
+        guard let value else { return OpeningStep.defaultTimeout }
+        return value.duration(atLeast: minimumTimeout)
     }
 }

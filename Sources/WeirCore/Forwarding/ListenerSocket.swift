@@ -62,14 +62,14 @@ public final class ListenerSocket: Sendable {
                     if first {
                         logger.error(
                             "accepting failed; pausing accepts briefly and retrying",
-                            metadata: ["listener": "\(stage)", "address": "\(channel.localAddress.map { "\($0)" } ?? "?")", "error": "\(error)"])
+                            metadata: ["listener": "\(stage)", "address": "\(address)", "error": "\(error)"])
                     }
                     // epoll reports the waiting connection again at once: retrying now would spin.
                     setPaused(.descriptors, true)
                     channel.eventLoop.scheduleTask(in: AcceptFailureReport.pause) { [self] in setPaused(.descriptors, false) }
                 },
                 recovered: { [self] in
-                    logger.notice("accepting again", metadata: ["listener": "\(stage)", "address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
+                    logger.notice("accepting again", metadata: ["listener": "\(stage)", "address": "\(address)"])
                 })
             try channel.pipeline.syncOperations.addHandler(report, position: .first)
         }.get()
@@ -126,7 +126,7 @@ public final class ListenerSocket: Sendable {
         logger.warning(
             "connection limit reached; accepting paused until a connection ends",
             metadata: [
-                "listener": "\(stage)", "address": "\(channel.localAddress.map { "\($0)" } ?? "?")",
+                "listener": "\(stage)", "address": "\(address)",
                 "limits": "\(budgets.map { $0.limit.map(String.init) ?? "none" })",
             ])
         setPaused(.connectionLimit, true)
@@ -141,6 +141,9 @@ public final class ListenerSocket: Sendable {
         limitReached.withLockedValue { $0 = false }
         setPaused(.connectionLimit, false)
     }
+
+    /// The bound address, for log lines.
+    private var address: String { channel?.localAddress.map { "\($0)" } ?? "?" }
 
     private func count(_ reason: String) {
         if case .stream(let forwarder) = currentOwner { forwarder.metrics.error(stage: stage, reason: reason) }

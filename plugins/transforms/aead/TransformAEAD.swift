@@ -42,7 +42,7 @@ public struct TransformAEADConfig: StageConfig {
         let targetValue = options.optional("target")
         let target = targetValue.map { $0.parsed(HostPort.parse) }
         let timeoutValue = options.optional("handshake_timeout")
-        let handshakeTimeout = timeoutValue.map { $0.duration(atLeast: .milliseconds(100)) } ?? OpeningStep.defaultTimeout
+        let handshakeTimeout = ConnectionOptions.handshakeTimeout(timeoutValue)
         guard let side, let password, let cipher, let handshakeTimeout else { return nil }
         if let target, target == nil { return nil }
         if timeoutValue != nil, side == .client {

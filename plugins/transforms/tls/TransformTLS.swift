@@ -92,7 +92,7 @@ public struct TransformTLSConfig: StageConfig {
             return name
         }
         let verify = only("verify", on: .client).map { $0.bool } ?? true
-        let handshakeTimeout = only("handshake_timeout", on: .server).map { $0.duration(atLeast: .milliseconds(100)) } ?? OpeningStep.defaultTimeout
+        let handshakeTimeout = ConnectionOptions.handshakeTimeout(only("handshake_timeout", on: .server))
         let minVersion = options.optional("min_version", default: Version.tls12) { $0.oneOf(Version.self) }
         let alpnValue = options.optional("alpn")
         let alpn = alpnValue.map { value -> [String]? in

@@ -66,7 +66,7 @@ public struct TransformWebSocketConfig: StageConfig {
         }
         let maxFrame = options.optional("max_frame", default: 1 << 20) { $0.int(in: 1024...(1 << 30)) }
         let timeoutValue = options.optional("handshake_timeout")
-        let handshakeTimeout = timeoutValue.map { $0.duration(atLeast: .milliseconds(100)) } ?? OpeningStep.defaultTimeout
+        let handshakeTimeout = ConnectionOptions.handshakeTimeout(timeoutValue)
         guard let side, let path, let maxFrame, let handshakeTimeout else { return nil }
         if let host, host == nil { return nil }
         if let headers, headers == nil { return nil }
