@@ -20,11 +20,18 @@ struct ScaleTests {
         try coordinator.start()
         defer { coordinator.stop() }
         let token = try coordinator.enrollmentToken(labels: [:], uses: 1)
-        let echoPort = freePort(), port = freePort()
+        let echoPort = freePort(), port = freePort(), socksPort = freePort()
         let echo = try ConnectionHerd.echoServer(port: echoPort)
         defer { echo.stopHelper() }
+        let socks = """
+
+              socks:
+                stages:
+                  - {type: listen.socks5, address: "127.0.0.1:\(socksPort)", handshake_timeout: 1s}
+                  - {type: connect.tcp}
+            """
         let agent = try WeirProcess(
-            pipelines: Self.forward(port: port, echo: echoPort),
+            pipelines: Self.forward(port: port, echo: echoPort, extra: socks),
             extra: try coordinator.agentSection(token: token, labels: ["role": "scale"], agent: "scale-agent"), id: "scale-agent")
         try agent.start()
         defer { agent.stop() }
@@ -34,6 +41,21 @@ struct ScaleTests {
         defer { herd.close() }
         let descriptors = openDescriptors(pid: agent.pid)
         #expect(descriptors > 2 * Self.connections, "two descriptors per connection: \(descriptors)")
+
+        // Hostile clients at this scale: half greetings that close, and ones that stall, on a SOCKS5 listener.
+        for _ in 0..<50 {
+            for opening in HostileClientTests.partialOpenings["socks"]! {
+                let client = try TCPClient(port: socksPort)
+                if !opening.isEmpty { try client.send(opening) }
+                client.shutdownWrite()
+            }
+        }
+        let stalled = try (0..<20).map { _ in try TCPClient(port: socksPort, timeout: 5) }
+        #expect(eventually(timeout: 5) { HostileClientTests.closeWait(ports: [socksPort]) == 0 }, "no socket left in CLOSE-WAIT")
+        for client in stalled { #expect((try? client.receive())?.isEmpty == true, "a stalled client is closed at handshake_timeout") }
+        let exposition = try agent.metrics()
+        #expect(value(in: exposition, "weir_pipeline_errors_total", ["pipeline": "socks", "reason": "closed_during_handshake"]) ?? 0 >= 150)
+        #expect(value(in: exposition, "weir_pipeline_errors_total", ["pipeline": "socks", "reason": "handshake_timeout"]) == 20)
 
         // A reload that changes something (a pipeline added) and one that changes nothing.
         let addedPort = freePort()
