@@ -7,7 +7,11 @@ import Glibc
 /// instead of hanging it.
 struct SocketError: Error, CustomStringConvertible {
     let description: String
-    init(_ what: String) { description = "\(what): \(String(cString: strerror(errno)))" }
+    let code: Int32
+    init(_ what: String) {
+        code = errno
+        description = "\(what): \(String(cString: strerror(code)))"
+    }
 }
 
 final class TCPClient: @unchecked Sendable {
@@ -62,6 +66,18 @@ final class TCPClient: @unchecked Sendable {
         var all: [UInt8] = []
         while true {
             let chunk = try receive()
+            if chunk.isEmpty { return all }
+            all += chunk
+        }
+    }
+
+    /// Reads until the peer closes, by FIN or by RST. A peer that closes a socket holding bytes it never
+    /// read (a refused connection whose client already sent something) resets it: that is a close too.
+    func receiveUntilClosed() throws -> [UInt8] {
+        var all: [UInt8] = []
+        while true {
+            let chunk: [UInt8]
+            do { chunk = try receive() } catch let error as SocketError where error.code == ECONNRESET { return all }
             if chunk.isEmpty { return all }
             all += chunk
         }
