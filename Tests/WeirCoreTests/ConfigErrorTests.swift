@@ -180,7 +180,11 @@ import WeirStages
         try ConfigFolder.with { folder in
             let missing = folder.path + "/nope.yaml"
             let errors = loadErrors(missing)
-            #expect(errors.map(\.description) == ["\(missing): cannot read file"])
+            #expect(errors.map(\.description) == ["\(missing): cannot read file (No such file or directory)"])
+            // A drop-in pattern that matches a folder names it too, instead of reading it.
+            try folder.write("weir.yaml", "include: [\"conf.d/*\"]\n")
+            try FileManager.default.createDirectory(atPath: folder.path + "/conf.d/sub.yaml", withIntermediateDirectories: true)
+            #expect(loadErrors(folder.mainFile).map(\.description) == ["\(folder.path)/conf.d/sub.yaml: cannot read file (not a regular file)"])
         }
     }
 

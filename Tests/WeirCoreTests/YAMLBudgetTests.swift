@@ -75,27 +75,3 @@ import WeirStages
         #expect(violation?.message.contains("at most 1000 are read") == true)
     }
 }
-
-/// One loader across reloads reuses the documents of unchanged files; a changed file is read anew.
-@Suite struct ComposedFilesTests {
-    @Test("A reload reads a changed drop-in anew and gives the same pipelines for unchanged ones")
-    func changedFilesAreReadAgain() throws {
-        try ConfigFolder.with { folder in
-            let loader = ConfigLoader(registry: BuiltinStages.registry)
-            try folder.write("weir.yaml", "pipelines: {}\n")
-            let forward = { (port: Int) in "pipelines:\n  p\(port):\n    stages:\n      - {type: listen.tcp, address: \"127.0.0.1:\(port)\"}\n      - {type: connect.tcp, addresses: [\"127.0.0.1:9\"]}\n" }
-            try folder.write("pipelines.d/a.yaml", forward(20001))
-            try folder.write("pipelines.d/b.yaml", forward(20002))
-            let first = try loader.load(path: folder.mainFile)
-            try folder.write("pipelines.d/b.yaml", forward(20003))
-            let second = try loader.load(path: folder.mainFile)
-            #expect(first.pipelines.map(\.id) == ["p20001", "p20002"])
-            #expect(second.pipelines.map(\.id) == ["p20001", "p20003"])
-            #expect(first.pipelines[0].fingerprint == second.pipelines[0].fingerprint)
-            // An error in a file that was valid before is reported at its line, not hidden by the reuse.
-            try folder.write("pipelines.d/a.yaml", forward(20001).replacingOccurrences(of: "listen.tcp", with: "listen.nope"))
-            let errors = (try? loader.load(path: folder.mainFile)).map { _ in [] } ?? loadErrors(folder.mainFile)
-            #expect(errors.first?.location?.line == 4, "\(errors)")
-        }
-    }
-}

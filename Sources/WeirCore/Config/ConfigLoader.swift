@@ -5,23 +5,23 @@ import Yams
 /// Reads the main file and its drop-ins into a validated `AgentConfig`, or reports every error at once.
 public struct ConfigLoader: Sendable {
     public let registry: StageRegistry
-    /// Files composed by the last load, by path, reused while their text is unchanged.
-    private let composed = ComposedFiles()
+    /// What the last load composed and decoded, reused while its input is unchanged.
+    private let previousLoad = PreviousLoad()
 
     public init(registry: StageRegistry) { self.registry = registry }
 
     public func load(path: String) throws(ConfigErrors) -> AgentConfig {
         let sink = DiagnosticSink()
         var files = [path]
-        var pipelines = PipelineCollector(registry: registry, sink: sink)
+        let previous = previousLoad.generation()
+        defer { previousLoad.keep(previous) }
+        var pipelines = PipelineCollector(registry: registry, sink: sink, previous: previous)
         var config = AgentConfig(
             agentID: Self.hostname(), stateDirectory: "/var/lib/weir", shutdownGrace: .seconds(10),
             metricsListen: try? BindAddress.parse(AgentConfig.defaultMetricsListen),
             logLevel: .info, logFormat: .text, coordinator: nil, pipelines: [], files: [])
 
-        let composed = self.composed.generation()
-        defer { self.composed.keep(composed) }
-        guard let root = Self.parseFile(path, sink: sink, composed: composed)?.mapping else { throw ConfigErrors(sink.diagnostics) }
+        guard let root = Self.parseFile(path, sink: sink, previous: previous)?.mapping else { throw ConfigErrors(sink.diagnostics) }
         readAgent(root.optional("agent"), into: &config)
         readMetrics(root.optional("metrics"), into: &config)
         readLog(root.optional("log"), into: &config)
@@ -43,7 +43,7 @@ public struct ConfigLoader: Sendable {
         }
         for file in dropIns {
             files.append(file)
-            guard let document = Self.parseFile(file, sink: sink, composed: composed)?.mapping else { continue }
+            guard let document = Self.parseFile(file, sink: sink, previous: previous)?.mapping else { continue }
             documents.append(Self.dropInSections(document))
         }
         var lists = NamedListCollector(sink: sink)
@@ -165,29 +165,30 @@ public struct ConfigLoader: Sendable {
     // MARK: - Files
 
     public static func parseFile(_ path: String, sink: DiagnosticSink) -> ConfigValue? {
-        parseFile(path, sink: sink, composed: nil)
+        parseFile(path, sink: sink, previous: nil)
     }
 
-    static func parseFile(_ path: String, sink: DiagnosticSink, composed: ComposedFiles.Generation?) -> ConfigValue? {
-        // Refused before reading: parse would refuse the text anyway, after reading all of it.
-        let maxBytes = YAMLBudget().maxBytes
-        if let size = (try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int, size > maxBytes {
+    static func parseFile(_ path: String, sink: DiagnosticSink, previous: PreviousLoad.Generation?) -> ConfigValue? {
+        let text: String
+        switch ConfigFile.read(path, maxBytes: YAMLBudget().maxBytes) {
+        case .text(let read):
+            text = read
+        case .tooLarge(let size, let maxBytes):
+            // Refused before reading: parse would refuse the text anyway, after reading all of it.
             sink.report(ConfigDiagnostic(
                 location: SourceLocation(file: path, line: 1, column: 1), path: .root,
                 message: "the file is \(size) bytes; at most \(maxBytes) are read"))
             return nil
-        }
-        guard let data = FileManager.default.contents(atPath: path) else {
-            sink.report(ConfigDiagnostic(location: nil, path: .root, message: "\(path): cannot read file"))
+        case .unreadable(let reason):
+            sink.report(ConfigDiagnostic(location: nil, path: .root, message: "\(path): cannot read file (\(reason))"))
             return nil
-        }
-        guard let text = String(data: data, encoding: .utf8) else {
+        case .notUTF8:
             sink.report(ConfigDiagnostic(location: SourceLocation(file: path, line: 1, column: 1), path: .root, message: "file is not UTF-8"))
             return nil
         }
-        if let node = composed?.node(path: path, text: text) { return ConfigValue(node: node, file: path, path: .root, sink: sink) }
+        if let node = previous?.node(path: path, text: text) { return ConfigValue(node: node, file: path, path: .root, sink: sink) }
         let value = parse(text, file: path, sink: sink)
-        if let value { composed?.add(path: path, text: text, node: value.node) }
+        if let value { previous?.add(path: path, text: text, node: value.node) }
         return value
     }
 

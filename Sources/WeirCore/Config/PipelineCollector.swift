@@ -2,6 +2,8 @@
 struct PipelineCollector {
     let registry: StageRegistry
     let sink: DiagnosticSink
+    /// The last load's valid pipelines, reused where a pipeline's YAML is unchanged.
+    let previous: PreviousLoad.Generation?
     private var pipelines: [String: PipelineSpec] = [:]
     /// Where each id was first defined, valid or not, so a duplicate is reported even when the first has errors.
     private var seen: [String: SourceLocation?] = [:]
@@ -10,9 +12,10 @@ struct PipelineCollector {
     /// that port holds, not every pipeline before it (a reload of 1,500 pipelines checks each once).
     private var listeners: [Int: [(pipeline: String, transport: Transport, address: BindAddress)]] = [:]
 
-    init(registry: StageRegistry, sink: DiagnosticSink) {
+    init(registry: StageRegistry, sink: DiagnosticSink, previous: PreviousLoad.Generation? = nil) {
         self.registry = registry
         self.sink = sink
+        self.previous = previous
     }
 
     mutating func read(_ section: ConfigValue) {
@@ -29,7 +32,18 @@ struct PipelineCollector {
                     location: keyLocation, path: value.path,
                     message: "pipeline id must be 1-64 letters, digits, '-' or '_'"))
             }
-            if let pipeline = readPipeline(id: id, location: keyLocation, value) { pipelines[id] = pipeline }
+            if let reused = previous?.pipeline(id: id, location: keyLocation, value) {
+                // Valid on its own last time; what spans pipelines is checked again.
+                let conflict = checkListenerConflict(pipeline: id, stages: reused.stages) { index in
+                    value.mapping?.optional("stages")?.sequence?[index] ?? value
+                }
+                if !conflict { pipelines[id] = reused }
+                continue
+            }
+            if let pipeline = readPipeline(id: id, location: keyLocation, value) {
+                pipelines[id] = pipeline
+                previous?.add(pipeline, value)
+            }
         }
     }
 
@@ -49,7 +63,7 @@ struct PipelineCollector {
         }
         guard sink.diagnostics.count == errorsBefore, let stagesValue else { return nil }
         checkShape(stages, items: items, stagesValue: stagesValue)
-        checkListenerConflict(pipeline: id, stages: stages, items: items)
+        checkListenerConflict(pipeline: id, stages: stages) { items[$0] }
         guard sink.diagnostics.count == errorsBefore else { return nil }
         return PipelineSpec(id: id, location: location, stages: stages)
     }
@@ -134,18 +148,21 @@ struct PipelineCollector {
         }
     }
 
-    private mutating func checkListenerConflict(pipeline: String, stages: [StageSpec], items: [ConfigValue]) {
+    /// Reports (at the listener's item, `item(index)`) a listener that overlaps one read before; true if so.
+    @discardableResult
+    private mutating func checkListenerConflict(pipeline: String, stages: [StageSpec], item: (Int) -> ConfigValue) -> Bool {
         guard let stage = stages.first(where: { $0.config is any ListenerConfig }),
             let config = stage.config as? any ListenerConfig, case .listener(let transport) = stage.role
-        else { return }
+        else { return false }
         let address = config.bindAddress
         for taken in listeners[address.port] ?? [] where taken.transport == transport && Self.overlaps(taken.address, address) {
-            let item = items[stage.index]
+            let item = item(stage.index)
             ConfigValue(node: item.node, file: item.file, path: item.path.enteringStage(type: stage.type), sink: sink)
                 .error("address \(address) overlaps \(taken.address) of pipeline \"\(taken.pipeline)\"")
-            return
+            return true
         }
         listeners[address.port, default: []].append((pipeline, transport, address))
+        return false
     }
 
     /// Two binds collide on the same port when the hosts are equal, either is `::` (dual-stack), or one is

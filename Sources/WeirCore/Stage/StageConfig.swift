@@ -69,8 +69,10 @@ public protocol StageConfig: Sendable {
     /// included), or nil. For requirements beyond the listener's, e.g. a stage that needs another one.
     func pipelineError(stages: [any StageConfig]) -> String?
 
-    /// A digest of what the stage read besides its YAML (certificate files), appended to its fingerprint so a
-    /// reload picks up a changed file even when the YAML did not change. Empty for most stages.
+    /// A digest of what the stage read besides its YAML (certificate files, named lists), appended to its
+    /// fingerprint so a reload picks up a changed file even when the YAML did not change. Empty for most
+    /// stages, and it must be empty only when decoding depended on the stage's YAML alone: a reload reuses
+    /// such a stage's decoded configuration while its YAML is unchanged (`PreviousLoad`).
     var contentFingerprint: String { get }
 
     /// Builds the runnable stage. Must not acquire anything (sockets, files, kernel objects): that happens
