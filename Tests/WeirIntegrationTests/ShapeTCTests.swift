@@ -224,9 +224,13 @@ struct ShapeTCTests {
         defer { first.stop() }
         let second = try Iperf(net, ns: net.peer, address: net.peerIPv4, port: 5202)
         defer { second.stop() }
+        // What the kernel and the sender saw, for a reading that misses: queues and classes (drops), offloads,
+        // and the sending TCP's cached metrics and loss counters (a later reading starts from the cached ones).
         let kernel = {
             ["qdisc", "class"].map { (try? net.inside(net.agent, ["tc", "-s", $0, "show", "dev", net.agentInterface])) ?? "" }.joined(separator: "\n")
                 + ((try? net.inside(net.agent, ["ethtool", "-k", net.agentInterface])) ?? "").split(separator: "\n").filter { $0.contains("segmentation") }.joined(separator: "\n")
+                + "\n" + ((try? net.inside(net.agent, ["ip", "tcp_metrics"])) ?? "")
+                + ((try? net.inside(net.agent, ["nstat", "-az", "TcpRetransSegs", "TcpExtTCPTimeouts", "TcpExtTCPSackRecovery", "TcpExtTCPLossProbes"])) ?? "")
         }
         try Self.expectRate(10, "mark 0x10", diagnostics: kernel) { try first.send(from: net.agent, seconds: 3) }
         try Self.expectRate(10, "mark 0x20", diagnostics: kernel) { try second.send(from: net.agent, seconds: 3) }
