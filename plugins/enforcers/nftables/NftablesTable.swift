@@ -27,18 +27,19 @@ final class NftablesTable: Sendable {
     private let applied = NIOLockedValueBox<[String: NftOwnerState]>([:])
     private let logger = Logger(label: "weir.enforce.nftables")
 
-    /// Runs libnftables commands (JSON) as one transaction and returns their output.
+    /// Runs libnftables commands (JSON) as one transaction and returns their output. Listings leave out set
+    /// elements (terse: address sets can hold 100,000 and are read over netlink) unless `withElements`.
     @discardableResult
-    func run(_ commands: [NftJSON]) throws -> String {
+    func run(_ commands: [NftJSON], withElements: Bool = false) throws -> String {
         if commands.isEmpty { return "" }
-        return try run(text: NftJSON.object([("nftables", .array(commands))]).text)
+        return try run(text: NftJSON.object([("nftables", .array(commands))]).text, terse: !withElements)
     }
 
-    private func run(text: String) throws -> String {
+    private func run(text: String, terse: Bool) throws -> String {
         try DescriptorIsolatedThread.netlink.run {
             guard let context = nft_ctx_new(UInt32(NFT_CTX_DEFAULT)) else { throw NftError(description: "libnftables: cannot create a context") }
             defer { nft_ctx_free(context) }
-            nft_ctx_output_set_flags(context, UInt32(NFT_CTX_OUTPUT_JSON | NFT_CTX_OUTPUT_TERSE | NFT_CTX_OUTPUT_HANDLE))
+            nft_ctx_output_set_flags(context, UInt32(NFT_CTX_OUTPUT_JSON | NFT_CTX_OUTPUT_HANDLE | (terse ? NFT_CTX_OUTPUT_TERSE : 0)))
             nft_ctx_buffer_output(context)
             nft_ctx_buffer_error(context)
             let status = nft_run_cmd_from_buffer(context, text)
@@ -98,7 +99,9 @@ final class NftablesTable: Sendable {
 
     /// The elements of an interval set with their counters (zero when the set keeps none).
     func listIntervalSetCounters(_ fullName: String) throws -> [(network: IPNetwork, packets: UInt64, bytes: UInt64)] {
-        let output = try run([["list": ["set": ["family": .string(NftNames.family), "table": .string(NftNames.table), "name": .string(fullName)]]]])
+        // With elements: a terse listing of an interval set is empty, which made a start keep the networks a
+        // configuration had dropped while the agent was stopped.
+        let output = try run([["list": ["set": ["family": .string(NftNames.family), "table": .string(NftNames.table), "name": .string(fullName)]]]], withElements: true)
         var result: [(network: IPNetwork, packets: UInt64, bytes: UInt64)] = []
         for item in try NftJSON.parse(output)["nftables"]?.array ?? [] {
             for element in item["set"]?["elem"]?.array ?? [] {
