@@ -14,11 +14,13 @@ public actor Agent: Service {
     public enum StartError: Error, CustomStringConvertible {
         case invalidConfig(ConfigErrors)
         case startFailed(any Error)
+        case stateDirectoryInUse(StateDirectoryLock.Held)
 
         public var description: String {
             switch self {
             case .invalidConfig(let errors): return "invalid configuration:\n\(errors)"
             case .startFailed(let error): return "\(error)"
+            case .stateDirectoryInUse(let held): return "\(held)"
             }
         }
     }
@@ -35,6 +37,8 @@ public actor Agent: Service {
     /// The configuration running now.
     private var running: AgentConfig?
     private var coordinatorClient: Task<Void, Never>?
+    /// Held while the agent runs: one agent per state directory.
+    private var stateLock: StateDirectoryLock?
     private var coordinatorSettings: CoordinatorSettings?
     /// Set once shutdown begins: a bundle that arrives after that is not applied.
     private var stopping = false
@@ -77,6 +81,8 @@ public actor Agent: Service {
             throw StartError.invalidConfig(error)
         }
         WeirLogHandler.settings.update(level: config.logLevel, format: config.logFormat)
+        // Before anything touches the kernel or the state directory.
+        do { stateLock = try StateDirectoryLock(directory: config.stateDirectory) } catch { throw StartError.stateDirectoryInUse(error) }
         do {
             // Pipelines first: once /healthz answers, every pipeline is serving.
             try await supervisor.apply(config)

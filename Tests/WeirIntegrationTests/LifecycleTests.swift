@@ -3,6 +3,31 @@ import Testing
 
 @Suite("agent lifecycle and metrics endpoint", .serialized)
 struct LifecycleTests {
+    @Test("A second agent on the same state directory refuses to start and names the first; kill -9 of the first frees it")
+    func oneAgentPerStateDirectory() throws {
+        let echo = try Backends.echo()
+        let port = freePort()
+        let first = try WeirProcess(pipelines: tcpForward("echo", port: port, to: [echo.port]))
+        try first.start()
+        let second = try runWeir(["agent", "--config", first.configPath])
+        #expect(second.status != 0)
+        #expect(second.output.contains("another weir agent (pid \(first.pid)) is running on the state directory \(first.directory.path)"), "\(second.output)")
+        let lockMode = try FileManager.default.attributesOfItem(atPath: first.directory.path + "/agent.lock")[.posixPermissions] as? Int
+        #expect(lockMode == 0o600)
+        // The first is untouched: it still forwards.
+        let client = try TCPClient(port: port)
+        try client.send("ok")
+        #expect(try client.receive(exactly: 2) == Array("ok".utf8))
+
+        first.signal(SIGKILL)
+        _ = first.waitForExit(timeout: 5)
+        try first.start()
+        defer { first.stop() }
+        let again = try TCPClient(port: port)
+        try again.send("up")
+        #expect(try again.receive(exactly: 2) == Array("up".utf8))
+    }
+
     @Test("SIGTERM stops accepting, lets open connections finish, then exits 0")
     func gracefulShutdownDrains() throws {
         let echo = try Backends.echo()
