@@ -11,7 +11,9 @@ def op(summary, responses, body=None, params=None, write=False, opid=None):
     o = {"summary": summary, "operationId": opid, "responses": dict(responses)}
     o["responses"].update({"401": err})
     if write: o["responses"]["403"] = err
-    if body: o["requestBody"] = {"required": True, "content": body}
+    if body:
+        o["requestBody"] = {"required": True, "content": body}
+        o["responses"]["413"] = {"description": "body larger than coordinator.max_request_body (default 16MiB)", "content": err["content"]}
     if params: o["parameters"] = params
     return o
 def p(name, desc): return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": desc}

@@ -60,7 +60,8 @@ public struct Coordinator: Service {
         let changes = ChangeFeed(database: database, distributor: distributor)
         let sessions = AgentSessions(store: store, distributor: distributor, heartbeatInterval: config.heartbeatInterval, logger: logger)
         let api = CoordinatorAPI(
-            store: store, registry: registry, offlineAfter: config.offlineAfter, changed: { await changes.publish() }, agentSessions: sessions)
+            store: store, registry: registry, offlineAfter: config.offlineAfter, changed: { await changes.publish() }, agentSessions: sessions,
+            maxRequestBody: config.maxRequestBody)
 
         let router = Router(context: BasicRequestContext.self)
         router.add(middleware: APIErrorMiddleware())

@@ -12,6 +12,7 @@ import WeirCore
         #expect(config.database == .sqlite(path: "/var/lib/weir-coordinator/coordinator.db"))
         #expect(config.adminTokenFile == "/var/lib/weir-coordinator/admin.token")
         #expect(config.heartbeatInterval == .seconds(10) && config.offlineAfter == .seconds(30))
+        #expect(config.maxRequestBody == 16 << 20)
     }
 
     @Test("errors name file, line, column and key")
@@ -26,6 +27,7 @@ import WeirCore
               offline_after: 5s
               tls: { certificate: /c.pem }
               colour: blue
+              max_request_body: 16 MiB/s
             """.write(toFile: path, atomically: true, encoding: .utf8)
         #expect {
             _ = try CoordinatorConfig.load(path: path)
@@ -35,10 +37,12 @@ import WeirCore
                 && text.contains("\(path):5:18: coordinator.offline_after: offline_after must be longer than heartbeat_interval")
                 && text.contains("coordinator.tls: missing required key \"key\"")
                 && text.contains("\(path):7:3: coordinator.colour: unknown key")
+                && text.contains("\(path):8:21: coordinator.max_request_body: \"16 MiB/s\" has an unknown unit")
         }
         let postgres = path + ".pg"
         defer { try? FileManager.default.removeItem(atPath: postgres) }
-        try "coordinator:\n  database: postgres://weir@db/weir\n  tls: { certificate: /c, key: /k }\n".write(toFile: postgres, atomically: true, encoding: .utf8)
-        #expect(try CoordinatorConfig.load(path: postgres).database == .postgres(url: "postgres://weir@db/weir"))
+        try "coordinator:\n  database: postgres://weir@db/weir\n  tls: { certificate: /c, key: /k }\n  max_request_body: 64KiB\n".write(toFile: postgres, atomically: true, encoding: .utf8)
+        let loaded = try CoordinatorConfig.load(path: postgres)
+        #expect(loaded.database == .postgres(url: "postgres://weir@db/weir") && loaded.maxRequestBody == 65536)
     }
 }

@@ -46,4 +46,14 @@ import WeirCore
         let zero = try #require(throws: ValueError.self) { try ByteRateParser.parse("0MiB/s") }
         #expect(zero.description == "\"0MiB/s\" is not a positive rate (examples: 10MiB/s, 80mbit, 1gbit)")
     }
+
+    @Test(arguments: [("65536", 65536), ("64KiB", 65536), ("16MiB", 16 << 20), ("16 MiB", 16 << 20), ("500KB", 500_000), ("1GB", 1_000_000_000), ("10B", 10), ("2GiB", 2 << 30)])
+    func parsesSizesInBytes(text: String, bytes: Int) throws {
+        #expect(try ByteSizeParser.parse(text) == bytes)
+    }
+
+    @Test(arguments: ["0", "-1", "1.5MiB", "16Mi", "16MiB/s", "10mbit", "lots", "", "2TiB", "99999999999999999999"])
+    func refusesWhatIsNotASize(text: String) {
+        #expect(throws: ValueError.self) { try ByteSizeParser.parse(text) }
+    }
 }

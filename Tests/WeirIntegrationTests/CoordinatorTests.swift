@@ -386,4 +386,44 @@ struct CoordinatorTests {
         let served = Set(try #require(try coordinator.agent("agent-doc")).keys)
         #expect(served == documented)
     }
+
+    @Test("bodies over max_request_body get 413 naming the limit on every operation that takes one, sized or chunked; nothing internal is shown")
+    func requestBodyLimit() throws {
+        let pki = try TestPKI()
+        let coordinator = try CoordinatorProcess(pki: pki, settings: ["max_request_body: 64KiB"])
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let large = coordinator.directory.appendingPathComponent("large.yaml")
+        // Valid YAML (a comment), so only its size can be refused.
+        try ("# " + String(repeating: "x", count: 70_000) + "\npipelines: {}\n").write(to: large, atomically: true, encoding: .utf8)
+        let small = coordinator.directory.appendingPathComponent("small.yaml")
+        try ("# " + String(repeating: "x", count: 60_000) + "\npipelines: {}\n").write(to: small, atomically: true, encoding: .utf8)
+
+        let (_, text) = try coordinator.request("GET", "/api/v1/openapi.json", token: nil)
+        let paths = try #require((try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])?["paths"] as? [String: [String: [String: Any]]])
+        // A route that looks its target up first answers 404 without reading the body: give it one.
+        try coordinator.admin("PUT", "/api/v1/lists/x", json: ["entries": ["9.9.9.9"]])
+        var checked = 0
+        for (path, operations) in paths {
+            for (method, operation) in operations where operation["requestBody"] != nil {
+                let responses = operation["responses"] as? [String: Any]
+                #expect(responses?["413"] != nil, "\(method) \(path) does not document 413")
+                let concrete = path.replacingOccurrences(of: "{id}", with: "x").replacingOccurrences(of: "{name}", with: "x")
+                for chunked in [false, true] {
+                    let (status, body) = try coordinator.request(
+                        method.uppercased(), concrete, body: "@" + large.path, contentType: "application/yaml", token: coordinator.adminToken,
+                        extraHeaders: chunked ? ["Transfer-Encoding: chunked"] : [])
+                    #expect(status == 413, "\(method) \(path) chunked: \(chunked): \(status) \(body)")
+                    #expect(body.contains("larger than 65536 bytes (coordinator.max_request_body)") && !body.contains("NIO"), "\(body)")
+                }
+                checked += 1
+            }
+        }
+        #expect(checked >= 6)
+        // Under the limit the body is read and judged on its content.
+        let (status, body) = try coordinator.request("PUT", "/api/v1/pipelines/small", body: "@" + small.path, contentType: "application/yaml",
+                                                     token: coordinator.adminToken)
+        #expect(status == 201, "\(body)")
+        #expect(!coordinator.log.contains("request failed"), "\(coordinator.log)")
+    }
 }

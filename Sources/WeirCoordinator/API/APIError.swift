@@ -29,8 +29,11 @@ struct APIErrorMiddleware<Context: RequestContext>: RouterMiddleware {
         } catch let error as HTTPError {
             return JSONResponse.make(ErrorBody(error: error.body ?? "\(error.status.reasonPhrase)", details: nil), status: error.status)
         } catch {
-            context.logger.error("request failed", metadata: ["path": "\(request.uri.path)", "error": "\(error)"])
-            return JSONResponse.make(ErrorBody(error: "internal error: \(error)", details: nil), status: .internalServerError)
+            // The error's name and text stay in the log: they can show internals (types, paths, SQL) to a caller.
+            let reference = UUID().uuidString.prefix(8).lowercased()
+            context.logger.error("request failed", metadata: ["path": "\(request.uri.path)", "reference": "\(reference)", "error": "\(error)"])
+            return JSONResponse.make(
+                ErrorBody(error: "internal error (reference \(reference) in the coordinator's log)", details: nil), status: .internalServerError)
         }
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
+import NIOCore
 import WeirCore
 import WeirCoordinatorProtocol
 
@@ -12,8 +13,8 @@ struct CoordinatorAPI: Sendable {
     let offlineAfter: Duration
     let changed: @Sendable () async -> Void
     let agentSessions: AgentSessions
-
-    static let maxDocumentSize = 16 << 20
+    /// `coordinator.max_request_body`.
+    let maxRequestBody: Int
 
     func register(on router: Router<BasicRequestContext>) {
         let api = router.group("api/v1")
@@ -272,8 +273,20 @@ struct CoordinatorAPI: Sendable {
         await changed()
     }
 
+    /// The whole body, or 413 when it is larger than `max_request_body` (said by Content-Length or found while reading).
+    private func body(_ request: Request) async throws -> ByteBuffer {
+        let tooLarge = APIError(
+            status: .contentTooLarge, message: "the request body is larger than \(maxRequestBody) bytes (coordinator.max_request_body)")
+        if let length = request.headers[.contentLength].flatMap(Int.init), length > maxRequestBody { throw tooLarge }
+        do {
+            return try await request.body.collect(upTo: maxRequestBody)
+        } catch is NIOTooManyBytesError {
+            throw tooLarge
+        }
+    }
+
     private func documentBody(_ request: Request, _ context: BasicRequestContext) async throws -> String {
-        let buffer = try await request.body.collect(upTo: Self.maxDocumentSize)
+        let buffer = try await body(request)
         let text = String(buffer: buffer)
         if request.headers[.contentType]?.hasPrefix("application/json") == true {
             struct Body: Decodable { let document: String }
@@ -286,7 +299,7 @@ struct CoordinatorAPI: Sendable {
     }
 
     private func decode<T: Decodable>(_ type: T.Type, _ request: Request, _ context: BasicRequestContext) async throws -> T {
-        let buffer = try await request.body.collect(upTo: Self.maxDocumentSize)
+        let buffer = try await body(request)
         do {
             return try JSONDecoder().decode(type, from: Data(buffer: buffer))
         } catch let error as APIError {

@@ -72,6 +72,27 @@ public enum ByteRateParser {
     }
 }
 
+/// Sizes in bytes: a plain number, or one with `B`, `KB`/`MB`/`GB` (decimal) or `KiB`/`MiB`/`GiB` (binary).
+public enum ByteSizeParser {
+    private static let prefixes: [String: Int] = [
+        "": 1, "k": 1000, "m": 1_000_000, "g": 1_000_000_000, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30,
+    ]
+
+    public static func parse(_ text: String) throws -> Int {
+        let trimmed = text.trimmingWhitespace()
+        let digits = trimmed.prefix { $0.isASCII && $0.isNumber }
+        let unit = trimmed.dropFirst(digits.count).trimmingWhitespace().lowercased()
+        guard let value = Int(digits), value > 0 else { throw ValueError("\"\(text)\" is not a positive size (examples: 16MiB, 500KB, 65536)") }
+        let prefix = unit.hasSuffix("b") ? String(unit.dropLast()) : unit
+        guard let scale = prefixes[prefix], unit.isEmpty || unit.hasSuffix("b") else {
+            throw ValueError("\"\(text)\" has an unknown unit (B, KB, MB, GB, KiB, MiB, GiB)")
+        }
+        let (bytes, overflow) = value.multipliedReportingOverflow(by: scale)
+        guard !overflow, bytes <= 1 << 40 else { throw ValueError("\"\(text)\" is too large (at most 1TiB)") }
+        return bytes
+    }
+}
+
 /// A `host:port` pair. IPv6 literals are bracketed: `[2001:db8::1]:443`.
 public struct HostPort: Sendable, Hashable, CustomStringConvertible {
     public var host: String

@@ -17,10 +17,11 @@ final class CoordinatorProcess: @unchecked Sendable {
             .trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
     }
 
-    /// `database` is `sqlite` (a file in the state folder) or a postgres:// URL.
+    /// `database` is `sqlite` (a file in the state folder) or a postgres:// URL; `settings` are more lines of the
+    /// `coordinator:` section.
     init(
         pki: TestPKI, database: String = "sqlite", heartbeat: String = "500ms", offlineAfter: String = "2s", retention: String = "168h",
-        port: Int = freePort()
+        port: Int = freePort(), settings: [String] = []
     ) throws {
         self.pki = pki
         self.port = port
@@ -39,7 +40,7 @@ final class CoordinatorProcess: @unchecked Sendable {
               heartbeat_interval: \(heartbeat)
               offline_after: \(offlineAfter)
               retention: \(retention)
-            log: { level: debug }
+            \(settings.map { "  \($0)\n" }.joined())log: { level: debug }
             """.write(toFile: configPath, atomically: true, encoding: .utf8)
     }
 
