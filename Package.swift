@@ -183,9 +183,9 @@ let package = Package(
             name: "WeirAgent",
             dependencies: nio + [
                 "WeirCore", "WeirCoordinatorProtocol",
-                .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -208,6 +208,7 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "SQLKit", package: "sql-kit"),
                 .product(name: "SQLiteKit", package: "sqlite-kit"),
                 .product(name: "PostgresKit", package: "postgres-kit"),
@@ -267,7 +268,11 @@ let package = Package(
         ),
         .testTarget(
             name: "WeirAgentTests",
-            dependencies: nio + ["WeirCore", "WeirAgent", "WeirStages", "WeirCoordinatorProtocol", .product(name: "Logging", package: "swift-log")],
+            dependencies: nio + [
+                "WeirCore", "WeirAgent", "WeirStages", "WeirCoordinatorProtocol", .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
             path: "Tests/WeirAgentTests"
         ),
         .testTarget(

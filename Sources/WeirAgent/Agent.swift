@@ -213,9 +213,11 @@ public actor Agent: Service {
         coordinatorClient?.cancel()
         coordinatorClient = nil
         coordinatorSettings = config.coordinator
+        CoordinatorClient.reset(metrics)
         guard let settings = config.coordinator else { return }
         let client = CoordinatorClient(
-            settings: settings, agentID: config.agentID, stateDirectory: config.coordinatorDirectory, agent: self, logger: logger)
+            settings: settings, agentID: config.agentID, stateDirectory: config.coordinatorDirectory, agent: self, metrics: metrics,
+            logger: logger)
         coordinatorClient = Task { await client.run() }
     }
 

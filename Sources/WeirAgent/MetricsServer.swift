@@ -64,7 +64,13 @@ final class MetricsHTTPHandler: ChannelInboundHandler {
                 bound.value.handler.send(.ok, "text/plain; version=0.0.4; charset=utf-8", body, for: head, context: bound.value.context)
             }
         case (.GET, "/healthz"), (.HEAD, "/healthz"):
-            send(.ok, plain, Array("ok\n".utf8), for: head, context: context)
+            // 503 with one line per problem; the agent keeps forwarding, but someone has to act.
+            let problems = metrics.health.lines
+            if problems.isEmpty {
+                send(.ok, plain, Array("ok\n".utf8), for: head, context: context)
+            } else {
+                send(.serviceUnavailable, plain, Array(("unhealthy\n" + problems.joined(separator: "\n") + "\n").utf8), for: head, context: context)
+            }
         case (_, "/metrics"), (_, "/healthz"):
             send(.methodNotAllowed, plain, Array("method not allowed\n".utf8), for: head, context: context)
         default:

@@ -84,8 +84,19 @@ public struct Coordinator: Service {
             router: router,
             server: try .tls(
                 .http1WebSocketUpgrade(configuration: .init(ws: .init(maxFrameSize: AgentSessions.maxMessageSize, autoPing: .disabled))) {
-                    request, _, _ in
-                    guard request.path == agentConnectPath, let identity = try? await sessions.identify(request.headerFields) else {
+                    request, channel, _ in
+                    guard request.path == agentConnectPath else { return .dontUpgrade }
+                    let identity: AgentIdentity
+                    do {
+                        identity = try await sessions.identify(request.headerFields)
+                    } catch {
+                        let refusal = error as? AgentRefusal
+                            ?? AgentRefusal(status: .serviceUnavailable, message: "the coordinator cannot check credentials now; try again")
+                        log.notice("agent connection refused", metadata: [
+                            "agent": "\(request.headerFields[AgentSessions.agentIDHeader] ?? "?")", "status": "\(refusal.status.code)",
+                            "reason": "\(refusal.message)", "error": "\(error is AgentRefusal ? "" : "\(error)")",
+                        ])
+                        await UpgradeRefusal.send(refusal, on: channel)
                         return .dontUpgrade
                     }
                     return .upgrade([:]) { inbound, outbound, _ in
@@ -152,7 +163,7 @@ struct Housekeeping: Service, CustomStringConvertible {
             let removed = try await store.removeAgents(lastSeenBefore: now - config.retention.seconds)
             if !removed.isEmpty { logger.notice("removed agents offline longer than the retention", metadata: ["agents": "\(removed)"]) }
             let agents = try await store.agents()
-            let online = agents.filter { now - $0.lastSeen < config.offlineAfter.seconds }.count
+            let online = agents.filter { !$0.revoked && now - $0.lastSeen < config.offlineAfter.seconds }.count
             metrics.agentsOnline.set(to: Double(online))
             metrics.agentsOffline.set(to: Double(agents.count - online))
         } catch {

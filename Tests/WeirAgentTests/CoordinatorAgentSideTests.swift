@@ -45,4 +45,20 @@ import WeirCoordinatorProtocol
         #expect(reports["idle"] == PipelineReport())
         #expect(reports["retired"] == nil)
     }
+
+    @Test("coordinator URLs: IP literals (no SNI), default ports, the Host header, and what is not a WebSocket URL")
+    func coordinatorEndpoints() throws {
+        let v6 = try CoordinatorSocket.Endpoint(url: "wss://[2001:db8::5]:8443/api/v1/agent/connect")
+        #expect(v6.host == "2001:db8::5" && v6.port == 8443 && v6.secure && v6.isAddressLiteral)
+        #expect(v6.hostHeader == "[2001:db8::5]:8443" && v6.path == "/api/v1/agent/connect")
+        let v4 = try CoordinatorSocket.Endpoint(url: "wss://127.0.0.1:8443/api/v1/agent/connect?x=1")
+        #expect(v4.isAddressLiteral && v4.path == "/api/v1/agent/connect?x=1")
+        let named = try CoordinatorSocket.Endpoint(url: "wss://coordinator.example.net/api/v1/agent/connect")
+        #expect(!named.isAddressLiteral && named.port == 443 && named.hostHeader == "coordinator.example.net")
+        let plain = try CoordinatorSocket.Endpoint(url: "ws://10.1.2.3")
+        #expect(!plain.secure && plain.port == 80 && plain.path == "/" && plain.isAddressLiteral)
+        for bad in ["https://c.example.net", "c.example.net:8443", "wss://", "wss://:8443/x"] {
+            #expect(throws: CoordinatorSocket.Failure.invalidURL(bad)) { try CoordinatorSocket.Endpoint(url: bad) }
+        }
+    }
 }

@@ -42,10 +42,11 @@ import Testing
                 Issue.record("a used-up token enrolled a third agent")
                 return
             }
-            #expect(try await store.agent(id: "a", credential: "ca")?.id == "a")
-            #expect(try await store.agent(id: "a", credential: "cb") == nil)
+            #expect(try await store.checkCredential(agentID: "a", credential: "ca") == .valid)
+            #expect(try await store.checkCredential(agentID: "a", credential: "cb") == .refused)
             #expect(try await store.revoke(agentID: "a"))
-            #expect(try await store.agent(id: "a", credential: "ca") == nil)
+            #expect(try await store.checkCredential(agentID: "a", credential: "ca") == .revoked)
+            #expect(try await store.checkCredential(agentID: "a", credential: "cb") == .refused)
             let (_, expired) = try await store.createEnrollmentToken(labels: [:], expiresAt: Date().timeIntervalSince1970 - 1, uses: nil)
             guard case .tokenInvalid = try await store.enroll(agentID: "d", tokenSecret: expired, credentialHash: "h") else {
                 Issue.record("an expired token enrolled an agent")

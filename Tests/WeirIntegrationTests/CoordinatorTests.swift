@@ -205,10 +205,38 @@ struct CoordinatorTests {
         let (claim, _) = try coordinator.request("GET", "/api/v1/agent/connect", token: nil, extraHeaders: ["X-Weir-Agent-Id: agent-r", "X-Weir-Enrollment-Token: \(token)"])
         #expect(claim == 409)
 
+        #expect(try agent.metric("weir_coordinator_connected") == 1)
+        #expect(try agent.health().0 == 200)
+
         try coordinator.admin("POST", "/api/v1/agents/agent-r/revoke")
         #expect(try connect(credential) == 401)
-        #expect(eventually(timeout: 10) { agent.log.contains("WebSocket upgrade failed") }, "\(agent.log)")
-        #expect(eventually(timeout: 5) { (try? coordinator.agent("agent-r"))??["online"] as? Bool == false })
+        // Offline at once (the heartbeat is recent; offline_after has not passed).
+        #expect((try coordinator.agent("agent-r"))?["online"] as? Bool == false)
+        // The agent's own upgrade gets 401 with the reason, which it logs, reports in /healthz and its metrics.
+        let (upgradeStatus, upgradeBody) = try coordinator.request(
+            "GET", "/api/v1/agent/connect", token: nil, extraHeaders: [
+                "X-Weir-Agent-Id: agent-r", "Authorization: Bearer \(credential)", "Connection: Upgrade", "Upgrade: websocket",
+                "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            ])
+        #expect(upgradeStatus == 401 && upgradeBody.contains("agent \\\"agent-r\\\" was revoked"), "\(upgradeStatus) \(upgradeBody)")
+        #expect(eventually(timeout: 10) { agent.log.contains("the coordinator refused this agent") && agent.log.contains("was revoked") }, "\(agent.log)")
+        #expect(try agent.metric("weir_coordinator_refused") == 1)
+        #expect(try agent.metric("weir_coordinator_connected") == 0)
+        let (health, report) = try agent.health()
+        #expect(health == 503 && report.contains("coordinator: refused (HTTP 401): agent \"agent-r\" was revoked"), "\(report)")
+        // Once per backoff step, not a flood: 0.5 s doubling, so a handful in 6 s.
+        Thread.sleep(forTimeInterval: 6)
+        let refusals = agent.log.components(separatedBy: "the coordinator refused this agent").count - 1
+        #expect((2...6).contains(refusals), "\(refusals) refusals logged")
+        #expect((try coordinator.agent("agent-r"))?["online"] as? Bool == false)
+
+        // Someone else's credential is refused with its own reason.
+        let (forged, forgedBody) = try coordinator.request(
+            "GET", "/api/v1/agent/connect", token: nil, extraHeaders: [
+                "X-Weir-Agent-Id: agent-r", "Authorization: Bearer weir_agent_forged", "Connection: Upgrade", "Upgrade: websocket",
+                "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            ])
+        #expect(forged == 401 && forgedBody.contains("not the credential of agent"), "\(forged) \(forgedBody)")
     }
 
     @Test("weir ctl: documents, assignments, tokens and agents through the API; errors exit 1 with the status")
@@ -425,5 +453,36 @@ struct CoordinatorTests {
                                                      token: coordinator.adminToken)
         #expect(status == 201, "\(body)")
         #expect(!coordinator.log.contains("request failed"), "\(coordinator.log)")
+    }
+
+    @Test("an agent dials the coordinator by IP address: no SNI, the certificate's IP SAN is checked (and one without it is refused)")
+    func ipLiteralURL() throws {
+        let pki = try TestPKI()
+        let coordinator = try CoordinatorProcess(pki: pki)
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let url = "wss://127.0.0.1:\(coordinator.port)"
+        let agent = try WeirProcess(
+            pipelines: "pipelines: {}",
+            extra: try coordinator.agentSection(token: try coordinator.enrollmentToken(), labels: [:], agent: "agent-ip", url: url), id: "agent-ip")
+        try agent.start()
+        defer { agent.stop() }
+        #expect(eventually(timeout: 10) { (try? coordinator.agent("agent-ip"))??["online"] as? Bool == true }, "\(agent.log)")
+
+        // The same address, but the certificate names only localhost: refused by the agent, never online.
+        let otherPKI = try TestPKI()
+        let named = try CoordinatorProcess(pki: otherPKI, certificateAddresses: [])
+        try named.start()
+        defer { named.stop() }
+        let refused = try WeirProcess(
+            pipelines: "pipelines: {}",
+            extra: try named.agentSection(token: try named.enrollmentToken(), labels: [:], agent: "agent-ip2", url: "wss://127.0.0.1:\(named.port)"),
+            id: "agent-ip2")
+        try refused.start()
+        defer { refused.stop() }
+        #expect(eventually(timeout: 10) { refused.log.contains("coordinator connection failed") }, "\(refused.log)")
+        #expect(refused.log.contains("the coordinator's certificate does not name 127.0.0.1"), "\(refused.log)")
+        #expect((try named.agent("agent-ip2")) == nil)
+        #expect(try refused.metric("weir_coordinator_connected") == 0)
     }
 }

@@ -1,10 +1,9 @@
 import Foundation
-import HTTPTypes
-import HummingbirdWSClient
 import Logging
 import NIOCore
 import NIOSSL
-import Synchronization
+import NIOWebSocket
+import NIOConcurrencyHelpers
 import WeirCore
 import WeirCoordinatorProtocol
 
@@ -17,6 +16,7 @@ struct CoordinatorClient: Sendable {
     /// `state_dir/coordinator`.
     let stateDirectory: String
     let agent: Agent
+    let metrics: WeirMetrics
     let logger: Logger
 
     static let firstDelay = Duration.milliseconds(500)
@@ -43,41 +43,57 @@ struct CoordinatorClient: Sendable {
         }
     }
 
+    /// No connection, no refusal: what an agent without a coordinator reports.
+    static func reset(_ metrics: WeirMetrics) {
+        metrics.coordinatorConnected.set(to: 0)
+        metrics.coordinatorRefused.set(to: 0)
+        metrics.health.set("coordinator", nil)
+    }
+
     /// One connection, from dialing to closing. True when the coordinator welcomed the agent.
     private func connectOnce() async -> Bool {
-        let welcomed = Mutex(false)
+        let welcomed = NIOLockedValueBox(false)
+        defer { metrics.coordinatorConnected.set(to: 0) }
         do {
-            var headers = HTTPFields()
-            headers[HTTPField.Name(AgentHeaders.agentID)!] = agentID
+            var headers = [(AgentHeaders.agentID, agentID)]
             if let credential = readSecret(credentialPath) {
-                headers[.authorization] = "Bearer \(credential)"
+                headers.append(("Authorization", "Bearer \(credential)"))
             } else if let tokenFile = settings.tokenFile, let token = readSecret(tokenFile) {
-                headers[HTTPField.Name(AgentHeaders.enrollmentToken)!] = token
+                headers.append((AgentHeaders.enrollmentToken, token))
             } else {
                 logger.error("no coordinator credential and no enrollment token", metadata: [
                     "credential_file": "\(credentialPath)", "token_file": "\(settings.tokenFile ?? "(not set)")",
                 ])
+                metrics.health.set("coordinator", "no credential and no enrollment token (\(credentialPath))")
                 return false
             }
             var tls = TLSConfiguration.makeClientConfiguration()
             if let ca = settings.caFile { tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(ca)) }
-            let configuration = WebSocketClientConfiguration(
-                maxFrameSize: 64 << 20, additionalHeaders: headers, autoPing: .enabled(timePeriod: .seconds(20)))
-            try await WebSocketClient.connect(url: connectURL, configuration: configuration, tlsConfiguration: tls, logger: logger) {
-                inbound, outbound, _ in
-                try await session(inbound: inbound, outbound: outbound, welcomed: welcomed)
+            try await CoordinatorSocket.connect(url: connectURL, headers: headers, tls: tls, maxMessageSize: 64 << 20) { messages, outbound in
+                try await session(messages: messages, outbound: outbound, welcomed: welcomed)
             }
+        } catch CoordinatorSocket.Failure.refused(let status, let reason) where !Task.isCancelled {
+            // Said at every attempt, which backs off to one every 30 s: loud enough to be seen, not a flood.
+            let refused = status == 401 || status == 403 || status == 409
+            logger.error(refused ? "the coordinator refused this agent" : "the coordinator did not accept the connection", metadata: [
+                "url": "\(connectURL)", "status": "\(status)", "reason": "\(reason)",
+            ])
+            metrics.coordinatorRefused.set(to: refused ? 1 : 0)
+            metrics.health.set("coordinator", "refused (HTTP \(status)): \(reason)")
+        } catch let error as NIOSSLExtraError where error == .failedToValidateHostname {
+            let host = (try? CoordinatorSocket.Endpoint(url: connectURL))?.host ?? connectURL
+            logger.warning("coordinator connection failed", metadata: [
+                "url": "\(connectURL)", "error": "the coordinator's certificate does not name \(host) (a DNS or IP subject alternative name)",
+            ])
         } catch {
             if !Task.isCancelled { logger.warning("coordinator connection failed", metadata: ["url": "\(connectURL)", "error": "\(error)"]) }
         }
-        return welcomed.withLock { $0 }
+        return welcomed.withLockedValue { $0 }
     }
 
-    private func session(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, welcomed: borrowing Mutex<Bool>) async throws {
-        @Sendable func send(_ message: AgentMessage) async throws { try await outbound.writeTextMessage(try WireCoding.encode(message)) }
-        var messages = inbound.messages(maxSize: 64 << 20).makeAsyncIterator()
-        guard case .text(let text)? = try await messages.next(), case .welcome(let welcome) = try WireCoding.decode(CoordinatorMessage.self, from: text)
-        else {
+    private func session(messages: CoordinatorSocket.Messages, outbound: CoordinatorSocket.Outbound, welcomed: NIOLockedValueBox<Bool>) async throws {
+        @Sendable func send(_ message: AgentMessage) async throws { try await outbound.send(try WireCoding.encode(message)) }
+        guard let text = try await messages.next(), case .welcome(let welcome) = try WireCoding.decode(CoordinatorMessage.self, from: text) else {
             logger.error("the coordinator did not welcome the agent")
             return
         }
@@ -85,25 +101,26 @@ struct CoordinatorClient: Sendable {
             try saveCredential(credential)
             logger.notice("enrolled with the coordinator; credential stored", metadata: ["file": "\(credentialPath)"])
         }
-        welcomed.withLock { $0 = true }
+        welcomed.withLockedValue { $0 = true }
+        metrics.coordinatorConnected.set(to: 1)
+        metrics.coordinatorRefused.set(to: 0)
+        metrics.health.set("coordinator", nil)
         try await send(.hello(AgentHello(
             agentID: agentID, version: AgentInfo.version, labels: settings.labels, facts: AgentInfo.hostFacts(),
             appliedVersion: await agent.appliedBundleVersion())))
         logger.info("connected to the coordinator", metadata: ["url": "\(connectURL)"])
 
         let interval = Duration.milliseconds(Int64(max(welcome.heartbeatIntervalSeconds, 0.1) * 1000))
-        // The inbound stream does not end on cancellation by itself: closing the WebSocket ends it, so an
-        // agent that stops says goodbye and exits at once.
+        // An agent that stops says goodbye, which also ends the inbound messages.
         try await withTaskCancellationHandler {
-            try await exchange(messages: &messages, send: send, interval: interval)
+            try await exchange(messages: messages, send: send, interval: interval)
         } onCancel: {
-            Task { try? await outbound.close(.goingAway, reason: "agent stopping") }
+            Task { await outbound.close(.goingAway, reason: "agent stopping") }
         }
     }
 
     private func exchange(
-        messages: inout WebSocketInboundMessageStream.AsyncIterator, send: @escaping @Sendable (AgentMessage) async throws -> Void,
-        interval: Duration
+        messages: CoordinatorSocket.Messages, send: @escaping @Sendable (AgentMessage) async throws -> Void, interval: Duration
     ) async throws {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
@@ -113,8 +130,8 @@ struct CoordinatorClient: Sendable {
                     try await Task.sleep(for: interval)
                 }
             }
-            while let message = try await messages.next() {
-                guard case .text(let text) = message, let decoded = try? WireCoding.decode(CoordinatorMessage.self, from: text) else {
+            while let text = try await messages.next() {
+                guard let decoded = try? WireCoding.decode(CoordinatorMessage.self, from: text) else {
                     logger.warning("ignoring a message from the coordinator that is not understood")
                     continue
                 }

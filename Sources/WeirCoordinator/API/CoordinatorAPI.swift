@@ -235,7 +235,7 @@ struct CoordinatorAPI: Sendable {
     }
 
     private func view(_ agent: AgentRecord, _ state: DesiredState) -> AgentView {
-        AgentView(agent, desired: state.bundle(for: agent).version, online: Date().timeIntervalSince1970 - agent.lastSeen < offlineAfter.seconds)
+        AgentView(agent, desired: state.bundle(for: agent).version, online: !agent.revoked && Date().timeIntervalSince1970 - agent.lastSeen < offlineAfter.seconds)
     }
 
     /// The agent's own validator (shared code), so the API refuses what an agent would, with the same

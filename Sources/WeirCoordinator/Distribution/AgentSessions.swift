@@ -37,10 +37,16 @@ struct AgentSessions: Sendable {
         }
         if let authorization = headers[.authorization], authorization.hasPrefix("Bearer ") {
             let credential = String(authorization.dropFirst("Bearer ".count))
-            guard try await store.agent(id: agentID, credential: credential) != nil else {
-                throw AgentRefusal(status: .unauthorized, message: "agent credential refused (unknown, revoked, or not this agent's)")
+            switch try await store.checkCredential(agentID: agentID, credential: credential) {
+            case .valid:
+                return .enrolled(agentID: agentID)
+            case .revoked:
+                throw AgentRefusal(
+                    status: .unauthorized,
+                    message: "agent \"\(agentID)\" was revoked: delete it on the coordinator and enroll it again with a new token")
+            case .refused:
+                throw AgentRefusal(status: .unauthorized, message: "agent credential refused: not the credential of agent \"\(agentID)\"")
             }
-            return .enrolled(agentID: agentID)
         }
         if let token = headers[Self.enrollmentHeader] {
             guard let record = try await store.enrollmentToken(secret: token), record.isUsable(at: Date().timeIntervalSince1970) else { throw AgentRefusal(status: .unauthorized, message: "enrollment token refused (unknown, expired or used up)") }

@@ -124,12 +124,16 @@ struct CoordinatorStore: Sendable {
         try await sql.raw("SELECT \(unsafeRaw: Self.agentColumns) FROM agents WHERE id = \(bind: id)").first().map(Self.agent)
     }
 
-    /// The agent, when the credential is its own and not revoked.
-    func agent(id: String, credential: String) async throws -> AgentRecord? {
-        try await sql.raw("""
-            SELECT \(unsafeRaw: Self.agentColumns) FROM agents
-            WHERE id = \(bind: id) AND credential_hash = \(bind: Secrets.hash(credential)) AND revoked = 0
-            """).first().map(Self.agent)
+    enum CredentialCheck: Sendable { case valid, revoked, refused }
+
+    /// Whether `credential` is this agent's, and if so whether it was revoked.
+    func checkCredential(agentID: String, credential: String) async throws -> CredentialCheck {
+        struct Row: Decodable { let revoked: Int }
+        guard let row = try await sql.raw("""
+            SELECT revoked FROM agents WHERE id = \(bind: agentID) AND credential_hash = \(bind: Secrets.hash(credential))
+            """).first(decoding: Row.self)
+        else { return .refused }
+        return row.revoked == 0 ? .valid : .revoked
     }
 
     func agents() async throws -> [AgentRecord] {

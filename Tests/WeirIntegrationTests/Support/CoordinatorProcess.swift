@@ -21,7 +21,7 @@ final class CoordinatorProcess: @unchecked Sendable {
     /// `coordinator:` section.
     init(
         pki: TestPKI, database: String = "sqlite", heartbeat: String = "500ms", offlineAfter: String = "2s", retention: String = "168h",
-        port: Int = freePort(), settings: [String] = []
+        port: Int = freePort(), settings: [String] = [], certificateAddresses: [String] = ["127.0.0.1"]
     ) throws {
         self.pki = pki
         self.port = port
@@ -29,7 +29,7 @@ final class CoordinatorProcess: @unchecked Sendable {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         logFile = directory.appendingPathComponent("coordinator.log")
         if !FileManager.default.fileExists(atPath: pki.path("coordinator.pem")) {
-            try pki.issue("coordinator", dnsNames: ["localhost"], ipAddresses: ["127.0.0.1"])
+            try pki.issue("coordinator", dnsNames: ["localhost"], ipAddresses: certificateAddresses)
         }
         try """
             coordinator:
@@ -117,12 +117,12 @@ final class CoordinatorProcess: @unchecked Sendable {
     }
 
     /// The `coordinator:` section for an agent's weir.yaml, with its enrollment token in a file.
-    func agentSection(token: String, labels: [String: String], agent: String) throws -> String {
+    func agentSection(token: String, labels: [String: String], agent: String, url: String? = nil) throws -> String {
         let tokenFile = directory.appendingPathComponent("enroll-\(agent).token")
         try token.write(to: tokenFile, atomically: true, encoding: .utf8)
         return """
             coordinator:
-              url: \(agentURL)
+              url: \(url ?? agentURL)
               token_file: \(tokenFile.path)
               ca: \(pki.caPath)
               labels: {\(labels.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: ", "))}

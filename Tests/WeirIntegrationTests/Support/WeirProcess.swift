@@ -141,19 +141,36 @@ final class WeirProcess: @unchecked Sendable {
         return current
     }
 
+    /// The body of a 200 answer from the metrics port; anything else throws.
     func httpGet(_ path: String) throws -> String {
+        let (status, body) = try httpRequest(path)
+        guard status == 200 else { throw AgentFailed(log: "GET \(path): \(status) \(body.prefix(200))") }
+        return body
+    }
+
+    /// `/healthz`: its status and body.
+    func health() throws -> (Int, String) { try httpRequest("/healthz") }
+
+    /// A GET to the metrics port: (status, body).
+    func httpRequest(_ path: String) throws -> (Int, String) {
         if let netns {
-            let (status, output) = try command([which("ip") ?? "/usr/sbin/ip", "netns", "exec", netns, "curl", "-sf", "--max-time", "5", "http://127.0.0.1:\(metricsPort)\(path)"])
-            guard status == 0 else { throw AgentFailed(log: "GET \(path) in \(netns): curl exit \(status)") }
-            return output
+            let (status, output) = try command([
+                which("ip") ?? "/usr/sbin/ip", "netns", "exec", netns, "curl", "-s", "--max-time", "5", "-w", "\n%{http_code}",
+                "http://127.0.0.1:\(metricsPort)\(path)",
+            ])
+            guard status == 0, let split = output.lastIndex(of: "\n"), let code = Int(output[output.index(after: split)...]) else {
+                throw AgentFailed(log: "GET \(path) in \(netns): curl exit \(status)")
+            }
+            return (code, String(output[..<split]))
         }
         let client = try TCPClient(port: metricsPort, timeout: 5)
         try client.send("GET \(path) HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         let response = String(decoding: try client.receiveAll(), as: UTF8.self)
-        guard response.hasPrefix("HTTP/1.1 200"), let split = response.range(of: "\r\n\r\n") else {
+        let fields = response.split(separator: " ", maxSplits: 2)
+        guard response.hasPrefix("HTTP/1.1 "), fields.count >= 2, let status = Int(fields[1]), let split = response.range(of: "\r\n\r\n") else {
             throw AgentFailed(log: "GET \(path): \(response.prefix(200))")
         }
-        return String(response[split.upperBound...])
+        return (status, String(response[split.upperBound...]))
     }
 }
 
