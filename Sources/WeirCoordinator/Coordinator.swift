@@ -52,7 +52,15 @@ public struct Coordinator: Service {
         } catch {
             throw StartError.startFailed("database \(config.database): \(String(reflecting: error))")
         }
-        let store = CoordinatorStore(database: database)
+        let store: CoordinatorStore
+        do {
+            store = CoordinatorStore(database: database, secrets: try SecretBox.loadOrCreate(keyFile: config.secretsKeyFile))
+            let sealed = try await store.sealStoredSecrets()
+            if sealed > 0 { logger.notice("sealed secrets stored in the clear by an earlier version", metadata: ["count": "\(sealed)"]) }
+        } catch {
+            await database.shutdown()
+            throw StartError.startFailed("secrets: \(error)")
+        }
         try await bootstrapAdminToken(store)
 
         let metrics = CoordinatorMetrics()

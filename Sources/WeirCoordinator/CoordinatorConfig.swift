@@ -24,6 +24,8 @@ public struct CoordinatorConfig: Sendable {
     public var retention: Duration
     /// Where the first admin API token is written when the database has no token yet.
     public var adminTokenFile: String
+    /// The key that seals generated secrets in the database; the same file on every instance of one database.
+    public var secretsKeyFile: String
     /// The largest request body the API reads; larger ones get 413.
     public var maxRequestBody: Int
     public var logLevel: Logger.Level
@@ -37,9 +39,10 @@ public struct CoordinatorConfig: Sendable {
         var config = CoordinatorConfig(
             listen: try! BindAddress.parse("0.0.0.0:8443"), certificatePath: "", keyPath: "", stateDirectory: "/var/lib/weir-coordinator",
             database: .sqlite(path: ""), heartbeatInterval: .seconds(10), offlineAfter: .seconds(30), retention: .seconds(7 * 86400),
-            adminTokenFile: "", maxRequestBody: 16 << 20, logLevel: .info, logFormat: .text)
+            adminTokenFile: "", secretsKeyFile: "", maxRequestBody: 16 << 20, logLevel: .info, logFormat: .text)
         var databaseText: String?
         var adminTokenFile: String?
+        var secretsKeyFile: String?
         if let section = root.required("coordinator")?.mapping {
             if let listen = section.optional("listen")?.parsed(BindAddress.parse) { config.listen = listen }
             if let dir = section.optional("state_dir")?.absolutePath { config.stateDirectory = dir }
@@ -61,6 +64,7 @@ public struct CoordinatorConfig: Sendable {
             if let value = section.optional("offline_after")?.duration(atLeast: .milliseconds(200)) { config.offlineAfter = value }
             if let value = section.optional("retention")?.duration(atLeast: .seconds(1)) { config.retention = value }
             adminTokenFile = section.optional("admin_token_file")?.string
+            secretsKeyFile = section.optional("secrets_key_file")?.absolutePath
             if let value = section.optional("max_request_body")?.parsed(ByteSizeParser.parse) { config.maxRequestBody = value }
             if let value = section.optional("offline_after"), config.offlineAfter <= config.heartbeatInterval {
                 value.error("offline_after must be longer than heartbeat_interval (\(config.heartbeatInterval))")
@@ -78,6 +82,7 @@ public struct CoordinatorConfig: Sendable {
         case let text?: config.database = .postgres(url: text)
         }
         config.adminTokenFile = adminTokenFile ?? state.appendingPathComponent("admin.token")
+        config.secretsKeyFile = secretsKeyFile ?? state.appendingPathComponent("secrets.key")
         return config
     }
 }

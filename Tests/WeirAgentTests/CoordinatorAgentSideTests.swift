@@ -15,6 +15,9 @@ import WeirCoordinatorProtocol
         #expect(try managed.install(first) == nil)
         #expect(managed.currentVersion == first.version)
         #expect(try String(contentsOfFile: directory + "/bundle/a.yaml", encoding: .utf8) == "pipelines: {}\n")
+        // Documents may hold passwords: only the agent's user reads them.
+        let mode = (try FileManager.default.attributesOfItem(atPath: directory + "/bundle/a.yaml")[.posixPermissions] as? NSNumber)?.intValue
+        #expect(mode == 0o600)
 
         let second = ConfigBundle(files: [.init(name: "b.yaml", content: "pipelines: {}\n# b\n")])
         #expect(try managed.install(second) == first.version)

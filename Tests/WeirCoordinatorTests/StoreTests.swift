@@ -6,14 +6,17 @@ import Testing
 
 /// The store on a real SQLite file: the same SQL runs on PostgreSQL (see the integration tests).
 @Suite struct StoreTests {
-    static func withStore(_ body: (CoordinatorStore) async throws -> Void) async throws {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("weir-store-\(UUID().uuidString).db").path
-        defer { for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) } }
+    static func withStore(
+        path: String = FileManager.default.temporaryDirectory.appendingPathComponent("weir-store-\(UUID().uuidString).db").path,
+        keyFile: String? = nil, _ body: (CoordinatorStore) async throws -> Void
+    ) async throws {
+        let keyFile = keyFile ?? path + ".key"
+        defer { for suffix in ["", "-wal", "-shm", ".key"] { try? FileManager.default.removeItem(atPath: path + suffix) } }
         let database = try await CoordinatorDatabase.open(.sqlite(path: path), group: MultiThreadedEventLoopGroup.singleton, logger: Logger(label: "test"))
         try await database.migrate()
         try await database.migrate()  // twice: creating tables is idempotent
         do {
-            try await body(CoordinatorStore(database: database))
+            try await body(CoordinatorStore(database: database, secrets: try SecretBox.loadOrCreate(keyFile: keyFile)))
         } catch {
             await database.shutdown()
             throw error
@@ -84,5 +87,56 @@ import Testing
             #expect(try await store.assignments().isEmpty)
             #expect(try await !store.deletePipeline(name: "p"))
         }
+    }
+
+    static func mode(_ path: String) -> Int {
+        ((try? FileManager.default.attributesOfItem(atPath: path)[.posixPermissions]) as? NSNumber)?.intValue ?? -1
+    }
+
+    @Test("secrets at rest: the database, its -wal and -shm are 0600; relay keys are sealed, open only with the same key file, and old clear ones get sealed")
+    func secretsAtRest() async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("weir-store-\(UUID().uuidString).db").path
+        let relay = Relay(
+            name: "r1", entry: .init(agent: "a", selector: nil), exit: .init(agent: "b", listen: "0.0.0.0:9000", address: "198.51.100.7:9000"),
+            listen: "0.0.0.0:8000", target: "127.0.0.1:80", cipher: Relay.ciphers[0], key: "the-relay-key-0123456789", createdAt: 1)
+        // An older version's file: 0644.
+        FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o644])
+        let otherKey = path + ".other-key"
+        defer { try? FileManager.default.removeItem(atPath: otherKey) }
+        try await Self.withStore(path: path) { store in
+            #expect(try await store.createRelay(relay))
+            #expect(try await store.relays() == [relay])
+            let raw = try await store.database.sql.raw("SELECT spec FROM relays").all().map { try $0.decode(column: "spec", as: String.self) }
+            #expect(raw.count == 1 && !raw[0].contains(relay.key) && raw[0].contains(SecretBox.prefix), "\(raw)")
+            for file in [path, path + "-wal", path + "-shm", path + ".key"] {
+                #expect(Self.mode(file) == 0o600, "\(file): \(String(Self.mode(file), radix: 8))")
+            }
+            // A row written in the clear (by a version before sealing) is sealed at start and still opens.
+            var clear = relay
+            clear.name = "r0"
+            try await store.database.sql.raw("INSERT INTO relays (name, spec, created_at) VALUES ('r0', \(bind: try JSONText.encode(clear)), 0)").run()
+            #expect(try await store.sealStoredSecrets() == 1)
+            #expect(try await store.sealStoredSecrets() == 0)
+            #expect(try await store.relays().map(\.key) == [relay.key, relay.key])
+            // Moved to another row, a sealed key does not open.
+            try await store.database.sql.raw("UPDATE relays SET spec = \(bind: raw[0].replacingOccurrences(of: "\"r1\"", with: "\"r0\"")) WHERE name = 'r0'").run()
+            await #expect(throws: SecretBox.Failure.self) { _ = try await store.relays() }
+            try await store.database.sql.raw("DELETE FROM relays WHERE name = 'r0'").run()
+        }
+        // The same database with another instance's key: refused at start, naming the key file.
+        _ = try SecretBox.loadOrCreate(keyFile: otherKey)
+        let database = try await CoordinatorDatabase.open(.sqlite(path: path + "2"), group: MultiThreadedEventLoopGroup.singleton, logger: Logger(label: "t"))
+        defer { for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + "2" + suffix) } }
+        try await database.migrate()
+        let first = CoordinatorStore(database: database, secrets: try SecretBox.loadOrCreate(keyFile: path + "2.key"))
+        defer { try? FileManager.default.removeItem(atPath: path + "2.key") }
+        #expect(try await first.createRelay(relay))
+        let wrong = CoordinatorStore(database: database, secrets: try SecretBox.loadOrCreate(keyFile: otherKey))
+        await #expect {
+            _ = try await wrong.sealStoredSecrets()
+        } throws: { error in
+            "\(error)".contains("does not open with the secrets key \(otherKey)")
+        }
+        await database.shutdown()
     }
 }

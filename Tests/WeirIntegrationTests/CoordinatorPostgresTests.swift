@@ -14,7 +14,9 @@ struct CoordinatorPostgresTests {
         let a = try CoordinatorProcess(pki: pki, database: postgres.url)
         try a.start()
         defer { a.stop() }
-        let b = try CoordinatorProcess(pki: pki, database: postgres.url)
+        // Instances of one database share the key that seals generated secrets.
+        let b = try CoordinatorProcess(
+            pki: pki, database: postgres.url, settings: ["secrets_key_file: \(a.directory.path)/state/secrets.key"])
         try b.start()
         defer { b.stop() }
         // One database: the first instance made the admin token; the second finds tokens there and makes none.

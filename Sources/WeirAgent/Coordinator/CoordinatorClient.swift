@@ -158,10 +158,7 @@ struct CoordinatorClient: Sendable {
     private func saveCredential(_ credential: String) throws {
         let directory = (credentialPath as NSString).deletingLastPathComponent
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        let temporary = credentialPath + ".new"
-        guard FileManager.default.createFile(atPath: temporary, contents: Data((credential + "\n").utf8), attributes: [.posixPermissions: 0o600])
-        else { throw POSIXError(.EACCES) }
-        guard rename(temporary, credentialPath) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+        try PrivateFile.write(Array((credential + "\n").utf8), to: credentialPath)
     }
 }
 

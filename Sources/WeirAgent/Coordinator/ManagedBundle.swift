@@ -1,4 +1,5 @@
 import Foundation
+import WeirCore
 import WeirCoordinatorProtocol
 
 /// The coordinator's bundle on disk, under `state_dir/coordinator`:
@@ -33,7 +34,8 @@ struct ManagedBundle: Sendable {
             try fileManager.createDirectory(atPath: staging, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
             for file in bundle.files {
                 let path = (staging as NSString).appendingPathComponent(file.name)
-                try Data(file.content.utf8).write(to: URL(fileURLWithPath: path))
+                // Documents may carry passwords (AEAD keys, proxy users): only the agent's user reads them.
+                try PrivateFile.write(Array(file.content.utf8), to: path)
             }
             try fileManager.moveItem(atPath: staging, toPath: target)
         }

@@ -7,7 +7,12 @@ struct CoordinatorStore: Sendable {
     let database: CoordinatorDatabase
     private var sql: any SQLDatabase { database.sql }
 
-    init(database: CoordinatorDatabase) { self.database = database }
+    let secrets: SecretBox
+
+    init(database: CoordinatorDatabase, secrets: SecretBox) {
+        self.database = database
+        self.secrets = secrets
+    }
 
     private static func now() -> Double { Date().timeIntervalSince1970 }
 
@@ -276,17 +281,43 @@ struct CoordinatorStore: Sendable {
 
     // MARK: - Relays
 
-    /// False when a relay of that name exists.
+    /// False when a relay of that name exists. The key is stored sealed.
     func createRelay(_ relay: Relay) async throws -> Bool {
         guard try await sql.raw("SELECT name FROM relays WHERE name = \(bind: relay.name)").first() == nil else { return false }
         try await sql.raw("""
-            INSERT INTO relays (name, spec, created_at) VALUES (\(bind: relay.name), \(bind: try JSONText.encode(relay)), \(bind: relay.createdAt))
+            INSERT INTO relays (name, spec, created_at) VALUES (\(bind: relay.name), \(bind: try sealedSpec(relay)), \(bind: relay.createdAt))
             """).run()
         return true
     }
 
     func relays() async throws -> [Relay] {
-        try await sql.raw("SELECT spec FROM relays ORDER BY name").all().map { try JSONText.decode(Relay.self, try $0.decode(column: "spec", as: String.self)) }
+        try await sql.raw("SELECT spec FROM relays ORDER BY name").all().map { row in
+            var relay = try JSONText.decode(Relay.self, try row.decode(column: "spec", as: String.self))
+            relay.key = try secrets.open(relay.key, for: "relay/\(relay.name)")
+            return relay
+        }
+    }
+
+    /// Seals keys stored in the clear (by a version before sealing), and proves every sealed one opens with
+    /// this instance's key: a coordinator with the wrong key file refuses to start instead of failing later.
+    func sealStoredSecrets() async throws -> Int {
+        var sealed = 0
+        for row in try await sql.raw("SELECT spec FROM relays").all() {
+            let relay = try JSONText.decode(Relay.self, try row.decode(column: "spec", as: String.self))
+            guard !SecretBox.isSealed(relay.key) else {
+                _ = try secrets.open(relay.key, for: "relay/\(relay.name)")
+                continue
+            }
+            try await sql.raw("UPDATE relays SET spec = \(bind: try sealedSpec(relay)) WHERE name = \(bind: relay.name)").run()
+            sealed += 1
+        }
+        return sealed
+    }
+
+    private func sealedSpec(_ relay: Relay) throws -> String {
+        var stored = relay
+        stored.key = try secrets.seal(relay.key, for: "relay/\(relay.name)")
+        return try JSONText.encode(stored)
     }
 
     func deleteRelay(name: String) async throws -> Bool {

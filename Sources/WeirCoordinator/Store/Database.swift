@@ -4,6 +4,10 @@ import NIOPosix
 import PostgresKit
 import SQLKit
 import SQLiteKit
+import WeirCore
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The coordinator's database: one SQLite file, or a PostgreSQL shared by several instances. Every query
 /// goes through SQLKit, so the store's SQL is written once for both.
@@ -21,6 +25,11 @@ final class CoordinatorDatabase: Sendable {
     static func open(_ database: CoordinatorConfig.Database, group: any EventLoopGroup, logger: Logger) async throws -> CoordinatorDatabase {
         switch database {
         case .sqlite(let path):
+            // The database holds credential hashes and relay keys: 0600 before SQLite creates it, which gives
+            // its -wal and -shm files the same mode; files left 0644 by older versions are corrected.
+            let fd = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+            if fd >= 0 { Glibc.close(fd) }
+            for file in [path, path + "-wal", path + "-shm"] { PrivateFile.restrict(file) }
             // One connection: SQLite takes one writer at a time anyway, and one connection never sees "busy".
             let connection = try await SQLiteConnection.open(storage: .file(path: path), threadPool: .singleton, logger: logger, on: group.next())
             let sql = connection.sql(queryLogLevel: .trace)
