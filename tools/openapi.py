@@ -22,7 +22,7 @@ strmap = {"type": "object", "additionalProperties": {"type": "string"}}
 doc = {
  "openapi": "3.1.0",
  "info": {"title": "Weir coordinator API", "version": "1",
-          "description": "Agents, enrollment tokens, API tokens, pipeline documents and their assignments, named lists, relays. Every operation except this document needs `Authorization: Bearer <API token>`; tokens with role viewer may only GET."},
+          "description": "Agents, enrollment tokens, API tokens, pipeline documents and their assignments, named lists, relays. Every operation except this document needs `Authorization: Bearer <API token>`; tokens with role viewer may only GET and see secret option values in documents as `<redacted>`; role operator may change everything but API and enrollment tokens."},
  "servers": [{"url": "/"}],
  "security": [{"bearer": []}],
  "paths": {
@@ -82,9 +82,9 @@ doc = {
    "EnrollmentToken": {"type": "object", "properties": {"id": {"type": "string"}, "labels": strmap, "expires_at": {"type": ["number", "null"]}, "uses_left": {"type": ["integer", "null"]}, "created_at": {"type": "number"}}},
    "EnrollmentTokenCreated": {"allOf": [ref("EnrollmentToken"), {"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}}]},
    "EnrollmentTokenRequest": {"type": "object", "properties": {"labels": strmap, "ttl": {"type": "string", "example": "24h"}, "uses": {"type": "integer", "minimum": 1}}},
-   "APIToken": {"type": "object", "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "role": {"type": "string", "enum": ["admin", "viewer"]}, "created_at": {"type": "number"}}},
+   "APIToken": {"type": "object", "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "role": {"type": "string", "enum": ["admin", "operator", "viewer"]}, "created_at": {"type": "number"}}},
    "APITokenCreated": {"allOf": [ref("APIToken"), {"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}}]},
-   "APITokenRequest": {"type": "object", "required": ["name", "role"], "properties": {"name": {"type": "string"}, "role": {"type": "string", "enum": ["admin", "viewer"]}}},
+   "APITokenRequest": {"type": "object", "required": ["name", "role"], "properties": {"name": {"type": "string"}, "role": {"type": "string", "enum": ["admin", "operator", "viewer"]}}},
    "PipelineDocument": {"type": "object", "properties": {"name": {"type": "string"}, "document": {"type": "string"}, "updated_at": {"type": "number"}}},
    "Assignment": {"type": "object", "properties": {"id": {"type": "string"}, "pipeline": {"type": "string"}, "agent": {"type": ["string", "null"]}, "selector": {"type": ["string", "null"], "example": "role=edge,site=fra"}, "created_at": {"type": "number"}}},
    "ListEntry": {"oneOf": [{"type": "string", "example": "9.9.9.0/24"}, {"type": "object", "properties": {"address": {"type": "string"}, "domain": {"type": "string"}, "protected": {"type": "boolean"}, "allow_private": {"type": "boolean"}}}]},

@@ -228,16 +228,16 @@ struct CtlTokens: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "tokens", abstract: "List, create or delete API tokens.")
 
     @OptionGroup var options: CtlOptions
-    @Argument(help: "list | create NAME --role admin|viewer | delete ID") var action: String = "list"
+    @Argument(help: "list | create NAME --role admin|operator|viewer | delete ID") var action: String = "list"
     @Argument var arguments: [String] = []
-    @Option(help: "admin or viewer.") var role: String = "viewer"
+    @Option(help: "admin, operator (all but tokens) or viewer (read only, secrets redacted).") var role: String = "viewer"
 
     func run() async throws {
         switch (action, arguments.first) {
         case ("list", _): try await options.request(.GET, "/api/v1/tokens")
         case ("delete", let id?): try await options.request(.DELETE, "/api/v1/tokens/\(pathComponent(id))")
         case ("create", let name?): try await options.request(.POST, "/api/v1/tokens", body: try jsonText(["name": name, "role": role]))
-        default: throw ValidationError("usage: weir ctl tokens list | create NAME --role admin|viewer | delete ID")
+        default: throw ValidationError("usage: weir ctl tokens list | create NAME --role admin|operator|viewer | delete ID")
         }
     }
 }

@@ -137,7 +137,7 @@ struct Stages: ParsableCommand {
         print("\(stage.type): \(stage.summary)\n\nOptions:")
         for option in stage.options {
             let defaultText = option.defaultValue.map { " (default: \($0))" } ?? ""
-            print("  \(option.name) <\(option.type)>\(defaultText)\n      \(option.summary)")
+            print("  \(option.name) <\(option.type)>\(defaultText)\(option.secret ? " [secret: redacted for API viewers]" : "")\n      \(option.summary)")
         }
         print("\nSample:\n\(stage.sample)")
     }

@@ -485,4 +485,54 @@ struct CoordinatorTests {
         #expect((try named.agent("agent-ip2")) == nil)
         #expect(try refused.metric("weir_coordinator_connected") == 0)
     }
+
+    @Test("roles: viewers see secret option values as <redacted> (API and weir ctl), operators and admins see them; operators cannot manage tokens")
+    func secretsByRole() throws {
+        let pki = try TestPKI()
+        let coordinator = try CoordinatorProcess(pki: pki)
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let document = """
+            pipelines:
+              socks:   # users for the office
+                stages:
+                  - type: listen.socks5
+                    address: 127.0.0.1:\(freePort())
+                    users: {alice: alice-password-1}
+                  - type: transform.aead
+                    side: client
+                    cipher: chacha20-ietf-poly1305
+                    password: the-aead-password
+                  - type: connect.tcp
+                    addresses: [127.0.0.1:9]
+
+            """
+        try coordinator.admin("PUT", "/api/v1/pipelines/office", yaml: document)
+        func token(_ role: String) throws -> String {
+            try #require((coordinator.admin("POST", "/api/v1/tokens", json: ["name": role, "role": role]) as? [String: Any])?["token"] as? String)
+        }
+        let viewer = try token("viewer"), operatorToken = try token("operator")
+        for path in ["/api/v1/pipelines/office", "/api/v1/pipelines"] {
+            let (status, body) = try coordinator.request("GET", path, token: viewer)
+            #expect(status == 200 && body.contains("<redacted>") && body.contains("# users for the office"), "\(body)")
+            #expect(!body.contains("alice-password-1") && !body.contains("the-aead-password") && body.contains("alice"), "\(body)")
+            for privileged in [operatorToken, coordinator.adminToken] {
+                let (_, full) = try coordinator.request("GET", path, token: privileged)
+                #expect(full.contains("alice-password-1") && full.contains("the-aead-password"), "\(full)")
+            }
+        }
+        // weir ctl reads through the same API: a viewer's token shows the redacted document.
+        let viewerFile = coordinator.directory.appendingPathComponent("viewer.token").path
+        try viewer.write(toFile: viewerFile, atomically: true, encoding: .utf8)
+        let shown = try runWeir(["ctl", "pipelines", "--url", coordinator.url, "--ca", pki.caPath, "--token-file", viewerFile, "show", "office"])
+        #expect(shown.status == 0 && shown.output.contains("<redacted>") && !shown.output.contains("the-aead-password"), "\(shown.output)")
+
+        // Operators change the fleet's configuration, not tokens.
+        #expect(try coordinator.request("PUT", "/api/v1/pipelines/office2", body: document.replacingOccurrences(of: "socks:", with: "socks2:"),
+                                        contentType: "application/yaml", token: operatorToken).0 == 201)
+        let (tokenStatus, tokenBody) = try coordinator.request("POST", "/api/v1/tokens", body: #"{"name":"x","role":"admin"}"#, token: operatorToken)
+        #expect(tokenStatus == 403 && tokenBody.contains("role operator, which cannot manage tokens"), "\(tokenBody)")
+        #expect(try coordinator.request("POST", "/api/v1/enrollment-tokens", body: "{}", token: operatorToken).0 == 403)
+        #expect(try coordinator.request("GET", "/api/v1/tokens", token: operatorToken).0 == 200)
+    }
 }

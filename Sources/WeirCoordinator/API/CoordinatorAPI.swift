@@ -98,11 +98,11 @@ struct CoordinatorAPI: Sendable {
             return Response(status: .noContent)
         }
 
-        api.get("pipelines") { _, _ in JSONResponse.make(try await store.pipelines()) }
+        api.get("pipelines") { _, _ in JSONResponse.make(try await store.pipelines().map(shown)) }
         api.get("pipelines/{name}") { _, context in
             let name = try context.parameters.require("name")
             guard let document = try await store.pipeline(name: name) else { throw APIError.notFound("pipeline document \"\(name)\"") }
-            return JSONResponse.make(document)
+            return JSONResponse.make(shown(document))
         }
         api.put("pipelines/{name}") { request, context in
             let name = try context.parameters.require("name")
@@ -271,6 +271,14 @@ struct CoordinatorAPI: Sendable {
         try validate(list: NamedList(name: name, entries: entries, updatedAt: 0))
         try await store.putList(name: name, entries: entries)
         await changed()
+    }
+
+    /// A document as the caller may see it: secret option values redacted below operator.
+    private func shown(_ document: PipelineDocument) -> PipelineDocument {
+        guard APIRole.current?.readsSecrets != true else { return document }
+        var redacted = document
+        redacted.document = SecretRedaction(registry: registry).redact(document.document)
+        return redacted
     }
 
     /// The whole body, or 413 when it is larger than `max_request_body` (said by Content-Length or found while reading).

@@ -6,8 +6,16 @@ import WeirCoordinatorProtocol
 public enum APIRole: String, Codable, Sendable, CaseIterable {
     /// Reads and writes everything.
     case admin
-    /// Reads everything except secrets.
+    /// Reads everything and changes the fleet's configuration (documents, lists, assignments, relays,
+    /// agents); does not manage API or enrollment tokens.
+    case `operator`
+    /// Reads everything except secrets: secret option values in documents are `<redacted>`.
     case viewer
+
+    var readsSecrets: Bool { self != .viewer }
+
+    /// The role of the API token behind the request being served.
+    @TaskLocal static var current: APIRole?
 }
 
 struct APITokenRecord: Codable, Sendable {

@@ -23,11 +23,15 @@ public struct OptionDoc: Sendable {
     public let type: String
     public let defaultValue: String?
     public let summary: String
+    /// The value is a secret (a password, the passwords of a users map, auth headers): shown as `<redacted>`
+    /// to API readers below operator.
+    public let secret: Bool
 
-    public init(_ name: String, _ type: String, default defaultValue: String? = nil, _ summary: String) {
+    public init(_ name: String, _ type: String, default defaultValue: String? = nil, secret: Bool = false, _ summary: String) {
         self.name = name
         self.type = type
         self.defaultValue = defaultValue
+        self.secret = secret
         self.summary = summary
     }
 }

@@ -11,7 +11,7 @@ public struct ListenHTTPConfig: ListenerConfig {
     public static let providesDestination = true
     public static let options: [OptionDoc] = [
         OptionDoc("address", "ip:port", "Address to listen on, e.g. 127.0.0.1:3128 (required)."),
-        OptionDoc("users", "{name: password}", default: "no authentication", "Require Proxy-Authorization: Basic with one of these users (answered 407 otherwise)."),
+        OptionDoc("users", "{name: password}", default: "no authentication", secret: true, "Require Proxy-Authorization: Basic with one of these users (answered 407 otherwise)."),
     ] + ProxyListenerOptions.docs
     public static var sample: String { String(decoding: PackageResources.listen_http_sample_yaml, as: UTF8.self) }
 

@@ -11,7 +11,7 @@ public struct ListenSOCKS5Config: ListenerConfig {
     public static let providesDestination = true
     public static let options: [OptionDoc] = [
         OptionDoc("address", "ip:port", "Address to listen on, e.g. 127.0.0.1:1080 (required)."),
-        OptionDoc("users", "{name: password}", default: "no authentication", "Require RFC 1929 username/password authentication."),
+        OptionDoc("users", "{name: password}", default: "no authentication", secret: true, "Require RFC 1929 username/password authentication."),
     ] + ProxyListenerOptions.docs
     public static var sample: String { String(decoding: PackageResources.listen_socks5_sample_yaml, as: UTF8.self) }
 

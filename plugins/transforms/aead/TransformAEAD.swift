@@ -14,7 +14,7 @@ public struct TransformAEADConfig: StageConfig {
     public static let role = StageRole.filter([.stream])
     public static let options = [
         OptionDoc("side", "client|server", "server: decrypt what clients send (an exit, ss-server's role); client: encrypt towards the target (an entry, ss-local's role) (required)."),
-        OptionDoc("password", "string", "The pre-shared password both ends know (required)."),
+        OptionDoc("password", "string", secret: true, "The pre-shared password both ends know (required)."),
         OptionDoc("cipher", "chacha20-ietf-poly1305|aes-256-gcm|aes-128-gcm", default: "chacha20-ietf-poly1305", "AEAD cipher; both ends must agree."),
         OptionDoc("target", "host:port", default: "the client's destination", "side: client — the address sent to the server when the listener's clients name none."),
         OptionDoc("handshake_timeout", "duration", default: "10s", "side: server — close a connection whose client has not sent the whole address header this long after connecting."),

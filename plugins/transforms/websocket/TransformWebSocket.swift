@@ -16,7 +16,7 @@ public struct TransformWebSocketConfig: StageConfig {
         OptionDoc("side", "client|server", "server: accept WebSocket upgrades from clients; client: upgrade towards the target (required)."),
         OptionDoc("path", "string", default: "/", "Request path; the server answers 404 to others (a query string is ignored)."),
         OptionDoc("host", "string", "side: client — the Host header, which reverse proxies route by (required on the client)."),
-        OptionDoc("headers", "map", default: "none", "side: client — extra request headers (User-Agent, a proxy's auth token)."),
+        OptionDoc("headers", "map", default: "none", secret: true, "side: client — extra request headers (User-Agent, a proxy's auth token)."),
         OptionDoc("max_frame", "bytes", default: "1048576", "Largest frame accepted from the peer; a larger one closes the connection."),
         OptionDoc("handshake_timeout", "duration", default: "10s", "side: server — close a connection whose client has not completed its upgrade request this long after connecting."),
     ]
