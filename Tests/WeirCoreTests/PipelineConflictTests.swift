@@ -149,3 +149,81 @@ import WeirStages
         ])
     }
 }
+
+/// Kernel objects one stage holds alone: `weir validate` reports a second claim with both locations, in
+/// whatever files the two pipelines are.
+@Suite struct ExclusiveClaimTests {
+    static func shaper(_ id: String, interface: String, direction: String = "egress") -> String {
+        """
+        pipelines:
+          \(id):
+            stages:
+              - type: shape.tc
+                interface: \(interface)
+                direction: \(direction)
+                rate: 10mbit
+
+        """
+    }
+
+    static func allowlist(_ id: String, interfaces: String, entry: String) -> String {
+        """
+        pipelines:
+          \(id):
+            stages:
+              - type: enforce.nftables
+                allow_destinations:
+                  interfaces: [\(interfaces)]
+                  entries: [\(entry)]
+
+        """
+    }
+
+    @Test("two whole-interface shape.tc stages on one interface and side: the second is refused, naming the first")
+    func twoShapersOnOneInterface() throws {
+        try ConfigFolder.with { folder in
+            try folder.write("weir.yaml", "pipelines: {}\n")
+            let a = try folder.write("pipelines.d/a.yaml", Self.shaper("shape-a", interface: "eth0", direction: "both"))
+            let b = try folder.write("pipelines.d/b.yaml", Self.shaper("shape-b", interface: "eth0"))
+            try folder.write("pipelines.d/c.yaml", Self.shaper("shape-c", interface: "eth1") + Self.shaper("shape-d", interface: "eth0", direction: "ingress")
+                .replacingOccurrences(of: "pipelines:\n", with: ""))
+            let errors = loadErrors(folder.mainFile).map(\.description)
+            #expect(errors.count == 2, "\(errors)")
+            #expect(errors.contains(
+                "\(b):4:9: pipelines.shape-b.stages[0] (shape.tc): shaping all traffic on eth0 egress is already taken by pipeline \"shape-a\" (stages[0] at \(a):4:9): one shape.tc stage per interface, direction and scope (use classes: for several rates)"),
+                "\(errors)")
+            #expect(errors.contains { $0.contains("pipelines.shape-d.stages[0] (shape.tc): shaping all traffic on eth0 ingress is already taken by pipeline \"shape-a\"") },
+                "\(errors)")
+        }
+    }
+
+    @Test("two egress allowlists on one interface are refused (each would drop the other's destinations); other interfaces are fine")
+    func twoAllowlistsOnOneInterface() throws {
+        try ConfigFolder.with { folder in
+            try folder.write("weir.yaml", "pipelines: {}\n")
+            let a = try folder.write("pipelines.d/a.yaml", Self.allowlist("allow-a", interfaces: "eth0, eth1", entry: "9.9.9.9"))
+            let b = try folder.write("pipelines.d/b.yaml", Self.allowlist("allow-b", interfaces: "eth1", entry: "1.1.1.1"))
+            try folder.write("pipelines.d/c.yaml", Self.allowlist("allow-c", interfaces: "eth2", entry: "1.1.1.1"))
+            let errors = loadErrors(folder.mainFile).map(\.description)
+            #expect(errors == [
+                "\(b):4:9: pipelines.allow-b.stages[0] (enforce.nftables): the egress allowlist of eth1 is already taken by pipeline \"allow-a\" (stages[0] at \(a):4:9): two allowlists on one interface drop each other's destinations; list them in one stage, or in a named list both pipelines' entries come from"
+            ], "\(errors)")
+        }
+    }
+
+    @Test("a reload that reuses an unchanged pipeline still checks its claims against a changed one")
+    func claimsCheckedForReusedPipelines() throws {
+        try ConfigFolder.with { folder in
+            try folder.write("weir.yaml", "pipelines: {}\n")
+            try folder.write("pipelines.d/a.yaml", Self.shaper("shape-a", interface: "eth0"))
+            try folder.write("pipelines.d/b.yaml", Self.shaper("shape-b", interface: "eth1"))
+            // One loader: the second and third loads reuse a.yaml's validated pipeline.
+            let loader = ConfigLoader(registry: BuiltinStages.registry)
+            _ = try loader.load(path: folder.mainFile)
+            try folder.write("pipelines.d/b.yaml", Self.shaper("shape-b", interface: "eth0"))
+            #expect(throws: ConfigErrors.self) { _ = try loader.load(path: folder.mainFile) }
+            try folder.write("pipelines.d/b.yaml", Self.shaper("shape-b", interface: "eth1"))
+            #expect(try loader.load(path: folder.mainFile).pipelines.count == 2)
+        }
+    }
+}

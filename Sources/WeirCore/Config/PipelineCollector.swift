@@ -11,6 +11,8 @@ struct PipelineCollector {
     /// Listeners seen so far, by port: only binds on one port can overlap, so checking a pipeline costs what
     /// that port holds, not every pipeline before it (a reload of 1,500 pipelines checks each once).
     private var listeners: [Int: [(pipeline: String, transport: Transport, address: BindAddress)]] = [:]
+    /// Exclusive claims made so far (`StageConfig.exclusiveClaims`), with who made them.
+    private var claims: [String: (pipeline: String, stage: Int, location: SourceLocation?)] = [:]
 
     init(registry: StageRegistry, sink: DiagnosticSink, previous: PreviousLoad.Generation? = nil) {
         self.registry = registry
@@ -34,7 +36,7 @@ struct PipelineCollector {
             }
             if let reused = previous?.pipeline(id: id, location: keyLocation, value) {
                 // Valid on its own last time; what spans pipelines is checked again.
-                let conflict = checkListenerConflict(pipeline: id, stages: reused.stages) { index in
+                let conflict = checkAcrossPipelines(pipeline: id, stages: reused.stages) { index in
                     value.mapping?.optional("stages")?.sequence?[index] ?? value
                 }
                 if !conflict { pipelines[id] = reused }
@@ -63,7 +65,7 @@ struct PipelineCollector {
         }
         guard sink.diagnostics.count == errorsBefore, let stagesValue else { return nil }
         checkShape(stages, items: items, stagesValue: stagesValue)
-        checkListenerConflict(pipeline: id, stages: stages) { items[$0] }
+        checkAcrossPipelines(pipeline: id, stages: stages) { items[$0] }
         guard sink.diagnostics.count == errorsBefore else { return nil }
         return PipelineSpec(id: id, location: location, stages: stages)
     }
@@ -148,21 +150,42 @@ struct PipelineCollector {
         }
     }
 
-    /// Reports (at the listener's item, `item(index)`) a listener that overlaps one read before; true if so.
+    /// Reports (at the stage's item, `item(index)`) a listener that overlaps one read before and a claim
+    /// another pipeline made; true if there was either. Runs for reused pipelines too: what spans
+    /// pipelines can change while a pipeline's own YAML does not.
     @discardableResult
-    private mutating func checkListenerConflict(pipeline: String, stages: [StageSpec], item: (Int) -> ConfigValue) -> Bool {
-        guard let stage = stages.first(where: { $0.config is any ListenerConfig }),
-            let config = stage.config as? any ListenerConfig, case .listener(let transport) = stage.role
-        else { return false }
-        let address = config.bindAddress
-        for taken in listeners[address.port] ?? [] where taken.transport == transport && Self.overlaps(taken.address, address) {
+    private mutating func checkAcrossPipelines(pipeline: String, stages: [StageSpec], item: (Int) -> ConfigValue) -> Bool {
+        func error(_ stage: StageSpec, _ message: String) {
             let item = item(stage.index)
-            ConfigValue(node: item.node, file: item.file, path: item.path.enteringStage(type: stage.type), sink: sink)
-                .error("address \(address) overlaps \(taken.address) of pipeline \"\(taken.pipeline)\"")
-            return true
+            ConfigValue(node: item.node, file: item.file, path: item.path.enteringStage(type: stage.type), sink: sink).error(message)
         }
-        listeners[address.port, default: []].append((pipeline, transport, address))
-        return false
+        var conflict = false
+        let listenerStage = stages.first { $0.config is any ListenerConfig }
+        let listener = listenerStage?.config as? any ListenerConfig
+        if let stage = listenerStage, let listener, case .listener(let transport) = stage.role {
+            let address = listener.bindAddress
+            if let taken = (listeners[address.port] ?? []).first(where: { $0.transport == transport && Self.overlaps($0.address, address) }) {
+                error(stage, "address \(address) overlaps \(taken.address) of pipeline \"\(taken.pipeline)\"")
+                conflict = true
+            } else {
+                listeners[address.port, default: []].append((pipeline, transport, address))
+            }
+        }
+        var made: [(String, (pipeline: String, stage: Int, location: SourceLocation?))] = []
+        for stage in stages {
+            for claim in stage.config.exclusiveClaims(listener: listener) {
+                if let first = claims[claim.key] {
+                    let place = first.location.map { " at \($0)" } ?? ""
+                    error(stage, "\(claim.description) is already taken by pipeline \"\(first.pipeline)\" (stages[\(first.stage)]\(place)): \(claim.reason)")
+                    conflict = true
+                } else {
+                    made.append((claim.key, (pipeline, stage.index, stage.location)))
+                }
+            }
+        }
+        // A pipeline that is refused holds nothing, so the next one is judged against what will run.
+        if !conflict { for (key, holder) in made { claims[key] = holder } }
+        return conflict
     }
 
     /// Two binds collide on the same port when the hosts are equal, either is `::` (dual-stack), or one is

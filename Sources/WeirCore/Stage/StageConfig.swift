@@ -79,6 +79,12 @@ public protocol StageConfig: Sendable {
     /// such a stage's decoded configuration while its YAML is unchanged (`PreviousLoad`).
     var contentFingerprint: String { get }
 
+    /// What the stage holds alone among all of an agent's pipelines (an interface's shaping for one scope, an
+    /// interface's egress allowlist). Validation refuses a second stage with a claim already made, naming
+    /// where the first is, so `weir validate` catches what would fail at start or silently block traffic.
+    /// `listener` is the pipeline's listener, if any.
+    func exclusiveClaims(listener: (any ListenerConfig)?) -> [StageClaim]
+
     /// Builds the runnable stage. Must not acquire anything (sockets, files, kernel objects): that happens
     /// when the pipeline runs, so validation and rollback never leave traces.
     func makeStage(_ context: StageContext) -> any Stage
@@ -90,7 +96,23 @@ extension StageConfig {
     public var namesDestination: Bool { false }
     public var needsDestination: Bool { false }
     public var contentFingerprint: String { "" }
+    public func exclusiveClaims(listener: (any ListenerConfig)?) -> [StageClaim] { [] }
     public static func sweep(keeping pipelines: Set<String>, environment: StageEnvironment) async {}
+}
+
+/// Something a stage holds alone; two stages with one `key` conflict.
+public struct StageClaim: Sendable, Hashable {
+    public let key: String
+    /// What is claimed, for the error: "the egress allowlist of eth0".
+    public let description: String
+    /// Why two cannot share it.
+    public let reason: String
+
+    public init(key: String, description: String, reason: String) {
+        self.key = key
+        self.description = description
+        self.reason = reason
+    }
 }
 
 /// A listener's configuration exposes its address so validation can catch two pipelines on one port.

@@ -186,6 +186,16 @@ public struct EnforceNftablesConfig: StageConfig {
         return nil
     }
 
+    /// Each allowlist drops what it does not list on its interfaces, so two on one interface drop each
+    /// other's destinations: everything is blocked.
+    public func exclusiveClaims(listener: (any ListenerConfig)?) -> [StageClaim] {
+        (destinations?.interfaces ?? []).map { interface in
+            StageClaim(
+                key: "enforce.nftables allow_destinations \(interface)", description: "the egress allowlist of \(interface)",
+                reason: "two allowlists on one interface drop each other's destinations; list them in one stage, or in a named list both pipelines' entries come from")
+        }
+    }
+
     public func makeStage(_ context: StageContext) -> any Stage { EnforceNftables(config: self, context: context) }
 
     public static func sweep(keeping pipelines: Set<String>, environment: StageEnvironment) async {

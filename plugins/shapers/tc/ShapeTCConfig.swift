@@ -261,6 +261,19 @@ public struct ShapeTCConfig: StageConfig, Hashable {
         return nil
     }
 
+    /// One stage shapes a scope (all traffic, or its listener's port) on one side of an interface: a second
+    /// would be refused when it starts. Without `interface` the interfaces are found at run time, and the
+    /// listener's port (one pipeline per port) keeps scopes apart.
+    public func exclusiveClaims(listener: (any ListenerConfig)?) -> [StageClaim] {
+        guard let interface else { return [] }
+        let scope = listener.map { "\($0.transport == .datagram ? "udp" : "tcp") port \($0.bindAddress.port)" } ?? "all traffic"
+        return direction.sides.map { side in
+            StageClaim(
+                key: "shape.tc \(interface) \(side.rawValue) \(scope)", description: "shaping \(scope) on \(interface) \(side.rawValue)",
+                reason: "one shape.tc stage per interface, direction and scope (use classes: for several rates)")
+        }
+    }
+
     public func makeStage(_ context: StageContext) -> any Stage { ShapeTC(config: self, context: context) }
 
     /// Classes of pipelines that no longer shape (removed while the agent was stopped or left by a crash) are
