@@ -133,7 +133,9 @@ public actor Supervisor {
         for type in stageTypes {
             let keeping = owners[type.type] ?? []
             guard always || sweptFor[type.type] != keeping else { continue }
-            await type.sweep(keeping: keeping, environment: environment)
+            let problems = await type.sweep(keeping: keeping, environment: environment)
+            for problem in problems { logger.error("\(problem)") }
+            metrics.health.set("\(type.type) state", problems.isEmpty ? nil : problems.joined(separator: "; "))
             sweptFor[type.type] = keeping
         }
     }

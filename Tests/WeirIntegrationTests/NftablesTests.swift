@@ -206,6 +206,59 @@ struct NftablesTests {
         #expect(net.ruleset() == restarted, "a clean start of the same configuration")
     }
 
+    @Test("protected: true holds across restarts as across reloads: a stage removed while stopped stays in force (logged, /healthz 503) until released; unprotected leftovers and interrupted writes go")
+    func protectedEntriesAcrossRestarts() throws {
+        let net = try GatewayTopology()
+        let server = try net.background(net.upstream, GatewayTopology.Scripts.acceptAll, ["7000"])
+        defer { server.stopHelper() }
+        let protected = Self.allowlist(net, entries: ["11.0.0.2", "{ address: 11.0.0.3, protected: true }"])
+        let agent = try WeirProcess(pipelines: protected, netns: net.gateway)
+        try agent.start()
+        defer { agent.stop() }
+        #expect(net.clientReaches("11.0.0.3", port: 7000) && !net.clientReaches("11.0.0.53", port: 7000))
+        let ruleset = net.ruleset()
+        agent.signal(SIGKILL)
+        _ = agent.waitForExit(timeout: 5)
+        // What a crash during a state write leaves (ours, and Foundation's atomic-write name).
+        let stateDirectory = agent.directory.appendingPathComponent("nftables").path
+        for leftover in ["egress.json.tmp", "egress.json.tmp.Ab12Cd"] {
+            FileManager.default.createFile(atPath: "\(stateDirectory)/\(leftover)", contents: Data("{".utf8))
+        }
+
+        // Stopped, the stage removed, started: like the refused reload, the allowlist stays in force.
+        let other = "pipelines:\n\(tcpForwardEntry("other", port: freePort(), to: [freePort()]))"
+        try agent.writePipelines(other)
+        try agent.start()
+        #expect(net.ruleset() == ruleset, "the protected pipeline's objects are kept")
+        #expect(net.clientReaches("11.0.0.3", port: 7000) && !net.clientReaches("11.0.0.53", port: 7000))
+        #expect(agent.log.contains("enforce.nftables of pipeline \"egress\" was removed while the agent was stopped, but it holds protected entries (11.0.0.3)"))
+        let (health, report) = try agent.health()
+        #expect(health == 503 && report.contains("protected entries (11.0.0.3)"), "\(report)")
+        let files = try FileManager.default.contentsOfDirectory(atPath: stateDirectory).sorted()
+        #expect(files == ["egress.json"], "\(files)")
+
+        // Released the documented way: back with protected: false, reloaded, then removed.
+        try agent.writePipelines(Self.allowlist(net, entries: ["11.0.0.2", "{ address: 11.0.0.3, protected: false }"]))
+        try agent.reload()
+        #expect(try agent.health().0 == 200)
+        try agent.writePipelines(other)
+        try agent.reload()
+        #expect(try agent.metric("weir_config_reloads_total", ["result": "failure"]) ?? 0 == 0)
+        #expect(!net.ruleset().contains("egress"), "\(net.ruleset())")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: stateDirectory).isEmpty, "no state file of a removed stage")
+        #expect(net.clientReaches("11.0.0.53", port: 7000), "nothing is filtered any more")
+
+        // An unprotected stage removed while stopped leaves nothing: no objects, no state file.
+        try agent.writePipelines(Self.allowlist(net, entries: ["11.0.0.2"]))
+        try agent.reload()
+        #expect(FileManager.default.fileExists(atPath: "\(stateDirectory)/egress.json"))
+        agent.stop()
+        try agent.writePipelines(other)
+        try agent.start()
+        #expect(!net.ruleset().contains("egress") && !FileManager.default.fileExists(atPath: "\(stateDirectory)/egress.json"))
+        #expect(try agent.health().0 == 200)
+    }
+
     @Test("Access profiles, masquerade, DNS hijack, the DoH blocklist and marks, with real traffic")
     func profilesNatAndDNSHijack() throws {
         // The upstream has no route back to the clients: only masquerade makes replies find their way.

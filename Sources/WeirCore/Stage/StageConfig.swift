@@ -58,8 +58,9 @@ public protocol StageConfig: Sendable {
     /// For stage types whose kernel state is shared between pipelines (one nftables table, the routes of one
     /// protocol): called after the agent starts and after every reload that succeeded, with the pipelines whose
     /// stage of this type now runs. Whatever state of this type none of them owns — left by a crashed run, or by
-    /// a stage removed while the agent was stopped — is removed.
-    static func sweep(keeping pipelines: Set<String>, environment: StageEnvironment) async
+    /// a stage removed while the agent was stopped — is removed. Returns problems for `/healthz`, kept until
+    /// the next sweep: state left in force against the configuration, which the operator must resolve.
+    static func sweep(keeping pipelines: Set<String>, environment: StageEnvironment) async -> [String]
 
     /// Whether the stage learns where each connection goes (a SOCKS5 listener, a decrypting transform whose
     /// stream starts with an address).
@@ -97,7 +98,7 @@ extension StageConfig {
     public var needsDestination: Bool { false }
     public var contentFingerprint: String { "" }
     public func exclusiveClaims(listener: (any ListenerConfig)?) -> [StageClaim] { [] }
-    public static func sweep(keeping pipelines: Set<String>, environment: StageEnvironment) async {}
+    public static func sweep(keeping pipelines: Set<String>, environment: StageEnvironment) async -> [String] { [] }
 }
 
 /// Something a stage holds alone; two stages with one `key` conflict.

@@ -80,10 +80,11 @@ final class WeirProcess: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(15)
         while Date() < deadline {
             if !process.isRunning { throw AgentFailed(log: log) }
-            if (try? httpGet("/healthz")) != nil { return }
+            // Started once /healthz answers: 200, or 503 with the problems it already sees.
+            if let (status, _) = try? httpRequest("/healthz"), status == 200 || status == 503 { return }
             usleep(50_000)
         }
-        throw AgentFailed(log: "agent did not become healthy\n" + log)
+        throw AgentFailed(log: "agent did not answer /healthz\n" + log)
     }
 
     var pid: Int32 { process?.processIdentifier ?? 0 }

@@ -77,8 +77,9 @@ public struct CountEBPFConfig: StageConfig {
     public func makeStage(_ context: StageContext) -> any Stage { CountEBPF(config: self, context: context) }
 
     /// Pins of pipelines that no longer count (removed while the agent was stopped) are removed.
-    public static func sweep(keeping pipelines: Set<String>, environment: StageEnvironment) async {
+    public static func sweep(keeping pipelines: Set<String>, environment: StageEnvironment) async -> [String] {
         PinDirectory.sweep(root: environment.bpfPinDirectory, keeping: pipelines)
+        return []
     }
 
     /// What the pinned counters mean; a map can only be carried over to one with the same meaning.

@@ -118,6 +118,13 @@ final class EnforceNftables: ServiceStage, ScrapeCollector {
         }
     }
 
+    /// What the log and `/healthz` say about a pipeline kept in force for its protected entries.
+    static func retainedMessage(pipeline: String, entries: [String]) -> String {
+        "enforce.nftables of pipeline \"\(pipeline)\" was removed while the agent was stopped, but it holds protected entries "
+            + "(\(entries.joined(separator: ", "))): it stays in force until they are released (add the stage back with them listed "
+            + "protected: false, reload, then remove it)"
+    }
+
     /// Protected allowlist entries are released one by one (`protected: false`), never by removing the stage.
     func retirementRefusal() -> String? {
         let protected = ((config.destinations?.entries ?? []) + state.withLockedValue { $0.kept }).filter(\.protected)
@@ -331,10 +338,7 @@ struct SavedState: Codable {
 
     func write(_ path: String, logger: Logger) {
         do {
-            try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            try encoder.encode(self).write(to: URL(fileURLWithPath: path), options: .atomic)
+            try StateFiles.writeJSON(self, to: path, pretty: true)
         } catch {
             logger.error("could not save the allowlist state", metadata: ["path": "\(path)", "error": "\(error)"])
         }

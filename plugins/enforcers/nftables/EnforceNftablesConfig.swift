@@ -1,3 +1,4 @@
+import Foundation
 import WeirCore
 
 /// `enforce.nftables`: the kernel firewall of a pipeline — destination and source allowlists, access
@@ -198,8 +199,25 @@ public struct EnforceNftablesConfig: StageConfig {
 
     public func makeStage(_ context: StageContext) -> any Stage { EnforceNftables(config: self, context: context) }
 
-    public static func sweep(keeping pipelines: Set<String>, environment: StageEnvironment) async {
-        NftablesTable.shared.sweep(keeping: pipelines)
+    /// A pipeline whose stage was removed while the agent was stopped keeps its objects when it holds protected
+    /// entries, as a reload that removes it is refused: protected entries stay in force until released
+    /// (listed with `protected: false` and reloaded). Other leftovers go, state files included.
+    public static func sweep(keeping pipelines: Set<String>, environment: StageEnvironment) async -> [String] {
+        let directory = environment.stateDirectory + "/nftables"
+        StateFiles.removeInterruptedWrites(in: directory)
+        var retained: [String: [String]] = [:]
+        for name in StateFiles.names(in: directory) where !pipelines.contains(name) {
+            let protected = SavedState.load("\(directory)/\(name).json").protected.map(\.entry)
+            if protected.isEmpty {
+                try? FileManager.default.removeItem(atPath: "\(directory)/\(name).json")
+            } else {
+                retained[name] = protected
+            }
+        }
+        NftablesTable.shared.sweep(keeping: pipelines.union(retained.keys))
+        return retained.sorted { $0.key < $1.key }.map { name, entries in
+            EnforceNftables.retainedMessage(pipeline: name, entries: entries)
+        }
     }
 
     // MARK: - Pieces

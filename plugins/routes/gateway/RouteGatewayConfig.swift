@@ -49,8 +49,9 @@ public struct RouteGatewayConfig: StageConfig {
 
     public func makeStage(_ context: StageContext) -> any Stage { RouteGateway(config: self, pipeline: context.pipeline) }
 
-    public static func sweep(keeping pipelines: Set<String>, environment: StageEnvironment) async {
+    public static func sweep(keeping pipelines: Set<String>, environment: StageEnvironment) async -> [String] {
         if pipelines.isEmpty { RouteGateway.removeAll() }
+        return []
     }
 
     /// The routes the stage wants: every public range of each configured family, via its gateway.

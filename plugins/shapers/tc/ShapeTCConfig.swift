@@ -278,8 +278,9 @@ public struct ShapeTCConfig: StageConfig, Hashable {
 
     /// Classes of pipelines that no longer shape (removed while the agent was stopped or left by a crash) are
     /// removed; an interface nobody shapes any more gets its qdiscs back as they were.
-    public static func sweep(keeping pipelines: Set<String>, environment: StageEnvironment) async {
+    public static func sweep(keeping pipelines: Set<String>, environment: StageEnvironment) async -> [String] {
         ShapingDevices.shared.sweep(keeping: pipelines, stateDirectory: environment.stateDirectory)
+        return []
     }
 }
 

@@ -166,6 +166,7 @@ final class ShapingDevices: @unchecked Sendable {
         lock.withLock {
             self.stateDirectory = stateDirectory
             let directory = "\(stateDirectory)/tc"
+            StateFiles.removeInterruptedWrites(in: directory)
             let files = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
             for file in files where file.hasSuffix(".json") {
                 let name = String(file.dropLast(5))
@@ -438,11 +439,7 @@ final class ShapingDevices: @unchecked Sendable {
     }
 
     private func saveRecord(_ name: String, _ record: DeviceRecord) throws {
-        let path = stateFile(name)
-        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        try encoder.encode(record).write(to: URL(fileURLWithPath: path), options: .atomic)
+        try StateFiles.writeJSON(record, to: stateFile(name))
     }
 
     // MARK: - On-demand classes
