@@ -138,9 +138,13 @@ struct CountEBPFTests {
 
         // Pins of a pipeline removed while the agent was down are swept at the next start.
         try FileManager.default.createDirectory(atPath: "\(net.pinRoot)/gone/count-v1-remote_ip-32-128-1024", withIntermediateDirectories: true)
+        // And so is what a kill -9 between carrying counters over and removing the old map leaves beside a kept
+        // pipeline's pins.
+        try FileManager.default.createDirectory(atPath: "\(net.pinRoot)/veth/count-v1-remote_ip-32-128-2048", withIntermediateDirectories: true)
         agent = try Self.startAgent(net, pipelines: Self.countPipeline(net))
         defer { agent.stop() }
         #expect(!FileManager.default.fileExists(atPath: "\(net.pinRoot)/gone"))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: "\(net.pinRoot)/veth") == ["count-v1-remote_ip-32-128-65536"])
         #expect(try Self.counts(agent, net, ip: net.peerIPv4) == first, "a restarted agent continues from the pinned counters")
         try net.python(net.agent, TrafficScripts.udpPingPong, ["4", net.peerIPv4, "7003", "60", "100"])
         let second = try Self.counts(agent, net, ip: net.peerIPv4)
@@ -162,6 +166,7 @@ struct CountEBPFTests {
         try agent.reload()
         #expect(try eventually { try Self.loadedPrograms().isEmpty }, "programs unloaded")
         #expect(!FileManager.default.fileExists(atPath: "\(net.pinRoot)/veth"), "pins removed")
+        #expect(!FileManager.default.fileExists(atPath: net.pinRoot), "the pin directory too, once no count.ebpf stage is left")
         #expect(try agent.metric("weir_ebpf_map_entries", ["pipeline": "veth"]) == nil, "series gone")
     }
 

@@ -66,25 +66,32 @@ struct PinDirectory: Sendable {
         try CountStats.setInserts(max(stats.inserts, UInt64(snapshot.count)), fd: statsFD)
     }
 
-    /// Unpins the maps and removes the directory, and the pipeline's directory once empty.
+    /// Unpins the maps and removes the directory, then the pipeline's directory and `bpf_pin_dir` once empty
+    /// (the last stage removed leaves nothing; `create` makes them again).
     static func remove(_ directory: String) {
         let files = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
         for file in files { unlink(directory + "/" + file) }
         rmdir(directory)
-        rmdir(URL(fileURLWithPath: directory).deletingLastPathComponent().path)  // fails unless empty
+        let pipelineDirectory = URL(fileURLWithPath: directory).deletingLastPathComponent()
+        if rmdir(pipelineDirectory.path) == 0 { rmdir(pipelineDirectory.deletingLastPathComponent().path) }  // each fails unless empty
     }
 
-    /// Removes the count directories of pipelines not in `keeping` (and nothing that is not Weir's: only
-    /// `<pipeline>/count-*` directories are touched). Never mounts anything.
+    /// Removes every count directory no running stage uses — of pipelines not in `keeping`, and of kept ones
+    /// (a kill -9 between carrying counters over and removing the old directory leaves one) — then pipeline
+    /// directories and the root once empty. Touches nothing that is not Weir's (only `<pipeline>/count-*`
+    /// directories, and empty directories) and never mounts anything. Runs after the stages started, so what
+    /// they use is registered.
     static func sweep(root: String, keeping: Set<String>) {
         guard let pipelines = try? FileManager.default.contentsOfDirectory(atPath: root) else { return }
-        for pipeline in pipelines where !keeping.contains(pipeline) {
+        for pipeline in pipelines {
             let directory = root + "/" + pipeline
             let entries = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
             for entry in entries where entry.hasPrefix("count-") && !PinUsers.shared.isUsed(directory + "/" + entry) {
                 remove(directory + "/" + entry)
             }
+            if !keeping.contains(pipeline) { rmdir(directory) }  // fails unless empty
         }
+        if keeping.isEmpty { rmdir(root) }  // fails unless empty
     }
 
     struct MountError: Error, CustomStringConvertible {
