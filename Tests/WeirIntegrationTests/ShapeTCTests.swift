@@ -240,7 +240,7 @@ struct ShapeTCTests {
         }
     }
 
-    @Test("Two forward pipelines on one interface: each shapes its own port; a second whole-interface stage is refused")
+    @Test("Two forward pipelines on one interface: each shapes its own port; a second whole-interface stage is refused by validation")
     func pipelinesShareAnInterface() throws {
         let net = try NamespacePair()
         let first = try Iperf(net, ns: net.agent, address: "127.0.0.1", port: 5301)
@@ -273,14 +273,15 @@ struct ShapeTCTests {
         #expect(try agent.metric("weir_tc_class_bytes_total", ["pipeline": "slow", "class": "default"]) == nil)
         #expect(try agent.metric("weir_tc_class_bytes_total", ["pipeline": "fast", "class": "default"]).map { $0 >= fastBytes } == true)
 
-        // Two stages that would both shape all of the interface's traffic cannot both have it.
+        // Two stages that would both shape all of the interface's traffic cannot both have it: validation
+        // refuses the reload before anything is applied.
         let whole = { (name: String) in
             "  \(name):\n    stages:\n      - type: shape.tc\n        interface: \(net.agentInterface)\n        rate: 5mbit\n"
         }
         try agent.writePipelines("pipelines:\n" + whole("all-a") + whole("all-b"))
         try agent.reload()
         #expect(try agent.metric("weir_config_reloads_total", ["result": "failure"]) == 1)
-        #expect(agent.log.contains("all traffic is already shaped by pipeline"), "\(agent.log)")
+        #expect(agent.log.contains("shaping all traffic on \(net.agentInterface) egress is already taken by pipeline \"all-a\""), "\(agent.log)")
         #expect(try agent.metric("weir_tc_class_bytes_total", ["pipeline": "fast", "class": "default"]) != nil, "the running configuration stays")
         let classes = try net.inside(net.agent, ["tc", "class", "show", "dev", net.agentInterface])
         #expect(!classes.contains("rate 5Mbit"), "the failed reload left no class behind: \(classes)")
