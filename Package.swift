@@ -271,7 +271,7 @@ let package = Package(
             dependencies: nio + [
                 "WeirCore", "WeirAgent", "WeirStages", "WeirCoordinatorProtocol", .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOWebSocket", package: "swift-nio"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "Crypto", package: "swift-crypto"),
             ],
             path: "Tests/WeirAgentTests"
         ),

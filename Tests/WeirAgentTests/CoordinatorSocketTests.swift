@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import NIOCore
 import NIOHTTP1
@@ -52,6 +53,18 @@ import Testing
         }
     }
 
+    @Test("a message sent in the same segment as the 101 is read (the HTTP decoder forwards what follows the response)")
+    func messageInTheUpgradeSegment() async throws {
+        let (server, port) = try await Self.server { channel in
+            channel.pipeline.addHandler(UpgradeAndGreetInOneWrite())
+        }
+        defer { server.close(promise: nil) }
+        let first = try await CoordinatorSocket.connect(
+            url: "ws://127.0.0.1:\(port)/", headers: [], tls: .makeClientConfiguration(), maxMessageSize: 1 << 20, handshakeTimeout: .seconds(5)
+        ) { messages, _ in try await messages.next() }
+        #expect(first == "welcome")
+    }
+
     @Test("a refused upgrade gives its status and the JSON reason")
     func refusalReason() async throws {
         let (server, port) = try await Self.server { channel in
@@ -79,5 +92,24 @@ private final class Refuse: ChannelInboundHandler, Sendable {
             version: .http1_1, status: .unauthorized, headers: ["Content-Length": "\(body.utf8.count)", "Connection": "close"]))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+    }
+}
+
+/// Answers the upgrade request by hand: the 101 and an unmasked text frame in one write, as a server may.
+private final class UpgradeAndGreetInOneWrite: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    private var request = ""
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        request += String(buffer: unwrapInboundIn(data))
+        guard request.contains("\r\n\r\n"), let line = request.split(separator: "\r\n").first(where: { $0.lowercased().hasPrefix("sec-websocket-key:") })
+        else { return }
+        let key = line.split(separator: ":", maxSplits: 1)[1].trimmingCharacters(in: .whitespaces)
+        let accept = Data(Insecure.SHA1.hash(data: Data((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").utf8))).base64EncodedString()
+        var out = ByteBuffer(string: "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: \(accept)\r\n\r\n")
+        out.writeBytes([0x81, 7] + Array("welcome".utf8))
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+        request = ""
     }
 }

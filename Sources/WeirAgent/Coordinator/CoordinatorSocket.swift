@@ -146,11 +146,14 @@ enum CoordinatorSocket {
                             return .webSocket(try NIOAsyncChannel(wrappingChannelSynchronously: channel))
                         }
                     }
-                    let configuration = NIOUpgradableHTTPClientPipelineConfiguration(upgradeConfiguration: .init(
+                    var configuration = NIOUpgradableHTTPClientPipelineConfiguration(upgradeConfiguration: .init(
                         upgradeRequestHead: head, upgraders: [webSocket],
                         notUpgradingCompletionHandler: { channel in
                             channel.eventLoop.makeCompletedFuture { .refused(try NIOAsyncChannel(wrappingChannelSynchronously: channel)) }
                         }))
+                    // The coordinator's welcome can arrive in the same read as its 101: the HTTP decoder must pass
+                    // what follows the response on to the WebSocket decoder, not drop it.
+                    configuration.leftOverBytesStrategy = .forwardBytes
                     let upgrade = try channel.pipeline.syncOperations.configureUpgradableHTTPClientPipeline(configuration: configuration)
                     // TLS, the upgrade and a refusal's body must finish in time: a server that accepts and stalls
                     // would otherwise hold this dial (and the agent's reconnect loop) forever.
