@@ -204,17 +204,59 @@ func runWeir(_ arguments: [String]) throws -> (status: Int32, output: String) {
 }
 
 /// Runs a program (looked up in PATH) and returns its exit status and combined output.
+///
+/// Spawned and reaped here (posix_spawn, waitpid) rather than with Foundation's `Process`: with suites
+/// starting processes on several threads, `Process.waitUntilExit()` sometimes never returns although the child
+/// has exited (seen as a defunct `tc` and a test run that hung).
 func command(_ arguments: [String]) throws -> (status: Int32, output: String) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: arguments[0].hasPrefix("/") ? arguments[0] : "/usr/bin/env")
-    process.arguments = arguments[0].hasPrefix("/") ? Array(arguments.dropFirst()) : arguments
-    let pipe = Pipe()
-    process.standardOutput = pipe
-    process.standardError = pipe
-    try process.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    let absolute = arguments[0].hasPrefix("/")
+    let path = absolute ? arguments[0] : "/usr/bin/env"
+    let argv = absolute ? arguments : ["env"] + arguments
+    var pipe: [Int32] = [-1, -1]
+    // Close-on-exec from the start (a socket pair, as Swift's Glibc has no pipe2), so no child spawned
+    // meanwhile by another thread holds the write end open.
+    guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pipe) == 0 else {
+        throw SpawnFailed(command: arguments, error: errno)
+    }
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_adddup2(&actions, pipe[1], 1)
+    posix_spawn_file_actions_adddup2(&actions, pipe[1], 2)
+    let cArguments = argv.map { strdup($0) } + [nil]
+    defer { for argument in cArguments { free(argument) } }
+    var pid: pid_t = 0
+    let spawned = posix_spawn(&pid, path, &actions, nil, cArguments, environ)
+    close(pipe[1])
+    guard spawned == 0 else {
+        close(pipe[0])
+        throw SpawnFailed(command: arguments, error: spawned)
+    }
+    var output: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let count = read(pipe[0], &buffer, buffer.count)
+        if count > 0 {
+            output += buffer[0..<count]
+        } else if count < 0, errno == EINTR {
+            continue
+        } else {
+            break
+        }
+    }
+    close(pipe[0])
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0, errno == EINTR {}
+    // Exited: the code; killed: 128 + the signal, as a shell reports it.
+    let exitStatus = status & 0x7F == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
+    return (exitStatus, String(decoding: output, as: UTF8.self))
+}
+
+struct SpawnFailed: Error, CustomStringConvertible {
+    let command: [String]
+    let error: Int32
+    var description: String { "cannot run \(command.joined(separator: " ")): \(String(cString: strerror(error)))" }
 }
 
 /// Resident memory of a process in KiB.
