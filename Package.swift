@@ -182,7 +182,7 @@ let package = Package(
         .target(
             name: "WeirAgent",
             dependencies: nio + [
-                "WeirCore", "WeirCoordinatorProtocol",
+                "WeirCore", "WeirCoordinatorProtocol", "CWeirNetlink",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),

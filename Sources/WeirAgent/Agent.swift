@@ -44,6 +44,12 @@ public actor Agent: Service {
     private var stopping = false
     /// The last reload or bundle apply queued; the next waits for it (see `serially`).
     private var queueTail: Task<Void, Never>?
+    /// Asks for a reconcile of the service stages; requests made while one waits collapse into it.
+    private var reconcileRequests: AsyncStream<Void>.Continuation?
+    private var reconciler: Task<Void, Never>?
+    /// Service stages are re-checked this often even when no interface changed (notifications can be lost,
+    /// and someone may remove a qdisc or route by hand).
+    static let reconcileInterval = Duration.seconds(30)
 
     /// Why a reload did not take effect; the running configuration stays.
     public enum ReloadFailure: Error, CustomStringConvertible {
@@ -100,6 +106,7 @@ public actor Agent: Service {
                 "max_descriptors": "\(descriptors.soft)",
             ])
         updateCoordinatorClient(config)
+        startReconciler()
 
         for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {
             _ = await reload()
@@ -109,6 +116,9 @@ public actor Agent: Service {
         // Not awaited: the client says goodbye at once, but its TLS close may wait seconds for the peer.
         stopping = true
         coordinatorClient?.cancel()
+        // A reconcile in progress finishes first: it must not restart a stage that shutdown stopped.
+        reconciler?.cancel()
+        await reconciler?.value
         await supervisor.shutdown()
         try? await metricsChannel?.close()
         logger.info("stopped")
@@ -117,7 +127,56 @@ public actor Agent: Service {
     /// Validate, diff, apply; on any failure the running configuration stays as it was.
     @discardableResult
     func reload() async -> ReloadFailure? {
-        await serially { await self.reloadNow() }
+        let failure = await serially { await self.reloadNow() }
+        // Stages the reload left running are checked too: an interface may have come back meanwhile.
+        reconcileRequests?.yield()
+        return failure
+    }
+
+    // MARK: - Reconcile
+
+    /// Re-checks the service stages (`Supervisor.reconcile`) when interfaces or addresses change, after each
+    /// reload, and every `reconcileInterval`. Bursts of notifications (an interface created with its
+    /// addresses) settle for a moment first and cost one reconcile.
+    private func startReconciler() {
+        let (requests, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        reconcileRequests = continuation
+        var links: AsyncStream<[LinkWatch.Change]>?
+        do {
+            links = try LinkWatch.changes()
+        } catch {
+            logger.warning(
+                "cannot watch interfaces; service stages are re-checked after reloads and every \(Self.reconcileInterval) only",
+                metadata: ["error": "\(error)"])
+        }
+        let logger = logger
+        reconciler = Task {
+            await withTaskGroup(of: Void.self) { group in
+                if let links {
+                    group.addTask {
+                        for await batch in links {
+                            logger.debug("interfaces changed", metadata: ["changes": "\(batch)"])
+                            continuation.yield()
+                        }
+                    }
+                }
+                group.addTask {
+                    while (try? await Task.sleep(for: Self.reconcileInterval)) != nil { continuation.yield() }
+                }
+                group.addTask {
+                    for await _ in requests {
+                        guard (try? await Task.sleep(for: .milliseconds(100))) != nil else { break }
+                        await self.reconcileStages()
+                    }
+                }
+                await group.waitForAll()
+            }
+        }
+    }
+
+    private func reconcileStages() async {
+        guard !stopping else { return }
+        await serially { await self.supervisor.reconcile() }
     }
 
     /// Runs reloads and bundle applies one at a time, in the order they came: the actor alone would let a
@@ -173,7 +232,9 @@ public actor Agent: Service {
     /// fails, the previous bundle goes back in place (the running configuration never changed) and the
     /// errors are returned for the NACK.
     func apply(_ bundle: ConfigBundle) async -> [String]? {
-        await serially { await self.applyNow(bundle) }
+        let errors = await serially { await self.applyNow(bundle) }
+        reconcileRequests?.yield()
+        return errors
     }
 
     private func applyNow(_ bundle: ConfigBundle) async -> [String]? {

@@ -10,6 +10,8 @@ struct ServiceSlot: Sendable {
     let key: String
     /// The stage type, e.g. `enforce.nftables`.
     let type: String
+    /// The stage's position in its pipeline.
+    let index: Int
     let stage: any ServiceStage
 }
 
@@ -39,7 +41,9 @@ final class PipelineRuntime: Sendable {
         owner = Self.makeOwner(spec: spec, stages: stages, metrics: metrics, logger: logger)
         serviceSlots = NIOLockedValueBox(spec.stages.compactMap { stageSpec in
             guard let service = stages[stageSpec.index] as? any ServiceStage else { return nil }
-            return ServiceSlot(key: stageSpec.fingerprint + "|" + (spec.listener?.fingerprint ?? ""), type: stageSpec.type, stage: service)
+            return ServiceSlot(
+                key: stageSpec.fingerprint + "|" + (spec.listener?.fingerprint ?? ""), type: stageSpec.type, index: stageSpec.index,
+                stage: service)
         })
     }
 

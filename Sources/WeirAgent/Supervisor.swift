@@ -140,11 +140,52 @@ public actor Supervisor {
         }
     }
 
+    /// Problems each service stage reported at its last reconcile, by health source.
+    private var stageProblems: [String: [String]] = [:]
+
+    /// Lets every running service stage compare its kernel state with what it installed and repair it (see
+    /// `ServiceStage.reconcile`); records what they report in `/healthz`, `weir_stage_healthy` and the log.
+    /// The caller runs it one at a time with applies.
+    public func reconcile() async {
+        var current: [String: [String]] = [:]
+        for runtime in running.values.sorted(by: { $0.spec.id < $1.spec.id }) {
+            let pipeline = runtime.spec.id
+            for slot in runtime.services {
+                let report = await slot.stage.reconcile()
+                let source = "pipeline \(pipeline) \(slot.type) (stage \(slot.index))"
+                current[source] = report.problems
+                let metadata: Logger.Metadata = ["pipeline": "\(pipeline)", "stage": "\(slot.type)"]
+                for repair in report.repaired {
+                    logger.info("\(repair)", metadata: metadata)
+                    runtime.metrics.counter(
+                        "weir_stage_repairs_total", labels: [("stage", slot.type)],
+                        help: "Times a service stage put back kernel state that had gone (an interface deleted and created again)."
+                    ).increment()
+                }
+                let previous = stageProblems[source] ?? []
+                if report.problems != previous {
+                    for problem in report.problems where !previous.contains(problem) { logger.error("\(problem)", metadata: metadata) }
+                    if report.problems.isEmpty { logger.info("stage is in force again", metadata: metadata) }
+                }
+                runtime.metrics.gauge(
+                    "weir_stage_healthy", labels: [("stage", slot.type)],
+                    help: "1 while a service stage is fully in force, 0 while it reports a problem (e.g. a missing interface)."
+                ).set(to: report.problems.isEmpty ? 1 : 0)
+                metrics.health.set(source, report.problems.isEmpty ? nil : report.problems.joined(separator: "; "))
+            }
+        }
+        // Stages that left with their pipelines take their problems along.
+        for source in stageProblems.keys where current[source] == nil { metrics.health.set(source, nil) }
+        stageProblems = current
+    }
+
     /// Stops accepting everywhere, waits up to the configured grace for open connections, closes the rest.
     /// Service stages stop but keep their persistent state (pinned maps) for the next start.
     public func shutdown() async {
         let runtimes = Array(running.values)
         running = [:]
+        for source in stageProblems.keys { metrics.health.set(source, nil) }
+        stageProblems = [:]
         await withTaskGroup(of: Void.self) { group in
             for runtime in runtimes { group.addTask { await runtime.stop(grace: self.shutdownGrace, retireServices: false) } }
             for task in retiring.values { group.addTask { await task.value } }

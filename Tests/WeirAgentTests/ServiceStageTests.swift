@@ -22,6 +22,8 @@ struct RecordingServiceConfig: StageConfig {
     static let options: [OptionDoc] = []
     static let sample = ""
     nonisolated(unsafe) static var log = ServiceLog()
+    /// What every `test.service` stage's reconcile reports.
+    static let problems = NIOLockedValueBox<[String]>([])
 
     let name: String
     let fail: Bool
@@ -54,6 +56,9 @@ final class RecordingService: ServiceStage {
     }
     func stop() async { log.record("stop \(name)") }
     func retire() async { log.record("retire \(name)") }
+    func reconcile() async -> ReconcileReport {
+        ReconcileReport(problems: RecordingServiceConfig.problems.withLockedValue { $0 })
+    }
 }
 
 /// How the supervisor moves service stages through reloads: unchanged ones carry on untouched, changed
@@ -125,4 +130,50 @@ final class RecordingService: ServiceStage {
         await supervisor.shutdown()
         #expect(log.take() == ["stop d"])
     }
+
+    @Test func reconcileReportsProblemsUntilTheyClear() async throws {
+        RecordingServiceConfig.log = ServiceLog()
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        defer { RecordingServiceConfig.problems.withLockedValue { $0 = [] } }
+        let metrics = WeirMetrics()
+        let supervisor = Supervisor(group: MultiThreadedEventLoopGroup.singleton, metrics: metrics, logger: Logger(label: "test"))
+        func healthy() -> Double? {
+            let exposition = String(decoding: metrics.render(), as: UTF8.self)
+            let line = exposition.split(separator: "\n").first { $0.hasPrefix("weir_stage_healthy{pipeline=\"q\",stage=\"test.service\"}") }
+            return line.flatMap { $0.split(separator: " ").last }.flatMap { Double($0) }
+        }
+        let one = "pipelines:\n  q:\n    stages:\n      - type: test.service\n        name: d\n"
+        try await supervisor.apply(config(one))
+        await supervisor.reconcile()
+        #expect(metrics.health.lines.isEmpty)
+        #expect(healthy() == 1)
+
+        RecordingServiceConfig.problems.withLockedValue { $0 = ["interface x is missing"] }
+        await supervisor.reconcile()
+        #expect(metrics.health.lines == ["pipeline q test.service (stage 0): interface x is missing"])
+        #expect(healthy() == 0)
+
+        RecordingServiceConfig.problems.withLockedValue { $0 = [] }
+        await supervisor.reconcile()
+        #expect(metrics.health.lines.isEmpty)
+        #expect(healthy() == 1)
+
+        // A stage that leaves the configuration takes its problem along.
+        RecordingServiceConfig.problems.withLockedValue { $0 = ["interface x is missing"] }
+        await supervisor.reconcile()
+        #expect(!metrics.health.lines.isEmpty)
+        try await supervisor.apply(config("pipelines:\n\(tcpForward)"))
+        await supervisor.reconcile()
+        #expect(metrics.health.lines.isEmpty)
+        await supervisor.shutdown()
+    }
+
+    let tcpForward = """
+          f:
+            stages:
+              - type: listen.tcp
+                address: 127.0.0.1:0
+              - type: connect.tcp
+                addresses: [127.0.0.1:9]
+        """
 }

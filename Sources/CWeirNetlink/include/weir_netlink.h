@@ -1,6 +1,7 @@
 /* Netlink paths that libnftables makes slow: set element deltas and dumps (nftables 1.0.x fetches and
  * scans every element of a set in user space for each element command, which turns a 1,000-element change
- * of a 100,000-element set into minutes), plus the routes of route.gateway. Built on libnftnl and libmnl.
+ * of a 100,000-element set into minutes), plus the routes of route.gateway, tc for shape.tc and count.ebpf,
+ * and the link watch. Built on libnftnl and libmnl; one C file per subsystem.
  *
  * Functions return 0 on success and a negative errno on failure; weir_nft_last_error() then says what failed. */
 #ifndef WEIR_NETLINK_H
@@ -57,7 +58,7 @@ int weir_route_delete(const struct weir_route *route);
 int weir_route_list(uint8_t family, uint8_t protocol, struct weir_route **routes, size_t *count);
 
 
-/* ---- tc: HTB over rtnetlink (shape.tc, work in progress) ---- */
+/* ---- tc: HTB over rtnetlink (shape.tc) ---- */
 
 struct weir_tc_object {
 	uint32_t handle;
@@ -102,5 +103,31 @@ int weir_tc_filter_count(int ifindex, uint32_t parent, size_t *count);
 int weir_link_ifb_create(const char *name);
 /* Deletes the link named `name`. Already gone is not an error. */
 int weir_link_delete(const char *name);
+
+/* ---- link watch: interfaces and addresses that come and go ---- */
+
+struct weir_link_watch;
+
+enum weir_link_event_kind {
+	WEIR_LINK_ADDED = 1, /* a link appeared or changed (RTM_NEWLINK) */
+	WEIR_LINK_REMOVED = 2, /* RTM_DELLINK */
+	WEIR_ADDRESSES_CHANGED = 3, /* an address was added or removed (RTM_NEWADDR, RTM_DELADDR) */
+};
+
+struct weir_link_event {
+	uint8_t kind; /* enum weir_link_event_kind */
+	uint8_t up; /* links: IFF_UP is set */
+	int32_t ifindex;
+	char name[16]; /* links: the interface's name */
+};
+
+/* A route netlink socket subscribed to link and address notifications, or NULL (weir_nft_last_error says why). */
+struct weir_link_watch *weir_link_watch_open(void);
+void weir_link_watch_close(struct weir_link_watch *watch);
+/* Waits up to `timeout_ms` (poll) for notifications and returns up to `capacity` of them (0 on timeout).
+ * Fails with -ENOBUFS when the kernel dropped notifications: the caller must assume anything changed, as it
+ * must when `*count == capacity`. */
+int weir_link_watch_read(struct weir_link_watch *watch, int timeout_ms, struct weir_link_event *events, size_t capacity,
+                         size_t *count);
 
 #endif

@@ -176,10 +176,34 @@ public protocol ServiceStage: Stage {
     /// Why the stage must not leave the configuration yet (protected state the operator has to release
     /// first), or nil. A reload that would remove it fails with this message and changes nothing.
     func retirementRefusal() -> String?
+
+    /// Compares what `start` installed with the kernel now and puts back what went missing — an interface
+    /// deleted and created again loses its qdiscs, filters and routes. Level-triggered and idempotent: the
+    /// supervisor calls it after interfaces or addresses change, after every reload and periodically, on a
+    /// started stage only, never at the same time as `start`, `stop` or another `reconcile`.
+    func reconcile() async -> ReconcileReport
 }
 
 extension ServiceStage {
     public func retirementRefusal() -> String? { nil }
+    public func reconcile() async -> ReconcileReport { ReconcileReport() }
+}
+
+/// What one `reconcile` found.
+public struct ReconcileReport: Sendable, Equatable {
+    /// What the stage put back, e.g. "re-attached to eth1" (logged).
+    public var repaired: [String]
+    /// What keeps the stage from being in force, e.g. "interface eth1 is missing". Reported in `/healthz`,
+    /// `weir_stage_healthy` and the log until a later reconcile finds it resolved.
+    public var problems: [String]
+
+    public init(repaired: [String] = [], problems: [String] = []) {
+        self.repaired = repaired
+        self.problems = problems
+    }
+
+    /// The problem of an interface the stage acts on that does not exist (now).
+    public static func missingInterface(_ name: String) -> String { "interface \(name) is missing" }
 }
 
 /// `in` is client to target, `out` is target to client — the labels of `weir_pipeline_bytes_total`.

@@ -48,9 +48,19 @@ final class NamespacePair: NamespaceCommands, @unchecked Sendable {
         agentInterface = "wa\(tag)"
         peerInterface = "wb\(tag)"
         bpffs = FileManager.default.temporaryDirectory.appendingPathComponent("weir-bpffs-\(tag)").path
-        let mac = (agent: "02:00:00:00:01:01", peer: "02:00:00:00:01:02")
         try sh(["ip", "netns", "add", agent])
         try sh(["ip", "netns", "add", peer])
+        try connect()
+        try sh(["ip", "-n", agent, "link", "set", "lo", "up"])
+        try sh(["ip", "-n", peer, "link", "set", "lo", "up"])
+        try FileManager.default.createDirectory(atPath: bpffs, withIntermediateDirectories: true)
+        try sh(["mount", "-t", "bpf", "bpf", bpffs])
+    }
+
+    /// Creates the veth pair with its addresses and neighbour entries: at the start, and again after a test
+    /// deleted it (`ip link del`), as an operator recreating an interface would.
+    func connect() throws {
+        let mac = (agent: "02:00:00:00:01:01", peer: "02:00:00:00:01:02")
         try sh(["ip", "link", "add", agentInterface, "netns", agent, "address", mac.agent, "type", "veth",
                 "peer", "name", peerInterface, "netns", peer, "address", mac.peer])
         for (ns, interface, v4, v6, peerV4, peerV6, peerMAC) in [
@@ -60,12 +70,9 @@ final class NamespacePair: NamespaceCommands, @unchecked Sendable {
             try sh(["ip", "-n", ns, "addr", "add", "\(v4)/24", "dev", interface])
             try sh(["ip", "-n", ns, "addr", "add", "\(v6)/64", "dev", interface, "nodad"])
             try sh(["ip", "-n", ns, "link", "set", interface, "up"])
-            try sh(["ip", "-n", ns, "link", "set", "lo", "up"])
             try sh(["ip", "-n", ns, "neigh", "replace", peerV4, "lladdr", peerMAC, "dev", interface, "nud", "permanent"])
             try sh(["ip", "-n", ns, "neigh", "replace", peerV6, "lladdr", peerMAC, "dev", interface, "nud", "permanent"])
         }
-        try FileManager.default.createDirectory(atPath: bpffs, withIntermediateDirectories: true)
-        try sh(["mount", "-t", "bpf", "bpf", bpffs])
     }
 
     deinit {

@@ -22,6 +22,9 @@ final class CountEBPF: ServiceStage, ScrapeCollector {
     }
 
     private let state = NIOLockedValueBox<Running?>(nil)
+    /// The interfaces of the last successful start, until `stop`: kept while a re-attach fails, so the next
+    /// reconcile tries again.
+    private let watched = NIOLockedValueBox<[Int32: String]?>(nil)
 
     init(config: CountEBPFConfig, context: StageContext) {
         self.config = config
@@ -41,6 +44,12 @@ final class CountEBPF: ServiceStage, ScrapeCollector {
     // MARK: - Lifecycle
 
     func start() async throws {
+        try startCounting(movingEntries: [:])
+    }
+
+    /// Loads, carries counters over and attaches. `moves` maps the ifindex of an interface that was created
+    /// again to its new one: its entries follow it before anything is attached there.
+    private func startCounting(movingEntries moves: [Int32: Int32]) throws {
         try state.withLockedValue { state in
             guard state == nil else { return }
             let interfaces = try resolveInterfaces()
@@ -49,6 +58,11 @@ final class CountEBPF: ServiceStage, ScrapeCollector {
             var running = Running(program: program, attachments: [], interfaces: Dictionary(interfaces.map { ($0.index, $0.name) }) { a, _ in a })
             do {
                 if program.createdMaps { try carryOverCounters(into: program) }
+                for (old, new) in moves {
+                    let moved = try CountSnapshot.moveInterface(
+                        fd: program.countsFD, capacity: config.maxEntries + config.maxEntries / 8 + 64, from: UInt32(old), to: UInt32(new))
+                    logger.debug("moved counters to the interface's new index", metadata: ["entries": "\(moved)", "from": "\(old)", "to": "\(new)"])
+                }
                 var mode = config.attach
                 let handle = TCAttachment.clsactHandle(pipeline: pipeline)
                 for interface in interfaces {
@@ -61,6 +75,7 @@ final class CountEBPF: ServiceStage, ScrapeCollector {
                 }
                 PinUsers.shared.add(self, pins.path)
                 state = running
+                watched.withLockedValue { $0 = running.interfaces }
                 logger.info(
                     "counting", metadata: ["interfaces": "\(interfaces.map(\.name))", "attach": "\(mode)", "pins": "\(pins.path)"])
             } catch {
@@ -72,6 +87,11 @@ final class CountEBPF: ServiceStage, ScrapeCollector {
     }
 
     func stop() async {
+        watched.withLockedValue { $0 = nil }
+        detach()
+    }
+
+    private func detach() {
         collectors.remove(self)
         let running = state.withLockedValue { state in
             defer { state = nil }
@@ -81,6 +101,35 @@ final class CountEBPF: ServiceStage, ScrapeCollector {
             Self.release(running)
             logger.info("stopped counting")
         }
+    }
+
+    /// An interface deleted and created again has lost the programs attached to it: once every interface is
+    /// back, the stage attaches again (the pinned counters carry on).
+    func reconcile() async -> ReconcileReport {
+        guard let interfaces = watched.withLockedValue({ $0 }) else { return ReconcileReport() }
+        let attached = state.withLockedValue { $0 != nil }
+        var report = ReconcileReport()
+        var recreated: [String] = []
+        var moves: [Int32: Int32] = [:]
+        for (index, name) in interfaces.sorted(by: { $0.value < $1.value }) {
+            let now = if_nametoindex(name)
+            if now == 0 {
+                report.problems.append(ReconcileReport.missingInterface(name) + "; counting on it resumes when it is back")
+            } else if Int32(now) != index {
+                recreated.append(name)
+                moves[index] = Int32(now)
+            }
+        }
+        guard report.problems.isEmpty, !recreated.isEmpty || !attached else { return report }
+        detach()
+        let names = recreated.isEmpty ? interfaces.values.sorted() : recreated
+        do {
+            try startCounting(movingEntries: moves)
+            report.repaired.append("counting attached again to \(names.joined(separator: ", "))")
+        } catch {
+            report.problems.append("counting is not attached to \(names.joined(separator: ", ")): \(error)")
+        }
+        return report
     }
 
     func retire() async {

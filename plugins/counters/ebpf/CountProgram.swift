@@ -90,6 +90,30 @@ struct CountSnapshot {
     }
 }
 
+extension CountSnapshot {
+    /// Moves the entries counted on ifindex `old` to `new` (the same interface, deleted and created again),
+    /// adding to what `new` already holds, so the interface's series carry on. Run before the programs are
+    /// attached to `new`: nothing else writes its entries meanwhile. Returns the number of entries moved.
+    static func moveInterface(fd: Int32, capacity: Int, from old: UInt32, to new: UInt32) throws(BPFError) -> Int {
+        let snapshot = try read(fd: fd, capacity: capacity)
+        func bytes(_ key: weir_ip_key) -> [UInt8] { withUnsafeBytes(of: key) { Array($0) } }
+        var totals: [[UInt8]: (key: weir_ip_key, counts: weir_ip_counts)] = [:]
+        for (key, counts) in zip(snapshot.keys, snapshot.counts) where key.ifindex == new { totals[bytes(key)] = (key, counts) }
+        var moved: [weir_ip_key] = []
+        for (key, counts) in zip(snapshot.keys, snapshot.counts) where key.ifindex == old {
+            var renamed = key
+            renamed.ifindex = new
+            totals[bytes(renamed), default: (renamed, weir_ip_counts())].counts.add(counts)
+            moved.append(key)
+        }
+        guard !moved.isEmpty else { return 0 }
+        let merged = Array(totals.values)
+        try CountSnapshot(keys: merged.map(\.key), counts: merged.map(\.counts)).write(fd: fd)
+        for var key in moved { _ = try BPFError.check(weir_map_delete(fd, &key)) }
+        return moved.count
+    }
+}
+
 /// The program's own statistics (`weir_ebpf_stats`), summed over CPUs.
 struct CountStats {
     var inserts: UInt64

@@ -107,6 +107,13 @@ final class EnforceNftables: ServiceStage, ScrapeCollector {
         await refresher?.value
     }
 
+    /// The rules match interfaces by name, so an interface deleted and created again is enforced again by
+    /// itself; one that is missing is reported (nothing it should carry can flow).
+    func reconcile() async -> ReconcileReport {
+        let named = Set((config.destinations?.interfaces ?? []) + config.masquerade.map(\.outInterface))
+        return ReconcileReport(problems: named.sorted().filter { if_nametoindex($0) == 0 }.map(ReconcileReport.missingInterface))
+    }
+
     func retire() async {
         guard OwnerUsers.shared.remove(self, owner) else { return }
         do {

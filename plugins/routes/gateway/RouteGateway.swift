@@ -49,6 +49,33 @@ final class RouteGateway: ServiceStage {
 
     func stop() async {}
 
+    /// The kernel drops routes whose gateway becomes unreachable (its interface deleted or its address
+    /// removed) and never puts them back; they are installed again once the gateway is reachable.
+    func reconcile() async -> ReconcileReport {
+        let installed: Set<GatewayRoute>
+        do { installed = Set(try Self.installed().filter { $0.table == config.table }) } catch {
+            return ReconcileReport(problems: ["cannot read the routes of table \(config.table): \(error)"])
+        }
+        let missing = Set(config.routes).subtracting(installed).sorted { $0.destination < $1.destination }
+        guard !missing.isEmpty else { return ReconcileReport() }
+        var report = ReconcileReport()
+        var added = 0
+        var failures: [String: (count: Int, error: String)] = [:]  // by gateway
+        for route in missing {
+            do {
+                try Self.change(route, add: true)
+                added += 1
+            } catch {
+                failures[route.gateway.address, default: (0, "\(error)")].count += 1
+            }
+        }
+        if added > 0 { report.repaired.append("\(added) missing routes installed again (table \(config.table))") }
+        for (gateway, failure) in failures.sorted(by: { $0.key < $1.key }) {
+            report.problems.append("\(failure.count) routes via \(gateway) are missing (table \(config.table)): \(failure.error)")
+        }
+        return report
+    }
+
     func retire() async {
         guard Self.tableUsers.remove(self, "\(config.table)") else { return }
         for route in (try? Self.installed().filter { $0.table == config.table }) ?? [] {

@@ -71,6 +71,27 @@ final class ShapeTC: ServiceStage, ScrapeCollector {
         collectors.remove(self)
     }
 
+    /// An interface deleted and created again has lost its qdiscs and filters (and an IFB its redirect):
+    /// they are applied again once it is back.
+    func reconcile() async -> ReconcileReport {
+        var report = ReconcileReport()
+        for (interface, side) in applied.withLockedValue({ $0 }) {
+            guard TrafficControl.index(of: interface) != nil else {
+                report.problems.append(ReconcileReport.missingInterface(interface) + "; its \(side.rawValue) shaping returns with it")
+                continue
+            }
+            guard !ShapingDevices.shared.isIntact(owner: pipeline, interface: interface, side: side) else { continue }
+            do {
+                try ShapingDevices.shared.apply(
+                    owner: pipeline, shape: shape, interface: interface, side: side, stateDirectory: environment.stateDirectory)
+                report.repaired.append("shaping of \(interface) \(side.rawValue) applied again")
+            } catch {
+                report.problems.append("shaping of \(interface) \(side.rawValue) is not in force: \(error)")
+            }
+        }
+        return report
+    }
+
     func retire() async {
         guard DeviceUsers.shared.remove(self, pipeline) else { return }
         for (interface, side) in applied.withLockedValue({ $0 }) {

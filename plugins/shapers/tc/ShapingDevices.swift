@@ -73,8 +73,10 @@ final class ShapingDevices: @unchecked Sendable {
     private let lock = NIOLock()
     private var records: [String: DeviceRecord] = [:]  // by "interface.side"
     private var classifiers: [String: ShapeClassifier] = [:]
-    /// Ingress redirects checked in this process.
-    private var redirects: Set<String> = []
+    /// The ifindex each device's classifier is attached to: a device deleted and created again has a new one.
+    private var classifierAttachments: [String: Int32] = [:]
+    /// Ingress redirects checked in this process: the interface's ifindex at the time, by interface name.
+    private var redirects: [String: Int32] = [:]
     private var idle: [String: [UInt16: (bytes: UInt64, since: ContinuousClock.Instant)]] = [:]
     private var poller: Task<Void, Never>?
     private var stateDirectory = "/var/lib/weir"
@@ -129,6 +131,22 @@ final class ShapingDevices: @unchecked Sendable {
             }
             records[name] = record
             if shape.hasDynamicClasses { startPolling() }
+        }
+    }
+
+    /// Whether the device still carries what `apply` installed: neither the interface nor its IFB was created
+    /// again since (a new ifindex), and weir's root qdisc and `owner`'s classes are in place. False means `apply` has to run again.
+    func isIntact(owner: String, interface: String, side: ShapeSide) -> Bool {
+        lock.withLock {
+            let name = Self.name(interface, side)
+            guard let record = records[name], let entry = record.owners[owner], let ifindex = TrafficControl.index(of: record.device),
+                classifierAttachments[name] == ifindex
+            else { return false }
+            if side == .ingress, redirects[interface] == nil || redirects[interface] != TrafficControl.index(of: interface) { return false }
+            let root = (try? TrafficControl.qdiscs(ifindex))?.first { $0.parent == TrafficControl.rootParent }
+            guard root?.handle == TrafficControl.rootHandle, root?.kind == "htb", let classes = try? htbClasses(ifindex) else { return false }
+            // Each owner checks its own classes: the first to repair a recreated device puts back the root only.
+            return entry.minors.values.allSatisfy { classes[$0] != nil }
         }
     }
 
@@ -264,7 +282,7 @@ final class ShapingDevices: @unchecked Sendable {
     /// The filter goes onto the interface's clsact (or ingress) qdisc; weir adds clsact only when neither is there.
     private func ensureRedirect(_ record: inout DeviceRecord, interfaceIndex: Int32, to ifbIndex: Int32) throws {
         let key = record.interface
-        if redirects.contains(key) { return }
+        if redirects[key] == interfaceIndex { return }
         let qdiscs = try TrafficControl.qdiscs(interfaceIndex)
         let hook: UInt32
         if qdiscs.contains(where: { $0.kind == "clsact" }) {
@@ -283,7 +301,7 @@ final class ShapingDevices: @unchecked Sendable {
                 description: "redirecting \(record.interface)'s ingress to \(record.device) failed: \(error)"
                     + (error.code == ENOENT ? " (the kernel lacks the u32 classifier or the mirred action)" : ""))
         }
-        redirects.insert(key)
+        redirects[key] = interfaceIndex
     }
 
     /// The class every stage's top class hangs under, so stages on one device borrow from each other: its rate
@@ -347,7 +365,13 @@ final class ShapingDevices: @unchecked Sendable {
     /// The classifier for the device, loaded and attached once per process; a fresh load gets every owner's
     /// scope and on-demand classes before it replaces the program a previous run left attached.
     private func ensureClassifier(_ name: String, _ record: DeviceRecord, ifindex: Int32) throws -> ShapeClassifier {
-        if let classifier = classifiers[name] { return classifier }
+        if let classifier = classifiers[name] {
+            if classifierAttachments[name] != ifindex {
+                // The device was created again: the loaded program (and its scopes) goes onto the new one.
+                try attach(classifier, name, record, ifindex: ifindex)
+            }
+            return classifier
+        }
         let classifier: ShapeClassifier
         do { classifier = try ShapeClassifier(side: record.side) } catch {
             throw ShapeError(description: "loading the shape.tc classifier failed: \(error)")
@@ -358,13 +382,18 @@ final class ShapingDevices: @unchecked Sendable {
                 if let classID = entry.classID(key) { try classifier.setDynamic(scope: entry.scopeID, dynamic, classID: classID) }
             }
         }
+        try attach(classifier, name, record, ifindex: ifindex)
+        classifiers[name] = classifier
+        return classifier
+    }
+
+    private func attach(_ classifier: ShapeClassifier, _ name: String, _ record: DeviceRecord, ifindex: Int32) throws {
         do { try TrafficControl.attachClassifier(ifindex, programFD: classifier.programFD) } catch {
             throw ShapeError(
                 description: "attaching the classifier to \(record.device) failed: \(error)"
                     + (error.code == ENOENT ? " (the kernel lacks the bpf classifier, CONFIG_NET_CLS_BPF)" : ""))
         }
-        classifiers[name] = classifier
-        return classifier
+        classifierAttachments[name] = ifindex
     }
 
     private func removeOwnerLocked(_ name: String, _ record: inout DeviceRecord, owner: String, entry: DeviceRecord.OwnerRecord) throws {
@@ -390,6 +419,7 @@ final class ShapingDevices: @unchecked Sendable {
     /// ingress the redirect, the clsact qdisc weir added (when nothing else uses it) and the IFB removed.
     private func teardown(_ name: String, _ record: DeviceRecord) throws {
         classifiers[name] = nil
+        classifierAttachments[name] = nil
         if let ifindex = TrafficControl.index(of: record.device) { try TrafficControl.deleteRoot(ifindex) }
         if record.side == .ingress {
             if let interfaceIndex = TrafficControl.index(of: record.interface) {
@@ -405,7 +435,7 @@ final class ShapingDevices: @unchecked Sendable {
                 }
             }
             if let ifb = record.ifb { try TrafficControl.deleteLink(ifb) }
-            redirects.remove(record.interface)
+            redirects[record.interface] = nil
         }
         records[name] = nil
         idle[name] = nil

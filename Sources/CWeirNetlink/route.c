@@ -1,0 +1,114 @@
+/* Routes of route.gateway over rtnetlink. */
+#include "netlink_common.h"
+#include "weir_netlink.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/rtnetlink.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+/* ---- routes ---- */
+
+static int route_message(const struct weir_route *route, uint16_t type, uint16_t flags)
+{
+	char buffer[MNL_SOCKET_BUFFER_SIZE];
+	struct nlmsghdr *nlh = mnl_nlmsg_put_header(buffer);
+	nlh->nlmsg_type = type;
+	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+	nlh->nlmsg_seq = (uint32_t)time(NULL);
+	struct rtmsg *rtm = mnl_nlmsg_put_extra_header(nlh, sizeof(*rtm));
+	size_t length = route->family == AF_INET ? 4 : 16;
+	rtm->rtm_family = route->family;
+	rtm->rtm_dst_len = route->prefix_len;
+	rtm->rtm_table = route->table < 256 ? (uint8_t)route->table : RT_TABLE_UNSPEC;
+	rtm->rtm_protocol = route->protocol;
+	rtm->rtm_scope = RT_SCOPE_UNIVERSE;
+	rtm->rtm_type = RTN_UNICAST;
+	mnl_attr_put(nlh, RTA_DST, length, route->destination);
+	mnl_attr_put(nlh, RTA_GATEWAY, length, route->gateway);
+	mnl_attr_put_u32(nlh, RTA_TABLE, route->table);
+
+	return netlink_talk(nlh, buffer);
+}
+
+static const char *route_text(const struct weir_route *route, char *text, size_t size)
+{
+	char destination[64], gateway[64];
+	inet_ntop(route->family, route->destination, destination, sizeof(destination));
+	inet_ntop(route->family, route->gateway, gateway, sizeof(gateway));
+	snprintf(text, size, "%s/%u via %s table %u", destination, route->prefix_len, gateway, route->table);
+	return text;
+}
+
+int weir_route_add(const struct weir_route *route)
+{
+	char text[160];
+	int err = route_message(route, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE);
+	return err ? netlink_fail(err, "adding the route %s", route_text(route, text, sizeof(text))) : 0;
+}
+
+int weir_route_delete(const struct weir_route *route)
+{
+	char text[160];
+	int err = route_message(route, RTM_DELROUTE, 0);
+	if (err == -ESRCH)
+		return 0; /* already gone */
+	return err ? netlink_fail(err, "deleting the route %s", route_text(route, text, sizeof(text))) : 0;
+}
+
+struct route_list {
+	uint8_t protocol;
+	struct weir_route *routes;
+	size_t count, capacity;
+	int error;
+};
+
+static int parse_route(const struct nlmsghdr *nlh, void *data)
+{
+	struct route_list *list = data;
+	const struct rtmsg *rtm = mnl_nlmsg_get_payload(nlh);
+	if (rtm->rtm_protocol != list->protocol || rtm->rtm_type != RTN_UNICAST)
+		return MNL_CB_OK;
+	const struct nlattr *attributes[RTA_MAX + 1] = {0};
+	mnl_attr_parse(nlh, sizeof(*rtm), netlink_index_attribute, &(struct attribute_table){attributes, RTA_MAX});
+	if (!netlink_reserve((void **)&list->routes, &list->capacity, list->count, sizeof(*list->routes), 64, &list->error))
+		return MNL_CB_ERROR;
+	struct weir_route *route = &list->routes[list->count++];
+	memset(route, 0, sizeof(*route));
+	size_t length = rtm->rtm_family == AF_INET ? 4 : 16;
+	route->family = rtm->rtm_family;
+	route->prefix_len = rtm->rtm_dst_len;
+	route->protocol = rtm->rtm_protocol;
+	route->table = attributes[RTA_TABLE] ? mnl_attr_get_u32(attributes[RTA_TABLE]) : rtm->rtm_table;
+	if (attributes[RTA_DST] && mnl_attr_get_payload_len(attributes[RTA_DST]) == length)
+		memcpy(route->destination, mnl_attr_get_payload(attributes[RTA_DST]), length);
+	if (attributes[RTA_GATEWAY] && mnl_attr_get_payload_len(attributes[RTA_GATEWAY]) == length)
+		memcpy(route->gateway, mnl_attr_get_payload(attributes[RTA_GATEWAY]), length);
+	return MNL_CB_OK;
+}
+
+int weir_route_list(uint8_t family, uint8_t protocol, struct weir_route **routes, size_t *count)
+{
+	char buffer[MNL_SOCKET_BUFFER_SIZE];
+	struct nlmsghdr *nlh = mnl_nlmsg_put_header(buffer);
+	nlh->nlmsg_type = RTM_GETROUTE;
+	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+	nlh->nlmsg_seq = (uint32_t)time(NULL);
+	struct rtmsg *rtm = mnl_nlmsg_put_extra_header(nlh, sizeof(*rtm));
+	rtm->rtm_family = family;
+
+	struct route_list list = {.protocol = protocol};
+	int err = netlink_dump(nlh, parse_route, &list, &list.error, "routes");
+	if (err) {
+		free(list.routes);
+		return err;
+	}
+	*routes = list.routes;
+	*count = list.count;
+	return 0;
+}
+
