@@ -15,7 +15,7 @@ RUN_PACKAGES   := ca-certificates $(BUILD_PACKAGES)
 TEST_PACKAGES  := $(BUILD_PACKAGES) prometheus iproute2 curl bpftool python3 nftables iperf3 openssl shadowsocks-libev python3-websockets nginx-light postgresql
 BENCH_PACKAGES := $(BUILD_PACKAGES) haproxy socat iperf3 nginx-light wrk curl python3 iproute2 nftables shadowsocks-libev stunnel4 openssl
 
-.PHONY: run test bench soak fuzz fuzz-build build release clean
+.PHONY: run test bench soak chaos fuzz fuzz-build build release clean
 
 # Installs the listed Debian packages that are missing (apt-get update only when something is missing).
 define apt_install
@@ -48,6 +48,16 @@ test:
 		grep -E '✘|recorded an issue|error:|Fatal' .build/test.log | grep -v "passed after" | cut -c1-400 | head -n 18; exit 1; }
 	@# Every fuzz target for a few seconds from the committed corpus (make fuzz runs them for longer).
 	$(MAKE) fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
+
+# The chaos test (Tests/WeirIntegrationTests/ChaosTests.swift) for many rounds: randomised configurations of all
+# four kernel stages, kill -9 during reloads and restarts, each round compared with a clean start. `make test`
+# runs a few rounds; CHAOS_SEED=N replays a run. Needs root.
+CHAOS_ROUNDS ?= 200
+chaos:
+	$(call apt_install,$(TEST_PACKAGES))
+	$(SWIFT) build --build-tests
+	WEIR_BIN=$(CURDIR)/.build/debug/weir WEIR_CHAOS_ROUNDS=$(CHAOS_ROUNDS) $(if $(CHAOS_SEED),WEIR_CHAOS_SEED=$(CHAOS_SEED)) \
+		$(SWIFT) test --skip-build --filter ChaosTests
 
 # libFuzzer on every parser of untrusted input (Sources/weir-fuzz), FUZZ_SECONDS each. New inputs are kept in
 # .build-fuzz/corpus; a crash or hang stops the run and is written to fuzz/crashes/ — fix it, then add the input

@@ -135,6 +135,12 @@ static int parse_tc(const struct nlmsghdr *nlh, void *data)
 			}
 		}
 	}
+	if (attributes[TCA_OPTIONS] && (strcmp(object->kind, "bfifo") == 0 || strcmp(object->kind, "pfifo") == 0) &&
+	    mnl_attr_get_payload_len(attributes[TCA_OPTIONS]) >= sizeof(struct tc_fifo_qopt)) {
+		struct tc_fifo_qopt fifo;
+		memcpy(&fifo, mnl_attr_get_payload(attributes[TCA_OPTIONS]), sizeof(fifo));
+		object->limit = fifo.limit;
+	}
 	if (attributes[TCA_OPTIONS] && strcmp(object->kind, "htb") == 0) {
 		const struct nlattr *option;
 		mnl_attr_for_each_nested(option, attributes[TCA_OPTIONS]) {

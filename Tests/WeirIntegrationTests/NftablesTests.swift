@@ -387,4 +387,24 @@ struct NftablesTests {
         #expect(try net.inside(net.client, ["ip", "route", "show", "proto", "87"]).isEmpty)
         #expect(try net.inside(net.client, ["ip", "-6", "route", "show", "proto", "87"]).isEmpty)
     }
+
+    @Test("A route.gateway stage moved to another table while the agent was down (or killed) leaves no routes in the old one")
+    func gatewayRoutesFollowTheirTable() throws {
+        let net = try GatewayTopology()
+        func routes(_ table: Int) throws -> Int {
+            try net.inside(net.client, ["ip", "route", "show", "table", "\(table)", "proto", "87"]).split(separator: "\n").count
+        }
+        func stage(_ table: Int) -> String {
+            "pipelines:\n  egress-route:\n    stages:\n      - type: route.gateway\n        via: 10.50.0.1\n        table: \(table)\n"
+        }
+        let agent = try WeirProcess(pipelines: stage(100), netns: net.client)
+        try agent.start()
+        defer { agent.stop() }
+        #expect(try routes(100) > 10)
+        agent.kill9()
+        try agent.writePipelines(stage(200))
+        try agent.start()
+        #expect(try routes(200) > 10)
+        #expect(try routes(100) == 0, "the old table's routes are gone")
+    }
 }

@@ -71,6 +71,8 @@ struct weir_tc_object {
 	/* HTB classes: configured rate and ceiling, bytes per second */
 	uint64_t rate;
 	uint64_t ceil;
+	/* bfifo and pfifo qdiscs: their limit (bytes or packets) */
+	uint32_t limit;
 };
 
 /* An HTB qdisc at the root of the interface, unclassified traffic to `default_class` (minor). */

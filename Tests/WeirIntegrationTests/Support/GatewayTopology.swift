@@ -15,8 +15,11 @@ final class GatewayTopology: NamespaceCommands, @unchecked Sendable {
     let gatewayInside: String
     let gatewayOutside: String
     let clientInterface: String
+    /// A bpf filesystem for count.ebpf's pins when asked for (see `NamespacePair.bpffs`).
+    let bpffs: String?
+    var pinRoot: String? { bpffs.map { $0 + "/weir" } }
 
-    init(upstreamRoutesBack: Bool = true) throws {
+    init(upstreamRoutesBack: Bool = true, withBPFFS: Bool = false) throws {
         let tag = namespaceTag("y")
         client = "weir-c\(tag)"
         gateway = "weir-g\(tag)"
@@ -24,6 +27,7 @@ final class GatewayTopology: NamespaceCommands, @unchecked Sendable {
         gatewayInside = "gi\(tag)"
         gatewayOutside = "go\(tag)"
         clientInterface = "ci\(tag)"
+        bpffs = withBPFFS ? FileManager.default.temporaryDirectory.appendingPathComponent("weir-bpffs-\(tag)").path : nil
         let upstreamInterface = "uo\(tag)"
         for ns in [client, gateway, upstream] {
             try sh(["ip", "netns", "add", ns])
@@ -52,10 +56,18 @@ final class GatewayTopology: NamespaceCommands, @unchecked Sendable {
         }
         try sh(["ip", "netns", "exec", gateway, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
         try sh(["ip", "netns", "exec", gateway, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
+        if let bpffs {
+            try FileManager.default.createDirectory(atPath: bpffs, withIntermediateDirectories: true)
+            try sh(["mount", "-t", "bpf", "bpf", bpffs])
+        }
     }
 
     deinit {
         for ns in [client, gateway, upstream] { removeNamespace(ns) }
+        if let bpffs {
+            _ = try? command([which("umount")!, bpffs])
+            try? FileManager.default.removeItem(atPath: bpffs)
+        }
     }
 
     /// Weir's table on the gateway, as `nft list` prints it ("" when there is none).

@@ -58,8 +58,8 @@ final class WeirProcess: @unchecked Sendable {
         try yaml.write(to: directory.appendingPathComponent("pipelines.d/\(file)"), atomically: true, encoding: .utf8)
     }
 
-    /// Starts the agent and waits until `/healthz` answers.
-    func start() throws {
+    /// Starts the agent and (unless `wait` is false) waits until `/healthz` answers.
+    func start(wait: Bool = true) throws {
         let process = Process()
         if let netns {
             // `ip netns exec` execs the agent, so the process is the agent and signals reach it.
@@ -77,6 +77,7 @@ final class WeirProcess: @unchecked Sendable {
         process.standardOutput = FileHandle.nullDevice
         try process.run()
         self.process = process
+        guard wait else { return }
         let deadline = Date().addingTimeInterval(15)
         while Date() < deadline {
             if !process.isRunning { throw AgentFailed(log: log) }
@@ -122,6 +123,12 @@ final class WeirProcess: @unchecked Sendable {
     func stop() {
         signal(SIGTERM)
         if waitForExit(timeout: 10) == nil { signal(SIGKILL) }
+    }
+
+    /// kill -9, and waits until the process is gone.
+    func kill9() {
+        signal(SIGKILL)
+        _ = waitForExit(timeout: 10)
     }
 
     func metrics() throws -> String { try httpGet("/metrics") }

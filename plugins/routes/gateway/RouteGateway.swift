@@ -84,9 +84,10 @@ final class RouteGateway: ServiceStage {
         logger.info("routes removed", metadata: ["table": "\(config.table)"])
     }
 
-    /// Removes every route with Weir's protocol, in every table.
-    static func removeAll() {
-        for route in (try? installed()) ?? [] { try? change(route, add: false) }
+    /// Removes the routes with Weir's protocol in every table no started stage installs routes in (all of
+    /// them when none runs).
+    static func removeUnusedTables() {
+        for route in (try? installed()) ?? [] where !tableUsers.isUsed("\(route.table)") { try? change(route, add: false) }
     }
 
     static func installed() throws -> [GatewayRoute] {

@@ -50,7 +50,9 @@ public struct RouteGatewayConfig: StageConfig {
     public func makeStage(_ context: StageContext) -> any Stage { RouteGateway(config: self, pipeline: context.pipeline) }
 
     public static func sweep(keeping pipelines: Set<String>, environment: StageEnvironment) async -> [String] {
-        if pipelines.isEmpty { RouteGateway.removeAll() }
+        // Routes in tables no running stage uses: the stage was removed, or moved to another table, while
+        // the agent was down (or killed between the new table's start and the old one's retirement).
+        RouteGateway.removeUnusedTables()
         return []
     }
 

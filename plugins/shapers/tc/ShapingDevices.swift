@@ -338,10 +338,18 @@ final class ShapingDevices: @unchecked Sendable {
     }
 
     /// Every leaf class has its queue (a class created by the plan, or whose queue someone deleted).
+    /// Every leaf class has its queue, sized for its ceiling: a crash between changing a class and resizing
+    /// its FIFO leaves the old size, which only a comparison with the kernel notices.
     private func ensureLeaves(_ ifindex: Int32, _ entry: DeviceRecord.OwnerRecord) throws {
-        let queued = Set(try TrafficControl.qdiscs(ifindex).map(\.parent))
-        for htb in entry.htbClasses where htb.isLeaf && !queued.contains(TrafficControl.classID(htb.minor)) {
-            try addLeaf(ifindex, htb)
+        let queues = Dictionary(try TrafficControl.qdiscs(ifindex).map { ($0.parent, $0) }) { first, _ in first }
+        for htb in entry.htbClasses where htb.isLeaf {
+            guard let queue = queues[TrafficControl.classID(htb.minor)] else {
+                try addLeaf(ifindex, htb)
+                continue
+            }
+            if queue.kind == LeafKind.bfifo.rawValue, queue.limit != LeafKind.bfifo.limit(ceil: htb.ceil) {
+                try TrafficControl.addLeaf(ifindex, minor: htb.minor, kind: .bfifo, ceil: htb.ceil)
+            }
         }
     }
 

@@ -43,6 +43,8 @@ enum TrafficControl {
         var overlimits: UInt32
         var rate: UInt64
         var ceil: UInt64
+        /// bfifo/pfifo: the queue's limit.
+        var limit: UInt32
 
         var major: UInt32 { handle >> 16 }
         var minor: UInt16 { UInt16(handle & 0xFFFF) }
@@ -61,7 +63,8 @@ enum TrafficControl {
             let kind = withUnsafeBytes(of: &object.kind) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
             return Object(
                 handle: object.handle, parent: object.parent, kind: kind, bytes: object.bytes, packets: object.packets,
-                drops: object.drops, overlimits: object.overlimits, rate: object.rate, ceil: object.ceil)
+                drops: object.drops, overlimits: object.overlimits, rate: object.rate, ceil: object.ceil,
+                limit: object.limit)
         }
     }
 
