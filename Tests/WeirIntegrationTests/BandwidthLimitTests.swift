@@ -29,8 +29,8 @@ struct BandwidthLimitTests {
     func upload(port: Int) throws {
         let client = try TCPClient(port: port)
         let chunk = [UInt8](repeating: 1, count: 64 * 1024)
-        let start = Date()
-        while Date().timeIntervalSince(start) < Self.seconds {
+        let start = monotonicSeconds()
+        while monotonicSeconds() - start < Self.seconds {
             try client.send(chunk)
         }
         client.shutdownWrite()
@@ -46,7 +46,7 @@ struct BandwidthLimitTests {
         try weir.start()
         defer { weir.stop() }
         try expectRate("upload") {
-            let started = Date()
+            let started = monotonicSeconds()
             try upload(port: port)
             return log.receiveRate(since: started)
         }
@@ -61,12 +61,12 @@ struct BandwidthLimitTests {
         defer { weir.stop() }
         try expectRate("download") {
             let client = try TCPClient(port: port)
-            let start = Date()
+            let start = monotonicSeconds()
             var received = 0
-            while Date().timeIntervalSince(start) < Self.seconds {
+            while monotonicSeconds() - start < Self.seconds {
                 received += try client.receive().count
             }
-            return Double(received) / Date().timeIntervalSince(start)
+            return Double(received) / (monotonicSeconds() - start)
         }
     }
 
@@ -79,7 +79,7 @@ struct BandwidthLimitTests {
         try weir.start()
         defer { weir.stop() }
         try expectRate("two connections together") {
-            let started = Date()
+            let started = monotonicSeconds()
             let first = Background { try self.upload(port: port) }
             let second = Background { try self.upload(port: port) }
             try first.value()

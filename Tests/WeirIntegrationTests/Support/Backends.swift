@@ -1,13 +1,22 @@
 import Foundation
 
+/// Seconds on the monotonic clock, for measuring rates.
+func monotonicSeconds() -> Double {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+}
+
 /// What a backend saw, filled in from its own threads.
 final class BackendLog: @unchecked Sendable {
     private let lock = NSLock()
     private var _received: [Int] = []
     private var _matched: [Bool] = []
-    private var _windows: [(first: Date, last: Date)] = []
+    /// Monotonic seconds (`monotonicSeconds()`): a wall clock stepped by time synchronisation mid-transfer
+    /// would skew a measured rate.
+    private var _windows: [(first: Double, last: Double)] = []
 
-    func record(received: Int, matched: Bool, first: Date = Date(), last: Date = Date()) {
+    func record(received: Int, matched: Bool, first: Double = monotonicSeconds(), last: Double = monotonicSeconds()) {
         lock.lock()
         defer { lock.unlock() }
         _received.append(received)
@@ -19,12 +28,12 @@ final class BackendLog: @unchecked Sendable {
     /// to the last byte of any.
     /// Timed from the senders' start, not the backend's first read: a backend that got to read late on a busy
     /// machine (socket buffers filling meanwhile) would make the rate look higher than it was.
-    func receiveRate(since start: Date) -> Double {
+    func receiveRate(since start: Double) -> Double {
         lock.lock()
         defer { lock.unlock() }
         let since = _windows.indices.filter { _windows[$0].first >= start }
         guard let last = since.map({ _windows[$0].last }).max(), last > start else { return 0 }
-        return Double(since.map { _received[$0] }.reduce(0, +)) / last.timeIntervalSince(start)
+        return Double(since.map { _received[$0] }.reduce(0, +)) / (last - start)
     }
 
     var received: [Int] { lock.lock(); defer { lock.unlock() }; return _received }
@@ -91,11 +100,11 @@ enum Backends {
         let listener = try TCPListener()
         listener.serve { connection in
             var total = 0
-            var first: Date?
-            var last = Date()
+            var first: Double?
+            var last = monotonicSeconds()
             while let chunk = try? connection.receive(), !chunk.isEmpty {
                 total += chunk.count
-                last = Date()
+                last = monotonicSeconds()
                 if first == nil { first = last }
             }
             log.record(received: total, matched: true, first: first ?? last, last: last)
