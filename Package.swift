@@ -149,6 +149,16 @@ let package = Package(
             resources: [.embedInCode("gateway/route.gateway.sample.yaml")]
         ),
         .target(
+            name: "WeirTunnels",
+            dependencies: [
+                "WeirCore", "CWeirNetlink", "CWeirSystem", .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ] + nio,
+            path: "plugins/tunnels",
+            exclude: ["wireguard/README.md"],
+            resources: [.embedInCode("wireguard/wireguard.sample.yaml")]
+        ),
+        .target(
             name: "WeirShapers",
             dependencies: ["WeirCore", "CWeirBPF", "CWeirNetlink", .product(name: "Logging", package: "swift-log")] + nio,
             path: "plugins/shapers",
@@ -175,7 +185,7 @@ let package = Package(
         // The one list of built-in stages.
         .target(
             name: "WeirStages",
-            dependencies: ["WeirCore", "WeirListeners", "WeirConnectors", "WeirLimiters", "WeirCounters", "WeirEnforcers", "WeirRoutes", "WeirShapers", "WeirTransforms"],
+            dependencies: ["WeirCore", "WeirListeners", "WeirConnectors", "WeirLimiters", "WeirCounters", "WeirEnforcers", "WeirRoutes", "WeirShapers", "WeirTransforms", "WeirTunnels"],
             path: "Sources/WeirStages"
         ),
         // The agent: reload planning and supervision, the metrics endpoint, logging.
@@ -225,7 +235,7 @@ let package = Package(
         .executableTarget(
             name: "weir",
             dependencies: [
-                "WeirCore", "WeirAgent", "WeirStages", "WeirCoordinator",
+                "WeirCore", "WeirAgent", "WeirStages", "WeirCoordinator", "WeirTunnels",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -260,7 +270,7 @@ let package = Package(
             name: "WeirPluginTests",
             dependencies: [
                 "WeirCore", "WeirStages", "WeirLimiters", "WeirListeners", "WeirConnectors", "WeirCounters", "WeirEnforcers", "WeirRoutes",
-                "WeirShapers", "WeirTransforms", .product(name: "NIOEmbedded", package: "swift-nio"),
+                "WeirShapers", "WeirTransforms", "WeirTunnels", .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"), .product(name: "NIOHTTP2", package: "swift-nio-http2"),
                 .product(name: "NIOHPACK", package: "swift-nio-http2"),
             ],

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <linux/if.h>
+#include <linux/if_addr.h>
 #include <linux/if_link.h>
 #include <linux/rtnetlink.h>
 #include <stdlib.h>
@@ -159,6 +160,109 @@ int weir_link_watch_read(struct weir_link_watch *watch, int timeout_ms, struct w
 		if (list.count == list.capacity)
 			break;
 	}
+	*count = list.count;
+	return 0;
+}
+
+/* ---- link settings and addresses (the wireguard stage's interface) ---- */
+
+int weir_link_configure(int ifindex, int up, uint32_t mtu)
+{
+	char buffer[MNL_SOCKET_BUFFER_SIZE];
+	struct nlmsghdr *nlh = mnl_nlmsg_put_header(buffer);
+	nlh->nlmsg_type = RTM_NEWLINK;
+	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+	nlh->nlmsg_seq = (uint32_t)time(NULL);
+	struct ifinfomsg *ifi = mnl_nlmsg_put_extra_header(nlh, sizeof(*ifi));
+	ifi->ifi_family = AF_UNSPEC;
+	ifi->ifi_index = ifindex;
+	ifi->ifi_flags = up ? IFF_UP : 0;
+	ifi->ifi_change = IFF_UP;
+	if (mtu)
+		mnl_attr_put_u32(nlh, IFLA_MTU, mtu);
+	int err = netlink_talk(nlh, buffer);
+	return err ? netlink_fail(err, "configuring link %d (up %d, mtu %u)", ifindex, up, mtu) : 0;
+}
+
+static int address_message(int ifindex, const struct weir_address *address, uint16_t type, uint16_t flags)
+{
+	char buffer[MNL_SOCKET_BUFFER_SIZE];
+	struct nlmsghdr *nlh = mnl_nlmsg_put_header(buffer);
+	nlh->nlmsg_type = type;
+	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+	nlh->nlmsg_seq = (uint32_t)time(NULL);
+	struct ifaddrmsg *ifa = mnl_nlmsg_put_extra_header(nlh, sizeof(*ifa));
+	size_t length = address->family == AF_INET ? 4 : 16;
+	ifa->ifa_family = address->family;
+	ifa->ifa_prefixlen = address->prefix_len;
+	ifa->ifa_index = (uint32_t)ifindex;
+	ifa->ifa_scope = RT_SCOPE_UNIVERSE;
+	/* No duplicate address detection: the tunnel's addresses are assigned by its configuration. */
+	ifa->ifa_flags = address->family == AF_INET6 ? IFA_F_NODAD : 0;
+	mnl_attr_put(nlh, IFA_LOCAL, length, address->address);
+	mnl_attr_put(nlh, IFA_ADDRESS, length, address->address);
+	return netlink_talk(nlh, buffer);
+}
+
+int weir_address_add(int ifindex, const struct weir_address *address)
+{
+	int err = address_message(ifindex, address, RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE);
+	return err ? netlink_fail(err, "adding an address to link %d", ifindex) : 0;
+}
+
+int weir_address_delete(int ifindex, const struct weir_address *address)
+{
+	int err = address_message(ifindex, address, RTM_DELADDR, 0);
+	if (err == -EADDRNOTAVAIL || err == -ENODEV)
+		return 0;
+	return err ? netlink_fail(err, "deleting an address of link %d", ifindex) : 0;
+}
+
+struct address_list {
+	int ifindex;
+	struct weir_address *addresses;
+	size_t count, capacity;
+	int error;
+};
+
+static int parse_address(const struct nlmsghdr *nlh, void *data)
+{
+	struct address_list *list = data;
+	const struct ifaddrmsg *ifa = mnl_nlmsg_get_payload(nlh);
+	if ((int)ifa->ifa_index != list->ifindex || (ifa->ifa_family != AF_INET && ifa->ifa_family != AF_INET6))
+		return MNL_CB_OK;
+	const struct nlattr *attributes[IFA_MAX + 1] = {0};
+	mnl_attr_parse(nlh, sizeof(*ifa), netlink_index_attribute, &(struct attribute_table){attributes, IFA_MAX});
+	const struct nlattr *local = attributes[IFA_LOCAL] ? attributes[IFA_LOCAL] : attributes[IFA_ADDRESS];
+	size_t length = ifa->ifa_family == AF_INET ? 4 : 16;
+	if (!local || mnl_attr_get_payload_len(local) != length || ifa->ifa_scope == RT_SCOPE_LINK)
+		return MNL_CB_OK; /* link-local addresses are the kernel's own */
+	if (!netlink_reserve((void **)&list->addresses, &list->capacity, list->count, sizeof(*list->addresses), 8, &list->error))
+		return MNL_CB_ERROR;
+	struct weir_address *address = &list->addresses[list->count++];
+	memset(address, 0, sizeof(*address));
+	address->family = ifa->ifa_family;
+	address->prefix_len = ifa->ifa_prefixlen;
+	memcpy(address->address, mnl_attr_get_payload(local), length);
+	return MNL_CB_OK;
+}
+
+int weir_address_list(int ifindex, struct weir_address **addresses, size_t *count)
+{
+	char buffer[MNL_SOCKET_BUFFER_SIZE];
+	struct nlmsghdr *nlh = mnl_nlmsg_put_header(buffer);
+	nlh->nlmsg_type = RTM_GETADDR;
+	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+	nlh->nlmsg_seq = (uint32_t)time(NULL);
+	struct ifaddrmsg *ifa = mnl_nlmsg_put_extra_header(nlh, sizeof(*ifa));
+	ifa->ifa_family = AF_UNSPEC;
+	struct address_list list = {.ifindex = ifindex};
+	int err = netlink_dump(nlh, parse_address, &list, &list.error, "addresses");
+	if (err) {
+		free(list.addresses);
+		return err;
+	}
+	*addresses = list.addresses;
 	*count = list.count;
 	return 0;
 }

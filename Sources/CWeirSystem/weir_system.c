@@ -2,6 +2,8 @@
 #include "weir_system.h"
 
 #include <dirent.h>
+#include <fcntl.h>
+#include <sys/wait.h>
 #include <errno.h>
 #include <sched.h>
 #include <stdlib.h>
@@ -73,4 +75,34 @@ int weir_thread_descriptor_count(void)
 	closedir(dir);
 	/* The listing's own descriptor is not one of the thread's. */
 	return count - 1;
+}
+
+int weir_spawn_wait(const char *path, char *const argv[], char *const envp[])
+{
+	pid_t pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		int null = open("/dev/null", O_RDWR);
+		if (null >= 0) {
+			dup2(null, 0);
+			dup2(null, 1);
+			dup2(null, 2);
+		}
+		/* Everything from 3 up: the agent's sockets stay the agent's. */
+		if (syscall(SYS_close_range, 3, ~0U, 0) != 0) {
+			for (int fd = 3; fd < 65536; fd++)
+				close(fd);
+		}
+		execve(path, argv, envp);
+		_exit(127);
+	}
+	int status = 0;
+	while (waitpid(pid, &status, 0) < 0) {
+		if (errno != EINTR)
+			return -errno;
+	}
+	if (WIFEXITED(status))
+		return WEXITSTATUS(status);
+	return 128 + WTERMSIG(status);
 }

@@ -48,7 +48,7 @@ public actor Agent: Service {
     private var reconcileRequests: AsyncStream<Void>.Continuation?
     private var reconciler: Task<Void, Never>?
     /// Service stages are re-checked this often even when no interface changed (notifications can be lost,
-    /// and someone may remove a qdisc or route by hand).
+    /// and someone may remove a qdisc or route by hand), or sooner when a stage asks (`reconcile_interval`).
     static let reconcileInterval = Duration.seconds(30)
 
     /// Why a reload did not take effect; the running configuration stays.
@@ -150,6 +150,7 @@ public actor Agent: Service {
                 metadata: ["error": "\(error)"])
         }
         let logger = logger
+        continuation.yield()  // once at start: what the first apply could not see
         reconciler = Task {
             await withTaskGroup(of: Void.self) { group in
                 if let links {
@@ -161,7 +162,11 @@ public actor Agent: Service {
                     }
                 }
                 group.addTask {
-                    while (try? await Task.sleep(for: Self.reconcileInterval)) != nil { continuation.yield() }
+                    while true {
+                        let interval = await self.supervisor.reconcileInterval(atMost: Self.reconcileInterval)
+                        guard (try? await Task.sleep(for: interval)) != nil else { break }
+                        continuation.yield()
+                    }
                 }
                 group.addTask {
                     for await _ in requests {

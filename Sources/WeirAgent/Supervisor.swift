@@ -179,6 +179,11 @@ public actor Supervisor {
         stageProblems = current
     }
 
+    /// The shortest `reconcileInterval` a running service stage asks for, at most `longest`.
+    public func reconcileInterval(atMost longest: Duration) -> Duration {
+        running.values.flatMap(\.services).compactMap(\.stage.reconcileInterval).reduce(longest) { min($0, $1) }
+    }
+
     /// Stops accepting everywhere, waits up to the configured grace for open connections, closes the rest.
     /// Service stages stop but keep their persistent state (pinned maps) for the next start.
     public func shutdown() async {

@@ -7,6 +7,7 @@ import WeirListeners
 import WeirRoutes
 import WeirShapers
 import WeirTransforms
+import WeirTunnels
 
 /// Every stage type built into the agent. Adding a stage is one line here.
 public enum BuiltinStages {
@@ -31,5 +32,6 @@ public enum BuiltinStages {
         TransformMuxConfig.self,
         ListenReverseConfig.self,
         ConnectReverseConfig.self,
+        WireGuardConfig.self,
     ])
 }

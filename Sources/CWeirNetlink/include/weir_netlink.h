@@ -106,6 +106,22 @@ int weir_link_ifb_create(const char *name);
 /* Deletes the link named `name`. Already gone is not an error. */
 int weir_link_delete(const char *name);
 
+/* Sets a link up or down and, unless 0, its MTU. */
+int weir_link_configure(int ifindex, int up, uint32_t mtu);
+
+/* An interface address: address and prefix length (10.8.0.1/24). */
+struct weir_address {
+	uint8_t family; /* AF_INET or AF_INET6 */
+	uint8_t prefix_len;
+	uint8_t address[16];
+};
+
+/* Adds (or replaces) and deletes an address of a link; deleting one that is gone is not an error. */
+int weir_address_add(int ifindex, const struct weir_address *address);
+int weir_address_delete(int ifindex, const struct weir_address *address);
+/* The link's IPv4 and IPv6 addresses, link-local ones left out. Free with free(). */
+int weir_address_list(int ifindex, struct weir_address **addresses, size_t *count);
+
 /* ---- link watch: interfaces and addresses that come and go ---- */
 
 struct weir_link_watch;

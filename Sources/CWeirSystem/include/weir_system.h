@@ -14,4 +14,10 @@ int weir_isolate_descriptor_table(void);
 /* The number of open descriptors in the calling thread's table, or a negative errno. */
 int weir_thread_descriptor_count(void);
 
+/* Runs `path` with `argv` and `envp` and waits for it to exit; its standard input and output are /dev/null and
+ * it inherits no other descriptor of the agent (listening sockets, netlink sockets), whatever their close-on-exec
+ * flag — for helpers that leave a daemon behind (wireguard-go), which must not hold the agent's ports open.
+ * Returns the exit status (128 + signal when killed), or a negative errno when it could not run. */
+int weir_spawn_wait(const char *path, char *const argv[], char *const envp[]);
+
 #endif

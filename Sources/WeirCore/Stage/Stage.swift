@@ -182,11 +182,16 @@ public protocol ServiceStage: Stage {
     /// supervisor calls it after interfaces or addresses change, after every reload and periodically, on a
     /// started stage only, never at the same time as `start`, `stop` or another `reconcile`.
     func reconcile() async -> ReconcileReport
+
+    /// How often the stage wants `reconcile` at least (the agent reconciles every stage at the shortest
+    /// interval any running stage asks for, and every 30 s otherwise); nil for no wish of its own.
+    var reconcileInterval: Duration? { get }
 }
 
 extension ServiceStage {
     public func retirementRefusal() -> String? { nil }
     public func reconcile() async -> ReconcileReport { ReconcileReport() }
+    public var reconcileInterval: Duration? { nil }
 }
 
 /// What one `reconcile` found.
