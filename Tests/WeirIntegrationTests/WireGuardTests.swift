@@ -114,6 +114,11 @@ struct WireGuardTests {
         #expect((try agent.metric("weir_wireguard_peers", ["pipeline": "vpn", "state": "connected"])) == 1)
         #expect((try agent.metric("weir_wireguard_peers", ["pipeline": "vpn", "state": "never"])) == 1)
         #expect(try agent.metric("weir_wireguard_peer_last_handshake_timestamp_seconds", ["peer": "alice"]) ?? 0 > 1_700_000_000)
+        // The same configuration as a QR code for the mobile apps.
+        let qr = try runWeir(["wireguard", "config", "--config", agent.configPath, "vpn", "bob", "--qr"])
+        #expect(qr.status == 0 && (qr.output.contains("█") || qr.output.contains("▀")), "\(qr.output.prefix(200))")
+        let unknown = try runWeir(["wireguard", "config", "--config", agent.configPath, "vpn", "mallory"])
+        #expect(unknown.status != 0 && unknown.output.contains("has no peer \"mallory\""))
         let exposition = try agent.metrics()
         #expect(!exposition.contains("public_key"), "no keys as labels")
         let (status, report) = try promtoolCheck(exposition)
@@ -215,5 +220,58 @@ struct WireGuardTests {
         try agent.start()
         #expect((try? net.inside(net.agent, ["ip", "link", "show", interface])) == nil, "swept at start")
         #expect(!FileManager.default.fileExists(atPath: agent.directory.appendingPathComponent("wireguard/vpn.json").path))
+    }
+
+    @Test("A peer over its transfer quota is taken off the interface (kept in state, through restarts) until the quota is raised or the period resets")
+    func quotaCutsOffAndResets() throws {
+        let net = try NamespacePair()
+        let tag = namespaceTag("w")
+        let interface = "wgs\(tag)"
+        func pipelines(limit: String) -> String {
+            Self.server(net, interface: interface, peers: ["alice"], interval: "1s") + "\n            quota: {limit: \(limit), period: day}\n"
+        }
+        let agent = try WeirProcess(pipelines: pipelines(limit: "100KiB"), netns: net.agent)
+        try agent.start()
+        defer { agent.stop() }
+        let echo = try Self.echo(net)
+        defer { echo.stopHelper() }
+        let alice = try Client(net, agent: agent, peer: "alice", interface: "wca\(tag)", metric: 100)
+        #expect(alice.ping())
+        let server = try net.background(net.agent, TrafficScripts.tcpReadThenReply, ["4", "10.88.0.1", "7302", "1000"])
+        defer { server.stopHelper() }
+        _ = try? net.python(net.peer, TrafficScripts.tcpSendThenRead, ["4", "10.88.0.1", "7302", "300000"])
+
+        #expect(eventually(timeout: 6) { (try? Self.dump(net, interface))?.isEmpty == true }, "alice is off the interface")
+        #expect(try agent.metric("weir_wireguard_peers", ["pipeline": "vpn", "state": "disabled"]) == 1)
+        #expect(try agent.metric("weir_wireguard_peer_period_bytes", ["peer": "alice"]) ?? 0 >= 300_000)
+        #expect(try agent.metric("weir_wireguard_peer_quota_bytes", ["peer": "alice"]) == 102_400)
+        #expect(agent.log.contains("peer is over its quota"))
+        #expect(!alice.ping())
+
+        // Usage survives kill -9: she stays off after the restart.
+        agent.kill9()
+        try agent.start()
+        #expect(try Self.dump(net, interface).isEmpty)
+
+        // A raised quota lets her back at once.
+        try agent.writePipelines(pipelines(limit: "10MiB"))
+        try agent.reload()
+        #expect(eventually { (try? Self.dump(net, interface))?.count == 1 })
+        // Her client still holds the session the server forgot; WireGuard starts a new handshake after 15 s
+        // without an answer (keepalive timeout + rekey timeout), as any client does after a server restart.
+        #expect(eventually(timeout: 30) { alice.ping() })
+
+        // The quota lowered again, but the period over (the state says it began yesterday): a fresh period.
+        agent.stop()
+        let statePath = agent.directory.appendingPathComponent("wireguard/vpn.json").path
+        var state = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: statePath))) as? [String: Any])
+        var usage = try #require(state["usage"] as? [String: [String: Any]])
+        usage["alice"]?["periodStart"] = Date().timeIntervalSince1970 - 2 * 86400
+        state["usage"] = usage
+        try JSONSerialization.data(withJSONObject: state).write(to: URL(fileURLWithPath: statePath))
+        try agent.writePipelines(pipelines(limit: "100KiB"))
+        try agent.start()
+        #expect(try Self.dump(net, interface).count == 1, "a new period starts from zero")
+        #expect(try agent.metric("weir_wireguard_peer_period_bytes", ["peer": "alice"]) ?? 1 < 100_000)
     }
 }

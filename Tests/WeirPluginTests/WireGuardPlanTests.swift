@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import WeirCore
 
@@ -126,5 +127,41 @@ struct WireGuardPlanTests {
         #expect(throws: WireGuardState.AllocationError.self) {
             _ = try state.allocate(peers: peers(["b", "c", "d", "e", "f", "g"]), pool: pool, interfaceAddresses: interface)
         }
+    }
+
+    @Test func usageAccumulatesAcrossCounterResetsAndPeriods() throws {
+        func peer(_ name: String, limit: UInt64?, period: WireGuardConfig.Quota.Period = .day) -> WireGuardConfig.Peer {
+            .init(
+                name: name, publicKey: nil, presharedKeyFile: nil, allowedIPs: [], endpoints: [], persistentKeepalive: 0,
+                quota: limit.map { .init(limit: $0, period: period) })
+        }
+        let alice = peer("alice", limit: 1000)
+        var state = WireGuardState(interface: "wg0")
+        let monday = Date(timeIntervalSince1970: 1_764_547_200)  // 2025-12-01 00:00 UTC, a Monday
+        state.rollPeriods([alice], now: monday.addingTimeInterval(3600))
+        func device(rx: UInt64, tx: UInt64) -> DeviceState {
+            DeviceState(peers: [PeerState(publicKey: key(2), receiveBytes: rx, transmitBytes: tx)])
+        }
+        state.account(device(rx: 300, tx: 100), names: [key(2): "alice"])
+        #expect(state.usage["alice"]?.used == 400 && !state.isOverQuota(alice))
+        state.account(device(rx: 700, tx: 300), names: [key(2): "alice"])
+        #expect(state.usage["alice"]?.used == 1000 && state.isOverQuota(alice))
+        // Off the device (disabled): its counters restart from zero when it is back.
+        state.account(DeviceState(), names: [key(2): "alice"])
+        state.account(device(rx: 50, tx: 0), names: [key(2): "alice"])
+        #expect(state.usage["alice"]?.used == 1050)
+        // The same day: nothing resets; the next day: a new period.
+        state.rollPeriods([alice], now: monday.addingTimeInterval(20 * 3600))
+        #expect(state.usage["alice"]?.used == 1050)
+        state.rollPeriods([alice], now: monday.addingTimeInterval(25 * 3600))
+        #expect(state.usage["alice"]?.used == 0 && !state.isOverQuota(alice))
+        // Periods start at UTC midnight, on Mondays, on the first of the month.
+        let wednesday = monday.addingTimeInterval(2 * 86400 + 5000)
+        #expect(WireGuardState.periodStart(.week, containing: wednesday) == monday)
+        #expect(WireGuardState.periodStart(.month, containing: wednesday) == monday)
+        #expect(WireGuardState.periodStart(.day, containing: wednesday) == monday.addingTimeInterval(2 * 86400))
+        // A peer no longer configured takes its usage along.
+        state.rollPeriods([peer("bob", limit: nil)], now: wednesday)
+        #expect(state.usage["alice"] == nil && state.usage["bob"]?.used == 0)
     }
 }

@@ -20,6 +20,10 @@ final class WireGuard: ServiceStage, ScrapeCollector {
     private let converging = NIOLock()
     /// Peer names by public key, for the metrics.
     private let names = NIOLockedValueBox<[WireGuardKey: String]>([:])
+    /// Peers over their quota, taken off the device.
+    private let disabled = NIOLockedValueBox<Set<String>>([])
+    /// Usage per peer as last accounted, for the metrics.
+    private let usage = NIOLockedValueBox<[String: WireGuardState.Usage]>([:])
     /// The purge refused at the last converge, reported until it clears.
     private let refusedPurge = NIOLockedValueBox<String?>(nil)
 
@@ -134,7 +138,21 @@ final class WireGuard: ServiceStage, ScrapeCollector {
             report.repairs += try convergeAddresses(ifindex)
 
             let actual = try device.get()
-            let desired = DesiredDevice(privateKey: privateKey, listenPort: config.listenPort, fwmark: config.fwmark, peers: peers)
+            // Transfer since the last reading counts against each peer's quota; peers over it leave the device.
+            let keyNames = Dictionary(peers.map { ($0.publicKey, $0.name) }) { first, _ in first }
+            state.rollPeriods(config.peers, now: Date())
+            state.account(actual, names: keyNames)
+            let overQuota = Set(config.peers.filter(state.isOverQuota).map(\.name))
+            let newlyOver = overQuota.subtracting(disabled.withLockedValue { $0 })
+            for name in newlyOver.sorted() {
+                logger.notice("peer is over its quota: taken off the interface until the period ends or the quota is raised", metadata: ["peer": "\(name)"])
+            }
+            for name in disabled.withLockedValue({ $0 }).subtracting(overQuota).sorted() {
+                logger.info("peer is within its quota again", metadata: ["peer": "\(name)"])
+            }
+            disabled.withLockedValue { $0 = overQuota }
+            let desired = DesiredDevice(
+                privateKey: privateKey, listenPort: config.listenPort, fwmark: config.fwmark, peers: peers.filter { !overQuota.contains($0.name) })
             let known = Set(state.configured.compactMap { WireGuardKey(base64: $0) })
             let plan = PeerPlan.make(desired: desired, actual: actual, known: known)
             let purgeShare = actual.peers.isEmpty ? 0 : Double(plan.purge.count) / Double(actual.peers.count)
@@ -157,7 +175,9 @@ final class WireGuard: ServiceStage, ScrapeCollector {
                     ])
             }
             if purging, !plan.purge.isEmpty { report.repairs.append("removed \(plan.purge.count) peers the configuration does not have") }
+            // Disabled peers count as configured: their removal is intended, and they come back.
             state.configured = peers.map(\.publicKey.base64)
+            usage.withLockedValue { $0 = state.usage }
             try state.save(stateDirectory, pipeline: pipeline)
             names.withLockedValue { $0 = Dictionary(peers.map { ($0.publicKey, $0.name) }) { first, _ in first } }
             return report
@@ -250,9 +270,33 @@ final class WireGuard: ServiceStage, ScrapeCollector {
                 for sample in samples { body.appendSample(name, labels: sample.labels, value: value(sample.peer)) }
             }
         }
+        counts["disabled"] = UInt64(disabled.withLockedValue { $0.count })
+        let usage = usage.withLockedValue { $0 }
+        var quotaSamples: [(labels: [UInt8], used: UInt64, limit: UInt64?)] = []
+        for peer in config.peers {
+            var labels: [UInt8] = []
+            labels.appendLabel("pipeline", pipeline)
+            labels.append(UInt8(ascii: ","))
+            labels.appendLabel("interface", config.interface)
+            labels.append(UInt8(ascii: ","))
+            labels.appendLabel("peer", peer.name)
+            quotaSamples.append((labels, usage[peer.name]?.used ?? 0, peer.quota?.limit))
+        }
+        for (family, limits) in [(Self.quotaUsed, false), (Self.quotaLimit, true)] {
+            let name = Array(family.name.utf8)
+            exposition.write(family) { body in
+                for sample in quotaSamples {
+                    if limits {
+                        if let limit = sample.limit { body.appendSample(name, labels: sample.labels, value: limit) }
+                    } else {
+                        body.appendSample(name, labels: sample.labels, value: sample.used)
+                    }
+                }
+            }
+        }
         let peersName = Array(Self.peers.name.utf8)
         exposition.write(Self.peers) { body in
-            for status in ["connected", "idle", "never"] {
+            for status in ["connected", "idle", "never", "disabled"] {
                 var labels: [UInt8] = []
                 labels.appendLabel("pipeline", pipeline)
                 labels.append(UInt8(ascii: ","))
@@ -273,5 +317,10 @@ final class WireGuard: ServiceStage, ScrapeCollector {
         ),
     ]
     private static let peers = MetricFamily(
-        "weir_wireguard_peers", .gauge, help: "Peers on the interface by state: connected (handshake within 3 minutes), idle, never.")
+        "weir_wireguard_peers", .gauge,
+        help: "Peers by state: connected (handshake within 3 minutes), idle, never (on the interface), disabled (over quota, off it).")
+    private static let quotaUsed = MetricFamily(
+        "weir_wireguard_peer_period_bytes", .gauge, help: "Bytes the peer received and sent in its current quota period (a month without a quota).")
+    private static let quotaLimit = MetricFamily(
+        "weir_wireguard_peer_quota_bytes", .gauge, help: "The peer's transfer quota per period.")
 }

@@ -22,7 +22,9 @@ public struct WireGuardConfig: StageConfig {
         OptionDoc("backend", "auto|kernel|userspace", default: "auto", "The kernel module, or wireguard-go where the module is missing."),
         OptionDoc("reconcile_interval", "duration", default: "10s", "How often the device is compared with the configuration and put back."),
         OptionDoc("max_purge_share", "0-1", default: "0.5", "Peers on the device the configuration does not have are removed, unless they are more than this share of them."),
-        OptionDoc("peers", "[peer]", default: "[]", "name, public_key (generated when absent), preshared_key_file, allowed_ips, endpoints, persistent_keepalive."),
+        OptionDoc(
+            "peers", "[peer]", default: "[]",
+            "name, public_key (generated when absent), preshared_key_file, allowed_ips, endpoints, persistent_keepalive, quota {limit, period}."),
     ]
     public static var sample: String { String(decoding: PackageResources.wireguard_sample_yaml, as: UTF8.self) }
 
@@ -36,6 +38,18 @@ public struct WireGuardConfig: StageConfig {
         /// Several: the next is tried when no handshake succeeds (client failover); the first is preferred.
         public var endpoints: [HostPort]
         public var persistentKeepalive: Int
+        /// Bytes (received + sent) the peer may transfer per period; past it the peer is taken off the
+        /// device (kept in state) until the period resets or the quota is raised.
+        public var quota: Quota?
+    }
+
+    public struct Quota: Sendable, Equatable {
+        public enum Period: String, Sendable, CaseIterable {
+            case day, week, month
+        }
+
+        public var limit: UInt64
+        public var period: Period
     }
 
     public var interface: String
@@ -131,10 +145,17 @@ public struct WireGuardConfig: StageConfig {
             }
         }
         let keepalive = map.optional("persistent_keepalive", default: 0) { $0.int(in: 0...65535) }
-        guard let name, let publicKey, let presharedKeyFile, let allowedIPs, let endpoints, let keepalive else { return nil }
+        let quota = map.optional("quota", default: Quota?.none) { value -> Quota?? in
+            guard let quota = value.mapping else { return nil }
+            let limit = quota.required("limit").flatMap { $0.parsed(ByteSizeParser.parse) }
+            let period = quota.optional("period", default: Quota.Period.month) { $0.oneOf(Quota.Period.self) }
+            guard let limit, let period else { return nil }
+            return .some(Quota(limit: UInt64(limit), period: period))
+        }
+        guard let name, let publicKey, let presharedKeyFile, let allowedIPs, let endpoints, let keepalive, let quota else { return nil }
         return Peer(
             name: name, publicKey: publicKey, presharedKeyFile: presharedKeyFile, allowedIPs: allowedIPs, endpoints: endpoints,
-            persistentKeepalive: keepalive)
+            persistentKeepalive: keepalive, quota: quota)
     }
 
     private static func list<T>(_ value: ConfigValue, _ read: (ConfigValue) -> T?) -> [T]? {

@@ -12,6 +12,73 @@ struct WireGuardState: Codable, Sendable, Equatable {
     var generatedKeys: [String: String] = [:]
     /// Public keys (base64) of the peers the last apply configured.
     var configured: [String] = []
+    /// Peer name → its transfer in the current quota period (every peer is counted; only those with a
+    /// quota are limited). Survives restarts and reloads with the file.
+    var usage: [String: Usage] = [:]
+
+    struct Usage: Codable, Sendable, Equatable {
+        /// Unix seconds when the period began.
+        var periodStart: Double
+        /// Bytes received and sent in the period.
+        var used: UInt64
+        /// The device's counters at the last reading (they restart from 0 when the peer is added again).
+        var lastReceive: UInt64
+        var lastTransmit: UInt64
+    }
+
+    /// Adds what each peer moved since the last reading to its usage; a new period starts from zero.
+    mutating func account(_ device: DeviceState, names: [WireGuardKey: String]) {
+        var seen: Set<String> = []
+        for peer in device.peers {
+            guard let name = names[peer.publicKey] else { continue }
+            seen.insert(name)
+            var usage = usage[name] ?? Usage(periodStart: 0, used: 0, lastReceive: 0, lastTransmit: 0)
+            // Counters that went down belong to a new session of the device: all of it is new.
+            let received = peer.receiveBytes >= usage.lastReceive ? peer.receiveBytes - usage.lastReceive : peer.receiveBytes
+            let sent = peer.transmitBytes >= usage.lastTransmit ? peer.transmitBytes - usage.lastTransmit : peer.transmitBytes
+            usage.used &+= received &+ sent
+            usage.lastReceive = peer.receiveBytes
+            usage.lastTransmit = peer.transmitBytes
+            self.usage[name] = usage
+        }
+        // Peers off the device (disabled, or not added yet) start from zero counters when they come back.
+        for name in usage.keys where !seen.contains(name) {
+            usage[name]?.lastReceive = 0
+            usage[name]?.lastTransmit = 0
+        }
+    }
+
+    /// Starts a new period for peers whose period (by their quota, monthly otherwise) has ended, and drops
+    /// the usage of peers no longer configured.
+    mutating func rollPeriods(_ peers: [WireGuardConfig.Peer], now: Date) {
+        usage = usage.filter { name, _ in peers.contains { $0.name == name } }
+        for peer in peers {
+            let start = Self.periodStart(peer.quota?.period ?? .month, containing: now).timeIntervalSince1970
+            var usage = usage[peer.name] ?? Usage(periodStart: start, used: 0, lastReceive: 0, lastTransmit: 0)
+            if usage.periodStart < start {
+                usage.periodStart = start
+                usage.used = 0
+            }
+            self.usage[peer.name] = usage
+        }
+    }
+
+    /// Whether a peer has used up its quota.
+    func isOverQuota(_ peer: WireGuardConfig.Peer) -> Bool {
+        guard let quota = peer.quota else { return false }
+        return (usage[peer.name]?.used ?? 0) >= quota.limit
+    }
+
+    /// The start (UTC) of the day, ISO week (Monday) or month that contains `date`.
+    static func periodStart(_ period: WireGuardConfig.Quota.Period, containing date: Date) -> Date {
+        var calendar = Calendar(identifier: .iso8601)
+        calendar.timeZone = TimeZone(identifier: "UTC")!
+        switch period {
+        case .day: return calendar.startOfDay(for: date)
+        case .week: return calendar.dateInterval(of: .weekOfYear, for: date)?.start ?? calendar.startOfDay(for: date)
+        case .month: return calendar.dateInterval(of: .month, for: date)?.start ?? calendar.startOfDay(for: date)
+        }
+    }
 
     static func directory(_ stateDirectory: String) -> String { stateDirectory + "/wireguard" }
     static func path(_ stateDirectory: String, pipeline: String) -> String { directory(stateDirectory) + "/\(pipeline).json" }
