@@ -274,4 +274,109 @@ struct WireGuardTests {
         #expect(try Self.dump(net, interface).count == 1, "a new period starts from zero")
         #expect(try agent.metric("weir_wireguard_peer_period_bytes", ["peer": "alice"]) ?? 1 < 100_000)
     }
+
+    @Test("A client agent with two server endpoints (one key) fails over when the first server goes, and goes back when it returns")
+    func clientFailsOverBetweenServers() throws {
+        // client ── serverA (10.211.0.2)   client ── serverB (10.212.0.2): each server its own namespace.
+        let tag = namespaceTag("f")
+        let (client, serverA, serverB) = ("weir-fc\(tag)", "weir-fa\(tag)", "weir-fb\(tag)")
+        let shell = ShellCommands()
+        for ns in [client, serverA, serverB] {
+            try shell.sh(["ip", "netns", "add", ns])
+            try shell.sh(["ip", "-n", ns, "link", "set", "lo", "up"])
+        }
+        defer { for ns in [client, serverA, serverB] { removeNamespace(ns) } }
+        for (server, subnet, suffix) in [(serverA, "10.211.0", "a"), (serverB, "10.212.0", "b")] {
+            try shell.sh(["ip", "link", "add", "fc\(suffix)\(tag)", "netns", client, "type", "veth", "peer", "name", "fs\(suffix)\(tag)", "netns", server])
+            try shell.sh(["ip", "-n", client, "addr", "add", "\(subnet).1/24", "dev", "fc\(suffix)\(tag)"])
+            try shell.sh(["ip", "-n", server, "addr", "add", "\(subnet).2/24", "dev", "fs\(suffix)\(tag)"])
+            try shell.sh(["ip", "-n", client, "link", "set", "fc\(suffix)\(tag)", "up"])
+            try shell.sh(["ip", "-n", server, "link", "set", "fs\(suffix)\(tag)", "up"])
+        }
+        // One server key for both (an HA pair), one client key.
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("weir-wg-\(tag)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        func keyPair(_ name: String) throws -> (file: String, publicKey: String) {
+            let file = directory.appendingPathComponent("\(name).key").path
+            let key = try shell.sh(["wg", "genkey"]).trimmingCharacters(in: .whitespacesAndNewlines)
+            try (key + "\n").write(toFile: file, atomically: true, encoding: .utf8)
+            try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: file)
+            return (file, try shell.sh(["sh", "-c", "wg pubkey < \(file)"]).trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        let serverKey = try keyPair("server"), clientKey = try keyPair("client")
+        // Names differ per server: wireguard-go's UAPI sockets (/var/run/wireguard/NAME.sock) are shared by
+        // all network namespaces of the host.
+        func serverConfig(_ interface: String) -> String {
+            """
+            pipelines:
+              vpn:
+                stages:
+                  - type: wireguard
+                    interface: \(interface)
+                    listen_port: 51820
+                    private_key_file: \(serverKey.file)
+                    addresses: [10.88.0.1/24]
+                    reconcile_interval: 1s
+                    peers:
+                      - name: client
+                        public_key: \(clientKey.publicKey)
+                        allowed_ips: [10.88.0.2/32]
+                        persistent_keepalive: 1
+            """
+        }
+        let agentA = try WeirProcess(pipelines: serverConfig("wsa\(tag)"), netns: serverA)
+        let agentB = try WeirProcess(pipelines: serverConfig("wsb\(tag)"), netns: serverB)
+        try agentA.start()
+        defer { agentA.stop() }
+        try agentB.start()
+        defer { agentB.stop() }
+        let echoA = try shell.background(serverA, TrafficScripts.udpHalfEcho, ["4", "10.88.0.1", "7301"])
+        defer { echoA.stopHelper() }
+        let echoB = try shell.background(serverB, TrafficScripts.udpHalfEcho, ["4", "10.88.0.1", "7301"])
+        defer { echoB.stopHelper() }
+        let clientAgent = try WeirProcess(pipelines: """
+            pipelines:
+              uplink:
+                stages:
+                  - type: wireguard
+                    interface: wgc\(tag)
+                    listen_port: 0
+                    private_key_file: \(clientKey.file)
+                    addresses: [10.88.0.2/24]
+                    reconcile_interval: 1s
+                    peers:
+                      - name: servers
+                        public_key: \(serverKey.publicKey)
+                        endpoints: [10.211.0.2:51820, 10.212.0.2:51820]
+                        allowed_ips: [10.88.0.0/24]
+                        persistent_keepalive: 1
+                        failover_after: 4s
+            """, netns: client)
+        try clientAgent.start()
+        defer { clientAgent.stop() }
+        func reaches() -> Bool {
+            ((try? shell.inside(client, [python3, "-c", TrafficScripts.udpPingPong, "4", "10.88.0.1", "7301", "2", "50"])) ?? "").contains("2")
+        }
+        func handshakes(_ ns: String) -> Int {
+            let dump = (try? shell.inside(ns, ["wg", "show", ns == serverA ? "wsa\(tag)" : "wsb\(tag)", "dump"])) ?? ""
+            return dump.split(separator: "\n").dropFirst().compactMap { Int($0.split(separator: "\t").dropFirst(4).first ?? "") }.first ?? 0
+        }
+        #expect(eventually(timeout: 10) { reaches() })
+        #expect(handshakes(serverA) > 0, "the preferred endpoint first")
+        #expect(handshakes(serverB) == 0)
+
+        // Server A goes away (its agent and its interface): the client moves to B.
+        agentA.kill9()
+        try shell.inside(serverA, ["ip", "link", "del", "wsa\(tag)"])
+        #expect(eventually(timeout: 20) { handshakes(serverB) > 0 && reaches() }, "\(clientAgent.log.suffix(800))")
+        #expect(clientAgent.log.contains("peer switches endpoint"))
+
+        // A returns: the client tries its preferred endpoint again (after 4 x failover_after) and stays there.
+        try agentA.start()
+        #expect(eventually(timeout: 40) { handshakes(serverA) > 0 && reaches() }, "\(clientAgent.log.suffix(800))")
+    }
 }
+
+/// Commands for tests that build their own namespaces.
+struct ShellCommands: NamespaceCommands {}

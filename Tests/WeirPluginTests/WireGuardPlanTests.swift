@@ -164,4 +164,29 @@ struct WireGuardPlanTests {
         state.rollPeriods([peer("bob", limit: nil)], now: wednesday)
         #expect(state.usage["alice"] == nil && state.usage["bob"]?.used == 0)
     }
+
+    @Test func failoverMovesOnAfterSilenceAndTriesThePreferredAgain() {
+        let t0 = Date(timeIntervalSince1970: 1_000_000)
+        func at(_ seconds: Double) -> Date { t0.addingTimeInterval(seconds) }
+        var failover = EndpointFailover(count: 2, failoverAfter: 10, now: t0)
+        #expect(failover.observe(handshake: at(1), receiveBytes: 100, now: at(2)) == .stay)
+        #expect(failover.observe(handshake: at(1), receiveBytes: 100, now: at(9)) == .stay, "silent for 8 s only")
+        #expect(failover.observe(handshake: at(1), receiveBytes: 100, now: at(12)) == .switchTo(1), "silent since 2 s")
+        // Alive on the fallback: bytes keep coming.
+        var now = 13.0
+        var received: UInt64 = 10
+        while now < 52 {
+            #expect(failover.observe(handshake: at(13), receiveBytes: received, now: at(now)) == .stay)
+            now += 3
+            received += 100
+        }
+        // Four failover_after on the fallback: the preferred endpoint is tried again...
+        #expect(failover.observe(handshake: at(13), receiveBytes: received, now: at(52)) == .switchTo(0))
+        // ...and left again when it stays silent.
+        #expect(failover.observe(handshake: nil, receiveBytes: 0, now: at(58)) == .stay)
+        #expect(failover.observe(handshake: nil, receiveBytes: 0, now: at(62)) == .switchTo(1))
+        // One endpoint: nothing to switch to.
+        var single = EndpointFailover(count: 1, failoverAfter: 10, now: t0)
+        #expect(single.observe(handshake: nil, receiveBytes: nil, now: at(100)) == .stay)
+    }
 }

@@ -20,6 +20,8 @@ final class WireGuard: ServiceStage, ScrapeCollector {
     private let converging = NIOLock()
     /// Peer names by public key, for the metrics.
     private let names = NIOLockedValueBox<[WireGuardKey: String]>([:])
+    /// Endpoint choices of peers with several endpoints, by name.
+    private let failovers = NIOLockedValueBox<[String: EndpointFailover]>([:])
     /// Peers over their quota, taken off the device.
     private let disabled = NIOLockedValueBox<Set<String>>([])
     /// Usage per peer as last accounted, for the metrics.
@@ -137,7 +139,10 @@ final class WireGuard: ServiceStage, ScrapeCollector {
             try Self.check(weir_link_configure(ifindex, 1, UInt32(config.mtu)))
             report.repairs += try convergeAddresses(ifindex)
 
-            let actual = try device.get()
+            var actual = try device.get()
+            let resets = chooseEndpoints(&peers, actual: actual, now: Date())
+            for key in resets { try device.set("set=1\npublic_key=\(key.hex)\nremove=true\n\n") }
+            if !resets.isEmpty { actual = try device.get() }
             // Transfer since the last reading counts against each peer's quota; peers over it leave the device.
             let keyNames = Dictionary(peers.map { ($0.publicKey, $0.name) }) { first, _ in first }
             state.rollPeriods(config.peers, now: Date())
@@ -182,6 +187,33 @@ final class WireGuard: ServiceStage, ScrapeCollector {
             names.withLockedValue { $0 = Dictionary(peers.map { ($0.publicKey, $0.name) }) { first, _ in first } }
             return report
         }
+    }
+
+    /// Sets each peer's endpoint to its failover choice (`EndpointFailover`). Returns the peers whose
+    /// endpoint changed and that must start a new session (removed here, added again by the plan, so the
+    /// device handshakes with the new endpoint at once instead of after 15 s of silence).
+    private func chooseEndpoints(_ peers: inout [DesiredPeer], actual: DeviceState, now: Date) -> [WireGuardKey] {
+        var resets: [WireGuardKey] = []
+        failovers.withLockedValue { failovers in
+            let configured = Dictionary(config.peers.map { ($0.name, $0) }) { first, _ in first }
+            failovers = failovers.filter { (configured[$0.key]?.endpoints.count ?? 0) > 1 }
+            for index in peers.indices {
+                guard let peer = configured[peers[index].name], peer.endpoints.count > 1 else { continue }
+                let after = Double(peer.failoverAfter.components.seconds)
+                var failover = failovers[peer.name].flatMap { $0.count == peer.endpoints.count && $0.failoverAfter == after ? $0 : nil }
+                    ?? EndpointFailover(count: peer.endpoints.count, failoverAfter: after, now: now)
+                let device = actual.peers.first { $0.publicKey == peers[index].publicKey }
+                let handshake = device.flatMap { $0.lastHandshake > 0 ? Date(timeIntervalSince1970: $0.lastHandshake) : nil }
+                if case .switchTo(let next) = failover.observe(handshake: handshake, receiveBytes: device?.receiveBytes, now: now) {
+                    logger.notice(
+                        "peer switches endpoint", metadata: ["peer": "\(peer.name)", "endpoint": "\(peer.endpoints[next])", "preferred": "\(next == 0)"])
+                    if device != nil { resets.append(peers[index].publicKey) }
+                }
+                failovers[peer.name] = failover
+                peers[index].endpoint = peer.endpoints[failover.index].description
+            }
+        }
+        return resets
     }
 
     /// The interface's private key: the configured file, or one generated once in the state directory.

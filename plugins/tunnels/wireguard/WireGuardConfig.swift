@@ -24,7 +24,7 @@ public struct WireGuardConfig: StageConfig {
         OptionDoc("max_purge_share", "0-1", default: "0.5", "Peers on the device the configuration does not have are removed, unless they are more than this share of them."),
         OptionDoc(
             "peers", "[peer]", default: "[]",
-            "name, public_key (generated when absent), preshared_key_file, allowed_ips, endpoints, persistent_keepalive, quota {limit, period}."),
+            "name, public_key (generated when absent), preshared_key_file, allowed_ips, endpoints, persistent_keepalive, failover_after, quota {limit, period}."),
     ]
     public static var sample: String { String(decoding: PackageResources.wireguard_sample_yaml, as: UTF8.self) }
 
@@ -38,6 +38,9 @@ public struct WireGuardConfig: StageConfig {
         /// Several: the next is tried when no handshake succeeds (client failover); the first is preferred.
         public var endpoints: [HostPort]
         public var persistentKeepalive: Int
+        /// With several `endpoints`: how long the peer may stay silent (no handshake, nothing received)
+        /// before the next endpoint is tried.
+        public var failoverAfter: Duration = .seconds(150)
         /// Bytes (received + sent) the peer may transfer per period; past it the peer is taken off the
         /// device (kept in state) until the period resets or the quota is raised.
         public var quota: Quota?
@@ -152,10 +155,13 @@ public struct WireGuardConfig: StageConfig {
             guard let limit, let period else { return nil }
             return .some(Quota(limit: UInt64(limit), period: period))
         }
-        guard let name, let publicKey, let presharedKeyFile, let allowedIPs, let endpoints, let keepalive, let quota else { return nil }
+        let failoverAfter = map.optional("failover_after", default: Duration.seconds(150)) { $0.duration(atLeast: .seconds(1)) }
+        guard let name, let publicKey, let presharedKeyFile, let allowedIPs, let endpoints, let keepalive, let quota, let failoverAfter else {
+            return nil
+        }
         return Peer(
             name: name, publicKey: publicKey, presharedKeyFile: presharedKeyFile, allowedIPs: allowedIPs, endpoints: endpoints,
-            persistentKeepalive: keepalive, quota: quota)
+            persistentKeepalive: keepalive, failoverAfter: failoverAfter, quota: quota)
     }
 
     private static func list<T>(_ value: ConfigValue, _ read: (ConfigValue) -> T?) -> [T]? {
