@@ -13,7 +13,7 @@ CONFIG     ?= etc/weir/weir.yaml
 BUILD_PACKAGES := libbpf-dev libnftables-dev libnftnl-dev libmnl-dev libssl-dev pkg-config
 RUN_PACKAGES   := ca-certificates $(BUILD_PACKAGES) wireguard-go
 TEST_PACKAGES  := $(BUILD_PACKAGES) prometheus iproute2 curl bpftool python3 nftables iperf3 openssl shadowsocks-libev python3-websockets nginx-light postgresql wireguard-go wireguard-tools qrencode
-BENCH_PACKAGES := $(BUILD_PACKAGES) haproxy socat iperf3 nginx-light wrk curl python3 iproute2 nftables shadowsocks-libev stunnel4 openssl
+BENCH_PACKAGES := $(BUILD_PACKAGES) haproxy socat iperf3 nginx-light wrk curl python3 iproute2 nftables shadowsocks-libev stunnel4 openssl wireguard-go wireguard-tools
 
 .PHONY: run test bench soak chaos fuzz fuzz-build build release clean
 
@@ -92,8 +92,9 @@ bench:
 	@if [ "$$(id -u)" = 0 ]; then \
 		WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/count-ebpf-bench.sh && \
 		WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/nftables-bench.sh && \
-		WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/shape-tc-bench.sh; \
-	else echo "skipping the count.ebpf, nftables and shape.tc benchmarks: they need root (network namespaces)"; fi
+		WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/shape-tc-bench.sh && \
+		WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/wireguard-bench.sh; \
+	else echo "skipping the count.ebpf, nftables, shape.tc and wireguard benchmarks: they need root (network namespaces)"; fi
 
 # Not a test: 9,000 connections held through one forward while the agent reloads every second for a minute.
 soak:

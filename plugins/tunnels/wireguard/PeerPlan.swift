@@ -84,13 +84,17 @@ struct PeerPlan: Sendable, Equatable {
         return transactions
     }
 
+    /// A new peer gets only what differs from a new peer's defaults (as `wg setconf` sends it); an updated one
+    /// gets every setting, so what the configuration dropped is reset too.
     private static func peerLines(_ peer: DesiredPeer, updateOnly: Bool) -> String {
         var lines = "public_key=\(peer.publicKey.hex)\n"
         if updateOnly { lines += "update_only=true\n" }
-        lines += "preshared_key=\((peer.presharedKey?.hex) ?? String(repeating: "0", count: 64))\n"
+        if updateOnly || peer.presharedKey != nil {
+            lines += "preshared_key=\((peer.presharedKey?.hex) ?? String(repeating: "0", count: 64))\n"
+        }
         if let endpoint = peer.endpoint { lines += "endpoint=\(endpoint)\n" }
-        lines += "persistent_keepalive_interval=\(peer.persistentKeepalive)\n"
-        lines += "replace_allowed_ips=true\n"
+        if updateOnly || peer.persistentKeepalive != 0 { lines += "persistent_keepalive_interval=\(peer.persistentKeepalive)\n" }
+        if updateOnly { lines += "replace_allowed_ips=true\n" }
         for ip in peer.allowedIPs { lines += "allowed_ip=\(ip.address)/\(ip.prefix)\n" }
         return lines
     }

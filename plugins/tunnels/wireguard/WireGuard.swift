@@ -170,6 +170,7 @@ final class WireGuard: ServiceStage, ScrapeCollector {
             } else {
                 refusedPurge.withLockedValue { $0 = nil }
             }
+            let applying = ContinuousClock.now
             for transaction in plan.uapiTransactions(purging: purging) { try device.set(transaction) }
             if !plan.isEmpty {
                 logger.info(
@@ -177,6 +178,7 @@ final class WireGuard: ServiceStage, ScrapeCollector {
                     metadata: [
                         "interface": "\(config.interface)", "added": "\(plan.add.count)", "updated": "\(plan.update.count)",
                         "removed": "\(plan.remove.count)", "purged": "\(purging ? plan.purge.count : 0)",
+                        "took": "\(ContinuousClock.now - applying)",
                     ])
             }
             if purging, !plan.purge.isEmpty { report.repairs.append("removed \(plan.purge.count) peers the configuration does not have") }
