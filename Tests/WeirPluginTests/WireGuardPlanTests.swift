@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import WeirCore
+import WeirStages
 
 @testable import WeirTunnels
 
@@ -188,5 +189,30 @@ struct WireGuardPlanTests {
         // One endpoint: nothing to switch to.
         var single = EndpointFailover(count: 1, failoverAfter: 10, now: t0)
         #expect(single.observe(handshake: nil, receiveBytes: nil, now: at(100)) == .stay)
+    }
+
+    @Test func configurationErrorsNameTheirPlace() {
+        let loader = ConfigLoader(registry: BuiltinStages.registry)
+        func errors(_ stage: String) -> [String] {
+            do {
+                _ = try loader.loadPipelines(yaml: "pipelines:\n  vpn:\n    stages:\n      - type: wireguard\n" + stage, name: "t.yaml")
+                Issue.record("expected errors")
+                return []
+            } catch {
+                return error.diagnostics.map(\.description)
+            }
+        }
+        let missingPool = errors("        interface: wg0\n        peers:\n          - name: alice\n")
+        #expect(missingPool.contains { $0.hasPrefix("t.yaml:7:11") && $0.contains("peers: peers without") }, "\(missingPool)")
+        let badKey = errors("        interface: wg0\n        peers:\n          - {name: bob, public_key: nope, allowed_ips: [10.8.0.2/32]}\n")
+        #expect(badKey.contains { $0.contains("public_key") && $0.contains("not a WireGuard key") }, "\(badKey)")
+        let twice = errors("        interface: wg0\n        pool: [10.8.0.0/24]\n        peers:\n          - name: a\n          - name: a\n")
+        #expect(twice.contains { $0.contains("listed twice") }, "\(twice)")
+        let hostName = errors("        interface: wg0\n        peers:\n          - {name: c, public_key: \(key(5).base64), allowed_ips: [10.8.0.3/32], endpoints: [vpn.example.com:51820]}\n")
+        #expect(hostName.contains { $0.contains("an IP address and port") }, "\(hostName)")
+        let badInterface = errors("        interface: wg0/evil\n")
+        #expect(badInterface.contains { $0.contains("not an interface name") }, "\(badInterface)")
+        let badQuota = errors("        interface: wg0\n        peers:\n          - {name: d, public_key: \(key(6).base64), allowed_ips: [10.8.0.4/32], quota: {limit: lots}}\n")
+        #expect(badQuota.contains { $0.contains("quota.limit") || $0.contains("not a positive size") }, "\(badQuota)")
     }
 }

@@ -108,7 +108,7 @@ public struct WireGuardConfig: StageConfig {
             let interval, let share, let peers
         else { return nil }
         if peers.contains(where: { $0.allowedIPs.isEmpty }) && pool.isEmpty {
-            options.value.error("peers without allowed_ips need a pool to take their addresses from")
+            (options.optional("peers") ?? options.value).error("peers without allowed_ips need a pool to take their addresses from")
             return nil
         }
         return WireGuardConfig(
