@@ -35,12 +35,22 @@ struct WireGuardTests {
     /// A client interface in the peer namespace, set up from the exported configuration like a user would:
     /// `wg-quick strip` for `wg setconf`, the address, and a route to the tunnel's subnet through it.
     final class Client {
-        let net: NamespacePair
+        let shell = ShellCommands()
+        /// The namespace the client interface lives in.
+        let namespace: String
         let interface: String
         let address: String
 
-        init(_ net: NamespacePair, agent: WeirProcess, peer: String, interface: String, metric: Int) throws {
-            self.net = net
+        /// `routes`: how traffic reaches the tunnel (`ip route …` arguments after `ip`), by default the
+        /// tunnel's subnet through it.
+        convenience init(_ net: NamespacePair, agent: WeirProcess, peer: String, interface: String, metric: Int) throws {
+            try self.init(
+                namespace: net.peer, agent: agent, peer: peer, interface: interface,
+                routes: [["route", "add", "10.88.0.0/24", "dev", interface, "metric", "\(metric)"]])
+        }
+
+        init(namespace: String, agent: WeirProcess, peer: String, interface: String, routes: [[String]]) throws {
+            self.namespace = namespace
             self.interface = interface
             let exported = try runWeir(["wireguard", "config", "--config", agent.configPath, "vpn", peer])
             guard exported.status == 0 else { throw CommandFailed(command: "weir wireguard config", status: exported.status, output: exported.output) }
@@ -50,22 +60,35 @@ struct WireGuardTests {
             try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: file)
             let line = exported.output.split(separator: "\n").first { $0.hasPrefix("Address = ") }!
             address = String(line.dropFirst("Address = ".count).split(separator: "/")[0])
-            let stripped = try net.sh(["wg-quick", "strip", file])
+            let stripped = try shell.sh(["wg-quick", "strip", file])
             let setconf = agent.directory.appendingPathComponent("\(interface).setconf").path
             try stripped.write(toFile: setconf, atomically: true, encoding: .utf8)
-            try net.sh(["ip", "netns", "exec", net.peer, "env", "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1", "wireguard-go", interface])
-            try net.inside(net.peer, ["wg", "setconf", interface, setconf])
-            try net.inside(net.peer, ["ip", "addr", "add", "\(address)/32", "dev", interface])
-            try net.inside(net.peer, ["ip", "link", "set", interface, "up"])
-            try net.inside(net.peer, ["ip", "route", "add", "10.88.0.0/24", "dev", interface, "metric", "\(metric)"])
+            try shell.sh(["ip", "netns", "exec", namespace, "env", "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1", "wireguard-go", interface])
+            try shell.inside(namespace, ["wg", "setconf", interface, setconf])
+            try shell.inside(namespace, ["ip", "addr", "add", "\(address)/32", "dev", interface])
+            try shell.inside(namespace, ["ip", "link", "set", interface, "up"])
+            for route in routes { try shell.inside(namespace, ["ip"] + route) }
         }
 
         /// Three UDP round trips to the server's tunnel address (the test runs `echo` there; see `echo`).
         func ping() -> Bool {
-            ((try? net.python(net.peer, TrafficScripts.udpPingPong, ["4", "10.88.0.1", "7301", "3", "100"])) ?? "").contains("3")
+            ((try? shell.inside(namespace, [python3, "-c", TrafficScripts.udpPingPong, "4", "10.88.0.1", "7301", "3", "100"])) ?? "").contains("3")
         }
 
-        deinit { _ = try? net.inside(net.peer, ["ip", "link", "del", interface]) }
+        /// Whether a TCP connection from this client's tunnel address to `host`:`port` opens.
+        func connects(_ host: String, port: Int) -> Bool {
+            let script = """
+                import socket, sys
+                try:
+                    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3, source_address=(sys.argv[3], 0)).close()
+                    print("open")
+                except OSError as error:
+                    print(error)
+                """
+            return ((try? shell.inside(namespace, [python3, "-c", script, host, "\(port)", address])) ?? "").contains("open")
+        }
+
+        deinit { _ = try? shell.inside(namespace, ["ip", "link", "del", interface]) }
     }
 
     /// A UDP echo on the server's tunnel address (10.88.0.1:7301), for `Client.ping`.
@@ -375,6 +398,64 @@ struct WireGuardTests {
         // A returns: the client tries its preferred endpoint again (after 4 x failover_after) and stays there.
         try agentA.start()
         #expect(eventually(timeout: 40) { handshakes(serverA) > 0 && reaches() }, "\(clientAgent.log.suffix(800))")
+    }
+
+    @Test("Access profiles by peer name: internet_only cannot reach the intranet, full can; both reach the internet through masquerade")
+    func profilesByPeerName() throws {
+        let net = try GatewayTopology()
+        let tag = namespaceTag("w")
+        let server = try net.background(net.upstream, GatewayTopology.Scripts.acceptAll, ["7000"])
+        defer { server.stopHelper() }
+        let agent = try WeirProcess(pipelines: """
+            pipelines:
+              vpn:
+                stages:
+                  - type: enforce.nftables
+                    profiles:
+                      - {peer: alice, profile: internet_only}
+                      - {peer: bob, profile: full}
+                    masquerade:
+                      - {source: 10.88.0.0/24, out_interface: \(net.gatewayOutside)}
+                  - type: wireguard
+                    interface: wgg\(tag)
+                    endpoint: 10.50.0.1:51820
+                    addresses: [10.88.0.1/24]
+                    pool: [10.88.0.0/24]
+                    peers:
+                      - name: alice
+                      - name: bob
+            """, netns: net.gateway)
+        try agent.start()
+        defer { agent.stop() }
+        // Each client sends everything from its tunnel address through its own tunnel (policy routing).
+        func routes(_ interface: String, _ address: String, table: Int) -> [[String]] {
+            [["rule", "add", "from", address, "lookup", "\(table)"], ["route", "add", "default", "dev", interface, "table", "\(table)"]]
+        }
+        let alice = try Client(
+            namespace: net.client, agent: agent, peer: "alice", interface: "wca\(tag)", routes: routes("wca\(tag)", "10.88.0.2", table: 102))
+        let bob = try Client(
+            namespace: net.client, agent: agent, peer: "bob", interface: "wcb\(tag)", routes: routes("wcb\(tag)", "10.88.0.3", table: 103))
+        #expect(alice.address == "10.88.0.2" && bob.address == "10.88.0.3")
+        // The enforce.nftables stage started before the wireguard stage gave the addresses: the reconcile
+        // after the start makes the profiles follow them.
+        #expect(eventually { net.ruleset().contains("10.88.0.2") }, "\(net.ruleset())")
+        #expect(alice.connects("11.0.0.2", port: 7000), "internet_only reaches the internet")
+        #expect(!alice.connects("10.60.0.2", port: 7000), "internet_only does not reach the intranet")
+        #expect(bob.connects("11.0.0.2", port: 7000))
+        #expect(bob.connects("10.60.0.2", port: 7000), "full reaches the intranet")
+        #expect(try agent.health().0 == 200)
+
+        // A profile naming a peer the pipeline's wireguard stage does not have is refused by validation.
+        let invalid = try WeirProcess(pipelines: """
+            pipelines:
+              vpn:
+                stages:
+                  - type: enforce.nftables
+                    profiles:
+                      - {peer: mallory, profile: full}
+            """)
+        let validation = try runWeir(["validate", "--config", invalid.configPath])
+        #expect(validation.status == 78 && validation.output.contains("mallory"), "\(validation.output)")
     }
 }
 

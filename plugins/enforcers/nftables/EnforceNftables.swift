@@ -15,6 +15,7 @@ final class EnforceNftables: ServiceStage, ScrapeCollector {
     private let owner: String
     private let listener: (port: Int, transport: Transport)?
     private let stateFile: String
+    private let stateDirectory: String
     private let collectors: ScrapeCollectors
     private let logger: Logger
 
@@ -43,6 +44,7 @@ final class EnforceNftables: ServiceStage, ScrapeCollector {
             self.listener = nil
         }
         self.stateFile = context.environment.stateDirectory + "/nftables/" + context.pipeline + ".json"
+        self.stateDirectory = context.environment.stateDirectory
         self.collectors = context.metrics.collectors
         var logger = Logger(label: "weir.enforce.nftables")
         logger[metadataKey: "pipeline"] = "\(context.pipeline)"
@@ -111,7 +113,26 @@ final class EnforceNftables: ServiceStage, ScrapeCollector {
     /// itself; one that is missing is reported (nothing it should carry can flow).
     func reconcile() async -> ReconcileReport {
         let named = Set((config.destinations?.interfaces ?? []) + config.masquerade.map(\.outInterface))
-        return ReconcileReport(problems: named.sorted().filter { if_nametoindex($0) == 0 }.map(ReconcileReport.missingInterface))
+        var report = ReconcileReport(problems: named.sorted().filter { if_nametoindex($0) == 0 }.map(ReconcileReport.missingInterface))
+        guard !config.profilePeers.isEmpty else { return report }
+        // Profiles by peer name follow the peers' addresses (given from a pool when the wireguard stage ran,
+        // or changed by a reload of its pipeline alone).
+        let addresses = PeerAddressBook.addresses(stateDirectory: stateDirectory, pipeline: owner)
+        for peer in config.profilePeers where (addresses[peer] ?? []).isEmpty {
+            report.problems.append("peer \(peer) has no tunnel address yet: its profile matches nothing")
+        }
+        let (running, resolutions, kept, applied) = state.withLockedValue { ($0.running, $0.resolutions, $0.kept, $0.applied) }
+        guard running else { return report }
+        let desired = compile(resolutions: resolutions, kept: kept)
+        guard desired != applied else { return report }
+        do {
+            _ = try NftablesTable.shared.apply(owner: owner, desired)
+            state.withLockedValue { $0.applied = desired }
+            report.repaired.append("profiles follow the peers' addresses")
+        } catch {
+            report.problems.append("applying the peers' profiles failed: \(error)")
+        }
+        return report
     }
 
     func retire() async {
@@ -231,6 +252,7 @@ final class EnforceNftables: ServiceStage, ScrapeCollector {
         var compiler = NftCompiler(owner: owner, config: config, listener: listener)
         compiler.resolved = resolutions.values.reduce(into: Set<IPNetwork>()) { $0.formUnion($1.addresses) }
         compiler.keptEntries = kept
+        if !config.profilePeers.isEmpty { compiler.peerAddresses = PeerAddressBook.addresses(stateDirectory: stateDirectory, pipeline: owner) }
         return compiler.compile()
     }
 

@@ -10,7 +10,9 @@ public struct EnforceNftablesConfig: StageConfig {
     public static let options = [
         OptionDoc("allow_destinations", "mapping", "Egress allowlist: only these IPs, networks and domains may be forwarded or sent out of `interfaces`."),
         OptionDoc("allow_sources", "[network]", "Forward pipelines: only these client networks reach the listener's port."),
-        OptionDoc("profiles", "[{source, profile}]", "Access profile per source address or network: full, internet_only, intranet_only or a custom one."),
+        OptionDoc(
+            "profiles", "[{source|peer, profile}]",
+            "Access profile per source address or network, or per wireguard peer name: full, internet_only, intranet_only or a custom one."),
         OptionDoc("custom_profiles", "mapping", "Named profiles: lists of {destination, protocol, ports} that are allowed; all else is dropped."),
         OptionDoc("masquerade", "[{source, out_interface}]", "Source NAT to the outgoing interface's address."),
         OptionDoc("dns_hijack", "mapping", "Send DNS (port 53) from `sources` to `resolver`; block known DNS-over-HTTPS/TLS endpoints."),
@@ -80,7 +82,14 @@ public struct EnforceNftablesConfig: StageConfig {
     }
 
     public struct ProfileAssignment: Sendable, Hashable {
-        public var source: IPNetwork
+        /// Whose traffic: a source address or network, or a peer named by the pipeline's `wireguard` stage
+        /// (its tunnel addresses, looked up when the stage starts and reconciles).
+        public enum Subject: Sendable, Hashable {
+            case source(IPNetwork)
+            case peer(String)
+        }
+
+        public var subject: Subject
         public var profile: Profile
     }
 
@@ -185,6 +194,27 @@ public struct EnforceNftablesConfig: StageConfig {
             return "allow_sources: cannot guard a listener on port 0"
         }
         return nil
+    }
+
+    /// Peer names refer to the peers of a `wireguard` stage in the same pipeline.
+    public func pipelineError(stages: [any StageConfig]) -> String? {
+        let named = profiles.compactMap { assignment -> String? in
+            if case .peer(let name) = assignment.subject { return name }
+            return nil
+        }
+        guard !named.isEmpty else { return nil }
+        let known = Set(stages.compactMap { $0 as? any NamesPeers }.flatMap(\.peerNames))
+        let unknown = named.filter { !known.contains($0) }
+        guard !unknown.isEmpty else { return nil }
+        return "profiles name peers this pipeline's wireguard stage does not have: \(unknown.joined(separator: ", "))"
+    }
+
+    /// The peers named in profiles.
+    var profilePeers: [String] {
+        profiles.compactMap { assignment in
+            if case .peer(let name) = assignment.subject { return name }
+            return nil
+        }
     }
 
     /// Each allowlist drops what it does not list on its interfaces, so two on one interface drop each
@@ -343,7 +373,10 @@ public struct EnforceNftablesConfig: StageConfig {
 
     private static func decodeProfile(_ value: ConfigValue) -> ProfileAssignment? {
         guard let map = value.mapping else { return nil }
-        let source = map.required("source").flatMap(network)
+        let source = map.optional("source").map(network)
+        let peer = map.optional("peer").map { $0.string }
+        if source == nil, peer == nil { map.value.error("a profile needs source: (an address or network) or peer: (a wireguard peer's name)") }
+        if source != nil, peer != nil { map.value.error("a profile names source: or peer:, not both") }
         let profile = map.required("profile")?.string.map { name -> Profile in
             switch name {
             case "full": return .full
@@ -353,8 +386,12 @@ public struct EnforceNftablesConfig: StageConfig {
             }
         }
         map.finish()
-        guard let source, let profile else { return nil }
-        return ProfileAssignment(source: source, profile: profile)
+        guard let profile else { return nil }
+        switch (source, peer) {
+        case (.some(.some(let network)), nil): return ProfileAssignment(subject: .source(network), profile: profile)
+        case (nil, .some(.some(let name))): return ProfileAssignment(subject: .peer(name), profile: profile)
+        default: return nil
+        }
     }
 
     private static func decodeProfileRule(_ value: ConfigValue) -> ProfileRule? {

@@ -13,6 +13,8 @@ struct NftCompiler {
     var resolved: Set<IPNetwork> = []
     /// Protected entries a reload omitted: they stay.
     var keptEntries: [Config.DestinationEntry] = []
+    /// The tunnel addresses of peers named in profiles (from the pipeline's wireguard stage).
+    var peerAddresses: [String: [IPNetwork]] = [:]
 
     static let filter = 0
     static let dstnat = -100
@@ -98,7 +100,13 @@ struct NftCompiler {
 
     private func addProfiles(to state: inout NftOwnerState) {
         // Most specific source first: a host's own profile wins over its network's.
-        let assignments = config.profiles.sorted { $0.source.prefix != $1.source.prefix ? $0.source.prefix > $1.source.prefix : $0.source < $1.source }
+        // A peer stands for its tunnel addresses (none yet: nothing of its traffic to match).
+        let assignments = config.profiles.flatMap { assignment -> [(source: IPNetwork, profile: Config.Profile)] in
+            switch assignment.subject {
+            case .source(let network): return [(network, assignment.profile)]
+            case .peer(let name): return (peerAddresses[name] ?? []).map { ($0, assignment.profile) }
+            }
+        }.sorted { $0.source.prefix != $1.source.prefix ? $0.source.prefix > $1.source.prefix : $0.source < $1.source }
         state.chains["profiles"] = .init(
             base: .init(type: "filter", hook: "forward", priority: Self.filter),
             rules: assignments.map { .init([Expr.address("saddr", $0.source), Expr.goto(owner, "profile." + $0.profile.name)]) })

@@ -74,6 +74,7 @@ final class WireGuard: ServiceStage, ScrapeCollector {
         }
         if Self.pipelineUsers.remove(self, pipeline) {
             unlink(WireGuardState.path(environment.stateDirectory, pipeline: pipeline))
+            PeerAddressBook.remove(stateDirectory: environment.stateDirectory, pipeline: pipeline)
             if config.privateKeyFile == nil { unlink(WireGuardState.defaultKeyPath(environment.stateDirectory, pipeline: pipeline)) }
         }
     }
@@ -128,6 +129,9 @@ final class WireGuard: ServiceStage, ScrapeCollector {
             }
             // Generated keys and given addresses are kept before anything uses them.
             try state.save(stateDirectory, pipeline: pipeline)
+            // Other stages of the pipeline (enforce.nftables profiles) refer to peers by name.
+            try PeerAddressBook.publish(
+                Dictionary(peers.map { ($0.name, $0.allowedIPs) }) { first, _ in first }, stateDirectory: stateDirectory, pipeline: pipeline)
 
             if !device.isRunning {
                 try device.create()

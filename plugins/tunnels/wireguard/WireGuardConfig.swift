@@ -2,7 +2,7 @@ import WeirCore
 
 /// `wireguard`: a WireGuard interface with its peers, kept exactly as configured (like `wg syncconf`, plus
 /// addresses), with addresses for peers from a pool and key pairs for peers the agent generates.
-public struct WireGuardConfig: StageConfig {
+public struct WireGuardConfig: StageConfig, NamesPeers {
     public enum Backend: String, Sendable, CaseIterable {
         case auto, kernel, userspace
     }
@@ -169,6 +169,8 @@ public struct WireGuardConfig: StageConfig {
         let read = items.compactMap(read)
         return read.count == items.count ? read : nil
     }
+
+    public var peerNames: [String] { peers.map(\.name) }
 
     public func exclusiveClaims(listener: (any ListenerConfig)?) -> [StageClaim] {
         [StageClaim(key: "wireguard \(interface)", description: "the WireGuard interface \(interface)", reason: "one stage owns an interface")]

@@ -163,6 +163,7 @@ struct WireGuardState: Codable, Sendable, Equatable {
             }
             unlink(path(stateDirectory, pipeline: name))
             unlink(defaultKeyPath(stateDirectory, pipeline: name))
+            PeerAddressBook.remove(stateDirectory: stateDirectory, pipeline: name)
         }
     }
 }
