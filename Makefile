@@ -93,7 +93,8 @@ bench:
 		WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/count-ebpf-bench.sh && \
 		WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/nftables-bench.sh && \
 		WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/shape-tc-bench.sh && \
-		WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/wireguard-bench.sh; \
+		WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/wireguard-bench.sh && \
+		WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/wireguard-tunnel-bench.sh; \
 	else echo "skipping the count.ebpf, nftables, shape.tc and wireguard benchmarks: they need root (network namespaces)"; fi
 
 # Not a test: 9,000 connections held through one forward while the agent reloads every second for a minute.
