@@ -110,23 +110,7 @@ final class WireGuard: ServiceStage, ScrapeCollector {
             }
             state.interface = config.interface
             let privateKey = try interfacePrivateKey()
-            let pooled = try state.allocate(peers: config.peers, pool: config.pool, interfaceAddresses: config.addresses)
-            state.generatedKeys = state.generatedKeys.filter { name, _ in config.peers.contains { $0.name == name && $0.publicKey == nil } }
-            var peers: [DesiredPeer] = []
-            for peer in config.peers {
-                let publicKey: WireGuardKey
-                if let text = peer.publicKey, let key = WireGuardKey(base64: text) {
-                    publicKey = key
-                } else {
-                    let key = state.generatedKeys[peer.name].flatMap { WireGuardKey(base64: $0) } ?? WireGuardKey.generatePrivate()
-                    state.generatedKeys[peer.name] = key.base64
-                    publicKey = key.publicKey
-                }
-                let presharedKey = try peer.presharedKeyFile.map(Self.readKey)
-                peers.append(DesiredPeer(
-                    name: peer.name, publicKey: publicKey, presharedKey: presharedKey, endpoint: peer.endpoints.first?.description,
-                    persistentKeepalive: peer.persistentKeepalive, allowedIPs: peer.allowedIPs.isEmpty ? pooled[peer.name] ?? [] : peer.allowedIPs))
-            }
+            var peers = try desiredPeers(&state)
             // Generated keys and given addresses are kept before anything uses them.
             try state.save(stateDirectory, pipeline: pipeline)
             // Other stages of the pipeline (enforce.nftables profiles) refer to peers by name.
@@ -147,19 +131,7 @@ final class WireGuard: ServiceStage, ScrapeCollector {
             let resets = chooseEndpoints(&peers, actual: actual, now: Date())
             for key in resets { try device.set("set=1\npublic_key=\(key.hex)\nremove=true\n\n") }
             if !resets.isEmpty { actual = try device.get() }
-            // Transfer since the last reading counts against each peer's quota; peers over it leave the device.
-            let keyNames = Dictionary(peers.map { ($0.publicKey, $0.name) }) { first, _ in first }
-            state.rollPeriods(config.peers, now: Date())
-            state.account(actual, names: keyNames)
-            let overQuota = Set(config.peers.filter(state.isOverQuota).map(\.name))
-            let newlyOver = overQuota.subtracting(disabled.withLockedValue { $0 })
-            for name in newlyOver.sorted() {
-                logger.notice("peer is over its quota: taken off the interface until the period ends or the quota is raised", metadata: ["peer": "\(name)"])
-            }
-            for name in disabled.withLockedValue({ $0 }).subtracting(overQuota).sorted() {
-                logger.info("peer is within its quota again", metadata: ["peer": "\(name)"])
-            }
-            disabled.withLockedValue { $0 = overQuota }
+            let overQuota = accountUsage(&state, actual: actual, peers: peers)
             let desired = DesiredDevice(
                 privateKey: privateKey, listenPort: config.listenPort, fwmark: config.fwmark, peers: peers.filter { !overQuota.contains($0.name) })
             let known = Set(state.configured.compactMap { WireGuardKey(base64: $0) })
@@ -193,6 +165,44 @@ final class WireGuard: ServiceStage, ScrapeCollector {
             names.withLockedValue { $0 = Dictionary(peers.map { ($0.publicKey, $0.name) }) { first, _ in first } }
             return report
         }
+    }
+
+    /// The configured peers with their keys (generated ones kept in `state`), pool addresses and pre-shared
+    /// keys; endpoints are the preferred ones until `chooseEndpoints` runs.
+    private func desiredPeers(_ state: inout WireGuardState) throws -> [DesiredPeer] {
+        let pooled = try state.allocate(peers: config.peers, pool: config.pool, interfaceAddresses: config.addresses)
+        state.generatedKeys = state.generatedKeys.filter { name, _ in config.peers.contains { $0.name == name && $0.publicKey == nil } }
+        return try config.peers.map { peer in
+            let publicKey: WireGuardKey
+            if let text = peer.publicKey, let key = WireGuardKey(base64: text) {
+                publicKey = key
+            } else {
+                let key = state.generatedKeys[peer.name].flatMap { WireGuardKey(base64: $0) } ?? WireGuardKey.generatePrivate()
+                state.generatedKeys[peer.name] = key.base64
+                publicKey = key.publicKey
+            }
+            return DesiredPeer(
+                name: peer.name, publicKey: publicKey, presharedKey: try peer.presharedKeyFile.map(Self.readKey),
+                endpoint: peer.endpoints.first?.description, persistentKeepalive: peer.persistentKeepalive,
+                allowedIPs: peer.allowedIPs.isEmpty ? pooled[peer.name] ?? [] : peer.allowedIPs)
+        }
+    }
+
+    /// Counts what each peer moved since the last reading against its quota (in `state`) and returns the
+    /// peers over it, which leave the device; logs who crossed the line either way.
+    private func accountUsage(_ state: inout WireGuardState, actual: DeviceState, peers: [DesiredPeer]) -> Set<String> {
+        state.rollPeriods(config.peers, now: Date())
+        state.account(actual, names: Dictionary(peers.map { ($0.publicKey, $0.name) }) { first, _ in first })
+        let overQuota = Set(config.peers.filter(state.isOverQuota).map(\.name))
+        let before = disabled.withLockedValue { $0 }
+        for name in overQuota.subtracting(before).sorted() {
+            logger.notice("peer is over its quota: taken off the interface until the period ends or the quota is raised", metadata: ["peer": "\(name)"])
+        }
+        for name in before.subtracting(overQuota).sorted() {
+            logger.info("peer is within its quota again", metadata: ["peer": "\(name)"])
+        }
+        disabled.withLockedValue { $0 = overQuota }
+        return overQuota
     }
 
     /// Sets each peer's endpoint to its failover choice (`EndpointFailover`). Returns the peers whose
