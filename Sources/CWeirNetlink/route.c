@@ -26,10 +26,15 @@ static int route_message(const struct weir_route *route, uint16_t type, uint16_t
 	rtm->rtm_dst_len = route->prefix_len;
 	rtm->rtm_table = route->table < 256 ? (uint8_t)route->table : RT_TABLE_UNSPEC;
 	rtm->rtm_protocol = route->protocol;
-	rtm->rtm_scope = RT_SCOPE_UNIVERSE;
+	static const uint8_t none[16];
+	int via_gateway = memcmp(route->gateway, none, length) != 0;
+	rtm->rtm_scope = via_gateway ? RT_SCOPE_UNIVERSE : RT_SCOPE_LINK;
 	rtm->rtm_type = RTN_UNICAST;
 	mnl_attr_put(nlh, RTA_DST, length, route->destination);
-	mnl_attr_put(nlh, RTA_GATEWAY, length, route->gateway);
+	if (via_gateway)
+		mnl_attr_put(nlh, RTA_GATEWAY, length, route->gateway);
+	if (route->oif)
+		mnl_attr_put_u32(nlh, RTA_OIF, (uint32_t)route->oif);
 	mnl_attr_put_u32(nlh, RTA_TABLE, route->table);
 
 	return netlink_talk(nlh, buffer);
@@ -88,6 +93,8 @@ static int parse_route(const struct nlmsghdr *nlh, void *data)
 		memcpy(route->destination, mnl_attr_get_payload(attributes[RTA_DST]), length);
 	if (attributes[RTA_GATEWAY] && mnl_attr_get_payload_len(attributes[RTA_GATEWAY]) == length)
 		memcpy(route->gateway, mnl_attr_get_payload(attributes[RTA_GATEWAY]), length);
+	if (attributes[RTA_OIF])
+		route->oif = (int32_t)mnl_attr_get_u32(attributes[RTA_OIF]);
 	return MNL_CB_OK;
 }
 

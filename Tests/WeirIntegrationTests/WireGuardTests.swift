@@ -457,6 +457,38 @@ struct WireGuardTests {
         let validation = try runWeir(["validate", "--config", invalid.configPath])
         #expect(validation.status == 78 && validation.output.contains("mallory"), "\(validation.output)")
     }
+
+    @Test("A peer's allowed IPs beyond the interface's networks (a site behind it) get routes through the interface, which follow the configuration")
+    func routesForSitesBehindPeers() throws {
+        let net = try NamespacePair()
+        let interface = "wgs\(namespaceTag("w"))"
+        let siteKey = try net.inside(net.agent, ["sh", "-c", "wg genkey | wg pubkey"]).trimmingCharacters(in: .whitespacesAndNewlines)
+        func pipelines(_ allowed: String) -> String {
+            """
+            pipelines:
+              vpn:
+                stages:
+                  - type: wireguard
+                    interface: \(interface)
+                    addresses: [10.88.0.1/24]
+                    peers:
+                      - {name: site, public_key: "\(siteKey)", allowed_ips: [\(allowed)]}
+            """
+        }
+        func routes() -> String { (try? net.inside(net.agent, ["ip", "route", "show", "proto", "88"])) ?? "" }
+        let agent = try WeirProcess(pipelines: pipelines("10.88.0.5/32, 192.168.77.0/24, 0.0.0.0/0"), netns: net.agent)
+        try agent.start()
+        defer { agent.stop() }
+        #expect(routes().contains("192.168.77.0/24 dev \(interface)"), "\(routes())")
+        #expect(!routes().contains("10.88.0.5"), "inside the interface's own network: no route of its own")
+        #expect(!routes().contains("default"), "default routes are the client's policy routing, not added")
+        try agent.writePipelines(pipelines("10.88.0.5/32, 192.168.78.0/24"))
+        try agent.reload()
+        #expect(eventually { routes().contains("192.168.78.0/24") && !routes().contains("192.168.77.0/24") }, "\(routes())")
+        try agent.writePipelines("pipelines:\n\(tcpForwardEntry("other", port: freePort(), to: [freePort()]))")
+        try agent.reload()
+        #expect(eventually { routes().isEmpty }, "\(routes())")
+    }
 }
 
 /// Commands for tests that build their own namespaces.

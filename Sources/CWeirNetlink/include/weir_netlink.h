@@ -46,9 +46,10 @@ struct weir_route {
 	uint8_t family; /* AF_INET or AF_INET6 */
 	uint8_t prefix_len;
 	uint8_t destination[16];
-	uint8_t gateway[16];
+	uint8_t gateway[16]; /* all zero: a device route through `oif` */
 	uint32_t table;
 	uint8_t protocol;
+	int32_t oif; /* the outgoing interface, 0 for none */
 };
 
 /* Adds (replacing an equal route) or deletes one route. */
