@@ -164,4 +164,49 @@ struct ScaleTests {
                 rate: 100MiB/s
 
         """
+
+    @Test(
+        "wireguard at 2,000 connections: wireguard-go, started with descriptors above 1023, inherits none of the agent's; the link watch recreates a deleted interface",
+        .enabled(if: wireguardTestsUnavailable == nil, "\(wireguardTestsUnavailable ?? "")"))
+    func wireguardWithThousandsOfConnections() throws {
+        let net = try NamespacePair()
+        let interface = "wgs\(namespaceTag("s"))"
+        let echoPort = 7100, port = 7101
+        let echo = try ConnectionHerd.echoServer(port: echoPort, netns: net.agent)
+        defer { echo.stopHelper() }
+        let vpn = """
+
+              vpn:
+                stages:
+                  - type: wireguard
+                    interface: \(interface)
+                    addresses: [10.88.0.1/24]
+                    pool: [10.88.0.0/24]
+                    peers:
+                      - name: alice
+            """
+        let agent = try WeirProcess(pipelines: Self.forward(port: port, echo: echoPort), netns: net.agent)
+        try agent.start()
+        defer { agent.stop() }
+        let herd = try ConnectionHerd(count: 2_000, port: port, netns: net.agent)
+        defer { herd.close() }
+        #expect(openDescriptors(pid: agent.pid) > 4_000)
+
+        // The interface comes with a reload: wireguard-go is spawned by an agent holding 4,000+ descriptors.
+        try agent.writePipelines(Self.forward(port: port, echo: echoPort, extra: vpn))
+        try agent.reload()
+        func daemon() -> Int32? {
+            ((try? command([which("pgrep")!, "-f", "wireguard-go \(interface)$"]))?.output ?? "").split(separator: "\n").first.flatMap { Int32($0) }
+        }
+        let first = try #require(daemon(), "wireguard-go runs")
+        #expect(openDescriptors(pid: first) < 32, "wireguard-go holds only its own descriptors: \(openDescriptors(pid: first))")
+
+        // Deleted by hand: the link watch notices and the stage creates it again, still without the agent's.
+        try net.inside(net.agent, ["ip", "link", "del", interface])
+        #expect(eventually(timeout: 10) { (try? net.inside(net.agent, ["ip", "link", "show", interface])) != nil && daemon() != nil })
+        if let second = daemon() { #expect(openDescriptors(pid: second) < 32) }
+        #expect(agent.waitForExit(timeout: 0.1) == nil, "the agent is alive")
+        #expect(try herd.echoing() == 2_000, "every connection still echoes")
+    }
 }
+
