@@ -70,13 +70,7 @@ log:
 YAML
     peers "$count" 0 > "$TMP/peers.txt"
     write_pipeline "$TMP/peers.txt"
-    ip netns exec "$NS" "$WEIR_BIN" agent --config "$TMP/weir.yaml" >"$TMP/agent.log" 2>&1 &
-    AGENT_PID=$!
-    for _ in $(seq 1200); do
-        grep -q "agent started" "$TMP/agent.log" && break
-        kill -0 "$AGENT_PID" 2>/dev/null || { cat "$TMP/agent.log" >&2; exit 1; }
-        sleep 0.1
-    done
+    bench_start_agent "$NS" "$TMP/weir.yaml" "$TMP/agent.log"
     full=$(took_ms)
     on_device=$(ip netns exec "$NS" wg show "wbw$$" peers | wc -l)
     # One peer leaves, one joins.
@@ -89,7 +83,7 @@ YAML
         sleep 0.1
     done
     delta=$(took_ms)
-    kill "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null || true; AGENT_PID=""
+    bench_stop_agent
     ip -n "$NS" link del "wbw$$" 2>/dev/null || true
 
     # wg(8) on wireguard-go with the same peers: setconf from scratch, then syncconf with the one-peer change.

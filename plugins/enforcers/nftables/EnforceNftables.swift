@@ -123,7 +123,7 @@ final class EnforceNftables: ServiceStage, ScrapeCollector {
         }
         let (running, resolutions, kept, applied) = state.withLockedValue { ($0.running, $0.resolutions, $0.kept, $0.applied) }
         guard running else { return report }
-        let desired = compile(resolutions: resolutions, kept: kept)
+        let desired = compile(resolutions: resolutions, kept: kept, peerAddresses: addresses)
         guard desired != applied else { return report }
         do {
             _ = try NftablesTable.shared.apply(owner: owner, desired)
@@ -248,11 +248,17 @@ final class EnforceNftables: ServiceStage, ScrapeCollector {
         }
     }
 
-    private func compile(resolutions: [String: Resolution], kept: [Config.DestinationEntry]) -> NftOwnerState {
+    /// `peerAddresses`: the peers' addresses when the caller already read them (else read here, when profiles
+    /// name peers).
+    private func compile(
+        resolutions: [String: Resolution], kept: [Config.DestinationEntry], peerAddresses: [String: [IPNetwork]]? = nil
+    ) -> NftOwnerState {
         var compiler = NftCompiler(owner: owner, config: config, listener: listener)
         compiler.resolved = resolutions.values.reduce(into: Set<IPNetwork>()) { $0.formUnion($1.addresses) }
         compiler.keptEntries = kept
-        if !config.profilePeers.isEmpty { compiler.peerAddresses = PeerAddressBook.addresses(stateDirectory: stateDirectory, pipeline: owner) }
+        if !config.profilePeers.isEmpty {
+            compiler.peerAddresses = peerAddresses ?? PeerAddressBook.addresses(stateDirectory: stateDirectory, pipeline: owner)
+        }
         return compiler.compile()
     }
 

@@ -22,9 +22,6 @@ struct UserspaceDevice: Sendable {
         return (path + ["/usr/bin", "/usr/local/bin"]).map { $0 + "/wireguard-go" }.first { FileManager.default.isExecutableFile(atPath: $0) }
     }
 
-    /// The interface exists and answers on its UAPI socket.
-    var isRunning: Bool { if_nametoindex(interface) != 0 && (try? get()) != nil }
-
     /// Starts wireguard-go for the interface and waits until its socket answers.
     func create() throws {
         guard let binary = Self.binary else {

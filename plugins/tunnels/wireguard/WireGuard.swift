@@ -117,10 +117,15 @@ final class WireGuard: ServiceStage, ScrapeCollector {
             try PeerAddressBook.publish(
                 Dictionary(peers.map { ($0.name, $0.allowedIPs) }) { first, _ in first }, stateDirectory: stateDirectory, pipeline: pipeline)
 
-            if !device.isRunning {
+            // One read of the device serves both questions: is it there, and what does it hold.
+            var actual: DeviceState
+            if if_nametoindex(config.interface) != 0, let running = try? device.get() {
+                actual = running
+            } else {
                 try device.create()
                 if ownedBefore { report.repairs.append("interface \(config.interface) created again") }
                 logger.info("created the interface", metadata: ["interface": "\(config.interface)", "backend": "userspace"])
+                actual = try device.get()
             }
             let ifindex = Int32(if_nametoindex(config.interface))
             guard ifindex != 0 else { throw WireGuardError(description: "interface \(config.interface) vanished") }
@@ -129,7 +134,6 @@ final class WireGuard: ServiceStage, ScrapeCollector {
 
             report.repairs += try convergeRoutes(ifindex, peers: peers)
 
-            var actual = try device.get()
             let resets = chooseEndpoints(&peers, actual: actual, now: Date())
             for key in resets { try device.set("set=1\npublic_key=\(key.hex)\nremove=true\n\n") }
             if !resets.isEmpty { actual = try device.get() }
