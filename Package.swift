@@ -148,10 +148,16 @@ let package = Package(
             exclude: ["gateway/README.md"],
             resources: [.embedInCode("gateway/route.gateway.sample.yaml")]
         ),
+        // What the wireguard stage and the coordinator's VPN resources share: keys, address pools, client files.
+        .target(
+            name: "WeirVPN",
+            dependencies: ["WeirCore", .product(name: "Crypto", package: "swift-crypto")],
+            path: "Sources/WeirVPN"
+        ),
         .target(
             name: "WeirTunnels",
             dependencies: [
-                "WeirCore", "CWeirNetlink", "CWeirSystem", .product(name: "Crypto", package: "swift-crypto"),
+                "WeirCore", "WeirVPN", "CWeirNetlink", "CWeirSystem", .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ] + nio,
             path: "plugins/tunnels",
@@ -270,7 +276,7 @@ let package = Package(
             name: "WeirPluginTests",
             dependencies: [
                 "WeirCore", "WeirStages", "WeirLimiters", "WeirListeners", "WeirConnectors", "WeirCounters", "WeirEnforcers", "WeirRoutes",
-                "WeirShapers", "WeirTransforms", "WeirTunnels", .product(name: "NIOEmbedded", package: "swift-nio"),
+                "WeirShapers", "WeirTransforms", "WeirTunnels", "WeirVPN", .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"), .product(name: "NIOHTTP2", package: "swift-nio-http2"),
                 .product(name: "NIOHPACK", package: "swift-nio-http2"),
             ],

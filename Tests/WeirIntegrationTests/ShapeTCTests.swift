@@ -199,6 +199,39 @@ struct ShapeTCTests {
             })
     }
 
+    @Test("client_rates: a client in a plan's network gets the plan's rate, the others the stage's; a reload changes it in place")
+    func clientRatesPerPlan() throws {
+        let net = try NamespacePair()
+        let plan = { (ceil: String) in
+            "rate: 10mbit\nceil: 15mbit\nper: client_ip\nclient_rates:\n  - {clients: [\(net.peerIPv6)/128], rate: 4mbit, ceil: \(ceil)}"
+        }
+        let agent = try Self.startAgent(net, Self.shapePipeline("users", interface: net.agentInterface, plan("6mbit")))
+        defer { agent.stop() }
+        let standard = try Iperf(net, ns: net.peer, address: net.peerIPv4, port: 5201)
+        defer { standard.stop() }
+        let planned = try Iperf(net, ns: net.peer, address: net.peerIPv6, port: 5201)
+        defer { planned.stop() }
+
+        var readings: [[Double]] = []
+        for _ in 0..<3 {
+            let rates = try Iperf.concurrently([{ try standard.send(from: net.agent, seconds: 5) }, { try planned.send(from: net.agent, seconds: 5) }])
+            readings.append(rates)
+            if Self.within(rates[0], Self.goodput(15)), Self.within(rates[1], Self.goodput(6)) { break }
+            if readings.count == 3 { Issue.record("clients \(readings) Mbit/s, expected \(Self.goodput(15)) and \(Self.goodput(6)) ± 10%") }
+        }
+        let before = try Self.classes(net, net.agentInterface)
+        #expect(before.values.contains { $0.rate == "4Mbit" }, "the planned client's class has the plan's rate: \(before)")
+
+        // The plan changes: the client's class changes in place (same id, counters continue).
+        try agent.writePipelines(Self.shapePipeline("users", interface: net.agentInterface, plan("8mbit").replacingOccurrences(of: "rate: 4mbit", with: "rate: 7mbit")))
+        try agent.reload()
+        let after = try Self.classes(net, net.agentInterface)
+        #expect(Set(after.keys) == Set(before.keys), "no class recreated")
+        #expect(after.values.contains { $0.rate == "7Mbit" } && !after.values.contains { $0.rate == "4Mbit" }, "\(after)")
+        for (id, class_) in before { #expect((after[id]?.bytes ?? -1) >= class_.bytes, "class \(id) kept its counters") }
+        try Self.expectRate(8, "the planned client after the reload") { try planned.send(from: net.agent, seconds: 4) }
+    }
+
     @Test("Per mark: packets marked by enforce.nftables get one class per mark", .enabled(if: which("nft") != nil))
     func perMarkFromNftables() throws {
         let net = try NamespacePair()

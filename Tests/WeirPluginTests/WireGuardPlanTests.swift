@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import WeirCore
+import WeirVPN
 import WeirStages
 
 @testable import WeirTunnels

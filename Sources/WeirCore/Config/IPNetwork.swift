@@ -133,3 +133,18 @@ public struct IPNetwork: Hashable, Sendable, Comparable, CustomStringConvertible
             + subtract(relevant, from: IPNetwork(bytes: upper, prefix: bit + 1))
     }
 }
+
+/// As text (`10.8.0.0/24`, `10.8.0.2`), in state files and records.
+extension IPNetwork: Codable {
+    public init(from decoder: any Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        do { self = try IPNetwork.parse(text) } catch {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not an address or network: \(text)"))
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(description)
+    }
+}

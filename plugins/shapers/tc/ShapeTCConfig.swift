@@ -35,6 +35,14 @@ public struct ShapeTCConfig: StageConfig, Hashable {
         var isEmpty: Bool { mark == nil && dscp == nil && proto == nil && ports == nil }
     }
 
+    /// Clients (addresses or networks) whose on-demand classes get their own rate: per-user plans.
+    public struct ClientRate: Sendable, Hashable, Codable {
+        public var clients: [IPNetwork]
+        /// Bytes per second.
+        public var rate: UInt64
+        public var ceil: UInt64
+    }
+
     public struct NamedClass: Sendable, Hashable {
         public var name: String
         /// Bytes per second.
@@ -58,6 +66,9 @@ public struct ShapeTCConfig: StageConfig, Hashable {
         OptionDoc("max_clients", "count", default: "1024", "With per: client_ip|mark, at most this many classes; beyond it new clients share one class."),
         OptionDoc("idle_timeout", "duration", default: "5m", "With per: client_ip|mark, a class that passed no traffic this long is removed."),
         OptionDoc("classes", "[class]", default: "none", "Named sub-classes: {name, rate, ceil, match: {mark, mark_mask, dscp, protocol, port}}; first match wins."),
+        OptionDoc(
+            "client_rates", "[{clients, rate, ceil}]", default: "none",
+            "With per: client_ip, other rates for some clients (addresses or networks; first match wins): per-user plans."),
     ]
     public static var sample: String { String(decoding: PackageResources.shape_tc_sample_yaml, as: UTF8.self) }
 
@@ -71,6 +82,7 @@ public struct ShapeTCConfig: StageConfig, Hashable {
     public let maxClients: Int
     public let idleTimeout: Duration
     public let classes: [NamedClass]
+    public let clientRates: [ClientRate]
 
     /// Class names the stage uses for its own classes.
     static let reservedNames: Set<String> = ["total", "default"]
@@ -105,6 +117,12 @@ public struct ShapeTCConfig: StageConfig, Hashable {
             return decoded.allSatisfy { $0 != nil } ? decoded.compactMap { $0 } : nil
         }
         let classes = classesOption ?? []
+        let (clientRatesOption, clientRatesValue) = optional("client_rates") { value -> [ClientRate]? in
+            guard let items = value.sequence else { return nil }
+            let decoded = items.map(decodeClientRate)
+            return decoded.allSatisfy { $0 != nil } ? decoded.compactMap { $0 } : nil
+        }
+        let clientRates = clientRatesOption ?? []
         guard valid, let rate, let direction, let per, let maxClients, let idleTimeout else { return nil }
         let ceil = ceilOption ?? rate
         if ceil < rate {
@@ -141,6 +159,15 @@ public struct ShapeTCConfig: StageConfig, Hashable {
                 "the classes guarantee \(RateText.bits(guaranteed)) in all, more than the stage's rate (\(RateText.bits(rate)))")
             valid = false
         }
+        if !clientRates.isEmpty, per != .clientIP {
+            clientRatesValue?.error("client_rates only applies with per: client_ip")
+            valid = false
+        }
+        for (index, clientRate) in clientRates.enumerated() where clientRate.ceil > (total ?? clientRate.ceil) {
+            clientRatesValue?.sequence?[index].mapping?.optional("ceil")?.error(
+                "the ceil (\(RateText.bits(clientRate.ceil))) is above total (\(RateText.bits(total ?? 0)))")
+            valid = false
+        }
         if classes.count > Int(WEIR_SHAPE_MAX_RULES) {
             classesValue?.error("at most \(WEIR_SHAPE_MAX_RULES) classes")
             valid = false
@@ -148,7 +175,7 @@ public struct ShapeTCConfig: StageConfig, Hashable {
         guard valid else { return nil }
         return ShapeTCConfig(
             interface: interface, rate: rate, ceil: ceil, direction: direction, per: per, total: total,
-            maxClients: maxClients, idleTimeout: idleTimeout, classes: classes)
+            maxClients: maxClients, idleTimeout: idleTimeout, classes: classes, clientRates: clientRates)
     }
 
     /// A rate in bytes per second, at least 1kbit.
@@ -189,6 +216,30 @@ public struct ShapeTCConfig: StageConfig, Hashable {
             return nil
         }
         return NamedClass(name: name, rate: rate, ceil: classCeil, match: match)
+    }
+
+    private static func decodeClientRate(_ value: ConfigValue) -> ClientRate? {
+        guard let options = value.mapping else { return nil }
+        defer { options.finish() }
+        let clients = options.required("clients").flatMap { value -> [IPNetwork]? in
+            guard let items = value.sequence, !items.isEmpty else {
+                value.error("a list of addresses or networks")
+                return nil
+            }
+            let parsed = items.compactMap { $0.parsed(IPNetwork.parse) }
+            return parsed.count == items.count ? parsed : nil
+        }
+        let rate = options.required("rate").flatMap(Self.rate)
+        let ceilValue = options.optional("ceil")
+        let ceil = ceilValue.map(Self.rate)
+        guard let clients, let rate else { return nil }
+        if let ceil, ceil == nil { return nil }
+        let clientCeil = (ceil ?? nil) ?? rate
+        if clientCeil < rate {
+            ceilValue?.error("ceil (\(RateText.bits(clientCeil))) is below rate (\(RateText.bits(rate)))")
+            return nil
+        }
+        return ClientRate(clients: clients, rate: rate, ceil: clientCeil)
     }
 
     private static func decodeMatch(_ value: ConfigValue) -> Match? {

@@ -38,6 +38,9 @@ struct StageShape: Codable, Hashable, Sendable {
     var dynamicCeil: UInt64
     var maxDynamic: Int
     var idleSeconds: Int64
+    /// Other rates for some clients, first match wins.
+    /// (Optional: records written before it existed decode.)
+    var clientRates: [ShapeTCConfig.ClientRate]?
 
     struct Rule: Codable, Hashable, Sendable {
         var classKey: String
@@ -87,11 +90,16 @@ struct StageShape: Codable, Hashable, Sendable {
         dynamicCeil = config.ceil
         maxDynamic = config.maxClients
         idleSeconds = config.idleTimeout.components.seconds
+        clientRates = config.clientRates.isEmpty ? nil : config.clientRates
     }
 
     /// The spec of an on-demand class for `key`.
     func dynamicClass(_ key: DynamicKey) -> ClassSpec {
-        ClassSpec(key: key.classKey, label: key.label, parent: "total", rate: dynamicRate, ceil: dynamicCeil, isLeaf: true)
+        let address = key.family == 0 ? nil : IPNetwork(bytes: Array(key.bytes.prefix(key.family == 4 ? 4 : 16)), prefix: key.family == 4 ? 32 : 128)
+        let chosen = address.flatMap { address in clientRates?.first { $0.clients.contains { $0.contains(address) } } }
+        return ClassSpec(
+            key: key.classKey, label: key.label, parent: "total", rate: chosen?.rate ?? dynamicRate, ceil: chosen?.ceil ?? dynamicCeil,
+            isLeaf: true)
     }
 
     var scopeDescription: String {

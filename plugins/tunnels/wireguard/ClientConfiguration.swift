@@ -1,5 +1,6 @@
 import Foundation
 import WeirCore
+import WeirVPN
 
 /// A peer's client configuration in wg-quick format, for `weir wireguard config`: its addresses and
 /// (when the agent generated its keys) its private key, and the server as its one peer.
@@ -21,30 +22,26 @@ public enum ClientConfiguration {
         }
         let keyPath = config.privateKeyFile ?? WireGuardState.defaultKeyPath(stateDirectory, pipeline: pipeline)
         let serverKey: WireGuardKey
-        do { serverKey = try WireGuard.readKey(keyPath) } catch { throw ExportError(description: "\(error)") }
+        if let key = config.privateKey {
+            serverKey = key
+        } else {
+            do { serverKey = try WireGuard.readKey(keyPath) } catch { throw ExportError(description: "\(error)") }
+        }
         let addresses = peer.allowedIPs.isEmpty ? (state.addresses[name] ?? []) : peer.allowedIPs.map(\.description)
         guard !addresses.isEmpty else { throw ExportError(description: "peer \"\(name)\" has no address yet: start the agent first") }
 
-        var lines = ["[Interface]"]
+        var file = WireGuardClientFile(
+            privateKey: nil, publicKey: peer.publicKey, addresses: addresses.compactMap { try? IPNetwork.parse($0) },
+            serverPublicKey: serverKey.publicKey, endpoint: endpoint.description, persistentKeepalive: peer.persistentKeepalive)
         if peer.publicKey == nil {
             guard let privateKey = state.generatedKeys[name] else {
                 throw ExportError(description: "peer \"\(name)\" has no generated key yet: start the agent first")
             }
-            lines.append("PrivateKey = \(privateKey)")
-        } else {
-            lines.append("# PrivateKey = the private key of \(peer.publicKey!), which only its owner has")
+            file.privateKey = privateKey
         }
-        lines.append("Address = " + addresses.map { address in
-            // A single address from the pool is the host's /32 (or /128) in the tunnel.
-            (try? IPNetwork.parse(address)).map { "\($0.address)/\($0.prefix)" } ?? address
-        }.joined(separator: ", "))
-        lines += ["", "[Peer]", "PublicKey = \(serverKey.publicKey)"]
-        if let file = peer.presharedKeyFile {
-            do { lines.append("PresharedKey = \(try WireGuard.readKey(file).base64)") } catch { throw ExportError(description: "\(error)") }
+        if let keyFile = peer.presharedKeyFile {
+            do { file.presharedKey = try WireGuard.readKey(keyFile).base64 } catch { throw ExportError(description: "\(error)") }
         }
-        lines.append("Endpoint = \(endpoint)")
-        lines.append("AllowedIPs = 0.0.0.0/0, ::/0")
-        if peer.persistentKeepalive > 0 { lines.append("PersistentKeepalive = \(peer.persistentKeepalive)") }
-        return lines.joined(separator: "\n") + "\n"
+        return file.text
     }
 }

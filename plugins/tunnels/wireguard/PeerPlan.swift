@@ -1,4 +1,5 @@
 import WeirCore
+import WeirVPN
 
 /// What the device should be: the configuration's keys, port and peers.
 struct DesiredDevice: Sendable, Equatable {

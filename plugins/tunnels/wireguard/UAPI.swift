@@ -1,4 +1,5 @@
 import WeirCore
+import WeirVPN
 
 /// A WireGuard device as its UAPI (`get=1`) describes it — the same model the kernel's generic netlink
 /// family returns, so both backends reconcile through one plan.

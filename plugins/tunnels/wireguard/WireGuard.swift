@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import NIOConcurrencyHelpers
 import WeirCore
+import WeirVPN
 
 /// The running `wireguard` stage. `start` and every reconcile take the interface to the configuration:
 /// the device created if missing, link settings and addresses, then peers by a `PeerPlan` (only what
@@ -75,7 +76,7 @@ final class WireGuard: ServiceStage, ScrapeCollector {
         if Self.pipelineUsers.remove(self, pipeline) {
             unlink(WireGuardState.path(environment.stateDirectory, pipeline: pipeline))
             PeerAddressBook.remove(stateDirectory: environment.stateDirectory, pipeline: pipeline)
-            if config.privateKeyFile == nil { unlink(WireGuardState.defaultKeyPath(environment.stateDirectory, pipeline: pipeline)) }
+            if config.privateKeyFile == nil, config.privateKey == nil { unlink(WireGuardState.defaultKeyPath(environment.stateDirectory, pipeline: pipeline)) }
         }
     }
 
@@ -240,6 +241,7 @@ final class WireGuard: ServiceStage, ScrapeCollector {
 
     /// The interface's private key: the configured file, or one generated once in the state directory.
     private func interfacePrivateKey() throws -> WireGuardKey {
+        if let key = config.privateKey { return key }
         if let file = config.privateKeyFile { return try Self.readKey(file) }
         let path = WireGuardState.defaultKeyPath(environment.stateDirectory, pipeline: pipeline)
         if FileManager.default.fileExists(atPath: path) { return try Self.readKey(path) }

@@ -1,4 +1,5 @@
 import WeirCore
+import WeirVPN
 
 /// `wireguard`: a WireGuard interface with its peers, kept exactly as configured (like `wg syncconf`, plus
 /// addresses), with addresses for peers from a pool and key pairs for peers the agent generates.
@@ -18,6 +19,9 @@ public struct WireGuardConfig: StageConfig, NamesPeers {
         OptionDoc("mtu", "bytes", default: "1420", "The interface's MTU."),
         OptionDoc("fwmark", "number", default: "0", "Mark on the tunnel's own UDP packets (for policy routing)."),
         OptionDoc("private_key_file", "path", default: "state_dir/wireguard/PIPELINE.key, generated", "The interface's private key (base64)."),
+        OptionDoc(
+            "private_key", "base64", default: "none", secret: true,
+            "The interface's private key itself, instead of private_key_file (the coordinator's VPN servers render it)."),
         OptionDoc("pool", "[network]", default: "[]", "Where peers without allowed_ips get their address (one IPv4 and/or one IPv6)."),
         OptionDoc("backend", "auto|kernel|userspace", default: "auto", "The kernel module, or wireguard-go where the module is missing."),
         OptionDoc("reconcile_interval", "duration", default: "10s", "How often the device is compared with the configuration and put back."),
@@ -62,6 +66,8 @@ public struct WireGuardConfig: StageConfig, NamesPeers {
     public var mtu: Int
     public var fwmark: UInt32
     public var privateKeyFile: String?
+    /// Given inline (rendered by the coordinator); excludes `privateKeyFile`.
+    public var privateKey: WireGuardKey?
     public var pool: [IPNetwork]
     public var backend: Backend
     public var reconcileInterval: Duration
@@ -83,6 +89,14 @@ public struct WireGuardConfig: StageConfig, NamesPeers {
         let mtu = options.optional("mtu", default: 1420) { $0.int(in: 1280...9000) }
         let fwmark = options.optional("fwmark", default: 0) { $0.int(in: 0...Int(UInt32.max)) }
         let privateKeyFile = options.optional("private_key_file", default: String?.none) { value in value.absolutePath.map { .some($0) } }
+        let privateKey = options.optional("private_key", default: WireGuardKey?.none) { value -> WireGuardKey?? in
+            guard let text = value.string else { return nil }
+            guard let key = WireGuardKey(base64: text) else {
+                value.error("not a WireGuard key (32 bytes, base64)")
+                return nil
+            }
+            return .some(key)
+        }
         let pool = options.optional("pool", default: [IPNetwork]()) { list($0) { $0.parsed(IPNetwork.parse) } }
         let backend = options.optional("backend", default: Backend.auto) { $0.oneOf(Backend.self) }
         let interval = options.optional("reconcile_interval", default: Duration.seconds(10)) { $0.duration(atLeast: .seconds(1)) }
@@ -104,16 +118,20 @@ public struct WireGuardConfig: StageConfig, NamesPeers {
             }
             return peers
         }
-        guard let interface, let listenPort, let endpoint, let addresses, let mtu, let fwmark, let privateKeyFile, let pool, let backend,
-            let interval, let share, let peers
+        guard let interface, let listenPort, let endpoint, let addresses, let mtu, let fwmark, let privateKeyFile, let privateKey, let pool,
+            let backend, let interval, let share, let peers
         else { return nil }
+        if privateKey != nil, privateKeyFile != nil {
+            (options.optional("private_key") ?? options.value).error("give private_key or private_key_file, not both")
+            return nil
+        }
         if peers.contains(where: { $0.allowedIPs.isEmpty }) && pool.isEmpty {
             (options.optional("peers") ?? options.value).error("peers without allowed_ips need a pool to take their addresses from")
             return nil
         }
         return WireGuardConfig(
             interface: interface, listenPort: listenPort, endpoint: endpoint, addresses: addresses, mtu: mtu, fwmark: UInt32(fwmark),
-            privateKeyFile: privateKeyFile, pool: pool, backend: backend, reconcileInterval: interval, maxPurgeShare: share, peers: peers)
+            privateKeyFile: privateKeyFile, privateKey: privateKey, pool: pool, backend: backend, reconcileInterval: interval, maxPurgeShare: share, peers: peers)
     }
 
     private static func decodePeer(_ value: ConfigValue) -> Peer? {

@@ -1,5 +1,6 @@
 import Foundation
 import WeirCore
+import WeirVPN
 
 /// What the stage keeps in `state_dir/wireguard/PIPELINE.json` (0600): the interface it owns, the addresses
 /// it gave peers from the pool (an address never moves while its peer exists), the key pairs it generated
@@ -111,7 +112,7 @@ struct WireGuardState: Codable, Sendable, Equatable {
             }
             var given: [IPNetwork] = []
             for network in pool {
-                guard let address = Self.nextFree(in: network, taken: taken) else {
+                guard let address = AddressPool.nextFree(in: network, taken: taken) else {
                     throw AllocationError(description: "the pool \(network) has no free address left for peer \"\(name)\"")
                 }
                 taken.insert(address)
@@ -125,29 +126,6 @@ struct WireGuardState: Codable, Sendable, Equatable {
 
     struct AllocationError: Error, CustomStringConvertible {
         let description: String
-    }
-
-    /// The lowest address of `network` after its first that is not taken (and for IPv4 not its broadcast).
-    static func nextFree(in network: IPNetwork, taken: Set<IPNetwork>) -> IPNetwork? {
-        let width = network.width
-        let hostBits = width - network.prefix
-        let limit = hostBits >= 20 ? 1 << 20 : (1 << hostBits) - (network.isIPv4 ? 1 : 0)
-        var candidate = network.bytes
-        for offset in 1..<max(limit, 1) {
-            // network + offset, big-endian.
-            candidate = network.bytes
-            var carry = offset
-            var index = candidate.count - 1
-            while carry > 0, index >= 0 {
-                let sum = Int(candidate[index]) + (carry & 0xFF)
-                candidate[index] = UInt8(sum & 0xFF)
-                carry = (carry >> 8) + (sum >> 8)
-                index -= 1
-            }
-            let address = IPNetwork(bytes: candidate, prefix: width)
-            if !taken.contains(address) { return address }
-        }
-        return nil
     }
 
     /// Removes the interfaces and state of pipelines that no longer have a wireguard stage (removed while

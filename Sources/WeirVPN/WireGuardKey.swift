@@ -3,20 +3,20 @@ import Foundation
 
 /// A WireGuard key (Curve25519, 32 bytes): base64 in configurations and `wg` output, lowercase hex on the
 /// UAPI socket.
-struct WireGuardKey: Hashable, Sendable, CustomStringConvertible {
-    let bytes: [UInt8]
+public struct WireGuardKey: Hashable, Sendable, CustomStringConvertible {
+    public let bytes: [UInt8]
 
-    init?(bytes: [UInt8]) {
+    public init?(bytes: [UInt8]) {
         guard bytes.count == 32 else { return nil }
         self.bytes = bytes
     }
 
-    init?(base64: String) {
+    public init?(base64: String) {
         guard let data = Data(base64Encoded: base64.trimmingCharacters(in: .whitespacesAndNewlines)) else { return nil }
         self.init(bytes: Array(data))
     }
 
-    init?(hex: String) {
+    public init?(hex: String) {
         guard hex.utf8.count == 64 else { return nil }
         var bytes: [UInt8] = []
         var index = hex.startIndex
@@ -29,19 +29,19 @@ struct WireGuardKey: Hashable, Sendable, CustomStringConvertible {
         self.init(bytes: bytes)
     }
 
-    var base64: String { Data(bytes).base64EncodedString() }
-    var hex: String { bytes.map { String(format: "%02x", $0) }.joined() }
+    public var base64: String { Data(bytes).base64EncodedString() }
+    public var hex: String { bytes.map { String(format: "%02x", $0) }.joined() }
 
     /// Public keys are shown; a private key's description never prints it.
-    var description: String { base64 }
+    public var description: String { base64 }
 
     /// A new private key.
-    static func generatePrivate() -> WireGuardKey {
+    public static func generatePrivate() -> WireGuardKey {
         WireGuardKey(bytes: Array(Curve25519.KeyAgreement.PrivateKey().rawRepresentation))!
     }
 
     /// The public key of this private key.
-    var publicKey: WireGuardKey {
+    public var publicKey: WireGuardKey {
         let key = try! Curve25519.KeyAgreement.PrivateKey(rawRepresentation: bytes)
         return WireGuardKey(bytes: Array(key.publicKey.rawRepresentation))!
     }
