@@ -75,6 +75,12 @@ let package = Package(
             providers: [.apt(["libnftables-dev"])]
         ),
         .systemLibrary(
+            name: "CLibqrencode",
+            path: "Sources/CLibqrencode",
+            pkgConfig: "libqrencode",
+            providers: [.apt(["libqrencode-dev"])]
+        ),
+        .systemLibrary(
             name: "CLibnftnl",
             path: "Sources/CLibnftnl",
             pkgConfig: "libnftnl",
@@ -220,7 +226,7 @@ let package = Package(
         .target(
             name: "WeirCoordinator",
             dependencies: nio + [
-                "WeirCore", "WeirCoordinatorProtocol",
+                "WeirCore", "WeirCoordinatorProtocol", "WeirVPN", "CLibqrencode",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),

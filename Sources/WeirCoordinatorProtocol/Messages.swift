@@ -41,19 +41,44 @@ public struct PipelineReport: Codable, Sendable, Equatable {
     public var errorsTotal: Double
     /// "running" while the agent runs the pipeline.
     public var health: String
+    /// WireGuard peers of the pipeline by name (VPN users' devices); absent without a wireguard stage, and
+    /// from agents older than this field.
+    public var peers: [String: PeerReport]?
 
-    public init(bytesIn: Double = 0, bytesOut: Double = 0, connectionsTotal: Double = 0, connectionsActive: Double = 0, errorsTotal: Double = 0, health: String = "running") {
+    public init(
+        bytesIn: Double = 0, bytesOut: Double = 0, connectionsTotal: Double = 0, connectionsActive: Double = 0, errorsTotal: Double = 0,
+        health: String = "running", peers: [String: PeerReport]? = nil
+    ) {
         self.bytesIn = bytesIn
         self.bytesOut = bytesOut
         self.connectionsTotal = connectionsTotal
         self.connectionsActive = connectionsActive
         self.errorsTotal = errorsTotal
         self.health = health
+        self.peers = peers
     }
 
     enum CodingKeys: String, CodingKey {
         case bytesIn = "bytes_in", bytesOut = "bytes_out", connectionsTotal = "connections_total"
-        case connectionsActive = "connections_active", errorsTotal = "errors_total", health
+        case connectionsActive = "connections_active", errorsTotal = "errors_total", health, peers
+    }
+}
+
+/// One WireGuard peer's traffic as the agent's metrics have it.
+public struct PeerReport: Codable, Sendable, Equatable {
+    public var receiveBytes: Double = 0
+    public var transmitBytes: Double = 0
+    /// Unix seconds; 0: never.
+    public var lastHandshake: Double = 0
+    /// Transfer in the current quota period, and the quota (nil: none).
+    public var periodBytes: Double = 0
+    public var quotaBytes: Double?
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey {
+        case receiveBytes = "receive_bytes", transmitBytes = "transmit_bytes", lastHandshake = "last_handshake", periodBytes = "period_bytes"
+        case quotaBytes = "quota_bytes"
     }
 }
 

@@ -10,7 +10,7 @@ import WeirCore
 struct Ctl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Talk to a coordinator's API (/api/v1).",
-        subcommands: [CtlAgents.self, CtlPipelines.self, CtlAssignments.self, CtlLists.self, CtlEnrollmentTokens.self, CtlTokens.self, CtlRequest.self]
+        subcommands: [CtlAgents.self, CtlPipelines.self, CtlAssignments.self, CtlLists.self, CtlVPN.self, CtlEnrollmentTokens.self, CtlTokens.self, CtlRequest.self]
     )
 }
 
@@ -24,7 +24,8 @@ struct CtlOptions: ParsableArguments {
     @Option(help: "CA certificate (PEM) that signed the coordinator's certificate (default: $WEIR_COORDINATOR_CA, else the system's).")
     var ca: String?
 
-    func request(_ method: HTTPMethod, _ path: String, body: String? = nil, contentType: String = "application/json") async throws {
+    /// Prints the response body, or with `output` writes it to that file (0600: it may hold a private key).
+    func request(_ method: HTTPMethod, _ path: String, body: String? = nil, contentType: String = "application/json", output: String? = nil) async throws {
         let environment = ProcessInfo.processInfo.environment
         guard let base = url ?? environment["WEIR_COORDINATOR_URL"] else {
             throw ValidationError("no coordinator: give --url or set WEIR_COORDINATOR_URL")
@@ -48,9 +49,14 @@ struct CtlOptions: ParsableArguments {
             request.body = .bytes(ByteBuffer(string: body))
         }
         let response = try await client.execute(request, timeout: .seconds(30))
-        let text = String(buffer: try await response.body.collect(upTo: 64 << 20))
+        let bytes = try await response.body.collect(upTo: 64 << 20)
         try? await client.shutdown()
-        if !text.isEmpty { print(text, terminator: text.hasSuffix("\n") ? "" : "\n") }
+        let text = String(buffer: bytes)
+        if let output, (200..<300).contains(response.status.code) {
+            do { try PrivateFile.write(Array(buffer: bytes), to: output) } catch { throw ValidationError("cannot write \(output): \(error)") }
+        } else if !text.isEmpty {
+            print(text, terminator: text.hasSuffix("\n") ? "" : "\n")
+        }
         guard (200..<300).contains(response.status.code) else {
             FileHandle.standardError.write(Data("weir ctl: \(response.status.code) \(response.status.reasonPhrase)\n".utf8))
             throw ExitCode.failure

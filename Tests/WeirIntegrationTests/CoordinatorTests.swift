@@ -394,6 +394,7 @@ struct CoordinatorTests {
         #expect(paths.count >= 15)
         for (path, operations) in paths {
             let concrete = path.replacingOccurrences(of: "{id}", with: "no-such-thing").replacingOccurrences(of: "{name}", with: "no-such-thing")
+                .replacingOccurrences(of: "{device}", with: "no-such-thing")
             for method in operations.keys {
                 let (code, body) = try coordinator.request(method.uppercased(), concrete, body: method == "get" || method == "delete" ? nil : "{}",
                                                            token: coordinator.adminToken)
@@ -436,7 +437,7 @@ struct CoordinatorTests {
             for (method, operation) in operations where operation["requestBody"] != nil {
                 let responses = operation["responses"] as? [String: Any]
                 #expect(responses?["413"] != nil, "\(method) \(path) does not document 413")
-                let concrete = path.replacingOccurrences(of: "{id}", with: "x").replacingOccurrences(of: "{name}", with: "x")
+                let concrete = path.replacingOccurrences(of: "{id}", with: "x").replacingOccurrences(of: "{name}", with: "x").replacingOccurrences(of: "{device}", with: "x")
                 for chunked in [false, true] {
                     let (status, body) = try coordinator.request(
                         method.uppercased(), concrete, body: "@" + large.path, contentType: "application/yaml", token: coordinator.adminToken,

@@ -49,19 +49,24 @@ struct WireGuardTests {
                 routes: [["route", "add", "10.88.0.0/24", "dev", interface, "metric", "\(metric)"]])
         }
 
-        init(namespace: String, agent: WeirProcess, peer: String, interface: String, routes: [[String]]) throws {
-            self.namespace = namespace
-            self.interface = interface
+        convenience init(namespace: String, agent: WeirProcess, peer: String, interface: String, routes: [[String]]) throws {
             let exported = try runWeir(["wireguard", "config", "--config", agent.configPath, "vpn", peer])
             guard exported.status == 0 else { throw CommandFailed(command: "weir wireguard config", status: exported.status, output: exported.output) }
-            let file = agent.directory.appendingPathComponent("\(interface).conf").path
-            try exported.output.write(toFile: file, atomically: true, encoding: .utf8)
+            try self.init(namespace: namespace, configuration: exported.output, directory: agent.directory, interface: interface, routes: routes)
+        }
+
+        /// From a client configuration (wg-quick format) however it was obtained.
+        init(namespace: String, configuration: String, directory: URL, interface: String, routes: [[String]]) throws {
+            self.namespace = namespace
+            self.interface = interface
+            let file = directory.appendingPathComponent("\(interface).conf").path
+            try configuration.write(toFile: file, atomically: true, encoding: .utf8)
             // It holds a private key: wg-quick warns (on the output read below) when others may read it.
             try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: file)
-            let line = exported.output.split(separator: "\n").first { $0.hasPrefix("Address = ") }!
+            let line = configuration.split(separator: "\n").first { $0.hasPrefix("Address = ") }!
             address = String(line.dropFirst("Address = ".count).split(separator: "/")[0])
             let stripped = try shell.sh(["wg-quick", "strip", file])
-            let setconf = agent.directory.appendingPathComponent("\(interface).setconf").path
+            let setconf = directory.appendingPathComponent("\(interface).setconf").path
             try stripped.write(toFile: setconf, atomically: true, encoding: .utf8)
             try shell.sh(["ip", "netns", "exec", namespace, "env", "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1", "wireguard-go", interface])
             try shell.inside(namespace, ["wg", "setconf", interface, setconf])

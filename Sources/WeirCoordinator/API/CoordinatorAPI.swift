@@ -219,6 +219,8 @@ struct CoordinatorAPI: Sendable {
             await changed()
             return Response(status: .noContent)
         }
+
+        registerVPN(on: api)
     }
 
     // MARK: - Views
@@ -282,7 +284,7 @@ struct CoordinatorAPI: Sendable {
     }
 
     /// The whole body, or 413 when it is larger than `max_request_body` (said by Content-Length or found while reading).
-    private func body(_ request: Request) async throws -> ByteBuffer {
+    func body(_ request: Request) async throws -> ByteBuffer {
         let tooLarge = APIError(
             status: .contentTooLarge, message: "the request body is larger than \(maxRequestBody) bytes (coordinator.max_request_body)")
         if let length = request.headers[.contentLength].flatMap(Int.init), length > maxRequestBody { throw tooLarge }
@@ -306,7 +308,7 @@ struct CoordinatorAPI: Sendable {
         return text
     }
 
-    private func decode<T: Decodable>(_ type: T.Type, _ request: Request, _ context: BasicRequestContext) async throws -> T {
+    func decode<T: Decodable>(_ type: T.Type, _ request: Request, _ context: BasicRequestContext) async throws -> T {
         let buffer = try await body(request)
         do {
             return try JSONDecoder().decode(type, from: Data(buffer: buffer))

@@ -7,11 +7,15 @@ struct DesiredState: Sendable {
     /// Every named list as one drop-in, nil when there are none.
     var listsFile: ConfigBundle.File?
 
-    init(documents: [PipelineDocument], assignments: [Assignment], lists: [NamedList], relays: [Relay] = []) {
-        // Relays add their two rendered documents and assignments.
+    init(
+        documents: [PipelineDocument], assignments: [Assignment], lists: [NamedList], relays: [Relay] = [],
+        vpnServers: [(document: PipelineDocument, assignment: Assignment)] = []
+    ) {
+        // Relays add their two rendered documents and assignments, VPN servers one each.
         let rendered = relays.map { $0.rendered(at: $0.createdAt) }
-        self.documents = Dictionary((documents + rendered.flatMap(\.documents)).map { ($0.name, $0) }, uniquingKeysWith: { $1 })
-        self.assignments = assignments + rendered.flatMap(\.assignments)
+        self.documents = Dictionary(
+            (documents + rendered.flatMap(\.documents) + vpnServers.map(\.document)).map { ($0.name, $0) }, uniquingKeysWith: { $1 })
+        self.assignments = assignments + rendered.flatMap(\.assignments) + vpnServers.map(\.assignment)
         listsFile = lists.isEmpty ? nil : ConfigBundle.File(name: NamedListFile.fileName, content: NamedListFile.render(lists))
     }
 

@@ -5,7 +5,7 @@ import WeirCoordinatorProtocol
 /// Everything the coordinator remembers, in SQL both SQLite and PostgreSQL run.
 struct CoordinatorStore: Sendable {
     let database: CoordinatorDatabase
-    private var sql: any SQLDatabase { database.sql }
+    var sql: any SQLDatabase { database.sql }
 
     let secrets: SecretBox
 
@@ -276,7 +276,9 @@ struct CoordinatorStore: Sendable {
 
     /// Documents, assignments and lists, read together for rendering bundles.
     func desiredState() async throws -> DesiredState {
-        DesiredState(documents: try await pipelines(), assignments: try await assignments(), lists: try await lists(), relays: try await relays())
+        DesiredState(
+            documents: try await pipelines(), assignments: try await assignments(), lists: try await lists(), relays: try await relays(),
+            vpnServers: try await renderedVPNServers())
     }
 
     // MARK: - Relays
@@ -311,6 +313,7 @@ struct CoordinatorStore: Sendable {
             try await sql.raw("UPDATE relays SET spec = \(bind: try sealedSpec(relay)) WHERE name = \(bind: relay.name)").run()
             sealed += 1
         }
+        try await checkVPNSecrets()
         return sealed
     }
 

@@ -89,6 +89,20 @@ final class CoordinatorDatabase: Sendable {
             CREATE TABLE IF NOT EXISTS relays (name TEXT PRIMARY KEY, spec TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL)
             """,
             """
+            CREATE TABLE IF NOT EXISTS vpn_servers (name TEXT PRIMARY KEY, spec TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL)
+            """,
+            "CREATE TABLE IF NOT EXISTS vpn_plans (name TEXT PRIMARY KEY, spec TEXT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS vpn_users (name TEXT PRIMARY KEY, spec TEXT NOT NULL)",
+            """
+            CREATE TABLE IF NOT EXISTS vpn_devices (
+                vpn_user TEXT NOT NULL, name TEXT NOT NULL, server TEXT NOT NULL, spec TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (vpn_user, name))
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS vpn_addresses (
+                server TEXT NOT NULL, address TEXT NOT NULL, vpn_user TEXT NOT NULL, device TEXT NOT NULL, PRIMARY KEY (server, address))
+            """,
+            """
             CREATE TABLE IF NOT EXISTS assignments (
                 id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, agent TEXT, selector TEXT, created_at DOUBLE PRECISION NOT NULL)
             """,

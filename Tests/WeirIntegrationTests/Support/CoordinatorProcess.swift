@@ -5,6 +5,8 @@ final class CoordinatorProcess: @unchecked Sendable {
     let directory: URL
     let port: Int
     let pki: TestPKI
+    /// The network namespace it runs in (its agents and curl run there too); nil: the host's.
+    let netns: String?
     private var process: Process?
     var pid: Int32 { process?.processIdentifier ?? 0 }
     private let logFile: URL
@@ -21,10 +23,11 @@ final class CoordinatorProcess: @unchecked Sendable {
     /// `coordinator:` section.
     init(
         pki: TestPKI, database: String = "sqlite", heartbeat: String = "500ms", offlineAfter: String = "2s", retention: String = "168h",
-        port: Int = freePort(), settings: [String] = [], certificateAddresses: [String] = ["127.0.0.1"]
+        port: Int = freePort(), settings: [String] = [], certificateAddresses: [String] = ["127.0.0.1"], netns: String? = nil
     ) throws {
         self.pki = pki
         self.port = port
+        self.netns = netns
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("weir-coordinator-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         logFile = directory.appendingPathComponent("coordinator.log")
@@ -52,8 +55,13 @@ final class CoordinatorProcess: @unchecked Sendable {
     /// Starts and waits until /healthz answers over TLS.
     func start() throws {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: WeirProcess.binary)
-        process.arguments = ["coordinator", "--config", configPath]
+        if let netns {
+            process.executableURL = URL(fileURLWithPath: which("ip") ?? "/usr/sbin/ip")
+            process.arguments = ["netns", "exec", netns, WeirProcess.binary, "coordinator", "--config", configPath]
+        } else {
+            process.executableURL = URL(fileURLWithPath: WeirProcess.binary)
+            process.arguments = ["coordinator", "--config", configPath]
+        }
         if !FileManager.default.fileExists(atPath: logFile.path) { _ = FileManager.default.createFile(atPath: logFile.path, contents: nil) }
         let handle = try FileHandle(forWritingTo: logFile)
         handle.seekToEndOfFile()
@@ -86,7 +94,8 @@ final class CoordinatorProcess: @unchecked Sendable {
         _ method: String, _ path: String, body: String? = nil, contentType: String = "application/json", token: String?,
         extraHeaders: [String] = []
     ) throws -> (Int, String) {
-        var arguments = ["curl", "-s", "--max-time", "10", "--cacert", pki.caPath, "-X", method, "-w", "\n%{http_code}", url + path]
+        var arguments = (netns.map { ["ip", "netns", "exec", $0] } ?? [])
+            + ["curl", "-s", "--max-time", "10", "--cacert", pki.caPath, "-X", method, "-w", "\n%{http_code}", url + path]
         if let token { arguments += ["-H", "Authorization: Bearer \(token)"] }
         for header in extraHeaders { arguments += ["-H", header] }
         if let body { arguments += ["-H", "Content-Type: \(contentType)", "--data-binary", body] }

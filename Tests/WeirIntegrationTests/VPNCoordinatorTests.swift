@@ -1,0 +1,161 @@
+import Foundation
+import Testing
+
+/// The coordinator's VPN resources end to end: a coordinator and a server agent in one namespace, a plain
+/// wireguard-go client in the other configured only from what the API hands an admin.
+@Suite("VPN users and devices through the coordinator", .serialized, .enabled(if: wireguardTestsUnavailable == nil, Comment(rawValue: wireguardTestsUnavailable ?? "")))
+struct VPNCoordinatorTests {
+    struct Setup {
+        let net: NamespacePair
+        let coordinator: CoordinatorProcess
+        let agent: WeirProcess
+        let interface: String
+        let tag: String
+
+        init() throws {
+            net = try NamespacePair()
+            tag = namespaceTag("v")
+            interface = "wgs\(tag)"
+            coordinator = try CoordinatorProcess(pki: try TestPKI(), netns: net.agent)
+            try coordinator.start()
+            let token = try coordinator.enrollmentToken()
+            agent = try WeirProcess(
+                pipelines: "pipelines: {}", extra: try coordinator.agentSection(token: token, labels: ["role": "vpn"], agent: "vpn-gw"),
+                netns: net.agent, id: "vpn-gw")
+            try agent.start()
+        }
+
+        func stop() {
+            agent.stop()
+            coordinator.stop()
+        }
+
+        /// The server's device: public key → allowed IPs.
+        func peers() -> [String: String] {
+            ((try? WireGuardTests.dump(net, interface)) ?? [:]).mapValues(\.ips)
+        }
+
+        func inSync() -> Bool { (try? coordinator.agent("vpn-gw"))??["status"] as? String == "in_sync" }
+
+        /// An API GET written to a file (binary bodies): the HTTP status.
+        func download(_ path: String, token: String, to file: String) throws -> Int {
+            let (status, output) = try command(
+                ["ip", "netns", "exec", net.agent, "curl", "-s", "--max-time", "10", "--cacert", coordinator.pki.caPath, "-o", file, "-w", "%{http_code}",
+                 "-H", "Authorization: Bearer \(token)", coordinator.url + path])
+            guard status == 0, let code = Int(output.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+                throw CommandFailed(command: "curl \(path)", status: status, output: output)
+            }
+            return code
+        }
+    }
+
+    @Test("A user's device created through the API: the server agent ACKs a bundle with its peer, the downloaded configuration (and its QR code) works with wireguard-go, usage comes back in heartbeats, disabling the user removes the peer")
+    func userAndDeviceEndToEnd() throws {
+        let setup = try Setup()
+        defer { setup.stop() }
+        let (net, coordinator) = (setup.net, setup.coordinator)
+
+        try coordinator.admin("PUT", "/api/v1/vpn/plans/basic", json: ["quota": "1GiB", "period": "month"])
+        let server = try #require(try coordinator.admin("PUT", "/api/v1/vpn/servers/office", json: [
+            "agent": "vpn-gw", "interface": setup.interface, "endpoint": "\(net.agentIPv4):51820", "addresses": ["10.88.0.1/24"],
+            "pool": ["10.88.0.0/24"], "dns": ["10.88.0.1"],
+        ]) as? [String: Any])
+        #expect(server["private_key"] == nil)
+        let serverKey = try #require(server["public_key"] as? String)
+        try coordinator.admin("PUT", "/api/v1/vpn/users/alice", json: ["plan": "basic"])
+        try coordinator.admin("PUT", "/api/v1/vpn/users/bob", json: [:])
+        let phone = try #require(try coordinator.admin("POST", "/api/v1/vpn/users/alice/devices", json: ["name": "phone", "server": "office"]) as? [String: Any])
+        let laptop = try #require(try coordinator.admin("POST", "/api/v1/vpn/users/bob/devices", json: ["name": "laptop", "server": "office"]) as? [String: Any])
+        // Lowest free addresses, never the server's own, never shared.
+        #expect(phone["addresses"] as? [String] == ["10.88.0.2"])
+        #expect(laptop["addresses"] as? [String] == ["10.88.0.3"])
+        #expect(phone["private_key"] == nil && phone["has_private_key"] as? Bool == true)
+        let phoneKey = try #require(phone["public_key"] as? String)
+        let laptopKey = try #require(laptop["public_key"] as? String)
+        // A second device of one name is refused.
+        #expect(try coordinator.request("POST", "/api/v1/vpn/users/alice/devices", body: #"{"name":"phone","server":"office"}"#, token: coordinator.adminToken).0 == 409)
+
+        // The agent gets a bundle with both peers and ACKs it.
+        #expect(eventually(timeout: 15) { setup.inSync() && setup.peers() == [phoneKey: "10.88.0.2/32", laptopKey: "10.88.0.3/32"] },
+                "peers: \(setup.peers()); agent: \(String(describing: try? coordinator.agent("vpn-gw")))\n\(setup.agent.log)")
+
+        // Only admins read configurations: they hold private keys.
+        let config = try coordinator.request("GET", "/api/v1/vpn/users/alice/devices/phone/config", token: coordinator.adminToken)
+        #expect(config.0 == 200)
+        #expect(config.1.contains("PublicKey = \(serverKey)") && config.1.contains("Endpoint = \(net.agentIPv4):51820"))
+        #expect(config.1.contains("Address = 10.88.0.2/32") && config.1.contains("DNS = 10.88.0.1"))
+        for role in ["operator", "viewer"] {
+            let token = try #require((try coordinator.admin("POST", "/api/v1/tokens", json: ["name": role, "role": role]) as? [String: Any])?["token"] as? String)
+            let refused = try coordinator.request("GET", "/api/v1/vpn/users/alice/devices/phone/config", token: token)
+            #expect(refused.0 == 403 && !refused.1.contains("PrivateKey"), "\(role): \(refused)")
+            #expect(try setup.download("/api/v1/vpn/users/alice/devices/phone/qr.png", token: token, to: "/dev/null") == 403)
+            // Device listings never show a private key.
+            #expect(!(try coordinator.request("GET", "/api/v1/vpn/users/alice", token: token).1.contains("PrivateKey")))
+        }
+        let privateLine = try #require(config.1.split(separator: "\n").first { $0.hasPrefix("PrivateKey = ") })
+        #expect(!(try coordinator.request("GET", "/api/v1/vpn/users", token: coordinator.adminToken).1.contains(String(privateLine.dropFirst("PrivateKey = ".count)))))
+
+        // The QR codes decode (zbarimg, a real reader) to the configuration itself.
+        let png = coordinator.directory.appendingPathComponent("phone.png").path
+        #expect(try setup.download("/api/v1/vpn/users/alice/devices/phone/qr.png", token: coordinator.adminToken, to: png) == 200)
+        if which("zbarimg") != nil {
+            // (zbarimg complains on stderr when there is no D-Bus; only its stdout is the code.)
+            let decoded = try command(["sh", "-c", "zbarimg --raw -q \"$0\" 2>/dev/null", png])
+            #expect(decoded.output.trimmingCharacters(in: .newlines) == config.1.trimmingCharacters(in: .newlines), "\(decoded)")
+        }
+        let svg = try coordinator.request("GET", "/api/v1/vpn/users/alice/devices/phone/qr.svg", token: coordinator.adminToken)
+        #expect(svg.0 == 200 && svg.1.hasPrefix("<svg"))
+
+        // A plain wireguard-go client from the downloaded file: UDP and TCP through the tunnel.
+        let echo = try WireGuardTests.echo(net)
+        defer { echo.stopHelper() }
+        let client = try WireGuardTests.Client(
+            namespace: net.peer, configuration: config.1, directory: coordinator.directory, interface: "wcp\(setup.tag)",
+            routes: [["route", "add", "10.88.0.0/24", "dev", "wcp\(setup.tag)"]])
+        #expect(client.address == "10.88.0.2")
+        #expect(eventually(timeout: 10) { client.ping() })
+        let tcp = try net.background(net.agent, TrafficScripts.tcpReadThenReply, ["4", "10.88.0.1", "7300", "1000"])
+        defer { tcp.stopHelper() }
+        let sent = 300_000
+        #expect(try net.python(net.peer, TrafficScripts.tcpSendThenRead, ["4", "10.88.0.1", "7300", "\(sent)"]).contains("1000"))
+
+        // Usage per device, from the agent's heartbeats, in the user's view.
+        var usage: [String: Any] = [:]
+        #expect(eventually(timeout: 10) {
+            let user = (try? coordinator.admin("GET", "/api/v1/vpn/users/alice")) as? [String: Any]
+            let device = (user?["devices"] as? [[String: Any]])?.first
+            usage = ((device?["usage"] as? [String: Any])?["vpn-gw"] as? [String: Any]) ?? [:]
+            return (usage["receive_bytes"] as? Double ?? 0) >= Double(sent) && (user?["receive_bytes"] as? Double ?? 0) >= Double(sent)
+        }, "usage: \(usage)")
+        #expect((usage["last_handshake"] as? Double ?? 0) > 1_700_000_000)
+        #expect(usage["quota_bytes"] as? Double == 1_073_741_824)
+
+        // Disabled: the next bundle has no peer for alice, and her client is cut off. Enabled: back, same key.
+        try coordinator.admin("POST", "/api/v1/vpn/users/alice/disable")
+        #expect(eventually(timeout: 15) { setup.inSync() && setup.peers() == [laptopKey: "10.88.0.3/32"] }, "\(setup.peers())")
+        #expect(!client.ping())
+        try coordinator.admin("POST", "/api/v1/vpn/users/alice/enable")
+        #expect(eventually(timeout: 15) { setup.inSync() && setup.peers()[phoneKey] == "10.88.0.2/32" })
+        #expect(eventually(timeout: 25) { client.ping() }, "the client recovers by itself (a new handshake)")
+
+        // A deleted device gives its address back; the next device gets it; the server cannot go while it has devices.
+        #expect(try coordinator.request("DELETE", "/api/v1/vpn/servers/office", token: coordinator.adminToken).0 == 409)
+        try coordinator.admin("DELETE", "/api/v1/vpn/users/bob/devices/laptop")
+        let tablet = try #require(try coordinator.admin("POST", "/api/v1/vpn/users/bob/devices", json: ["name": "tablet", "server": "office"]) as? [String: Any])
+        #expect(tablet["addresses"] as? [String] == ["10.88.0.3"])
+        // A device that brought its own key: the coordinator has no configuration to give.
+        let own = try command(["wg", "genkey"]).output.trimmingCharacters(in: .whitespacesAndNewlines)
+        let ownPublic = try command(["sh", "-c", "echo \(own) | wg pubkey"]).output.trimmingCharacters(in: .whitespacesAndNewlines)
+        let brought = try #require(try coordinator.admin("POST", "/api/v1/vpn/users/bob/devices", json: ["name": "router", "server": "office", "public_key": ownPublic]) as? [String: Any])
+        #expect(brought["has_private_key"] as? Bool == false)
+        #expect(try coordinator.request("GET", "/api/v1/vpn/users/bob/devices/router/config", token: coordinator.adminToken).0 == 409)
+        #expect(eventually(timeout: 15) { setup.inSync() && setup.peers()[ownPublic] == "10.88.0.4/32" })
+
+        // Deleting the user removes every device's peer; deleting the server then removes the interface.
+        try coordinator.admin("DELETE", "/api/v1/vpn/users/bob")
+        try coordinator.admin("DELETE", "/api/v1/vpn/users/alice")
+        #expect(eventually(timeout: 15) { setup.inSync() && setup.peers().isEmpty })
+        try coordinator.admin("DELETE", "/api/v1/vpn/servers/office")
+        #expect(eventually(timeout: 15) { setup.inSync() && !((try? net.inside(net.agent, ["ip", "link", "show"])) ?? "").contains(setup.interface) })
+    }
+}
