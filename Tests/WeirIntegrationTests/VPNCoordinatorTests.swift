@@ -158,4 +158,46 @@ struct VPNCoordinatorTests {
         try coordinator.admin("DELETE", "/api/v1/vpn/servers/office")
         #expect(eventually(timeout: 15) { setup.inSync() && !((try? net.inside(net.agent, ["ip", "link", "show"])) ?? "").contains(setup.interface) })
     }
+
+    /// TCP payload per byte shaped on a WireGuard interface (no link header; MTU 1420, TCP timestamps).
+    static func tunnelGoodput(_ mbit: Double) -> Double { mbit * 1368.0 / 1420.0 }
+
+    @Test("A plan's rate caps its user's device within 10 % both ways (shape.tc on the server's interface, rendered by the coordinator); changing the plan changes the cap")
+    func planRateShapesDevices() throws {
+        let setup = try Setup()
+        defer { setup.stop() }
+        let (net, coordinator) = (setup.net, setup.coordinator)
+        try coordinator.admin("PUT", "/api/v1/vpn/plans/slow", json: ["rate": "8mbit"])
+        try coordinator.admin("PUT", "/api/v1/vpn/servers/office", json: [
+            "agent": "vpn-gw", "interface": setup.interface, "endpoint": "\(net.agentIPv4):51820", "addresses": ["10.88.0.1/24"], "pool": ["10.88.0.0/24"],
+        ])
+        try coordinator.admin("PUT", "/api/v1/vpn/users/carol", json: ["plan": "slow"])
+        let device = try #require(try coordinator.admin("POST", "/api/v1/vpn/users/carol/devices", json: ["name": "laptop", "server": "office"]) as? [String: Any])
+        let key = try #require(device["public_key"] as? String)
+        #expect(eventually(timeout: 15) { setup.inSync() && setup.peers()[key] != nil }, "\(setup.agent.log)")
+        let config = try coordinator.request("GET", "/api/v1/vpn/users/carol/devices/laptop/config", token: coordinator.adminToken)
+        let client = try WireGuardTests.Client(
+            namespace: net.peer, configuration: config.1, directory: coordinator.directory, interface: "wcr\(setup.tag)",
+            routes: [["route", "add", "10.88.0.0/24", "dev", "wcr\(setup.tag)"]])
+        #expect(client.address == "10.88.0.2")
+        let iperf = try Iperf(net, ns: net.agent, address: "10.88.0.1", port: 5201)
+        defer { iperf.stop() }
+
+        func expectCap(_ mbit: Double, _ what: String) throws {
+            for (direction, measure) in [("upload", { try iperf.send(from: net.peer, seconds: 4) }), ("download", { try iperf.receive(in: net.peer, seconds: 4) })] {
+                var readings: [Double] = []
+                for _ in 0..<3 {
+                    let reading = try measure()
+                    readings.append(reading)
+                    #expect(reading <= Self.tunnelGoodput(mbit) * 1.1, "\(what) \(direction): \(reading) Mbit/s exceeds \(mbit)mbit")
+                    if abs(reading - Self.tunnelGoodput(mbit)) <= Self.tunnelGoodput(mbit) * 0.1 { break }
+                    if readings.count == 3 { Issue.record("\(what) \(direction): \(readings) Mbit/s, expected \(Self.tunnelGoodput(mbit)) ± 10%") }
+                }
+            }
+        }
+        try expectCap(8, "plan slow (8mbit)")
+        try coordinator.admin("PUT", "/api/v1/vpn/plans/slow", json: ["rate": "16mbit"])
+        #expect(eventually(timeout: 15) { setup.inSync() && ((try? net.inside(net.agent, ["tc", "class", "show", "dev", setup.interface])) ?? "").contains("rate 16Mbit") })
+        try expectCap(16, "plan slow changed to 16mbit")
+    }
 }
