@@ -7,6 +7,24 @@ import Testing
     .enabled(if: which("openssl") != nil && which("curl") != nil, "needs openssl and curl installed"),
     .enabled(if: PostgresServer.available, "needs Debian's postgresql package (initdb, pg_ctl)"))
 struct CoordinatorPostgresTests {
+    @Test("VPN devices created at once through two instances never share an address (the database's key decides)")
+    func vpnAddressesAcrossInstances() throws {
+        let postgres = try PostgresServer()
+        let pki = try TestPKI()
+        let a = try CoordinatorProcess(pki: pki, database: postgres.url)
+        try a.start()
+        defer { a.stop() }
+        let b = try CoordinatorProcess(pki: pki, database: postgres.url, settings: ["secrets_key_file: \(a.directory.path)/state/secrets.key"])
+        try b.start()
+        defer { b.stop() }
+        let results = try VPNAllocation.createConcurrently([a, b], token: a.adminToken, count: 40)
+        #expect(results.allSatisfy { $0.0 == 201 }, "\(results.filter { $0.0 != 201 })")
+        #expect(Set(results.map(\.1)).count == 40, "duplicates: \(results.map(\.1).sorted())")
+        // Keys generated on either instance open on the other (one secrets key).
+        let config = try b.request("GET", "/api/v1/vpn/users/u/devices/d0/config", token: a.adminToken)
+        #expect(config.0 == 200 && config.1.contains("PrivateKey = "), "\(config)")
+    }
+
     @Test("a change made through instance B reaches an agent connected to instance A within a second")
     func changeThroughOtherInstance() throws {
         let postgres = try PostgresServer()

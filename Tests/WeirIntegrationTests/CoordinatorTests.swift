@@ -416,6 +416,34 @@ struct CoordinatorTests {
         #expect(served == documented)
     }
 
+    @Test("VPN devices created 40 at once get 40 different addresses; one name asked for at once is one device; a full pool answers 409 and gives nothing out twice")
+    func vpnAddressesUnderConcurrency() throws {
+        let coordinator = try CoordinatorProcess(pki: try TestPKI())
+        try coordinator.start()
+        defer { coordinator.stop() }
+        // A /26: 62 usable, minus the server's own .1 = 61 for devices.
+        let results = try VPNAllocation.createConcurrently([coordinator], token: coordinator.adminToken, count: 40, poolPrefix: 26)
+        #expect(results.allSatisfy { $0.0 == 201 }, "\(results.filter { $0.0 != 201 })")
+        #expect(Set(results.map(\.1)).count == 40, "duplicates: \(results.map(\.1).sorted())")
+        #expect(!results.contains { $0.1 == "10.77.0.1" || $0.1 == "10.77.0.0" })
+        // One name asked for 8 times at once: one device; the losers' addresses go back (the pool fills exactly below).
+        let lock = NSLock()
+        nonisolated(unsafe) var statuses: [Int] = []
+        DispatchQueue.concurrentPerform(iterations: 8) { _ in
+            let status = (try? coordinator.request("POST", "/api/v1/vpn/users/u/devices", body: #"{"name":"same","server":"load"}"#, token: coordinator.adminToken))?.0 ?? 0
+            lock.withLock { statuses.append(status) }
+        }
+        #expect(statuses.sorted() == [201] + Array(repeating: 409, count: 7), "\(statuses)")
+        for index in 41..<61 {
+            #expect(try coordinator.request("POST", "/api/v1/vpn/users/u/devices", body: #"{"name":"e\#(index)","server":"load"}"#, token: coordinator.adminToken).0 == 201)
+        }
+        let full = try coordinator.request("POST", "/api/v1/vpn/users/u/devices", body: #"{"name":"last","server":"load"}"#, token: coordinator.adminToken)
+        #expect(full.0 == 409 && full.1.contains("is full"), "\(full)")
+        let all = try #require(try coordinator.admin("GET", "/api/v1/vpn/users/u/devices") as? [[String: Any]])
+        let addresses = all.compactMap { ($0["addresses"] as? [String])?.first }
+        #expect(addresses.count == 61 && Set(addresses).count == 61 && !addresses.contains("10.77.0.63"))
+    }
+
     @Test("bodies over max_request_body get 413 naming the limit on every operation that takes one, sized or chunked; nothing internal is shown")
     func requestBodyLimit() throws {
         let pki = try TestPKI()

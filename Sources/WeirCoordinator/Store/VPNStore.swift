@@ -129,7 +129,7 @@ extension CoordinatorStore {
                     .compactMap { try? IPNetwork.parse(try $0.decode(column: "address", as: String.self)) })
                     .union(server.ownAddresses)
                 guard let next = AddressPool.nextFree(in: network, taken: taken) else {
-                    try await releaseAddresses(server: server.name, user: user, device: name)
+                    try await releaseAddresses(server: server.name, addresses)
                     return .poolExhausted(network.description)
                 }
                 let inserted = try await sql.raw("""
@@ -139,7 +139,7 @@ extension CoordinatorStore {
                 if !inserted.isEmpty { claimed = next }
             }
             guard let claimed else {
-                try await releaseAddresses(server: server.name, user: user, device: name)
+                try await releaseAddresses(server: server.name, addresses)
                 throw SecretBox.Failure(description: "could not claim an address of \(network) after 8 attempts")
             }
             addresses.append(claimed)
@@ -156,24 +156,32 @@ extension CoordinatorStore {
             createdAt: Date().timeIntervalSince1970)
         var stored = device
         stored.privateKey = try privateKey.map { try secrets.seal($0, for: device.sealOwner) }
-        try await sql.raw("""
-            INSERT INTO vpn_devices (vpn_user, name, server, spec, created_at)
-            VALUES (\(bind: user), \(bind: name), \(bind: server.name), \(bind: try JSONText.encode(stored)), \(bind: device.createdAt))
-            """).run()
+        do {
+            try await sql.raw("""
+                INSERT INTO vpn_devices (vpn_user, name, server, spec, created_at)
+                VALUES (\(bind: user), \(bind: name), \(bind: server.name), \(bind: try JSONText.encode(stored)), \(bind: device.createdAt))
+                """).run()
+        } catch {
+            // The same device created at once by another request: its addresses are not this one's to keep.
+            try? await releaseAddresses(server: server.name, addresses)
+            if try await vpnDevice(user: user, name: name) != nil { return .exists }
+            throw error
+        }
         return .created(device)
     }
 
     func deleteVPNDevice(user: String, name: String) async throws -> Bool {
         guard let device = try await vpnDevice(user: user, name: name) else { return false }
-        try await releaseAddresses(server: device.server, user: user, device: name)
+        try await releaseAddresses(server: device.server, device.addresses.compactMap { try? IPNetwork.parse($0) })
         try await sql.raw("DELETE FROM vpn_devices WHERE vpn_user = \(bind: user) AND name = \(bind: name)").run()
         return true
     }
 
-    private func releaseAddresses(server: String, user: String, device: String) async throws {
-        try await sql.raw("""
-            DELETE FROM vpn_addresses WHERE server = \(bind: server) AND vpn_user = \(bind: user) AND device = \(bind: device)
-            """).run()
+    /// Exactly these addresses: a device created at once under the same name by another request holds others.
+    private func releaseAddresses(server: String, _ addresses: [IPNetwork]) async throws {
+        for address in addresses {
+            try await sql.raw("DELETE FROM vpn_addresses WHERE server = \(bind: server) AND address = \(bind: address.description)").run()
+        }
     }
 
     private func openDevice(_ row: any SQLRow) throws -> VPNDevice {

@@ -1,4 +1,5 @@
 import Foundation
+import Testing
 
 /// The real `weir coordinator`, on loopback with a test CA's certificate; its API reached with curl.
 final class CoordinatorProcess: @unchecked Sendable {
@@ -136,5 +137,28 @@ final class CoordinatorProcess: @unchecked Sendable {
               ca: \(pki.caPath)
               labels: {\(labels.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: ", "))}
             """
+    }
+}
+
+/// VPN devices created all at once through one or several coordinator instances of one database: their
+/// addresses, which must all differ.
+enum VPNAllocation {
+    /// A server with a pool of `poolPrefix` and a user `u`; then `count` devices at once, round robin over the
+    /// instances. Returns (HTTP status, first address or body) per device.
+    static func createConcurrently(_ instances: [CoordinatorProcess], token: String, count: Int, poolPrefix: Int = 24) throws -> [(Int, String)] {
+        let first = instances[0]
+        let server = #"{"agent":"nowhere","endpoint":"192.0.2.1:51820","addresses":["10.77.0.1/24"],"pool":["10.77.0.0/\#(poolPrefix)"]}"#
+        #expect(try first.request("PUT", "/api/v1/vpn/servers/load", body: server, token: token).0 == 201)
+        #expect(try first.request("PUT", "/api/v1/vpn/users/u", body: "{}", token: token).0 == 201)
+        let lock = NSLock()
+        nonisolated(unsafe) var results = [(Int, String)](repeating: (0, ""), count: count)
+        DispatchQueue.concurrentPerform(iterations: count) { index in
+            let instance = instances[index % instances.count]
+            let body = #"{"name":"d\#(index)","server":"load"}"#
+            let result = (try? instance.request("POST", "/api/v1/vpn/users/u/devices", body: body, token: token)) ?? (0, "curl failed")
+            let address = ((try? JSONSerialization.jsonObject(with: Data(result.1.utf8))) as? [String: Any])?["addresses"] as? [String]
+            lock.withLock { results[index] = (result.0, address?.first ?? result.1) }
+        }
+        return results
     }
 }
