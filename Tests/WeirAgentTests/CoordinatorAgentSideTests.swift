@@ -42,11 +42,23 @@ import WeirCoordinatorProtocol
             weir_pipeline_errors_total{pipeline="web",stage="connect.tcp",reason="refused"} 2
             weir_pipeline_errors_total{pipeline="web",stage="listen.tcp",reason="accept"} 1
             weir_pipeline_connections_total{pipeline="retired"} 9
+            weir_wireguard_peer_receive_bytes_total{pipeline="vpn",interface="wg0",peer="alice@example.com.phone"} 5000
+            weir_wireguard_peer_transmit_bytes_total{pipeline="vpn",interface="wg0",peer="alice@example.com.phone"} 7000
+            weir_wireguard_peer_last_handshake_timestamp_seconds{pipeline="vpn",interface="wg0",peer="alice@example.com.phone"} 1764000000
+            weir_wireguard_peer_period_bytes{pipeline="vpn",interface="wg0",peer="alice@example.com.phone"} 12000
+            weir_wireguard_peer_quota_bytes{pipeline="vpn",interface="wg0",peer="alice@example.com.phone"} 1e+09
+            weir_wireguard_peer_receive_bytes_total{pipeline="vpn",interface="wg0",peer="bob.laptop"} 0
+            weir_wireguard_peers{pipeline="vpn",interface="wg0",state="connected"} 1
+            weir_wireguard_peer_receive_bytes_total{pipeline="gone",interface="wg1",peer="carol.x"} 1
             """
-        let reports = PipelineReports.read(exposition: Array(exposition.utf8), running: ["web", "idle"])
+        let reports = PipelineReports.read(exposition: Array(exposition.utf8), running: ["web", "idle", "vpn"])
         #expect(reports["web"] == PipelineReport(bytesIn: 1200, bytesOut: 34, connectionsTotal: 3, connectionsActive: 1, errorsTotal: 3))
         #expect(reports["idle"] == PipelineReport())
-        #expect(reports["retired"] == nil)
+        #expect(reports["retired"] == nil && reports["gone"] == nil)
+        #expect(reports["web"]?.peers == nil)
+        var alice = PeerReport()
+        (alice.receiveBytes, alice.transmitBytes, alice.lastHandshake, alice.periodBytes, alice.quotaBytes) = (5000, 7000, 1_764_000_000, 12000, 1e9)
+        #expect(reports["vpn"]?.peers == ["alice@example.com.phone": alice, "bob.laptop": PeerReport()])
     }
 
     @Test("coordinator URLs: IP literals (no SNI), default ports, the Host header, and what is not a WebSocket URL")
