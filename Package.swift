@@ -282,7 +282,7 @@ let package = Package(
             name: "WeirPluginTests",
             dependencies: [
                 "WeirCore", "WeirStages", "WeirLimiters", "WeirListeners", "WeirConnectors", "WeirCounters", "WeirEnforcers", "WeirRoutes",
-                "WeirShapers", "WeirTransforms", "WeirTunnels", "WeirVPN", .product(name: "NIOEmbedded", package: "swift-nio"),
+                "WeirShapers", "WeirTransforms", "WeirTunnels", "WeirVPN", "CWeirNetlink", .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"), .product(name: "NIOHTTP2", package: "swift-nio-http2"),
                 .product(name: "NIOHPACK", package: "swift-nio-http2"),
             ],

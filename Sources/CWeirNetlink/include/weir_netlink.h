@@ -149,4 +149,61 @@ void weir_link_watch_close(struct weir_link_watch *watch);
 int weir_link_watch_read(struct weir_link_watch *watch, int timeout_ms, struct weir_link_event *events, size_t capacity,
                          size_t *count);
 
+/* ---- WireGuard (the kernel module's "wireguard" generic netlink family; wireguard.c) ---- */
+
+/* Peer flags of a change: the kernel's WGPEER_F_REMOVE_ME, _REPLACE_ALLOWEDIPS, _UPDATE_ONLY. */
+#define WEIR_WG_PEER_REMOVE 1u
+#define WEIR_WG_PEER_REPLACE_ALLOWED_IPS 2u
+#define WEIR_WG_PEER_UPDATE_ONLY 4u
+
+/* A peer as the kernel reports it (get) or as it should change (set). */
+struct weir_wg_peer {
+	uint8_t public_key[32];
+	uint32_t flags; /* set only: WEIR_WG_PEER_* */
+	int has_preshared_key;
+	uint8_t preshared_key[32];
+	/* AF_INET or AF_INET6; 0: none (get) or leave alone (set). Port in host order. */
+	uint8_t endpoint_family;
+	uint8_t endpoint_address[16];
+	uint16_t endpoint_port;
+	int has_persistent_keepalive;
+	uint16_t persistent_keepalive;
+	/* get only. */
+	uint64_t rx_bytes;
+	uint64_t tx_bytes;
+	int64_t last_handshake_sec;
+	int64_t last_handshake_nsec;
+	struct weir_address *allowed_ips; /* family, prefix_len, address */
+	size_t allowed_ip_count;
+};
+
+struct weir_wg_device {
+	int has_private_key;
+	uint8_t private_key[32];
+	int has_listen_port;
+	uint16_t listen_port;
+	int has_fwmark;
+	uint32_t fwmark;
+	struct weir_wg_peer *peers;
+	size_t peer_count;
+};
+
+/* Whether the kernel has the wireguard family (the module is loaded or loadable): 1, 0, or -errno. */
+int weir_wg_available(void);
+/* Creates a WireGuard link (ip link add NAME type wireguard). */
+int weir_wg_link_create(const char *name);
+/* Reads the device (every message of the dump, a peer split across messages joined again). Free with
+ * weir_wg_device_free. */
+int weir_wg_get(const char *ifname, struct weir_wg_device *device);
+void weir_wg_device_free(struct weir_wg_device *device);
+/* Applies a change: device settings and peers, in as many messages as it takes (peers never split). */
+int weir_wg_set(const char *ifname, const struct weir_wg_device *change);
+
+/* Without a kernel, for tests: the WG_CMD_SET_DEVICE message for peers [first, *next) of `change` in
+ * `buffer` (its length returned, or -EMSGSIZE when not even one peer fits), and the parser of
+ * WG_CMD_GET_DEVICE answers (whose attributes are the same), which adds what a message holds to `device`. */
+int weir_wg_encode_set(char *buffer, size_t size, uint16_t family, const char *ifname, const struct weir_wg_device *change,
+                       size_t first, size_t *next);
+int weir_wg_decode_device(const char *message, size_t length, struct weir_wg_device *device);
+
 #endif

@@ -16,7 +16,9 @@ final class WireGuard: ServiceStage, ScrapeCollector {
     private let environment: StageEnvironment
     private let collectors: ScrapeCollectors
     private let logger: Logger
-    private let device: UserspaceDevice
+    /// The backend running the interface, chosen at each converge (see `DeviceChoice`).
+    private let currentDevice: NIOLockedValueBox<any WireGuardDevice>
+    private var device: any WireGuardDevice { currentDevice.withLockedValue { $0 } }
     /// One converge at a time: the stage's own timer and the supervisor's reconcile.
     private let converging = NIOLock()
     /// Peer names by public key, for the metrics.
@@ -39,7 +41,7 @@ final class WireGuard: ServiceStage, ScrapeCollector {
         self.pipeline = context.pipeline
         self.environment = context.environment
         self.collectors = context.metrics.collectors
-        self.device = UserspaceDevice(interface: config.interface)
+        self.currentDevice = NIOLockedValueBox(UserspaceDevice(interface: config.interface))
         var logger = Logger(label: "weir.wireguard")
         logger[metadataKey: "pipeline"] = "\(context.pipeline)"
         self.logger = logger
@@ -52,9 +54,6 @@ final class WireGuard: ServiceStage, ScrapeCollector {
     // MARK: - Lifecycle
 
     func start() async throws {
-        if config.backend == .kernel {
-            throw WireGuardError(description: "backend: kernel is not available yet; use auto or userspace (wireguard-go)")
-        }
         try converge()
         Self.interfaceUsers.add(self, config.interface)
         Self.pipelineUsers.add(self, pipeline)
@@ -118,6 +117,9 @@ final class WireGuard: ServiceStage, ScrapeCollector {
             try PeerAddressBook.publish(
                 Dictionary(peers.map { ($0.name, $0.allowedIPs) }) { first, _ in first }, stateDirectory: stateDirectory, pipeline: pipeline)
 
+            // The backend that created the interface keeps it; a new one gets the kernel's where it has one.
+            let device = try DeviceChoice.device(interface: config.interface, backend: config.backend, createdBy: ownedBefore ? (state.backend ?? "userspace") : nil)
+            currentDevice.withLockedValue { $0 = device }
             // One read of the device serves both questions: is it there, and what does it hold.
             var actual: DeviceState
             if if_nametoindex(config.interface) != 0, let running = try? device.get() {
@@ -125,8 +127,12 @@ final class WireGuard: ServiceStage, ScrapeCollector {
             } else {
                 try device.create()
                 if ownedBefore { report.repairs.append("interface \(config.interface) created again") }
-                logger.info("created the interface", metadata: ["interface": "\(config.interface)", "backend": "userspace"])
+                logger.info("created the interface", metadata: ["interface": "\(config.interface)", "backend": "\(device.backend)"])
                 actual = try device.get()
+            }
+            if state.backend != device.backend {
+                state.backend = device.backend
+                try state.save(stateDirectory, pipeline: pipeline)
             }
             let ifindex = Int32(if_nametoindex(config.interface))
             guard ifindex != 0 else { throw WireGuardError(description: "interface \(config.interface) vanished") }
@@ -136,7 +142,7 @@ final class WireGuard: ServiceStage, ScrapeCollector {
             report.repairs += try convergeRoutes(ifindex, peers: peers)
 
             let resets = chooseEndpoints(&peers, actual: actual, now: Date())
-            for key in resets { try device.set("set=1\npublic_key=\(key.hex)\nremove=true\n\n") }
+            try device.remove(peers: resets)
             if !resets.isEmpty { actual = try device.get() }
             let overQuota = accountUsage(&state, actual: actual, peers: peers)
             let desired = DesiredDevice(
@@ -154,7 +160,7 @@ final class WireGuard: ServiceStage, ScrapeCollector {
                 refusedPurge.withLockedValue { $0 = nil }
             }
             let applying = ContinuousClock.now
-            for transaction in plan.uapiTransactions(purging: purging) { try device.set(transaction) }
+            try device.apply(plan, purging: purging)
             if !plan.isEmpty {
                 logger.info(
                     "peers applied",

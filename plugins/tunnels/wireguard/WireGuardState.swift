@@ -7,6 +7,9 @@ import WeirVPN
 /// for peers, and the peers it configured (whose removal from the device is intended, unlike a purge).
 struct WireGuardState: Codable, Sendable, Equatable {
     var interface: String
+    /// `kernel` or `userspace`: the backend that created the interface (nil in state written before the
+    /// kernel backend existed: userspace).
+    var backend: String?
     /// Peer name → its addresses from the pool ("10.8.0.2/32").
     var addresses: [String: [String]] = [:]
     /// Peer name → the private key the agent generated for it (base64).
