@@ -405,6 +405,76 @@ struct WireGuardTests {
         #expect(eventually(timeout: 40) { handshakes(serverA) > 0 && reaches() }, "\(clientAgent.log.suffix(800))")
     }
 
+    @Test("A full-tunnel client (allowed_ips 0.0.0.0/0) reaches addresses only the server has, through wg-quick's policy routing; its own packets still reach the server; removing the stage removes the rules")
+    func fullTunnelClient() throws {
+        let net = try NamespacePair()
+        let tag = namespaceTag("t")
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("weir-wgt-\(tag)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let shell = ShellCommands()
+        func keyPair(_ name: String) throws -> (file: String, publicKey: String) {
+            let file = directory.appendingPathComponent("\(name).key").path
+            try (try shell.sh(["wg", "genkey"])).write(toFile: file, atomically: true, encoding: .utf8)
+            try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: file)
+            return (file, try shell.sh(["sh", "-c", "wg pubkey < \(file)"]).trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        let serverKey = try keyPair("server"), clientKey = try keyPair("client")
+        // "The internet": an address only the server's namespace has.
+        try net.inside(net.agent, ["ip", "addr", "add", "198.51.100.1/32", "dev", "lo"])
+        let server = try WeirProcess(pipelines: """
+            pipelines:
+              vpn:
+                stages:
+                  - type: wireguard
+                    interface: wgs\(tag)
+                    private_key_file: \(serverKey.file)
+                    addresses: [10.88.0.1/24]
+                    peers:
+                      - {name: roadwarrior, public_key: \(clientKey.publicKey), allowed_ips: [10.88.0.2/32]}
+            """, netns: net.agent)
+        try server.start()
+        defer { server.stop() }
+        let echo = try net.background(net.agent, TrafficScripts.udpHalfEcho, ["4", "198.51.100.1", "7301"])
+        defer { echo.stopHelper() }
+        let clientPipelines = """
+            pipelines:
+              uplink:
+                stages:
+                  - type: wireguard
+                    interface: wgc\(tag)
+                    listen_port: 0
+                    private_key_file: \(clientKey.file)
+                    addresses: [10.88.0.2/32]
+                    reconcile_interval: 1s
+                    peers:
+                      - {name: gateway, public_key: \(serverKey.publicKey), endpoints: ["\(net.agentIPv4):51820"], allowed_ips: [0.0.0.0/0], persistent_keepalive: 5}
+            """
+        func reaches() -> Bool {
+            ((try? net.inside(net.peer, [python3, "-c", TrafficScripts.udpPingPong, "4", "198.51.100.1", "7301", "2", "50"])) ?? "").contains("2")
+        }
+        #expect(!reaches(), "not reachable without the tunnel")
+        let client = try WeirProcess(pipelines: clientPipelines, netns: net.peer)
+        try client.start()
+        defer { client.stop() }
+        #expect(eventually(timeout: 10) { reaches() }, "\(client.log.suffix(1500))")
+        let rules = try net.inside(net.peer, ["ip", "-4", "rule", "show"])
+        #expect(rules.contains("32000:") && rules.contains("suppress_prefixlength 0"), "\(rules)")
+        #expect(rules.contains("32001:") && rules.contains("not from all fwmark 0xca6c lookup 51820"), "\(rules)")
+        #expect(try net.inside(net.peer, ["ip", "route", "show", "table", "51820"]).contains("default dev wgc\(tag)"))
+        #expect(try net.inside(net.peer, ["wg", "show", "wgc\(tag)", "fwmark"]).contains("0xca6c"))
+        // The direct path to the server (a more specific route of the main table) is unaffected.
+        #expect(try net.inside(net.peer, ["ip", "route", "get", net.agentIPv4]).contains("dev \(net.peerInterface)"))
+
+        // The stage goes: interface, routes and rules with it; the namespace routes as before.
+        try client.writePipelines("pipelines: {}")
+        try client.reload()
+        #expect(eventually(timeout: 5) { !((try? net.inside(net.peer, ["ip", "-4", "rule", "show"])) ?? "").contains("51820") })
+        #expect(!(try net.inside(net.peer, ["ip", "-4", "rule", "show"])).contains("suppress_prefixlength"))
+        #expect(try net.inside(net.peer, ["ip", "route", "show", "table", "51820"]).isEmpty)
+        #expect(!reaches())
+    }
+
     @Test("Access profiles by peer name: internet_only cannot reach the intranet, full can; both reach the internet through masquerade")
     func profilesByPeerName() throws {
         let net = try GatewayTopology()

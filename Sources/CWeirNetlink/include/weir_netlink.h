@@ -58,6 +58,25 @@ int weir_route_delete(const struct weir_route *route);
 /* Lists the unicast routes of `family` installed with `protocol`, in every table. Free with free(). */
 int weir_route_list(uint8_t family, uint8_t protocol, struct weir_route **routes, size_t *count);
 
+/* A policy routing rule (ip rule): look up `table` for packets that match (fwmark/fwmask, inverted with
+ * `invert`); `suppress_prefixlen` >= 0 ignores that table's answers of that prefix length or shorter. */
+struct weir_rule {
+	uint8_t family;
+	uint8_t protocol;
+	uint8_t invert;
+	uint32_t priority;
+	uint32_t table;
+	uint32_t fwmark;
+	uint32_t fwmask;
+	int32_t suppress_prefixlen; /* -1: none */
+};
+
+/* Adds (an equal rule present is not an error) or deletes (one that is gone is not an error) a rule. */
+int weir_rule_add(const struct weir_rule *rule);
+int weir_rule_delete(const struct weir_rule *rule);
+/* The rules of `family` installed with `protocol`. Free with free(). */
+int weir_rule_list(uint8_t family, uint8_t protocol, struct weir_rule **rules, size_t *count);
+
 
 /* ---- tc: HTB over rtnetlink (shape.tc) ---- */
 

@@ -70,6 +70,10 @@ final class WireGuard: ServiceStage, ScrapeCollector {
     func retire() async {
         if Self.interfaceUsers.remove(self, config.interface) {
             device.destroy()
+            // The interface's routes went with it; the host's full-tunnel rules do not.
+            if WireGuardState.load(environment.stateDirectory, pipeline: pipeline)?.fullTunnelTable != nil {
+                _ = try? TunnelRouting.convergeRules([])
+            }
             logger.info("removed the interface", metadata: ["interface": "\(config.interface)"])
         }
         if Self.pipelineUsers.remove(self, pipeline) {
@@ -139,14 +143,22 @@ final class WireGuard: ServiceStage, ScrapeCollector {
             try Self.check(weir_link_configure(ifindex, 1, UInt32(config.mtu)))
             report.repairs += try convergeAddresses(ifindex)
 
-            report.repairs += try convergeRoutes(ifindex, peers: peers)
+            let fullTunnelTable = TunnelRouting.fullTunnelTable(fwmark: config.fwmark, peers: peers)
+            report.repairs += try TunnelRouting(interface: config.interface, ifindex: ifindex, localNetworks: config.addresses.map(\.network))
+                .converge(peers: peers, fullTunnelTable: fullTunnelTable)
+            if state.fullTunnelTable != fullTunnelTable {
+                state.fullTunnelTable = fullTunnelTable
+                try state.save(stateDirectory, pipeline: pipeline)
+            }
 
             let resets = chooseEndpoints(&peers, actual: actual, now: Date())
             try device.remove(peers: resets)
             if !resets.isEmpty { actual = try device.get() }
             let overQuota = accountUsage(&state, actual: actual, peers: peers)
+            // A full tunnel marks the device's own packets so they bypass it.
             let desired = DesiredDevice(
-                privateKey: privateKey, listenPort: config.listenPort, fwmark: config.fwmark, peers: peers.filter { !overQuota.contains($0.name) })
+                privateKey: privateKey, listenPort: config.listenPort, fwmark: fullTunnelTable ?? config.fwmark,
+                peers: peers.filter { !overQuota.contains($0.name) })
             let known = Set(state.configured.compactMap { WireGuardKey(base64: $0) })
             let plan = PeerPlan.make(desired: desired, actual: actual, known: known)
             let purgeShare = actual.peers.isEmpty ? 0 : Double(plan.purge.count) / Double(actual.peers.count)
@@ -294,56 +306,6 @@ final class WireGuard: ServiceStage, ScrapeCollector {
         return changes
     }
 
-    /// `proto 88` in `ip route` output: the routes of the wireguard stage (route.gateway's are 87).
-    static let routeProtocol: UInt8 = 88
-
-    /// Routes through the interface for peers' allowed IPs outside its own networks (a site behind a
-    /// peer), in the main table; default routes (/0) are left to the client's policy routing.
-    private func convergeRoutes(_ ifindex: Int32, peers: [DesiredPeer]) throws -> [String] {
-        let local = config.addresses.map(\.network)
-        var wanted: Set<IPNetwork> = []
-        for peer in peers {
-            for network in peer.allowedIPs where network.prefix > 0 && !local.contains(where: { $0.contains(network) }) {
-                wanted.insert(network)
-            }
-        }
-        var installed: Set<IPNetwork> = []
-        for family in [AF_INET, AF_INET6] {
-            var routes: UnsafeMutablePointer<weir_route>?
-            var count = 0
-            try Self.check(weir_route_list(UInt8(family), Self.routeProtocol, &routes, &count))
-            defer { free(routes) }
-            for index in 0..<count where routes![index].oif == ifindex && routes![index].table == 254 {
-                var route = routes![index]
-                let length = family == AF_INET ? 4 : 16
-                let bytes = withUnsafeBytes(of: &route.destination) { Array($0.prefix(length)) }
-                installed.insert(IPNetwork(bytes: bytes, prefix: Int(route.prefix_len)))
-            }
-        }
-        var changes: [String] = []
-        for network in wanted.subtracting(installed).sorted() {
-            var route = Self.route(network, ifindex: ifindex)
-            try Self.check(weir_route_add(&route))
-            changes.append("route \(network) dev \(config.interface) added")
-        }
-        for network in installed.subtracting(wanted).sorted() {
-            var route = Self.route(network, ifindex: ifindex)
-            try Self.check(weir_route_delete(&route))
-            changes.append("route \(network) dev \(config.interface) removed")
-        }
-        return changes
-    }
-
-    private static func route(_ network: IPNetwork, ifindex: Int32) -> weir_route {
-        var route = weir_route()
-        route.family = UInt8(network.isIPv4 ? AF_INET : AF_INET6)
-        route.prefix_len = UInt8(network.prefix)
-        withUnsafeMutableBytes(of: &route.destination) { $0.copyBytes(from: network.bytes) }
-        route.table = 254
-        route.protocol = routeProtocol
-        route.oif = ifindex
-        return route
-    }
 
     private static func message(_ address: InterfaceAddress) -> weir_address {
         var message = weir_address()

@@ -10,6 +10,8 @@ struct WireGuardState: Codable, Sendable, Equatable {
     /// `kernel` or `userspace`: the backend that created the interface (nil in state written before the
     /// kernel backend existed: userspace).
     var backend: String?
+    /// The policy routing table of a full tunnel (a peer with a default route), for removing its rules.
+    var fullTunnelTable: UInt32?
     /// Peer name → its addresses from the pool ("10.8.0.2/32").
     var addresses: [String: [String]] = [:]
     /// Peer name → the private key the agent generated for it (base64).
@@ -141,6 +143,7 @@ struct WireGuardState: Codable, Sendable, Equatable {
         for name in names where !pipelines.contains(name) {
             if let state = load(stateDirectory, pipeline: name), !kept.contains(state.interface) {
                 UserspaceDevice(interface: state.interface).destroy()
+                if state.fullTunnelTable != nil { _ = try? TunnelRouting.convergeRules([]) }
             }
             unlink(path(stateDirectory, pipeline: name))
             unlink(defaultKeyPath(stateDirectory, pipeline: name))
