@@ -405,7 +405,7 @@ struct WireGuardTests {
         #expect(eventually(timeout: 40) { handshakes(serverA) > 0 && reaches() }, "\(clientAgent.log.suffix(800))")
     }
 
-    @Test("A full-tunnel client (allowed_ips 0.0.0.0/0) reaches addresses only the server has, through wg-quick's policy routing; its own packets still reach the server; removing the stage removes the rules")
+    @Test("A full-tunnel client (allowed_ips 0.0.0.0/0, the server's endpoint by host name) reaches addresses only the server has, through wg-quick's policy routing; its own packets still reach the server; removing the stage removes the rules")
     func fullTunnelClient() throws {
         let net = try NamespacePair()
         let tag = namespaceTag("t")
@@ -448,8 +448,13 @@ struct WireGuardTests {
                     addresses: [10.88.0.2/32]
                     reconcile_interval: 1s
                     peers:
-                      - {name: gateway, public_key: \(serverKey.publicKey), endpoints: ["\(net.agentIPv4):51820"], allowed_ips: [0.0.0.0/0], persistent_keepalive: 5}
+                      - {name: gateway, public_key: \(serverKey.publicKey), endpoints: ["gateway.weir.test:51820"], allowed_ips: [0.0.0.0/0], persistent_keepalive: 5}
             """
+        // The endpoint by name: `ip netns exec` gives the namespace /etc/netns/NAME/hosts as its /etc/hosts.
+        let hosts = "/etc/netns/\(net.peer)"
+        try FileManager.default.createDirectory(atPath: hosts, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: hosts) }
+        try "\(net.agentIPv4) gateway.weir.test\n".write(toFile: hosts + "/hosts", atomically: true, encoding: .utf8)
         func reaches() -> Bool {
             ((try? net.inside(net.peer, [python3, "-c", TrafficScripts.udpPingPong, "4", "198.51.100.1", "7301", "2", "50"])) ?? "").contains("2")
         }
@@ -463,6 +468,14 @@ struct WireGuardTests {
         #expect(rules.contains("32001:") && rules.contains("not from all fwmark 0xca6c lookup 51820"), "\(rules)")
         #expect(try net.inside(net.peer, ["ip", "route", "show", "table", "51820"]).contains("default dev wgc\(tag)"))
         #expect(try net.inside(net.peer, ["wg", "show", "wgc\(tag)", "fwmark"]).contains("0xca6c"))
+        #expect(try net.inside(net.peer, ["wg", "show", "wgc\(tag)", "endpoints"]).contains("\(net.agentIPv4):51820"), "the name resolved")
+        // The name moves (to the server's IPv6 address): followed within reconcile_interval, the tunnel with it.
+        // (In place: the agent's /etc/hosts is a bind mount of this file's inode, which a rename would leave behind.)
+        try "\(net.agentIPv6) gateway.weir.test\n".write(toFile: hosts + "/hosts", atomically: false, encoding: .utf8)
+        #expect(eventually(timeout: 5) {
+            ((try? net.inside(net.peer, ["wg", "show", "wgc\(tag)", "endpoints"])) ?? "").contains("[\(net.agentIPv6)]:51820")
+        })
+        #expect(eventually(timeout: 10) { reaches() })
         // The direct path to the server (a more specific route of the main table) is unaffected.
         #expect(try net.inside(net.peer, ["ip", "route", "get", net.agentIPv4]).contains("dev \(net.peerInterface)"))
 

@@ -13,7 +13,7 @@ public enum Resolver {
         }
     }
 
-    static func getaddrinfo(host: String, port: Int, datagram: Bool) throws -> [SocketAddress] {
+    public static func getaddrinfo(host: String, port: Int, datagram: Bool) throws -> [SocketAddress] {
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
         hints.ai_socktype = Int32(datagram ? SOCK_DGRAM.rawValue : SOCK_STREAM.rawValue)

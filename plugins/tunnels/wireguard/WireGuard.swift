@@ -208,7 +208,7 @@ final class WireGuard: ServiceStage, ScrapeCollector {
             }
             return DesiredPeer(
                 name: peer.name, publicKey: publicKey, presharedKey: try peer.presharedKeyFile.map(Self.readKey),
-                endpoint: peer.endpoints.first?.description, persistentKeepalive: peer.persistentKeepalive,
+                endpoint: peer.endpoints.first.flatMap(deviceEndpoint), persistentKeepalive: peer.persistentKeepalive,
                 allowedIPs: peer.allowedIPs.isEmpty ? pooled[peer.name] ?? [] : peer.allowedIPs)
         }
     }
@@ -251,10 +251,26 @@ final class WireGuard: ServiceStage, ScrapeCollector {
                     if device != nil { resets.append(peers[index].publicKey) }
                 }
                 failovers[peer.name] = failover
-                peers[index].endpoint = peer.endpoints[failover.index].description
+                peers[index].endpoint = deviceEndpoint(peer.endpoints[failover.index])
             }
         }
         return resets
+    }
+
+    /// An endpoint as the device takes it (an address and port): a host name is resolved at every converge,
+    /// so a name that moves is followed within `reconcile_interval`. nil when it does not resolve now: the
+    /// device keeps the endpoint it has.
+    private func deviceEndpoint(_ endpoint: HostPort) -> String? {
+        if endpoint.isIPLiteral { return endpoint.description }
+        do {
+            guard let address = try Resolver.getaddrinfo(host: endpoint.host, port: endpoint.port, datagram: true).first, let ip = address.ipAddress else {
+                return nil
+            }
+            return address.protocol == .inet6 ? "[\(ip)]:\(endpoint.port)" : "\(ip):\(endpoint.port)"
+        } catch {
+            logger.warning("endpoint does not resolve; the peer keeps its current one", metadata: ["endpoint": "\(endpoint)", "error": "\(error)"])
+            return nil
+        }
     }
 
     /// The interface's private key: the configured file, or one generated once in the state directory.

@@ -155,15 +155,8 @@ public struct WireGuardConfig: StageConfig, NamesPeers {
         let presharedKeyFile = map.optional("preshared_key_file", default: String?.none) { value in value.absolutePath.map { .some($0) } }
         let allowedIPs = map.optional("allowed_ips", default: [IPNetwork]()) { list($0) { $0.parsed(IPNetwork.parse) } }
         let endpoints = map.optional("endpoints", default: [HostPort]()) { value in
-            list(value) { item in
-                guard let endpoint = item.parsed(HostPort.parse) else { return nil }
-                // The device takes addresses; names would have to be resolved (and re-resolved) first.
-                guard endpoint.isIPLiteral else {
-                    item.error("an IP address and port (names are not resolved yet)")
-                    return nil
-                }
-                return endpoint
-            }
+            // Names are resolved at every converge (see WireGuard.deviceEndpoint).
+            list(value) { $0.parsed(HostPort.parse) }
         }
         let keepalive = map.optional("persistent_keepalive", default: 0) { $0.int(in: 0...65535) }
         let quota = map.optional("quota", default: Quota?.none) { value -> Quota?? in
