@@ -488,6 +488,43 @@ struct WireGuardTests {
         #expect(!reaches())
     }
 
+    @Test("shape.tc client_rates by peer name: the peer's tunnel address gets the named rate, another peer the stage's")
+    func clientRatesByPeerName() throws {
+        let net = try NamespacePair()
+        let tag = namespaceTag("r")
+        let interface = "wgs\(tag)"
+        let pipelines = Self.server(net, interface: interface, peers: ["alice", "bob"]) + """
+
+                  - type: shape.tc
+                    interface: \(interface)
+                    per: client_ip
+                    rate: 40mbit
+                    client_rates:
+                      - {clients: [alice], rate: 3mbit}
+            """
+        let agent = try WeirProcess(pipelines: pipelines, netns: net.agent)
+        try agent.start()
+        defer { agent.stop() }
+        let echo = try Self.echo(net)
+        defer { echo.stopHelper() }
+        let alice = try Client(net, agent: agent, peer: "alice", interface: "wca\(tag)", metric: 100)
+        let bob = try Client(net, agent: agent, peer: "bob", interface: "wcb\(tag)", metric: 200)
+        // Traffic to each client's tunnel address (alice's echo replies; the refusal of bob's connection, sent
+        // from his own tunnel address) gives each a class.
+        #expect(eventually(timeout: 10) { alice.ping() })
+        _ = bob.connects("10.88.0.1", port: 9)
+        let classes = { (try? net.inside(net.agent, ["tc", "class", "show", "dev", interface])) ?? "" }
+        #expect(eventually(timeout: 5) { classes().contains("rate 3Mbit") }, "\(classes())")
+        #expect(eventually(timeout: 5) { classes().contains("rate 40Mbit") }, "bob's class has the stage's rate: \(classes())")
+
+        // A name the wireguard stage does not have is refused at validation, naming it.
+        let check = try runWeir(["validate", "--config", agent.configPath])
+        #expect(check.status == 0)
+        try agent.writePipelines(pipelines.replacingOccurrences(of: "clients: [alice]", with: "clients: [mallory]"))
+        let refused = try runWeir(["validate", "--config", agent.configPath])
+        #expect(refused.status != 0 && refused.output.contains("mallory"), "\(refused.output)")
+    }
+
     @Test("Access profiles by peer name: internet_only cannot reach the intranet, full can; both reach the internet through masquerade")
     func profilesByPeerName() throws {
         let net = try GatewayTopology()

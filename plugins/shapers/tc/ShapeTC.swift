@@ -31,7 +31,20 @@ final class ShapeTC: ServiceStage, ScrapeCollector {
         self.logger = logger
     }
 
-    private var shape: StageShape { StageShape(config: config, listener: listener.map { ($0.port, $0.transport) }) }
+    /// Peer names in client_rates become the addresses the pipeline's wireguard stage published for them.
+    private var shape: StageShape {
+        var resolved = config
+        if resolved.clientRates.contains(where: { $0.peers != nil }) {
+            let book = PeerAddressBook.addresses(stateDirectory: environment.stateDirectory, pipeline: pipeline)
+            resolved.clientRates = resolved.clientRates.map { rate in
+                var rate = rate
+                rate.clients += (rate.peers ?? []).flatMap { book[$0] ?? [] }
+                rate.peers = nil
+                return rate
+            }
+        }
+        return StageShape(config: resolved, listener: listener.map { ($0.port, $0.transport) })
+    }
 
     func start() async throws {
         let interfaces = try resolveInterfaces()

@@ -38,6 +38,9 @@ public struct ShapeTCConfig: StageConfig, Hashable {
     /// Clients (addresses or networks) whose on-demand classes get their own rate: per-user plans.
     public struct ClientRate: Sendable, Hashable, Codable {
         public var clients: [IPNetwork]
+        /// Peers of the pipeline's wireguard stage by name: their tunnel addresses (resolved when the stage
+        /// starts and reconciles). Optional so records written before it existed decode.
+        public var peers: [String]?
         /// Bytes per second.
         public var rate: UInt64
         public var ceil: UInt64
@@ -68,7 +71,7 @@ public struct ShapeTCConfig: StageConfig, Hashable {
         OptionDoc("classes", "[class]", default: "none", "Named sub-classes: {name, rate, ceil, match: {mark, mark_mask, dscp, protocol, port}}; first match wins."),
         OptionDoc(
             "client_rates", "[{clients, rate, ceil}]", default: "none",
-            "With per: client_ip, other rates for some clients (addresses or networks; first match wins): per-user plans."),
+            "With per: client_ip, other rates for some clients (addresses, networks or the pipeline's wireguard peers by name; first match wins): per-user plans."),
     ]
     public static var sample: String { String(decoding: PackageResources.shape_tc_sample_yaml, as: UTF8.self) }
 
@@ -82,7 +85,7 @@ public struct ShapeTCConfig: StageConfig, Hashable {
     public let maxClients: Int
     public let idleTimeout: Duration
     public let classes: [NamedClass]
-    public let clientRates: [ClientRate]
+    public var clientRates: [ClientRate]
 
     /// Class names the stage uses for its own classes.
     static let reservedNames: Set<String> = ["total", "default"]
@@ -221,13 +224,25 @@ public struct ShapeTCConfig: StageConfig, Hashable {
     private static func decodeClientRate(_ value: ConfigValue) -> ClientRate? {
         guard let options = value.mapping else { return nil }
         defer { options.finish() }
+        var peers: [String] = []
         let clients = options.required("clients").flatMap { value -> [IPNetwork]? in
             guard let items = value.sequence, !items.isEmpty else {
-                value.error("a list of addresses or networks")
+                value.error("a list of addresses, networks or peer names")
                 return nil
             }
-            let parsed = items.compactMap { $0.parsed(IPNetwork.parse) }
-            return parsed.count == items.count ? parsed : nil
+            var parsed: [IPNetwork] = []
+            for item in items {
+                guard let text = item.string else { return nil }
+                if let network = try? IPNetwork.parse(text) {
+                    parsed.append(network)
+                } else if (1...64).contains(text.count), text.allSatisfy({ $0.isLetter || $0.isNumber || "-_.@".contains($0) }) {
+                    peers.append(text)
+                } else {
+                    item.error("not an address, a network or a peer name: \"\(text)\"")
+                    return nil
+                }
+            }
+            return parsed
         }
         let rate = options.required("rate").flatMap(Self.rate)
         let ceilValue = options.optional("ceil")
@@ -239,7 +254,7 @@ public struct ShapeTCConfig: StageConfig, Hashable {
             ceilValue?.error("ceil (\(RateText.bits(clientCeil))) is below rate (\(RateText.bits(rate)))")
             return nil
         }
-        return ClientRate(clients: clients, rate: rate, ceil: clientCeil)
+        return ClientRate(clients: clients, peers: peers.isEmpty ? nil : peers, rate: rate, ceil: clientCeil)
     }
 
     private static func decodeMatch(_ value: ConfigValue) -> Match? {
@@ -300,6 +315,16 @@ public struct ShapeTCConfig: StageConfig, Hashable {
         }
         value.error("expected a port (443) or a range (8000-8100), found \"\(text)\"")
         return nil
+    }
+
+    /// Peer names in client_rates refer to the peers of a `wireguard` stage in the same pipeline.
+    public func pipelineError(stages: [any StageConfig]) -> String? {
+        let named = clientRates.flatMap { $0.peers ?? [] }
+        guard !named.isEmpty else { return nil }
+        let known = Set(stages.compactMap { $0 as? any NamesPeers }.flatMap(\.peerNames))
+        let unknown = named.filter { !known.contains($0) }
+        guard !unknown.isEmpty else { return nil }
+        return "client_rates name peers this pipeline's wireguard stage does not have: \(unknown.joined(separator: ", "))"
     }
 
     public func placementError(listener: (any ListenerConfig)?) -> String? {
