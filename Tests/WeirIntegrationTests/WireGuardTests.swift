@@ -488,7 +488,7 @@ struct WireGuardTests {
         #expect(!reaches())
     }
 
-    @Test("shape.tc client_rates by peer name: the peer's tunnel address gets the named rate, another peer the stage's")
+    @Test("shape.tc client_rates by peer name: the peer's tunnel address gets the named rate, another peer the stage's; count.ebpf counts each tunnel address on the interface")
     func clientRatesByPeerName() throws {
         let net = try NamespacePair()
         let tag = namespaceTag("r")
@@ -501,21 +501,44 @@ struct WireGuardTests {
                     rate: 40mbit
                     client_rates:
                       - {clients: [alice], rate: 3mbit}
+                  - type: count.ebpf
+                    interfaces: [\(interface)]
+                    key: remote_ip
             """
-        let agent = try WeirProcess(pipelines: pipelines, netns: net.agent)
+        let agent = try WeirProcess(pipelines: pipelines, netns: net.agent, bpfPinDir: net.pinRoot)
         try agent.start()
         defer { agent.stop() }
         let echo = try Self.echo(net)
         defer { echo.stopHelper() }
         let alice = try Client(net, agent: agent, peer: "alice", interface: "wca\(tag)", metric: 100)
         let bob = try Client(net, agent: agent, peer: "bob", interface: "wcb\(tag)", metric: 200)
-        // Traffic to each client's tunnel address (alice's echo replies; the refusal of bob's connection, sent
-        // from his own tunnel address) gives each a class.
+        // Echo replies to each client's tunnel address give each a class. (Bob's packets leave by his own
+        // interface: the route to the tunnel's subnet prefers alice's.)
         #expect(eventually(timeout: 10) { alice.ping() })
-        _ = bob.connects("10.88.0.1", port: 9)
+        let bound = """
+            import socket, sys
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, sys.argv[1].encode())
+            s.bind((sys.argv[2], 0))
+            s.settimeout(1)
+            answered = 0
+            for _ in range(3):
+                s.sendto(b"x" * 100, ("10.88.0.1", 7301))
+                try:
+                    s.recv(2048)
+                    answered += 1
+                except OSError:
+                    pass
+            print(answered)
+            """
+        #expect(eventually(timeout: 10) { ((try? net.inside(net.peer, [python3, "-c", bound, bob.interface, bob.address])) ?? "").contains("3") })
         let classes = { (try? net.inside(net.agent, ["tc", "class", "show", "dev", interface])) ?? "" }
         #expect(eventually(timeout: 5) { classes().contains("rate 3Mbit") }, "\(classes())")
-        #expect(eventually(timeout: 5) { classes().contains("rate 40Mbit") }, "bob's class has the stage's rate: \(classes())")
+        // Bob's class and the default class have the stage's rate.
+        #expect(eventually(timeout: 5) { classes().components(separatedBy: "rate 40Mbit").count - 1 >= 2 }, "\(classes())")
+        // count.ebpf on the WireGuard interface (an L3 device: no link header) sees the tunnel addresses.
+        #expect(try agent.waitForMetric("weir_ip_packets_total", ["interface": interface, "ip": "10.88.0.2", "direction": "in"]) { ($0 ?? 0) >= 3 } != nil)
+        #expect(try agent.waitForMetric("weir_ip_packets_total", ["interface": interface, "ip": "10.88.0.3", "direction": "in"]) { ($0 ?? 0) >= 1 } != nil)
 
         // A name the wireguard stage does not have is refused at validation, naming it.
         let check = try runWeir(["validate", "--config", agent.configPath])
