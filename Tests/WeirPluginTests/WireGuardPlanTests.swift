@@ -209,8 +209,11 @@ struct WireGuardPlanTests {
         #expect(badKey.contains { $0.contains("public_key") && $0.contains("not a WireGuard key") }, "\(badKey)")
         let twice = errors("        interface: wg0\n        pool: [10.8.0.0/24]\n        peers:\n          - name: a\n          - name: a\n")
         #expect(twice.contains { $0.contains("listed twice") }, "\(twice)")
-        let hostName = errors("        interface: wg0\n        peers:\n          - {name: c, public_key: \(key(5).base64), allowed_ips: [10.8.0.3/32], endpoints: [vpn.example.com:51820]}\n")
-        #expect(hostName.contains { $0.contains("an IP address and port") }, "\(hostName)")
+        // Host names are fine (resolved at every converge); an endpoint without a port is not.
+        let noPort = errors("        interface: wg0\n        peers:\n          - {name: c, public_key: \(key(5).base64), allowed_ips: [10.8.0.3/32], endpoints: [vpn.example.com]}\n")
+        #expect(noPort.contains { $0.contains("endpoints") }, "\(noPort)")
+        let bothKeys = errors("        interface: wg0\n        private_key_file: /etc/weir/wg.key\n        private_key: \(key(7).base64)\n")
+        #expect(bothKeys.contains { $0.contains("not both") }, "\(bothKeys)")
         let badInterface = errors("        interface: wg0/evil\n")
         #expect(badInterface.contains { $0.contains("not an interface name") }, "\(badInterface)")
         let badQuota = errors("        interface: wg0\n        peers:\n          - {name: d, public_key: \(key(6).base64), allowed_ips: [10.8.0.4/32], quota: {limit: lots}}\n")
