@@ -239,6 +239,38 @@ struct CoordinatorTests {
         #expect(forged == 401 && forgedBody.contains("not the credential of agent"), "\(forged) \(forgedBody)")
     }
 
+    @Test("weir ctl vpn: a server, a plan, a user and a device; the configuration and QR code written 0600; errors exit 1")
+    func ctlVPN() throws {
+        let pki = try TestPKI()
+        let coordinator = try CoordinatorProcess(pki: pki)
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let tokenFile = coordinator.directory.appendingPathComponent("state/admin.token").path
+        let ctl = { (arguments: [String]) throws -> (status: Int32, output: String) in
+            try runWeir(["ctl", "vpn"] + arguments.prefix(1) + ["--url", coordinator.url, "--ca", pki.caPath, "--token-file", tokenFile] + arguments.dropFirst())
+        }
+        let server = try ctl(["servers", "put", "office", "--agent", "gw1", "--endpoint", "vpn.example.com:51820", "--address", "10.8.0.1/24", "--address", "fd08::1/64",
+                              "--pool", "10.8.0.0/24", "--pool", "fd08::/64", "--dns", "10.8.0.1", "--masquerade", "eth0"])
+        #expect(server.status == 0 && server.output.contains("\"public_key\"") && !server.output.contains("private_key"), "\(server.output)")
+        #expect(try ctl(["plans", "put", "basic", "--rate", "20mbit", "--quota", "50GiB"]).status == 0)
+        #expect(try ctl(["users", "put", "alice@example.com", "--plan", "basic", "--profile", "internet_only"]).status == 0)
+        let device = try ctl(["devices", "add", "alice@example.com", "phone", "--server", "office"])
+        #expect(device.status == 0 && device.output.contains("\"10.8.0.2\"") && device.output.contains("\"fd08::2\""), "\(device.output)")
+        let file = coordinator.directory.appendingPathComponent("phone.conf").path
+        #expect(try ctl(["devices", "config", "alice@example.com", "phone", "-o", file]).status == 0)
+        let text = try String(contentsOfFile: file, encoding: .utf8)
+        #expect(text.contains("Address = 10.8.0.2/32, fd08::2/128") && text.contains("PrivateKey = "))
+        #expect((try FileManager.default.attributesOfItem(atPath: file)[.posixPermissions] as? Int) == 0o600)
+        let png = coordinator.directory.appendingPathComponent("phone.png").path
+        #expect(try ctl(["devices", "qr", "alice@example.com", "phone", "-o", png]).status == 0)
+        #expect(Array(try Data(contentsOf: URL(fileURLWithPath: png)).prefix(8)) == [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A])
+        // The server's document as agents get it: the user's profile and plan are in it.
+        #expect(try ctl(["users", "show", "alice@example.com"]).output.contains("\"peer\" : \"alice@example.com.phone\""))
+        let refused = try ctl(["plans", "delete", "basic"])
+        #expect(refused.status == 1 && refused.output.contains("assigned to alice@example.com"), "\(refused.output)")
+        #expect(try ctl(["users", "put", "bob", "--profile", "everything"]).status == 1)
+    }
+
     @Test("weir ctl: documents, assignments, tokens and agents through the API; errors exit 1 with the status")
     func ctl() throws {
         let pki = try TestPKI()
