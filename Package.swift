@@ -196,8 +196,18 @@ let package = Package(
         ),
         // The one list of built-in stages.
         .target(
+            name: "WeirDNS",
+            dependencies: nio + [
+                "WeirCore", .product(name: "NIOExtras", package: "swift-nio-extras"), .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            path: "plugins/dns",
+            exclude: ["filter/README.md", "filter/example"],
+            resources: [.embedInCode("filter/dns.filter.sample.yaml")]
+        ),
+        .target(
             name: "WeirStages",
-            dependencies: ["WeirCore", "WeirListeners", "WeirConnectors", "WeirLimiters", "WeirCounters", "WeirEnforcers", "WeirRoutes", "WeirShapers", "WeirTransforms", "WeirTunnels"],
+            dependencies: ["WeirCore", "WeirDNS", "WeirListeners", "WeirConnectors", "WeirLimiters", "WeirCounters", "WeirEnforcers", "WeirRoutes", "WeirShapers", "WeirTransforms", "WeirTunnels"],
             path: "Sources/WeirStages"
         ),
         // The agent: reload planning and supervision, the metrics endpoint, logging.
@@ -268,7 +278,8 @@ let package = Package(
         .executableTarget(
             name: "weir-fuzz",
             dependencies: [
-                "WeirCore", "WeirStages", "WeirListeners", "WeirTransforms", "WeirEnforcers", "WeirCoordinator", "WeirCoordinatorProtocol", "CWeirSystem",
+                "WeirCore", "WeirStages", "WeirListeners", "WeirTransforms", "WeirEnforcers", "WeirDNS", "WeirCoordinator", "WeirCoordinatorProtocol",
+                "CWeirSystem",
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"),
             ],
             path: "Sources/weir-fuzz"
@@ -282,7 +293,7 @@ let package = Package(
             name: "WeirPluginTests",
             dependencies: [
                 "WeirCore", "WeirStages", "WeirLimiters", "WeirListeners", "WeirConnectors", "WeirCounters", "WeirEnforcers", "WeirRoutes",
-                "WeirShapers", "WeirTransforms", "WeirTunnels", "WeirVPN", "CWeirNetlink", .product(name: "NIOEmbedded", package: "swift-nio"),
+                "WeirShapers", "WeirTransforms", "WeirTunnels", "WeirVPN", "CWeirNetlink", "WeirDNS", .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"), .product(name: "NIOHTTP2", package: "swift-nio-http2"),
                 .product(name: "NIOHPACK", package: "swift-nio-http2"),
             ],

@@ -1,6 +1,7 @@
 import WeirConnectors
 import WeirCore
 import WeirCounters
+import WeirDNS
 import WeirEnforcers
 import WeirLimiters
 import WeirListeners
@@ -33,5 +34,6 @@ public enum BuiltinStages {
         ListenReverseConfig.self,
         ConnectReverseConfig.self,
         WireGuardConfig.self,
+        DNSFilterConfig.self,
     ])
 }

@@ -6,6 +6,7 @@ import WeirCore
 import WeirStages
 
 @testable import WeirCoordinator
+@testable import WeirDNS
 @testable import WeirEnforcers
 @testable import WeirListeners
 @testable import WeirTransforms
@@ -23,6 +24,7 @@ enum FuzzTargets {
         "websocket": { opening($0, webSocket) },
         "padding": padding,
         "dns": dns,
+        "dns-filter": dnsFilter,
         "coordinator-messages": coordinatorMessages,
         "coordinator-requests": coordinatorRequests,
     ]
@@ -167,6 +169,20 @@ enum FuzzTargets {
     static func dns(_ bytes: [UInt8]) {
         _ = try? DNSMessage.parse(bytes, type: .a)
         _ = try? DNSMessage.parse(bytes, type: .aaaa)
+    }
+
+    static let filterRules = DomainRules(lists: [(name: "fuzz", text: Array("||ads.example^\n*.wild.example\n@@||ok.ads.example^\n".utf8), allowList: false)])
+
+    /// dns.filter: queries and upstream answers as it reads them, and list text as it compiles it.
+    static func dnsFilter(_ bytes: [UInt8]) {
+        if let query = try? DNSWire.parseQuery(bytes) {
+            _ = DNSWire.answer(to: query, code: DNSWire.ResponseCode.nameError, records: [(DNSWire.RecordType.a, 60, [0, 0, 0, 0])])
+            _ = filterRules.decide(query.question.name)
+        }
+        if let response = try? DNSWire.parseResponse(bytes) {
+            _ = DNSWire.served(bytes, id: 1, ttlOffsets: response.ttlOffsets, age: 30)
+        }
+        _ = DomainRules(lists: [(name: "fuzz", text: bytes, allowList: false)]).decide("a.b.example.com")
     }
 
     // MARK: - Coordinator

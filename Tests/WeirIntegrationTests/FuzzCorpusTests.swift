@@ -13,7 +13,7 @@ struct FuzzCorpusTests {
         let (status, listed) = try command([Self.binary, "list"])
         #expect(status == 0, "\(listed)")
         let targets = listed.split(separator: "\n").map(String.init)
-        #expect(targets.count == 11, "\(targets)")
+        #expect(targets.count == 12, "\(targets)")
         for target in targets {
             let corpus = Self.root.appendingPathComponent("fuzz/corpus/\(target)").path
             let files = (try? FileManager.default.contentsOfDirectory(atPath: corpus)) ?? []

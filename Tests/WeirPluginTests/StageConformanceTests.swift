@@ -34,7 +34,7 @@ import WeirStages
     }
 
     @Test func registryHoldsTheBuiltinTypes() {
-        #expect(Self.types == ["connect.relay", "connect.reverse", "connect.tcp", "connect.udp", "count.ebpf", "enforce.nftables", "limit.bandwidth", "listen.http", "listen.reverse", "listen.socks5", "listen.tcp", "listen.tls_sni", "listen.udp", "route.gateway", "shape.tc", "transform.aead", "transform.mux", "transform.padding", "transform.tls", "transform.websocket", "wireguard"])
+        #expect(Self.types == ["connect.relay", "connect.reverse", "connect.tcp", "connect.udp", "count.ebpf", "dns.filter", "enforce.nftables", "limit.bandwidth", "listen.http", "listen.reverse", "listen.socks5", "listen.tcp", "listen.tls_sni", "listen.udp", "route.gateway", "shape.tc", "transform.aead", "transform.mux", "transform.padding", "transform.tls", "transform.websocket", "wireguard"])
         for type in Self.types {
             #expect(Self.registry[type]?.type == type)
         }

@@ -1,3 +1,4 @@
+import Foundation
 import Yams
 
 /// A YAML value together with its file position and key path.
@@ -35,6 +36,17 @@ public struct ConfigValue {
             return nil
         }
         return text
+    }
+
+    /// A file the configuration names: absolute, or relative to the directory of the YAML file it is written in.
+    public var filePath: String? {
+        guard let text = string else { return nil }
+        guard !text.isEmpty else {
+            error("must name a file")
+            return nil
+        }
+        if text.hasPrefix("/") { return text }
+        return URL(fileURLWithPath: file).deletingLastPathComponent().appendingPathComponent(text).path
     }
 
     /// A named list's `entries` (from a `lists:` section of any file of this load), or nil with an error

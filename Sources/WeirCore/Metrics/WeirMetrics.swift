@@ -70,6 +70,7 @@ public final class PipelineMetrics: Sendable {
     /// Series stages add for this pipeline (per peer, per target), removed with it.
     private let stageCounters = NIOLockedValueBox<[String: Prometheus.Counter]>([:])
     private let stageGauges = NIOLockedValueBox<[String: Prometheus.Gauge]>([:])
+    private let stageHistograms = NIOLockedValueBox<[String: DurationHistogram]>([:])
 
     static let errorsHelp = "Errors by pipeline, stage and reason."
 
@@ -114,6 +115,13 @@ public final class PipelineMetrics: Sendable {
         Self.memoized(stageGauges, name, [("pipeline", pipeline)] + labels) { registry.makeGauge(name: name, labels: $0, help: help) }
     }
 
+    /// A duration histogram of a stage's own (seconds in the exposition), labelled like `counter`.
+    public func durationHistogram(_ name: String, labels: [(String, String)], buckets: [Duration], help: String) -> DurationHistogram {
+        Self.memoized(stageHistograms, name, [("pipeline", pipeline)] + labels) {
+            registry.makeDurationHistogram(name: name, labels: $0, buckets: buckets, help: help)
+        }
+    }
+
     private static func memoized<Series>(
         _ box: NIOLockedValueBox<[String: Series]>, _ name: String, _ labels: [(String, String)], make: ([(String, String)]) -> Series
     ) -> Series {
@@ -144,6 +152,10 @@ public final class PipelineMetrics: Sendable {
         stageGauges.withLockedValue { gauges in
             gauges.values.forEach(registry.unregisterGauge)
             gauges = [:]
+        }
+        stageHistograms.withLockedValue { histograms in
+            histograms.values.forEach(registry.unregisterDurationHistogram)
+            histograms = [:]
         }
     }
 }

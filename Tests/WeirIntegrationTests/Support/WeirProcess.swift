@@ -326,3 +326,49 @@ func promtoolCheck(_ exposition: String) throws -> (status: Int32, report: Strin
     promtool.waitUntilExit()
     return (promtool.terminationStatus, report)
 }
+
+/// A helper process in the background, spawned and reaped without Foundation's `Process` (see `command`):
+/// output to /dev/null; `stop()` kills and reaps it (also on deinit).
+final class BackgroundCommand: @unchecked Sendable {
+    let pid: pid_t
+    private var reaped = false
+
+    init(_ arguments: [String]) throws {
+        let absolute = arguments[0].hasPrefix("/")
+        let path = absolute ? arguments[0] : "/usr/bin/env"
+        let argv = absolute ? arguments : ["env"] + arguments
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        let cArguments = argv.map { strdup($0) } + [nil]
+        defer { for argument in cArguments { free(argument) } }
+        var pid: pid_t = 0
+        let spawned = posix_spawn(&pid, path, &actions, nil, cArguments, environ)
+        guard spawned == 0 else { throw SpawnFailed(command: arguments, error: spawned) }
+        self.pid = pid
+    }
+
+    /// Whether it is still running (not reaped, not exited).
+    var isRunning: Bool {
+        guard !reaped else { return false }
+        var status: Int32 = 0
+        if waitpid(pid, &status, WNOHANG) == pid {
+            reaped = true
+            return false
+        }
+        return true
+    }
+
+    func stop() {
+        guard !reaped else { return }
+        kill(pid, SIGKILL)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0, errno == EINTR {}
+        reaped = true
+    }
+
+    deinit { stop() }
+}

@@ -10,15 +10,7 @@ struct PEMFiles {
     private var digest = SHA256()
 
     /// The file a value names, relative paths taken from the YAML file's directory.
-    static func path(_ value: ConfigValue) -> String? {
-        guard let text = value.string else { return nil }
-        guard !text.isEmpty else {
-            value.error("must name a file")
-            return nil
-        }
-        if text.hasPrefix("/") { return text }
-        return URL(fileURLWithPath: value.file).deletingLastPathComponent().appendingPathComponent(text).path
-    }
+    static func path(_ value: ConfigValue) -> String? { value.filePath }
 
     private mutating func read(_ value: ConfigValue) -> (path: String, bytes: [UInt8])? {
         guard let path = Self.path(value) else { return nil }

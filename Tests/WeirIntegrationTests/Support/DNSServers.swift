@@ -1,0 +1,62 @@
+import Foundation
+
+/// DNS on loopback for the dns.filter tests: Debian's dnsmasq as an authoritative-only upstream (records
+/// given on its command line, no other resolver asked), a "black hole" that takes queries and never answers,
+/// and `dig` as the client.
+let dnsTestsUnavailable: String? = {
+    for tool in ["dnsmasq", "dig"] where which(tool) == nil { return "needs \(tool) installed (dnsmasq-base, bind9-dnsutils)" }
+    return nil
+}()
+
+final class Dnsmasq {
+    let port = freePort()
+    private var process: BackgroundCommand?
+    let directory: URL
+
+    /// `records`: name → IPv4 address (A), TXT records as name → text.
+    init(records: [String: String], txt: [String: [String]] = [:]) throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("weir-dnsmasq-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        process = try BackgroundCommand([
+            which("dnsmasq")!, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces", "--listen-address=127.0.0.1",
+            "--port=\(port)", "--local-ttl=300", "--pid-file=\(directory.path)/pid", "--user=root", "--group=root",
+        ] + records.sorted { $0.key < $1.key }.map { "--host-record=\($0.key),\($0.value)" }
+            + txt.flatMap { name, texts in texts.map { "--txt-record=\(name),\($0)" } })
+        guard eventually(timeout: 5, { (try? dig(["@127.0.0.1", "-p", "\(port)", "+short", records.keys.first ?? "x"])) != nil }) else {
+            throw CommandFailed(command: "dnsmasq", status: 1, output: "did not start")
+        }
+    }
+
+    deinit {
+        process?.stop()
+        try? FileManager.default.removeItem(at: directory)
+    }
+}
+
+/// A UDP socket that reads queries and never answers (an upstream that is down without saying so).
+final class DNSBlackHole {
+    let port = freePort()
+    private let process: BackgroundCommand
+
+    init() throws {
+        process = try BackgroundCommand([
+            python3, "-c", "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('127.0.0.1',int(sys.argv[1])))\nwhile True: s.recv(4096)",
+            "\(port)",
+        ])
+        usleep(200_000)
+    }
+}
+
+/// `dig` with one try and a short timeout; its whole output.
+@discardableResult
+func dig(_ arguments: [String], timeout: Int = 2) throws -> String {
+    let (status, output) = try command(["dig", "+tries=1", "+timeout=\(timeout)"] + arguments)
+    guard status == 0 else { throw CommandFailed(command: "dig \(arguments.joined(separator: " "))", status: status, output: output) }
+    return output
+}
+
+/// The status word of a dig answer (NOERROR, NXDOMAIN, SERVFAIL, REFUSED).
+func digStatus(_ output: String) -> String? {
+    guard let range = output.range(of: "status: ") else { return nil }
+    return String(output[range.upperBound...].prefix { $0.isLetter })
+}

@@ -1,0 +1,129 @@
+import Foundation
+import NIOCore
+import Testing
+import WeirCore
+import WeirStages
+
+@testable import WeirDNS
+
+/// dns.filter's pure parts: the wire format, the list formats and the matcher, the cache.
+struct DNSFilterUnitTests {
+    static func rules(_ lists: [(String, String, Bool)]) -> DomainRules {
+        DomainRules(lists: lists.map { (name: $0.0, text: Array($0.1.utf8), allowList: $0.2) })
+    }
+
+    @Test("each list format; a blocked name blocks its subdomains; wildcards only subdomains; allow wins; comments and adblock options are not rules")
+    func listFormats() {
+        let rules = Self.rules([
+            ("hosts", "# comment\n127.0.0.1 localhost\n0.0.0.0 ads.example.com   tracker.example.net # trailing\n::1 ip6-localhost\n", false),
+            ("plain", "Bad.Example.ORG.\n\nnot a domain line\n", false),
+            ("adblock", "! title\n[Adblock Plus 2.0]\n||doubleclick.example^\n||cdn.example^$third-party\n@@||good.doubleclick.example^\n||x.example/path^\n", false),
+            ("wild", "*.popups.example\n", false),
+            ("allow", "ads.example.com\n", true),
+        ])
+        #expect(rules.count == 7)
+        #expect(rules.counts == ["hosts": 2, "plain": 1, "adblock": 2, "wild": 1, "allow": 1])
+        #expect(rules.skipped == ["plain": 1, "adblock": 2])
+        #expect(rules.decide("tracker.example.net") == .init(allowed: false, list: "hosts", line: 3))
+        #expect(rules.decide("deep.sub.tracker.example.net")?.allowed == false, "subdomains of a blocked name")
+        #expect(rules.decide("example.net") == nil, "not its parent")
+        #expect(rules.decide("bad.example.org") == .init(allowed: false, list: "plain", line: 1), "case and the final dot do not matter")
+        #expect(rules.decide("doubleclick.example")?.allowed == false)
+        #expect(rules.decide("good.doubleclick.example") == .init(allowed: true, list: "adblock", line: 5), "@@ wins over the parent's block")
+        #expect(rules.decide("cdn.example") == nil, "a rule with options is not a DNS rule")
+        #expect(rules.decide("popups.example") == nil, "a wildcard is only the subdomains")
+        #expect(rules.decide("a.popups.example")?.allowed == false)
+        #expect(rules.decide("ads.example.com") == .init(allowed: true, list: "allow", line: 1), "the allowlist wins")
+        #expect(rules.decide("localhost") == nil)
+        #expect(DomainRules().decide("anything.example") == nil)
+    }
+
+    @Test("a query is read (name lowercased, EDNS payload size) and answered with its question echoed")
+    func wireQueryAndAnswers() throws {
+        var bytes = DNSWire.query(id: 0x1234, name: "WWW.Example.com", type: DNSWire.RecordType.a)
+        bytes[11] = 1  // one additional: OPT with a 1232-byte payload
+        bytes += [0, 0, 41, 0x04, 0xD0, 0, 0, 0, 0, 0, 0]
+        let query = try DNSWire.parseQuery(bytes)
+        #expect(query.id == 0x1234 && query.question == .init(name: "www.example.com", type: 1, qclass: 1) && query.udpPayloadSize == 1232)
+        #expect(query.recursionDesired)
+
+        let zero = DNSWire.answer(to: query, code: 0, records: [(DNSWire.RecordType.a, 60, [0, 0, 0, 0])])
+        let parsed = try DNSWire.parseResponse(zero)
+        #expect(parsed.id == 0x1234 && parsed.responseCode == 0 && parsed.question == query.question)
+        #expect(parsed.addresses.map(\.bytes) == [[0, 0, 0, 0]] && parsed.minimumTTL == 60)
+        // The name keeps the client's case in the echoed question.
+        #expect(zero.count > 20 && String(decoding: zero[13..<16], as: UTF8.self) == "WWW")
+        let nx = try DNSWire.parseResponse(DNSWire.answer(to: query, code: DNSWire.ResponseCode.nameError))
+        #expect(nx.responseCode == 3 && nx.addresses.isEmpty && nx.minimumTTL == nil)
+
+        // Lowering TTLs in place; the id replaced.
+        let served = DNSWire.served(zero, id: 7, ttlOffsets: parsed.ttlOffsets, age: 45)
+        let again = try DNSWire.parseResponse(served)
+        #expect(again.id == 7 && again.addresses.first?.ttl == 15)
+        #expect(try DNSWire.parseResponse(DNSWire.served(zero, id: 7, ttlOffsets: parsed.ttlOffsets, age: 100)).addresses.first?.ttl == 0)
+    }
+
+    @Test("hostile messages are refused without crashing: pointer loops, forward pointers, truncation, long names, responses as queries")
+    func wireRefusesGarbage() {
+        let header: [UInt8] = [0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0]
+        let cases: [[UInt8]] = [
+            [],
+            [0, 1],
+            header,
+            header + [0xC0, 12, 0, 1, 0, 1],  // a pointer to itself
+            header + [0xC0, 40, 0, 1, 0, 1],  // forward
+            header + [3, 0x61, 0x62],  // truncated label
+            header + Array(repeating: [63] + [UInt8](repeating: 0x61, count: 63), count: 5).flatMap { $0 } + [0, 0, 1, 0, 1],  // > 255 bytes
+            [0, 1, 0x81, 0x80, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1],  // a response
+            [0, 1, 1, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 1, 0, 1],  // two questions
+        ]
+        for bytes in cases { #expect(throws: DNSWire.Malformed.self) { try DNSWire.parseQuery(bytes) } }
+        for _ in 0..<2000 {
+            let random = (0..<Int.random(in: 0...80)).map { _ in UInt8.random(in: 0...255) }
+            _ = try? DNSWire.parseQuery(random)
+            _ = try? DNSWire.parseResponse(random)
+        }
+        #expect(DNSWire.formatError(header)?.count == 12)
+        #expect(DNSWire.formatError([1, 2, 3]) == nil)
+    }
+
+    @Test("the cache serves aged answers under the client's id, expires them, never stores SERVFAIL, and stays within its size")
+    func cache() throws {
+        let cache = DNSCache(capacity: 3, minTTL: 10, maxTTL: 100)
+        let query = try DNSWire.parseQuery(DNSWire.query(id: 1, name: "a.example", type: 1))
+        let answer = DNSWire.answer(to: query, code: 0, records: [(1, 300, [192, 0, 2, 1])])
+        let t0 = ContinuousClock.now
+        cache.store(query.question, bytes: answer, response: try DNSWire.parseResponse(answer), now: t0)
+        let served = try #require(cache.answer(query.question, id: 99, now: t0 + .seconds(30)))
+        #expect(try DNSWire.parseResponse(served).id == 99)
+        #expect(try DNSWire.parseResponse(served).addresses.first?.ttl == 270)
+        #expect(cache.answer(query.question, id: 1, now: t0 + .seconds(101)) == nil, "max_ttl clamps the 300 s record to 100 s")
+        let failed = DNSWire.answer(to: query, code: DNSWire.ResponseCode.serverFailure)
+        cache.store(query.question, bytes: failed, response: try DNSWire.parseResponse(failed), now: t0)
+        #expect(cache.answer(query.question, id: 1, now: t0) == nil)
+        for index in 0..<10 {
+            let other = try DNSWire.parseQuery(DNSWire.query(id: 1, name: "n\(index).example", type: 1))
+            let reply = DNSWire.answer(to: other, code: 0, records: [(1, 50, [192, 0, 2, 2])])
+            cache.store(other.question, bytes: reply, response: try DNSWire.parseResponse(reply), now: t0)
+        }
+        #expect(cache.count == 3)
+    }
+
+    @Test("configuration: upstream forms, names refused, lists that cannot be read named at their place")
+    func configuration() throws {
+        #expect(try DNSFilterConfig.Upstream.parse("9.9.9.9").description == "9.9.9.9:53")
+        #expect(try DNSFilterConfig.Upstream.parse("tcp://[2620:fe::fe]:53").transport == .tcp)
+        #expect(try DNSFilterConfig.Upstream.parse("2620:fe::fe").port == 53)
+        #expect(throws: (any Error).self) { try DNSFilterConfig.Upstream.parse("dns.quad9.net:53") }
+        #expect(throws: (any Error).self) { try DNSFilterConfig.Upstream.parse("https://dns.quad9.net/dns-query") }
+        let loader = ConfigLoader(registry: BuiltinStages.registry)
+        do {
+            _ = try loader.loadPipelines(
+                yaml: "pipelines:\n  dns:\n    stages:\n      - type: dns.filter\n        upstreams: [9.9.9.9]\n        blocklists: [/nonexistent/list.txt]\n",
+                name: "t.yaml")
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.diagnostics.map(\.description).contains { $0.hasPrefix("t.yaml:6:") && $0.contains("cannot read /nonexistent/list.txt") }, "\(error)")
+        }
+    }
+}

@@ -1,0 +1,133 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOExtras
+import NIOPosix
+import WeirCore
+
+/// The running `dns.filter`: UDP and TCP sockets on `listen` (SO_REUSEPORT, so a reload's successor binds
+/// before its predecessor lets go), each query answered by `DNSFilterEngine`. Bounded: queries in flight
+/// (`max_inflight`, more are REFUSED), TCP connections (1,024; more are closed at once), and a TCP
+/// connection's idle time (10 s) and queries at once (16).
+final class DNSFilter: ServiceStage, Sendable {
+    private let config: DNSFilterConfig
+    private let engine: DNSFilterEngine
+    private let logger: Logger
+    private let channels = NIOLockedValueBox<[any Channel]>([])
+    static let maxConnections = 1024
+
+    init(config: DNSFilterConfig, context: StageContext) {
+        self.config = config
+        var logger = Logger(label: "weir.dns")
+        logger[metadataKey: "pipeline"] = "\(context.pipeline)"
+        self.logger = logger
+        engine = DNSFilterEngine(config: config, metrics: context.metrics, group: MultiThreadedEventLoopGroup.singleton)
+    }
+
+    func start() async throws {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let engine = engine
+        let address = try config.listen.socketAddress()
+        let udp = try await DatagramBootstrap(group: group)
+            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+            .channelOption(.socketOption(NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
+            .channelInitializer { channel in channel.pipeline.addHandler(UDPQueries(engine: engine)) }
+            .bind(to: address).get()
+        let connections = NIOLockedValueBox(0)
+        do {
+            let tcp = try await ServerBootstrap(group: group)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .serverChannelOption(.socketOption(NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
+                .childChannelInitializer { channel in
+                    let admitted = connections.withLockedValue { count -> Bool in
+                        guard count < Self.maxConnections else { return false }
+                        count += 1
+                        return true
+                    }
+                    guard admitted else { return channel.close() }
+                    channel.closeFuture.whenComplete { _ in connections.withLockedValue { $0 -= 1 } }
+                    return channel.pipeline.addHandlers([
+                        IdleStateHandler(readTimeout: .seconds(10)),
+                        ByteToMessageHandler(LengthFieldBasedFrameDecoder(lengthFieldBitLength: .twoBytes)),
+                        LengthFieldPrepender(lengthFieldBitLength: .twoBytes), TCPQueries(engine: engine),
+                    ])
+                }
+                .bind(to: address).get()
+            channels.withLockedValue { $0 = [udp, tcp] }
+        } catch {
+            try? await udp.close()
+            throw error
+        }
+        logger.info("DNS server listening", metadata: ["address": "\(config.listen)", "rules": "\(config.rules.rules.count)"])
+        engine.publishRules()
+    }
+
+    func stop() async {
+        let open = channels.withLockedValue { channels in
+            defer { channels = [] }
+            return channels
+        }
+        for channel in open { try? await channel.close() }
+    }
+
+    func retire() async { await stop() }
+}
+
+/// Answers datagrams; each query answered on its own task.
+private final class UDPQueries: ChannelInboundHandler, Sendable {
+    typealias InboundIn = AddressedEnvelope<ByteBuffer>
+    typealias OutboundOut = AddressedEnvelope<ByteBuffer>
+    let engine: DNSFilterEngine
+
+    init(engine: DNSFilterEngine) { self.engine = engine }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let envelope = unwrapInboundIn(data)
+        let channel = context.channel
+        let bytes = Array(buffer: envelope.data)
+        let engine = engine
+        Task {
+            guard let reply = await engine.answer(bytes, client: envelope.remoteAddress, udp: true) else { return }
+            channel.writeAndFlush(AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: ByteBuffer(bytes: reply)), promise: nil)
+        }
+    }
+
+    // A datagram that could not be delivered (an ICMP error for an earlier answer) must not close the socket.
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {}
+}
+
+/// Answers length-framed queries on a TCP connection, at most 16 at once; closes it when idle.
+private final class TCPQueries: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    let engine: DNSFilterEngine
+    private var pending = 0  // on the channel's event loop
+
+    init(engine: DNSFilterEngine) { self.engine = engine }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard pending < 16, let client = context.channel.remoteAddress else {
+            context.close(promise: nil)
+            return
+        }
+        pending += 1
+        let bytes = Array(buffer: unwrapInboundIn(data))
+        let channel = context.channel
+        let engine = engine
+        let loop = context.eventLoop
+        Task {
+            let reply = await engine.answer(bytes, client: client, udp: false)
+            loop.execute {
+                self.pending -= 1
+                if let reply { channel.writeAndFlush(ByteBuffer(bytes: reply), promise: nil) } else { channel.close(promise: nil) }
+            }
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent { context.close(promise: nil) } else { context.fireUserInboundEventTriggered(event) }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) { context.close(promise: nil) }
+}

@@ -1,0 +1,185 @@
+import Foundation
+import WeirCore
+
+/// `dns.filter`: a filtering DNS server on UDP and TCP — block and allow lists in the formats people have,
+/// canary domains, a cache, and upstreams it never falls back from (every upstream failing is SERVFAIL).
+public struct DNSFilterConfig: StageConfig, Hashable {
+    public enum BlockAnswer: String, Sendable, CaseIterable {
+        case nxdomain, zero, refused
+    }
+
+    public enum Strategy: String, Sendable, CaseIterable {
+        /// Ask all at once, take the first good answer.
+        case parallel
+        /// In order; the next only when one fails.
+        case failover
+        /// The lowest moving average of latency (failures count heavily).
+        case fastest
+        case roundRobin = "round_robin"
+    }
+
+    public struct Upstream: Sendable, Hashable, CustomStringConvertible {
+        public enum Transport: String, Sendable { case udp, tcp }
+        public var transport: Transport
+        public var host: String
+        public var port: Int
+
+        public var description: String { (transport == .udp ? "" : "tcp://") + HostPort(host: host, port: port).description }
+
+        /// `host:port` (UDP, falling back to TCP for truncated answers), `tcp://host:port`; port 53 when absent.
+        static func parse(_ text: String) throws -> Upstream {
+            var rest = Substring(text)
+            var transport = Transport.udp
+            if rest.hasPrefix("tcp://") {
+                transport = .tcp
+                rest = rest.dropFirst(6)
+            } else if rest.hasPrefix("udp://") {
+                rest = rest.dropFirst(6)
+            } else if rest.contains("://") {
+                throw ParseError(description: "\(text): upstreams are host:port, udp://host:port or tcp://host:port")
+            }
+            let withPort = rest.hasSuffix("]") || !rest.contains(":") || rest.filter({ $0 == ":" }).count > 1 && !rest.hasPrefix("[")
+                ? (rest.contains(":") && !rest.hasPrefix("[") ? "[\(rest)]:53" : "\(rest):53") : String(rest)
+            let parsed = try HostPort.parse(withPort)
+            guard parsed.isIPLiteral else {
+                // The filter must not depend on another resolver to find its own upstreams.
+                throw ParseError(description: "\(text): an upstream is an IP address (a name would need another resolver)")
+            }
+            return Upstream(transport: transport, host: parsed.host, port: parsed.port)
+        }
+    }
+
+    struct ParseError: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    public static let type = "dns.filter"
+    public static let summary = "A filtering DNS server (UDP and TCP): block/allow lists, canaries, a cache, upstreams with no unfiltered fallback."
+    public static let role = StageRole.service
+    public static let options = [
+        OptionDoc("listen", "host:port", default: "0.0.0.0:53", "Where the server answers, on UDP and TCP."),
+        OptionDoc("blocklists", "[path]", default: "[]", "Files of rules: hosts files, domain lists, adblock ||domain^ and @@||domain^, *.wildcard."),
+        OptionDoc("allowlists", "[path]", default: "[]", "Files whose every rule allows; an allow rule wins over a block."),
+        OptionDoc("block_answer", "nxdomain|zero|refused", default: "nxdomain", "The answer for blocked names (zero: 0.0.0.0 and ::)."),
+        OptionDoc("canaries", "bool", default: "true", "Answer NXDOMAIN for use-application-dns.net, mask.icloud.com, mask-h2.icloud.com and _dns.resolver.arpa."),
+        OptionDoc("upstreams", "[host:port|tcp://host:port]", "Resolvers asked for what is not blocked or cached (required; IP addresses)."),
+        OptionDoc("strategy", "parallel|failover|fastest|round_robin", default: "failover", "How upstreams share the queries."),
+        OptionDoc("upstream_timeout", "duration", default: "2s", "How long one upstream may take before it counts as failed."),
+        OptionDoc("cache", "{size, min_ttl, max_ttl}", default: "{size: 10000}", "Answers kept for their TTL, clamped; size 0 turns the cache off."),
+        OptionDoc("max_inflight", "count", default: "4096", "Queries being answered at once; more are refused."),
+    ]
+    public static var sample: String { String(decoding: PackageResources.dns_filter_sample_yaml, as: UTF8.self) }
+
+    public static let canaryDomains = ["use-application-dns.net", "mask.icloud.com", "mask-h2.icloud.com", "_dns.resolver.arpa"]
+
+    public var listen: BindAddress
+    public var blocklists: [String]
+    public var allowlists: [String]
+    public var blockAnswer: BlockAnswer
+    public var canaries: Bool
+    public var upstreams: [Upstream]
+    public var strategy: Strategy
+    public var upstreamTimeout: Duration
+    public var cacheSize: Int
+    public var minTTL: UInt32
+    public var maxTTL: UInt32
+    public var maxInflight: Int
+    /// The lists, read and compiled when the configuration is loaded: a reload builds the new rules aside
+    /// while the running stage answers with the old ones.
+    let rules: LoadedRules
+
+    public var contentFingerprint: String { rules.digest }
+
+    public static func decode(_ options: ConfigMapping) -> DNSFilterConfig? {
+        let listen = options.optional("listen", default: try! BindAddress.parse("0.0.0.0:53")) { $0.parsed(BindAddress.parse) }
+        let paths = { (key: String) in
+            options.optional(key, default: [String]()) { value -> [String]? in
+                guard let items = value.sequence else { return nil }
+                let read = items.compactMap(\.filePath)
+                return read.count == items.count ? read : nil
+            }
+        }
+        let blocklists = paths("blocklists")
+        let allowlists = paths("allowlists")
+        var sources: [(name: String, text: [UInt8], allowList: Bool)] = []
+        var readable = true
+        for (key, allow) in [("blocklists", false), ("allowlists", true)] {
+            guard let items = options.optional(key)?.sequence else { continue }
+            for item in items {
+                guard let path = item.filePath else { continue }
+                guard let data = FileManager.default.contents(atPath: path) else {
+                    item.error("cannot read \(path)")
+                    readable = false
+                    continue
+                }
+                sources.append((path, Array(data), allow))
+            }
+        }
+        let blockAnswer = options.optional("block_answer", default: BlockAnswer.nxdomain) { $0.oneOf(BlockAnswer.self) }
+        let canaries = options.optional("canaries", default: true) { $0.bool }
+        let upstreams = options.required("upstreams").flatMap { value -> [Upstream]? in
+            guard let items = value.sequence, !items.isEmpty else {
+                value.error("at least one upstream resolver")
+                return nil
+            }
+            let read = items.compactMap { $0.parsed(Upstream.parse) }
+            return read.count == items.count ? read : nil
+        }
+        let strategy = options.optional("strategy", default: Strategy.failover) { $0.oneOf(Strategy.self) }
+        let timeout = options.optional("upstream_timeout", default: Duration.seconds(2)) { $0.duration(atLeast: .milliseconds(50)) }
+        var cacheSize: Int? = 10_000
+        var minTTL: UInt32? = 0
+        var maxTTL: UInt32? = 86_400
+        if let cache = options.optional("cache") {
+            if let map = cache.mapping {
+                cacheSize = map.optional("size", default: 10_000) { $0.int(in: 0...10_000_000) }
+                minTTL = map.optional("min_ttl", default: Duration.zero) { $0.duration(atLeast: .zero) }.map { UInt32($0.components.seconds) }
+                maxTTL = map.optional("max_ttl", default: Duration.seconds(86_400)) { $0.duration(atLeast: .seconds(1)) }.map { UInt32(min($0.components.seconds, 604_800)) }
+                map.finish()
+            } else {
+                cache.error("expected {size, min_ttl, max_ttl}")
+                cacheSize = nil
+            }
+        }
+        let inflight = options.optional("max_inflight", default: 4096) { $0.int(in: 1...1_000_000) }
+        guard readable, let listen, let blocklists, let allowlists, let blockAnswer, let canaries, let upstreams, let strategy, let timeout, let cacheSize,
+            let minTTL, let maxTTL, let inflight
+        else { return nil }
+        if minTTL > maxTTL {
+            options.optional("cache")?.error("min_ttl is above max_ttl")
+            return nil
+        }
+        return DNSFilterConfig(
+            listen: listen, blocklists: blocklists, allowlists: allowlists, blockAnswer: blockAnswer, canaries: canaries, upstreams: upstreams,
+            strategy: strategy, upstreamTimeout: timeout, cacheSize: cacheSize, minTTL: minTTL, maxTTL: maxTTL, maxInflight: inflight,
+            rules: LoadedRules(sources))
+    }
+
+    /// One server per address: a second stage on it would be refused at start.
+    public func exclusiveClaims(listener: (any ListenerConfig)?) -> [StageClaim] {
+        [StageClaim(key: "dns \(listen)", description: "the DNS server on \(listen)", reason: "one dns.filter per address")]
+    }
+
+    public func makeStage(_ context: StageContext) -> any Stage { DNSFilter(config: self, context: context) }
+}
+
+/// Compiled rules with a digest of the lists they came from (what a reload compares).
+final class LoadedRules: Sendable, Hashable {
+    let rules: DomainRules
+    let digest: String
+
+    init(_ sources: [(name: String, text: [UInt8], allowList: Bool)]) {
+        rules = DomainRules(lists: sources)
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for source in sources {
+            for byte in Array(source.name.utf8) + [source.allowList ? 1 : 0] + source.text {
+                hash ^= UInt64(byte)
+                hash &*= 0x100_0000_01b3
+            }
+        }
+        digest = sources.isEmpty ? "" : String(hash, radix: 16)
+    }
+
+    static func == (a: LoadedRules, b: LoadedRules) -> Bool { a.digest == b.digest }
+    func hash(into hasher: inout Hasher) { hasher.combine(digest) }
+}

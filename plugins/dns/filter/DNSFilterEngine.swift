@@ -1,0 +1,108 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import Prometheus
+import WeirCore
+
+/// What a dns.filter answers, without sockets: canaries, then the rules, then the cache, then the upstreams
+/// (SERVFAIL when none answers — never another resolver). Counts every answer by result.
+final class DNSFilterEngine: Sendable {
+    enum Result: String, CaseIterable {
+        case allowed, blocked, cached, servfail, refused
+    }
+
+    private let config: DNSFilterConfig
+    private let cache: DNSCache
+    private let upstreams: Upstreams
+    private let metrics: PipelineMetrics
+    private let results: [Result: Prometheus.Counter]
+    private let cacheEntries: Prometheus.Gauge
+    private let inflight = NIOLockedValueBox(0)
+    private let canaries: Set<String>
+    /// Seconds a made-up answer (`zero`) may be cached by clients.
+    static let blockedTTL: UInt32 = 60
+
+    init(config: DNSFilterConfig, metrics: PipelineMetrics, group: any EventLoopGroup) {
+        self.config = config
+        self.metrics = metrics
+        cache = DNSCache(capacity: config.cacheSize, minTTL: config.minTTL, maxTTL: config.maxTTL)
+        canaries = config.canaries ? Set(DNSFilterConfig.canaryDomains) : []
+        results = Dictionary(uniqueKeysWithValues: Result.allCases.map {
+            ($0, metrics.counter("weir_dns_queries_total", labels: [("result", $0.rawValue)], help: "DNS queries answered, by result."))
+        })
+        cacheEntries = metrics.gauge("weir_dns_cache_entries", labels: [], help: "Answers in the DNS cache.")
+        upstreams = Upstreams(config.upstreams, strategy: config.strategy, timeout: config.upstreamTimeout, group: group) { upstream, seconds, error in
+            if let seconds {
+                metrics.durationHistogram(
+                    "weir_dns_upstream_duration_seconds", labels: [("upstream", upstream.description)],
+                    buckets: [.milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
+                              .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2), .seconds(5)],
+                    help: "Time an upstream took to answer."
+                ).record(.nanoseconds(Int64(seconds * 1e9)))
+            }
+            if error != nil {
+                metrics.counter("weir_dns_upstream_errors_total", labels: [("upstream", upstream.description)], help: "Upstream queries that failed (timeout, SERVFAIL, REFUSED, bad answer).").increment()
+            }
+        }
+    }
+
+    /// weir_dns_rules{list}: rules per list, set when the server starts.
+    func publishRules() {
+        for (list, count) in config.rules.rules.counts {
+            metrics.gauge("weir_dns_rules", labels: [("list", list)], help: "Rules loaded per list.").set(to: Double(count))
+        }
+    }
+
+    /// The answer to a datagram or frame; nil when there is nothing to say (a response, garbage without a
+    /// header).
+    func answer(_ bytes: [UInt8], client: SocketAddress, udp: Bool) async -> [UInt8]? {
+        let query: DNSWire.Query
+        do { query = try DNSWire.parseQuery(bytes) } catch { return DNSWire.formatError(bytes) }
+        guard query.opcode == 0 else { return DNSWire.answer(to: query, code: DNSWire.ResponseCode.notImplemented) }
+        let (reply, result) = await decide(query, bytes)
+        results[result]?.increment()
+        guard udp, reply.count > query.udpPayloadSize else { return reply }
+        // Too large for the client's datagrams: the header and question with TC set; it asks again over TCP.
+        var truncated = DNSWire.answer(to: query, code: reply.count > 3 ? reply[3] & 0x0F : 0)
+        truncated[2] |= 0x02
+        return truncated
+    }
+
+    private func decide(_ query: DNSWire.Query, _ bytes: [UInt8]) async -> ([UInt8], Result) {
+        let name = query.question.name
+        if canaries.contains(name) { return (DNSWire.answer(to: query, code: DNSWire.ResponseCode.nameError), .blocked) }
+        if let decision = config.rules.rules.decide(name), !decision.allowed { return (blocked(query), .blocked) }
+        if let cached = cache.answer(query.question, id: query.id) { return (cached, .cached) }
+        let admitted = inflight.withLockedValue { count -> Bool in
+            guard count < config.maxInflight else { return false }
+            count += 1
+            return true
+        }
+        guard admitted else { return (DNSWire.answer(to: query, code: DNSWire.ResponseCode.refused), .refused) }
+        defer { inflight.withLockedValue { $0 -= 1 } }
+        do {
+            let answer = try await upstreams.resolve(bytes, question: query.question)
+            cache.store(query.question, bytes: answer.bytes, response: answer.response)
+            cacheEntries.set(to: Double(cache.count))
+            var reply = answer.bytes
+            reply[0] = UInt8(query.id >> 8)
+            reply[1] = UInt8(query.id & 0xFF)
+            return (reply, .allowed)
+        } catch {
+            return (DNSWire.answer(to: query, code: DNSWire.ResponseCode.serverFailure), .servfail)
+        }
+    }
+
+    private func blocked(_ query: DNSWire.Query) -> [UInt8] {
+        switch config.blockAnswer {
+        case .nxdomain: return DNSWire.answer(to: query, code: DNSWire.ResponseCode.nameError)
+        case .refused: return DNSWire.answer(to: query, code: DNSWire.ResponseCode.refused)
+        case .zero:
+            switch query.question.type {
+            case DNSWire.RecordType.a: return DNSWire.answer(to: query, code: 0, records: [(DNSWire.RecordType.a, Self.blockedTTL, [0, 0, 0, 0])])
+            case DNSWire.RecordType.aaaa:
+                return DNSWire.answer(to: query, code: 0, records: [(DNSWire.RecordType.aaaa, Self.blockedTTL, [UInt8](repeating: 0, count: 16))])
+            default: return DNSWire.answer(to: query, code: 0)
+            }
+        }
+    }
+}
