@@ -93,6 +93,40 @@ struct DNSFilterTests {
         #expect(try server.ask("www.example.test", "A", ["+short"]).trimmingCharacters(in: .whitespacesAndNewlines) == "0.0.0.0")
     }
 
+    @Test("records: addresses, wildcards, rewrites to a local name and to an upstream name (CNAME and the target's addresses), before any upstream")
+    func localRecords() throws {
+        let upstream = try Dnsmasq(records: Self.records)
+        let server = try Server("""
+            upstreams: [127.0.0.1:\(upstream.port)]
+            records:
+              app.internal: [10.0.0.5, fd00::5]
+              "*.dev.internal": [10.0.0.6]
+              exact.dev.internal: [10.0.0.7]
+              alias.internal: app.internal
+              web.internal: www.example.test
+              hop.internal: alias.internal
+              www.example.test: [10.0.0.9]
+            """)
+        defer { server.stop() }
+        func short(_ name: String, _ type: String = "A") throws -> [String] {
+            try server.ask(name, type, ["+short"]).split(separator: "\n").map(String.init)
+        }
+        #expect(try short("app.internal") == ["10.0.0.5"])
+        #expect(try short("app.internal", "AAAA") == ["fd00::5"])
+        #expect(try short("x.y.dev.internal") == ["10.0.0.6"])
+        #expect(try short("exact.dev.internal") == ["10.0.0.7"], "an exact name wins over the wildcard")
+        #expect(try short("alias.internal") == ["app.internal.", "10.0.0.5"])
+        #expect(try short("hop.internal") == ["alias.internal.", "app.internal.", "10.0.0.5"])
+        // A local name shadows the upstream's answer for it; a rewrite to an upstream name asks the upstream.
+        #expect(try short("www.example.test") == ["10.0.0.9"])
+        let tag = try Dnsmasq(records: ["tag.example.test": "192.0.2.77"])
+        let rewrite = try Server("upstreams: [127.0.0.1:\(tag.port)]\nrecords:\n  shortcut.internal: tag.example.test")
+        defer { rewrite.stop() }
+        #expect(try rewrite.ask("shortcut.internal", "A", ["+short"]).split(separator: "\n").map(String.init) == ["tag.example.test.", "192.0.2.77"])
+        let full = try server.ask("app.internal")
+        #expect(full.contains(" aa") || full.contains("aa "), "answers from records are authoritative: \(full)")
+    }
+
     @Test("every upstream down is SERVFAIL, never another resolver; parallel answers from the live upstream at once while failover waits out the dead one")
     func failSafeAndStrategies() throws {
         let upstream = try Dnsmasq(records: Self.records)

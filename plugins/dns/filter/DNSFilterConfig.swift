@@ -62,6 +62,7 @@ public struct DNSFilterConfig: StageConfig, Hashable {
         OptionDoc("allowlists", "[path]", default: "[]", "Files whose every rule allows; an allow rule wins over a block."),
         OptionDoc("block_answer", "nxdomain|zero|refused", default: "nxdomain", "The answer for blocked names (zero: 0.0.0.0 and ::)."),
         OptionDoc("canaries", "bool", default: "true", "Answer NXDOMAIN for use-application-dns.net, mask.icloud.com, mask-h2.icloud.com and _dns.resolver.arpa."),
+        OptionDoc("records", "{name: [addresses] | name}", default: "{}", "Names answered here before any upstream: addresses, a rewrite to another name (CNAME), *.wildcards."),
         OptionDoc("upstreams", "[host:port|tcp://host:port]", "Resolvers asked for what is not blocked or cached (required; IP addresses)."),
         OptionDoc("strategy", "parallel|failover|fastest|round_robin", default: "failover", "How upstreams share the queries."),
         OptionDoc("upstream_timeout", "duration", default: "2s", "How long one upstream may take before it counts as failed."),
@@ -84,6 +85,7 @@ public struct DNSFilterConfig: StageConfig, Hashable {
     public var minTTL: UInt32
     public var maxTTL: UInt32
     public var maxInflight: Int
+    var records: LocalRecords
     /// The lists, read and compiled when the configuration is loaded: a reload builds the new rules aside
     /// while the running stage answers with the old ones.
     let rules: LoadedRules
@@ -117,6 +119,7 @@ public struct DNSFilterConfig: StageConfig, Hashable {
         }
         let blockAnswer = options.optional("block_answer", default: BlockAnswer.nxdomain) { $0.oneOf(BlockAnswer.self) }
         let canaries = options.optional("canaries", default: true) { $0.bool }
+        let records = options.optional("records", default: LocalRecords()) { LocalRecords.decode($0) }
         let upstreams = options.required("upstreams").flatMap { value -> [Upstream]? in
             guard let items = value.sequence, !items.isEmpty else {
                 value.error("at least one upstream resolver")
@@ -142,7 +145,7 @@ public struct DNSFilterConfig: StageConfig, Hashable {
             }
         }
         let inflight = options.optional("max_inflight", default: 4096) { $0.int(in: 1...1_000_000) }
-        guard readable, let listen, let blocklists, let allowlists, let blockAnswer, let canaries, let upstreams, let strategy, let timeout, let cacheSize,
+        guard readable, let records, let listen, let blocklists, let allowlists, let blockAnswer, let canaries, let upstreams, let strategy, let timeout, let cacheSize,
             let minTTL, let maxTTL, let inflight
         else { return nil }
         if minTTL > maxTTL {
@@ -152,7 +155,7 @@ public struct DNSFilterConfig: StageConfig, Hashable {
         return DNSFilterConfig(
             listen: listen, blocklists: blocklists, allowlists: allowlists, blockAnswer: blockAnswer, canaries: canaries, upstreams: upstreams,
             strategy: strategy, upstreamTimeout: timeout, cacheSize: cacheSize, minTTL: minTTL, maxTTL: maxTTL, maxInflight: inflight,
-            rules: LoadedRules(sources))
+            records: records, rules: LoadedRules(sources))
     }
 
     /// One server per address: a second stage on it would be refused at start.

@@ -71,6 +71,7 @@ final class DNSFilterEngine: Sendable {
         let name = query.question.name
         if canaries.contains(name) { return (DNSWire.answer(to: query, code: DNSWire.ResponseCode.nameError), .blocked) }
         if let decision = config.rules.rules.decide(name), !decision.allowed { return (blocked(query), .blocked) }
+        if let record = config.records.lookup(name) { return (await localAnswer(query, record), .allowed) }
         if let cached = cache.answer(query.question, id: query.id) { return (cached, .cached) }
         let admitted = inflight.withLockedValue { count -> Bool in
             guard count < config.maxInflight else { return false }
@@ -89,6 +90,44 @@ final class DNSFilterEngine: Sendable {
             return (reply, .allowed)
         } catch {
             return (DNSWire.answer(to: query, code: DNSWire.ResponseCode.serverFailure), .servfail)
+        }
+    }
+
+    /// Seconds clients may keep an answer from `records`.
+    static let localTTL: UInt32 = 300
+
+    /// An answer from `records`: the addresses of the asked family, or a CNAME to the target with the
+    /// target's addresses (from `records` again, at most 8 rewrites deep, else from the upstreams).
+    private func localAnswer(_ query: DNSWire.Query, _ record: LocalRecords.Record) async -> [UInt8] {
+        let type = query.question.type
+        let wanted = { (address: IPNetwork) in (type == DNSWire.RecordType.a && address.isIPv4) || (type == DNSWire.RecordType.aaaa && !address.isIPv4) }
+        switch record {
+        case .addresses(let addresses):
+            return DNSWire.answer(to: query, code: 0, records: addresses.filter(wanted).map { (type, Self.localTTL, $0.bytes) }, authoritative: true)
+        case .alias(let first):
+            // The question's name → the first target; each further rewrite owned by the name before it.
+            let cname = (DNSWire.RecordType.cname, Self.localTTL, DNSWire.encodeName(first))
+            var chain: [(owner: String, type: UInt16, ttl: UInt32, data: [UInt8])] = []
+            var target = first
+            for _ in 0..<8 {
+                switch config.records.lookup(target) {
+                case .addresses(let addresses)?:
+                    let found = addresses.filter(wanted).map { (target, type, Self.localTTL, $0.bytes) }
+                    return DNSWire.answer(to: query, code: 0, records: [cname], others: chain + found, authoritative: true)
+                case .alias(let next)?:
+                    chain.append((target, DNSWire.RecordType.cname, Self.localTTL, DNSWire.encodeName(next)))
+                    target = next
+                case nil:
+                    guard type == DNSWire.RecordType.a || type == DNSWire.RecordType.aaaa,
+                        config.rules.rules.decide(target)?.allowed != false,
+                        let answer = try? await upstreams.resolve(
+                            DNSWire.query(id: 0, name: target, type: type), question: .init(name: target, type: type, qclass: 1))
+                    else { return DNSWire.answer(to: query, code: 0, records: [cname], others: chain, authoritative: true) }
+                    let found = answer.response.addresses.map { (target, type, $0.ttl, $0.bytes) }
+                    return DNSWire.answer(to: query, code: 0, records: [cname], others: chain + found)
+                }
+            }
+            return DNSWire.answer(to: query, code: DNSWire.ResponseCode.serverFailure)
         }
     }
 

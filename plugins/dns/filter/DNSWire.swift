@@ -218,19 +218,25 @@ enum DNSWire {
         return copy
     }
 
-    /// An answer made here: the query's question echoed, then `records` (each owned by the question's name
-    /// through a compression pointer to it).
-    static func answer(to query: Query, code: UInt8, records: [(type: UInt16, ttl: UInt32, data: [UInt8])] = [], authoritative: Bool = false) -> [UInt8] {
+    /// An answer made here: the query's question echoed, then `records` owned by the question's name (a
+    /// compression pointer to it), then `others` owned by names of their own (a CNAME's target).
+    static func answer(
+        to query: Query, code: UInt8, records: [(type: UInt16, ttl: UInt32, data: [UInt8])] = [],
+        others: [(owner: String, type: UInt16, ttl: UInt32, data: [UInt8])] = [], authoritative: Bool = false
+    ) -> [UInt8] {
         var flags: UInt16 = 0x8000 | (query.flags & 0x7900) | 0x0080 | UInt16(code)  // QR, opcode+RD kept, RA
         if authoritative { flags |= 0x0400 }
+        let count = records.count + others.count
         var bytes: [UInt8] = [UInt8(query.id >> 8), UInt8(query.id & 0xFF), UInt8(flags >> 8), UInt8(flags & 0xFF), 0, 1]
-        bytes += [UInt8(records.count >> 8), UInt8(records.count & 0xFF), 0, 0, 0, 0]
+        bytes += [UInt8(count >> 8), UInt8(count & 0xFF), 0, 0, 0, 0]
         bytes += query.questionBytes
-        for record in records {
-            bytes += [0xC0, 12, UInt8(record.type >> 8), UInt8(record.type & 0xFF), 0, 1]
-            bytes += [UInt8(record.ttl >> 24), UInt8((record.ttl >> 16) & 0xFF), UInt8((record.ttl >> 8) & 0xFF), UInt8(record.ttl & 0xFF)]
-            bytes += [UInt8(record.data.count >> 8), UInt8(record.data.count & 0xFF)] + record.data
+        func append(_ owner: [UInt8], _ type: UInt16, _ ttl: UInt32, _ data: [UInt8]) {
+            bytes += owner + [UInt8(type >> 8), UInt8(type & 0xFF), 0, 1]
+            bytes += [UInt8(ttl >> 24), UInt8((ttl >> 16) & 0xFF), UInt8((ttl >> 8) & 0xFF), UInt8(ttl & 0xFF)]
+            bytes += [UInt8(data.count >> 8), UInt8(data.count & 0xFF)] + data
         }
+        for record in records { append([0xC0, 12], record.type, record.ttl, record.data) }
+        for record in others { append(encodeName(record.owner), record.type, record.ttl, record.data) }
         return bytes
     }
 
