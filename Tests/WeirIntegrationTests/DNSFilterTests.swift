@@ -127,6 +127,33 @@ struct DNSFilterTests {
         #expect(full.contains(" aa") || full.contains("aa "), "answers from records are authoritative: \(full)")
     }
 
+    @Test("groups: a client in a group's network gets the group's lists instead of the stage's; others the stage's")
+    func groupsBySource() throws {
+        let upstream = try Dnsmasq(records: Self.records)
+        let lists = FileManager.default.temporaryDirectory.appendingPathComponent("weir-dns-group-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: lists, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: lists) }
+        try "www.example.test\n".write(to: lists.appendingPathComponent("kids.txt"), atomically: true, encoding: .utf8)
+        try "tracker.example.net\n".write(to: lists.appendingPathComponent("staff-allow.txt"), atomically: true, encoding: .utf8)
+        let server = try Server("""
+            upstreams: [127.0.0.1:\(upstream.port)]
+            groups:
+              - {name: kids, sources: [127.0.0.2/32], blocklists: [\(lists.path)/kids.txt]}
+              - {name: staff, sources: [127.0.0.0/29], allowlists: [\(lists.path)/staff-allow.txt]}
+            """)
+        defer { server.stop() }
+        func status(_ name: String, from source: String) throws -> String? { digStatus(try server.ask(name, "A", ["-b", source])) }
+        // 127.0.0.1 is staff (the /29): the staff lists replace the stage's, so tracker.example.net is allowed.
+        #expect(try status("tracker.example.net", from: "127.0.0.1") == "NOERROR")
+        #expect(try status("www.example.test", from: "127.0.0.1") == "NOERROR")
+        // 127.0.0.2 is in both; the most specific (kids, /32) wins.
+        #expect(try status("www.example.test", from: "127.0.0.2") == "NXDOMAIN")
+        #expect(try status("tracker.example.net", from: "127.0.0.2") == "NOERROR", "kids have no tracker rule")
+        // 127.0.0.9 is in no group: the stage's lists.
+        #expect(try status("tracker.example.net", from: "127.0.0.9") == "NXDOMAIN")
+        #expect(try status("www.example.test", from: "127.0.0.9") == "NOERROR")
+    }
+
     @Test("every upstream down is SERVFAIL, never another resolver; parallel answers from the live upstream at once while failover waits out the dead one")
     func failSafeAndStrategies() throws {
         let upstream = try Dnsmasq(records: Self.records)

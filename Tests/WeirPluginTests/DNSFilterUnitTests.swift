@@ -126,4 +126,28 @@ struct DNSFilterUnitTests {
             #expect(error.diagnostics.map(\.description).contains { $0.hasPrefix("t.yaml:6:") && $0.contains("cannot read /nonexistent/list.txt") }, "\(error)")
         }
     }
+
+    @Test("groups by WireGuard peer name: names the pipeline's wireguard stage has are accepted, others refused at validation")
+    func groupsByPeerName() throws {
+        let loader = ConfigLoader(registry: BuiltinStages.registry)
+        func load(_ source: String) throws {
+            _ = try loader.loadPipelines(yaml: """
+                pipelines:
+                  vpn:
+                    stages:
+                      - type: wireguard
+                        interface: wg0
+                        pool: [10.8.0.0/24]
+                        peers: [{name: alice}]
+                      - type: dns.filter
+                        listen: 10.8.0.1:53
+                        upstreams: [9.9.9.9]
+                        groups: [{name: kids, sources: [\(source)]}]
+                """, name: "t.yaml")
+        }
+        try load("alice")
+        try load("10.8.0.0/25")
+        #expect(throws: (any Error).self) { try load("mallory") }
+        #expect(throws: (any Error).self) { try load("not a name!") }
+    }
 }

@@ -14,6 +14,8 @@ final class DNSFilter: ServiceStage, Sendable {
     private let config: DNSFilterConfig
     private let engine: DNSFilterEngine
     private let logger: Logger
+    private let pipeline: String
+    private let environment: StageEnvironment
     private let channels = NIOLockedValueBox<[any Channel]>([])
     static let maxConnections = 1024
 
@@ -22,12 +24,15 @@ final class DNSFilter: ServiceStage, Sendable {
         var logger = Logger(label: "weir.dns")
         logger[metadataKey: "pipeline"] = "\(context.pipeline)"
         self.logger = logger
+        pipeline = context.pipeline
+        environment = context.environment
         engine = DNSFilterEngine(config: config, metrics: context.metrics, group: MultiThreadedEventLoopGroup.singleton)
     }
 
     func start() async throws {
         let group = MultiThreadedEventLoopGroup.singleton
         let engine = engine
+        engine.resolveGroups(peerAddresses: PeerAddressBook.addresses(stateDirectory: environment.stateDirectory, pipeline: pipeline))
         let address = try config.listen.socketAddress()
         let udp = try await DatagramBootstrap(group: group)
             .channelOption(.socketOption(.so_reuseaddr), value: 1)

@@ -49,6 +49,15 @@ public struct DNSFilterConfig: StageConfig, Hashable {
         }
     }
 
+    /// Clients (by source network, or WireGuard peer of the same pipeline by name) whose rules are the
+    /// group's own lists instead of the stage's.
+    public struct Group: Sendable, Hashable {
+        public var name: String
+        public var networks: [IPNetwork]
+        public var peers: [String]
+        let rules: LoadedRules
+    }
+
     struct ParseError: Error, CustomStringConvertible {
         let description: String
     }
@@ -63,6 +72,9 @@ public struct DNSFilterConfig: StageConfig, Hashable {
         OptionDoc("block_answer", "nxdomain|zero|refused", default: "nxdomain", "The answer for blocked names (zero: 0.0.0.0 and ::)."),
         OptionDoc("canaries", "bool", default: "true", "Answer NXDOMAIN for use-application-dns.net, mask.icloud.com, mask-h2.icloud.com and _dns.resolver.arpa."),
         OptionDoc("records", "{name: [addresses] | name}", default: "{}", "Names answered here before any upstream: addresses, a rewrite to another name (CNAME), *.wildcards."),
+        OptionDoc(
+            "groups", "[{name, sources, blocklists, allowlists}]", default: "[]",
+            "Clients by source network or WireGuard peer name that get these lists instead of the stage's (the most specific source wins)."),
         OptionDoc("upstreams", "[host:port|tcp://host:port]", "Resolvers asked for what is not blocked or cached (required; IP addresses)."),
         OptionDoc("strategy", "parallel|failover|fastest|round_robin", default: "failover", "How upstreams share the queries."),
         OptionDoc("upstream_timeout", "duration", default: "2s", "How long one upstream may take before it counts as failed."),
@@ -86,36 +98,54 @@ public struct DNSFilterConfig: StageConfig, Hashable {
     public var maxTTL: UInt32
     public var maxInflight: Int
     var records: LocalRecords
+    public var groups: [Group]
     /// The lists, read and compiled when the configuration is loaded: a reload builds the new rules aside
     /// while the running stage answers with the old ones.
     let rules: LoadedRules
 
-    public var contentFingerprint: String { rules.digest }
+    public var contentFingerprint: String { ([rules.digest] + groups.map(\.rules.digest)).joined(separator: ",") }
 
     public static func decode(_ options: ConfigMapping) -> DNSFilterConfig? {
         let listen = options.optional("listen", default: try! BindAddress.parse("0.0.0.0:53")) { $0.parsed(BindAddress.parse) }
-        let paths = { (key: String) in
-            options.optional(key, default: [String]()) { value -> [String]? in
-                guard let items = value.sequence else { return nil }
-                let read = items.compactMap(\.filePath)
-                return read.count == items.count ? read : nil
-            }
-        }
-        let blocklists = paths("blocklists")
-        let allowlists = paths("allowlists")
-        var sources: [(name: String, text: [UInt8], allowList: Bool)] = []
         var readable = true
-        for (key, allow) in [("blocklists", false), ("allowlists", true)] {
-            guard let items = options.optional(key)?.sequence else { continue }
+        let sources = readLists(options, &readable)
+        let blocklists: [String]? = sources.filter { !$0.allowList }.map(\.name)
+        let allowlists: [String]? = sources.filter(\.allowList).map(\.name)
+        let groups = options.optional("groups", default: [Group]()) { value -> [Group]? in
+            guard let items = value.sequence else { return nil }
+            var groups: [Group] = []
+            var names: Set<String> = []
             for item in items {
-                guard let path = item.filePath else { continue }
-                guard let data = FileManager.default.contents(atPath: path) else {
-                    item.error("cannot read \(path)")
-                    readable = false
-                    continue
+                guard let map = item.mapping else { return nil }
+                defer { map.finish() }
+                guard let name = map.required("name")?.string, ConfigLoader.isValidName(name) else {
+                    map.optional("name")?.error("a group name is 1-64 letters, digits, '-' or '_'")
+                    return nil
                 }
-                sources.append((path, Array(data), allow))
+                guard names.insert(name).inserted else {
+                    map.optional("name")?.error("group \"\(name)\" is listed twice")
+                    return nil
+                }
+                var networks: [IPNetwork] = []
+                var peers: [String] = []
+                guard let sourceItems = map.required("sources")?.sequence, !sourceItems.isEmpty else { return nil }
+                for source in sourceItems {
+                    guard let text = source.string else { return nil }
+                    if let network = try? IPNetwork.parse(text) {
+                        networks.append(network)
+                    } else if (1...64).contains(text.count), text.allSatisfy({ $0.isLetter || $0.isNumber || "-_.@".contains($0) }) {
+                        peers.append(text)
+                    } else {
+                        source.error("a network (10.8.1.0/24) or a WireGuard peer's name")
+                        return nil
+                    }
+                }
+                var ok = true
+                let lists = readLists(map, &ok)
+                guard ok else { return nil }
+                groups.append(Group(name: name, networks: networks, peers: peers, rules: LoadedRules(lists)))
             }
+            return groups
         }
         let blockAnswer = options.optional("block_answer", default: BlockAnswer.nxdomain) { $0.oneOf(BlockAnswer.self) }
         let canaries = options.optional("canaries", default: true) { $0.bool }
@@ -145,7 +175,7 @@ public struct DNSFilterConfig: StageConfig, Hashable {
             }
         }
         let inflight = options.optional("max_inflight", default: 4096) { $0.int(in: 1...1_000_000) }
-        guard readable, let records, let listen, let blocklists, let allowlists, let blockAnswer, let canaries, let upstreams, let strategy, let timeout, let cacheSize,
+        guard readable, let groups, let records, let listen, let blocklists, let allowlists, let blockAnswer, let canaries, let upstreams, let strategy, let timeout, let cacheSize,
             let minTTL, let maxTTL, let inflight
         else { return nil }
         if minTTL > maxTTL {
@@ -155,7 +185,41 @@ public struct DNSFilterConfig: StageConfig, Hashable {
         return DNSFilterConfig(
             listen: listen, blocklists: blocklists, allowlists: allowlists, blockAnswer: blockAnswer, canaries: canaries, upstreams: upstreams,
             strategy: strategy, upstreamTimeout: timeout, cacheSize: cacheSize, minTTL: minTTL, maxTTL: maxTTL, maxInflight: inflight,
-            records: records, rules: LoadedRules(sources))
+            records: records, groups: groups, rules: LoadedRules(sources))
+    }
+
+    /// The blocklists and allowlists of a mapping, read; an unreadable file is an error at its entry.
+    static func readLists(_ options: ConfigMapping, _ readable: inout Bool) -> [(name: String, text: [UInt8], allowList: Bool)] {
+        var sources: [(name: String, text: [UInt8], allowList: Bool)] = []
+        for (key, allow) in [("blocklists", false), ("allowlists", true)] {
+            guard let value = options.optional(key) else { continue }
+            guard let items = value.sequence else {
+                readable = false
+                continue
+            }
+            for item in items {
+                guard let path = item.filePath else {
+                    readable = false
+                    continue
+                }
+                guard let data = FileManager.default.contents(atPath: path) else {
+                    item.error("cannot read \(path)")
+                    readable = false
+                    continue
+                }
+                sources.append((path, Array(data), allow))
+            }
+        }
+        return sources
+    }
+
+    /// Peer names in groups refer to the peers of a `wireguard` stage in the same pipeline.
+    public func pipelineError(stages: [any StageConfig]) -> String? {
+        let named = groups.flatMap(\.peers)
+        guard !named.isEmpty else { return nil }
+        let known = Set(stages.compactMap { $0 as? any NamesPeers }.flatMap(\.peerNames))
+        let unknown = named.filter { !known.contains($0) }
+        return unknown.isEmpty ? nil : "groups name peers this pipeline's wireguard stage does not have: \(unknown.joined(separator: ", "))"
     }
 
     /// One server per address: a second stage on it would be refused at start.

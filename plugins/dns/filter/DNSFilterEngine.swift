@@ -18,6 +18,8 @@ final class DNSFilterEngine: Sendable {
     private let cacheEntries: Prometheus.Gauge
     private let inflight = NIOLockedValueBox(0)
     private let canaries: Set<String>
+    /// Groups' networks (peer names resolved at start), most specific first.
+    private let groupNetworks = NIOLockedValueBox<[(network: IPNetwork, rules: DomainRules)]>([])
     /// Seconds a made-up answer (`zero`) may be cached by clients.
     static let blockedTTL: UInt32 = 60
 
@@ -45,9 +47,28 @@ final class DNSFilterEngine: Sendable {
         }
     }
 
+    /// Takes the groups' sources, with peer names as the addresses the pipeline's wireguard stage gave them.
+    func resolveGroups(peerAddresses: [String: [IPNetwork]]) {
+        var entries: [(network: IPNetwork, rules: DomainRules)] = []
+        for group in config.groups {
+            for network in group.networks + group.peers.flatMap({ peerAddresses[$0] ?? [] }) { entries.append((network, group.rules.rules)) }
+        }
+        entries.sort { $0.network.prefix > $1.network.prefix }
+        groupNetworks.withLockedValue { $0 = entries }
+    }
+
+    /// The rules for a client: its group's, else the stage's.
+    func rules(for client: SocketAddress) -> DomainRules {
+        guard !config.groups.isEmpty, var text = client.ipAddress else { return config.rules.rules }
+        // An IPv4 client of a server on [::] arrives as ::ffff:a.b.c.d.
+        if text.hasPrefix("::ffff:"), text.contains(".") { text = String(text.dropFirst(7)) }
+        guard let address = try? IPNetwork.parse(text) else { return config.rules.rules }
+        return groupNetworks.withLockedValue { entries in entries.first { $0.network.contains(address) }?.rules } ?? config.rules.rules
+    }
+
     /// weir_dns_rules{list}: rules per list, set when the server starts.
     func publishRules() {
-        for (list, count) in config.rules.rules.counts {
+        for (list, count) in config.groups.map(\.rules.rules.counts).reduce(config.rules.rules.counts, { $0.merging($1) { max($0, $1) } }) {
             metrics.gauge("weir_dns_rules", labels: [("list", list)], help: "Rules loaded per list.").set(to: Double(count))
         }
     }
@@ -58,7 +79,7 @@ final class DNSFilterEngine: Sendable {
         let query: DNSWire.Query
         do { query = try DNSWire.parseQuery(bytes) } catch { return DNSWire.formatError(bytes) }
         guard query.opcode == 0 else { return DNSWire.answer(to: query, code: DNSWire.ResponseCode.notImplemented) }
-        let (reply, result) = await decide(query, bytes)
+        let (reply, result) = await decide(query, bytes, rules: rules(for: client))
         results[result]?.increment()
         guard udp, reply.count > query.udpPayloadSize else { return reply }
         // Too large for the client's datagrams: the header and question with TC set; it asks again over TCP.
@@ -67,10 +88,10 @@ final class DNSFilterEngine: Sendable {
         return truncated
     }
 
-    private func decide(_ query: DNSWire.Query, _ bytes: [UInt8]) async -> ([UInt8], Result) {
+    private func decide(_ query: DNSWire.Query, _ bytes: [UInt8], rules: DomainRules) async -> ([UInt8], Result) {
         let name = query.question.name
         if canaries.contains(name) { return (DNSWire.answer(to: query, code: DNSWire.ResponseCode.nameError), .blocked) }
-        if let decision = config.rules.rules.decide(name), !decision.allowed { return (blocked(query), .blocked) }
+        if let decision = rules.decide(name), !decision.allowed { return (blocked(query), .blocked) }
         if let record = config.records.lookup(name) { return (await localAnswer(query, record), .allowed) }
         if let cached = cache.answer(query.question, id: query.id) { return (cached, .cached) }
         let admitted = inflight.withLockedValue { count -> Bool in
