@@ -154,6 +154,31 @@ struct DNSFilterTests {
         #expect(try status("www.example.test", from: "127.0.0.9") == "NOERROR")
     }
 
+    @Test("query_log: one JSON line per answer with the deciding rule (list and line) or the upstream; rotated at max_size")
+    func queryLog() throws {
+        let upstream = try Dnsmasq(records: Self.records)
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("weir-dns-log-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let log = directory.appendingPathComponent("queries.jsonl").path
+        let server = try Server("upstreams: [127.0.0.1:\(upstream.port)]\nquery_log: {file: \(log), max_size: 4KiB}")
+        defer { server.stop() }
+        try server.ask("sub.tracker.example.net")
+        try server.ask("www.example.test")
+        try server.ask("use-application-dns.net")
+        let lines = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n").compactMap {
+            try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
+        #expect(lines.count == 3)
+        #expect(lines[0]["name"] as? String == "sub.tracker.example.net" && lines[0]["result"] as? String == "blocked")
+        #expect(lines[0]["rule"] as? String == "\(server.lists.path)/hosts:1" && lines[0]["client"] as? String == "127.0.0.1")
+        #expect(lines[1]["result"] as? String == "allowed" && lines[1]["upstream"] as? String == "127.0.0.1:\(upstream.port)" && lines[1]["type"] as? Int == 1)
+        #expect(lines[2]["rule"] as? String == "canary")
+        for index in 0..<60 { try server.ask("n\(index).example.test") }
+        let size = { (path: String) in ((try? FileManager.default.attributesOfItem(atPath: path)[.size]) as? Int) ?? 0 }
+        #expect(size(log + ".1") > 0 && size(log + ".1") <= 4096 && size(log) <= 4096, "rotated, bounded: \(size(log + ".1")) + \(size(log))")
+    }
+
     @Test("every upstream down is SERVFAIL, never another resolver; parallel answers from the live upstream at once while failover waits out the dead one")
     func failSafeAndStrategies() throws {
         let upstream = try Dnsmasq(records: Self.records)

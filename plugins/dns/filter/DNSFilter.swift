@@ -77,6 +77,8 @@ final class DNSFilter: ServiceStage, Sendable {
     }
 
     func retire() async { await stop() }
+
+    deinit { engine.closeLog() }
 }
 
 /// Answers datagrams; each query answered on its own task.

@@ -79,6 +79,7 @@ public struct DNSFilterConfig: StageConfig, Hashable {
         OptionDoc("strategy", "parallel|failover|fastest|round_robin", default: "failover", "How upstreams share the queries."),
         OptionDoc("upstream_timeout", "duration", default: "2s", "How long one upstream may take before it counts as failed."),
         OptionDoc("cache", "{size, min_ttl, max_ttl}", default: "{size: 10000}", "Answers kept for their TTL, clamped; size 0 turns the cache off."),
+        OptionDoc("query_log", "{file, max_size}", default: "none", "One JSON line per answer (client, name, type, result, deciding rule, upstream, ms), rotated to FILE.1 at max_size (100MiB)."),
         OptionDoc("max_inflight", "count", default: "4096", "Queries being answered at once; more are refused."),
     ]
     public static var sample: String { String(decoding: PackageResources.dns_filter_sample_yaml, as: UTF8.self) }
@@ -99,6 +100,8 @@ public struct DNSFilterConfig: StageConfig, Hashable {
     public var maxInflight: Int
     var records: LocalRecords
     public var groups: [Group]
+    public var queryLogFile: String?
+    public var queryLogMaxSize: UInt64
     /// The lists, read and compiled when the configuration is loaded: a reload builds the new rules aside
     /// while the running stage answers with the old ones.
     let rules: LoadedRules
@@ -174,8 +177,24 @@ public struct DNSFilterConfig: StageConfig, Hashable {
                 cacheSize = nil
             }
         }
+        var queryLogFile: String?
+        var queryLogMaxSize: UInt64? = 100 << 20
+        if let log = options.optional("query_log") {
+            if let map = log.mapping {
+                queryLogFile = map.required("file")?.absolutePath
+                if queryLogFile == nil { queryLogMaxSize = nil }
+                if let size = map.optional("max_size") {
+                    queryLogMaxSize = size.parsed(ByteSizeParser.parse).flatMap { $0 >= 4096 ? UInt64($0) : nil }
+                    if queryLogMaxSize == nil { size.error("at least 4KiB") }
+                }
+                map.finish()
+            } else {
+                log.error("expected {file, max_size}")
+                queryLogMaxSize = nil
+            }
+        }
         let inflight = options.optional("max_inflight", default: 4096) { $0.int(in: 1...1_000_000) }
-        guard readable, let groups, let records, let listen, let blocklists, let allowlists, let blockAnswer, let canaries, let upstreams, let strategy, let timeout, let cacheSize,
+        guard readable, let queryLogMaxSize, let groups, let records, let listen, let blocklists, let allowlists, let blockAnswer, let canaries, let upstreams, let strategy, let timeout, let cacheSize,
             let minTTL, let maxTTL, let inflight
         else { return nil }
         if minTTL > maxTTL {
@@ -185,7 +204,7 @@ public struct DNSFilterConfig: StageConfig, Hashable {
         return DNSFilterConfig(
             listen: listen, blocklists: blocklists, allowlists: allowlists, blockAnswer: blockAnswer, canaries: canaries, upstreams: upstreams,
             strategy: strategy, upstreamTimeout: timeout, cacheSize: cacheSize, minTTL: minTTL, maxTTL: maxTTL, maxInflight: inflight,
-            records: records, groups: groups, rules: LoadedRules(sources))
+            records: records, groups: groups, queryLogFile: queryLogFile, queryLogMaxSize: queryLogMaxSize, rules: LoadedRules(sources))
     }
 
     /// The blocklists and allowlists of a mapping, read; an unreadable file is an error at its entry.

@@ -1,3 +1,4 @@
+import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
 import Prometheus
@@ -17,6 +18,7 @@ final class DNSFilterEngine: Sendable {
     private let results: [Result: Prometheus.Counter]
     private let cacheEntries: Prometheus.Gauge
     private let inflight = NIOLockedValueBox(0)
+    private let queryLog: QueryLog?
     private let canaries: Set<String>
     /// Groups' networks (peer names resolved at start), most specific first.
     private let groupNetworks = NIOLockedValueBox<[(network: IPNetwork, rules: DomainRules)]>([])
@@ -28,6 +30,7 @@ final class DNSFilterEngine: Sendable {
         self.metrics = metrics
         cache = DNSCache(capacity: config.cacheSize, minTTL: config.minTTL, maxTTL: config.maxTTL)
         canaries = config.canaries ? Set(DNSFilterConfig.canaryDomains) : []
+        queryLog = config.queryLogFile.map { QueryLog(path: $0, maxSize: config.queryLogMaxSize) }
         results = Dictionary(uniqueKeysWithValues: Result.allCases.map {
             ($0, metrics.counter("weir_dns_queries_total", labels: [("result", $0.rawValue)], help: "DNS queries answered, by result."))
         })
@@ -66,6 +69,8 @@ final class DNSFilterEngine: Sendable {
         return groupNetworks.withLockedValue { entries in entries.first { $0.network.contains(address) }?.rules } ?? config.rules.rules
     }
 
+    func closeLog() { queryLog?.close() }
+
     /// weir_dns_rules{list}: rules per list, set when the server starts.
     func publishRules() {
         for (list, count) in config.groups.map(\.rules.rules.counts).reduce(config.rules.rules.counts, { $0.merging($1) { max($0, $1) } }) {
@@ -79,8 +84,16 @@ final class DNSFilterEngine: Sendable {
         let query: DNSWire.Query
         do { query = try DNSWire.parseQuery(bytes) } catch { return DNSWire.formatError(bytes) }
         guard query.opcode == 0 else { return DNSWire.answer(to: query, code: DNSWire.ResponseCode.notImplemented) }
-        let (reply, result) = await decide(query, bytes, rules: rules(for: client))
+        let started = ContinuousClock.now
+        let (reply, result, decided) = await decide(query, bytes, rules: rules(for: client))
         results[result]?.increment()
+        if let queryLog {
+            let elapsed = ContinuousClock.now - started
+            queryLog.write(QueryLog.Entry(
+                time: Date().ISO8601Format(.iso8601.time(includingFractionalSeconds: true).year().month().day()), client: client.ipAddress ?? "?",
+                name: query.question.name, type: query.question.type, result: result.rawValue, rule: decided.rule, upstream: decided.upstream,
+                ms: ((Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15) * 100).rounded() / 100))
+        }
         guard udp, reply.count > query.udpPayloadSize else { return reply }
         // Too large for the client's datagrams: the header and question with TC set; it asks again over TCP.
         var truncated = DNSWire.answer(to: query, code: reply.count > 3 ? reply[3] & 0x0F : 0)
@@ -88,18 +101,26 @@ final class DNSFilterEngine: Sendable {
         return truncated
     }
 
-    private func decide(_ query: DNSWire.Query, _ bytes: [UInt8], rules: DomainRules) async -> ([UInt8], Result) {
+    /// What decided an answer, for the query log.
+    struct Decided {
+        var rule: String?
+        var upstream: String?
+    }
+
+    private func decide(_ query: DNSWire.Query, _ bytes: [UInt8], rules: DomainRules) async -> ([UInt8], Result, Decided) {
         let name = query.question.name
-        if canaries.contains(name) { return (DNSWire.answer(to: query, code: DNSWire.ResponseCode.nameError), .blocked) }
-        if let decision = rules.decide(name), !decision.allowed { return (blocked(query), .blocked) }
-        if let record = config.records.lookup(name) { return (await localAnswer(query, record), .allowed) }
-        if let cached = cache.answer(query.question, id: query.id) { return (cached, .cached) }
+        if canaries.contains(name) { return (DNSWire.answer(to: query, code: DNSWire.ResponseCode.nameError), .blocked, Decided(rule: "canary")) }
+        let decision = rules.decide(name)
+        let rule = decision.map { "\($0.list):\($0.line)" }
+        if let decision, !decision.allowed { return (blocked(query), .blocked, Decided(rule: rule)) }
+        if let record = config.records.lookup(name) { return (await localAnswer(query, record), .allowed, Decided(rule: "records")) }
+        if let cached = cache.answer(query.question, id: query.id) { return (cached, .cached, Decided(rule: rule)) }
         let admitted = inflight.withLockedValue { count -> Bool in
             guard count < config.maxInflight else { return false }
             count += 1
             return true
         }
-        guard admitted else { return (DNSWire.answer(to: query, code: DNSWire.ResponseCode.refused), .refused) }
+        guard admitted else { return (DNSWire.answer(to: query, code: DNSWire.ResponseCode.refused), .refused, Decided(rule: "max_inflight")) }
         defer { inflight.withLockedValue { $0 -= 1 } }
         do {
             let answer = try await upstreams.resolve(bytes, question: query.question)
@@ -108,9 +129,9 @@ final class DNSFilterEngine: Sendable {
             var reply = answer.bytes
             reply[0] = UInt8(query.id >> 8)
             reply[1] = UInt8(query.id & 0xFF)
-            return (reply, .allowed)
+            return (reply, .allowed, Decided(rule: rule, upstream: answer.upstream.description))
         } catch {
-            return (DNSWire.answer(to: query, code: DNSWire.ResponseCode.serverFailure), .servfail)
+            return (DNSWire.answer(to: query, code: DNSWire.ResponseCode.serverFailure), .servfail, Decided(rule: rule))
         }
     }
 
