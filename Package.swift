@@ -199,7 +199,7 @@ let package = Package(
             name: "WeirDNS",
             dependencies: nio + [
                 "WeirCore", .product(name: "NIOExtras", package: "swift-nio-extras"), .product(name: "Logging", package: "swift-log"),
-                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Prometheus", package: "swift-prometheus"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ],
             path: "plugins/dns",
             exclude: ["filter/README.md", "filter/example"],

@@ -48,7 +48,7 @@ import WeirStages
                 "\(main):4:14: agent.state_dir: state_dir must be an absolute path",
                 "\(a):5:18: pipelines.web.stages[0] (listen.tcp): address: \"999.1.1.1\" is not a valid host name or address",
                 "\(b):4:15: pipelines.other.stages[0].type: unknown stage type \"listen.sctp\" "
-                    + "(known: connect.relay, connect.reverse, connect.tcp, connect.udp, count.ebpf, enforce.nftables, limit.bandwidth, listen.http, listen.reverse, listen.socks5, listen.tcp, listen.tls_sni, listen.udp, route.gateway, shape.tc, transform.aead, transform.mux, transform.padding, transform.tls, transform.websocket, wireguard)",
+                    + "(known: connect.relay, connect.reverse, connect.tcp, connect.udp, count.ebpf, dns.filter, enforce.nftables, limit.bandwidth, listen.http, listen.reverse, listen.socks5, listen.tcp, listen.tls_sni, listen.udp, route.gateway, shape.tc, transform.aead, transform.mux, transform.padding, transform.tls, transform.websocket, wireguard)",
             ])
         }
     }

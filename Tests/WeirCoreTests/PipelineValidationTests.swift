@@ -99,7 +99,7 @@ import WeirStages
         let errors = pipelineErrors(
             "pipelines:\n  web:\n    stages:\n      - type: listen.quic\n        address: 0.0.0.0:443\n", name: "p.yaml")
         #expect(errors.map(\.description) == [
-            #"p.yaml:4:15: pipelines.web.stages[0].type: unknown stage type "listen.quic" (known: connect.relay, connect.reverse, connect.tcp, connect.udp, count.ebpf, enforce.nftables, limit.bandwidth, listen.http, listen.reverse, listen.socks5, listen.tcp, listen.tls_sni, listen.udp, route.gateway, shape.tc, transform.aead, transform.mux, transform.padding, transform.tls, transform.websocket, wireguard)"#
+            #"p.yaml:4:15: pipelines.web.stages[0].type: unknown stage type "listen.quic" (known: connect.relay, connect.reverse, connect.tcp, connect.udp, count.ebpf, dns.filter, enforce.nftables, limit.bandwidth, listen.http, listen.reverse, listen.socks5, listen.tcp, listen.tls_sni, listen.udp, route.gateway, shape.tc, transform.aead, transform.mux, transform.padding, transform.tls, transform.websocket, wireguard)"#
         ])
     }
 

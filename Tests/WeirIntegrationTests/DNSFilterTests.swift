@@ -179,6 +179,24 @@ struct DNSFilterTests {
         #expect(size(log + ".1") > 0 && size(log + ".1") <= 4096 && size(log) <= 4096, "rotated, bounded: \(size(log + ".1")) + \(size(log))")
     }
 
+    @Test("DNS over TLS upstream (stunnel with a test CA in front of dnsmasq): answers with the CA; with a name the certificate lacks, or without the CA, SERVFAIL",
+          .enabled(if: which("stunnel4") != nil || which("stunnel") != nil, "needs stunnel4"))
+    func dnsOverTLSUpstream() throws {
+        let upstream = try Dnsmasq(records: Self.records)
+        let dot = try DoTFrontend(forwardingTo: upstream.port)
+        let good = try Server("upstreams: [\"tls://127.0.0.1:\(dot.port)#dot.test\"]\nupstream_ca: \(dot.pki.caPath)")
+        let answer = try good.ask("www.example.test", "A", ["+short"])
+        good.stop()
+        #expect(answer.contains("192.0.2.10"), "\(answer)")
+        let wrongName = try Server("upstreams: [\"tls://127.0.0.1:\(dot.port)#other.test\"]\nupstream_ca: \(dot.pki.caPath)\nupstream_timeout: 1s")
+        let refused = try wrongName.ask("www.example.test")
+        wrongName.stop()
+        #expect(digStatus(refused) == "SERVFAIL", "\(refused)")
+        let untrusted = try Server("upstreams: [\"tls://127.0.0.1:\(dot.port)\"]\nupstream_timeout: 1s")
+        defer { untrusted.stop() }
+        #expect(digStatus(try untrusted.ask("www.example.test")) == "SERVFAIL")
+    }
+
     @Test("every upstream down is SERVFAIL, never another resolver; parallel answers from the live upstream at once while failover waits out the dead one")
     func failSafeAndStrategies() throws {
         let upstream = try Dnsmasq(records: Self.records)

@@ -60,3 +60,33 @@ func digStatus(_ output: String) -> String? {
     guard let range = output.range(of: "status: ") else { return nil }
     return String(output[range.upperBound...].prefix { $0.isLetter })
 }
+
+/// DNS over TLS in front of an upstream's TCP port: Debian's stunnel with a test CA's certificate for
+/// `dot.test` — a real TLS server, speaking RFC 7858's length-framed DNS to whoever connects.
+final class DoTFrontend {
+    let port = freePort()
+    let pki: TestPKI
+    private var process: BackgroundCommand?
+    private let configuration: String
+
+    init(forwardingTo upstreamPort: Int) throws {
+        pki = try TestPKI()
+        let (certificate, key) = try pki.issue("dot", dnsNames: ["dot.test"])
+        configuration = pki.path("stunnel.conf")
+        try """
+            foreground = yes
+            pid =
+            [dot]
+            accept = 127.0.0.1:\(port)
+            connect = 127.0.0.1:\(upstreamPort)
+            cert = \(certificate)
+            key = \(key)
+            """.write(toFile: configuration, atomically: true, encoding: .utf8)
+        process = try BackgroundCommand([which("stunnel4") ?? which("stunnel") ?? "/usr/bin/stunnel4", configuration])
+        guard eventually(timeout: 5, { (try? command(["ss", "-Hltn", "sport = :\(port)"]).output.contains("LISTEN")) == true }) else {
+            throw CommandFailed(command: "stunnel", status: 1, output: "did not listen")
+        }
+    }
+
+    deinit { process?.stop() }
+}

@@ -1,4 +1,5 @@
 import Foundation
+import NIOSSL
 import WeirCore
 
 /// `dns.filter`: a filtering DNS server on UDP and TCP — block and allow lists in the formats people have,
@@ -19,33 +20,46 @@ public struct DNSFilterConfig: StageConfig, Hashable {
     }
 
     public struct Upstream: Sendable, Hashable, CustomStringConvertible {
-        public enum Transport: String, Sendable { case udp, tcp }
+        public enum Transport: String, Sendable { case udp, tcp, tls }
         public var transport: Transport
         public var host: String
         public var port: Int
+        /// tls: the name sent as SNI that the server's certificate must carry (`tls://9.9.9.9#dns.quad9.net`);
+        /// without it (or besides it, as swift-nio-ssl checks) the certificate may carry the address.
+        public var serverName: String?
 
-        public var description: String { (transport == .udp ? "" : "tcp://") + HostPort(host: host, port: port).description }
+        public var description: String {
+            let prefix = transport == .udp ? "" : transport.rawValue + "://"
+            return prefix + HostPort(host: host, port: port).description + (serverName.map { "#" + $0 } ?? "")
+        }
 
-        /// `host:port` (UDP, falling back to TCP for truncated answers), `tcp://host:port`; port 53 when absent.
+        /// `ip[:port]` (UDP, falling back to TCP for truncated answers), `tcp://ip[:port]` (53),
+        /// `tls://ip[:port][#name]` (DNS over TLS, 853).
         static func parse(_ text: String) throws -> Upstream {
             var rest = Substring(text)
             var transport = Transport.udp
-            if rest.hasPrefix("tcp://") {
-                transport = .tcp
-                rest = rest.dropFirst(6)
-            } else if rest.hasPrefix("udp://") {
-                rest = rest.dropFirst(6)
-            } else if rest.contains("://") {
-                throw ParseError(description: "\(text): upstreams are host:port, udp://host:port or tcp://host:port")
+            for candidate in [Transport.tcp, .tls, .udp] where rest.hasPrefix(candidate.rawValue + "://") {
+                transport = candidate
+                rest = rest.dropFirst(candidate.rawValue.count + 3)
             }
+            if rest.contains("://") {
+                throw ParseError(description: "\(text): upstreams are ip:port, udp://, tcp:// or tls://ip:port")
+            }
+            var serverName: String?
+            if let hash = rest.firstIndex(of: "#") {
+                guard transport == .tls else { throw ParseError(description: "\(text): #name is for tls:// upstreams") }
+                serverName = String(rest[rest.index(after: hash)...])
+                rest = rest[..<hash]
+            }
+            let defaultPort = transport == .tls ? 853 : 53
             let withPort = rest.hasSuffix("]") || !rest.contains(":") || rest.filter({ $0 == ":" }).count > 1 && !rest.hasPrefix("[")
-                ? (rest.contains(":") && !rest.hasPrefix("[") ? "[\(rest)]:53" : "\(rest):53") : String(rest)
+                ? (rest.contains(":") && !rest.hasPrefix("[") ? "[\(rest)]:\(defaultPort)" : "\(rest):\(defaultPort)") : String(rest)
             let parsed = try HostPort.parse(withPort)
             guard parsed.isIPLiteral else {
                 // The filter must not depend on another resolver to find its own upstreams.
                 throw ParseError(description: "\(text): an upstream is an IP address (a name would need another resolver)")
             }
-            return Upstream(transport: transport, host: parsed.host, port: parsed.port)
+            return Upstream(transport: transport, host: parsed.host, port: parsed.port, serverName: serverName)
         }
     }
 
@@ -75,7 +89,8 @@ public struct DNSFilterConfig: StageConfig, Hashable {
         OptionDoc(
             "groups", "[{name, sources, blocklists, allowlists}]", default: "[]",
             "Clients by source network or WireGuard peer name that get these lists instead of the stage's (the most specific source wins)."),
-        OptionDoc("upstreams", "[host:port|tcp://host:port]", "Resolvers asked for what is not blocked or cached (required; IP addresses)."),
+        OptionDoc("upstreams", "[ip:port|tcp://ip:port|tls://ip:port#name]", "Resolvers asked for what is not blocked or cached (required; IP addresses)."),
+        OptionDoc("upstream_ca", "path", default: "the system's", "CA certificates (PEM) that sign the tls:// upstreams' certificates."),
         OptionDoc("strategy", "parallel|failover|fastest|round_robin", default: "failover", "How upstreams share the queries."),
         OptionDoc("upstream_timeout", "duration", default: "2s", "How long one upstream may take before it counts as failed."),
         OptionDoc("cache", "{size, min_ttl, max_ttl}", default: "{size: 10000}", "Answers kept for their TTL, clamped; size 0 turns the cache off."),
@@ -100,6 +115,7 @@ public struct DNSFilterConfig: StageConfig, Hashable {
     public var maxInflight: Int
     var records: LocalRecords
     public var groups: [Group]
+    public var upstreamCA: String?
     public var queryLogFile: String?
     public var queryLogMaxSize: UInt64
     /// The lists, read and compiled when the configuration is loaded: a reload builds the new rules aside
@@ -161,6 +177,14 @@ public struct DNSFilterConfig: StageConfig, Hashable {
             let read = items.compactMap { $0.parsed(Upstream.parse) }
             return read.count == items.count ? read : nil
         }
+        let upstreamCA = options.optional("upstream_ca", default: String?.none) { value -> String?? in
+            guard let path = value.filePath else { return nil }
+            guard (try? NIOSSLCertificate.fromPEMFile(path)) != nil else {
+                value.error("cannot read PEM certificates from \(path)")
+                return nil
+            }
+            return .some(path)
+        }
         let strategy = options.optional("strategy", default: Strategy.failover) { $0.oneOf(Strategy.self) }
         let timeout = options.optional("upstream_timeout", default: Duration.seconds(2)) { $0.duration(atLeast: .milliseconds(50)) }
         var cacheSize: Int? = 10_000
@@ -194,7 +218,7 @@ public struct DNSFilterConfig: StageConfig, Hashable {
             }
         }
         let inflight = options.optional("max_inflight", default: 4096) { $0.int(in: 1...1_000_000) }
-        guard readable, let queryLogMaxSize, let groups, let records, let listen, let blocklists, let allowlists, let blockAnswer, let canaries, let upstreams, let strategy, let timeout, let cacheSize,
+        guard readable, let upstreamCA, let queryLogMaxSize, let groups, let records, let listen, let blocklists, let allowlists, let blockAnswer, let canaries, let upstreams, let strategy, let timeout, let cacheSize,
             let minTTL, let maxTTL, let inflight
         else { return nil }
         if minTTL > maxTTL {
@@ -204,7 +228,7 @@ public struct DNSFilterConfig: StageConfig, Hashable {
         return DNSFilterConfig(
             listen: listen, blocklists: blocklists, allowlists: allowlists, blockAnswer: blockAnswer, canaries: canaries, upstreams: upstreams,
             strategy: strategy, upstreamTimeout: timeout, cacheSize: cacheSize, minTTL: minTTL, maxTTL: maxTTL, maxInflight: inflight,
-            records: records, groups: groups, queryLogFile: queryLogFile, queryLogMaxSize: queryLogMaxSize, rules: LoadedRules(sources))
+            records: records, groups: groups, upstreamCA: upstreamCA, queryLogFile: queryLogFile, queryLogMaxSize: queryLogMaxSize, rules: LoadedRules(sources))
     }
 
     /// The blocklists and allowlists of a mapping, read; an unreadable file is an error at its entry.

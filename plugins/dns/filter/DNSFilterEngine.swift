@@ -35,7 +35,9 @@ final class DNSFilterEngine: Sendable {
             ($0, metrics.counter("weir_dns_queries_total", labels: [("result", $0.rawValue)], help: "DNS queries answered, by result."))
         })
         cacheEntries = metrics.gauge("weir_dns_cache_entries", labels: [], help: "Answers in the DNS cache.")
-        upstreams = Upstreams(config.upstreams, strategy: config.strategy, timeout: config.upstreamTimeout, group: group) { upstream, seconds, error in
+        upstreams = Upstreams(
+            config.upstreams, strategy: config.strategy, timeout: config.upstreamTimeout, group: group, caFile: config.upstreamCA
+        ) { upstream, seconds, error in
             if let seconds {
                 metrics.durationHistogram(
                     "weir_dns_upstream_duration_seconds", labels: [("upstream", upstream.description)],

@@ -2,6 +2,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOExtras
 import NIOPosix
+import NIOSSL
 import WeirCore
 
 /// The resolvers a dns.filter asks, and how: `failover` (in order), `parallel` (all at once, the first good
@@ -24,14 +25,23 @@ final class Upstreams: Sendable {
     private let strategy: DNSFilterConfig.Strategy
     private let timeout: TimeAmount
     private let group: any EventLoopGroup
+    /// For tls:// upstreams: the system's trust roots, or `upstream_ca`.
+    private let tls: NIOSSLContext?
     /// Latency moving averages (seconds) by upstream index, for `fastest`; the round-robin cursor.
     private let state = NIOLockedValueBox<(latency: [Double], next: Int)>(([], 0))
     let observe: @Sendable (_ upstream: DNSFilterConfig.Upstream, _ seconds: Double?, _ error: String?) -> Void
 
     init(
         _ upstreams: [DNSFilterConfig.Upstream], strategy: DNSFilterConfig.Strategy, timeout: Duration, group: any EventLoopGroup,
-        observe: @escaping @Sendable (DNSFilterConfig.Upstream, Double?, String?) -> Void
+        caFile: String? = nil, observe: @escaping @Sendable (DNSFilterConfig.Upstream, Double?, String?) -> Void
     ) {
+        if upstreams.contains(where: { $0.transport == .tls }) {
+            var configuration = TLSConfiguration.makeClientConfiguration()
+            if let caFile, let certificates = try? NIOSSLCertificate.fromPEMFile(caFile) { configuration.trustRoots = .certificates(certificates) }
+            tls = try? NIOSSLContext(configuration: configuration)
+        } else {
+            tls = nil
+        }
         self.upstreams = upstreams
         self.strategy = strategy
         self.timeout = TimeAmount(timeout)
@@ -93,10 +103,10 @@ final class Upstreams: Sendable {
             var bytes = query
             bytes[0] = UInt8(id >> 8)
             bytes[1] = UInt8(id & 0xFF)
-            var answer = upstream.transport == .udp ? try await udp(upstream, bytes) : try await tcp(upstream, bytes)
+            var answer = upstream.transport == .udp ? try await udp(upstream, bytes) : try await stream(upstream, bytes)
             var response = try DNSWire.parseResponse(answer)
             if upstream.transport == .udp, response.truncated {
-                answer = try await tcp(upstream, bytes)
+                answer = try await stream(upstream, bytes)
                 response = try DNSWire.parseResponse(answer)
             }
             // An answer to another question (or a spoofed one) is no answer.
@@ -142,15 +152,21 @@ final class Upstreams: Sendable {
         }
     }
 
-    private func tcp(_ upstream: DNSFilterConfig.Upstream, _ query: [UInt8]) async throws -> [UInt8] {
+    /// TCP, or TLS over it (DNS over TLS, RFC 7858: the same length-framed messages).
+    private func stream(_ upstream: DNSFilterConfig.Upstream, _ query: [UInt8]) async throws -> [UInt8] {
         let promise = group.next().makePromise(of: [UInt8].self)
+        let tls = upstream.transport == .tls ? self.tls : nil
+        if upstream.transport == .tls, tls == nil { throw Failure(description: "no TLS context (upstream_ca unreadable?)") }
         let channel = try await ClientBootstrap(group: group)
             .connectTimeout(timeout)
             .channelInitializer { channel in
-                channel.pipeline.addHandlers([
-                    ByteToMessageHandler(LengthFieldBasedFrameDecoder(lengthFieldBitLength: .twoBytes)),
-                    LengthFieldPrepender(lengthFieldBitLength: .twoBytes), FirstFrame(promise: promise),
-                ])
+                channel.eventLoop.makeCompletedFuture {
+                    if let tls { try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tls, serverHostname: upstream.serverName)) }
+                    try channel.pipeline.syncOperations.addHandlers([
+                        ByteToMessageHandler(LengthFieldBasedFrameDecoder(lengthFieldBitLength: .twoBytes)),
+                        LengthFieldPrepender(lengthFieldBitLength: .twoBytes), FirstFrame(promise: promise),
+                    ])
+                }
             }
             .connect(host: upstream.host, port: upstream.port).get()
         defer { channel.close(promise: nil) }
