@@ -43,7 +43,7 @@ final class QueryLog: Sendable {
                     _ = rename(path, path + ".1")
                 }
                 if !FileManager.default.fileExists(atPath: path) {
-                    FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o640])
+                    _ = FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o640])
                 }
                 guard let handle = FileHandle(forWritingAtPath: path) else {
                     state.failed = true
