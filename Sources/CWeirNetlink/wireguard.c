@@ -351,22 +351,34 @@ int weir_wg_link_create(const char *name)
 	return err ? netlink_fail(err, "creating the WireGuard link %s", name) : 0;
 }
 
+/* A generic netlink socket, the wireguard family's id and a message buffer for talking to `ifname`; the
+ * family id, or a negative errno (recorded) with nothing left open. */
+static int open_wireguard(const char *ifname, struct mnl_socket **nl, char **buffer)
+{
+	*nl = netlink_open(NETLINK_GENERIC);
+	if (!*nl)
+		return netlink_fail(errno, "opening a generic netlink socket");
+	int family = resolve_family(*nl);
+	if (family < 0) {
+		mnl_socket_close(*nl);
+		return netlink_fail(family, "the kernel's wireguard family");
+	}
+	*buffer = malloc(WG_MESSAGE_SIZE);
+	if (!*buffer) {
+		mnl_socket_close(*nl);
+		return netlink_fail(ENOMEM, "talking to %s", ifname);
+	}
+	return family;
+}
+
 int weir_wg_get(const char *ifname, struct weir_wg_device *device)
 {
 	memset(device, 0, sizeof(*device));
-	struct mnl_socket *nl = netlink_open(NETLINK_GENERIC);
-	if (!nl)
-		return netlink_fail(errno, "opening a generic netlink socket");
-	int family = resolve_family(nl);
-	if (family < 0) {
-		mnl_socket_close(nl);
-		return netlink_fail(family, "the kernel's wireguard family");
-	}
-	char *buffer = malloc(WG_MESSAGE_SIZE);
-	if (!buffer) {
-		mnl_socket_close(nl);
-		return netlink_fail(ENOMEM, "reading %s", ifname);
-	}
+	struct mnl_socket *nl;
+	char *buffer;
+	int family = open_wireguard(ifname, &nl, &buffer);
+	if (family < 0)
+		return family;
 	struct nlmsghdr *nlh = mnl_nlmsg_put_header(buffer);
 	nlh->nlmsg_type = (uint16_t)family;
 	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_DUMP;
@@ -405,19 +417,11 @@ int weir_wg_get(const char *ifname, struct weir_wg_device *device)
 
 int weir_wg_set(const char *ifname, const struct weir_wg_device *change)
 {
-	struct mnl_socket *nl = netlink_open(NETLINK_GENERIC);
-	if (!nl)
-		return netlink_fail(errno, "opening a generic netlink socket");
-	int family = resolve_family(nl);
-	if (family < 0) {
-		mnl_socket_close(nl);
-		return netlink_fail(family, "the kernel's wireguard family");
-	}
-	char *buffer = malloc(WG_MESSAGE_SIZE);
-	if (!buffer) {
-		mnl_socket_close(nl);
-		return netlink_fail(ENOMEM, "changing %s", ifname);
-	}
+	struct mnl_socket *nl;
+	char *buffer;
+	int family = open_wireguard(ifname, &nl, &buffer);
+	if (family < 0)
+		return family;
 	int err = 0;
 	size_t first = 0;
 	do {

@@ -6,6 +6,23 @@ public protocol NamesPeers {
     var peerNames: [String] { get }
 }
 
+/// What every stage that names peers (and every stage that refers to them) accepts as a peer's name.
+public enum PeerNames {
+    /// 1-64 letters, digits, - _ . @.
+    public static func isValid(_ name: String) -> Bool {
+        (1...64).contains(name.count) && name.allSatisfy { $0.isLetter || $0.isNumber || "-_.@".contains($0) }
+    }
+
+    /// `pipelineError` of a stage that refers to peers by name: nil when the pipeline's peer-naming stages
+    /// have them all, else a message naming the unknown ones after `what` ("profiles", "groups").
+    public static func unknownError(_ named: [String], in stages: [any StageConfig], what: String) -> String? {
+        guard !named.isEmpty else { return nil }
+        let known = Set(stages.compactMap { $0 as? any NamesPeers }.flatMap(\.peerNames))
+        let unknown = named.filter { !known.contains($0) }
+        return unknown.isEmpty ? nil : "\(what) name peers this pipeline's wireguard stage does not have: \(unknown.joined(separator: ", "))"
+    }
+}
+
 /// The addresses of named peers, published by the stage that names them in `state_dir/peers/PIPELINE.json`
 /// whenever they change (pool addresses are only known once that stage ran), and read by the stages that
 /// refer to peers by name when they start and reconcile.

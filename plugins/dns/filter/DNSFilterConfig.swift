@@ -152,7 +152,7 @@ public struct DNSFilterConfig: StageConfig, Hashable {
                     guard let text = source.string else { return nil }
                     if let network = try? IPNetwork.parse(text) {
                         networks.append(network)
-                    } else if (1...64).contains(text.count), text.allSatisfy({ $0.isLetter || $0.isNumber || "-_.@".contains($0) }) {
+                    } else if PeerNames.isValid(text) {
                         peers.append(text)
                     } else {
                         source.error("a network (10.8.1.0/24) or a WireGuard peer's name")
@@ -258,11 +258,7 @@ public struct DNSFilterConfig: StageConfig, Hashable {
 
     /// Peer names in groups refer to the peers of a `wireguard` stage in the same pipeline.
     public func pipelineError(stages: [any StageConfig]) -> String? {
-        let named = groups.flatMap(\.peers)
-        guard !named.isEmpty else { return nil }
-        let known = Set(stages.compactMap { $0 as? any NamesPeers }.flatMap(\.peerNames))
-        let unknown = named.filter { !known.contains($0) }
-        return unknown.isEmpty ? nil : "groups name peers this pipeline's wireguard stage does not have: \(unknown.joined(separator: ", "))"
+        PeerNames.unknownError(groups.flatMap(\.peers), in: stages, what: "groups")
     }
 
     /// One server per address: a second stage on it would be refused at start.

@@ -202,11 +202,7 @@ public struct EnforceNftablesConfig: StageConfig {
             if case .peer(let name) = assignment.subject { return name }
             return nil
         }
-        guard !named.isEmpty else { return nil }
-        let known = Set(stages.compactMap { $0 as? any NamesPeers }.flatMap(\.peerNames))
-        let unknown = named.filter { !known.contains($0) }
-        guard !unknown.isEmpty else { return nil }
-        return "profiles name peers this pipeline's wireguard stage does not have: \(unknown.joined(separator: ", "))"
+        return PeerNames.unknownError(named, in: stages, what: "profiles")
     }
 
     /// The peers named in profiles.

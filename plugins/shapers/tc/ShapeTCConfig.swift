@@ -235,7 +235,7 @@ public struct ShapeTCConfig: StageConfig, Hashable {
                 guard let text = item.string else { return nil }
                 if let network = try? IPNetwork.parse(text) {
                     parsed.append(network)
-                } else if (1...64).contains(text.count), text.allSatisfy({ $0.isLetter || $0.isNumber || "-_.@".contains($0) }) {
+                } else if PeerNames.isValid(text) {
                     peers.append(text)
                 } else {
                     item.error("not an address, a network or a peer name: \"\(text)\"")
@@ -319,12 +319,7 @@ public struct ShapeTCConfig: StageConfig, Hashable {
 
     /// Peer names in client_rates refer to the peers of a `wireguard` stage in the same pipeline.
     public func pipelineError(stages: [any StageConfig]) -> String? {
-        let named = clientRates.flatMap { $0.peers ?? [] }
-        guard !named.isEmpty else { return nil }
-        let known = Set(stages.compactMap { $0 as? any NamesPeers }.flatMap(\.peerNames))
-        let unknown = named.filter { !known.contains($0) }
-        guard !unknown.isEmpty else { return nil }
-        return "client_rates name peers this pipeline's wireguard stage does not have: \(unknown.joined(separator: ", "))"
+        PeerNames.unknownError(clientRates.flatMap { $0.peers ?? [] }, in: stages, what: "client_rates")
     }
 
     public func placementError(listener: (any ListenerConfig)?) -> String? {

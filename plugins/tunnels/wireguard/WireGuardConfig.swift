@@ -138,7 +138,7 @@ public struct WireGuardConfig: StageConfig, NamesPeers {
         guard let map = value.mapping else { return nil }
         let name = map.required("name").flatMap { value -> String? in
             guard let name = value.string else { return nil }
-            guard (1...64).contains(name.count), name.allSatisfy({ $0.isLetter || $0.isNumber || "-_.@".contains($0) }) else {
+            guard PeerNames.isValid(name) else {
                 value.error("a peer name is 1-64 letters, digits, - _ . @")
                 return nil
             }
