@@ -23,7 +23,8 @@ enum { elements_per_message = 2048 };
 static size_t message_bytes(size_t elements) { return 512 + elements * 64; }
 
 static int add_element_messages(struct mnl_nlmsg_batch *batch, uint32_t *seq, uint16_t type, uint16_t family,
-                                const char *table, const char *set, const struct weir_nft_key *keys, size_t count)
+                                const char *table, const char *set, const struct weir_nft_key *keys,
+                                const uint64_t *timeouts_ms, size_t count)
 {
 	for (size_t start = 0; start < count; start += elements_per_message) {
 		size_t end = start + elements_per_message < count ? start + elements_per_message : count;
@@ -39,6 +40,8 @@ static int add_element_messages(struct mnl_nlmsg_batch *batch, uint32_t *seq, ui
 				return -ENOMEM;
 			}
 			nftnl_set_elem_set(e, NFTNL_SET_ELEM_KEY, keys[i].bytes, keys[i].len);
+			if (timeouts_ms)
+				nftnl_set_elem_set_u64(e, NFTNL_SET_ELEM_TIMEOUT, timeouts_ms[i]);
 			nftnl_set_elem_add(s, e);
 		}
 		struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(mnl_nlmsg_batch_current(batch), type, family,
@@ -71,11 +74,11 @@ int weir_nft_change_elements(uint16_t family, const char *table, const struct we
 	int err = 0;
 	/* Removals first: an address that moves between sets is never in neither. */
 	for (size_t i = 0; i < count && !err; i++)
-		err = add_element_messages(batch, &seq, NFT_MSG_DELSETELEM, family, table, changes[i].set, changes[i].remove,
+		err = add_element_messages(batch, &seq, NFT_MSG_DELSETELEM, family, table, changes[i].set, changes[i].remove, NULL,
 		                           changes[i].remove_count);
 	for (size_t i = 0; i < count && !err; i++)
 		err = add_element_messages(batch, &seq, NFT_MSG_NEWSETELEM, family, table, changes[i].set, changes[i].add,
-		                           changes[i].add_count);
+		                           changes[i].add_timeouts_ms, changes[i].add_count);
 	if (err) {
 		mnl_nlmsg_batch_stop(batch);
 		free(buffer);
@@ -136,6 +139,8 @@ static int collect_element(struct nftnl_set_elem *e, void *data)
 	}
 	struct weir_nft_counts *counts = &list->counts[list->count];
 	memset(counts, 0, sizeof(*counts));
+	if (nftnl_set_elem_is_set(e, NFTNL_SET_ELEM_EXPIRATION))
+		counts->expires_ms = nftnl_set_elem_get_u64(e, NFTNL_SET_ELEM_EXPIRATION);
 	struct nftnl_expr *expr = (struct nftnl_expr *)nftnl_set_elem_get(e, NFTNL_SET_ELEM_EXPR, NULL);
 	if (expr) {
 		const char *name = nftnl_expr_get_str(expr, NFTNL_EXPR_NAME);

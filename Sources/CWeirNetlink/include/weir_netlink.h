@@ -12,15 +12,18 @@
 
 const char *weir_nft_last_error(void);
 
-/* A set key: an IPv4 (len 4) or IPv6 (len 16) address, network byte order. */
+/* A set key: an IPv4 (len 4) or IPv6 (len 16) address, or two of one family concatenated (len 8 or 32:
+ * source . destination), network byte order. */
 struct weir_nft_key {
 	uint8_t len;
-	uint8_t bytes[16];
+	uint8_t bytes[32];
 };
 
 struct weir_nft_counts {
 	uint64_t packets;
 	uint64_t bytes;
+	/* Milliseconds until the element expires; 0 for an element without a timeout. */
+	uint64_t expires_ms;
 };
 
 /* Elements to add to and remove from one (non-interval) set. */
@@ -30,6 +33,8 @@ struct weir_nft_set_change {
 	size_t add_count;
 	const struct weir_nft_key *remove;
 	size_t remove_count;
+	/* Per added element, its timeout in milliseconds (a set with the timeout flag), or NULL for none. */
+	const uint64_t *add_timeouts_ms;
 };
 
 /* Applies every change in one netlink transaction: all of it or, on any error, none of it. */
@@ -39,6 +44,19 @@ int weir_nft_change_elements(uint16_t family, const char *table, const struct we
 /* Lists a set's elements with their counters (zero when the set keeps none). Free both arrays with free(). */
 int weir_nft_list_elements(uint16_t family, const char *table, const char *set, struct weir_nft_key **keys,
                            struct weir_nft_counts **counts, size_t *count);
+
+/* ---- conntrack ---- */
+
+/* One tracked connection's original direction: who opened it (src) towards what (dst). */
+struct weir_ct_pair {
+	uint8_t len; /* 4 or 16 */
+	uint8_t src[16];
+	uint8_t dst[16];
+};
+
+/* Lists the connections the kernel tracks (this network namespace), both families, leaving out closed TCP
+ * connections (TIME_WAIT, CLOSE). Free with free(). A kernel without conntrack loaded has none: 0, *count 0. */
+int weir_conntrack_pairs(struct weir_ct_pair **pairs, size_t *count);
 
 /* ---- routes (rtnetlink) ---- */
 

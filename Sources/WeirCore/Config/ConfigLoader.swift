@@ -79,7 +79,7 @@ public struct ConfigLoader: Sendable {
             if let section = sections.lists { lists.read(section) }
             if let section = sections.pipelines { pipelines.read(section) }
         }
-        let result = pipelines.validated()
+        let result = pipelines.validated(strict: false)
         if sink.hasErrors { throw ConfigErrors(sink.diagnostics) }
         return result
     }

@@ -67,6 +67,10 @@ public struct ConfigValue {
     /// What the node is, without reporting anything: for values that may take several shapes.
     public var isScalar: Bool { node.scalar != nil }
     public var isMapping: Bool { node.mapping != nil }
+    /// Whether the value is a mapping with `key` (nothing is reported or marked read).
+    public func hasKey(_ key: String) -> Bool {
+        node.mapping?.contains { pair in pair.key.scalar?.string == key } ?? false
+    }
 
     public var string: String? {
         guard case .scalar(let scalar) = node else {

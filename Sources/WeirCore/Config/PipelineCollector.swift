@@ -49,7 +49,60 @@ struct PipelineCollector {
         }
     }
 
-    func validated() -> [PipelineSpec] { pipelines.values.sorted { $0.id < $1.id } }
+    /// The valid pipelines, their references to other pipelines resolved. `strict`: a reference to a pipeline
+    /// that is not here is an error (the agent's whole configuration); otherwise it is left unresolved (one
+    /// document checked on its own, whose references may point at another document).
+    func validated(strict: Bool = true) -> [PipelineSpec] {
+        pipelines.values.sorted { $0.id < $1.id }.compactMap { pipeline in resolvingReferences(pipeline, strict: strict) }
+    }
+
+    /// The pipeline with every referring stage given what it refers to; nil after reporting a reference
+    /// that leads nowhere.
+    private func resolvingReferences(_ pipeline: PipelineSpec, strict: Bool) -> PipelineSpec? {
+        guard pipeline.stages.contains(where: { $0.config is any ReferencesPipelines }) else { return pipeline }
+        var stages: [StageSpec] = []
+        var failed = false
+        for stage in pipeline.stages {
+            guard let referring = stage.config as? any ReferencesPipelines else {
+                stages.append(stage)
+                continue
+            }
+            var targets: [PipelineReference: any StageConfig] = [:]
+            for reference in referring.references {
+                let target = pipelines[reference.pipeline]?.stages.first { $0.type == reference.stageType }
+                if let target {
+                    targets[reference] = target.config
+                } else if strict || pipelines[reference.pipeline] != nil {
+                    let what = pipelines[reference.pipeline] == nil
+                        ? "there is no pipeline \"\(reference.pipeline)\"" : "pipeline \"\(reference.pipeline)\" has no \(reference.stageType) stage"
+                    sink.report(ConfigDiagnostic(
+                        location: stage.location,
+                        path: ConfigPath(scope: ["pipelines", pipeline.id, "stages", "[\(stage.index)]"], stageType: stage.type, keys: [reference.option]),
+                        message: "\(what) (it must name a pipeline of this agent with a \(reference.stageType) stage)"))
+                    failed = true
+                }
+            }
+            guard !failed, targets.count == referring.references.count else {
+                stages.append(stage)
+                continue
+            }
+            let (config, taken, error) = Self.resolve(referring, targets)
+            if let error {
+                sink.report(ConfigDiagnostic(
+                    location: stage.location, path: ConfigPath(scope: ["pipelines", pipeline.id, "stages", "[\(stage.index)]"], stageType: stage.type),
+                    message: error))
+                failed = true
+                continue
+            }
+            stages.append(StageSpec(index: stage.index, type: stage.type, location: stage.location, fingerprint: stage.fingerprint + "#refs:" + taken, config: config))
+        }
+        return failed ? nil : PipelineSpec(id: pipeline.id, location: pipeline.location, stages: stages)
+    }
+
+    private static func resolve<C: ReferencesPipelines>(_ config: C, _ targets: [PipelineReference: any StageConfig]) -> (any StageConfig, String, String?) {
+        let (resolved, fingerprint, error) = config.resolvingReferences(targets)
+        return (resolved, fingerprint, error)
+    }
 
     private mutating func readPipeline(id: String, location: SourceLocation?, _ value: ConfigValue) -> PipelineSpec? {
         guard let map = value.mapping else { return nil }

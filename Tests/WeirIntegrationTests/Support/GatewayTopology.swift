@@ -118,12 +118,13 @@ final class GatewayTopology: NamespaceCommands, @unchecked Sendable {
             serve(socket.AF_INET, "0.0.0.0")
             """
 
-        /// argv: answers_file address port. A DNS server answering A queries with the addresses listed in
-        /// the file (one per line, read at each query), TTL 1; AAAA queries get no answer. It binds the one
-        /// address so that answers come from it.
+        /// argv: answers_file address port [ttl]. A DNS server answering A queries with the addresses listed
+        /// in the file (one per line, read at each query), TTL 1 unless given; AAAA queries get no answer. It
+        /// binds the one address so that answers come from it.
         static let dnsServer = """
             import socket, struct, sys
             path, address, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+            ttl = int(sys.argv[4]) if len(sys.argv) > 4 else 1
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.bind((address, port))
             while True:
@@ -135,9 +136,47 @@ final class GatewayTopology: NamespaceCommands, @unchecked Sendable {
                 question = query[12:end + 5]
                 qtype = struct.unpack("!H", query[end + 1:end + 3])[0]
                 addresses = [line.strip() for line in open(path) if line.strip()] if qtype == 1 else []
-                answers = b"".join(b"\\xc0\\x0c" + struct.pack("!HHIH", 1, 1, 1, 4) + socket.inet_aton(a) for a in addresses)
+                answers = b"".join(b"\\xc0\\x0c" + struct.pack("!HHIH", 1, 1, ttl, 4) + socket.inet_aton(a) for a in addresses)
                 header = struct.pack("!HHHHHH", ident, 0x8180, 1, len(addresses), 0, 0)
                 s.sendto(header + question + answers, peer)
+            """
+
+        /// argv: port. Echoes on every IPv4 address of the namespace, holding each connection until the peer
+        /// closes it.
+        static let echoServer = """
+            import socket, sys, threading
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("0.0.0.0", int(sys.argv[1])))
+            s.listen(64)
+            def echo(c):
+                while True:
+                    data = c.recv(4096)
+                    if not data:
+                        break
+                    c.sendall(data)
+                c.close()
+            while True:
+                c, peer = s.accept()
+                threading.Thread(target=echo, args=(c,), daemon=True).start()
+            """
+
+        /// argv: host port seconds. One connection that sends a byte every 0.25 s for `seconds` and reads it
+        /// back; prints "held" when every byte returned, else where it broke.
+        static let holdConnection = """
+            import socket, sys, time
+            host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+            try:
+                c = socket.create_connection((host, port), timeout=2)
+                end = time.time() + seconds
+                while time.time() < end:
+                    c.sendall(b"x")
+                    if c.recv(1) != b"x":
+                        raise Exception("closed")
+                    time.sleep(0.25)
+                print("held")
+            except Exception as error:
+                print("broken:", error)
             """
 
         /// argv: server port name. One A query; prints the addresses of the answer.

@@ -26,7 +26,7 @@ final class DNSFilter: ServiceStage, Sendable {
         self.logger = logger
         pipeline = context.pipeline
         environment = context.environment
-        engine = DNSFilterEngine(config: config, metrics: context.metrics, group: MultiThreadedEventLoopGroup.singleton)
+        engine = DNSFilterEngine(config: config, pipeline: context.pipeline, metrics: context.metrics, group: MultiThreadedEventLoopGroup.singleton)
     }
 
     func start() async throws {

@@ -4,7 +4,7 @@ import WeirCore
 
 /// `dns.filter`: a filtering DNS server on UDP and TCP — block and allow lists in the formats people have,
 /// canary domains, a cache, and upstreams it never falls back from (every upstream failing is SERVFAIL).
-public struct DNSFilterConfig: StageConfig, Hashable {
+public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
     public enum BlockAnswer: String, Sendable, CaseIterable {
         case nxdomain, zero, refused
     }
@@ -121,6 +121,10 @@ public struct DNSFilterConfig: StageConfig, Hashable {
     /// The lists, read and compiled when the configuration is loaded: a reload builds the new rules aside
     /// while the running stage answers with the old ones.
     let rules: LoadedRules
+
+    public var dnsListen: BindAddress { listen }
+    public var dnsGroupNames: [String] { groups.map(\.name) }
+    public var dnsUpstreams: [HostPort] { upstreams.map { HostPort(host: $0.host, port: $0.port) } }
 
     public var contentFingerprint: String { ([rules.digest] + groups.map(\.rules.digest)).joined(separator: ",") }
 

@@ -12,6 +12,8 @@ final class DNSFilterEngine: Sendable {
     }
 
     private let config: DNSFilterConfig
+    /// The pipeline, whose followers (enforce.nftables `domains_from`) learn every answer's addresses first.
+    private let pipeline: String
     private let cache: DNSCache
     private let upstreams: Upstreams
     private let metrics: PipelineMetrics
@@ -21,12 +23,13 @@ final class DNSFilterEngine: Sendable {
     private let queryLog: QueryLog?
     private let canaries: Set<String>
     /// Groups' networks (peer names resolved at start), most specific first.
-    private let groupNetworks = NIOLockedValueBox<[(network: IPNetwork, rules: DomainRules)]>([])
+    private let groupNetworks = NIOLockedValueBox<[(network: IPNetwork, group: String, rules: DomainRules)]>([])
     /// Seconds a made-up answer (`zero`) may be cached by clients.
     static let blockedTTL: UInt32 = 60
 
-    init(config: DNSFilterConfig, metrics: PipelineMetrics, group: any EventLoopGroup) {
+    init(config: DNSFilterConfig, pipeline: String, metrics: PipelineMetrics, group: any EventLoopGroup) {
         self.config = config
+        self.pipeline = pipeline
         self.metrics = metrics
         cache = DNSCache(capacity: config.cacheSize, minTTL: config.minTTL, maxTTL: config.maxTTL)
         canaries = config.canaries ? Set(DNSFilterConfig.canaryDomains) : []
@@ -54,21 +57,27 @@ final class DNSFilterEngine: Sendable {
 
     /// Takes the groups' sources, with peer names as the addresses the pipeline's wireguard stage gave them.
     func resolveGroups(peerAddresses: [String: [IPNetwork]]) {
-        var entries: [(network: IPNetwork, rules: DomainRules)] = []
+        var entries: [(network: IPNetwork, group: String, rules: DomainRules)] = []
         for group in config.groups {
-            for network in group.networks + group.peers.flatMap({ peerAddresses[$0] ?? [] }) { entries.append((network, group.rules.rules)) }
+            for network in group.networks + group.peers.flatMap({ peerAddresses[$0] ?? [] }) { entries.append((network, group.name, group.rules.rules)) }
         }
         entries.sort { $0.network.prefix > $1.network.prefix }
         groupNetworks.withLockedValue { $0 = entries }
     }
 
     /// The rules for a client: its group's, else the stage's.
-    func rules(for client: SocketAddress) -> DomainRules {
-        guard !config.groups.isEmpty, var text = client.ipAddress else { return config.rules.rules }
-        // An IPv4 client of a server on [::] arrives as ::ffff:a.b.c.d.
-        if text.hasPrefix("::ffff:"), text.contains(".") { text = String(text.dropFirst(7)) }
-        guard let address = try? IPNetwork.parse(text) else { return config.rules.rules }
-        return groupNetworks.withLockedValue { entries in entries.first { $0.network.contains(address) }?.rules } ?? config.rules.rules
+    func rules(for client: SocketAddress) -> DomainRules { clientGroup(client.ipAddress.flatMap(Self.clientAddress)).rules }
+
+    /// A client's group (nil: the default group) and its rules.
+    private func clientGroup(_ address: IPNetwork?) -> (name: String?, rules: DomainRules) {
+        guard !config.groups.isEmpty, let address else { return (nil, config.rules.rules) }
+        let match = groupNetworks.withLockedValue { entries in entries.first { $0.network.contains(address) } }
+        return match.map { ($0.group, $0.rules) } ?? (nil, config.rules.rules)
+    }
+
+    /// A client's address as its own family (an IPv4 client of a server on [::] arrives as ::ffff:a.b.c.d).
+    static func clientAddress(_ text: String) -> IPNetwork? {
+        try? IPNetwork.parse(text.hasPrefix("::ffff:") && text.contains(".") ? String(text.dropFirst(7)) : text)
     }
 
     func closeLog() { queryLog?.close() }
@@ -87,7 +96,12 @@ final class DNSFilterEngine: Sendable {
         do { query = try DNSWire.parseQuery(bytes) } catch { return DNSWire.formatError(bytes) }
         guard query.opcode == 0 else { return DNSWire.answer(to: query, code: DNSWire.ResponseCode.notImplemented) }
         let started = ContinuousClock.now
-        let (reply, result, decided) = await decide(query, bytes, rules: rules(for: client))
+        let address = client.ipAddress.flatMap(Self.clientAddress)
+        let group = clientGroup(address)
+        var (reply, result, decided) = await decide(query, bytes, rules: group.rules)
+        if result == .allowed || result == .cached, let address, !(await released(reply, to: address, group: group.name, name: query.question.name)) {
+            (reply, result, decided.rule) = (DNSWire.answer(to: query, code: DNSWire.ResponseCode.serverFailure), .servfail, "domains_from: allowlist full")
+        }
         results[result]?.increment()
         if let queryLog {
             let elapsed = ContinuousClock.now - started
@@ -101,6 +115,16 @@ final class DNSFilterEngine: Sendable {
         var truncated = DNSWire.answer(to: query, code: reply.count > 3 ? reply[3] & 0x0F : 0)
         truncated[2] |= 0x02
         return truncated
+    }
+
+    /// Lets the pipeline's followers take the answer's addresses before the client gets them; false when one
+    /// could not (the client then gets SERVFAIL, not an address its allowlist refuses).
+    private func released(_ reply: [UInt8], to client: IPNetwork, group: String?, name: String) async -> Bool {
+        let followers = ResolvedAnswerFollowers.shared.of(pipeline)
+        guard !followers.isEmpty, let response = try? DNSWire.parseResponse(reply), !response.addresses.isEmpty else { return true }
+        let answer = ResolvedAnswer(client: client.bytes, group: group, name: name, addresses: response.addresses)
+        for follower in followers where !(await follower.admit(answer)) { return false }
+        return true
     }
 
     /// What decided an answer, for the query log.

@@ -31,6 +31,9 @@ final class EnforceNftables: ServiceStage, ScrapeCollector {
         var outcomes: [String: Int] = [:]
         var refresher: Task<Void, Never>?
         var applied = NftOwnerState()
+        /// `domains_from`: the followers registered with dns.filter pipelines, and the keep-alive loop.
+        var followers: [FollowedPipeline] = []
+        var keepAlive: Task<Void, Never>?
     }
 
     private let state = NIOLockedValueBox(State())
@@ -93,7 +96,29 @@ final class EnforceNftables: ServiceStage, ScrapeCollector {
             }
         }
         save()
+        startFollowing()
         collectors.add(self)
+    }
+
+    /// The pairs of `domains_from` entries: those in the kernel are kept, answers of the followed dns.filter
+    /// pipelines add more, and a loop keeps the ones with live connections.
+    private func startFollowing() {
+        guard let allowlist = config.destinations, !allowlist.followed.isEmpty else { return }
+        let addresses = FollowedAddresses(owner: owner, allowlist: allowlist, logger: logger)
+        addresses.load()
+        let followers = allowlist.followed.map { FollowedPipeline(rule: $0, addresses: addresses) }
+        for follower in followers { ResolvedAnswerFollowers.shared.add(follower, following: follower.rule.pipeline) }
+        let period = min(max(allowlist.followGrace / 3, .seconds(1)), .seconds(10))
+        let keepAlive = Task {
+            while !Task.isCancelled {
+                do { try await Task.sleep(for: period) } catch { return }
+                addresses.keepLive(horizon: period * 2)
+            }
+        }
+        state.withLockedValue { state in
+            state.followers = followers
+            state.keepAlive = keepAlive
+        }
     }
 
     func stop() async {
@@ -107,6 +132,16 @@ final class EnforceNftables: ServiceStage, ScrapeCollector {
         }
         refresher?.cancel()
         await refresher?.value
+        let (followers, keepAlive) = state.withLockedValue { state in
+            defer {
+                state.followers = []
+                state.keepAlive = nil
+            }
+            return (state.followers, state.keepAlive)
+        }
+        for follower in followers { ResolvedAnswerFollowers.shared.remove(follower, following: follower.rule.pipeline) }
+        keepAlive?.cancel()
+        await keepAlive?.value
     }
 
     /// The rules match interfaces by name, so an interface deleted and created again is enforced again by
@@ -298,8 +333,16 @@ final class EnforceNftables: ServiceStage, ScrapeCollector {
     static let allowedPackets = MetricFamily(
         "weir_nft_allowed_packets_total", .counter, help: "Packets sent to each allowlisted destination (count_elements: true).")
 
+    static let followElements = MetricFamily(
+        "weir_nft_follow_elements", .gauge, help: "Client and destination pairs that domains_from entries allow now, by family.")
+    static let followAnswers = MetricFamily(
+        "weir_nft_follow_answers_total", .counter,
+        help: "dns.filter answers followed by domains_from entries, by result (admitted; refused: the set was full of pairs with live connections; failed: the kernel refused).")
+    static let followPairs = MetricFamily(
+        "weir_nft_follow_pairs_total", .counter, help: "Followed pairs evicted to make room, or kept past their expiry for a live connection.")
+
     func collect(into exposition: inout ExpositionWriter) {
-        let (applied, outcomes) = state.withLockedValue { ($0.applied, $0.outcomes) }
+        let (applied, outcomes, following) = state.withLockedValue { ($0.applied, $0.outcomes, $0.followers.first?.addresses) }
         func labels(_ pairs: (String, String)...) -> [UInt8] {
             var bytes: [UInt8] = []
             bytes.appendLabel("pipeline", owner)
@@ -310,7 +353,8 @@ final class EnforceNftables: ServiceStage, ScrapeCollector {
             return bytes
         }
         exposition.write(Self.setElements) { body in
-            for name in applied.sets.keys.sorted() {
+            // Sets with timeouts (domains_from) are counted by weir_nft_follow_elements.
+            for name in applied.sets.keys.sorted() where applied.sets[name]?.timeout != true {
                 let count = (applied.addresses[name]?.count ?? 0) + (applied.networks[name]?.count ?? 0)
                 body.appendSample(Array(Self.setElements.name.utf8), labels: labels(("set", name)), value: UInt64(count))
             }
@@ -323,6 +367,24 @@ final class EnforceNftables: ServiceStage, ScrapeCollector {
             exposition.write(Self.resolutions) { body in
                 for result in ["success", "nxdomain", "failure", "apply_failed"] {
                     body.appendSample(Array(Self.resolutions.name.utf8), labels: labels(("result", result)), value: UInt64(outcomes[result] ?? 0))
+                }
+            }
+        }
+        if let following {
+            let counts = following.counts
+            let elements = following.elements
+            exposition.write(Self.followElements) { body in
+                body.appendSample(Array(Self.followElements.name.utf8), labels: labels(("family", "ipv4")), value: UInt64(elements.ipv4))
+                body.appendSample(Array(Self.followElements.name.utf8), labels: labels(("family", "ipv6")), value: UInt64(elements.ipv6))
+            }
+            exposition.write(Self.followAnswers) { body in
+                for (result, value) in [("admitted", counts.admitted), ("refused", counts.refused), ("failed", counts.failed)] {
+                    body.appendSample(Array(Self.followAnswers.name.utf8), labels: labels(("result", result)), value: UInt64(value))
+                }
+            }
+            exposition.write(Self.followPairs) { body in
+                for (event, value) in [("evicted", counts.evicted), ("kept", counts.kept)] {
+                    body.appendSample(Array(Self.followPairs.name.utf8), labels: labels(("event", event)), value: UInt64(value))
                 }
             }
         }

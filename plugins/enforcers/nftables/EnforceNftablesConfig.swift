@@ -15,7 +15,9 @@ public struct EnforceNftablesConfig: StageConfig {
             "Access profile per source address or network, or per wireguard peer name: full, internet_only, intranet_only or a custom one."),
         OptionDoc("custom_profiles", "mapping", "Named profiles: lists of {destination, protocol, ports} that are allowed; all else is dropped."),
         OptionDoc("masquerade", "[{source, out_interface}]", "Source NAT to the outgoing interface's address."),
-        OptionDoc("dns_hijack", "mapping", "Send DNS (port 53) from `sources` to `resolver`; block known DNS-over-HTTPS/TLS endpoints."),
+        OptionDoc(
+            "dns_hijack", "mapping",
+            "Send DNS (port 53) from `sources` to `resolver` (an address, or the name of a dns.filter pipeline of this agent); block known DNS-over-HTTPS/TLS endpoints."),
         OptionDoc("marks", "[{mark, source, destination, protocol, ports}]", "Set packet and connection marks for tc classes."),
     ]
     public static var sample: String { String(decoding: PackageResources.enforce_nftables_sample_yaml, as: UTF8.self) }
@@ -65,6 +67,12 @@ public struct EnforceNftablesConfig: StageConfig {
         public var maxElements: Int
         /// The named lists `entries` came from (with their content), so editing a list changes the stage.
         public var listsFingerprint: String = ""
+        /// Answers of dns.filter pipelines whose addresses are allowed to the clients that asked.
+        public var followed: [FollowedDNS] = []
+        /// How long a followed address outlives its answer's TTL (while no connection to it lives).
+        public var followGrace: Duration = .seconds(60)
+        /// The upstreams of the followed dns.filters: their queries leave through `interfaces` too.
+        public var followedUpstreams: [HostPort] = []
     }
 
     public enum Profile: Sendable, Hashable {
@@ -110,10 +118,34 @@ public struct EnforceNftablesConfig: StageConfig {
 
     public struct DNSHijack: Sendable {
         public var sources: [IPNetwork]
-        public var resolver: IPNetwork
+        /// Where DNS goes: an address, or nil for this host's own address on the interface the query came in
+        /// (a dns.filter listening on every address).
+        public var resolver: IPNetwork?
         public var port: Int
+        /// `resolver:` named a dns.filter pipeline of this agent; `resolver` and `port` come from its `listen`.
+        public var resolverPipeline: String?
         public var blockDoH: Bool
         public var extraDoHEndpoints: [IPNetwork]
+    }
+
+    /// `allow_destinations` entry `{domains_from: PIPELINE}`: the addresses that the dns.filter of PIPELINE
+    /// answers are allowed — to the client that asked, for the answer's TTL plus `follow_grace`, and for as
+    /// long as its connections to them live.
+    public struct FollowedDNS: Sendable, Hashable {
+        public var pipeline: String
+        /// Only answers for these names (each with its subdomains); empty: every answer.
+        public var domains: [String]
+        /// Only answers to clients of these groups of the dns.filter (`default` for the stage's own); empty: all.
+        public var groups: [String]
+        /// Private and other non-public addresses in answers are followed too (else left out: DNS rebinding).
+        public var allowPrivate: Bool
+
+        /// Whether an answer for `name` to a client of `group` (nil: the default group) is followed.
+        public func follows(name: String, group: String?) -> Bool {
+            if !groups.isEmpty, !groups.contains(group ?? "default") { return false }
+            if domains.isEmpty { return true }
+            return domains.contains { name == $0 || name.hasSuffix("." + $0) }
+        }
     }
 
     public struct MarkRule: Sendable, Hashable {
@@ -291,9 +323,12 @@ public struct EnforceNftablesConfig: StageConfig {
         // Entries of its own, named lists (`lists:` sections of any file), or both.
         let listNames = map.optional("lists").flatMap { value -> [ConfigValue]? in value.sequence }
         let ownEntries = listNames == nil ? map.required("entries") : map.optional("entries")
+        var followed: [FollowedDNS]? = []
         var entries = ownEntries.flatMap { value -> [DestinationEntry]? in
             guard let items = value.sequence else { return nil }
-            return all(items.map(decodeDestinationEntry))
+            let following = items.filter { $0.hasKey("domains_from") }
+            followed = all(following.map(decodeFollowed))
+            return all(items.filter { !$0.hasKey("domains_from") }.map(decodeDestinationEntry))
         } ?? (ownEntries == nil ? [] : nil)
         var listsFingerprint = ""
         for item in listNames ?? [] {
@@ -315,8 +350,15 @@ public struct EnforceNftablesConfig: StageConfig {
         let minimumTTL = map.optional("min_ttl", default: Duration.seconds(10)) { $0.parsed(DurationParser.parse) }
         let count = map.optional("count_elements", default: false) { $0.bool }
         let maxElements = map.optional("max_elements", default: 65536) { $0.int(in: 1...(1 << 24)) }
+        let grace = map.optional("follow_grace", default: Duration.seconds(60)) { $0.duration(atLeast: .zero) }
         map.finish()
-        guard let interfaces, let entries, let resolvers, let interval, let minimumTTL, let count, let maxElements else { return nil }
+        guard let interfaces, let entries, let followed, let resolvers, let interval, let minimumTTL, let count, let maxElements, let grace else {
+            return nil
+        }
+        if Set(followed.map(\.pipeline)).count != followed.count {
+            map.optional("entries")?.error("each dns.filter pipeline is followed by one entry (list its domains and groups together)")
+            return nil
+        }
         let literals = entries.filter { if case .network(let n) = $0.target { return n.isSingleAddress } else { return false } }
         if literals.count > maxElements {
             map.optional("max_elements")?.error("\(literals.count) addresses do not fit in max_elements \(maxElements)")
@@ -324,7 +366,7 @@ public struct EnforceNftablesConfig: StageConfig {
         }
         return DestinationAllowlist(
             interfaces: interfaces, entries: entries, resolvers: resolvers, resolveInterval: interval, minimumTTL: minimumTTL,
-            countElements: count, maxElements: maxElements, listsFingerprint: listsFingerprint)
+            countElements: count, maxElements: maxElements, listsFingerprint: listsFingerprint, followed: followed, followGrace: grace)
     }
 
     private static func decodeDestinationEntry(_ value: ConfigValue) -> DestinationEntry? {
@@ -416,10 +458,18 @@ public struct EnforceNftablesConfig: StageConfig {
     private static func decodeDNSHijack(_ value: ConfigValue) -> DNSHijack? {
         guard let map = value.mapping else { return nil }
         let sources = map.required("sources").flatMap(networks)
-        let resolver = map.required("resolver").flatMap { value -> HostPort? in value.parsed { try HostPort.parse($0, defaultPort: 53) } }
+        let resolverValue = map.required("resolver")
+        // A dns.filter pipeline of this agent by name (resolved after every pipeline is read), or an address.
+        let pipeline = resolverValue?.string.flatMap { text in
+            IPNetwork.addressBytes(text) == nil && !text.contains(":") && !text.contains(".") && ConfigLoader.isValidName(text) ? text : nil
+        }
+        let resolver = pipeline != nil ? nil : resolverValue.flatMap { value -> HostPort? in value.parsed { try HostPort.parse($0, defaultPort: 53) } }
         let blockDoH = map.optional("block_doh", default: true) { $0.bool }
         let extra = map.optional("doh_endpoints", default: [IPNetwork]()) { networks($0) }
         map.finish()
+        if let pipeline, let sources, let blockDoH, let extra {
+            return DNSHijack(sources: sources, resolver: nil, port: 53, resolverPipeline: pipeline, blockDoH: blockDoH, extraDoHEndpoints: extra)
+        }
         guard let sources, let resolver, let blockDoH, let extra else { return nil }
         guard let address = IPNetwork.addressBytes(resolver.host) else {
             map.optional("resolver")?.error("the resolver must be an IP address")
@@ -430,7 +480,8 @@ public struct EnforceNftablesConfig: StageConfig {
             map.optional("sources")?.error("sources must be of the resolver's address family (\(resolverNetwork.isIPv4 ? "IPv4" : "IPv6"))")
             return nil
         }
-        return DNSHijack(sources: sources, resolver: resolverNetwork, port: resolver.port, blockDoH: blockDoH, extraDoHEndpoints: extra)
+        return DNSHijack(
+            sources: sources, resolver: resolverNetwork, port: resolver.port, resolverPipeline: nil, blockDoH: blockDoH, extraDoHEndpoints: extra)
     }
 
     private static func decodeMark(_ value: ConfigValue) -> MarkRule? {

@@ -74,15 +74,34 @@ struct NftCompiler {
             [interfaces, Expr.addresses("daddr", ipv4: false, Expr.setRef(owner, "dstnet6")), Expr.accept],
         ]
         let last: [NftJSON] = [interfaces] + dropped
-        state.chains["dst_forward"] = .init(base: .init(type: "filter", hook: "forward", priority: Self.filter), rules: (rules + [last]).map(NftOwnerState.Rule.init))
+        // Addresses clients resolved through a followed dns.filter: each client reaches what it was answered
+        // (client . destination), until the element's timeout. Forwarded traffic only: the host's own
+        // processes ask from another address than they send from.
+        var following: [[NftJSON]] = []
+        if !allowlist.followed.isEmpty {
+            for ipv4 in [true, false] {
+                let name = Self.followSet(ipv4: ipv4)
+                let type = ipv4 ? "ipv4_addr" : "ipv6_addr"
+                state.sets[name] = .init(type: type + " . " + type, interval: false, counter: false, size: allowlist.maxElements, timeout: true)
+                let family = ipv4 ? "ip" : "ip6"
+                following.append([
+                    interfaces, Expr.match(Expr.concat([Expr.payload(family, "saddr"), Expr.payload(family, "daddr")]), Expr.setRef(owner, name)), Expr.accept,
+                ])
+            }
+        }
+        state.chains["dst_forward"] = .init(
+            base: .init(type: "filter", hook: "forward", priority: Self.filter), rules: (rules + following + [last]).map(NftOwnerState.Rule.init))
         // The agent's own lookups of the listed domains must reach its resolvers.
-        for resolver in allowlist.resolvers {
+        for resolver in allowlist.resolvers + allowlist.followedUpstreams {
             guard let bytes = IPNetwork.addressBytes(resolver.host) else { continue }
             let address = IPNetwork(bytes: bytes, prefix: bytes.count * 8)
             rules.append([interfaces, Expr.address("daddr", address), Expr.l4proto(["tcp", "udp"]), Expr.destinationPort([resolver.port]), Expr.accept])
         }
         state.chains["dst_output"] = .init(base: .init(type: "filter", hook: "output", priority: Self.filter), rules: (rules + [last]).map(NftOwnerState.Rule.init))
     }
+
+    /// The set of (client . destination) pairs that `domains_from` entries fill.
+    static func followSet(ipv4: Bool) -> String { ipv4 ? "follow4" : "follow6" }
 
     private func addSources(_ listener: (port: Int, transport: Transport), to state: inout NftOwnerState) {
         let proto = Expr.l4proto([listener.transport == .datagram ? "udp" : "tcp"])
@@ -150,24 +169,38 @@ struct NftCompiler {
     }
 
     private func addDNSHijack(_ hijack: Config.DNSHijack, to state: inout NftOwnerState) {
-        let ipv4 = hijack.resolver.isIPv4
-        let sources = Expr.addresses("saddr", ipv4: ipv4, Expr.networks(hijack.sources))
-        let redirect: NftJSON = ["dnat": ["family": .string(ipv4 ? "ip" : "ip6"), "addr": .string(hijack.resolver.address), "port": .number(hijack.port)]]
-        state.chains["dns_hijack"] = .init(
-            base: .init(type: "nat", hook: "prerouting", priority: Self.dstnat),
-            rules: [.init([sources, Expr.addresses("daddr", ipv4: ipv4, Expr.value(hijack.resolver), op: "!="), Expr.l4proto(["tcp", "udp"]), Expr.destinationPort([53]), redirect])])
+        var rules: [NftOwnerState.Rule] = []
+        for ipv4 in [true, false] {
+            let sources = hijack.sources.filter { $0.isIPv4 == ipv4 }
+            guard !sources.isEmpty else { continue }
+            var match = [Expr.addresses("saddr", ipv4: ipv4, Expr.networks(sources))]
+            let target: NftJSON
+            if let resolver = hijack.resolver {
+                match.append(Expr.addresses("daddr", ipv4: ipv4, Expr.value(resolver), op: "!="))
+                target = ["dnat": ["family": .string(ipv4 ? "ip" : "ip6"), "addr": .string(resolver.address), "port": .number(hijack.port)]]
+            } else {
+                // A resolver on every address of this host: the address the query arrived at.
+                target = ["redirect": ["port": .number(hijack.port)]]
+            }
+            rules.append(.init(match + [Expr.l4proto(["tcp", "udp"]), Expr.destinationPort([53]), target]))
+        }
+        state.chains["dns_hijack"] = .init(base: .init(type: "nat", hook: "prerouting", priority: Self.dstnat), rules: rules)
         guard hijack.blockDoH else { return }
         let endpoints = Self.dohEndpoints + hijack.extraDoHEndpoints
-        var rules: [[NftJSON]] = []
+        var blocking: [[NftJSON]] = []
+        let sourceFamilies = Set(hijack.sources.map(\.isIPv4))
         for family in [true, false] {
             let name = "doh" + (family ? "4" : "6")
             state.sets[name] = .init(type: family ? "ipv4_addr" : "ipv6_addr", interval: true, counter: false, size: nil)
             state.networks[name] = Set(Self.withoutCovered(endpoints.filter { $0.isIPv4 == family }))
-            // Clients of the hijack only: their sources are of the resolver's family; the other family is matched by any source.
-            let from: NftJSON = family == ipv4 ? sources : Expr.match(Expr.meta("nfproto"), .string(family ? "ipv4" : "ipv6"))
-            rules.append([from, Expr.addresses("daddr", ipv4: family, Expr.setRef(owner, name)), Expr.l4proto(["tcp", "udp"]), Expr.destinationPort([443, 853])] + dropped)
+            // Clients of the hijack only: their sources are of one family; the other family is matched by any
+            // source (a client's IPv6 traffic has another source than its hijacked IPv4 DNS).
+            let from: NftJSON = sourceFamilies.contains(family)
+                ? Expr.addresses("saddr", ipv4: family, Expr.networks(hijack.sources.filter { $0.isIPv4 == family }))
+                : Expr.match(Expr.meta("nfproto"), .string(family ? "ipv4" : "ipv6"))
+            blocking.append([from, Expr.addresses("daddr", ipv4: family, Expr.setRef(owner, name)), Expr.l4proto(["tcp", "udp"]), Expr.destinationPort([443, 853])] + dropped)
         }
-        state.chains["doh_forward"] = .init(base: .init(type: "filter", hook: "forward", priority: Self.filter), rules: rules.map(NftOwnerState.Rule.init))
+        state.chains["doh_forward"] = .init(base: .init(type: "filter", hook: "forward", priority: Self.filter), rules: blocking.map(NftOwnerState.Rule.init))
     }
 
     private func addMarks(to state: inout NftOwnerState) {

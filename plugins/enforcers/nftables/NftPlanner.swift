@@ -47,8 +47,10 @@ struct NftPlan: Sendable {
 
         for name in desired.counters.subtracting(current.counters).sorted() { create.append(.object([("add", named("counter", name))])) }
         for (name, spec) in desired.sets.sorted(by: { $0.key < $1.key }) where current.sets[name] == nil || recreatedSets.contains(name) {
-            var fields: [(String, NftJSON)] = [("type", .string(spec.type))]
+            let parts = spec.type.components(separatedBy: " . ")
+            var fields: [(String, NftJSON)] = [("type", parts.count > 1 ? .array(parts.map { .string($0) }) : .string(spec.type))]
             if spec.interval { fields.append(("flags", ["interval"])) }
+            if spec.timeout { fields.append(("flags", ["timeout"])) }
             if let size = spec.size { fields.append(("size", .number(size))) }
             if spec.counter { fields.append(("stmt", [["counter": .null]])) }
             create.append(.object([("add", named("set", name, fields))]))

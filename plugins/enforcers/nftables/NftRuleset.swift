@@ -5,10 +5,12 @@ import WeirCore
 /// turns the difference into commands.
 struct NftOwnerState: Sendable, Equatable {
     struct SetSpec: Sendable, Hashable {
-        var type: String  // ipv4_addr | ipv6_addr
+        var type: String  // ipv4_addr | ipv6_addr | "ipv4_addr . ipv4_addr" (concatenated)
         var interval: Bool
         var counter: Bool
         var size: Int?
+        /// Elements carry timeouts (the kernel removes them when they expire).
+        var timeout = false
     }
 
     struct BaseChain: Sendable, Hashable {
@@ -85,6 +87,7 @@ enum Expr {
     static func addresses(_ direction: String, ipv4: Bool, _ right: NftJSON, op: String = "==") -> NftJSON {
         match(payload(ipv4 ? "ip" : "ip6", direction), right, op: op)
     }
+    static func concat(_ items: [NftJSON]) -> NftJSON { ["concat": .array(items)] }
     static func l4proto(_ names: [String]) -> NftJSON { match(meta("l4proto"), strings(names)) }
     static func destinationPort(_ ports: [Int]) -> NftJSON { match(payload("th", "dport"), numbers(ports)) }
 

@@ -79,10 +79,16 @@ final class NftablesTable: Sendable {
                 owners[owner, default: .init()].chains[name, default: .init(base: nil, rules: [])].rules.append(.init(comment: comment, expr: nil))
             } else if let set = item["set"], let full = set["name"]?.string, let (owner, name) = NftNames.split(full) {
                 let flags = set["flags"]?.array?.compactMap(\.string) ?? []
+                let type = set["type"]?.string ?? set["type"]?.array?.compactMap(\.string).joined(separator: " . ") ?? ""
                 let spec = NftOwnerState.SetSpec(
-                    type: set["type"]?.string ?? "", interval: flags.contains("interval"), counter: set["stmt"] != nil, size: set["size"]?.int)
+                    type: type, interval: flags.contains("interval"), counter: set["stmt"] != nil, size: set["size"]?.int, timeout: flags.contains("timeout"))
                 owners[owner, default: .init()].sets[name] = spec
-                if spec.interval { intervalSets.append((owner, name)) } else { addressSets.append((owner, name, spec.type == "ipv4_addr")) }
+                if spec.interval {
+                    intervalSets.append((owner, name))
+                } else if !spec.timeout {
+                    // Sets with timeouts are filled by their stage at run time, not from the desired state.
+                    addressSets.append((owner, name, spec.type == "ipv4_addr"))
+                }
             } else if let counter = item["counter"], let full = counter["name"]?.string, let (owner, name) = NftNames.split(full) {
                 owners[owner, default: .init()].counters.insert(name)
             }
@@ -201,26 +207,54 @@ final class NftablesTable: Sendable {
 
     /// Adds and removes addresses of `owner`'s address sets in one netlink transaction.
     func changeAddresses(owner: String, _ changes: [(set: String, add: [IPNetwork], remove: [IPNetwork])]) throws {
+        try changeElements(owner: owner, changes.map { ($0.set, $0.add.map { Self.key($0.bytes) }, nil, $0.remove.map { Self.key($0.bytes) }) })
+    }
+
+    /// One element change: keys added (with their timeouts in milliseconds, for sets that have timeouts) and removed.
+    typealias ElementChange = (set: String, add: [weir_nft_key], timeoutsMs: [UInt64]?, remove: [weir_nft_key])
+
+    /// Adds and removes elements of `owner`'s hash sets in one netlink transaction: all of it or none.
+    func changeElements(owner: String, _ changes: [ElementChange]) throws {
         guard !changes.isEmpty else { return }
         let names = changes.map { NftNames.full(owner, $0.set) }
-        let adds = changes.map { $0.add.map(Self.key) }
-        let removes = changes.map { $0.remove.map(Self.key) }
         let result: Int32 = withCStrings(names) { cNames in
             var specs: [weir_nft_set_change] = []
-            var storage: [(UnsafeMutableBufferPointer<weir_nft_key>, UnsafeMutableBufferPointer<weir_nft_key>)] = []
-            defer { for (a, r) in storage { a.deallocate(); r.deallocate() } }
-            for index in changes.indices {
-                let a = UnsafeMutableBufferPointer<weir_nft_key>.allocate(capacity: max(1, adds[index].count))
-                let r = UnsafeMutableBufferPointer<weir_nft_key>.allocate(capacity: max(1, removes[index].count))
-                _ = a.initialize(from: adds[index])
-                _ = r.initialize(from: removes[index])
-                storage.append((a, r))
+            var storage: [(UnsafeMutableBufferPointer<weir_nft_key>, UnsafeMutableBufferPointer<weir_nft_key>, UnsafeMutableBufferPointer<UInt64>?)] = []
+            defer { for (a, r, t) in storage { a.deallocate(); r.deallocate(); t?.deallocate() } }
+            for (index, change) in changes.enumerated() {
+                let a = UnsafeMutableBufferPointer<weir_nft_key>.allocate(capacity: max(1, change.add.count))
+                let r = UnsafeMutableBufferPointer<weir_nft_key>.allocate(capacity: max(1, change.remove.count))
+                _ = a.initialize(from: change.add)
+                _ = r.initialize(from: change.remove)
+                let t = change.timeoutsMs.map { timeouts in
+                    let buffer = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: max(1, timeouts.count))
+                    _ = buffer.initialize(from: timeouts)
+                    return buffer
+                }
+                storage.append((a, r, t))
                 specs.append(weir_nft_set_change(
-                    set: cNames[index], add: a.baseAddress, add_count: adds[index].count, remove: r.baseAddress, remove_count: removes[index].count))
+                    set: cNames[index], add: a.baseAddress, add_count: change.add.count, remove: r.baseAddress, remove_count: change.remove.count,
+                    add_timeouts_ms: t.map { UnsafePointer($0.baseAddress!) }))
             }
             return specs.withUnsafeBufferPointer { weir_nft_change_elements(NftNames.inetFamily, NftNames.table, $0.baseAddress, $0.count) }
         }
         if result < 0 { throw NftError(description: String(cString: weir_nft_last_error())) }
+    }
+
+    /// The elements of a set as raw keys, with the milliseconds each has left (0: no timeout).
+    func listKeys(owner: String, _ set: String) throws -> [(key: [UInt8], expiresMs: UInt64)] {
+        var keys: UnsafeMutablePointer<weir_nft_key>?
+        var counts: UnsafeMutablePointer<weir_nft_counts>?
+        var count = 0
+        if weir_nft_list_elements(NftNames.inetFamily, NftNames.table, NftNames.full(owner, set), &keys, &counts, &count) < 0 {
+            throw NftError(description: String(cString: weir_nft_last_error()))
+        }
+        defer { free(keys); free(counts) }
+        return (0..<count).map { index in
+            var key = keys![index]
+            let length = Int(key.len)
+            return (withUnsafeBytes(of: &key.bytes) { Array($0.prefix(length)) }, counts![index].expires_ms)
+        }
     }
 
     /// Applies an address-set change to the remembered state after `changeAddresses` succeeded.
@@ -230,10 +264,11 @@ final class NftablesTable: Sendable {
         }
     }
 
-    private static func key(_ network: IPNetwork) -> weir_nft_key {
+    /// A set key of up to 32 bytes (an address, or two concatenated).
+    static func key(_ bytes: [UInt8]) -> weir_nft_key {
         var key = weir_nft_key()
-        key.len = UInt8(network.bytes.count)
-        withUnsafeMutableBytes(of: &key.bytes) { $0.copyBytes(from: network.bytes) }
+        key.len = UInt8(bytes.count)
+        withUnsafeMutableBytes(of: &key.bytes) { $0.copyBytes(from: bytes) }
         return key
     }
 

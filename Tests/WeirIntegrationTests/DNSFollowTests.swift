@@ -1,0 +1,195 @@
+import Foundation
+import Testing
+
+/// dns.filter coupled with enforce.nftables on a gateway: clients' DNS hijacked to the filter by pipeline
+/// name, and an egress allowlist that follows what each client was answered (`domains_from`).
+@Suite(
+    "dns.filter and enforce.nftables together in network namespaces", .serialized,
+    .enabled(if: kernelTestsUnavailable == nil && which("nft") != nil, Comment(rawValue: kernelTestsUnavailable ?? "needs nft installed")))
+struct DNSFollowTests {
+    /// The VPN-style gateway: dns.filter on every address (port 5300), clients' port-53 traffic to any
+    /// server redirected to it, DoH endpoints blocked, and leaving through the outside interface only to
+    /// addresses of answers for the followed domains.
+    static func gateway(_ net: GatewayTopology, blocklist: String, grace: String = "2s", maxElements: Int = 64) -> String {
+        """
+        pipelines:
+          dns:
+            stages:
+              - type: dns.filter
+                listen: 0.0.0.0:5300
+                blocklists: [\(blocklist)]
+                upstreams: [11.0.0.53:53]
+                cache: {size: 0}
+          gateway:
+            stages:
+              - type: enforce.nftables
+                dns_hijack:
+                  sources: [10.50.0.0/24]
+                  resolver: dns
+                allow_destinations:
+                  interfaces: [\(net.gatewayOutside)]
+                  entries:
+                    - 11.0.0.9
+                    - domains_from: dns
+                      domains: [svc.example.net, doh.example.net]
+                  follow_grace: \(grace)
+                  max_elements: \(maxElements)
+                masquerade:
+                  - { source: 10.50.0.0/24, out_interface: \(net.gatewayOutside) }
+        """
+    }
+
+    /// The addresses a client is answered for `name`, asking "some other resolver" (hijacked).
+    static func resolve(_ net: GatewayTopology, _ name: String) throws -> String {
+        try net.inside(net.client, [python3, "-c", GatewayTopology.Scripts.dnsQuery, "11.0.0.99", "53", name])
+    }
+
+    @Test("Hijacked DNS is filtered; clients reach only the addresses they were answered, until TTL + grace, and longer while a connection lives")
+    func allowlistFollowsAnswers() throws {
+        let net = try GatewayTopology()
+        let echo = try net.background(net.upstream, GatewayTopology.Scripts.echoServer, ["7000"])
+        let https = try net.background(net.upstream, GatewayTopology.Scripts.acceptAll, ["443"])
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("weir-follow-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        let answers = folder.appendingPathComponent("answers").path
+        let blocklist = folder.appendingPathComponent("block.txt").path
+        try "11.0.0.2\n".write(toFile: answers, atomically: true, encoding: .utf8)
+        try "blocked.example.net\n".write(toFile: blocklist, atomically: true, encoding: .utf8)
+        let dns = try net.background(net.upstream, GatewayTopology.Scripts.dnsServer, [answers, "11.0.0.53", "53", "1"])
+        defer {
+            echo.stopHelper()
+            https.stopHelper()
+            dns.stopHelper()
+            try? FileManager.default.removeItem(at: folder)
+        }
+        let agent = try WeirProcess(pipelines: Self.gateway(net, blocklist: blocklist), netns: net.gateway)
+        try agent.start()
+        defer { agent.stop() }
+
+        // Nothing resolved yet.
+        #expect(!net.clientReaches("11.0.0.2", port: 7000))
+
+        // A name outside the entry's domains is answered but opens nothing; a blocked name is NXDOMAIN.
+        #expect(try Self.resolve(net, "other.example.net").contains("11.0.0.2"))
+        #expect(!net.clientReaches("11.0.0.2", port: 7000), "other.example.net is not a followed domain")
+        #expect(try Self.resolve(net, "blocked.example.net").contains("[]"), "the filter answers, not the server asked")
+
+        // The client's own resolution opens exactly what it was given.
+        let first = try Self.resolve(net, "svc.example.net")
+        #expect(first.contains("11.0.0.99") && first.contains("11.0.0.2"), "answered as if by the server asked: \(first)")
+        #expect(net.clientReaches("11.0.0.2", port: 7000))
+        #expect(!net.clientReaches("11.0.0.3", port: 7000), "never an address it was not given")
+
+        // The authoritative server moves the name: the new address opens, the old one closes after TTL + grace.
+        try "11.0.0.3\n".write(toFile: answers, atomically: true, encoding: .utf8)
+        #expect(try Self.resolve(net, "svc.example.net").contains("11.0.0.3"))
+        #expect(net.clientReaches("11.0.0.3", port: 7000))
+        #expect(eventually(timeout: 10) { !net.clientReaches("11.0.0.2", port: 7000) }, "11.0.0.2 expired (TTL 1 s + grace 2 s)")
+
+        // A connection outlives its answer: held 6 s (TTL + grace is 3 s) while conntrack keeps the pair.
+        #expect(try Self.resolve(net, "svc.example.net").contains("11.0.0.3"))
+        let held = try net.inside(net.client, [python3, "-c", GatewayTopology.Scripts.holdConnection, "11.0.0.3", "7000", "6"])
+        #expect(held.contains("held"), "\(held)")
+        #expect(try (agent.metric("weir_nft_follow_pairs_total", ["pipeline": "gateway", "event": "kept"]) ?? 0) >= 1)
+        #expect(eventually(timeout: 10) { !net.clientReaches("11.0.0.3", port: 7000) }, "expired once the connection closed")
+
+        // A DoH endpoint stays blocked on 443 even when a followed name points at it.
+        try net.inside(net.gateway, ["ip", "route", "add", "1.1.1.1/32", "via", "11.0.0.2"])
+        try "1.1.1.1\n".write(toFile: answers, atomically: true, encoding: .utf8)
+        #expect(try Self.resolve(net, "doh.example.net").contains("1.1.1.1"))
+        #expect(net.clientReaches("1.1.1.1", port: 7000), "followed")
+        #expect(!net.clientReaches("1.1.1.1", port: 443), "DNS-over-HTTPS endpoints are blocked")
+
+        #expect(try (agent.metric("weir_nft_follow_answers_total", ["pipeline": "gateway", "result": "admitted"]) ?? 0) >= 3)
+        #expect(try (agent.metric("weir_dns_queries_total", ["pipeline": "dns", "result": "blocked"]) ?? 0) >= 1)
+    }
+
+    @Test("Private answers open nothing (DNS rebinding); a full set evicts pairs without connections and refuses when every pair has one")
+    func boundsAndRebinding() throws {
+        let net = try GatewayTopology()
+        let echo = try net.background(net.upstream, GatewayTopology.Scripts.echoServer, ["7000"])
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("weir-follow-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        let answers = folder.appendingPathComponent("answers").path
+        let blocklist = folder.appendingPathComponent("block.txt").path
+        try "10.60.0.2\n".write(toFile: answers, atomically: true, encoding: .utf8)
+        try "blocked.example.net\n".write(toFile: blocklist, atomically: true, encoding: .utf8)
+        let dns = try net.background(net.upstream, GatewayTopology.Scripts.dnsServer, [answers, "11.0.0.53", "53", "60"])
+        defer {
+            echo.stopHelper()
+            dns.stopHelper()
+            try? FileManager.default.removeItem(at: folder)
+        }
+        let agent = try WeirProcess(pipelines: Self.gateway(net, blocklist: blocklist, grace: "60s", maxElements: 2), netns: net.gateway)
+        try agent.start()
+        defer { agent.stop() }
+
+        #expect(try Self.resolve(net, "svc.example.net").contains("10.60.0.2"))
+        #expect(!net.clientReaches("10.60.0.2", port: 7000), "a public name answered with a private address opens nothing")
+
+        // Two pairs fill the set; a third answer evicts the one closest to expiry that has no connection.
+        for address in ["11.0.0.2", "11.0.0.3", "11.0.0.53"] {
+            try "\(address)\n".write(toFile: answers, atomically: true, encoding: .utf8)
+            #expect(try Self.resolve(net, "svc.example.net").contains(address))
+        }
+        #expect(net.clientReaches("11.0.0.53", port: 7000))
+        #expect(!net.clientReaches("11.0.0.2", port: 7000), "evicted: oldest without a connection")
+        #expect(try (agent.metric("weir_nft_follow_pairs_total", ["pipeline": "gateway", "event": "evicted"]) ?? 0) >= 1)
+
+        // Both pairs in use: the next answer is refused with SERVFAIL instead of an address that would not work.
+        let holders = try ["11.0.0.3", "11.0.0.53"].map { address in
+            try net.background(net.client, GatewayTopology.Scripts.holdConnection, [address, "7000", "8"])
+        }
+        defer { holders.forEach { $0.stopHelper() } }
+        Thread.sleep(forTimeInterval: 1)  // both connections open
+        try "11.0.0.2\n".write(toFile: answers, atomically: true, encoding: .utf8)
+        let refused = try Self.resolve(net, "svc.example.net")
+        #expect(refused.contains("[]") && !refused.contains("11.0.0.2"), "\(refused)")
+        #expect(try (agent.metric("weir_nft_follow_answers_total", ["pipeline": "gateway", "result": "refused"]) ?? 0) >= 1)
+        #expect(try (agent.metric("weir_dns_queries_total", ["pipeline": "dns", "result": "servfail"]) ?? 0) >= 1)
+        #expect(!net.clientReaches("11.0.0.2", port: 7000))
+    }
+
+    @Test("References to other pipelines are checked: a missing pipeline, one without dns.filter, an unknown group")
+    func referencesAreValidated() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("weir-refs-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let file = folder.appendingPathComponent("weir.yaml").path
+        try """
+            pipelines:
+              web:
+                stages:
+                  - type: listen.tcp
+                    address: 127.0.0.1:9000
+                  - type: connect.tcp
+                    addresses: [127.0.0.1:9001]
+              dns:
+                stages:
+                  - type: dns.filter
+                    listen: 127.0.0.1:5300
+                    upstreams: [127.0.0.1:53]
+              gateway:
+                stages:
+                  - type: enforce.nftables
+                    dns_hijack: {sources: [10.0.0.0/8], resolver: web}
+                    allow_destinations:
+                      interfaces: [eth0]
+                      entries:
+                        - domains_from: nowhere
+              gateway2:
+                stages:
+                  - type: enforce.nftables
+                    allow_destinations:
+                      interfaces: [eth1]
+                      entries:
+                        - { domains_from: dns, groups: [staff] }
+            """.write(toFile: file, atomically: true, encoding: .utf8)
+        let (status, output) = try runWeir(["validate", "--config", file])
+        #expect(status == 78)
+        #expect(output.contains("pipelines.gateway.stages[0] (enforce.nftables): dns_hijack.resolver: pipeline \"web\" has no dns.filter stage"), "\(output)")
+        #expect(output.contains("allow_destinations.entries.domains_from: there is no pipeline \"nowhere\""), "\(output)")
+        #expect(output.contains("groups staff are not groups of its dns.filter"), "\(output)")
+        #expect(output.contains("weir.yaml:"), "errors name the file: \(output)")
+    }
+}
