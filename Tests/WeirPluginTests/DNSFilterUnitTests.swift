@@ -38,6 +38,43 @@ struct DNSFilterUnitTests {
         #expect(DomainRules().decide("anything.example") == nil)
     }
 
+    @Test("named lists (a lists: section, as the coordinator pushes them) are rules: strings in any format, {domain:}; addresses skipped; an unknown list is named")
+    func namedLists() throws {
+        let loader = ConfigLoader(registry: BuiltinStages.registry)
+        let pipelines = try loader.loadPipelines(yaml: """
+            lists:
+              corp-block:
+                entries: [ads.example.com, "||tracker.example^", { domain: bad.example.org }, 9.9.9.9, { address: 1.1.1.1 }]
+              corp-allow:
+                entries: [good.ads.example.com]
+            pipelines:
+              dns:
+                stages:
+                  - type: dns.filter
+                    listen: 127.0.0.1:5300
+                    blocklists: [{list: corp-block}]
+                    allowlists: [{list: corp-allow}]
+                    upstreams: [192.0.2.53]
+            """, name: "t.yaml")
+        let config = try #require(pipelines.first?.stages.first?.config as? DNSFilterConfig)
+        #expect(config.rules.rules.decide("x.ads.example.com") == .init(allowed: false, list: "list:corp-block", line: 1))
+        #expect(config.rules.rules.decide("tracker.example")?.allowed == false)
+        #expect(config.rules.rules.decide("bad.example.org") == .init(allowed: false, list: "list:corp-block", line: 3))
+        #expect(config.rules.rules.decide("good.ads.example.com") == .init(allowed: true, list: "list:corp-allow", line: 1))
+        #expect(config.rules.rules.decide("9.9.9.9") == nil)
+        do {
+            _ = try loader.loadPipelines(yaml: """
+                pipelines:
+                  dns:
+                    stages:
+                      - {type: dns.filter, listen: "127.0.0.1:5300", upstreams: [192.0.2.53], blocklists: [{list: nope}]}
+                """, name: "u.yaml")
+            Issue.record("an unknown list must be refused")
+        } catch {
+            #expect("\(error)".contains("unknown list \"nope\""), "\(error)")
+        }
+    }
+
     @Test("a query is read (name lowercased, EDNS payload size) and answered with its question echoed")
     func wireQueryAndAnswers() throws {
         var bytes = DNSWire.query(id: 0x1234, name: "WWW.Example.com", type: DNSWire.RecordType.a)

@@ -81,8 +81,10 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
     public static let role = StageRole.service
     public static let options = [
         OptionDoc("listen", "host:port", default: "0.0.0.0:53", "Where the server answers, on UDP and TCP."),
-        OptionDoc("blocklists", "[path]", default: "[]", "Files of rules: hosts files, domain lists, adblock ||domain^ and @@||domain^, *.wildcard."),
-        OptionDoc("allowlists", "[path]", default: "[]", "Files whose every rule allows; an allow rule wins over a block."),
+        OptionDoc(
+            "blocklists", "[path | {list: NAME}]", default: "[]",
+            "Files or named lists of rules: hosts files, domain lists, adblock ||domain^ and @@||domain^, *.wildcard."),
+        OptionDoc("allowlists", "[path | {list: NAME}]", default: "[]", "Files or named lists whose every rule allows; an allow rule wins over a block."),
         OptionDoc("block_answer", "nxdomain|zero|refused", default: "nxdomain", "The answer for blocked names (zero: 0.0.0.0 and ::)."),
         OptionDoc("canaries", "bool", default: "true", "Answer NXDOMAIN for use-application-dns.net, mask.icloud.com, mask-h2.icloud.com and _dns.resolver.arpa."),
         OptionDoc("records", "{name: [addresses] | name}", default: "{}", "Names answered here before any upstream: addresses, a rewrite to another name (CNAME), *.wildcards."),
@@ -245,6 +247,14 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
                 continue
             }
             for item in items {
+                if item.hasKey("list") {
+                    guard let list = namedListRules(item) else {
+                        readable = false
+                        continue
+                    }
+                    sources.append((list.name, list.text, allow))
+                    continue
+                }
                 guard let path = item.filePath else {
                     readable = false
                     continue
@@ -258,6 +268,26 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
             }
         }
         return sources
+    }
+
+    /// `{list: NAME}`: a named list (a `lists:` section of any file, or the coordinator's lists) as rule
+    /// lines — its strings in any rule format, `{domain: …}` entries as domains; addresses are not DNS rules
+    /// and are skipped. Named `list:NAME` in the query log and `weir_dns_rules`.
+    static func namedListRules(_ item: ConfigValue) -> (name: String, text: [UInt8])? {
+        guard let map = item.mapping else { return nil }
+        let nameValue = map.required("list")
+        map.finish()
+        guard let nameValue, let name = nameValue.string, let entries = nameValue.namedList(name)?.sequence else { return nil }
+        var text: [UInt8] = []
+        for entry in entries {
+            if let line = entry.isScalar ? entry.string : nil {
+                text += Array(line.utf8)
+            } else if let domain = entry.node.mapping?.first(where: { $0.key.scalar?.string == "domain" })?.value.scalar?.string {
+                text += Array(domain.utf8)
+            }
+            text.append(UInt8(ascii: "\n"))  // one line per entry, so a rule's line is its entry's position
+        }
+        return ("list:" + name, text)
     }
 
     /// Peer names in groups refer to the peers of a `wireguard` stage in the same pipeline.

@@ -170,22 +170,27 @@ struct DomainRules: Sendable {
         return line
     }
 
-    /// Letters, digits, '-', '_' in labels of 1-63 bytes, at most 253 bytes.
+    /// Letters, digits, '-', '_' in labels of 1-63 bytes, at most 253 bytes; the last label is not all digits
+    /// (no top-level domain is, so `9.9.9.9` in a list is an address, not a rule).
     static func isDomain<C: Collection>(_ bytes: C) -> Bool where C.Element == UInt8 {
         guard !bytes.isEmpty, bytes.count <= 253 else { return false }
         var label = 0
+        var digitsOnly = true
         for byte in bytes {
             if byte == UInt8(ascii: ".") {
                 guard label > 0 else { return false }
                 label = 0
+                digitsOnly = true
                 continue
             }
-            let ok = (byte >= 97 && byte <= 122) || (byte >= 65 && byte <= 90) || (byte >= 48 && byte <= 57) || byte == 45 || byte == 95
+            let digit = byte >= 48 && byte <= 57
+            let ok = (byte >= 97 && byte <= 122) || (byte >= 65 && byte <= 90) || digit || byte == 45 || byte == 95
             guard ok else { return false }
+            if !digit { digitsOnly = false }
             label += 1
             guard label <= 63 else { return false }
         }
-        return label > 0
+        return label > 0 && !digitsOnly
     }
 
     private static func isAddress<C: Collection>(_ bytes: C) -> Bool where C.Element == UInt8 {
