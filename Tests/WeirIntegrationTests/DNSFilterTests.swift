@@ -220,6 +220,32 @@ struct DNSFilterTests {
         #expect(try failover.agent.metric("weir_dns_upstream_errors_total", ["upstream": "127.0.0.1:\(hole.port)"]) ?? 0 >= 1)
     }
 
+    @Test("prefetch refreshes a popular name before it expires; serve_stale answers from the expired cache when the upstream is gone, else SERVFAIL")
+    func prefetchAndServeStale() throws {
+        let upstream = try Dnsmasq(records: Self.records)
+        let server = try Server("upstreams: [127.0.0.1:\(upstream.port)]\nupstream_timeout: 300ms\ncache: {max_ttl: 3s, serve_stale: 1h, prefetch: true}")
+        defer { server.stop() }
+        // Asked, hit, then hit again in the last second of its 3 s: refreshed in the background.
+        #expect(try server.ask("www.example.test", "A", ["+short"]).contains("192.0.2.10"))
+        #expect(try server.ask("www.example.test", "A", ["+short"]).contains("192.0.2.10"))
+        Thread.sleep(forTimeInterval: 2.3)
+        #expect(try server.ask("www.example.test", "A", ["+short"]).contains("192.0.2.10"))
+        #expect(try server.agent.waitForMetric("weir_dns_cache_prefetches_total") { ($0 ?? 0) >= 1 } ?? 0 >= 1)
+        // Past the first answer's expiry, still a cache hit: the prefetched answer. One upstream answer counted.
+        Thread.sleep(forTimeInterval: 1.0)
+        #expect(try server.ask("www.example.test", "A", ["+short"]).contains("192.0.2.10"))
+        #expect(try server.agent.metric("weir_dns_queries_total", ["result": "allowed"]) == 1)
+
+        // The upstream goes away: expired answers are given with TTL 30; a name never asked is SERVFAIL.
+        #expect(try server.ask("kept.example.net", "A", ["+short"]).contains("192.0.2.50"))
+        upstream.stop()
+        Thread.sleep(forTimeInterval: 3.2)
+        let stale = try server.ask("kept.example.net")
+        #expect(digStatus(stale) == "NOERROR" && stale.contains("30\tIN\tA\t192.0.2.50"), "\(stale)")
+        #expect(digStatus(try server.ask("tracker-free.example.test")) == "SERVFAIL")
+        #expect(try server.agent.metric("weir_dns_stale_answers_total") ?? 0 >= 1)
+    }
+
     @Test("garbage datagrams, half TCP frames and more TCP connections than allowed leave the server answering")
     func hostileClients() throws {
         let upstream = try Dnsmasq(records: Self.records)

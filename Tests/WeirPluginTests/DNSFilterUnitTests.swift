@@ -146,6 +146,36 @@ struct DNSFilterUnitTests {
         #expect(cache.count == 3)
     }
 
+    @Test("serve_stale keeps expired answers for the window only, with TTL 30; prefetch asks once for a name hit twice in its last tenth")
+    func staleAndPrefetch() throws {
+        let cache = DNSCache(capacity: 10, minTTL: 0, maxTTL: 1000, staleWindow: .seconds(60), prefetch: true)
+        let query = try DNSWire.parseQuery(DNSWire.query(id: 1, name: "a.example", type: 1))
+        let answer = DNSWire.answer(to: query, code: 0, records: [(1, 100, [192, 0, 2, 1])])
+        let t0 = ContinuousClock.now
+        cache.store(query.question, bytes: answer, response: try DNSWire.parseResponse(answer), now: t0)
+        #expect(cache.stale(query.question, id: 5, now: t0 + .seconds(50)) != nil, "a fresh entry is also acceptable when upstreams fail")
+        // Hits early in the TTL do not prefetch; the second hit in the last 10 s does, once.
+        #expect(cache.lookup(query.question, id: 1, now: t0 + .seconds(10))?.prefetch == false)
+        #expect(cache.lookup(query.question, id: 1, now: t0 + .seconds(91))?.prefetch == true)
+        #expect(cache.lookup(query.question, id: 1, now: t0 + .seconds(92))?.prefetch == false, "one refresh at a time")
+        cache.prefetchFailed(query.question)
+        #expect(cache.lookup(query.question, id: 1, now: t0 + .seconds(93))?.prefetch == true, "again after a failed refresh")
+        // Expired: not an answer, but stale within the window, every TTL 30.
+        #expect(cache.lookup(query.question, id: 1, now: t0 + .seconds(101)) == nil)
+        let stale = try #require(cache.stale(query.question, id: 7, now: t0 + .seconds(150)))
+        #expect(try DNSWire.parseResponse(stale).id == 7)
+        #expect(try DNSWire.parseResponse(stale).addresses.first?.ttl == 30)
+        #expect(cache.stale(query.question, id: 7, now: t0 + .seconds(161)) == nil, "past the window")
+        _ = cache.lookup(query.question, id: 1, now: t0 + .seconds(161))
+        #expect(cache.count == 0, "dropped once past the window")
+
+        let plain = DNSCache(capacity: 10, minTTL: 0, maxTTL: 1000)
+        plain.store(query.question, bytes: answer, response: try DNSWire.parseResponse(answer), now: t0)
+        #expect(plain.lookup(query.question, id: 1, now: t0 + .seconds(95))?.prefetch == false)
+        #expect(plain.lookup(query.question, id: 1, now: t0 + .seconds(96))?.prefetch == false, "prefetch is off")
+        #expect(plain.stale(query.question, id: 1, now: t0 + .seconds(101)) == nil, "serve_stale is off")
+    }
+
     @Test("configuration: upstream forms, names refused, lists that cannot be read named at their place")
     func configuration() throws {
         #expect(try DNSFilterConfig.Upstream.parse("9.9.9.9").description == "9.9.9.9:53")

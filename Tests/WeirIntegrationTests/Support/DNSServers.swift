@@ -27,6 +27,12 @@ final class Dnsmasq {
         }
     }
 
+    /// Stops answering (an upstream that went away).
+    func stop() {
+        process?.stop()
+        process = nil
+    }
+
     deinit {
         process?.stop()
         try? FileManager.default.removeItem(at: directory)

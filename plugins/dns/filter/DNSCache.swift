@@ -1,8 +1,10 @@
 import NIOConcurrencyHelpers
 
 /// Answers kept for their TTL (clamped to min/max), at most `capacity` of them: when full, the entry that
-/// expires first among a small sample is evicted — no per-hit bookkeeping, so a hit costs one lookup and a
-/// copy. Served answers get their TTLs lowered by their age; SERVFAIL is never stored.
+/// expires first among a small sample is evicted. Served answers get their TTLs lowered by their age;
+/// SERVFAIL is never stored. With `staleWindow`, an expired answer is kept that much longer, for when every
+/// upstream fails (RFC 8767: served with TTL 30); with `prefetch`, a name asked again in the last tenth of
+/// its TTL (at least its last second) is refreshed once in the background, so popular names never miss.
 final class DNSCache: Sendable {
     struct Key: Hashable, Sendable {
         var question: DNSWire.Question
@@ -13,35 +15,78 @@ final class DNSCache: Sendable {
         var ttlOffsets: [Int]
         var stored: ContinuousClock.Instant
         var expires: ContinuousClock.Instant
+        /// Hits since it was stored, and whether a refresh is under way.
+        var hits = 0
+        var prefetching = false
     }
+
+    /// A fresh answer, and whether the caller should refresh it now (prefetch).
+    struct Hit {
+        var bytes: [UInt8]
+        var prefetch: Bool
+    }
+
+    /// The TTL of stale answers (RFC 8767's recommendation).
+    static let staleTTL: UInt32 = 30
 
     private let capacity: Int
     private let minTTL: UInt32
     private let maxTTL: UInt32
+    private let staleWindow: Duration
+    private let prefetch: Bool
     private let entries = NIOLockedValueBox<[Key: Entry]>([:])
 
-    init(capacity: Int, minTTL: UInt32, maxTTL: UInt32) {
+    init(capacity: Int, minTTL: UInt32, maxTTL: UInt32, staleWindow: Duration = .zero, prefetch: Bool = false) {
         self.capacity = capacity
         self.minTTL = minTTL
         self.maxTTL = maxTTL
+        self.staleWindow = staleWindow
+        self.prefetch = prefetch
     }
 
     var count: Int { entries.withLockedValue { $0.count } }
 
     /// The cached answer with `id` and aged TTLs, or nil.
     func answer(_ question: DNSWire.Question, id: UInt16, now: ContinuousClock.Instant = .now) -> [UInt8]? {
+        lookup(question, id: id, now: now)?.bytes
+    }
+
+    /// The cached answer with `id` and aged TTLs, and whether to prefetch it; nil when absent or expired.
+    func lookup(_ question: DNSWire.Question, id: UInt16, now: ContinuousClock.Instant = .now) -> Hit? {
         guard capacity > 0 else { return nil }
-        let entry: Entry? = entries.withLockedValue { entries in
-            guard let entry = entries[Key(question: question)] else { return nil }
+        let key = Key(question: question)
+        let found: (Entry, Bool)? = entries.withLockedValue { entries in
+            guard var entry = entries[key] else { return nil }
             if entry.expires <= now {
-                entries[Key(question: question)] = nil
+                if entry.expires + staleWindow <= now { entries[key] = nil }
                 return nil
             }
+            entry.hits += 1
+            let lifetime = entry.expires - entry.stored
+            let refresh = prefetch && !entry.prefetching && entry.hits >= 2 && entry.expires - now <= max(lifetime / 10, .seconds(1))
+            if refresh { entry.prefetching = true }
+            entries[key] = entry
+            return (entry, refresh)
+        }
+        guard let (entry, refresh) = found else { return nil }
+        let age = UInt32((now - entry.stored).components.seconds)
+        return Hit(bytes: DNSWire.served(entry.bytes, id: id, ttlOffsets: entry.ttlOffsets, age: age), prefetch: refresh)
+    }
+
+    /// An expired answer still inside the stale window, with `id` and every TTL 30 s; for when no upstream answers.
+    func stale(_ question: DNSWire.Question, id: UInt16, now: ContinuousClock.Instant = .now) -> [UInt8]? {
+        guard capacity > 0, staleWindow > .zero else { return nil }
+        let entry: Entry? = entries.withLockedValue { entries in
+            guard let entry = entries[Key(question: question)], entry.expires + staleWindow > now else { return nil }
             return entry
         }
         guard let entry else { return nil }
-        let age = UInt32((now - entry.stored).components.seconds)
-        return DNSWire.served(entry.bytes, id: id, ttlOffsets: entry.ttlOffsets, age: age)
+        return DNSWire.served(entry.bytes, id: id, ttlOffsets: entry.ttlOffsets, age: UInt32.max / 2, floor: Self.staleTTL)
+    }
+
+    /// A refresh that failed: the entry may be prefetched again.
+    func prefetchFailed(_ question: DNSWire.Question) {
+        entries.withLockedValue { entries in entries[Key(question: question)]?.prefetching = false }
     }
 
     /// Stores an upstream's answer (NOERROR or NXDOMAIN) for its lowest TTL, clamped.
@@ -55,7 +100,7 @@ final class DNSCache: Sendable {
         let entry = Entry(bytes: bytes, ttlOffsets: response.ttlOffsets, stored: now, expires: now + .seconds(Int(ttl)))
         entries.withLockedValue { entries in
             if entries.count >= capacity, entries[Key(question: question)] == nil {
-                // Sample a few entries (dictionary order is arbitrary) and evict the one expiring first.
+                // Sample a few entries (dictionary order is arbitrary) and evict the one expiring first (stale ones first of all).
                 var victim: (Key, ContinuousClock.Instant)?
                 for (key, value) in entries.prefix(8) where victim == nil || value.expires < victim!.1 { victim = (key, value.expires) }
                 if let victim { entries[victim.0] = nil }

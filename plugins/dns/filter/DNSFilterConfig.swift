@@ -95,7 +95,9 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
         OptionDoc("upstream_ca", "path", default: "the system's", "CA certificates (PEM) that sign the tls:// upstreams' certificates."),
         OptionDoc("strategy", "parallel|failover|fastest|round_robin", default: "failover", "How upstreams share the queries."),
         OptionDoc("upstream_timeout", "duration", default: "2s", "How long one upstream may take before it counts as failed."),
-        OptionDoc("cache", "{size, min_ttl, max_ttl}", default: "{size: 10000}", "Answers kept for their TTL, clamped; size 0 turns the cache off."),
+        OptionDoc(
+            "cache", "{size, min_ttl, max_ttl, serve_stale, prefetch}", default: "{size: 10000}",
+            "Answers kept for their TTL, clamped; size 0 turns the cache off. serve_stale: how long expired answers may answer when every upstream fails; prefetch: refresh names asked near their expiry."),
         OptionDoc("query_log", "{file, max_size}", default: "none", "One JSON line per answer (client, name, type, result, deciding rule, upstream, ms), rotated to FILE.1 at max_size (100MiB)."),
         OptionDoc("max_inflight", "count", default: "4096", "Queries being answered at once; more are refused."),
     ]
@@ -114,6 +116,10 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
     public var cacheSize: Int
     public var minTTL: UInt32
     public var maxTTL: UInt32
+    /// How long after expiry an answer may still be given when every upstream fails (zero: never).
+    public var serveStale: Duration
+    /// Refresh a name asked again near the end of its TTL.
+    public var prefetch: Bool
     public var maxInflight: Int
     var records: LocalRecords
     public var groups: [Group]
@@ -196,14 +202,18 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
         var cacheSize: Int? = 10_000
         var minTTL: UInt32? = 0
         var maxTTL: UInt32? = 86_400
+        var serveStale: Duration? = .zero
+        var prefetch: Bool? = false
         if let cache = options.optional("cache") {
             if let map = cache.mapping {
                 cacheSize = map.optional("size", default: 10_000) { $0.int(in: 0...10_000_000) }
                 minTTL = map.optional("min_ttl", default: Duration.zero) { $0.duration(atLeast: .zero) }.map { UInt32($0.components.seconds) }
                 maxTTL = map.optional("max_ttl", default: Duration.seconds(86_400)) { $0.duration(atLeast: .seconds(1)) }.map { UInt32(min($0.components.seconds, 604_800)) }
+                serveStale = map.optional("serve_stale", default: Duration.zero) { $0.duration(atLeast: .zero) }
+                prefetch = map.optional("prefetch", default: false) { $0.bool }
                 map.finish()
             } else {
-                cache.error("expected {size, min_ttl, max_ttl}")
+                cache.error("expected {size, min_ttl, max_ttl, serve_stale, prefetch}")
                 cacheSize = nil
             }
         }
@@ -225,7 +235,7 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
         }
         let inflight = options.optional("max_inflight", default: 4096) { $0.int(in: 1...1_000_000) }
         guard readable, let upstreamCA, let queryLogMaxSize, let groups, let records, let listen, let blocklists, let allowlists, let blockAnswer, let canaries, let upstreams, let strategy, let timeout, let cacheSize,
-            let minTTL, let maxTTL, let inflight
+            let minTTL, let maxTTL, let inflight, let serveStale, let prefetch
         else { return nil }
         if minTTL > maxTTL {
             options.optional("cache")?.error("min_ttl is above max_ttl")
@@ -233,7 +243,8 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
         }
         return DNSFilterConfig(
             listen: listen, blocklists: blocklists, allowlists: allowlists, blockAnswer: blockAnswer, canaries: canaries, upstreams: upstreams,
-            strategy: strategy, upstreamTimeout: timeout, cacheSize: cacheSize, minTTL: minTTL, maxTTL: maxTTL, maxInflight: inflight,
+            strategy: strategy, upstreamTimeout: timeout, cacheSize: cacheSize, minTTL: minTTL, maxTTL: maxTTL, serveStale: serveStale,
+            prefetch: prefetch, maxInflight: inflight,
             records: records, groups: groups, upstreamCA: upstreamCA, queryLogFile: queryLogFile, queryLogMaxSize: queryLogMaxSize, rules: LoadedRules(sources))
     }
 

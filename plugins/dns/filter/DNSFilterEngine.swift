@@ -19,6 +19,8 @@ final class DNSFilterEngine: Sendable {
     private let metrics: PipelineMetrics
     private let results: [Result: Prometheus.Counter]
     private let cacheEntries: Prometheus.Gauge
+    private let prefetches: Prometheus.Counter
+    private let staleAnswers: Prometheus.Counter
     private let inflight = NIOLockedValueBox(0)
     private let queryLog: QueryLog?
     private let canaries: Set<String>
@@ -31,7 +33,10 @@ final class DNSFilterEngine: Sendable {
         self.config = config
         self.pipeline = pipeline
         self.metrics = metrics
-        cache = DNSCache(capacity: config.cacheSize, minTTL: config.minTTL, maxTTL: config.maxTTL)
+        cache = DNSCache(capacity: config.cacheSize, minTTL: config.minTTL, maxTTL: config.maxTTL, staleWindow: config.serveStale, prefetch: config.prefetch)
+        prefetches = metrics.counter("weir_dns_cache_prefetches_total", labels: [], help: "Cached answers refreshed before they expired (prefetch).")
+        staleAnswers = metrics.counter(
+            "weir_dns_stale_answers_total", labels: [], help: "Expired answers given because every upstream failed (serve_stale); counted as cached too.")
         canaries = config.canaries ? Set(DNSFilterConfig.canaryDomains) : []
         queryLog = config.queryLogFile.map { QueryLog(path: $0, maxSize: config.queryLogMaxSize) }
         results = Dictionary(uniqueKeysWithValues: Result.allCases.map {
@@ -140,7 +145,10 @@ final class DNSFilterEngine: Sendable {
         let rule = decision.map { "\($0.list):\($0.line)" }
         if let decision, !decision.allowed { return (blocked(query), .blocked, Decided(rule: rule)) }
         if let record = config.records.lookup(name) { return (await localAnswer(query, record), .allowed, Decided(rule: "records")) }
-        if let cached = cache.answer(query.question, id: query.id) { return (cached, .cached, Decided(rule: rule)) }
+        if let hit = cache.lookup(query.question, id: query.id) {
+            if hit.prefetch { refresh(query.question) }
+            return (hit.bytes, .cached, Decided(rule: rule))
+        }
         let admitted = inflight.withLockedValue { count -> Bool in
             guard count < config.maxInflight else { return false }
             count += 1
@@ -157,7 +165,35 @@ final class DNSFilterEngine: Sendable {
             reply[1] = UInt8(query.id & 0xFF)
             return (reply, .allowed, Decided(rule: rule, upstream: answer.upstream.description))
         } catch {
+            if let stale = cache.stale(query.question, id: query.id) {
+                staleAnswers.increment()
+                return (stale, .cached, Decided(rule: "serve_stale"))
+            }
             return (DNSWire.answer(to: query, code: DNSWire.ResponseCode.serverFailure), .servfail, Decided(rule: rule))
+        }
+    }
+
+    /// Asks the upstreams for a cached name in the background and stores the fresh answer (prefetch). Within
+    /// max_inflight like any query; a failed refresh leaves the entry to expire (or be prefetched again).
+    private func refresh(_ question: DNSWire.Question) {
+        let admitted = inflight.withLockedValue { count -> Bool in
+            guard count < config.maxInflight else { return false }
+            count += 1
+            return true
+        }
+        guard admitted else {
+            cache.prefetchFailed(question)
+            return
+        }
+        Task {
+            defer { inflight.withLockedValue { $0 -= 1 } }
+            do {
+                let answer = try await upstreams.resolve(DNSWire.query(id: 0, name: question.name, type: question.type), question: question)
+                cache.store(question, bytes: answer.bytes, response: answer.response)
+                prefetches.increment()
+            } catch {
+                cache.prefetchFailed(question)
+            }
         }
     }
 
