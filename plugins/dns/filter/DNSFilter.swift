@@ -81,7 +81,7 @@ final class DNSFilter: ServiceStage, Sendable {
     deinit { engine.closeLog() }
 }
 
-/// Answers datagrams; each query answered on its own task.
+/// Answers datagrams: what needs no waiting on the event loop, the rest on a task each.
 private final class UDPQueries: ChannelInboundHandler, Sendable {
     typealias InboundIn = AddressedEnvelope<ByteBuffer>
     typealias OutboundOut = AddressedEnvelope<ByteBuffer>
@@ -94,6 +94,12 @@ private final class UDPQueries: ChannelInboundHandler, Sendable {
         let channel = context.channel
         let bytes = Array(buffer: envelope.data)
         let engine = engine
+        if case .answered(let reply) = engine.answerImmediately(bytes, client: envelope.remoteAddress, udp: true) {
+            if let reply {
+                context.writeAndFlush(wrapOutboundOut(AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: context.channel.allocator.buffer(bytes: reply))), promise: nil)
+            }
+            return
+        }
         Task {
             guard let reply = await engine.answer(bytes, client: envelope.remoteAddress, udp: true) else { return }
             channel.writeAndFlush(AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: ByteBuffer(bytes: reply)), promise: nil)
@@ -118,8 +124,12 @@ private final class TCPQueries: ChannelInboundHandler, @unchecked Sendable {
             context.close(promise: nil)
             return
         }
-        pending += 1
         let bytes = Array(buffer: unwrapInboundIn(data))
+        if case .answered(let reply) = engine.answerImmediately(bytes, client: client, udp: false) {
+            if let reply { context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: reply)), promise: nil) } else { context.close(promise: nil) }
+            return
+        }
+        pending += 1
         let channel = context.channel
         let engine = engine
         let loop = context.eventLoop

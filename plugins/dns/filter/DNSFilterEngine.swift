@@ -107,8 +107,37 @@ final class DNSFilterEngine: Sendable {
         if result == .allowed || result == .cached, let address, !(await released(reply, to: address, group: group.name, name: query.question.name)) {
             (reply, result, decided.rule) = (DNSWire.answer(to: query, code: DNSWire.ResponseCode.serverFailure), .servfail, "domains_from: allowlist full")
         }
+        return finish(query, reply, result, decided, client: client, started: started, udp: udp)
+    }
+
+    enum Immediate {
+        /// The reply (nil: nothing to send).
+        case answered([UInt8]?)
+        /// Needs waiting: call `answer`.
+        case deferred
+    }
+
+    /// What can be answered without waiting — garbage, canaries, blocked names, cache hits — on the caller's
+    /// thread (the event loop: no task per query on the hot path). Records, upstreams and answers that
+    /// followers (enforce.nftables `domains_from`) must see first are deferred.
+    func answerImmediately(_ bytes: [UInt8], client: SocketAddress, udp: Bool) -> Immediate {
+        let query: DNSWire.Query
+        do { query = try DNSWire.parseQuery(bytes) } catch { return .answered(DNSWire.formatError(bytes)) }
+        guard query.opcode == 0 else { return .answered(DNSWire.answer(to: query, code: DNSWire.ResponseCode.notImplemented)) }
+        let started = queryLog == nil ? nil : ContinuousClock.now
+        let group = clientGroup(config.groups.isEmpty ? nil : client.ipAddress.flatMap(Self.clientAddress))
+        guard let (reply, result, decided) = decideLocally(query, rules: group.rules, cached: ResolvedAnswerFollowers.shared.of(pipeline).isEmpty) else {
+            return .deferred
+        }
+        return .answered(finish(query, reply, result, decided, client: client, started: started, udp: udp))
+    }
+
+    /// Counts and logs an answer, and truncates it for a UDP client whose datagrams it does not fit.
+    private func finish(
+        _ query: DNSWire.Query, _ reply: [UInt8], _ result: Result, _ decided: Decided, client: SocketAddress, started: ContinuousClock.Instant?, udp: Bool
+    ) -> [UInt8] {
         results[result]?.increment()
-        if let queryLog {
+        if let queryLog, let started {
             let elapsed = ContinuousClock.now - started
             queryLog.write(QueryLog.Entry(
                 time: Date().ISO8601Format(.iso8601.time(includingFractionalSeconds: true).year().month().day()), client: client.ipAddress ?? "?",
@@ -138,17 +167,22 @@ final class DNSFilterEngine: Sendable {
         var upstream: String?
     }
 
-    private func decide(_ query: DNSWire.Query, _ bytes: [UInt8], rules: DomainRules) async -> ([UInt8], Result, Decided) {
+    /// Canaries, blocked names and (when `cached`) cache hits; nil for what needs records or upstreams.
+    private func decideLocally(_ query: DNSWire.Query, rules: DomainRules, cached: Bool) -> ([UInt8], Result, Decided)? {
         let name = query.question.name
         if canaries.contains(name) { return (DNSWire.answer(to: query, code: DNSWire.ResponseCode.nameError), .blocked, Decided(rule: "canary")) }
         let decision = rules.decide(name)
-        let rule = decision.map { "\($0.list):\($0.line)" }
-        if let decision, !decision.allowed { return (blocked(query), .blocked, Decided(rule: rule)) }
+        if let decision, !decision.allowed { return (blocked(query), .blocked, Decided(rule: "\(decision.list):\(decision.line)")) }
+        guard cached, config.records.lookup(name) == nil, let hit = cache.lookup(query.question, id: query.id) else { return nil }
+        if hit.prefetch { refresh(query.question) }
+        return (hit.bytes, .cached, Decided(rule: decision.map { "\($0.list):\($0.line)" }))
+    }
+
+    private func decide(_ query: DNSWire.Query, _ bytes: [UInt8], rules: DomainRules) async -> ([UInt8], Result, Decided) {
+        if let local = decideLocally(query, rules: rules, cached: true) { return local }
+        let name = query.question.name
+        let rule = rules.decide(name).map { "\($0.list):\($0.line)" }
         if let record = config.records.lookup(name) { return (await localAnswer(query, record), .allowed, Decided(rule: "records")) }
-        if let hit = cache.lookup(query.question, id: query.id) {
-            if hit.prefetch { refresh(query.question) }
-            return (hit.bytes, .cached, Decided(rule: rule))
-        }
         let admitted = inflight.withLockedValue { count -> Bool in
             guard count < config.maxInflight else { return false }
             count += 1
