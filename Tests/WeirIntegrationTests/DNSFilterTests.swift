@@ -246,6 +246,22 @@ struct DNSFilterTests {
         #expect(try server.agent.metric("weir_dns_stale_answers_total") ?? 0 >= 1)
     }
 
+    @Test("fastest_address: of several addresses, the answer is the one that accepts a TCP connection first, cached so; one address is passed on")
+    func fastestAddress() throws {
+        // 127.0.0.2 refuses; 127.0.0.3 (second in the answer) accepts.
+        let listener = try TCPListener(port: 0, host: "127.0.0.3")
+        let upstream = try Dnsmasq(records: Self.records, extra: ["--host-record=multi.example.test,127.0.0.2", "--host-record=multi.example.test,127.0.0.3"])
+        #expect(try dig(["@127.0.0.1", "-p", "\(upstream.port)", "multi.example.test", "+short"]).split(separator: "\n").count == 2)
+        let server = try Server("upstreams: [127.0.0.1:\(upstream.port)]\nfastest_address: {port: \(listener.port), timeout: 500ms}")
+        defer { server.stop() }
+        for _ in 0..<2 {
+            let answer = try server.ask("multi.example.test", "A", ["+short"])
+            #expect(answer.split(separator: "\n").map(String.init) == ["127.0.0.3"], "\(answer)")
+        }
+        #expect(try server.agent.metric("weir_dns_queries_total", ["result": "cached"]) == 1, "the probed answer is cached")
+        #expect(try server.ask("www.example.test", "A", ["+short"]).contains("192.0.2.10"))
+    }
+
     @Test("garbage datagrams, half TCP frames and more TCP connections than allowed leave the server answering")
     func hostileClients() throws {
         let upstream = try Dnsmasq(records: Self.records)

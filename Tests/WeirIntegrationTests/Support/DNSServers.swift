@@ -14,14 +14,15 @@ final class Dnsmasq {
     let directory: URL
 
     /// `records`: name → IPv4 address (A), TXT records as name → text.
-    init(records: [String: String], txt: [String: [String]] = [:]) throws {
+    /// `extra`: more dnsmasq arguments (a second `--host-record` for a name gives it two addresses).
+    init(records: [String: String], txt: [String: [String]] = [:], extra: [String] = []) throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("weir-dnsmasq-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         process = try BackgroundCommand([
             which("dnsmasq")!, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces", "--listen-address=127.0.0.1",
             "--port=\(port)", "--local-ttl=300", "--pid-file=\(directory.path)/pid", "--user=root", "--group=root",
         ] + records.sorted { $0.key < $1.key }.map { "--host-record=\($0.key),\($0.value)" }
-            + txt.flatMap { name, texts in texts.map { "--txt-record=\(name),\($0)" } })
+            + txt.flatMap { name, texts in texts.map { "--txt-record=\(name),\($0)" } } + extra)
         guard eventually(timeout: 5, { (try? dig(["@127.0.0.1", "-p", "\(port)", "+short", records.keys.first ?? "x"])) != nil }) else {
             throw CommandFailed(command: "dnsmasq", status: 1, output: "did not start")
         }

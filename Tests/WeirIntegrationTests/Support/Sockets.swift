@@ -102,11 +102,12 @@ final class TCPListener: @unchecked Sendable {
     let fd: Int32
     let port: Int
 
-    init(port: Int = 0) throws {
+    /// `host`: another loopback address than 127.0.0.1 (127.0.0.0/8 is all loopback).
+    init(port: Int = 0, host: String = "127.0.0.1") throws {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        guard withLoopbackAddress(port: port, ipv6: false, { bind(fd, $0, $1) }) == 0, listen(fd, 128) == 0 else {
+        guard withLoopbackAddress(port: port, ipv6: false, host: host, { bind(fd, $0, $1) }) == 0, listen(fd, 128) == 0 else {
             let error = SocketError("bind/listen")
             close(fd)
             throw error
@@ -203,7 +204,7 @@ func boundPort(_ fd: Int32) -> Int {
     }
 }
 
-func withLoopbackAddress<T>(port: Int, ipv6: Bool, _ body: (UnsafePointer<sockaddr>, socklen_t) -> T) -> T {
+func withLoopbackAddress<T>(port: Int, ipv6: Bool, host: String = "127.0.0.1", _ body: (UnsafePointer<sockaddr>, socklen_t) -> T) -> T {
     if ipv6 {
         var address = sockaddr_in6()
         address.sin6_family = sa_family_t(AF_INET6)
@@ -216,7 +217,7 @@ func withLoopbackAddress<T>(port: Int, ipv6: Bool, _ body: (UnsafePointer<sockad
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_port = in_port_t(UInt16(port).bigEndian)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_addr.s_addr = inet_addr(host)
     return withUnsafePointer(to: &address) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
     }

@@ -72,6 +72,11 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
         let rules: LoadedRules
     }
 
+    public struct FastestAddressOptions: Sendable, Hashable {
+        public var port: Int
+        public var timeout: Duration
+    }
+
     struct ParseError: Error, CustomStringConvertible {
         let description: String
     }
@@ -100,6 +105,9 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
             "Answers kept for their TTL, clamped; size 0 turns the cache off. serve_stale: how long expired answers may answer when every upstream fails; prefetch: refresh names asked near their expiry."),
         OptionDoc("query_log", "{file, max_size}", default: "none", "One JSON line per answer (client, name, type, result, deciding rule, upstream, ms), rotated to FILE.1 at max_size (100MiB)."),
         OptionDoc("max_inflight", "count", default: "4096", "Queries being answered at once; more are refused."),
+        OptionDoc(
+            "fastest_address", "{port, timeout}", default: "none",
+            "For answers with several addresses, connect to each (TCP, port) at once and answer with the first that accepts; cached for the TTL."),
     ]
     public static var sample: String { String(decoding: PackageResources.dns_filter_sample_yaml, as: UTF8.self) }
 
@@ -120,6 +128,8 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
     public var serveStale: Duration
     /// Refresh a name asked again near the end of its TTL.
     public var prefetch: Bool
+    /// Answer with the address that accepts a TCP connection on `port` first.
+    public var fastestAddress: FastestAddressOptions?
     public var maxInflight: Int
     var records: LocalRecords
     public var groups: [Group]
@@ -234,8 +244,16 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
             }
         }
         let inflight = options.optional("max_inflight", default: 4096) { $0.int(in: 1...1_000_000) }
+        let fastest = options.optional("fastest_address", default: FastestAddressOptions?.none) { value -> FastestAddressOptions?? in
+            guard let map = value.mapping else { return nil }
+            let port = map.required("port")?.int(in: 1...65535)
+            let timeout = map.optional("timeout", default: Duration.milliseconds(300)) { $0.duration(atLeast: .milliseconds(10)) }
+            map.finish()
+            guard let port, let timeout else { return nil }
+            return .some(FastestAddressOptions(port: port, timeout: timeout))
+        }
         guard readable, let upstreamCA, let queryLogMaxSize, let groups, let records, let listen, let blocklists, let allowlists, let blockAnswer, let canaries, let upstreams, let strategy, let timeout, let cacheSize,
-            let minTTL, let maxTTL, let inflight, let serveStale, let prefetch
+            let minTTL, let maxTTL, let inflight, let serveStale, let prefetch, let fastest
         else { return nil }
         if minTTL > maxTTL {
             options.optional("cache")?.error("min_ttl is above max_ttl")
@@ -244,7 +262,7 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
         return DNSFilterConfig(
             listen: listen, blocklists: blocklists, allowlists: allowlists, blockAnswer: blockAnswer, canaries: canaries, upstreams: upstreams,
             strategy: strategy, upstreamTimeout: timeout, cacheSize: cacheSize, minTTL: minTTL, maxTTL: maxTTL, serveStale: serveStale,
-            prefetch: prefetch, maxInflight: inflight,
+            prefetch: prefetch, fastestAddress: fastest, maxInflight: inflight,
             records: records, groups: groups, upstreamCA: upstreamCA, queryLogFile: queryLogFile, queryLogMaxSize: queryLogMaxSize, rules: LoadedRules(sources))
     }
 

@@ -19,6 +19,7 @@ final class DNSFilterEngine: Sendable {
     private let metrics: PipelineMetrics
     private let results: [Result: Prometheus.Counter]
     private let cacheEntries: Prometheus.Gauge
+    private let fastest: FastestAddress?
     private let prefetches: Prometheus.Counter
     private let staleAnswers: Prometheus.Counter
     private let inflight = NIOLockedValueBox(0)
@@ -34,6 +35,7 @@ final class DNSFilterEngine: Sendable {
         self.pipeline = pipeline
         self.metrics = metrics
         cache = DNSCache(capacity: config.cacheSize, minTTL: config.minTTL, maxTTL: config.maxTTL, staleWindow: config.serveStale, prefetch: config.prefetch)
+        fastest = config.fastestAddress.map { FastestAddress(port: $0.port, timeout: $0.timeout, group: group) }
         prefetches = metrics.counter("weir_dns_cache_prefetches_total", labels: [], help: "Cached answers refreshed before they expired (prefetch).")
         staleAnswers = metrics.counter(
             "weir_dns_stale_answers_total", labels: [], help: "Expired answers given because every upstream failed (serve_stale); counted as cached too.")
@@ -191,7 +193,14 @@ final class DNSFilterEngine: Sendable {
         guard admitted else { return (DNSWire.answer(to: query, code: DNSWire.ResponseCode.refused), .refused, Decided(rule: "max_inflight")) }
         defer { inflight.withLockedValue { $0 -= 1 } }
         do {
-            let answer = try await upstreams.resolve(bytes, question: query.question)
+            var answer = try await upstreams.resolve(bytes, question: query.question)
+            if let fastest, query.question.type == DNSWire.RecordType.a || query.question.type == DNSWire.RecordType.aaaa,
+                answer.response.addresses.count > 1, let index = await fastest.probe(answer.response.addresses.map(\.bytes)) {
+                // The answer becomes the one address that connected first; cached so, the probe holds for its TTL.
+                let chosen = answer.response.addresses[index]
+                let bytes = DNSWire.answer(to: query, code: 0, records: [(query.question.type, chosen.ttl, chosen.bytes)])
+                if let response = try? DNSWire.parseResponse(bytes) { answer = .init(bytes: bytes, response: response, upstream: answer.upstream) }
+            }
             cache.store(query.question, bytes: answer.bytes, response: answer.response)
             cacheEntries.set(to: Double(cache.count))
             var reply = answer.bytes
