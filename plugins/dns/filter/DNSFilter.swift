@@ -18,6 +18,7 @@ final class DNSFilter: ServiceStage, Sendable {
     private let environment: StageEnvironment
     private let channels = NIOLockedValueBox<[any Channel]>([])
     static let maxConnections = 1024
+    static let udpSockets = max(1, min(System.coreCount, 16))
 
     init(config: DNSFilterConfig, context: StageContext) {
         self.config = config
@@ -34,11 +35,21 @@ final class DNSFilter: ServiceStage, Sendable {
         let engine = engine
         engine.resolveGroups(peerAddresses: PeerAddressBook.addresses(stateDirectory: environment.stateDirectory, pipeline: pipeline))
         let address = try config.listen.socketAddress()
-        let udp = try await DatagramBootstrap(group: group)
-            .channelOption(.socketOption(.so_reuseaddr), value: 1)
-            .channelOption(.socketOption(NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
-            .channelInitializer { channel in channel.pipeline.addHandler(UDPQueries(engine: engine)) }
-            .bind(to: address).get()
+        // One UDP socket per event loop (SO_REUSEPORT: the kernel spreads clients over them), so answering
+        // uses every core, as unbound's threads do.
+        var udp: [any Channel] = []
+        do {
+            for _ in 0..<Self.udpSockets {
+                udp.append(try await DatagramBootstrap(group: group)
+                    .channelOption(.socketOption(.so_reuseaddr), value: 1)
+                    .channelOption(.socketOption(NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
+                    .channelInitializer { channel in channel.pipeline.addHandler(UDPQueries(engine: engine)) }
+                    .bind(to: address).get())
+            }
+        } catch {
+            for channel in udp { try? await channel.close() }
+            throw error
+        }
         let connections = NIOLockedValueBox(0)
         do {
             let tcp = try await ServerBootstrap(group: group)
@@ -59,9 +70,9 @@ final class DNSFilter: ServiceStage, Sendable {
                     ])
                 }
                 .bind(to: address).get()
-            channels.withLockedValue { $0 = [udp, tcp] }
+            channels.withLockedValue { $0 = udp + [tcp] }
         } catch {
-            try? await udp.close()
+            for channel in udp { try? await channel.close() }
             throw error
         }
         logger.info("DNS server listening", metadata: ["address": "\(config.listen)", "rules": "\(config.rules.rules.count)"])

@@ -175,7 +175,7 @@ final class DNSFilterEngine: Sendable {
         if canaries.contains(name) { return (DNSWire.answer(to: query, code: DNSWire.ResponseCode.nameError), .blocked, Decided(rule: "canary")) }
         let decision = rules.decide(name)
         if let decision, !decision.allowed { return (blocked(query), .blocked, Decided(rule: "\(decision.list):\(decision.line)")) }
-        guard cached, config.records.lookup(name) == nil, let hit = cache.lookup(query.question, id: query.id) else { return nil }
+        guard cached, config.records.isEmpty || config.records.lookup(name) == nil, let hit = cache.lookup(query.question, id: query.id) else { return nil }
         if hit.prefetch { refresh(query.question) }
         return (hit.bytes, .cached, Decided(rule: decision.map { "\($0.list):\($0.line)" }))
     }

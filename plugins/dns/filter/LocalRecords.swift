@@ -57,6 +57,8 @@ struct LocalRecords: Sendable, Hashable {
 
     func lookup(_ name: String) -> Record? {
         if let record = exact[name] { return record }
+        // Asked for every query: without wildcards, no walk over the name's suffixes.
+        guard !wildcards.isEmpty else { return nil }
         var rest = Substring(name)
         while let dot = rest.firstIndex(of: ".") {
             rest = rest[rest.index(after: dot)...]
