@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import Testing
 
 /// dns.filter as a real agent on loopback, asked with dig, with dnsmasq as its upstream.
@@ -91,6 +92,48 @@ struct DNSFilterTests {
         try "0.0.0.0 tracker.example.net\n0.0.0.0 www.example.test\n".write(to: server.lists.appendingPathComponent("hosts"), atomically: true, encoding: .utf8)
         try server.agent.reload()
         #expect(try server.ask("www.example.test", "A", ["+short"]).trimmingCharacters(in: .whitespacesAndNewlines) == "0.0.0.0")
+    }
+
+    @Test("a list reload under a steady stream of queries answers every one (the new rules take over the same sockets)")
+    func reloadUnderLoad() throws {
+        let upstream = try Dnsmasq(records: Self.records)
+        let server = try Server("upstreams: [127.0.0.1:\(upstream.port)]")
+        defer { server.stop() }
+        let client = try UDPSocket(timeout: 2)
+        let sent = NIOLockedValueBox(0)
+        let answered = NIOLockedValueBox(Set<UInt16>())
+        let receiver = Thread {
+            while let (bytes, _) = client.receive() {
+                if bytes.count >= 12 { _ = answered.withLockedValue { $0.insert(UInt16(bytes[0]) << 8 | UInt16(bytes[1])) } }
+            }
+        }
+        receiver.start()
+        // 2,000 queries a second for 3 s (blocked names: no upstream involved), the list changed and reloaded in the middle.
+        let sender = Thread {
+            for round in 0..<300 {
+                for index in 0..<20 {
+                    let id = UInt16(round * 20 + index)
+                    try? client.send(Self.query(id: id, name: "tracker.example.net"), to: server.port)
+                    sent.withLockedValue { $0 += 1 }
+                }
+                Thread.sleep(forTimeInterval: 0.01)
+            }
+        }
+        sender.start()
+        Thread.sleep(forTimeInterval: 1)
+        try "0.0.0.0 tracker.example.net\n0.0.0.0 www.example.test\n".write(to: server.lists.appendingPathComponent("hosts"), atomically: true, encoding: .utf8)
+        try server.agent.reload()
+        #expect(eventually(timeout: 10) { sent.withLockedValue { $0 } == 6000 && answered.withLockedValue { $0.count } == 6000 },
+            "\(answered.withLockedValue { $0.count }) of \(sent.withLockedValue { $0 }) answered")
+        #expect(digStatus(try server.ask("www.example.test")) == "NXDOMAIN", "the new list answers")
+        #expect(server.agent.log.contains("on the same sockets"))
+    }
+
+    /// A DNS query for an A record, as bytes.
+    static func query(id: UInt16, name: String) -> [UInt8] {
+        var bytes: [UInt8] = [UInt8(id >> 8), UInt8(id & 0xFF), 1, 0, 0, 1, 0, 0, 0, 0, 0, 0]
+        for label in name.split(separator: ".") { bytes += [UInt8(label.utf8.count)] + Array(label.utf8) }
+        return bytes + [0, 0, 1, 0, 1]
     }
 
     @Test("records: addresses, wildcards, rewrites to a local name and to an upstream name (CNAME and the target's addresses), before any upstream")

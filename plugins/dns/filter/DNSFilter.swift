@@ -6,8 +6,8 @@ import NIOExtras
 import NIOPosix
 import WeirCore
 
-/// The running `dns.filter`: UDP and TCP sockets on `listen` (SO_REUSEPORT, so a reload's successor binds
-/// before its predecessor lets go), each query answered by `DNSFilterEngine`. Bounded: queries in flight
+/// The running `dns.filter`: UDP and TCP sockets on `listen` (one UDP socket per event loop, SO_REUSEPORT),
+/// each query answered by `DNSFilterEngine`; a reload's successor takes the sockets over (`DNSSockets`). Bounded: queries in flight
 /// (`max_inflight`, more are REFUSED), TCP connections (1,024; more are closed at once), and a TCP
 /// connection's idle time (10 s) and queries at once (16).
 final class DNSFilter: ServiceStage, Sendable {
@@ -16,7 +16,6 @@ final class DNSFilter: ServiceStage, Sendable {
     private let logger: Logger
     private let pipeline: String
     private let environment: StageEnvironment
-    private let channels = NIOLockedValueBox<[any Channel]>([])
     static let maxConnections = 1024
     static let udpSockets = max(1, min(System.coreCount, 16))
 
@@ -35,6 +34,12 @@ final class DNSFilter: ServiceStage, Sendable {
         let engine = engine
         engine.resolveGroups(peerAddresses: PeerAddressBook.addresses(stateDirectory: environment.stateDirectory, pipeline: pipeline))
         let address = try config.listen.socketAddress()
+        if DNSSockets.shared.takeOver(config.listen.description, owner: ObjectIdentifier(self), engine: engine) {
+            logger.info("DNS server answering with the new configuration on the same sockets", metadata: ["address": "\(config.listen)"])
+            engine.publishRules()
+            return
+        }
+        let slot = EngineSlot(engine)
         // One UDP socket per event loop (SO_REUSEPORT: the kernel spreads clients over them), so answering
         // uses every core, as unbound's threads do.
         var udp: [any Channel] = []
@@ -43,8 +48,9 @@ final class DNSFilter: ServiceStage, Sendable {
                 udp.append(try await DatagramBootstrap(group: group)
                     .channelOption(.socketOption(.so_reuseaddr), value: 1)
                     .channelOption(.socketOption(NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
-                    .channelInitializer { channel in channel.pipeline.addHandler(UDPQueries(engine: engine)) }
+                    .channelInitializer { channel in channel.pipeline.addHandler(UDPQueries(slot: slot)) }
                     .bind(to: address).get())
+                await Self.enlargeReceiveBuffer(udp.last!)
             }
         } catch {
             for channel in udp { try? await channel.close() }
@@ -66,11 +72,11 @@ final class DNSFilter: ServiceStage, Sendable {
                     return channel.pipeline.addHandlers([
                         IdleStateHandler(readTimeout: .seconds(10)),
                         ByteToMessageHandler(LengthFieldBasedFrameDecoder(lengthFieldBitLength: .twoBytes)),
-                        LengthFieldPrepender(lengthFieldBitLength: .twoBytes), TCPQueries(engine: engine),
+                        LengthFieldPrepender(lengthFieldBitLength: .twoBytes), TCPQueries(slot: slot),
                     ])
                 }
                 .bind(to: address).get()
-            channels.withLockedValue { $0 = udp + [tcp] }
+            DNSSockets.shared.register(config.listen.description, channels: udp + [tcp], slot: slot, owner: ObjectIdentifier(self))
         } catch {
             for channel in udp { try? await channel.close() }
             throw error
@@ -79,15 +85,22 @@ final class DNSFilter: ServiceStage, Sendable {
         engine.publishRules()
     }
 
-    func stop() async {
-        let open = channels.withLockedValue { channels in
-            defer { channels = [] }
-            return channels
+    /// 4 MiB of queued queries per UDP socket (the default, ~200 KiB, overflows in a burst or while a reload
+    /// compiles a large list on the same cores): SO_RCVBUFFORCE as root, else as far as rmem_max allows.
+    static func enlargeReceiveBuffer(_ channel: any Channel) async {
+        do {
+            try await channel.setOption(.socketOption(NIOBSDSocket.Option(rawValue: SO_RCVBUFFORCE)), value: 4 << 20).get()
+        } catch {
+            try? await channel.setOption(.socketOption(.so_rcvbuf), value: 4 << 20).get()
         }
-        for channel in open { try? await channel.close() }
     }
 
-    func retire() async { await stop() }
+    func stop() async { DNSSockets.shared.release(config.listen.description, owner: ObjectIdentifier(self)) }
+
+    func retire() async {
+        await stop()
+        await DNSSockets.shared.closeIfUnowned(config.listen.description)
+    }
 
     deinit { engine.closeLog() }
 }
@@ -96,15 +109,15 @@ final class DNSFilter: ServiceStage, Sendable {
 private final class UDPQueries: ChannelInboundHandler, Sendable {
     typealias InboundIn = AddressedEnvelope<ByteBuffer>
     typealias OutboundOut = AddressedEnvelope<ByteBuffer>
-    let engine: DNSFilterEngine
+    let slot: EngineSlot
 
-    init(engine: DNSFilterEngine) { self.engine = engine }
+    init(slot: EngineSlot) { self.slot = slot }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let envelope = unwrapInboundIn(data)
         let channel = context.channel
         let bytes = Array(buffer: envelope.data)
-        let engine = engine
+        let engine = slot.current
         if case .answered(let reply) = engine.answerImmediately(bytes, client: envelope.remoteAddress, udp: true) {
             if let reply {
                 context.writeAndFlush(wrapOutboundOut(AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: context.channel.allocator.buffer(bytes: reply))), promise: nil)
@@ -125,10 +138,10 @@ private final class UDPQueries: ChannelInboundHandler, Sendable {
 private final class TCPQueries: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
-    let engine: DNSFilterEngine
+    let slot: EngineSlot
     private var pending = 0  // on the channel's event loop
 
-    init(engine: DNSFilterEngine) { self.engine = engine }
+    init(slot: EngineSlot) { self.slot = slot }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard pending < 16, let client = context.channel.remoteAddress else {
@@ -136,13 +149,13 @@ private final class TCPQueries: ChannelInboundHandler, @unchecked Sendable {
             return
         }
         let bytes = Array(buffer: unwrapInboundIn(data))
+        let engine = slot.current
         if case .answered(let reply) = engine.answerImmediately(bytes, client: client, udp: false) {
             if let reply { context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: reply)), promise: nil) } else { context.close(promise: nil) }
             return
         }
         pending += 1
         let channel = context.channel
-        let engine = engine
         let loop = context.eventLoop
         Task {
             let reply = await engine.answer(bytes, client: client, udp: false)
