@@ -150,6 +150,55 @@ struct DNSFollowTests {
         #expect(!net.clientReaches("11.0.0.2", port: 7000))
     }
 
+    @Test("Each client reaches what it resolved itself, not what another client resolved")
+    func pairsArePerClient() throws {
+        let net = try GatewayTopology()
+        try net.inside(net.client, ["ip", "addr", "add", "10.50.0.3/24", "dev", net.clientInterface])
+        let echo = try net.background(net.upstream, GatewayTopology.Scripts.echoServer, ["7000"])
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("weir-follow-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        let answers = folder.appendingPathComponent("answers").path
+        let blocklist = folder.appendingPathComponent("block.txt").path
+        try "11.0.0.2\n".write(toFile: answers, atomically: true, encoding: .utf8)
+        try "blocked.example.net\n".write(toFile: blocklist, atomically: true, encoding: .utf8)
+        let dns = try net.background(net.upstream, GatewayTopology.Scripts.dnsServer, [answers, "11.0.0.53", "53", "60"])
+        defer {
+            echo.stopHelper()
+            dns.stopHelper()
+            try? FileManager.default.removeItem(at: folder)
+        }
+        let agent = try WeirProcess(pipelines: Self.gateway(net, blocklist: blocklist, grace: "60s"), netns: net.gateway)
+        try agent.start()
+        defer { agent.stop() }
+
+        /// Python: argv source host port name — resolve `name` asking 11.0.0.99 from `source`, then connect to
+        /// the answer's first address from `source`; prints the address and "open" or the error.
+        let resolveAndConnect = """
+            import socket, struct, sys
+            source, name = sys.argv[1], sys.argv[2]
+            q = struct.pack("!HHHHHH", 9, 0x0100, 1, 0, 0, 0) + b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\\x00\\x00\\x01\\x00\\x01"
+            if name != "-":
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.bind((source, 0))
+                s.settimeout(2)
+                s.sendto(q, ("11.0.0.99", 53))
+                s.recvfrom(512)
+            try:
+                c = socket.create_connection(("11.0.0.2", 7000), timeout=2, source_address=(source, 0))
+                c.close()
+                print("open")
+            except Exception as error:
+                print(error)
+            """
+        func attempt(from source: String, resolving name: String) throws -> Bool {
+            try net.inside(net.client, [python3, "-c", resolveAndConnect, source, name]).contains("open")
+        }
+        #expect(try attempt(from: "10.50.0.2", resolving: "svc.example.net"), "client .2 resolved 11.0.0.2 itself")
+        #expect(try !attempt(from: "10.50.0.3", resolving: "-"), "client .3 did not resolve it: its own pair is missing")
+        #expect(try attempt(from: "10.50.0.3", resolving: "svc.example.net"), "after its own resolution it may")
+        #expect(net.ruleset().contains("10.50.0.2 . 11.0.0.2") && net.ruleset().contains("10.50.0.3 . 11.0.0.2"), "\(net.ruleset())")
+    }
+
     @Test("References to other pipelines are checked: a missing pipeline, one without dns.filter, an unknown group")
     func referencesAreValidated() throws {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("weir-refs-\(UUID().uuidString)")
