@@ -75,6 +75,45 @@ struct DNSFilterUnitTests {
         }
     }
 
+    @Test("records_files: hosts-format lines become records (several lines of a name add up, wildcards); inline records win; a bad line is named")
+    func recordsFiles() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("weir-records-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let file = folder.appendingPathComponent("records.hosts").path
+        try "# table\n10.0.0.5 app.internal api.internal\n10.0.0.7 app.internal\nfd00::6 *.dev.internal\n10.0.0.9 fixed.internal\n"
+            .write(toFile: file, atomically: true, encoding: .utf8)
+        let loader = ConfigLoader(registry: BuiltinStages.registry)
+        func load(_ path: String) throws -> DNSFilterConfig {
+            let pipelines = try loader.loadPipelines(yaml: """
+                pipelines:
+                  dns:
+                    stages:
+                      - type: dns.filter
+                        listen: 127.0.0.1:5300
+                        upstreams: [192.0.2.53]
+                        records: {fixed.internal: [10.0.0.1]}
+                        records_files: [\(path)]
+                """, name: "t.yaml")
+            return try #require(pipelines.first?.stages.first?.config as? DNSFilterConfig)
+        }
+        let config = try load(file)
+        #expect(config.records.lookup("app.internal") == .addresses(["10.0.0.5", "10.0.0.7"].map { try! IPNetwork.parse($0) }))
+        #expect(config.records.lookup("api.internal") == .addresses([try IPNetwork.parse("10.0.0.5")]))
+        #expect(config.records.lookup("x.dev.internal") == .addresses([try IPNetwork.parse("fd00::6")]))
+        #expect(config.records.lookup("fixed.internal") == .addresses([try IPNetwork.parse("10.0.0.1")]), "inline wins")
+        let before = config.contentFingerprint
+        try "10.0.0.8 app.internal\n".write(toFile: file, atomically: true, encoding: .utf8)
+        #expect(try load(file).contentFingerprint != before, "a changed file is a changed stage")
+        try "10.0.0.8 app.internal\nnot-an-address app.internal\n".write(toFile: file, atomically: true, encoding: .utf8)
+        do {
+            _ = try load(file)
+            Issue.record("a bad line must be refused")
+        } catch {
+            #expect("\(error)".contains("\(file):2: expected an IP address"), "\(error)")
+        }
+    }
+
     @Test("a query is read (name lowercased, EDNS payload size) and answered with its question echoed")
     func wireQueryAndAnswers() throws {
         var bytes = DNSWire.query(id: 0x1234, name: "WWW.Example.com", type: DNSWire.RecordType.a)

@@ -94,6 +94,9 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
         OptionDoc("canaries", "bool", default: "true", "Answer NXDOMAIN for use-application-dns.net, mask.icloud.com, mask-h2.icloud.com and _dns.resolver.arpa."),
         OptionDoc("records", "{name: [addresses] | name}", default: "{}", "Names answered here before any upstream: addresses, a rewrite to another name (CNAME), *.wildcards."),
         OptionDoc(
+            "records_files", "[path]", default: "[]",
+            "Hosts-format files of records (ADDRESS NAME..., *.wildcards); read with the configuration, the inline records win."),
+        OptionDoc(
             "groups", "[{name, sources, blocklists, allowlists}]", default: "[]",
             "Clients by source network or WireGuard peer name that get these lists instead of the stage's (the most specific source wins)."),
         OptionDoc("upstreams", "[ip:port|tcp://ip:port|tls://ip:port#name]", "Resolvers asked for what is not blocked or cached (required; IP addresses)."),
@@ -132,6 +135,8 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
     public var fastestAddress: FastestAddressOptions?
     public var maxInflight: Int
     var records: LocalRecords
+    /// Digests of `records_files`, read at decode like the lists.
+    var recordsDigest: String
     public var groups: [Group]
     public var upstreamCA: String?
     public var queryLogFile: String?
@@ -144,7 +149,7 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
     public var dnsGroupNames: [String] { groups.map(\.name) }
     public var dnsUpstreams: [HostPort] { upstreams.map { HostPort(host: $0.host, port: $0.port) } }
 
-    public var contentFingerprint: String { ([rules.digest] + groups.map(\.rules.digest)).joined(separator: ",") }
+    public var contentFingerprint: String { ([rules.digest, recordsDigest] + groups.map(\.rules.digest)).joined(separator: ",") }
 
     public static func decode(_ options: ConfigMapping) -> DNSFilterConfig? {
         let listen = options.optional("listen", default: try! BindAddress.parse("0.0.0.0:53")) { $0.parsed(BindAddress.parse) }
@@ -190,7 +195,31 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
         }
         let blockAnswer = options.optional("block_answer", default: BlockAnswer.nxdomain) { $0.oneOf(BlockAnswer.self) }
         let canaries = options.optional("canaries", default: true) { $0.bool }
-        let records = options.optional("records", default: LocalRecords()) { LocalRecords.decode($0) }
+        var records = options.optional("records", default: LocalRecords()) { LocalRecords.decode($0) }
+        // Files of records (hosts format), read now like the lists: the inline records win over them.
+        var recordsDigest = ""
+        if let files = options.optional("records_files") {
+            if let items = files.sequence {
+                for item in items {
+                    guard let path = item.filePath else {
+                        records = nil
+                        continue
+                    }
+                    guard let data = FileManager.default.contents(atPath: path) else {
+                        item.error("cannot read \(path)")
+                        records = nil
+                        continue
+                    }
+                    if let problem = records?.addHostsFile(Array(data)) {
+                        item.error("\(path):\(problem)")
+                        records = nil
+                    }
+                    recordsDigest += LoadedRules([(path, Array(data), false)]).digest + ";"
+                }
+            } else {
+                records = nil
+            }
+        }
         let upstreams = options.required("upstreams").flatMap { value -> [Upstream]? in
             guard let items = value.sequence, !items.isEmpty else {
                 value.error("at least one upstream resolver")
@@ -263,7 +292,7 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
             listen: listen, blocklists: blocklists, allowlists: allowlists, blockAnswer: blockAnswer, canaries: canaries, upstreams: upstreams,
             strategy: strategy, upstreamTimeout: timeout, cacheSize: cacheSize, minTTL: minTTL, maxTTL: maxTTL, serveStale: serveStale,
             prefetch: prefetch, fastestAddress: fastest, maxInflight: inflight,
-            records: records, groups: groups, upstreamCA: upstreamCA, queryLogFile: queryLogFile, queryLogMaxSize: queryLogMaxSize, rules: LoadedRules(sources))
+            records: records, recordsDigest: recordsDigest, groups: groups, upstreamCA: upstreamCA, queryLogFile: queryLogFile, queryLogMaxSize: queryLogMaxSize, rules: LoadedRules(sources))
     }
 
     /// The blocklists and allowlists of a mapping, read; an unreadable file is an error at its entry.

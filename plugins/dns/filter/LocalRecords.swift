@@ -15,6 +15,40 @@ struct LocalRecords: Sendable, Hashable {
 
     var isEmpty: Bool { exact.isEmpty && wildcards.isEmpty }
 
+    /// Adds a hosts-format file's lines (`ADDRESS NAME [NAME...]`, names may be `*.wildcards`, `#` comments)
+    /// where `records` has no entry for the name; one name's lines add up. Returns "LINE: problem" for the
+    /// first bad line.
+    mutating func addHostsFile(_ text: [UInt8]) -> String? {
+        var added: [String: (wildcard: Bool, addresses: [IPNetwork])] = [:]
+        for (index, raw) in text.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).enumerated() {
+            var line = String(decoding: raw, as: UTF8.self)
+            if let hash = line.firstIndex(of: "#") { line = String(line[..<hash]) }
+            let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" }).map(String.init)
+            guard !fields.isEmpty else { continue }
+            guard fields.count >= 2, let address = try? IPNetwork.parse(fields[0]), address.isSingleAddress else {
+                return "\(index + 1): expected an IP address and one or more names"
+            }
+            for field in fields.dropFirst() {
+                var name = field.lowercased()
+                if name.hasSuffix(".") { name.removeLast() }
+                let wildcard = name.hasPrefix("*.")
+                let domain = wildcard ? String(name.dropFirst(2)) : name
+                guard DomainRules.isDomain(Array(domain.utf8)) else { return "\(index + 1): \"\(field)\" is not a domain name (or *.domain)" }
+                let key = (wildcard ? "*." : "") + domain
+                added[key, default: (wildcard, [])].addresses.append(address)
+            }
+        }
+        for (key, entry) in added {
+            let domain = entry.wildcard ? String(key.dropFirst(2)) : key
+            if entry.wildcard {
+                if wildcards[domain] == nil { wildcards[domain] = .addresses(entry.addresses) }
+            } else if exact[domain] == nil {
+                exact[domain] = .addresses(entry.addresses)
+            }
+        }
+        return nil
+    }
+
     /// Reads the `records` mapping; errors at the entry.
     static func decode(_ value: ConfigValue) -> LocalRecords? {
         guard let map = value.mapping else { return nil }
