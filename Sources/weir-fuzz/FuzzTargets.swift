@@ -166,9 +166,9 @@ enum FuzzTargets {
         }
     }
 
+    /// DNS responses as enforce.nftables' resolver reads them (the shared wire format).
     static func dns(_ bytes: [UInt8]) {
-        _ = try? DNSMessage.parse(bytes, type: .a)
-        _ = try? DNSMessage.parse(bytes, type: .aaaa)
+        _ = try? DNSWire.parseResponse(bytes)
     }
 
     static let filterRules = DomainRules(lists: [(name: "fuzz", text: Array("||ads.example^\n*.wild.example\n@@||ok.ads.example^\n".utf8), allowList: false)])

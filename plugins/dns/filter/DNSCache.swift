@@ -1,4 +1,5 @@
 import NIOConcurrencyHelpers
+import WeirCore
 
 /// Answers kept for their TTL (clamped to min/max), at most `capacity` of them: when full, the entry that
 /// expires first among a small sample is evicted. Served answers get their TTLs lowered by their age;

@@ -31,16 +31,18 @@ struct DNSResolver: Sendable {
         var lastError = "no DNS server configured"
         for server in servers {
             do {
-                async let v4 = ask(server, name, .a)
-                async let v6 = ask(server, name, .aaaa)
+                async let v4 = ask(server, name, DNSWire.RecordType.a)
+                async let v6 = ask(server, name, DNSWire.RecordType.aaaa)
                 let (a, aaaa) = try await (v4, v6)
-                if a.code == .nameError, aaaa.code == .nameError { return .nameError }
-                guard a.code == .noError || aaaa.code == .noError else {
-                    lastError = "server \(server) answered \(a.code)"
+                let nameError = DNSWire.ResponseCode.nameError
+                if a.responseCode == nameError, aaaa.responseCode == nameError { return .nameError }
+                guard a.responseCode == DNSWire.ResponseCode.noError || aaaa.responseCode == DNSWire.ResponseCode.noError else {
+                    lastError = "server \(server) answered response code \(a.responseCode)"
                     continue
                 }
-                let answers = a.answers + aaaa.answers
-                let addresses = answers.map { IPNetwork(bytes: $0.address, prefix: $0.address.count * 8) }
+                // Each answer's addresses of the asked family (the answer section carries a CNAME chain's final records).
+                let answers = a.addresses.filter { $0.bytes.count == 4 } + aaaa.addresses.filter { $0.bytes.count == 16 }
+                let addresses = answers.map { IPNetwork(bytes: $0.bytes, prefix: $0.bytes.count * 8) }
                 return .addresses(addresses, ttl: answers.map(\.ttl).min() ?? 0)
             } catch {
                 lastError = "server \(server): \(error)"
@@ -49,15 +51,15 @@ struct DNSResolver: Sendable {
         return .failure(lastError)
     }
 
-    private func ask(_ server: SocketAddress, _ name: String, _ type: DNSMessage.RecordType) async throws -> DNSMessage.Response {
+    private func ask(_ server: SocketAddress, _ name: String, _ type: UInt16) async throws -> DNSWire.Response {
         let id = UInt16.random(in: 0...UInt16.max)
-        let query = DNSMessage.query(id: id, name: name, type: type)
+        let query = DNSWire.query(id: id, name: name, type: type)
         let loop = group.next()
-        let promise = loop.makePromise(of: DNSMessage.Response.self)
+        let promise = loop.makePromise(of: DNSWire.Response.self)
         let bindHost = server.protocol == .inet6 ? "::" : "0.0.0.0"
         let channel = try await DatagramBootstrap(group: loop)
             .channelInitializer { channel in
-                channel.pipeline.addHandler(DNSResponseHandler(id: id, type: type, server: server, promise: promise))
+                channel.pipeline.addHandler(DNSResponseHandler(id: id, server: server, promise: promise))
             }
             .bind(host: bindHost, port: 0).get()
         defer { channel.close(promise: nil) }
@@ -80,14 +82,12 @@ private final class DNSResponseHandler: ChannelInboundHandler {
     typealias InboundIn = AddressedEnvelope<ByteBuffer>
 
     let id: UInt16
-    let type: DNSMessage.RecordType
     let server: SocketAddress
-    let promise: EventLoopPromise<DNSMessage.Response>
+    let promise: EventLoopPromise<DNSWire.Response>
     private var done = false
 
-    init(id: UInt16, type: DNSMessage.RecordType, server: SocketAddress, promise: EventLoopPromise<DNSMessage.Response>) {
+    init(id: UInt16, server: SocketAddress, promise: EventLoopPromise<DNSWire.Response>) {
         self.id = id
-        self.type = type
         self.server = server
         self.promise = promise
     }
@@ -95,7 +95,7 @@ private final class DNSResponseHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let envelope = unwrapInboundIn(data)
         guard envelope.remoteAddress == server, let bytes = envelope.data.getBytes(at: envelope.data.readerIndex, length: envelope.data.readableBytes),
-            let response = try? DNSMessage.parse(bytes, type: type), response.id == id, !done
+            let response = try? DNSWire.parseResponse(bytes), response.id == id, !done
         else { return }
         done = true
         promise.succeed(response)

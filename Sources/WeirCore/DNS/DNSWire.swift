@@ -1,67 +1,74 @@
-/// The DNS wire format (RFC 1035, RFC 6891's OPT) as the filter needs it, without I/O: read a query's
-/// question, read a response's records — where each TTL sits (a cached answer is served by copying the
+/// The DNS wire format (RFC 1035, RFC 6891's OPT) as Weir's DNS users need it — dns.filter, and
+/// enforce.nftables resolving its allowlisted domains — without I/O: read a query's question, read a
+/// response's records — where each TTL sits (a cached answer is served by copying the
 /// upstream's bytes and lowering the TTLs in place, so names compressed in record data never need
 /// rewriting), its addresses and the lowest TTL — and write the answers the filter makes itself.
-enum DNSWire {
-    enum RecordType {
-        static let a: UInt16 = 1
-        static let ns: UInt16 = 2
-        static let cname: UInt16 = 5
-        static let soa: UInt16 = 6
-        static let ptr: UInt16 = 12
-        static let aaaa: UInt16 = 28
-        static let opt: UInt16 = 41
-        static let https: UInt16 = 65
+package enum DNSWire {
+    package enum RecordType {
+        package static let a: UInt16 = 1
+        package static let ns: UInt16 = 2
+        package static let cname: UInt16 = 5
+        package static let soa: UInt16 = 6
+        package static let ptr: UInt16 = 12
+        package static let aaaa: UInt16 = 28
+        package static let opt: UInt16 = 41
+        package static let https: UInt16 = 65
     }
 
-    enum ResponseCode {
-        static let noError: UInt8 = 0
-        static let formatError: UInt8 = 1
-        static let serverFailure: UInt8 = 2
-        static let nameError: UInt8 = 3
-        static let notImplemented: UInt8 = 4
-        static let refused: UInt8 = 5
+    package enum ResponseCode {
+        package static let noError: UInt8 = 0
+        package static let formatError: UInt8 = 1
+        package static let serverFailure: UInt8 = 2
+        package static let nameError: UInt8 = 3
+        package static let notImplemented: UInt8 = 4
+        package static let refused: UInt8 = 5
     }
 
-    struct Malformed: Error, CustomStringConvertible, Equatable {
-        let description: String
+    package struct Malformed: Error, CustomStringConvertible, Equatable {
+        package let description: String
     }
 
-    struct Question: Equatable, Hashable {
+    package struct Question: Equatable, Hashable {
         /// Lowercased, without the final dot; "" for the root.
-        var name: String
-        var type: UInt16
-        var qclass: UInt16
+        package var name: String
+        package var type: UInt16
+        package var qclass: UInt16
+
+        package init(name: String, type: UInt16, qclass: UInt16) {
+            self.name = name
+            self.type = type
+            self.qclass = qclass
+        }
     }
 
     /// A query as the filter reads it.
-    struct Query: Equatable {
-        var id: UInt16
-        var flags: UInt16
-        var question: Question
+    package struct Query: Equatable {
+        package var id: UInt16
+        package var flags: UInt16
+        package var question: Question
         /// The question section as sent (its name's case included), echoed in answers made here.
-        var questionBytes: [UInt8]
+        package var questionBytes: [UInt8]
         /// The client's EDNS UDP payload size (512 without OPT).
-        var udpPayloadSize: Int
+        package var udpPayloadSize: Int
 
-        var recursionDesired: Bool { flags & 0x0100 != 0 }
-        var opcode: UInt8 { UInt8((flags >> 11) & 0xF) }
+        package var recursionDesired: Bool { flags & 0x0100 != 0 }
+        package var opcode: UInt8 { UInt8((flags >> 11) & 0xF) }
     }
 
     /// A response as the filter reads it.
-    struct Response: Equatable {
-        var id: UInt16
-        var responseCode: UInt8
-        var truncated: Bool
-        var question: Question?
+    package struct Response: Equatable {
+        package var id: UInt16
+        package var responseCode: UInt8
+        package var truncated: Bool
+        package var question: Question?
         /// Byte offsets of every record's TTL (OPT's field is not a TTL and is left out).
-        var ttlOffsets: [Int]
+        package var ttlOffsets: [Int]
         /// The lowest TTL of the answer and authority records (a negative answer's SOA), nil when there are none.
-        var minimumTTL: UInt32?
+        package var minimumTTL: UInt32?
         /// A and AAAA addresses in the answer section (4 or 16 bytes), with their TTLs.
-        var addresses: [(bytes: [UInt8], ttl: UInt32)]
+        package var addresses: [(bytes: [UInt8], ttl: UInt32)]
 
-        static func == (a: Response, b: Response) -> Bool {
+        package static func == (a: Response, b: Response) -> Bool {
             a.id == b.id && a.responseCode == b.responseCode && a.truncated == b.truncated && a.question == b.question
                 && a.ttlOffsets == b.ttlOffsets && a.minimumTTL == b.minimumTTL && a.addresses.map(\.bytes) == b.addresses.map(\.bytes)
                 && a.addresses.map(\.ttl) == b.addresses.map(\.ttl)
@@ -70,26 +77,26 @@ enum DNSWire {
 
     // MARK: - Reading
 
-    struct Reader {
-        let bytes: [UInt8]
-        var offset = 0
+    package struct Reader {
+        package let bytes: [UInt8]
+        package var offset = 0
 
-        mutating func u8() throws -> UInt8 {
+        package mutating func u8() throws -> UInt8 {
             guard offset < bytes.count else { throw Malformed(description: "truncated message") }
             defer { offset += 1 }
             return bytes[offset]
         }
 
-        mutating func u16() throws -> UInt16 { UInt16(try u8()) << 8 | UInt16(try u8()) }
-        mutating func u32() throws -> UInt32 { UInt32(try u16()) << 16 | UInt32(try u16()) }
+        package mutating func u16() throws -> UInt16 { UInt16(try u8()) << 8 | UInt16(try u8()) }
+        package mutating func u32() throws -> UInt32 { UInt32(try u16()) << 16 | UInt32(try u16()) }
 
-        mutating func skip(_ count: Int) throws {
+        package mutating func skip(_ count: Int) throws {
             guard count >= 0, offset + count <= bytes.count else { throw Malformed(description: "truncated message") }
             offset += count
         }
 
         /// A name, following compression pointers (only backwards, at most 64 of them: no loops), lowercased.
-        mutating func name() throws -> String {
+        package mutating func name() throws -> String {
             var labels: [String] = []
             var position = offset
             var jumped = false
@@ -124,7 +131,7 @@ enum DNSWire {
     }
 
     /// A query: exactly one question (what every resolver sends), QR clear.
-    static func parseQuery(_ bytes: [UInt8]) throws -> Query {
+    package static func parseQuery(_ bytes: [UInt8]) throws -> Query {
         var reader = Reader(bytes: bytes)
         let id = try reader.u16()
         let flags = try reader.u16()
@@ -164,7 +171,7 @@ enum DNSWire {
         }
     }
 
-    static func parseResponse(_ bytes: [UInt8]) throws -> Response {
+    package static func parseResponse(_ bytes: [UInt8]) throws -> Response {
         var reader = Reader(bytes: bytes)
         let id = try reader.u16()
         let flags = try reader.u16()
@@ -203,7 +210,7 @@ enum DNSWire {
     // MARK: - Writing
 
     /// `bytes` with its id replaced and every TTL lowered by `age` seconds (never below `floor`).
-    static func served(_ bytes: [UInt8], id: UInt16, ttlOffsets: [Int], age: UInt32, floor: UInt32 = 0) -> [UInt8] {
+    package static func served(_ bytes: [UInt8], id: UInt16, ttlOffsets: [Int], age: UInt32, floor: UInt32 = 0) -> [UInt8] {
         var copy = bytes
         copy[0] = UInt8(id >> 8)
         copy[1] = UInt8(id & 0xFF)
@@ -220,7 +227,7 @@ enum DNSWire {
 
     /// An answer made here: the query's question echoed, then `records` owned by the question's name (a
     /// compression pointer to it), then `others` owned by names of their own (a CNAME's target).
-    static func answer(
+    package static func answer(
         to query: Query, code: UInt8, records: [(type: UInt16, ttl: UInt32, data: [UInt8])] = [],
         others: [(owner: String, type: UInt16, ttl: UInt32, data: [UInt8])] = [], authoritative: Bool = false
     ) -> [UInt8] {
@@ -241,13 +248,13 @@ enum DNSWire {
     }
 
     /// A FORMERR for bytes that are not a query, echoing the id when there is one.
-    static func formatError(_ bytes: [UInt8]) -> [UInt8]? {
+    package static func formatError(_ bytes: [UInt8]) -> [UInt8]? {
         guard bytes.count >= 12, bytes[2] & 0x80 == 0 else { return nil }
         return [bytes[0], bytes[1], 0x80, 0x80 | ResponseCode.formatError, 0, 0, 0, 0, 0, 0, 0, 0]
     }
 
     /// `name` in wire form (for CNAME data): labels, no compression.
-    static func encodeName(_ name: String) -> [UInt8] {
+    package static func encodeName(_ name: String) -> [UInt8] {
         var bytes: [UInt8] = []
         for label in name.split(separator: ".") where !label.isEmpty {
             bytes.append(UInt8(min(label.utf8.count, 63)))
@@ -257,7 +264,7 @@ enum DNSWire {
     }
 
     /// A query for `name` (to upstreams: the client's query is forwarded as it came, with our id).
-    static func query(id: UInt16, name: String, type: UInt16) -> [UInt8] {
+    package static func query(id: UInt16, name: String, type: UInt16) -> [UInt8] {
         [UInt8(id >> 8), UInt8(id & 0xFF), 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0] + encodeName(name) + [UInt8(type >> 8), UInt8(type & 0xFF), 0, 1]
     }
 }
