@@ -43,9 +43,7 @@ struct Relay: Codable, Sendable, Equatable {
     var exitDocumentName: String { "relay.\(name).exit" }
 
     /// Values go in as JSON strings (valid YAML), so nothing an operator typed can change the structure.
-    private static func quoted(_ text: String) -> String {
-        String(decoding: (try? JSONEncoder().encode(text)) ?? Data("\"\"".utf8), as: UTF8.self)
-    }
+    private static func quoted(_ text: String) -> String { YAMLText.quoted(text) }
 
     var entryDocument: String {
         """

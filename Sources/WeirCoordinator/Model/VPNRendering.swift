@@ -14,11 +14,7 @@ struct VPNRendering {
     }
 
     /// Values go in as JSON strings (valid YAML), so nothing an operator typed can change the structure.
-    private static func quoted(_ text: String) -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.withoutEscapingSlashes]
-        return String(decoding: (try? encoder.encode(text)) ?? Data("\"\"".utf8), as: UTF8.self)
-    }
+    private static func quoted(_ text: String) -> String { YAMLText.quoted(text) }
 
     private static func list(_ items: [String]) -> String { "[" + items.map(quoted).joined(separator: ", ") + "]" }
 
