@@ -118,15 +118,16 @@ private final class UDPQueries: ChannelInboundHandler, Sendable {
         let channel = context.channel
         let bytes = Array(buffer: envelope.data)
         let engine = slot.current
-        if case .answered(let reply) = engine.answerImmediately(bytes, client: envelope.remoteAddress, udp: true) {
+        switch engine.answerImmediately(bytes, client: envelope.remoteAddress, udp: true) {
+        case .answered(let reply):
             if let reply {
                 context.writeAndFlush(wrapOutboundOut(AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: context.channel.allocator.buffer(bytes: reply))), promise: nil)
             }
-            return
-        }
-        Task {
-            guard let reply = await engine.answer(bytes, client: envelope.remoteAddress, udp: true) else { return }
-            channel.writeAndFlush(AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: ByteBuffer(bytes: reply)), promise: nil)
+        case .deferred(let query):
+            Task {
+                let reply = await engine.answer(query)
+                channel.writeAndFlush(AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: ByteBuffer(bytes: reply)), promise: nil)
+            }
         }
     }
 
@@ -150,18 +151,19 @@ private final class TCPQueries: ChannelInboundHandler, @unchecked Sendable {
         }
         let bytes = Array(buffer: unwrapInboundIn(data))
         let engine = slot.current
-        if case .answered(let reply) = engine.answerImmediately(bytes, client: client, udp: false) {
+        switch engine.answerImmediately(bytes, client: client, udp: false) {
+        case .answered(let reply):
             if let reply { context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: reply)), promise: nil) } else { context.close(promise: nil) }
-            return
-        }
-        pending += 1
-        let channel = context.channel
-        let loop = context.eventLoop
-        Task {
-            let reply = await engine.answer(bytes, client: client, udp: false)
-            loop.execute {
-                self.pending -= 1
-                if let reply { channel.writeAndFlush(ByteBuffer(bytes: reply), promise: nil) } else { channel.close(promise: nil) }
+        case .deferred(let query):
+            pending += 1
+            let channel = context.channel
+            let loop = context.eventLoop
+            Task {
+                let reply = await engine.answer(query)
+                loop.execute {
+                    self.pending -= 1
+                    channel.writeAndFlush(ByteBuffer(bytes: reply), promise: nil)
+                }
             }
         }
     }

@@ -72,9 +72,6 @@ final class DNSFilterEngine: Sendable {
         groupNetworks.withLockedValue { $0 = entries }
     }
 
-    /// The rules for a client: its group's, else the stage's.
-    func rules(for client: SocketAddress) -> DomainRules { clientGroup(client.ipAddress.flatMap(Self.clientAddress)).rules }
-
     /// A client's group (nil: the default group) and its rules.
     private func clientGroup(_ address: IPNetwork?) -> (name: String?, rules: DomainRules) {
         guard !config.groups.isEmpty, let address else { return (nil, config.rules.rules) }
@@ -96,42 +93,67 @@ final class DNSFilterEngine: Sendable {
         }
     }
 
-    /// The answer to a datagram or frame; nil when there is nothing to say (a response, garbage without a
-    /// header).
-    func answer(_ bytes: [UInt8], client: SocketAddress, udp: Bool) async -> [UInt8]? {
-        let query: DNSWire.Query
-        do { query = try DNSWire.parseQuery(bytes) } catch { return DNSWire.formatError(bytes) }
-        guard query.opcode == 0 else { return DNSWire.answer(to: query, code: DNSWire.ResponseCode.notImplemented) }
-        let started = ContinuousClock.now
-        let address = client.ipAddress.flatMap(Self.clientAddress)
-        let group = clientGroup(address)
-        var (reply, result, decided) = await decide(query, bytes, rules: group.rules)
-        if result == .allowed || result == .cached, let address, !(await released(reply, to: address, group: group.name, name: query.question.name)) {
-            (reply, result, decided.rule) = (DNSWire.answer(to: query, code: DNSWire.ResponseCode.serverFailure), .servfail, "domains_from: allowlist full")
-        }
-        return finish(query, reply, result, decided, client: client, started: started, udp: udp)
-    }
-
     enum Immediate {
         /// The reply (nil: nothing to send).
         case answered([UInt8]?)
-        /// Needs waiting: call `answer`.
-        case deferred
+        /// Needs waiting: pass it to `answer`.
+        case deferred(Pending)
+    }
+
+    /// A query that needs waiting, as far as `answerImmediately` got with it (parsed, its group's rules
+    /// applied), so the task that answers it does none of that again.
+    struct Pending: Sendable {
+        let query: DNSWire.Query
+        let bytes: [UInt8]
+        let client: SocketAddress
+        let udp: Bool
+        let started: ContinuousClock.Instant?
+        let group: String?
+        /// The allow rule that matched, for the query log.
+        let rule: String?
+        /// The name's entry in `records`, which answers before the cache and the upstreams.
+        let record: LocalRecords.Record?
+        /// Whether the cache was looked up already (it is not when followers must see the answer first).
+        let cacheChecked: Bool
     }
 
     /// What can be answered without waiting — garbage, canaries, blocked names, cache hits — on the caller's
     /// thread (the event loop: no task per query on the hot path). Records, upstreams and answers that
-    /// followers (enforce.nftables `domains_from`) must see first are deferred.
+    /// followers (enforce.nftables `domains_from`) must see first are deferred to `answer`.
     func answerImmediately(_ bytes: [UInt8], client: SocketAddress, udp: Bool) -> Immediate {
         let query: DNSWire.Query
         do { query = try DNSWire.parseQuery(bytes) } catch { return .answered(DNSWire.formatError(bytes)) }
         guard query.opcode == 0 else { return .answered(DNSWire.answer(to: query, code: DNSWire.ResponseCode.notImplemented)) }
         let started = queryLog == nil ? nil : ContinuousClock.now
         let group = clientGroup(config.groups.isEmpty ? nil : client.ipAddress.flatMap(Self.clientAddress))
-        guard let (reply, result, decided) = decideLocally(query, rules: group.rules, cached: ResolvedAnswerFollowers.shared.of(pipeline).isEmpty) else {
-            return .deferred
+        let name = query.question.name
+        if canaries.contains(name) {
+            return .answered(finish(query, DNSWire.answer(to: query, code: DNSWire.ResponseCode.nameError), .blocked, Decided(rule: "canary"), client: client, started: started, udp: udp))
         }
-        return .answered(finish(query, reply, result, decided, client: client, started: started, udp: udp))
+        let decision = group.rules.decide(name)
+        let rule = decision.map { "\($0.list):\($0.line)" }
+        if let decision, !decision.allowed {
+            return .answered(finish(query, blocked(query), .blocked, Decided(rule: rule), client: client, started: started, udp: udp))
+        }
+        let record = config.records.isEmpty ? nil : config.records.lookup(name)
+        let checkCache = record == nil && ResolvedAnswerFollowers.shared.of(pipeline).isEmpty
+        if checkCache, let (reply, result, decided) = cachedAnswer(query, rule: rule) {
+            return .answered(finish(query, reply, result, decided, client: client, started: started, udp: udp))
+        }
+        return .deferred(Pending(
+            query: query, bytes: bytes, client: client, udp: udp, started: started, group: group.name, rule: rule, record: record, cacheChecked: checkCache))
+    }
+
+    /// The answer to a deferred query (records, the cache when followers are present, the upstreams).
+    func answer(_ pending: Pending) async -> [UInt8] {
+        let query = pending.query
+        var (reply, result, decided) = await resolve(pending)
+        if result == .allowed || result == .cached, let address = pending.client.ipAddress.flatMap(Self.clientAddress),
+            !(await released(reply, to: address, group: pending.group, name: query.question.name))
+        {
+            (reply, result, decided.rule) = (DNSWire.answer(to: query, code: DNSWire.ResponseCode.serverFailure), .servfail, "domains_from: allowlist full")
+        }
+        return finish(query, reply, result, decided, client: pending.client, started: pending.started, udp: pending.udp)
     }
 
     /// Counts and logs an answer, and truncates it for a UDP client whose datagrams it does not fit.
@@ -169,22 +191,18 @@ final class DNSFilterEngine: Sendable {
         var upstream: String?
     }
 
-    /// Canaries, blocked names and (when `cached`) cache hits; nil for what needs records or upstreams.
-    private func decideLocally(_ query: DNSWire.Query, rules: DomainRules, cached: Bool) -> ([UInt8], Result, Decided)? {
-        let name = query.question.name
-        if canaries.contains(name) { return (DNSWire.answer(to: query, code: DNSWire.ResponseCode.nameError), .blocked, Decided(rule: "canary")) }
-        let decision = rules.decide(name)
-        if let decision, !decision.allowed { return (blocked(query), .blocked, Decided(rule: "\(decision.list):\(decision.line)")) }
-        guard cached, config.records.isEmpty || config.records.lookup(name) == nil, let hit = cache.lookup(query.question, id: query.id) else { return nil }
+    /// A cache hit, with a refresh started when it is due (prefetch).
+    private func cachedAnswer(_ query: DNSWire.Query, rule: String?) -> ([UInt8], Result, Decided)? {
+        guard let hit = cache.lookup(query.question, id: query.id) else { return nil }
         if hit.prefetch { refresh(query.question) }
-        return (hit.bytes, .cached, Decided(rule: decision.map { "\($0.list):\($0.line)" }))
+        return (hit.bytes, .cached, Decided(rule: rule))
     }
 
-    private func decide(_ query: DNSWire.Query, _ bytes: [UInt8], rules: DomainRules) async -> ([UInt8], Result, Decided) {
-        if let local = decideLocally(query, rules: rules, cached: true) { return local }
-        let name = query.question.name
-        let rule = rules.decide(name).map { "\($0.list):\($0.line)" }
-        if let record = config.records.lookup(name) { return (await localAnswer(query, record), .allowed, Decided(rule: "records")) }
+    private func resolve(_ pending: Pending) async -> ([UInt8], Result, Decided) {
+        let query = pending.query
+        let rule = pending.rule
+        if let record = pending.record { return (await localAnswer(query, record), .allowed, Decided(rule: "records")) }
+        if !pending.cacheChecked, let cached = cachedAnswer(query, rule: rule) { return cached }
         let admitted = inflight.withLockedValue { count -> Bool in
             guard count < config.maxInflight else { return false }
             count += 1
@@ -193,7 +211,7 @@ final class DNSFilterEngine: Sendable {
         guard admitted else { return (DNSWire.answer(to: query, code: DNSWire.ResponseCode.refused), .refused, Decided(rule: "max_inflight")) }
         defer { inflight.withLockedValue { $0 -= 1 } }
         do {
-            var answer = try await upstreams.resolve(bytes, question: query.question)
+            var answer = try await upstreams.resolve(pending.bytes, question: query.question)
             if let fastest, query.question.type == DNSWire.RecordType.a || query.question.type == DNSWire.RecordType.aaaa,
                 answer.response.addresses.count > 1, let index = await fastest.probe(answer.response.addresses.map(\.bytes)) {
                 // The answer becomes the one address that connected first; cached so, the probe holds for its TTL.
