@@ -44,50 +44,80 @@ struct DNSFollowTests {
         try net.inside(net.client, [python3, "-c", GatewayTopology.Scripts.dnsQuery, "11.0.0.99", "53", name])
     }
 
-    @Test("Hijacked DNS is filtered; clients reach only the addresses they were answered, until TTL + grace, and longer while a connection lives")
-    func allowlistFollowsAnswers() throws {
-        let net = try GatewayTopology()
-        let echo = try net.background(net.upstream, GatewayTopology.Scripts.echoServer, ["7000"])
-        let https = try net.background(net.upstream, GatewayTopology.Scripts.acceptAll, ["443"])
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("weir-follow-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        let answers = folder.appendingPathComponent("answers").path
-        let blocklist = folder.appendingPathComponent("block.txt").path
-        try "11.0.0.2\n".write(toFile: answers, atomically: true, encoding: .utf8)
-        try "blocked.example.net\n".write(toFile: blocklist, atomically: true, encoding: .utf8)
-        let dns = try net.background(net.upstream, GatewayTopology.Scripts.dnsServer, [answers, "11.0.0.53", "53", "1"])
-        defer {
-            echo.stopHelper()
-            https.stopHelper()
-            dns.stopHelper()
+    /// What every test here runs: the topology, an echo server on the upstream's port 7000, the test's
+    /// authoritative server (port 53 of 11.0.0.53, answering what `answer` wrote, with `ttl`), a blocklist
+    /// with blocked.example.net, and the agent on the gateway with `gateway(...)`.
+    final class Fixture {
+        let net: GatewayTopology
+        let agent: WeirProcess
+        private let folder: URL
+        private var helpers: [Process] = []
+
+        init(firstAnswer: String, ttl: Int, grace: String = "2s", maxElements: Int = 64, extraClientAddress: String? = nil) throws {
+            net = try GatewayTopology()
+            if let extraClientAddress { try net.inside(net.client, ["ip", "addr", "add", extraClientAddress, "dev", net.clientInterface]) }
+            folder = FileManager.default.temporaryDirectory.appendingPathComponent("weir-follow-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+            let blocklist = folder.appendingPathComponent("block.txt").path
+            try "blocked.example.net\n".write(toFile: blocklist, atomically: true, encoding: .utf8)
+            helpers.append(try net.background(net.upstream, GatewayTopology.Scripts.echoServer, ["7000"]))
+            agent = try WeirProcess(pipelines: DNSFollowTests.gateway(net, blocklist: blocklist, grace: grace, maxElements: maxElements), netns: net.gateway)
+            try answer(firstAnswer)
+            helpers.append(try net.background(net.upstream, GatewayTopology.Scripts.dnsServer, [answersPath, "11.0.0.53", "53", "\(ttl)"]))
+            try agent.start()
+        }
+
+        private var answersPath: String { folder.appendingPathComponent("answers").path }
+
+        /// What the authoritative server answers from now on.
+        func answer(_ address: String) throws {
+            try "\(address)\n".write(toFile: answersPath, atomically: true, encoding: .utf8)
+        }
+
+        /// A helper process in the upstream namespace, stopped with the fixture.
+        func upstreamHelper(_ script: String, _ arguments: [String]) throws {
+            helpers.append(try net.background(net.upstream, script, arguments))
+        }
+
+        /// The addresses a client is answered for `name`.
+        func resolve(_ name: String) throws -> String { try DNSFollowTests.resolve(net, name) }
+
+        deinit {
+            agent.stop()
+            helpers.forEach { $0.stopHelper() }
             try? FileManager.default.removeItem(at: folder)
         }
-        let agent = try WeirProcess(pipelines: Self.gateway(net, blocklist: blocklist), netns: net.gateway)
-        try agent.start()
-        defer { agent.stop() }
+    }
+
+    @Test("Hijacked DNS is filtered; clients reach only the addresses they were answered, until TTL + grace, and longer while a connection lives")
+    func allowlistFollowsAnswers() throws {
+        let fixture = try Fixture(firstAnswer: "11.0.0.2", ttl: 1)
+        defer { withExtendedLifetime(fixture) {} }  // the agent runs until the test ends
+        try fixture.upstreamHelper(GatewayTopology.Scripts.acceptAll, ["443"])
+        let (net, agent) = (fixture.net, fixture.agent)
 
         // Nothing resolved yet.
         #expect(!net.clientReaches("11.0.0.2", port: 7000))
 
         // A name outside the entry's domains is answered but opens nothing; a blocked name is NXDOMAIN.
-        #expect(try Self.resolve(net, "other.example.net").contains("11.0.0.2"))
+        #expect(try fixture.resolve("other.example.net").contains("11.0.0.2"))
         #expect(!net.clientReaches("11.0.0.2", port: 7000), "other.example.net is not a followed domain")
-        #expect(try Self.resolve(net, "blocked.example.net").contains("[]"), "the filter answers, not the server asked")
+        #expect(try fixture.resolve("blocked.example.net").contains("[]"), "the filter answers, not the server asked")
 
         // The client's own resolution opens exactly what it was given.
-        let first = try Self.resolve(net, "svc.example.net")
+        let first = try fixture.resolve("svc.example.net")
         #expect(first.contains("11.0.0.99") && first.contains("11.0.0.2"), "answered as if by the server asked: \(first)")
         #expect(net.clientReaches("11.0.0.2", port: 7000))
         #expect(!net.clientReaches("11.0.0.3", port: 7000), "never an address it was not given")
 
         // The authoritative server moves the name: the new address opens, the old one closes after TTL + grace.
-        try "11.0.0.3\n".write(toFile: answers, atomically: true, encoding: .utf8)
-        #expect(try Self.resolve(net, "svc.example.net").contains("11.0.0.3"))
+        try fixture.answer("11.0.0.3")
+        #expect(try fixture.resolve("svc.example.net").contains("11.0.0.3"))
         #expect(net.clientReaches("11.0.0.3", port: 7000))
         #expect(eventually(timeout: 10) { !net.clientReaches("11.0.0.2", port: 7000) }, "11.0.0.2 expired (TTL 1 s + grace 2 s)")
 
         // A connection outlives its answer: held 6 s (TTL + grace is 3 s) while conntrack keeps the pair.
-        #expect(try Self.resolve(net, "svc.example.net").contains("11.0.0.3"))
+        #expect(try fixture.resolve("svc.example.net").contains("11.0.0.3"))
         let held = try net.inside(net.client, [python3, "-c", GatewayTopology.Scripts.holdConnection, "11.0.0.3", "7000", "6"])
         #expect(held.contains("held"), "\(held)")
         #expect(try (agent.metric("weir_nft_follow_pairs_total", ["pipeline": "gateway", "event": "kept"]) ?? 0) >= 1)
@@ -95,8 +125,8 @@ struct DNSFollowTests {
 
         // A DoH endpoint stays blocked on 443 even when a followed name points at it.
         try net.inside(net.gateway, ["ip", "route", "add", "1.1.1.1/32", "via", "11.0.0.2"])
-        try "1.1.1.1\n".write(toFile: answers, atomically: true, encoding: .utf8)
-        #expect(try Self.resolve(net, "doh.example.net").contains("1.1.1.1"))
+        try fixture.answer("1.1.1.1")
+        #expect(try fixture.resolve("doh.example.net").contains("1.1.1.1"))
         #expect(net.clientReaches("1.1.1.1", port: 7000), "followed")
         #expect(!net.clientReaches("1.1.1.1", port: 443), "DNS-over-HTTPS endpoints are blocked")
 
@@ -106,31 +136,17 @@ struct DNSFollowTests {
 
     @Test("Private answers open nothing (DNS rebinding); a full set evicts pairs without connections and refuses when every pair has one")
     func boundsAndRebinding() throws {
-        let net = try GatewayTopology()
-        let echo = try net.background(net.upstream, GatewayTopology.Scripts.echoServer, ["7000"])
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("weir-follow-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        let answers = folder.appendingPathComponent("answers").path
-        let blocklist = folder.appendingPathComponent("block.txt").path
-        try "10.60.0.2\n".write(toFile: answers, atomically: true, encoding: .utf8)
-        try "blocked.example.net\n".write(toFile: blocklist, atomically: true, encoding: .utf8)
-        let dns = try net.background(net.upstream, GatewayTopology.Scripts.dnsServer, [answers, "11.0.0.53", "53", "60"])
-        defer {
-            echo.stopHelper()
-            dns.stopHelper()
-            try? FileManager.default.removeItem(at: folder)
-        }
-        let agent = try WeirProcess(pipelines: Self.gateway(net, blocklist: blocklist, grace: "60s", maxElements: 2), netns: net.gateway)
-        try agent.start()
-        defer { agent.stop() }
+        let fixture = try Fixture(firstAnswer: "10.60.0.2", ttl: 60, grace: "60s", maxElements: 2)
+        defer { withExtendedLifetime(fixture) {} }  // the agent runs until the test ends
+        let (net, agent) = (fixture.net, fixture.agent)
 
-        #expect(try Self.resolve(net, "svc.example.net").contains("10.60.0.2"))
+        #expect(try fixture.resolve("svc.example.net").contains("10.60.0.2"))
         #expect(!net.clientReaches("10.60.0.2", port: 7000), "a public name answered with a private address opens nothing")
 
         // Two pairs fill the set; a third answer evicts the one closest to expiry that has no connection.
         for address in ["11.0.0.2", "11.0.0.3", "11.0.0.53"] {
-            try "\(address)\n".write(toFile: answers, atomically: true, encoding: .utf8)
-            #expect(try Self.resolve(net, "svc.example.net").contains(address))
+            try fixture.answer("\(address)")
+            #expect(try fixture.resolve("svc.example.net").contains(address))
         }
         #expect(net.clientReaches("11.0.0.53", port: 7000))
         #expect(!net.clientReaches("11.0.0.2", port: 7000), "evicted: oldest without a connection")
@@ -142,8 +158,8 @@ struct DNSFollowTests {
         }
         defer { holders.forEach { $0.stopHelper() } }
         Thread.sleep(forTimeInterval: 1)  // both connections open
-        try "11.0.0.2\n".write(toFile: answers, atomically: true, encoding: .utf8)
-        let refused = try Self.resolve(net, "svc.example.net")
+        try fixture.answer("11.0.0.2")
+        let refused = try fixture.resolve("svc.example.net")
         #expect(refused.contains("[]") && !refused.contains("11.0.0.2"), "\(refused)")
         #expect(try (agent.metric("weir_nft_follow_answers_total", ["pipeline": "gateway", "result": "refused"]) ?? 0) >= 1)
         #expect(try (agent.metric("weir_dns_queries_total", ["pipeline": "dns", "result": "servfail"]) ?? 0) >= 1)
@@ -152,24 +168,9 @@ struct DNSFollowTests {
 
     @Test("Each client reaches what it resolved itself, not what another client resolved")
     func pairsArePerClient() throws {
-        let net = try GatewayTopology()
-        try net.inside(net.client, ["ip", "addr", "add", "10.50.0.3/24", "dev", net.clientInterface])
-        let echo = try net.background(net.upstream, GatewayTopology.Scripts.echoServer, ["7000"])
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("weir-follow-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        let answers = folder.appendingPathComponent("answers").path
-        let blocklist = folder.appendingPathComponent("block.txt").path
-        try "11.0.0.2\n".write(toFile: answers, atomically: true, encoding: .utf8)
-        try "blocked.example.net\n".write(toFile: blocklist, atomically: true, encoding: .utf8)
-        let dns = try net.background(net.upstream, GatewayTopology.Scripts.dnsServer, [answers, "11.0.0.53", "53", "60"])
-        defer {
-            echo.stopHelper()
-            dns.stopHelper()
-            try? FileManager.default.removeItem(at: folder)
-        }
-        let agent = try WeirProcess(pipelines: Self.gateway(net, blocklist: blocklist, grace: "60s"), netns: net.gateway)
-        try agent.start()
-        defer { agent.stop() }
+        let fixture = try Fixture(firstAnswer: "11.0.0.2", ttl: 60, grace: "60s", extraClientAddress: "10.50.0.3/24")
+        defer { withExtendedLifetime(fixture) {} }  // the agent runs until the test ends
+        let net = fixture.net
 
         /// Python: argv source host port name — resolve `name` asking 11.0.0.99 from `source`, then connect to
         /// the answer's first address from `source`; prints the address and "open" or the error.
