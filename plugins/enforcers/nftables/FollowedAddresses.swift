@@ -25,9 +25,28 @@ final class FollowedAddresses: Sendable {
         var failed = 0
     }
 
+    /// Each pair's expiry, kept per family so a family's count is no walk over the other's pairs.
+    struct PairExpiries {
+        /// By key length: 8 (IPv4 client . destination) or 32 (IPv6).
+        private var families: [Int: [[UInt8]: ContinuousClock.Instant]] = [:]
+
+        subscript(key: [UInt8]) -> ContinuousClock.Instant? {
+            get { families[key.count]?[key] }
+            set { families[key.count, default: [:]][key] = newValue }
+        }
+
+        /// The pairs of one family (`length` key bytes).
+        func family(_ length: Int) -> [[UInt8]: ContinuousClock.Instant] { families[length] ?? [:] }
+
+        /// Forgets the pairs the kernel has expired by `now`; returns the keys expiring by `horizon`.
+        mutating func expire(now: ContinuousClock.Instant, due horizon: ContinuousClock.Instant) -> [[UInt8]] {
+            families = families.mapValues { $0.filter { $0.value > now } }
+            return families.values.flatMap { $0.filter { $0.value <= horizon }.map(\.key) }
+        }
+    }
+
     private struct State {
-        /// Key: client and destination bytes concatenated (8 or 32 bytes).
-        var expiries: [[UInt8]: ContinuousClock.Instant] = [:]
+        var expiries = PairExpiries()
         var counts = Counts()
     }
 
@@ -44,15 +63,14 @@ final class FollowedAddresses: Sendable {
     var counts: Counts { state.withLockedValue { $0.counts } }
     var elements: (ipv4: Int, ipv6: Int) {
         state.withLockedValue { state in
-            let ipv4 = state.expiries.keys.filter { $0.count == 8 }.count
-            return (ipv4, state.expiries.count - ipv4)
+            (state.expiries.family(8).count, state.expiries.family(32).count)
         }
     }
 
     /// Reads the pairs already in the kernel (a reload or restart keeps them, with their timeouts).
     func load() {
         let now = ContinuousClock.now
-        var expiries: [[UInt8]: ContinuousClock.Instant] = [:]
+        var expiries = PairExpiries()
         for ipv4 in [true, false] {
             for element in (try? NftablesTable.shared.listKeys(owner: owner, NftCompiler.followSet(ipv4: ipv4))) ?? [] {
                 expiries[element.key] = now + .milliseconds(Int64(element.expiresMs))
@@ -80,10 +98,10 @@ final class FollowedAddresses: Sendable {
             for ipv4 in [true, false] {
                 let length = ipv4 ? 8 : 32
                 let new = needed.filter { $0.0.count == length && state.expiries[$0.0] == nil }.count
-                let present = state.expiries.keys.filter { $0.count == length }.count
+                let present = state.expiries.family(length).count
                 let over = present + new - capacity
                 guard over > 0 else { continue }
-                let victims = evictable(state.expiries, length: length, count: over, now: now)
+                let victims = evictable(state.expiries.family(length), count: over)
                 guard victims.count == over else {
                     state.counts.refused += 1
                     logger.warning(
@@ -100,7 +118,7 @@ final class FollowedAddresses: Sendable {
                 logger.error("domains_from: the kernel refused the answer's addresses", metadata: ["name": "\(answer.name)", "error": "\(error)"])
                 return false
             }
-            for key in evicting { state.expiries.removeValue(forKey: key) }
+            for key in evicting { state.expiries[key] = nil }
             for (key, until) in needed { state.expiries[key] = until }
             state.counts.admitted += 1
             state.counts.evicted += evicting.count
@@ -108,12 +126,12 @@ final class FollowedAddresses: Sendable {
         }
     }
 
-    /// `count` pairs of one family (`length` key bytes), closest to expiry first, that no tracked connection
-    /// uses; fewer when there are not that many.
-    private func evictable(_ expiries: [[UInt8]: ContinuousClock.Instant], length: Int, count: Int, now: ContinuousClock.Instant) -> [[UInt8]] {
+    /// `count` pairs of one family, closest to expiry first, that no tracked connection uses; fewer when
+    /// there are not that many.
+    private func evictable(_ family: [[UInt8]: ContinuousClock.Instant], count: Int) -> [[UInt8]] {
         let live = Self.livePairs()
         var victims: [[UInt8]] = []
-        for (key, _) in expiries.filter({ $0.key.count == length }).sorted(by: { $0.value < $1.value }) where !live.contains(key) {
+        for (key, _) in family.sorted(by: { $0.value < $1.value }) where !live.contains(key) {
             victims.append(key)
             if victims.count == count { break }
         }
@@ -146,10 +164,7 @@ final class FollowedAddresses: Sendable {
     /// `horizon`: how far ahead "about to expire" looks (the keep-alive loop's period, twice).
     func keepLive(horizon: Duration) {
         let now = ContinuousClock.now
-        let due = state.withLockedValue { state -> [[UInt8]] in
-            state.expiries = state.expiries.filter { $0.value > now }
-            return state.expiries.filter { $0.value <= now + horizon }.map(\.key)
-        }
+        let due = state.withLockedValue { $0.expiries.expire(now: now, due: now + horizon) }
         guard !due.isEmpty else { return }
         let live = Self.livePairs()
         let keep = due.filter(live.contains)

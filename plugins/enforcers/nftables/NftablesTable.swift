@@ -129,18 +129,25 @@ final class NftablesTable: Sendable {
 
     /// The elements of an address set with their counters, straight from netlink (fast for large sets).
     func listAddressSet(_ fullName: String) throws -> [(network: IPNetwork, packets: UInt64, bytes: UInt64)] {
+        try listElements(fullName).compactMap { element in
+            guard element.key.count == 4 || element.key.count == 16 else { return nil }
+            return (IPNetwork(bytes: element.key, prefix: element.key.count * 8), element.counts.packets, element.counts.bytes)
+        }
+    }
+
+    /// A set's elements as raw keys (an address, or two concatenated) with their counters and time left.
+    private func listElements(_ fullName: String) throws -> [(key: [UInt8], counts: weir_nft_counts)] {
         var keys: UnsafeMutablePointer<weir_nft_key>?
         var counts: UnsafeMutablePointer<weir_nft_counts>?
         var count = 0
-        let result = weir_nft_list_elements(NftNames.inetFamily, NftNames.table, fullName, &keys, &counts, &count)
-        if result < 0 { throw NftError(description: String(cString: weir_nft_last_error())) }
+        if weir_nft_list_elements(NftNames.inetFamily, NftNames.table, fullName, &keys, &counts, &count) < 0 {
+            throw NftError(description: String(cString: weir_nft_last_error()))
+        }
         defer { free(keys); free(counts) }
-        return (0..<count).compactMap { index in
+        return (0..<count).map { index in
             var key = keys![index]
             let length = Int(key.len)
-            guard length == 4 || length == 16 else { return nil }
-            let bytes = withUnsafeBytes(of: &key.bytes) { Array($0.prefix(length)) }
-            return (IPNetwork(bytes: bytes, prefix: length * 8), counts![index].packets, counts![index].bytes)
+            return (withUnsafeBytes(of: &key.bytes) { Array($0.prefix(length)) }, counts![index])
         }
     }
 
@@ -243,18 +250,7 @@ final class NftablesTable: Sendable {
 
     /// The elements of a set as raw keys, with the milliseconds each has left (0: no timeout).
     func listKeys(owner: String, _ set: String) throws -> [(key: [UInt8], expiresMs: UInt64)] {
-        var keys: UnsafeMutablePointer<weir_nft_key>?
-        var counts: UnsafeMutablePointer<weir_nft_counts>?
-        var count = 0
-        if weir_nft_list_elements(NftNames.inetFamily, NftNames.table, NftNames.full(owner, set), &keys, &counts, &count) < 0 {
-            throw NftError(description: String(cString: weir_nft_last_error()))
-        }
-        defer { free(keys); free(counts) }
-        return (0..<count).map { index in
-            var key = keys![index]
-            let length = Int(key.len)
-            return (withUnsafeBytes(of: &key.bytes) { Array($0.prefix(length)) }, counts![index].expires_ms)
-        }
+        try listElements(NftNames.full(owner, set)).map { ($0.key, $0.counts.expires_ms) }
     }
 
     /// Applies an address-set change to the remembered state after `changeAddresses` succeeded.
