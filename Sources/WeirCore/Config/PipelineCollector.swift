@@ -67,6 +67,7 @@ struct PipelineCollector {
                 stages.append(stage)
                 continue
             }
+            let path = ConfigPath(scope: ["pipelines", pipeline.id, "stages", "[\(stage.index)]"], stageType: stage.type)
             var targets: [PipelineReference: any StageConfig] = [:]
             for reference in referring.references {
                 let target = pipelines[reference.pipeline]?.stages.first { $0.type == reference.stageType }
@@ -76,8 +77,7 @@ struct PipelineCollector {
                     let what = pipelines[reference.pipeline] == nil
                         ? "there is no pipeline \"\(reference.pipeline)\"" : "pipeline \"\(reference.pipeline)\" has no \(reference.stageType) stage"
                     sink.report(ConfigDiagnostic(
-                        location: stage.location,
-                        path: ConfigPath(scope: ["pipelines", pipeline.id, "stages", "[\(stage.index)]"], stageType: stage.type, keys: [reference.option]),
+                        location: stage.location, path: path.appending(reference.option),
                         message: "\(what) (it must name a pipeline of this agent with a \(reference.stageType) stage)"))
                     failed = true
                 }
@@ -86,22 +86,15 @@ struct PipelineCollector {
                 stages.append(stage)
                 continue
             }
-            let (config, taken, error) = Self.resolve(referring, targets)
+            let (config, taken, error) = referring.resolvingReferences(targets)
             if let error {
-                sink.report(ConfigDiagnostic(
-                    location: stage.location, path: ConfigPath(scope: ["pipelines", pipeline.id, "stages", "[\(stage.index)]"], stageType: stage.type),
-                    message: error))
+                sink.report(ConfigDiagnostic(location: stage.location, path: path, message: error))
                 failed = true
                 continue
             }
             stages.append(StageSpec(index: stage.index, type: stage.type, location: stage.location, fingerprint: stage.fingerprint + "#refs:" + taken, config: config))
         }
         return failed ? nil : PipelineSpec(id: pipeline.id, location: pipeline.location, stages: stages)
-    }
-
-    private static func resolve<C: ReferencesPipelines>(_ config: C, _ targets: [PipelineReference: any StageConfig]) -> (any StageConfig, String, String?) {
-        let (resolved, fingerprint, error) = config.resolvingReferences(targets)
-        return (resolved, fingerprint, error)
     }
 
     private mutating func readPipeline(id: String, location: SourceLocation?, _ value: ConfigValue) -> PipelineSpec? {
