@@ -214,7 +214,7 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
                         item.error("\(path):\(problem)")
                         records = nil
                     }
-                    recordsDigest += LoadedRules([(path, Array(data), false)]).digest + ";"
+                    recordsDigest += LoadedRules.digest([(path, Array(data), false)]) + ";"
                 }
             } else {
                 records = nil
@@ -368,6 +368,11 @@ final class LoadedRules: Sendable, Hashable {
 
     init(_ sources: [(name: String, text: [UInt8], allowList: Bool)]) {
         rules = DomainRules(lists: sources)
+        digest = Self.digest(sources)
+    }
+
+    /// FNV-1a over the sources' names, kinds and bytes ("" for none): what tells two loads of files apart.
+    static func digest(_ sources: [(name: String, text: [UInt8], allowList: Bool)]) -> String {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
         for source in sources {
             for byte in Array(source.name.utf8) + [source.allowList ? 1 : 0] + source.text {
@@ -375,7 +380,7 @@ final class LoadedRules: Sendable, Hashable {
                 hash &*= 0x100_0000_01b3
             }
         }
-        digest = sources.isEmpty ? "" : String(hash, radix: 16)
+        return sources.isEmpty ? "" : String(hash, radix: 16)
     }
 
     static func == (a: LoadedRules, b: LoadedRules) -> Bool { a.digest == b.digest }
