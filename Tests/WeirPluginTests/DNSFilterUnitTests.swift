@@ -170,13 +170,13 @@ struct DNSFilterUnitTests {
         let answer = DNSWire.answer(to: query, code: 0, records: [(1, 300, [192, 0, 2, 1])])
         let t0 = ContinuousClock.now
         cache.store(query.question, bytes: answer, response: try DNSWire.parseResponse(answer), now: t0)
-        let served = try #require(cache.answer(query.question, id: 99, now: t0 + .seconds(30)))
+        let served = try #require(cache.lookup(query.question, id: 99, now: t0 + .seconds(30))?.bytes)
         #expect(try DNSWire.parseResponse(served).id == 99)
         #expect(try DNSWire.parseResponse(served).addresses.first?.ttl == 270)
-        #expect(cache.answer(query.question, id: 1, now: t0 + .seconds(101)) == nil, "max_ttl clamps the 300 s record to 100 s")
+        #expect(cache.lookup(query.question, id: 1, now: t0 + .seconds(101))?.bytes == nil, "max_ttl clamps the 300 s record to 100 s")
         let failed = DNSWire.answer(to: query, code: DNSWire.ResponseCode.serverFailure)
         cache.store(query.question, bytes: failed, response: try DNSWire.parseResponse(failed), now: t0)
-        #expect(cache.answer(query.question, id: 1, now: t0) == nil)
+        #expect(cache.lookup(query.question, id: 1, now: t0)?.bytes == nil)
         for index in 0..<10 {
             let other = try DNSWire.parseQuery(DNSWire.query(id: 1, name: "n\(index).example", type: 1))
             let reply = DNSWire.answer(to: other, code: 0, records: [(1, 50, [192, 0, 2, 2])])

@@ -47,11 +47,6 @@ final class DNSCache: Sendable {
 
     var count: Int { entries.withLockedValue { $0.count } }
 
-    /// The cached answer with `id` and aged TTLs, or nil.
-    func answer(_ question: DNSWire.Question, id: UInt16, now: ContinuousClock.Instant = .now) -> [UInt8]? {
-        lookup(question, id: id, now: now)?.bytes
-    }
-
     /// The cached answer with `id` and aged TTLs, and whether to prefetch it; nil when absent or expired.
     func lookup(_ question: DNSWire.Question, id: UInt16, now: ContinuousClock.Instant = .now) -> Hit? {
         guard capacity > 0 else { return nil }
