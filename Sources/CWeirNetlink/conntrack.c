@@ -82,39 +82,17 @@ int weir_conntrack_pairs(struct weir_ct_pair **pairs, size_t *count)
 	struct nlmsghdr *nlh = mnl_nlmsg_put_header(buffer);
 	nlh->nlmsg_type = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET;
 	nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-	uint32_t seq = (uint32_t)time(NULL);
-	nlh->nlmsg_seq = seq;
+	nlh->nlmsg_seq = (uint32_t)time(NULL);
 	struct nfgenmsg *header = mnl_nlmsg_put_extra_header(nlh, sizeof(*header));
 	header->nfgen_family = AF_UNSPEC; /* both families */
 	header->version = NFNETLINK_V0;
 	header->res_id = 0;
 
 	struct pair_list list = {0};
-	struct mnl_socket *nl = netlink_open(NETLINK_NETFILTER);
-	if (!nl)
-		return netlink_fail(errno, "opening a netfilter netlink socket");
-	int err = 0;
-	if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0) {
-		err = netlink_fail(errno, "asking for the tracked connections");
-	} else {
-		uint32_t portid = mnl_socket_get_portid(nl);
-		ssize_t n;
-		while ((n = mnl_socket_recvfrom(nl, buffer, sizeof(buffer))) > 0) {
-			int result = mnl_cb_run(buffer, (size_t)n, seq, portid, collect_connection, &list);
-			if (result < 0) {
-				/* No conntrack in this kernel or namespace: nothing is tracked. */
-				if (!list.error && (errno == EOPNOTSUPP || errno == ENOENT))
-					break;
-				err = netlink_fail(list.error ? -list.error : errno, "listing the tracked connections");
-				break;
-			}
-			if (result == MNL_CB_STOP)
-				break;
-		}
-		if (n < 0)
-			err = netlink_fail(errno, "reading the tracked connections");
-	}
-	mnl_socket_close(nl);
+	int err = netlink_dump_bus(NETLINK_NETFILTER, nlh, collect_connection, &list, &list.error, "the tracked connections");
+	/* No conntrack in this kernel or namespace: nothing is tracked. */
+	if (err == -EOPNOTSUPP || err == -ENOENT)
+		err = 0;
 	if (err) {
 		free(list.pairs);
 		return err;

@@ -63,12 +63,13 @@ int netlink_drain_errors(struct mnl_socket *nl)
 
 /* Sends a dump request on a fresh route netlink socket and feeds every answer to `callback`. A callback that
  * fails leaves its error code in `*callback_error` (when given). */
-int netlink_dump(const struct nlmsghdr *nlh, mnl_cb_t callback, void *data, const int *callback_error, const char *what)
+int netlink_dump_bus(int bus, const struct nlmsghdr *nlh, mnl_cb_t callback, void *data, const int *callback_error,
+                     const char *what)
 {
 	char buffer[MNL_SOCKET_BUFFER_SIZE];
-	struct mnl_socket *nl = netlink_open(NETLINK_ROUTE);
+	struct mnl_socket *nl = netlink_open(bus);
 	if (!nl)
-		return netlink_fail(errno, "opening a route netlink socket");
+		return netlink_fail(errno, "opening a netlink socket to ask for %s", what);
 	int err = 0;
 	if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0) {
 		err = netlink_fail(errno, "asking for %s", what);
@@ -83,9 +84,17 @@ int netlink_dump(const struct nlmsghdr *nlh, mnl_cb_t callback, void *data, cons
 			if (result == MNL_CB_STOP)
 				break;
 		}
+		/* A failed read is a failed dump, not a short list. */
+		if (n < 0)
+			err = netlink_fail(errno, "reading %s", what);
 	}
 	mnl_socket_close(nl);
 	return err;
+}
+
+int netlink_dump(const struct nlmsghdr *nlh, mnl_cb_t callback, void *data, const int *callback_error, const char *what)
+{
+	return netlink_dump_bus(NETLINK_ROUTE, nlh, callback, data, callback_error, what);
 }
 
 /* Room for one more item in a growing array; false (with -ENOMEM in *error) when memory ran out. */

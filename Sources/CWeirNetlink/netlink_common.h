@@ -25,6 +25,10 @@ int netlink_talk(struct nlmsghdr *nlh, char *buffer);
  * fails leaves its error code in `*callback_error` (when given). */
 int netlink_dump(const struct nlmsghdr *nlh, mnl_cb_t callback, void *data, const int *callback_error, const char *what);
 
+/* The same on a fresh socket of another netlink bus (NETLINK_NETFILTER for nf_tables and conntrack). */
+int netlink_dump_bus(int bus, const struct nlmsghdr *nlh, mnl_cb_t callback, void *data, const int *callback_error,
+                     const char *what);
+
 /* Room for one more item in a growing array; 0 (with -ENOMEM in *error) when memory ran out. */
 int netlink_reserve(void **items, size_t *capacity, size_t count, size_t item_size, size_t initial, int *error);
 

@@ -6,6 +6,7 @@
 #include <linux/netfilter.h>
 #include <linux/netfilter/nf_tables.h>
 #include <linux/netfilter/nfnetlink.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -183,28 +184,9 @@ int weir_nft_list_elements(uint16_t family, const char *table, const char *set, 
 	nftnl_set_elems_nlmsg_build_payload(nlh, s);
 	nftnl_set_free(s);
 
-	struct mnl_socket *nl = netlink_open(NETLINK_NETFILTER);
-	if (!nl)
-		return netlink_fail(errno, "opening a netfilter netlink socket");
-	int err = 0;
-	if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0) {
-		err = netlink_fail(errno, "asking for the elements of %s", set);
-	} else {
-		uint32_t portid = mnl_socket_get_portid(nl);
-		ssize_t n;
-		while ((n = mnl_socket_recvfrom(nl, buffer, sizeof(buffer))) > 0) {
-			int result = mnl_cb_run(buffer, (size_t)n, seq, portid, parse_elements, &list);
-			if (result < 0) {
-				err = netlink_fail(list.error ? list.error : errno, "listing the elements of %s", set);
-				break;
-			}
-			if (result == MNL_CB_STOP)
-				break;
-		}
-		if (n < 0)
-			err = netlink_fail(errno, "reading the elements of %s", set);
-	}
-	mnl_socket_close(nl);
+	char what[160];
+	snprintf(what, sizeof(what), "the elements of %s", set);
+	int err = netlink_dump_bus(NETLINK_NETFILTER, nlh, parse_elements, &list, &list.error, what);
 	if (err) {
 		free(list.keys);
 		free(list.counts);
