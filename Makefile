@@ -64,7 +64,7 @@ chaos:
 # to fuzz/corpus/TARGET/ as a regression input (the test suite replays that corpus).
 FUZZ_SECONDS      ?= 600
 TEST_FUZZ_SECONDS ?= 5
-FUZZ_TARGETS      := aead config coordinator-messages coordinator-requests dns http-connect padding socks5 socks5-udp tls-sni websocket
+FUZZ_TARGETS      := aead config coordinator-messages coordinator-requests dns dns-filter http-connect padding socks5 socks5-udp tls-sni websocket
 
 fuzz-build:
 	$(SWIFT) build --product weir-fuzz --scratch-path .build-fuzz -Xswiftc -sanitize=fuzzer -Xswiftc -DFUZZING

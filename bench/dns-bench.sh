@@ -79,6 +79,15 @@ def rss_kib(pid):
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
 
+def socket_drops(port):
+    """Datagrams the kernel dropped at the sockets bound to `port` (their receive buffers were full)."""
+    total = 0
+    for line in open("/proc/net/udp").readlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port:
+            total += int(fields[-1])
+    return total
+
 def dnsperf(port, query_file):
     out = subprocess.run(["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", query_file, "-l", str(seconds), "-c", "16", "-T", str(threads), "-q", "2000"],
                          capture_output=True, text=True).stdout
@@ -114,6 +123,9 @@ for n in range(2):
         f.write(f"0.0.0.0 added{n}.example\n")
     os.kill(blocked.pid, 1)
 out = run.communicate()[0]
+# Lost queries are told apart by where they were dropped: at weir's sockets, or at dnsperf's (its receive
+# buffers fill while the reload's compile takes the CPU from it on a small machine).
+weir_drops = socket_drops(w2_port)
 reload_qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))
 reload_lost = int(re.search(r"Queries lost:\s+(\d+)", out).group(1))
 codes = re.search(r"Response codes:\s+(.*)", out).group(1).strip()
@@ -131,7 +143,7 @@ for name, (qps, lost) in cached.items():
 lines += ["", f"1,000,000-rule hosts blocklist: agent start to healthy {load:.2f} s (the list read and compiled), "
           f"{per_rule:.1f} bytes of RSS per rule, blocked answers {blocked_qps:,.0f} queries/s ({blocked_lost} lost).",
           f"Two list reloads (SIGHUP, 1,000,000 rules rebuilt aside) during a {seconds} s run: {reload_qps:,.0f} queries/s, "
-          f"{reload_lost} lost (without reloads: {blocked_lost}), response codes: {codes}.",
+          f"{reload_lost} lost (without reloads: {blocked_lost}; dropped at weir's sockets: {weir_drops}), response codes: {codes}.",
           f"weir / fastest other on cached answers: {cached['weir dns.filter'][0] / best:.2f}", ""]
 open(results, "w").write("\n".join(lines))
 print("\n".join(lines))

@@ -6,7 +6,7 @@ import Testing
 @Suite("dns.filter with dig and dnsmasq", .serialized, .enabled(if: dnsTestsUnavailable == nil, Comment(rawValue: dnsTestsUnavailable ?? "")))
 struct DNSFilterTests {
     static let records = [
-        "www.example.test": "192.0.2.10", "tracker.example.net": "192.0.2.20", "sub.tracker.example.net": "192.0.2.21",
+        "www.example.test": "192.0.2.10", "padded.example.test": "192.0.2.11", "tracker.example.net": "192.0.2.20", "sub.tracker.example.net": "192.0.2.21",
         "doubleclick.example": "192.0.2.30", "good.doubleclick.example": "192.0.2.31", "popups.example": "192.0.2.40",
         "a.popups.example": "192.0.2.41", "kept.example.net": "192.0.2.50", "use-application-dns.net": "192.0.2.60",
     ]
@@ -60,6 +60,9 @@ struct DNSFilterTests {
 
         let allowed = try server.ask("www.example.test")
         #expect(digStatus(allowed) == "NOERROR" && allowed.contains("192.0.2.10"), "\(allowed)")
+        // A query of 512 bytes (EDNS padding) is read whole, though datagrams are read 32 at a time.
+        let padded = try server.ask("padded.example.test", "A", ["+padding=512"])
+        #expect(digStatus(padded) == "NOERROR" && padded.contains("192.0.2.11"), "\(padded)")
         for name in ["tracker.example.net", "sub.tracker.example.net", "doubleclick.example", "a.popups.example", "use-application-dns.net"] {
             let answer = try server.ask(name)
             #expect(digStatus(answer) == "NXDOMAIN", "\(name): \(answer)")

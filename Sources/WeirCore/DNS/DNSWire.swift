@@ -97,40 +97,51 @@ package enum DNSWire {
 
         /// A name, following compression pointers (only backwards, at most 64 of them: no loops), lowercased.
         package mutating func name() throws -> String {
-            var labels: [String] = []
-            var position = offset
-            var jumped = false
-            var jumps = 0
-            var length = 0
-            while true {
-                guard position < bytes.count else { throw Malformed(description: "truncated name") }
-                let byte = bytes[position]
-                if byte & 0xC0 == 0xC0 {
-                    guard position + 1 < bytes.count else { throw Malformed(description: "truncated pointer") }
-                    let target = Int(byte & 0x3F) << 8 | Int(bytes[position + 1])
-                    guard target < position, jumps < 64 else { throw Malformed(description: "bad compression pointer") }
-                    if !jumped { offset = position + 2 }
-                    jumped = true
-                    jumps += 1
-                    position = target
-                    continue
+            // Built on the stack (a name is at most 255 bytes): names are read for every query, and a string per
+            // label, or a heap array for the text, cost more than answering from the cache.
+            try withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 256) { text in
+                var used = 0
+                var length = 0  // on the wire: each label's bytes and length byte
+                var position = offset
+                var jumped = false
+                var jumps = 0
+                while true {
+                    guard position < bytes.count else { throw Malformed(description: "truncated name") }
+                    let byte = bytes[position]
+                    if byte & 0xC0 == 0xC0 {
+                        guard position + 1 < bytes.count else { throw Malformed(description: "truncated pointer") }
+                        let target = Int(byte & 0x3F) << 8 | Int(bytes[position + 1])
+                        guard target < position, jumps < 64 else { throw Malformed(description: "bad compression pointer") }
+                        if !jumped { offset = position + 2 }
+                        jumped = true
+                        jumps += 1
+                        position = target
+                        continue
+                    }
+                    guard byte & 0xC0 == 0 else { throw Malformed(description: "unknown label type") }
+                    let count = Int(byte)
+                    if count == 0 {
+                        if !jumped { offset = position + 1 }
+                        return String(decoding: UnsafeBufferPointer(rebasing: text[0..<used]), as: UTF8.self)
+                    }
+                    guard position + 1 + count <= bytes.count else { throw Malformed(description: "truncated label") }
+                    length += count + 1
+                    guard length <= 255 else { throw Malformed(description: "name longer than 255 bytes") }
+                    if used > 0 {
+                        text[used] = 0x2E
+                        used += 1
+                    }
+                    for index in (position + 1)...(position + count) {
+                        let character = bytes[index]
+                        text[used] = character >= 65 && character <= 90 ? character + 32 : character
+                        used += 1
+                    }
+                    position += 1 + count
                 }
-                guard byte & 0xC0 == 0 else { throw Malformed(description: "unknown label type") }
-                let count = Int(byte)
-                if count == 0 {
-                    if !jumped { offset = position + 1 }
-                    return labels.joined(separator: ".")
-                }
-                guard position + 1 + count <= bytes.count else { throw Malformed(description: "truncated label") }
-                length += count + 1
-                guard length <= 255 else { throw Malformed(description: "name longer than 255 bytes") }
-                labels.append(String(decoding: bytes[(position + 1)...(position + count)].map { $0 >= 65 && $0 <= 90 ? $0 + 32 : $0 }, as: UTF8.self))
-                position += 1 + count
             }
         }
     }
 
-    /// A query: exactly one question (what every resolver sends), QR clear.
     package static func parseQuery(_ bytes: [UInt8]) throws -> Query {
         var reader = Reader(bytes: bytes)
         let id = try reader.u16()

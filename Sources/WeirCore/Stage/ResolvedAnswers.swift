@@ -48,6 +48,11 @@ public final class ResolvedAnswerFollowers: Sendable {
         }
     }
 
+    /// Whether anything follows `pipeline` (asked for every query: no array made).
+    public func isFollowed(_ pipeline: String) -> Bool {
+        followers.withLockedValue { all in all[pipeline].map { !$0.isEmpty } ?? false }
+    }
+
     public func of(_ pipeline: String) -> [any ResolvedAnswerFollower] {
         followers.withLockedValue { all in all[pipeline].map { Array($0.values) } ?? [] }
     }

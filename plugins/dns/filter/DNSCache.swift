@@ -11,14 +11,23 @@ final class DNSCache: Sendable {
         var question: DNSWire.Question
     }
 
-    struct Entry: Sendable {
-        var bytes: [UInt8]
-        var ttlOffsets: [Int]
-        var stored: ContinuousClock.Instant
-        var expires: ContinuousClock.Instant
+    /// A class, so a hit touches one reference rather than copying the answer's arrays in and out of the
+    /// dictionary; its counters change only under the cache's lock.
+    final class Entry: @unchecked Sendable {
+        let bytes: [UInt8]
+        let ttlOffsets: [Int]
+        let stored: ContinuousClock.Instant
+        let expires: ContinuousClock.Instant
         /// Hits since it was stored, and whether a refresh is under way.
         var hits = 0
         var prefetching = false
+
+        init(bytes: [UInt8], ttlOffsets: [Int], stored: ContinuousClock.Instant, expires: ContinuousClock.Instant) {
+            self.bytes = bytes
+            self.ttlOffsets = ttlOffsets
+            self.stored = stored
+            self.expires = expires
+        }
     }
 
     /// A fresh answer, and whether the caller should refresh it now (prefetch).
@@ -51,17 +60,15 @@ final class DNSCache: Sendable {
     func lookup(_ question: DNSWire.Question, id: UInt16, now: ContinuousClock.Instant = .now) -> Hit? {
         guard capacity > 0 else { return nil }
         let key = Key(question: question)
-        let found: (Entry, Bool)? = entries.withLockedValue { entries in
-            guard var entry = entries[key] else { return nil }
+        let found: (entry: Entry, refresh: Bool)? = entries.withLockedValue { entries in
+            guard let entry = entries[key] else { return nil }
             if entry.expires <= now {
                 if entry.expires + staleWindow <= now { entries[key] = nil }
                 return nil
             }
             entry.hits += 1
-            let lifetime = entry.expires - entry.stored
-            let refresh = prefetch && !entry.prefetching && entry.hits >= 2 && entry.expires - now <= max(lifetime / 10, .seconds(1))
+            let refresh = prefetch && !entry.prefetching && entry.hits >= 2 && entry.expires - now <= max((entry.expires - entry.stored) / 10, .seconds(1))
             if refresh { entry.prefetching = true }
-            entries[key] = entry
             return (entry, refresh)
         }
         guard let (entry, refresh) = found else { return nil }

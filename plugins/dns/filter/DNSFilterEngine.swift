@@ -136,7 +136,7 @@ final class DNSFilterEngine: Sendable {
             return .answered(finish(query, blocked(query), .blocked, Decided(rule: rule), client: client, started: started, udp: udp))
         }
         let record = config.records.isEmpty ? nil : config.records.lookup(name)
-        let checkCache = record == nil && ResolvedAnswerFollowers.shared.of(pipeline).isEmpty
+        let checkCache = record == nil && !ResolvedAnswerFollowers.shared.isFollowed(pipeline)
         if checkCache, let (reply, result, decided) = cachedAnswer(query, rule: rule) {
             return .answered(finish(query, reply, result, decided, client: client, started: started, udp: udp))
         }
