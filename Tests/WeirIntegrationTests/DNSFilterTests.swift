@@ -318,8 +318,8 @@ struct DNSFilterTests {
             resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
             port = int(sys.argv[1])
             u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            for i in range(2000):
-                u.sendto(os.urandom(random.randint(0, 600)), ("127.0.0.1", port))
+            for i in range(2000):  # every tenth larger than the read slice of one datagram (4 KiB)
+                u.sendto(os.urandom(random.randint(0, 600) if i % 10 else random.randint(4097, 9000)), ("127.0.0.1", port))
             held = []
             for i in range(1100):
                 try:

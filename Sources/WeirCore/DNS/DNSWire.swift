@@ -142,6 +142,7 @@ package enum DNSWire {
         }
     }
 
+    /// A query: exactly one question (what every resolver sends), QR clear.
     package static func parseQuery(_ bytes: [UInt8]) throws -> Query {
         var reader = Reader(bytes: bytes)
         let id = try reader.u16()

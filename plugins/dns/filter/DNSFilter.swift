@@ -19,8 +19,8 @@ final class DNSFilter: ServiceStage, Sendable {
     static let maxConnections = 1024
     static let udpSockets = max(1, min(System.coreCount, 16))
     static let queriesPerRead = 32
-    /// Bytes of the largest UDP query read whole (EDNS padding and cookies included; a larger one is cut short and
-    /// answered FORMERR).
+    /// Bytes of the largest UDP query read whole (EDNS padding and cookies included); a larger datagram is read cut
+    /// short at this size and answered as what its first bytes say (garbage: FORMERR).
     static let largestQuery = 4096
 
     init(config: DNSFilterConfig, context: StageContext) {
