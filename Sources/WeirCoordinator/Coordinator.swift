@@ -66,7 +66,7 @@ public struct Coordinator: Service {
         let metrics = CoordinatorMetrics()
         let distributor = Distributor(store: store, metrics: metrics, logger: logger)
         let changes = ChangeFeed(database: database, distributor: distributor)
-        let sessions = AgentSessions(store: store, distributor: distributor, heartbeatInterval: config.heartbeatInterval, logger: logger)
+        let sessions = AgentSessions(store: store, distributor: distributor, questions: AgentQuestions(), heartbeatInterval: config.heartbeatInterval, logger: logger)
         let api = CoordinatorAPI(
             store: store, registry: registry, offlineAfter: config.offlineAfter, changed: { await changes.publish() }, agentSessions: sessions,
             maxRequestBody: config.maxRequestBody)

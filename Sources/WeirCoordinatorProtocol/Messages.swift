@@ -109,6 +109,72 @@ public struct AgentWelcome: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey { case heartbeatIntervalSeconds = "heartbeat_interval_seconds", credential }
 }
 
+/// The coordinator asks for an agent's recent DNS answers (the `query_log.ring` of its dns.filter stages).
+public struct DNSQueriesRequest: Codable, Sendable, Equatable {
+    /// Pairs the answer with the question.
+    public var id: String
+    /// One pipeline's; nil: every dns.filter's, merged newest first.
+    public var pipeline: String?
+    /// Part of the name or the client's address.
+    public var search: String?
+    /// allowed, blocked, cached, servfail or refused.
+    public var result: String?
+    public var limit: Int
+
+    public init(id: String, pipeline: String? = nil, search: String? = nil, result: String? = nil, limit: Int = 100) {
+        self.id = id
+        self.pipeline = pipeline
+        self.search = search
+        self.result = result
+        self.limit = limit
+    }
+}
+
+/// One answered query. The same keys as a line of the agent's `query_log.file`, plus the pipeline.
+public struct DNSQueryEntry: Codable, Sendable, Equatable {
+    /// ISO 8601, UTC, milliseconds.
+    public var time: String
+    public var pipeline: String
+    public var client: String
+    public var name: String
+    /// A, AAAA, HTTPS… (TYPEn for others).
+    public var type: String
+    public var result: String
+    /// What decided: `list:line` of the rule, canary, records, serve_stale, max_inflight.
+    public var rule: String?
+    public var upstream: String?
+    public var ms: Double
+
+    public init(time: String, pipeline: String, client: String, name: String, type: String, result: String, rule: String?, upstream: String?, ms: Double) {
+        self.time = time
+        self.pipeline = pipeline
+        self.client = client
+        self.name = name
+        self.type = type
+        self.result = result
+        self.rule = rule
+        self.upstream = upstream
+        self.ms = ms
+    }
+}
+
+public struct DNSQueriesResponse: Codable, Sendable, Equatable {
+    public var id: String
+    /// Newest first.
+    public var entries: [DNSQueryEntry]
+    /// The pipelines that keep a ring (to tell "no such pipeline" from "nothing asked yet").
+    public var pipelines: [String]
+    /// Why there are no entries to give (an unknown pipeline).
+    public var error: String?
+
+    public init(id: String, entries: [DNSQueryEntry], pipelines: [String], error: String? = nil) {
+        self.id = id
+        self.entries = entries
+        self.pipelines = pipelines
+        self.error = error
+    }
+}
+
 /// Agent to coordinator.
 public enum AgentMessage: Sendable, Equatable {
     case hello(AgentHello)
@@ -117,18 +183,23 @@ public enum AgentMessage: Sendable, Equatable {
     case ack(version: String)
     /// The bundle of this version was refused; the agent keeps running what it ran before.
     case nack(version: String, errors: [String])
+    /// The answer to `CoordinatorMessage.dnsQueries`.
+    case dnsQueries(DNSQueriesResponse)
 }
 
 /// Coordinator to agent.
 public enum CoordinatorMessage: Sendable, Equatable {
     case welcome(AgentWelcome)
     case bundle(ConfigBundle)
+    /// Agents before this message ignore it (the coordinator's request times out).
+    case dnsQueries(DNSQueriesRequest)
 }
 
 // MARK: - Wire form: one JSON object per WebSocket text message, its kind in "type".
 
 private enum MessageKind: String, Codable {
     case hello, heartbeat, ack, nack, welcome, bundle
+    case dnsQueries = "dns_queries"
 }
 
 private struct Versioned: Codable {
@@ -148,6 +219,7 @@ extension AgentMessage: Codable {
         case .nack:
             let body = try Versioned(from: decoder)
             self = .nack(version: body.version, errors: body.errors ?? [])
+        case .dnsQueries: self = .dnsQueries(try DNSQueriesResponse(from: decoder))
         case .welcome, .bundle:
             throw DecodingError.dataCorrupted(.init(codingPath: [TypeKey.type], debugDescription: "\(kind) is not an agent message"))
         }
@@ -168,6 +240,9 @@ extension AgentMessage: Codable {
         case .nack(let version, let errors):
             try container.encode(MessageKind.nack, forKey: .type)
             try Versioned(version: version, errors: errors).encode(to: encoder)
+        case .dnsQueries(let response):
+            try container.encode(MessageKind.dnsQueries, forKey: .type)
+            try response.encode(to: encoder)
         }
     }
 }
@@ -178,6 +253,7 @@ extension CoordinatorMessage: Codable {
         switch kind {
         case .welcome: self = .welcome(try AgentWelcome(from: decoder))
         case .bundle: self = .bundle(try ConfigBundle(from: decoder))
+        case .dnsQueries: self = .dnsQueries(try DNSQueriesRequest(from: decoder))
         default:
             throw DecodingError.dataCorrupted(.init(codingPath: [TypeKey.type], debugDescription: "\(kind) is not a coordinator message"))
         }
@@ -192,6 +268,9 @@ extension CoordinatorMessage: Codable {
         case .bundle(let bundle):
             try container.encode(MessageKind.bundle, forKey: .type)
             try bundle.encode(to: encoder)
+        case .dnsQueries(let request):
+            try container.encode(MessageKind.dnsQueries, forKey: .type)
+            try request.encode(to: encoder)
         }
     }
 }

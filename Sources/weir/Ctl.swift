@@ -10,7 +10,7 @@ import WeirCore
 struct Ctl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Talk to a coordinator's API (/api/v1).",
-        subcommands: [CtlAgents.self, CtlPipelines.self, CtlAssignments.self, CtlLists.self, CtlVPN.self, CtlEnrollmentTokens.self, CtlTokens.self, CtlRequest.self]
+        subcommands: [CtlAgents.self, CtlPipelines.self, CtlAssignments.self, CtlLists.self, CtlVPN.self, CtlDNS.self, CtlEnrollmentTokens.self, CtlTokens.self, CtlRequest.self]
     )
 }
 
@@ -103,6 +103,27 @@ struct CtlAgents: AsyncParsableCommand {
             try await options.request(.PUT, "/api/v1/agents/\(id)/labels", body: try jsonText(try labelsJSON(Array(arguments.dropFirst()))))
         default: throw ValidationError("usage: weir ctl agents list | show ID | traffic ID | delete ID | revoke ID | labels ID key=value...")
         }
+    }
+}
+
+/// `weir ctl dns queries AGENT`: the newest answers of the agent's dns.filter stages (operator or admin).
+struct CtlDNS: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "dns", abstract: "An agent's DNS query log (its dns.filter stages' recent answers).")
+
+    @OptionGroup var options: CtlOptions
+    @Argument(help: "queries AGENT") var action: String
+    @Argument var agent: String
+    @Option(help: "Only this pipeline's dns.filter.") var pipeline: String?
+    @Option(help: "Part of the name or of the client's address.") var search: String?
+    @Option(help: "allowed | blocked | cached | servfail | refused") var result: String?
+    @Option(help: "Newest entries to show (1-10000).") var limit: Int = 100
+
+    func run() async throws {
+        guard action == "queries" else { throw ValidationError("usage: weir ctl dns queries AGENT [--pipeline P] [--search S] [--result R] [--limit N]") }
+        var query = URLComponents()
+        query.queryItems = [URLQueryItem(name: "limit", value: "\(limit)")]
+            + [("pipeline", pipeline), ("search", search), ("result", result)].compactMap { name, value in value.map { URLQueryItem(name: name, value: $0) } }
+        try await options.request(.GET, "/api/v1/agents/\(pathComponent(agent))/dns/queries?\(query.percentEncodedQuery ?? "")")
     }
 }
 

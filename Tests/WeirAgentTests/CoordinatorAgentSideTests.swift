@@ -1,5 +1,7 @@
 import Foundation
+import NIOCore
 import Testing
+import WeirCore
 import WeirCoordinatorProtocol
 @testable import WeirAgent
 
@@ -75,5 +77,28 @@ import WeirCoordinatorProtocol
         for bad in ["https://c.example.net", "c.example.net:8443", "wss://", "wss://:8443/x"] {
             #expect(throws: CoordinatorSocket.Failure.invalidURL(bad)) { try CoordinatorSocket.Endpoint(url: bad) }
         }
+    }
+
+    @Test("the agent answers a DNS query log question from its rings: merged newest first across pipelines, limited, an unknown pipeline named")
+    func dnsQueriesAnswer() throws {
+        let logs = DNSQueryLogs()
+        let a = DNSQueryRing(capacity: 10), b = DNSQueryRing(capacity: 10)
+        logs.install(a, for: "a")
+        logs.install(b, for: "b")
+        for index in 0..<6 {
+            (index % 2 == 0 ? a : b).append(DNSQueryEvent(
+                time: Double(index), client: try SocketAddress(ipAddress: "10.0.0.\(index)", port: 1), name: "n\(index).test", type: 28,
+                result: "cached", rule: index == 4 ? "/lists/x:3" : nil, upstream: nil, seconds: 0.0001234))
+        }
+        let merged = CoordinatorClient.dnsQueries(DNSQueriesRequest(id: "q", limit: 4), logs: logs)
+        #expect(merged.id == "q" && merged.pipelines == ["a", "b"] && merged.error == nil)
+        #expect(merged.entries.map(\.name) == ["n5.test", "n4.test", "n3.test", "n2.test"])
+        #expect(merged.entries[1] == DNSQueryEntry(
+            time: "1970-01-01T00:00:04.000Z", pipeline: "a", client: "10.0.0.4", name: "n4.test", type: "AAAA", result: "cached", rule: "/lists/x:3",
+            upstream: nil, ms: 0.12))
+        #expect(CoordinatorClient.dnsQueries(DNSQueriesRequest(id: "q", pipeline: "b", limit: 100), logs: logs).entries.map(\.pipeline) == ["b", "b", "b"])
+        let unknown = CoordinatorClient.dnsQueries(DNSQueriesRequest(id: "q", pipeline: "c", limit: 100), logs: logs)
+        #expect(unknown.entries.isEmpty && unknown.error?.contains("\"c\"") == true)
+        #expect(CoordinatorClient.dnsQueries(DNSQueriesRequest(id: "q", limit: 1_000_000), logs: logs).entries.count == 6)
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import Testing
 import WeirCoordinatorProtocol
 @testable import WeirCoordinator
@@ -51,6 +52,10 @@ import WeirCoordinatorProtocol
             .hello(AgentHello(agentID: "a", version: "0.1.0", labels: ["k": "v"], facts: ["os": "x"], appliedVersion: nil)),
             .heartbeat(AgentHeartbeat(appliedVersion: "v1", pipelines: ["p": PipelineReport(bytesIn: 1)])),
             .ack(version: "v1"), .nack(version: "v2", errors: ["e1", "e2"]),
+            .dnsQueries(DNSQueriesResponse(id: "q1", entries: [
+                DNSQueryEntry(time: "2026-12-05T00:00:00.000Z", pipeline: "dns", client: "10.0.0.2", name: "a.test", type: "A", result: "cached",
+                              rule: nil, upstream: nil, ms: 0.02)
+            ], pipelines: ["dns"])),
         ]
         for message in messages {
             #expect(try WireCoding.decode(AgentMessage.self, from: try WireCoding.encode(message)) == message)
@@ -59,5 +64,38 @@ import WeirCoordinatorProtocol
         let bundle = CoordinatorMessage.bundle(ConfigBundle(files: [.init(name: "a.yaml", content: "pipelines: {}")]))
         #expect(try WireCoding.decode(CoordinatorMessage.self, from: try WireCoding.encode(bundle)) == bundle)
         #expect(throws: (any Error).self) { try WireCoding.decode(AgentMessage.self, from: #"{"type":"bundle","version":"x","files":[]}"#) }
+        let question = CoordinatorMessage.dnsQueries(DNSQueriesRequest(id: "q1", pipeline: "dns", search: "x", result: "blocked", limit: 5))
+        #expect(try WireCoding.decode(CoordinatorMessage.self, from: try WireCoding.encode(question)) == question)
+    }
+
+    static func connection(_ agentID: String, sent: NIOLockedValueBox<[CoordinatorMessage]>) -> AgentConnection {
+        AgentConnection(agentID: agentID, number: 1, send: { message in sent.withLockedValue { $0.append(message) } }, close: { _ in })
+    }
+
+    @Test("a question to an agent gets its answer by id; an answer from another agent or a late one is dropped; silence ends at the deadline")
+    func agentQuestions() async throws {
+        let questions = AgentQuestions()
+        let sent = NIOLockedValueBox<[CoordinatorMessage]>([])
+        let connection = Self.connection("a", sent: sent)
+        let asking = Task { try await questions.dnsQueries(DNSQueriesRequest(id: "", limit: 3), over: connection, timeout: .seconds(10)) }
+        var asked: DNSQueriesRequest?
+        for _ in 0..<200 where asked == nil {
+            try await Task.sleep(for: .milliseconds(10))
+            if case .dnsQueries(let request)? = sent.withLockedValue({ $0.first }) { asked = request }
+        }
+        let request = try #require(asked)
+        #expect(!request.id.isEmpty && request.limit == 3)
+        // Another agent cannot answer a question it was not asked, even with the right id.
+        await questions.answered(DNSQueriesResponse(id: request.id, entries: [], pipelines: ["forged"]), from: "b")
+        await questions.answered(DNSQueriesResponse(id: request.id, entries: [], pipelines: ["dns"]), from: "a")
+        #expect(try await asking.value.pipelines == ["dns"])
+        await questions.answered(DNSQueriesResponse(id: request.id, entries: [], pipelines: ["late"]), from: "a")
+
+        let silent = Self.connection("old-agent", sent: NIOLockedValueBox([]))
+        let started = ContinuousClock.now
+        await #expect(throws: AgentQuestions.Unanswered.self) {
+            try await questions.dnsQueries(DNSQueriesRequest(id: "", limit: 3), over: silent, timeout: .milliseconds(200))
+        }
+        #expect(ContinuousClock.now - started < .seconds(5))
     }
 }

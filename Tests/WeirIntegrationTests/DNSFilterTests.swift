@@ -16,16 +16,17 @@ struct DNSFilterTests {
         let port: Int
         let lists: URL
 
-        /// A dns.filter on 127.0.0.1 with the test's lists and `options` (YAML lines of the stage).
-        init(_ options: String) throws {
-            port = freePort()
+        /// A dns.filter on 127.0.0.1 with the test's lists and `options` (YAML lines of the stage); `extra` goes
+        /// into weir.yaml (a coordinator section).
+        init(_ options: String, extra: String = "", id: String = "test-agent") throws {
+            port = freeDualPort()
             lists = FileManager.default.temporaryDirectory.appendingPathComponent("weir-dns-\(UUID().uuidString)")
             try FileManager.default.createDirectory(at: lists, withIntermediateDirectories: true)
             try "0.0.0.0 tracker.example.net\n".write(to: lists.appendingPathComponent("hosts"), atomically: true, encoding: .utf8)
             try "||doubleclick.example^\n@@||good.doubleclick.example^\n*.popups.example\n".write(
                 to: lists.appendingPathComponent("adblock.txt"), atomically: true, encoding: .utf8)
             try "kept.example.net\n".write(to: lists.appendingPathComponent("allow.txt"), atomically: true, encoding: .utf8)
-            agent = try WeirProcess(pipelines: Self.pipelines(port: port, lists: lists, options))
+            agent = try WeirProcess(pipelines: Self.pipelines(port: port, lists: lists, options), extra: extra, id: id)
             try agent.start()
         }
 
@@ -132,6 +133,81 @@ struct DNSFilterTests {
         #expect(server.agent.log.contains("on the same sockets"))
     }
 
+    @Test("query log ring: the coordinator shows an agent's newest answers (rule, upstream, client), filtered; bounded by ring; kept across a reload; operators and admins only; weir ctl")
+    func queryLogRing() throws {
+        let upstream = try Dnsmasq(records: Self.records)
+        let pki = try TestPKI()
+        let coordinator = try CoordinatorProcess(pki: pki)
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let section = try coordinator.agentSection(token: try coordinator.enrollmentToken(), labels: [:], agent: "dns-agent")
+        let server = try Server("upstreams: [127.0.0.1:\(upstream.port)]\nquery_log: {ring: 50}", extra: section, id: "dns-agent")
+        defer { server.stop() }
+        #expect(eventually(timeout: 10) { (try? coordinator.agent("dns-agent"))??["online"] as? Bool == true })
+
+        _ = try server.ask("www.example.test")
+        _ = try server.ask("tracker.example.net", "AAAA")
+        _ = try server.ask("www.example.test")
+        func entries(_ query: String = "", token: String? = nil) throws -> (Int, [[String: Any]], String) {
+            let (status, body) = try coordinator.request("GET", "/api/v1/agents/dns-agent/dns/queries\(query)", token: token ?? coordinator.adminToken)
+            let object = try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any]
+            return (status, object?["entries"] as? [[String: Any]] ?? [], body)
+        }
+        let (status, all, body) = try entries()
+        #expect(status == 200 && all.count == 3, "\(body)")
+        if all.count == 3 {
+            #expect(all[0]["name"] as? String == "www.example.test" && all[0]["result"] as? String == "cached", "newest first: \(body)")
+            #expect(all[1]["name"] as? String == "tracker.example.net" && all[1]["type"] as? String == "AAAA" && all[1]["result"] as? String == "blocked")
+            #expect(all[1]["rule"] as? String == "\(server.lists.path)/hosts:1", "\(body)")
+            #expect(all[2]["result"] as? String == "allowed" && all[2]["upstream"] as? String == "127.0.0.1:\(upstream.port)", "\(body)")
+            #expect(all.allSatisfy { $0["client"] as? String == "127.0.0.1" && $0["pipeline"] as? String == "dns" && ($0["ms"] as? Double ?? -1) >= 0 })
+        }
+        #expect(try entries("?result=blocked").1.map { $0["name"] as? String } == ["tracker.example.net"])
+        #expect(try entries("?search=TRACKER").1.count == 1)
+        #expect(try entries("?search=127.0.0&limit=2").1.count == 2)
+        #expect(try entries("?pipeline=dns").1.count == 3)
+        let unknown = try entries("?pipeline=nope")
+        #expect(unknown.0 == 404 && unknown.2.contains("no dns.filter stage keeping a query log ring"), "\(unknown.2)")
+        #expect(try entries("?limit=0").0 == 400)
+        #expect(try entries("?result=maybe").0 == 400)
+
+        // Who asked for what is personal data: viewers are refused, operators read it.
+        func token(_ role: String, name: String? = nil) throws -> String {
+            try #require((coordinator.admin("POST", "/api/v1/tokens", json: ["name": name ?? role, "role": role]) as? [String: Any])?["token"] as? String)
+        }
+        let viewer = try entries(token: try token("viewer"))
+        #expect(viewer.0 == 403 && viewer.1.isEmpty && !viewer.2.contains("tracker"), "\(viewer.2)")
+        #expect(try entries(token: try token("operator")).1.count == 3)
+
+        // Bounded: 120 more answers leave the newest 50.
+        let client = try UDPSocket(timeout: 2)
+        for id in 0..<120 {
+            try client.send(Self.query(id: UInt16(id), name: "q\(id).tracker.example.net"), to: server.port)
+            _ = client.receive()
+        }
+        let bounded = try entries("?limit=10000").1
+        #expect(bounded.count == 50 && bounded.first?["name"] as? String == "q119.tracker.example.net" && bounded.last?["name"] as? String == "q70.tracker.example.net")
+
+        // A reload (a changed list: a new stage takes over) keeps what the ring holds.
+        try "0.0.0.0 tracker.example.net\n0.0.0.0 www.example.test\n".write(to: server.lists.appendingPathComponent("hosts"), atomically: true, encoding: .utf8)
+        try server.agent.reload()
+        _ = try server.ask("www.example.test")
+        let reloaded = try entries("?limit=10000").1
+        #expect(reloaded.count == 50 && reloaded.first?["result"] as? String == "blocked" && reloaded.first?["name"] as? String == "www.example.test")
+        #expect(reloaded.dropFirst().first?["name"] as? String == "q119.tracker.example.net")
+
+        // weir ctl, with an operator's token.
+        let tokenFile = coordinator.directory.appendingPathComponent("operator.token").path
+        try (try token("operator", name: "ctl")).write(toFile: tokenFile, atomically: true, encoding: .utf8)
+        let shown = try runWeir(["ctl", "dns", "queries", "dns-agent", "--url", coordinator.url, "--ca", pki.caPath, "--token-file", tokenFile,
+                                 "--search", "q119", "--result", "blocked"])
+        #expect(shown.status == 0 && shown.output.contains("q119.tracker.example.net") && !shown.output.contains("q118"), "\(shown.output)")
+
+        // An agent that is not connected cannot be asked.
+        server.agent.stop()
+        #expect(eventually(timeout: 10) { (try? entries().0) == 503 })
+    }
+
     /// A DNS query for an A record, as bytes.
     static func query(id: UInt16, name: String) -> [UInt8] {
         var bytes: [UInt8] = [UInt8(id >> 8), UInt8(id & 0xFF), 1, 0, 0, 1, 0, 0, 0, 0, 0, 0]
@@ -218,7 +294,7 @@ struct DNSFilterTests {
         #expect(lines.count == 3)
         #expect(lines[0]["name"] as? String == "sub.tracker.example.net" && lines[0]["result"] as? String == "blocked")
         #expect(lines[0]["rule"] as? String == "\(server.lists.path)/hosts:1" && lines[0]["client"] as? String == "127.0.0.1")
-        #expect(lines[1]["result"] as? String == "allowed" && lines[1]["upstream"] as? String == "127.0.0.1:\(upstream.port)" && lines[1]["type"] as? Int == 1)
+        #expect(lines[1]["result"] as? String == "allowed" && lines[1]["upstream"] as? String == "127.0.0.1:\(upstream.port)" && lines[1]["type"] as? String == "A")
         #expect(lines[2]["rule"] as? String == "canary")
         for index in 0..<60 { try server.ask("n\(index).example.test") }
         let size = { (path: String) in ((try? FileManager.default.attributesOfItem(atPath: path)[.size]) as? Int) ?? 0 }

@@ -135,6 +135,10 @@ struct CoordinatorClient: Sendable {
                     logger.warning("ignoring a message from the coordinator that is not understood")
                     continue
                 }
+                if case .dnsQueries(let request) = decoded {
+                    try await send(.dnsQueries(Self.dnsQueries(request)))
+                    continue
+                }
                 guard case .bundle(let bundle) = decoded else { continue }
                 if let errors = await agent.apply(bundle) {
                     logger.error("coordinator bundle refused", metadata: ["version": "\(bundle.version)", "errors": "\(errors)"])
@@ -147,6 +151,29 @@ struct CoordinatorClient: Sendable {
             group.cancelAll()
         }
     }
+
+    /// The newest answers of this agent's dns.filter rings that match, merged across pipelines.
+    static func dnsQueries(_ request: DNSQueriesRequest, logs: DNSQueryLogs = .shared) -> DNSQueriesResponse {
+        let pipelines = logs.pipelines
+        if let pipeline = request.pipeline, !pipelines.contains(pipeline) {
+            return DNSQueriesResponse(
+                id: request.id, entries: [], pipelines: pipelines, error: "pipeline \"\(pipeline)\" has no dns.filter stage keeping a query log ring on this agent")
+        }
+        let filter = DNSQueryFilter(search: request.search, result: request.result, limit: max(0, min(request.limit, maxDNSQueries)))
+        var found: [(pipeline: String, event: DNSQueryEvent)] = []
+        for pipeline in request.pipeline.map({ [$0] }) ?? pipelines {
+            found += (logs.ring(of: pipeline)?.events(filter) ?? []).map { (pipeline, $0) }
+        }
+        let newest = found.sorted { $0.event.time > $1.event.time }.prefix(filter.limit)
+        return DNSQueriesResponse(id: request.id, entries: newest.map { pipeline, event in
+            DNSQueryEntry(
+                time: event.timeText, pipeline: pipeline, client: event.clientText, name: event.name, type: event.typeText, result: event.result,
+                rule: event.rule, upstream: event.upstream, ms: event.milliseconds)
+        }, pipelines: pipelines)
+    }
+
+    /// Entries one answer may hold (a few MB of JSON at most).
+    static let maxDNSQueries = 10_000
 
     private func readSecret(_ path: String) -> String? {
         guard let data = FileManager.default.contents(atPath: path) else { return nil }

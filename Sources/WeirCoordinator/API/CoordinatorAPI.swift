@@ -221,6 +221,7 @@ struct CoordinatorAPI: Sendable {
         }
 
         registerVPN(on: api)
+        registerDNSQueries(on: api)
     }
 
     // MARK: - Views

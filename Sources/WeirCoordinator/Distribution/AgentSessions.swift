@@ -27,6 +27,7 @@ struct AgentSessions: Sendable {
 
     let store: CoordinatorStore
     let distributor: Distributor
+    let questions: AgentQuestions
     let heartbeatInterval: Duration
     let logger: Logger
 
@@ -115,6 +116,8 @@ struct AgentSessions: Sendable {
                 try await store.recordAck(agentID: agentID, version: version)
                 await distributor.acknowledged(connection, version: version)
                 logger.info("bundle applied", metadata: ["agent": "\(agentID)", "version": "\(version)"])
+            case .dnsQueries(let response):
+                await questions.answered(response, from: agentID)
             case .nack(let version, let errors):
                 try await store.recordNack(agentID: agentID, version: version, errors: errors)
                 await distributor.refused(connection, version: version)

@@ -107,6 +107,9 @@ actor Distributor {
 
     var connectedAgentIDs: Set<String> { Set(sessions.keys) }
 
+    /// The agent's open connection on this instance.
+    func connection(of agentID: String) -> AgentConnection? { sessions[agentID]?.connection }
+
     /// Renders bundles for the given connected agents (all when nil) and sends those that changed.
     private func refresh(agentIDs: Set<String>?) async {
         let targets = agentIDs.map { ids in sessions.keys.filter { ids.contains($0) } } ?? Array(sessions.keys)

@@ -9,7 +9,8 @@ public enum APIRole: String, Codable, Sendable, CaseIterable {
     /// Reads everything and changes the fleet's configuration (documents, lists, assignments, relays,
     /// agents); does not manage API or enrollment tokens.
     case `operator`
-    /// Reads everything except secrets: secret option values in documents are `<redacted>`.
+    /// Reads everything except secrets (secret option values in documents are `<redacted>`) and what clients
+    /// did (agents' DNS query logs: who asked for which name).
     case viewer
 
     var readsSecrets: Bool { self != .viewer }

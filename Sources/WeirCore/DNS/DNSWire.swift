@@ -15,6 +15,14 @@ package enum DNSWire {
         package static let https: UInt16 = 65
     }
 
+    private static let typeNames: [UInt16: String] = [
+        1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 13: "HINFO", 15: "MX", 16: "TXT", 28: "AAAA", 33: "SRV", 35: "NAPTR",
+        41: "OPT", 43: "DS", 46: "RRSIG", 48: "DNSKEY", 64: "SVCB", 65: "HTTPS", 255: "ANY", 257: "CAA",
+    ]
+
+    /// A record type's mnemonic, TYPEn for the others (RFC 3597).
+    package static func typeName(_ type: UInt16) -> String { typeNames[type] ?? "TYPE\(type)" }
+
     package enum ResponseCode {
         package static let noError: UInt8 = 0
         package static let formatError: UInt8 = 1

@@ -9,23 +9,34 @@ let dnsTestsUnavailable: String? = {
 }()
 
 final class Dnsmasq {
-    let port = freePort()
+    private(set) var port = 0
     private var process: BackgroundCommand?
     let directory: URL
 
     /// `records`: name → IPv4 address (A), TXT records as name → text.
     /// `extra`: more dnsmasq arguments (a second `--host-record` for a name gives it two addresses).
+    /// A port taken between choosing and binding it (dnsmasq exits) is chosen again, up to three times.
     init(records: [String: String], txt: [String: [String]] = [:], extra: [String] = []) throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("weir-dnsmasq-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        process = try BackgroundCommand([
-            which("dnsmasq")!, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces", "--listen-address=127.0.0.1",
-            "--port=\(port)", "--local-ttl=300", "--pid-file=\(directory.path)/pid", "--user=root", "--group=root",
-        ] + records.sorted { $0.key < $1.key }.map { "--host-record=\($0.key),\($0.value)" }
-            + txt.flatMap { name, texts in texts.map { "--txt-record=\(name),\($0)" } } + extra)
-        guard eventually(timeout: 5, { (try? dig(["@127.0.0.1", "-p", "\(port)", "+short", records.keys.first ?? "x"])) != nil }) else {
-            throw CommandFailed(command: "dnsmasq", status: 1, output: "did not start")
+        let errors = directory.appendingPathComponent("stderr").path
+        for _ in 0..<3 {
+            port = freeDualPort()
+            let process = try BackgroundCommand([
+                which("dnsmasq")!, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces",
+                "--listen-address=127.0.0.1", "--port=\(port)", "--local-ttl=300", "--pid-file=\(directory.path)/pid", "--user=root", "--group=root",
+            ] + records.sorted { $0.key < $1.key }.map { "--host-record=\($0.key),\($0.value)" }
+                + txt.flatMap { name, texts in texts.map { "--txt-record=\(name),\($0)" } } + extra, stderr: errors)
+            self.process = process
+            let port = port
+            if eventually(timeout: 5, { !process.isRunning || (try? dig(["@127.0.0.1", "-p", "\(port)", "+short", records.keys.first ?? "x"])) != nil }),
+                process.isRunning
+            {
+                return
+            }
+            process.stop()
         }
+        throw CommandFailed(command: "dnsmasq", status: 1, output: "did not start: \((try? String(contentsOfFile: errors, encoding: .utf8)) ?? "")")
     }
 
     /// Stops answering (an upstream that went away).
@@ -42,7 +53,7 @@ final class Dnsmasq {
 
 /// A UDP socket that reads queries and never answers (an upstream that is down without saying so).
 final class DNSBlackHole {
-    let port = freePort()
+    let port = freeDualPort()
     private let process: BackgroundCommand
 
     init() throws {

@@ -195,6 +195,18 @@ func freePort() -> Int {
     return boundPort(fd)
 }
 
+/// A loopback port free for TCP and for UDP at the moment of asking (a DNS server binds both; freePort
+/// checks only TCP, and an ephemeral UDP port of another process may hold the same number).
+func freeDualPort() -> Int {
+    while true {
+        let port = freePort()
+        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        let bound = withLoopbackAddress(port: port, ipv6: false) { bind(fd, $0, $1) }
+        close(fd)
+        if bound == 0 { return port }
+    }
+}
+
 func boundPort(_ fd: Int32) -> Int {
     var address = sockaddr_storage()
     var length = socklen_t(MemoryLayout<sockaddr_storage>.size)

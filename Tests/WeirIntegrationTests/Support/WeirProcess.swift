@@ -333,7 +333,8 @@ final class BackgroundCommand: @unchecked Sendable {
     let pid: pid_t
     private var reaped = false
 
-    init(_ arguments: [String]) throws {
+    /// `stderr`: a file for the command's error output (else /dev/null).
+    init(_ arguments: [String], stderr: String? = nil) throws {
         let absolute = arguments[0].hasPrefix("/")
         let path = absolute ? arguments[0] : "/usr/bin/env"
         let argv = absolute ? arguments : ["env"] + arguments
@@ -342,7 +343,7 @@ final class BackgroundCommand: @unchecked Sendable {
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 2, stderr ?? "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         let cArguments = argv.map { strdup($0) } + [nil]
         defer { for argument in cArguments { free(argument) } }
         var pid: pid_t = 0

@@ -38,6 +38,9 @@ final class DNSFilter: ServiceStage, Sendable {
         let engine = engine
         engine.resolveGroups(peerAddresses: PeerAddressBook.addresses(stateDirectory: environment.stateDirectory, pipeline: pipeline))
         let address = try config.listen.socketAddress()
+        // Before the sockets: the predecessor's events are carried over while it still answers, so the view
+        // has no gap but the few answers the predecessor gives between the two steps.
+        if let ring = engine.queryRing { DNSQueryLogs.shared.install(ring, for: pipeline) } else { DNSQueryLogs.shared.remove(nil, for: pipeline) }
         if DNSSockets.shared.takeOver(config.listen.description, owner: ObjectIdentifier(self), engine: engine) {
             logger.info("DNS server answering with the new configuration on the same sockets", metadata: ["address": "\(config.listen)"])
             engine.publishRules()
@@ -108,6 +111,7 @@ final class DNSFilter: ServiceStage, Sendable {
 
     func retire() async {
         await stop()
+        DNSQueryLogs.shared.remove(engine.queryRing, for: pipeline)
         await DNSSockets.shared.closeIfUnowned(config.listen.description)
     }
 

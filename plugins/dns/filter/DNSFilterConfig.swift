@@ -141,6 +141,8 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
     public var upstreamCA: String?
     public var queryLogFile: String?
     public var queryLogMaxSize: UInt64
+    /// Answers kept in memory for `weir ctl agents dns-queries` (0: none).
+    public var queryLogRing: Int
     /// The lists, read and compiled when the configuration is loaded: a reload builds the new rules aside
     /// while the running stage answers with the old ones.
     let rules: LoadedRules
@@ -258,17 +260,18 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
         }
         var queryLogFile: String?
         var queryLogMaxSize: UInt64? = 100 << 20
+        var queryLogRing: Int? = 1000
         if let log = options.optional("query_log") {
             if let map = log.mapping {
-                queryLogFile = map.required("file")?.absolutePath
-                if queryLogFile == nil { queryLogMaxSize = nil }
+                queryLogRing = map.optional("ring", default: 1000) { $0.int(in: 0...100_000) }
+                queryLogFile = map.optional("file")?.absolutePath
                 if let size = map.optional("max_size") {
                     queryLogMaxSize = size.parsed(ByteSizeParser.parse).flatMap { $0 >= 4096 ? UInt64($0) : nil }
                     if queryLogMaxSize == nil { size.error("at least 4KiB") }
                 }
                 map.finish()
             } else {
-                log.error("expected {file, max_size}")
+                log.error("expected {ring, file, max_size}")
                 queryLogMaxSize = nil
             }
         }
@@ -281,7 +284,7 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
             guard let port, let timeout else { return nil }
             return .some(FastestAddressOptions(port: port, timeout: timeout))
         }
-        guard readable, let upstreamCA, let queryLogMaxSize, let groups, let records, let listen, let blocklists, let allowlists, let blockAnswer, let canaries, let upstreams, let strategy, let timeout, let cacheSize,
+        guard readable, let upstreamCA, let queryLogMaxSize, let queryLogRing, let groups, let records, let listen, let blocklists, let allowlists, let blockAnswer, let canaries, let upstreams, let strategy, let timeout, let cacheSize,
             let minTTL, let maxTTL, let inflight, let serveStale, let prefetch, let fastest
         else { return nil }
         if minTTL > maxTTL {
@@ -292,7 +295,7 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
             listen: listen, blocklists: blocklists, allowlists: allowlists, blockAnswer: blockAnswer, canaries: canaries, upstreams: upstreams,
             strategy: strategy, upstreamTimeout: timeout, cacheSize: cacheSize, minTTL: minTTL, maxTTL: maxTTL, serveStale: serveStale,
             prefetch: prefetch, fastestAddress: fastest, maxInflight: inflight,
-            records: records, recordsDigest: recordsDigest, groups: groups, upstreamCA: upstreamCA, queryLogFile: queryLogFile, queryLogMaxSize: queryLogMaxSize, rules: LoadedRules(sources))
+            records: records, recordsDigest: recordsDigest, groups: groups, upstreamCA: upstreamCA, queryLogFile: queryLogFile, queryLogMaxSize: queryLogMaxSize, queryLogRing: queryLogRing, rules: LoadedRules(sources))
     }
 
     /// The blocklists and allowlists of a mapping, read; an unreadable file is an error at its entry.

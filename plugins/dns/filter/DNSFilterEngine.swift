@@ -24,6 +24,10 @@ final class DNSFilterEngine: Sendable {
     private let staleAnswers: Prometheus.Counter
     private let inflight = NIOLockedValueBox(0)
     private let queryLog: QueryLog?
+    /// The last answers, for the coordinator's query log view (`query_log.ring`); installed when the stage starts.
+    let queryRing: DNSQueryRing?
+    /// Whether answers are recorded at all (their latency measured).
+    private let recording: Bool
     private let canaries: Set<String>
     /// Groups' networks (peer names resolved at start), most specific first.
     private let groupNetworks = NIOLockedValueBox<[(network: IPNetwork, group: String, rules: DomainRules)]>([])
@@ -41,6 +45,8 @@ final class DNSFilterEngine: Sendable {
             "weir_dns_stale_answers_total", labels: [], help: "Expired answers given because every upstream failed (serve_stale); counted as cached too.")
         canaries = config.canaries ? Set(DNSFilterConfig.canaryDomains) : []
         queryLog = config.queryLogFile.map { QueryLog(path: $0, maxSize: config.queryLogMaxSize) }
+        queryRing = config.queryLogRing > 0 ? DNSQueryRing(capacity: config.queryLogRing) : nil
+        recording = queryLog != nil || queryRing != nil
         results = Dictionary(uniqueKeysWithValues: Result.allCases.map {
             ($0, metrics.counter("weir_dns_queries_total", labels: [("result", $0.rawValue)], help: "DNS queries answered, by result."))
         })
@@ -124,7 +130,7 @@ final class DNSFilterEngine: Sendable {
         let query: DNSWire.Query
         do { query = try DNSWire.parseQuery(bytes) } catch { return .answered(DNSWire.formatError(bytes)) }
         guard query.opcode == 0 else { return .answered(DNSWire.answer(to: query, code: DNSWire.ResponseCode.notImplemented)) }
-        let started = queryLog == nil ? nil : ContinuousClock.now
+        let started = recording ? ContinuousClock.now : nil
         let group = clientGroup(config.groups.isEmpty ? nil : client.ipAddress.flatMap(Self.clientAddress))
         let name = query.question.name
         if canaries.contains(name) {
@@ -161,12 +167,14 @@ final class DNSFilterEngine: Sendable {
         _ query: DNSWire.Query, _ reply: [UInt8], _ result: Result, _ decided: Decided, client: SocketAddress, started: ContinuousClock.Instant?, udp: Bool
     ) -> [UInt8] {
         results[result]?.increment()
-        if let queryLog, let started {
+        if let started {
             let elapsed = ContinuousClock.now - started
-            queryLog.write(QueryLog.Entry(
-                time: Date().ISO8601Format(.iso8601.time(includingFractionalSeconds: true).year().month().day()), client: client.ipAddress ?? "?",
-                name: query.question.name, type: query.question.type, result: result.rawValue, rule: decided.rule, upstream: decided.upstream,
-                ms: ((Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15) * 100).rounded() / 100))
+            let event = DNSQueryEvent(
+                time: Date().timeIntervalSince1970, client: client, name: query.question.name, type: query.question.type, result: result.rawValue,
+                rule: decided.rule, upstream: decided.upstream,
+                seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+            queryRing?.append(event)
+            queryLog?.write(event)
         }
         guard udp, reply.count > query.udpPayloadSize else { return reply }
         // Too large for the client's datagrams: the header and question with TC set; it asks again over TCP.

@@ -1,20 +1,27 @@
 import Foundation
 import NIOConcurrencyHelpers
+import WeirCore
 
-/// `query_log`: one JSON line per answer — time, client, name, type, result, the rule that decided (list and
+/// `query_log.file`: one JSON line per answer — time, client, name, type, result, the rule that decided (list and
 /// line), the upstream that answered, milliseconds — appended to a file that is rotated to `FILE.1` at
 /// `max_size`, so it never holds more than twice that. Lines are written by whichever task answered, one at
 /// a time under a lock; a file that cannot be written is reported once and skipped.
 final class QueryLog: Sendable {
-    struct Entry: Encodable {
+    /// One line; the same keys as the ring's entries in the coordinator's API.
+    struct Line: Encodable {
         var time: String
         var client: String
         var name: String
-        var type: UInt16
+        var type: String
         var result: String
         var rule: String?
         var upstream: String?
         var ms: Double
+
+        init(_ event: DNSQueryEvent) {
+            (time, client, name, type, result) = (event.timeText, event.clientText, event.name, event.typeText, event.result)
+            (rule, upstream, ms) = (event.rule, event.upstream, event.milliseconds)
+        }
     }
 
     private let path: String
@@ -32,8 +39,8 @@ final class QueryLog: Sendable {
         return encoder
     }()
 
-    func write(_ entry: Entry) {
-        guard var line = try? Self.encoder.encode(entry) else { return }
+    func write(_ event: DNSQueryEvent) {
+        guard var line = try? Self.encoder.encode(Line(event)) else { return }
         line.append(10)
         state.withLockedValue { state in
             if state.failed { return }
