@@ -175,13 +175,14 @@ struct CtlAssignments: AsyncParsableCommand {
 
 struct CtlLists: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "lists", abstract: "Named lists of IPs, networks and domains: list, show, set, add, remove, delete.")
+        commandName: "lists", abstract: "Named lists (destinations, DNS rules, DNS records): list, show, set, add, remove, delete.")
 
     @OptionGroup var options: CtlOptions
     @Argument(help: "list | show NAME | set NAME ENTRY... | add NAME ENTRY... | remove NAME ENTRY... | delete NAME") var action: String = "list"
     @Argument var arguments: [String] = []
     @Flag(help: "Entries given here are protected: a push that omits them does not remove them from agents.") var protected = false
     @Flag(help: "Entries given here may be private, loopback or other non-public addresses.") var allowPrivate = false
+    @Option(help: "With set: destinations (default for a new list) | dns_rules | dns_records (entries \"ADDRESS NAME...\").") var kind: String?
 
     func run() async throws {
         // Plain strings unless a flag asks for more; then the same address-or-domain test as the stage's.
@@ -195,10 +196,15 @@ struct CtlLists: AsyncParsableCommand {
         case ("list", _): try await options.request(.GET, "/api/v1/lists")
         case ("show", let name?): try await options.request(.GET, "/api/v1/lists/\(name)")
         case ("delete", let name?): try await options.request(.DELETE, "/api/v1/lists/\(name)")
-        case ("set", let name?): try await options.request(.PUT, "/api/v1/lists/\(name)", body: try jsonText(["entries": entries]))
+        case ("set", let name?):
+            struct Body: Encodable {
+                let entries: [ListEntryArgument]
+                let kind: String?
+            }
+            try await options.request(.PUT, "/api/v1/lists/\(name)", body: try jsonText(Body(entries: entries, kind: kind)))
         case ("add", let name?): try await options.request(.POST, "/api/v1/lists/\(name)/entries", body: try jsonText(["add": entries]))
         case ("remove", let name?): try await options.request(.POST, "/api/v1/lists/\(name)/entries", body: try jsonText(["remove": entries]))
-        default: throw ValidationError("usage: weir ctl lists list | show NAME | set|add|remove NAME ENTRY... [--protected] [--allow-private] | delete NAME")
+        default: throw ValidationError("usage: weir ctl lists list | show NAME | set|add|remove NAME ENTRY... [--protected] [--allow-private] [--kind K] | delete NAME")
         }
     }
 }

@@ -374,6 +374,27 @@ struct CoordinatorTests {
         #expect(eventually(timeout: 5) { !FileManager.default.fileExists(atPath: listsFile) && Self.inSync(coordinator, "agent-l") })
     }
 
+    @Test("a database made before list kinds opens: its lists are destinations lists and keep their entries")
+    func listsWithoutKind() throws {
+        let coordinator = try CoordinatorProcess(pki: try TestPKI())
+        let state = coordinator.directory.appendingPathComponent("state")
+        try FileManager.default.createDirectory(at: state, withIntermediateDirectories: true)
+        let made = try command([python3, "-c", """
+            import sqlite3, sys
+            db = sqlite3.connect(sys.argv[1])
+            db.execute("CREATE TABLE lists (name TEXT PRIMARY KEY, entries TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL)")
+            db.execute("INSERT INTO lists VALUES ('old', '[\\"9.9.9.9\\"]', 1)")
+            db.commit()
+            """, state.appendingPathComponent("coordinator.db").path])
+        #expect(made.0 == 0, "\(made.1)")
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let list = try #require(try coordinator.admin("GET", "/api/v1/lists/old") as? [String: Any])
+        #expect(list["kind"] as? String == "destinations" && list["entries"] as? [String] == ["9.9.9.9"], "\(list)")
+        try coordinator.admin("PUT", "/api/v1/lists/names", json: ["kind": "dns_rules", "entries": ["||ads.example^"]])
+        #expect((try coordinator.admin("GET", "/api/v1/lists/names") as? [String: Any])?["kind"] as? String == "dns_rules")
+    }
+
     @Test("a relay in one call: entry and exit pipelines with a generated key, traffic encrypted between the agents")
     func relay() throws {
         let pki = try TestPKI()

@@ -208,6 +208,59 @@ struct DNSFilterTests {
         #expect(eventually(timeout: 10) { (try? entries().0) == 503 })
     }
 
+    @Test("records from the coordinator: a dns_records list reaches the agent's dns.filter and a change answers anew; bad entries 422 at their line; a used list keeps its kind (409)")
+    func recordsFromCoordinatorList() throws {
+        let upstream = try Dnsmasq(records: Self.records)
+        let pki = try TestPKI()
+        let coordinator = try CoordinatorProcess(pki: pki)
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let agent = try CoordinatorTests.managedAgent("dns-records", coordinator: coordinator, token: try coordinator.enrollmentToken(), labels: [:])
+        defer { agent.stop() }
+        let port = freeDualPort()
+        let tokenFile = coordinator.directory.appendingPathComponent("state/admin.token").path
+        let set = try runWeir(["ctl", "lists", "--url", coordinator.url, "--ca", pki.caPath, "--token-file", tokenFile, "set", "office",
+                               "10.0.0.5 app.internal", "10.0.0.6 *.dev.internal", "--kind", "dns_records"])
+        #expect(set.status == 0 && set.output.contains("dns_records"), "\(set.output)")
+        try coordinator.admin("POST", "/api/v1/lists/office/entries", json: ["add": [["name": "wiki.internal", "alias": "app.internal"]]])
+        try coordinator.admin("PUT", "/api/v1/pipelines/dns", yaml: """
+            pipelines:
+              dns:
+                stages:
+                  - type: dns.filter
+                    listen: 127.0.0.1:\(port)
+                    upstreams: [127.0.0.1:\(upstream.port)]
+                    records_lists: [office]
+            """)
+        try coordinator.admin("POST", "/api/v1/assignments", json: ["pipeline": "dns", "agent": "dns-records"])
+        func short(_ name: String) -> [String] {
+            ((try? dig(["@127.0.0.1", "-p", "\(port)", name, "A", "+short"])) ?? "").split(separator: "\n").map(String.init)
+        }
+        #expect(eventually(timeout: 10) { short("app.internal") == ["10.0.0.5"] })
+        #expect(short("x.dev.internal") == ["10.0.0.6"])
+        #expect(short("wiki.internal") == ["app.internal.", "10.0.0.5"])
+        #expect(short("www.example.test") == ["192.0.2.10"], "other names from the upstream")
+
+        try coordinator.admin("PUT", "/api/v1/lists/office", json: ["entries": ["10.0.0.8 app.internal"]])
+        #expect(eventually(timeout: 10) { short("app.internal") == ["10.0.0.8"] }, "the changed list is applied")
+
+        let (bad, badBody) = try coordinator.request(
+            "PUT", "/api/v1/lists/office", body: #"{"entries":["10.0.0.8 app.internal","app.internal"]}"#, token: coordinator.adminToken)
+        #expect(bad == 422 && badBody.contains("lists.office.entries[1]: expected an IP address and one or more names"), "\(badBody)")
+        let (kind, kindBody) = try coordinator.request(
+            "PUT", "/api/v1/lists/office", body: #"{"kind":"destinations","entries":["9.9.9.9"]}"#, token: coordinator.adminToken)
+        #expect(kind == 409 && kindBody.contains("cannot become destinations: it is used by pipeline document \\\"dns\\\""), "\(kindBody)")
+        let (enforce, enforceBody) = try coordinator.request("PUT", "/api/v1/pipelines/egress", body: """
+            pipelines:
+              egress:
+                stages:
+                  - type: enforce.nftables
+                    allow_destinations: { interfaces: [eth9], lists: [office] }
+            """, contentType: "application/yaml", token: coordinator.adminToken)
+        #expect(enforce == 422 && enforceBody.contains("is a dns_records list; this takes destinations"), "\(enforceBody)")
+        #expect(short("app.internal") == ["10.0.0.8"], "refused changes changed nothing")
+    }
+
     /// A DNS query for an A record, as bytes.
     static func query(id: UInt16, name: String) -> [UInt8] {
         var bytes: [UInt8] = [UInt8(id >> 8), UInt8(id & 0xFF), 1, 0, 0, 1, 0, 0, 0, 0, 0, 0]

@@ -75,6 +75,62 @@ struct DNSFilterUnitTests {
         }
     }
 
+    @Test("records_lists: a dns_records list's lines and {name, addresses|alias} entries become records; inline records win; lists of other kinds are refused both ways")
+    func recordsLists() throws {
+        let loader = ConfigLoader(registry: BuiltinStages.registry)
+        func load(_ entries: String, kind: String = "dns_records", stage: String = "records_lists: [office]") throws -> DNSFilterConfig? {
+            let pipelines = try loader.loadPipelines(yaml: """
+                lists:
+                  office:
+                    kind: \(kind)
+                    entries: \(entries)
+                pipelines:
+                  dns:
+                    stages:
+                      - type: dns.filter
+                        listen: 127.0.0.1:5300
+                        upstreams: [192.0.2.53]
+                        records: {fixed.internal: [10.0.0.1]}
+                        \(stage)
+                """, name: "t.yaml")
+            return pipelines.first?.stages.first?.config as? DNSFilterConfig
+        }
+        let config = try #require(try load(#"["10.0.0.5 app.internal api.internal", "10.0.0.7 app.internal", {name: "*.dev.internal", addresses: [fd00::6]}, {name: wiki.internal, alias: app.internal}, "10.0.0.9 fixed.internal"]"#))
+        #expect(config.records.lookup("app.internal") == .addresses(["10.0.0.5", "10.0.0.7"].map { try! IPNetwork.parse($0) }))
+        #expect(config.records.lookup("x.dev.internal") == .addresses([try IPNetwork.parse("fd00::6")]))
+        #expect(config.records.lookup("wiki.internal") == .alias("app.internal"))
+        #expect(config.records.lookup("fixed.internal") == .addresses([try IPNetwork.parse("10.0.0.1")]), "inline wins")
+        let changed = try #require(try load(#"["10.0.0.6 app.internal"]"#))
+        #expect(changed.contentFingerprint != config.contentFingerprint, "a changed list is a changed stage")
+
+        func refusal(_ entries: String, kind: String = "dns_records", stage: String = "records_lists: [office]") -> String {
+            do {
+                _ = try load(entries, kind: kind, stage: stage)
+                return ""
+            } catch { return "\(error)" }
+        }
+        #expect(refusal(#"["10.0.0.5 app.internal", "app.internal"]"#).contains("t.yaml:4:40: lists.office.entries[1]: expected an IP address and one or more names"))
+        #expect(refusal(#"[{name: a.internal, addresses: [10.0.0.1], alias: b.internal}]"#).contains("give exactly one of addresses and alias"))
+        #expect(refusal(#"[{name: "bad name", addresses: [10.0.0.1]}]"#).contains("a domain name (or *.domain)"))
+        #expect(refusal(#"[{name: a.internal, addresses: [10.0.0.0/24]}]"#).contains("a list of IP addresses"))
+        #expect(refusal("[9.9.9.9]", kind: "destinations").contains("list \"office\" is a destinations list; this takes dns_records"))
+        #expect(refusal("[x]", kind: "dns_addresses").contains("one of destinations, dns_rules, dns_records"))
+        // A records list is not an allowlist for enforce.nftables, nor a rule list for dns.filter.
+        #expect(refusal(#"["10.0.0.5 app.internal"]"#, stage: "blocklists: [{list: office}]").contains("is a dns_records list; this takes destinations or dns_rules"))
+        let enforce = try? loader.loadPipelines(yaml: """
+            lists:
+              office: {kind: dns_rules, entries: ["||ads.example^"]}
+            pipelines:
+              egress:
+                stages:
+                  - type: enforce.nftables
+                    allow_destinations: { interfaces: [eth9], lists: [office] }
+            """, name: "e.yaml")
+        #expect(enforce == nil)
+        let rules = try #require(try load(#"["||ads.example^", "@@||ok.ads.example^"]"#, kind: "dns_rules", stage: "blocklists: [{list: office}]"))
+        #expect(rules.rules.rules.decide("x.ads.example")?.allowed == false && rules.rules.rules.decide("ok.ads.example")?.allowed == true)
+    }
+
     @Test("records_files: hosts-format lines become records (several lines of a name add up, wildcards); inline records win; a bad line is named")
     func recordsFiles() throws {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("weir-records-\(UUID().uuidString)")

@@ -134,9 +134,16 @@ struct CoordinatorAPI: Sendable {
             let name = try context.parameters.require("name")
             guard ConfigLoader.isValidName(name) else { throw APIError.badRequest("a list name is 1-64 letters, digits, '-' or '_'") }
             let body = try await decode(ListRequest.self, request, context)
-            let existed = try await store.list(name: name) != nil
-            try await replaceList(name: name, entries: body.entries)
-            return JSONResponse.make(try await store.list(name: name), status: existed ? .ok : .created)
+            let existing = try await store.list(name: name)
+            let kind = body.kind ?? existing?.kind ?? .destinations
+            if let existing, existing.kind != kind {
+                // Documents using the list take one kind: refused like a deletion while one does.
+                var changed = try await store.lists().filter { $0.name != name }
+                changed.append(NamedList(name: name, kind: kind, entries: body.entries, updatedAt: 0))
+                try await checkDocuments(against: changed, conflict: "list \"\(name)\" cannot become \(kind.rawValue): it is used by")
+            }
+            try await replaceList(name: name, kind: kind, entries: body.entries)
+            return JSONResponse.make(try await store.list(name: name), status: existing != nil ? .ok : .created)
         }
         api.post("lists/{name}/entries") { request, context in
             let name = try context.parameters.require("name")
@@ -146,7 +153,7 @@ struct CoordinatorAPI: Sendable {
             var entries = list.entries.filter { !removed.contains($0.key) }
             let present = Set(entries.map(\.key))
             entries += (body.add ?? []).filter { !present.contains($0.key) }
-            try await replaceList(name: name, entries: entries)
+            try await replaceList(name: name, kind: list.kind, entries: entries)
             return JSONResponse.make(try await store.list(name: name))
         }
         api.delete("lists/{name}") { _, context in
@@ -155,13 +162,7 @@ struct CoordinatorAPI: Sendable {
             guard remaining.contains(where: { $0.name == name }) else { throw APIError.notFound("list \"\(name)\"") }
             remaining.removeAll { $0.name == name }
             // Refused while a document uses it: agents would refuse their next bundle.
-            for document in try await store.pipelines() {
-                do {
-                    try validate(document: document.document, name: document.name, lists: remaining)
-                } catch let error as APIError {
-                    throw APIError(status: .conflict, message: "list \"\(name)\" is used by pipeline document \"\(document.name)\"", details: error.details)
-                }
-            }
+            try await checkDocuments(against: remaining, conflict: "list \"\(name)\" is used by")
             _ = try await store.deleteList(name: name)
             await changed()
             return Response(status: .noContent)
@@ -252,15 +253,32 @@ struct CoordinatorAPI: Sendable {
         }
     }
 
-    /// A list is checked by the rules of the stage that uses lists (enforce.nftables allow_destinations), the
-    /// same code that checks it on agents; errors point at the entry's line of the rendered list.
+    /// 409 when a document would not validate with `lists` (a list removed, or of another kind).
+    private func checkDocuments(against lists: [NamedList], conflict: String) async throws {
+        for document in try await store.pipelines() {
+            do {
+                try validate(document: document.document, name: document.name, lists: lists)
+            } catch let error as APIError {
+                throw APIError(status: .conflict, message: "\(conflict) pipeline document \"\(document.name)\"", details: error.details)
+            }
+        }
+    }
+
+    /// A list is checked by the rules of a stage that uses its kind (enforce.nftables allow_destinations for
+    /// destinations, dns.filter for rules and records), the same code that checks it on agents; errors point
+    /// at the entry's line of the rendered list.
     func validate(list: NamedList) throws {
+        let stage: String
+        switch list.kind {
+        case .destinations: stage = "type: enforce.nftables\n        allow_destinations: { interfaces: [lo], lists: [\(list.name)] }"
+        case .dnsRules: stage = "type: dns.filter\n        upstreams: [127.0.0.1]\n        blocklists: [{list: \(list.name)}]"
+        case .dnsRecords: stage = "type: dns.filter\n        upstreams: [127.0.0.1]\n        records_lists: [\(list.name)]"
+        }
         let user = """
             pipelines:
               list-check:
                 stages:
-                  - type: enforce.nftables
-                    allow_destinations: { interfaces: [lo], lists: [\(list.name)] }
+                  - \(stage)
             """
         do {
             _ = try ConfigLoader(registry: registry).loadPipelines(
@@ -270,9 +288,9 @@ struct CoordinatorAPI: Sendable {
         }
     }
 
-    private func replaceList(name: String, entries: [ListEntry]) async throws {
-        try validate(list: NamedList(name: name, entries: entries, updatedAt: 0))
-        try await store.putList(name: name, entries: entries)
+    private func replaceList(name: String, kind: NamedListKind, entries: [ListEntry]) async throws {
+        try validate(list: NamedList(name: name, kind: kind, entries: entries, updatedAt: 0))
+        try await store.putList(name: name, kind: kind, entries: entries)
         await changed()
     }
 
@@ -427,6 +445,8 @@ struct RelayRequest: Decodable {
 
 struct ListRequest: Decodable {
     let entries: [ListEntry]
+    /// Absent: the list's kind (destinations for a new list).
+    let kind: NamedListKind?
 }
 
 struct ListChange: Decodable {

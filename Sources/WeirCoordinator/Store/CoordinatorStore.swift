@@ -1,5 +1,6 @@
 import Foundation
 import SQLKit
+import WeirCore
 import WeirCoordinatorProtocol
 
 /// Everything the coordinator remembers, in SQL both SQLite and PostgreSQL run.
@@ -329,19 +330,20 @@ struct CoordinatorStore: Sendable {
 
     // MARK: - Named lists
 
-    func putList(name: String, entries: [ListEntry]) async throws {
+    func putList(name: String, kind: NamedListKind, entries: [ListEntry]) async throws {
         try await sql.raw("""
-            INSERT INTO lists (name, entries, updated_at) VALUES (\(bind: name), \(bind: try JSONText.encode(entries)), \(bind: Self.now()))
-            ON CONFLICT (name) DO UPDATE SET entries = excluded.entries, updated_at = excluded.updated_at
+            INSERT INTO lists (name, kind, entries, updated_at)
+            VALUES (\(bind: name), \(bind: kind.rawValue), \(bind: try JSONText.encode(entries)), \(bind: Self.now()))
+            ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, entries = excluded.entries, updated_at = excluded.updated_at
             """).run()
     }
 
     func lists() async throws -> [NamedList] {
-        try await sql.raw("SELECT name, entries, updated_at FROM lists ORDER BY name").all().map(Self.list)
+        try await sql.raw("SELECT name, kind, entries, updated_at FROM lists ORDER BY name").all().map(Self.list)
     }
 
     func list(name: String) async throws -> NamedList? {
-        try await sql.raw("SELECT name, entries, updated_at FROM lists WHERE name = \(bind: name)").first().map(Self.list)
+        try await sql.raw("SELECT name, kind, entries, updated_at FROM lists WHERE name = \(bind: name)").first().map(Self.list)
     }
 
     func deleteList(name: String) async throws -> Bool {
@@ -351,6 +353,7 @@ struct CoordinatorStore: Sendable {
     private static func list(_ row: any SQLRow) throws -> NamedList {
         NamedList(
             name: try row.decode(column: "name", as: String.self),
+            kind: NamedListKind(rawValue: try row.decode(column: "kind", as: String.self)) ?? .destinations,
             entries: try JSONText.decode([ListEntry].self, try row.decode(column: "entries", as: String.self)),
             updatedAt: try row.decode(column: "updated_at", as: Double.self))
     }

@@ -108,6 +108,21 @@ final class CoordinatorDatabase: Sendable {
             """,
         ]
         for statement in statements { try await sql.raw(SQLQueryString(statement)).run() }
+        try await addColumn(table: "lists", column: "kind", definition: "TEXT NOT NULL DEFAULT 'destinations'")
+    }
+
+    /// Adds a column a database made by an older coordinator lacks. PostgreSQL says IF NOT EXISTS itself (two
+    /// instances may start at once); SQLite has one writer, which asks first.
+    private func addColumn(table: String, column: String, definition: String) async throws {
+        if isPostgres {
+            let statement = "ALTER TABLE \(table) ADD COLUMN IF NOT EXISTS \(column) \(definition)"
+            try await sql.raw(SQLQueryString(statement)).run()
+            return
+        }
+        let pragma = "PRAGMA table_info(\(table))", statement = "ALTER TABLE \(table) ADD COLUMN \(column) \(definition)"
+        let columns = try await sql.raw(SQLQueryString(pragma)).all().compactMap { try? $0.decode(column: "name", as: String.self) }
+        guard !columns.contains(column) else { return }
+        try await sql.raw(SQLQueryString(statement)).run()
     }
 }
 

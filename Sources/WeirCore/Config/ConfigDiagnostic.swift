@@ -95,8 +95,8 @@ public struct ConfigErrors: Error, Sendable, CustomStringConvertible {
 /// values of one load share, so it carries the load's named lists to the stages that reference them.
 public final class DiagnosticSink {
     public private(set) var diagnostics: [ConfigDiagnostic] = []
-    /// `lists:` sections of every file of the load: name -> the list's `entries` value.
-    var namedLists: [String: ConfigValue] = [:]
+    /// `lists:` sections of every file of the load: name -> the list's `entries` value and its kind.
+    var namedLists: [String: (entries: ConfigValue, kind: NamedListKind)] = [:]
 
     public init() {}
 

@@ -50,10 +50,17 @@ public struct ConfigValue {
     }
 
     /// A named list's `entries` (from a `lists:` section of any file of this load), or nil with an error
-    /// reported here when there is no such list. Stages decode the entries themselves, so a list is checked
-    /// by the rules of the stage that uses it, at the list's own file and line.
-    public func namedList(_ name: String) -> ConfigValue? {
-        if let list = sink.namedLists[name] { return list }
+    /// reported here when there is no such list or it is of another kind. Stages decode the entries themselves,
+    /// so a list is checked by the rules of the stage that uses it, at the list's own file and line.
+    public func namedList(_ name: String, kinds: Set<NamedListKind> = [.destinations]) -> ConfigValue? {
+        if let list = sink.namedLists[name] {
+            guard kinds.contains(list.kind) else {
+                let wanted = NamedListKind.allCases.filter(kinds.contains).map(\.rawValue).joined(separator: " or ")
+                error("list \"\(name)\" is a \(list.kind.rawValue) list; this takes \(wanted)")
+                return nil
+            }
+            return list.entries
+        }
         let known = sink.namedLists.keys.sorted()
         error("unknown list \"\(name)\"" + (known.isEmpty ? " (no lists are defined)" : " (defined: \(known.joined(separator: ", ")))"))
         return nil

@@ -94,6 +94,9 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
         OptionDoc("canaries", "bool", default: "true", "Answer NXDOMAIN for use-application-dns.net, mask.icloud.com, mask-h2.icloud.com and _dns.resolver.arpa."),
         OptionDoc("records", "{name: [addresses] | name}", default: "{}", "Names answered here before any upstream: addresses, a rewrite to another name (CNAME), *.wildcards."),
         OptionDoc(
+            "records_lists", "[NAME]", default: "[]",
+            "Named lists of kind dns_records (the coordinator's lists): ADDRESS NAME... lines, {name, addresses}, {name, alias}; inline records win."),
+        OptionDoc(
             "records_files", "[path]", default: "[]",
             "Hosts-format files of records (ADDRESS NAME..., *.wildcards); read with the configuration, the inline records win."),
         OptionDoc(
@@ -198,8 +201,21 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
         let blockAnswer = options.optional("block_answer", default: BlockAnswer.nxdomain) { $0.oneOf(BlockAnswer.self) }
         let canaries = options.optional("canaries", default: true) { $0.bool }
         var records = options.optional("records", default: LocalRecords()) { LocalRecords.decode($0) }
-        // Files of records (hosts format), read now like the lists: the inline records win over them.
+        // Named lists of records, then files of records (hosts format, read now like the lists): the inline
+        // records win over both, a list over a file.
         var recordsDigest = ""
+        if let lists = options.optional("records_lists") {
+            for item in lists.sequence ?? [] {
+                guard let name = item.string, let list = item.namedList(name, kinds: [.dnsRecords]), let entries = list.sequence,
+                    records?.addList(entries) == true
+                else {
+                    records = nil
+                    continue
+                }
+                recordsDigest += "list:\(name)=\(list.node.fingerprint);"
+            }
+            if lists.sequence == nil { records = nil }
+        }
         if let files = options.optional("records_files") {
             if let items = files.sequence {
                 for item in items {
@@ -338,7 +354,7 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
         guard let map = item.mapping else { return nil }
         let nameValue = map.required("list")
         map.finish()
-        guard let nameValue, let name = nameValue.string, let entries = nameValue.namedList(name)?.sequence else { return nil }
+        guard let nameValue, let name = nameValue.string, let entries = nameValue.namedList(name, kinds: [.destinations, .dnsRules])?.sequence else { return nil }
         var text: [UInt8] = []
         for entry in entries {
             if let line = entry.isScalar ? entry.string : nil {

@@ -19,34 +19,107 @@ struct LocalRecords: Sendable, Hashable {
     /// where `records` has no entry for the name; one name's lines add up. Returns "LINE: problem" for the
     /// first bad line.
     mutating func addHostsFile(_ text: [UInt8]) -> String? {
-        var added: [String: (wildcard: Bool, addresses: [IPNetwork])] = [:]
+        var added = Additions()
         for (index, raw) in text.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).enumerated() {
-            var line = String(decoding: raw, as: UTF8.self)
+            if let problem = added.hostsLine(String(decoding: raw, as: UTF8.self)) { return "\(index + 1): \(problem)" }
+        }
+        merge(added)
+        return nil
+    }
+
+    /// Adds a `dns_records` named list where the names are not already here: `ADDRESS NAME...` strings (as
+    /// in a hosts file), `{name, addresses}` and `{name, alias}`. Errors are reported at the entry.
+    mutating func addList(_ entries: [ConfigValue]) -> Bool {
+        var added = Additions()
+        var valid = true
+        for entry in entries {
+            if entry.isScalar {
+                if let problem = added.hostsLine(entry.string ?? "") {
+                    entry.error(problem)
+                    valid = false
+                }
+                continue
+            }
+            guard let map = entry.mapping else {
+                valid = false
+                continue
+            }
+            let name = map.required("name")
+            let addresses = map.optional("addresses")
+            let alias = map.optional("alias")
+            map.finish()
+            guard let name, let key = Self.key(name.string ?? "") else {
+                name?.error("a domain name (or *.domain)")
+                valid = false
+                continue
+            }
+            switch (addresses, alias) {
+            case (let addresses?, nil):
+                let items = addresses.sequence ?? []
+                let parsed = items.compactMap { $0.parsed(IPNetwork.parse) }
+                guard !items.isEmpty, parsed.count == items.count, parsed.allSatisfy(\.isSingleAddress) else {
+                    addresses.error("a list of IP addresses")
+                    valid = false
+                    continue
+                }
+                added.addresses[key, default: []] += parsed
+            case (nil, let alias?):
+                guard let target = Self.key(alias.string ?? ""), !target.hasPrefix("*.") else {
+                    alias.error("a domain name to answer as (a CNAME)")
+                    valid = false
+                    continue
+                }
+                added.aliases[key] = target
+            default:
+                entry.error("give exactly one of addresses and alias")
+                valid = false
+            }
+        }
+        if valid { merge(added) }
+        return valid
+    }
+
+    /// Records gathered from one source before they join: a name's addresses add up within the source.
+    private struct Additions {
+        var addresses: [String: [IPNetwork]] = [:]
+        var aliases: [String: String] = [:]
+
+        /// `ADDRESS NAME [NAME...]`, `#` comments; nil when fine (or blank).
+        mutating func hostsLine(_ text: String) -> String? {
+            var line = text
             if let hash = line.firstIndex(of: "#") { line = String(line[..<hash]) }
             let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" }).map(String.init)
-            guard !fields.isEmpty else { continue }
+            guard !fields.isEmpty else { return nil }
             guard fields.count >= 2, let address = try? IPNetwork.parse(fields[0]), address.isSingleAddress else {
-                return "\(index + 1): expected an IP address and one or more names"
+                return "expected an IP address and one or more names"
             }
             for field in fields.dropFirst() {
-                var name = field.lowercased()
-                if name.hasSuffix(".") { name.removeLast() }
-                let wildcard = name.hasPrefix("*.")
-                let domain = wildcard ? String(name.dropFirst(2)) : name
-                guard DomainRules.isDomain(Array(domain.utf8)) else { return "\(index + 1): \"\(field)\" is not a domain name (or *.domain)" }
-                let key = (wildcard ? "*." : "") + domain
-                added[key, default: (wildcard, [])].addresses.append(address)
+                guard let key = LocalRecords.key(field) else { return "\"\(field)\" is not a domain name (or *.domain)" }
+                addresses[key, default: []].append(address)
+            }
+            return nil
+        }
+    }
+
+    /// A name as records keep it: lower case, no trailing dot, `*.` kept for wildcards; nil when not a domain.
+    private static func key(_ text: String) -> String? {
+        var name = text.lowercased()
+        if name.hasSuffix(".") { name.removeLast() }
+        let domain = name.hasPrefix("*.") ? String(name.dropFirst(2)) : name
+        return DomainRules.isDomain(Array(domain.utf8)) ? name : nil
+    }
+
+    /// Takes what a source added for the names that have no record yet.
+    private mutating func merge(_ added: Additions) {
+        let records = added.addresses.mapValues { Record.addresses($0) }.merging(added.aliases.mapValues { Record.alias($0) }) { first, _ in first }
+        for (key, record) in records {
+            if key.hasPrefix("*.") {
+                let domain = String(key.dropFirst(2))
+                if wildcards[domain] == nil { wildcards[domain] = record }
+            } else if exact[key] == nil {
+                exact[key] = record
             }
         }
-        for (key, entry) in added {
-            let domain = entry.wildcard ? String(key.dropFirst(2)) : key
-            if entry.wildcard {
-                if wildcards[domain] == nil { wildcards[domain] = .addresses(entry.addresses) }
-            } else if exact[domain] == nil {
-                exact[domain] = .addresses(entry.addresses)
-            }
-        }
-        return nil
     }
 
     /// Reads the `records` mapping; errors at the entry.
