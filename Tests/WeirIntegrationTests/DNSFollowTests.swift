@@ -10,13 +10,13 @@ struct DNSFollowTests {
     /// The VPN-style gateway: dns.filter on every address (port 5300), clients' port-53 traffic to any
     /// server redirected to it, DoH endpoints blocked, and leaving through the outside interface only to
     /// addresses of answers for the followed domains.
-    static func gateway(_ net: GatewayTopology, blocklist: String, grace: String = "2s", maxElements: Int = 64) -> String {
+    static func gateway(_ net: GatewayTopology, blocklist: String, grace: String = "2s", maxElements: Int = 64, ipv6: Bool = false) -> String {
         """
         pipelines:
           dns:
             stages:
               - type: dns.filter
-                listen: 0.0.0.0:5300
+                listen: \(ipv6 ? "\"[::]:5300\"" : "0.0.0.0:5300")
                 blocklists: [\(blocklist)]
                 upstreams: [11.0.0.53:53]
                 cache: {size: 0}
@@ -24,7 +24,7 @@ struct DNSFollowTests {
             stages:
               - type: enforce.nftables
                 dns_hijack:
-                  sources: [10.50.0.0/24]
+                  sources: [10.50.0.0/24\(ipv6 ? ", fd50::/64" : "")]
                   resolver: dns
                 allow_destinations:
                   interfaces: [\(net.gatewayOutside)]
@@ -53,7 +53,7 @@ struct DNSFollowTests {
         private let folder: URL
         private var helpers: [Process] = []
 
-        init(firstAnswer: String, ttl: Int, grace: String = "2s", maxElements: Int = 64, extraClientAddress: String? = nil) throws {
+        init(firstAnswer: String, ttl: Int, grace: String = "2s", maxElements: Int = 64, extraClientAddress: String? = nil, ipv6: Bool = false) throws {
             net = try GatewayTopology()
             if let extraClientAddress { try net.inside(net.client, ["ip", "addr", "add", extraClientAddress, "dev", net.clientInterface]) }
             folder = FileManager.default.temporaryDirectory.appendingPathComponent("weir-follow-\(UUID().uuidString)")
@@ -61,7 +61,8 @@ struct DNSFollowTests {
             let blocklist = folder.appendingPathComponent("block.txt").path
             try "blocked.example.net\n".write(toFile: blocklist, atomically: true, encoding: .utf8)
             helpers.append(try net.background(net.upstream, GatewayTopology.Scripts.echoServer, ["7000"]))
-            agent = try WeirProcess(pipelines: DNSFollowTests.gateway(net, blocklist: blocklist, grace: grace, maxElements: maxElements), netns: net.gateway)
+            agent = try WeirProcess(
+                pipelines: DNSFollowTests.gateway(net, blocklist: blocklist, grace: grace, maxElements: maxElements, ipv6: ipv6), netns: net.gateway)
             try answer(firstAnswer)
             helpers.append(try net.background(net.upstream, GatewayTopology.Scripts.dnsServer, [answersPath, "11.0.0.53", "53", "\(ttl)"]))
             try agent.start()
@@ -132,6 +133,34 @@ struct DNSFollowTests {
 
         #expect(try (agent.metric("weir_nft_follow_answers_total", ["pipeline": "gateway", "result": "admitted"]) ?? 0) >= 3)
         #expect(try (agent.metric("weir_dns_queries_total", ["pipeline": "dns", "result": "blocked"]) ?? 0) >= 1)
+    }
+
+    @Test("IPv6: a client's AAAA answer, asked over IPv6 of some other resolver, opens exactly that IPv6 address for it, until TTL + grace")
+    func followsIPv6() throws {
+        let fixture = try Fixture(firstAnswer: "2a01:4f8::2", ttl: 1, ipv6: true)
+        defer { withExtendedLifetime(fixture) {} }
+        try fixture.upstreamHelper(GatewayTopology.Scripts.acceptAll, ["7001"])
+        let net = fixture.net
+        func resolve(_ name: String) throws -> String {
+            try net.inside(net.client, [python3, "-c", GatewayTopology.Scripts.dnsQuery, "2a01:4f8::99", "53", name, "AAAA"])
+        }
+        #expect(!net.clientReaches("2a01:4f8::2", port: 7001), "nothing resolved yet")
+        let first = try resolve("svc.example.net")
+        #expect(first.contains("2a01:4f8::99") && first.contains("2a01:4f8::2"), "hijacked and answered as if by the server asked: \(first)")
+        #expect(net.ruleset().contains("fd50::2 . 2a01:4f8::2"), "\(net.ruleset())")
+        // Also the gateway's neighbour advertisements to the upstream's global address must leave, or the
+        // upstream never finds where to send its SYN-ACK.
+        #expect(net.clientReaches("2a01:4f8::2", port: 7001), "\(net.ruleset())")
+        #expect(!net.clientReaches("2a01:4f8::3", port: 7001), "never an address it was not given")
+
+        try fixture.answer("2a01:4f8::3")
+        #expect(try resolve("svc.example.net").contains("2a01:4f8::3"))
+        #expect(net.clientReaches("2a01:4f8::3", port: 7001))
+        #expect(eventually(timeout: 10) { !net.clientReaches("2a01:4f8::2", port: 7001) }, "2a01:4f8::2 expired (TTL 1 s + grace 2 s)")
+        // The IPv4 side of the same dual-stack server still follows.
+        try fixture.answer("11.0.0.2")
+        #expect(try fixture.resolve("svc.example.net").contains("11.0.0.2"))
+        #expect(net.clientReaches("11.0.0.2", port: 7000))
     }
 
     @Test("Private answers open nothing (DNS rebinding); a full set evicts pairs without connections and refuses when every pair has one")

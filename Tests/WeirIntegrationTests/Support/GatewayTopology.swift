@@ -118,14 +118,14 @@ final class GatewayTopology: NamespaceCommands, @unchecked Sendable {
             serve(socket.AF_INET, "0.0.0.0")
             """
 
-        /// argv: answers_file address port [ttl]. A DNS server answering A queries with the addresses listed
-        /// in the file (one per line, read at each query), TTL 1 unless given; AAAA queries get no answer. It
-        /// binds the one address so that answers come from it.
+        /// argv: answers_file address port [ttl]. A DNS server answering A queries with the IPv4 addresses listed
+        /// in the file and AAAA queries with the IPv6 ones (one per line, read at each query), TTL 1 unless given.
+        /// It binds the one address so that answers come from it.
         static let dnsServer = """
             import socket, struct, sys
             path, address, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
             ttl = int(sys.argv[4]) if len(sys.argv) > 4 else 1
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM)
             s.bind((address, port))
             while True:
                 query, peer = s.recvfrom(512)
@@ -135,9 +135,15 @@ final class GatewayTopology: NamespaceCommands, @unchecked Sendable {
                     end += query[end] + 1
                 question = query[12:end + 5]
                 qtype = struct.unpack("!H", query[end + 1:end + 3])[0]
-                addresses = [line.strip() for line in open(path) if line.strip()] if qtype == 1 else []
-                answers = b"".join(b"\\xc0\\x0c" + struct.pack("!HHIH", 1, 1, ttl, 4) + socket.inet_aton(a) for a in addresses)
-                header = struct.pack("!HHHHHH", ident, 0x8180, 1, len(addresses), 0, 0)
+                lines = [line.strip() for line in open(path) if line.strip()]
+                if qtype == 1:
+                    data = [socket.inet_aton(a) for a in lines if ":" not in a]
+                elif qtype == 28:
+                    data = [socket.inet_pton(socket.AF_INET6, a) for a in lines if ":" in a]
+                else:
+                    data = []
+                answers = b"".join(b"\\xc0\\x0c" + struct.pack("!HHIH", qtype, 1, ttl, len(d)) + d for d in data)
+                header = struct.pack("!HHHHHH", ident, 0x8180, 1, len(data), 0, 0)
                 s.sendto(header + question + answers, peer)
             """
 
@@ -179,17 +185,34 @@ final class GatewayTopology: NamespaceCommands, @unchecked Sendable {
                 print("broken:", error)
             """
 
-        /// argv: server port name. One A query; prints the addresses of the answer.
+        /// argv: server port name [AAAA]. One A (or AAAA) query, over IPv6 to an IPv6 server; prints the server
+        /// that answered and the answer's addresses.
         static let dnsQuery = """
             import socket, struct, sys
             server, port, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-            q = struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\\x00\\x00\\x01\\x00\\x01"
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            qtype = 28 if len(sys.argv) > 4 and sys.argv[4] == "AAAA" else 1
+            q = struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\\x00" + struct.pack("!HH", qtype, 1)
+            family = socket.AF_INET6 if ":" in server else socket.AF_INET
+            s = socket.socket(family, socket.SOCK_DGRAM)
             s.settimeout(2)
             s.sendto(q, (server, port))
             data, peer = s.recvfrom(512)
             count = struct.unpack("!H", data[6:8])[0]
-            print(peer[0], [socket.inet_ntoa(data[-4 - 16 * i:][:4]) for i in range(count)])
+            at = 12
+            while data[at] != 0:
+                at += data[at] + 1
+            at += 5
+            found = []
+            for _ in range(count):
+                at += 2 if data[at] & 0xC0 == 0xC0 else data.index(0, at) + 1 - at
+                rtype, _, _, length = struct.unpack("!HHIH", data[at:at + 10])
+                rdata = data[at + 10:at + 10 + length]
+                at += 10 + length
+                if rtype == 1:
+                    found.append(socket.inet_ntoa(rdata))
+                elif rtype == 28:
+                    found.append(socket.inet_ntop(socket.AF_INET6, rdata))
+            print(peer[0], found)
             """
     }
 }

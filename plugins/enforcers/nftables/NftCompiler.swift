@@ -20,6 +20,8 @@ struct NftCompiler {
     static let dstnat = -100
     static let srcnat = 100
     static let mangle = -150
+    /// ICMPv6 types of neighbour discovery (RFC 4861): link-scoped (hop limit 255), never worth blocking.
+    static let neighbourDiscovery = ["nd-router-solicit", "nd-router-advert", "nd-neighbor-solicit", "nd-neighbor-advert", "nd-redirect"]
 
     /// Known DNS-over-HTTPS/TLS resolvers (Cloudflare, Google, Quad9, OpenDNS, AdGuard, CleanBrowsing).
     static let dohEndpoints: [IPNetwork] = [
@@ -66,8 +68,11 @@ struct NftCompiler {
         }
         let interfaces = Expr.match(Expr.meta("oifname"), Expr.strings(allowlist.interfaces))
         var rules: [[NftJSON]] = [
-            // IPv6 cannot work without neighbour discovery and link-local traffic.
+            // IPv6 cannot work without neighbour discovery and link-local traffic. Neighbour advertisements and
+            // unreachability probes go to a neighbour's global address too: without them a neighbour cannot
+            // find this host and its answers (a forwarded connection's SYN-ACK) never come.
             [interfaces, Expr.match(Expr.payload("ip6", "daddr"), Expr.networks([try! IPNetwork.parse("fe80::/10"), try! IPNetwork.parse("ff00::/8")])), Expr.accept],
+            [interfaces, Expr.match(Expr.payload("icmpv6", "type"), Expr.strings(Self.neighbourDiscovery)), Expr.accept],
             [interfaces, Expr.addresses("daddr", ipv4: true, Expr.setRef(owner, "dst4")), Expr.accept],
             [interfaces, Expr.addresses("daddr", ipv4: true, Expr.setRef(owner, "dstnet4")), Expr.accept],
             [interfaces, Expr.addresses("daddr", ipv4: false, Expr.setRef(owner, "dst6")), Expr.accept],
