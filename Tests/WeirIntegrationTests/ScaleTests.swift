@@ -130,6 +130,49 @@ struct ScaleTests {
         #expect(try herd.echoing() == Self.connections, "every connection still echoes")
     }
 
+    @Test(
+        "dns.filter followed by enforce.nftables at 5,000 connections: answers reach the kernel's follow set and list reloads take over the sockets with descriptors above 1023",
+        .enabled(if: kernelTestsUnavailable == nil && which("nft") != nil, "\(kernelTestsUnavailable ?? "needs nft installed")"))
+    func followedDNSWithThousandsOfConnections() throws {
+        let net = try GatewayTopology()
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("weir-scale-dns-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let answers = folder.appendingPathComponent("answers").path, blocklist = folder.appendingPathComponent("block.txt").path
+        try "11.0.0.2\n".write(toFile: answers, atomically: true, encoding: .utf8)
+        try "blocked.example.net\n".write(toFile: blocklist, atomically: true, encoding: .utf8)
+        let dns = try net.background(net.upstream, GatewayTopology.Scripts.dnsServer, [answers, "11.0.0.53", "53", "1"])
+        defer { dns.stopHelper() }
+        let upstreamEcho = try net.background(net.upstream, GatewayTopology.Scripts.echoServer, ["7000"])
+        defer { upstreamEcho.stopHelper() }
+        let echoPort = 7100, port = 7101
+        let echo = try ConnectionHerd.echoServer(port: echoPort, netns: net.gateway)
+        defer { echo.stopHelper() }
+        let agent = try WeirProcess(
+            pipelines: DNSFollowTests.gateway(net, blocklist: blocklist) + "\n" + tcpForwardEntry("herd", port: port, to: [echoPort]),
+            netns: net.gateway)
+        try agent.start()
+        defer { agent.stop() }
+        let herd = try ConnectionHerd(count: Self.connections, port: port, netns: net.gateway)
+        defer { herd.close() }
+        #expect(openDescriptors(pid: agent.pid) > 2 * Self.connections)
+
+        for (round, address) in ["11.0.0.2", "11.0.0.3", "11.0.0.2"].enumerated() {
+            try "\(address)\n".write(toFile: answers, atomically: true, encoding: .utf8)
+            let answer = try DNSFollowTests.resolve(net, "svc.example.net")
+            #expect(answer.contains(address), "round \(round): \(answer)")
+            #expect(net.clientReaches(address, port: 7000), "round \(round): the answer opened \(address)")
+            // A changed list: a new dns.filter takes over the sockets while 10,000 descriptors are open.
+            try "blocked.example.net\nround\(round).example.net\n".write(toFile: blocklist, atomically: true, encoding: .utf8)
+            try agent.reload()
+            #expect(agent.waitForExit(timeout: 0.5) == nil, "round \(round): the agent is alive:\n\(agent.log.suffix(2000))")
+            #expect(try DNSFollowTests.resolve(net, "round\(round).example.net").contains("[]"), "round \(round): the new list answers")
+        }
+        #expect((try agent.metric("weir_config_reloads_total", ["result": "failure"]) ?? 0) == 0)
+        #expect(try (agent.metric("weir_nft_follow_answers_total", ["pipeline": "gateway", "result": "admitted"]) ?? 0) >= 3)
+        #expect(try herd.echoing() == Self.connections, "every connection still echoes")
+    }
+
     @Test("1,500 pipelines: a reload that changes one keeps the others' connections; the agent survives")
     func reloadWithFifteenHundredPipelines() throws {
         let echoPort = freePort()
