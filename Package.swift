@@ -198,7 +198,7 @@ let package = Package(
         .target(
             name: "WeirDNS",
             dependencies: nio + [
-                "WeirCore", .product(name: "NIOExtras", package: "swift-nio-extras"), .product(name: "Logging", package: "swift-log"),
+                "WeirCore", "CWeirSystem", .product(name: "NIOExtras", package: "swift-nio-extras"), .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ],
             path: "plugins/dns",

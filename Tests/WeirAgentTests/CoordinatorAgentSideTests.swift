@@ -87,7 +87,7 @@ import WeirCoordinatorProtocol
         logs.install(b, for: "b")
         for index in 0..<6 {
             (index % 2 == 0 ? a : b).append(DNSQueryEvent(
-                time: Double(index), client: try SocketAddress(ipAddress: "10.0.0.\(index)", port: 1), name: "n\(index).test", type: 28,
+                time: Double(index), client: DNSClient(try SocketAddress(ipAddress: "10.0.0.\(index)", port: 1))!, name: "n\(index).test", type: 28,
                 result: "cached", rule: index == 4 ? "/lists/x:3" : nil, upstream: nil, seconds: 0.0001234))
         }
         let merged = CoordinatorClient.dnsQueries(DNSQueriesRequest(id: "q", limit: 4), logs: logs)

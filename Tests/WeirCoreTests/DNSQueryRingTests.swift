@@ -1,3 +1,4 @@
+import Glibc
 import NIOCore
 import Testing
 @testable import WeirCore
@@ -6,7 +7,7 @@ import Testing
 @Suite struct DNSQueryRingTests {
     static func event(_ index: Int, result: String = "allowed", client: String = "10.0.0.1") -> DNSQueryEvent {
         DNSQueryEvent(
-            time: Double(index), client: try! SocketAddress(ipAddress: client, port: 5353), name: "n\(index).example", type: 1, result: result,
+            time: Double(index), client: DNSClient(try! SocketAddress(ipAddress: client, port: 5353))!, name: "n\(index).example", type: 1, result: result,
             rule: nil, upstream: nil, seconds: 0.001)
     }
 
@@ -42,5 +43,21 @@ import Testing
         #expect(logs.pipelines == ["dns"], "the predecessor's retirement leaves the successor's ring")
         logs.remove(second, for: "dns")
         #expect(logs.pipelines.isEmpty)
+    }
+
+    @Test("a client address is kept as bytes: IPv4, IPv6, and an IPv4 client of a dual-stack socket as IPv4")
+    func clientAddresses() throws {
+        let v4 = try #require(DNSClient(try SocketAddress(ipAddress: "192.0.2.7", port: 53)))
+        #expect(v4.isIPv4 && v4.bytes == [192, 0, 2, 7] && v4.text == "192.0.2.7")
+        let v6 = try #require(DNSClient(try SocketAddress(ipAddress: "2001:db8::1:2", port: 53)))
+        #expect(!v6.isIPv4 && v6.bytes.count == 16 && v6.text == "2001:db8::1:2" && v6.network.prefix == 128)
+        let mapped = try #require(DNSClient(try SocketAddress(ipAddress: "::ffff:198.51.100.9", port: 53)))
+        #expect(mapped.isIPv4 && mapped.text == "198.51.100.9")
+        var storage = sockaddr_storage()
+        try SocketAddress(ipAddress: "::ffff:198.51.100.9", port: 53).withSockAddr { address, length in
+            withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: UnsafeRawBufferPointer(start: address, count: length)) }
+        }
+        #expect(DNSClient(storage) == mapped, "from a received datagram's peer too")
+        #expect(DNSClient(try SocketAddress(unixDomainSocketPath: "/tmp/x")) == nil)
     }
 }

@@ -2,12 +2,12 @@ import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
 
-/// One answered query as a DNS stage saw it. Kept raw (the client as a socket address, the time as seconds)
-/// because most events are overwritten before anyone reads them: text is made when they are read.
+/// One answered query as a DNS stage saw it. Kept raw (the client as bytes, the time as seconds) because
+/// most events are overwritten before anyone reads them: text is made when they are read.
 public struct DNSQueryEvent: Sendable {
     /// Unix seconds.
     public var time: Double
-    public var client: SocketAddress
+    public var client: DNSClient
     public var name: String
     public var type: UInt16
     /// allowed, blocked, cached, servfail or refused.
@@ -19,7 +19,7 @@ public struct DNSQueryEvent: Sendable {
     /// From the query's arrival to its answer.
     public var seconds: Double
 
-    public init(time: Double, client: SocketAddress, name: String, type: UInt16, result: String, rule: String?, upstream: String?, seconds: Double) {
+    public init(time: Double, client: DNSClient, name: String, type: UInt16, result: String, rule: String?, upstream: String?, seconds: Double) {
         self.time = time
         self.client = client
         self.name = name
@@ -30,11 +30,7 @@ public struct DNSQueryEvent: Sendable {
         self.seconds = seconds
     }
 
-    /// The client's address as its own family (an IPv4 client of a server on [::] is ::ffff:a.b.c.d there).
-    public var clientText: String {
-        guard let text = client.ipAddress else { return "?" }
-        return text.hasPrefix("::ffff:") && text.contains(".") ? String(text.dropFirst(7)) : text
-    }
+    public var clientText: String { client.text }
 
     /// The type's mnemonic (A, AAAA, HTTPS…), else TYPEn (RFC 3597).
     public var typeText: String { DNSWire.typeName(type) }

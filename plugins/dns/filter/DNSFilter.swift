@@ -6,8 +6,8 @@ import NIOExtras
 import NIOPosix
 import WeirCore
 
-/// The running `dns.filter`: UDP and TCP sockets on `listen` (one UDP socket per event loop, SO_REUSEPORT),
-/// each query answered by `DNSFilterEngine`; a reload's successor takes the sockets over (`DNSSockets`). Bounded: queries in flight
+/// The running `dns.filter`: UDP and TCP sockets on `listen` (one UDP socket and answering thread per core,
+/// SO_REUSEPORT — `UDPAnswerLoop`; TCP on NIO), each query answered by `DNSFilterEngine`; a reload's successor takes the sockets over (`DNSSockets`). Bounded: queries in flight
 /// (`max_inflight`, more are REFUSED), TCP connections (1,024; more are closed at once), and a TCP
 /// connection's idle time (10 s) and queries at once (16).
 final class DNSFilter: ServiceStage, Sendable {
@@ -47,25 +47,18 @@ final class DNSFilter: ServiceStage, Sendable {
             return
         }
         let slot = EngineSlot(engine)
-        // One UDP socket per event loop (SO_REUSEPORT: the kernel spreads clients over them), so answering
-        // uses every core, as unbound's threads do.
-        var udp: [any Channel] = []
+        // One UDP socket per core (SO_REUSEPORT: the kernel spreads clients over them), each answered by a
+        // thread of its own (UDPAnswerLoop), so answering uses every core, as unbound's threads do.
+        var udp: [UDPAnswerLoop] = []
         do {
+            var bindAddress = address
             for _ in 0..<Self.udpSockets {
-                udp.append(try await DatagramBootstrap(group: group)
-                    .channelOption(.socketOption(.so_reuseaddr), value: 1)
-                    .channelOption(.socketOption(NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: 1)
-                    // Up to 32 datagrams per read (recvmmsg) and their answers in one sendmmsg (flushed when the
-                    // read is done): system calls, not answering, dominated the cost of a cached answer. The
-                    // read buffer is split among them, so it holds 32 of the largest query accepted.
-                    .channelOption(.datagramVectorReadMessageCount, value: Self.queriesPerRead)
-                    .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: Self.queriesPerRead * Self.largestQuery))
-                    .channelInitializer { channel in channel.pipeline.addHandler(UDPQueries(slot: slot)) }
-                    .bind(to: address).get())
-                await Self.enlargeReceiveBuffer(udp.last!)
+                udp.append(try UDPAnswerLoop(address: bindAddress, slot: slot))
+                // Port 0: the others join the port the kernel gave the first.
+                if address.port == 0 { bindAddress = try SocketAddress(ipAddress: config.listen.host, port: udp[0].port) }
             }
         } catch {
-            for channel in udp { try? await channel.close() }
+            for loop in udp { await loop.close() }
             throw error
         }
         let connections = NIOLockedValueBox(0)
@@ -87,24 +80,15 @@ final class DNSFilter: ServiceStage, Sendable {
                         LengthFieldPrepender(lengthFieldBitLength: .twoBytes), TCPQueries(slot: slot),
                     ])
                 }
-                .bind(to: address).get()
-            DNSSockets.shared.register(config.listen.description, channels: udp + [tcp], slot: slot, owner: ObjectIdentifier(self))
+                .bind(to: udp[0].port == address.port ? address : try SocketAddress(ipAddress: config.listen.host, port: udp[0].port)).get()
+            DNSSockets.shared.register(config.listen.description, channels: [tcp], loops: udp, slot: slot, owner: ObjectIdentifier(self))
         } catch {
-            for channel in udp { try? await channel.close() }
+            for loop in udp { await loop.close() }
             throw error
         }
+        for loop in udp { loop.start() }
         logger.info("DNS server listening", metadata: ["address": "\(config.listen)", "rules": "\(config.rules.rules.count)"])
         engine.publishRules()
-    }
-
-    /// 4 MiB of queued queries per UDP socket (the default, ~200 KiB, overflows in a burst or while a reload
-    /// compiles a large list on the same cores): SO_RCVBUFFORCE as root, else as far as rmem_max allows.
-    static func enlargeReceiveBuffer(_ channel: any Channel) async {
-        do {
-            try await channel.setOption(.socketOption(NIOBSDSocket.Option(rawValue: SO_RCVBUFFORCE)), value: 4 << 20).get()
-        } catch {
-            try? await channel.setOption(.socketOption(.so_rcvbuf), value: 4 << 20).get()
-        }
     }
 
     func stop() async { DNSSockets.shared.release(config.listen.description, owner: ObjectIdentifier(self)) }
@@ -118,38 +102,6 @@ final class DNSFilter: ServiceStage, Sendable {
     deinit { engine.closeLog() }
 }
 
-/// Answers datagrams: what needs no waiting on the event loop, the rest on a task each.
-private final class UDPQueries: ChannelInboundHandler, Sendable {
-    typealias InboundIn = AddressedEnvelope<ByteBuffer>
-    typealias OutboundOut = AddressedEnvelope<ByteBuffer>
-    let slot: EngineSlot
-
-    init(slot: EngineSlot) { self.slot = slot }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let envelope = unwrapInboundIn(data)
-        let channel = context.channel
-        let bytes = Array(buffer: envelope.data)
-        let engine = slot.current
-        switch engine.answerImmediately(bytes, client: envelope.remoteAddress, udp: true) {
-        case .answered(let reply):
-            if let reply {
-                context.write(wrapOutboundOut(AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: context.channel.allocator.buffer(bytes: reply))), promise: nil)
-            }
-        case .deferred(let query):
-            Task {
-                let reply = await engine.answer(query)
-                channel.writeAndFlush(AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: ByteBuffer(bytes: reply)), promise: nil)
-            }
-        }
-    }
-
-    func channelReadComplete(context: ChannelHandlerContext) { context.flush() }
-
-    // A datagram that could not be delivered (an ICMP error for an earlier answer) must not close the socket.
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {}
-}
-
 /// Answers length-framed queries on a TCP connection, at most 16 at once; closes it when idle.
 private final class TCPQueries: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
@@ -160,13 +112,13 @@ private final class TCPQueries: ChannelInboundHandler, @unchecked Sendable {
     init(slot: EngineSlot) { self.slot = slot }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard pending < 16, let client = context.channel.remoteAddress else {
+        guard pending < 16, let client = context.channel.remoteAddress.flatMap(DNSClient.init) else {
             context.close(promise: nil)
             return
         }
         let bytes = Array(buffer: unwrapInboundIn(data))
         let engine = slot.current
-        switch engine.answerImmediately(bytes, client: client, udp: false) {
+        switch engine.answerImmediately(bytes, client: client, udp: false, arrival: .now) {
         case .answered(let reply):
             if let reply { context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: reply)), promise: nil) } else { context.close(promise: nil) }
         case .deferred(let query):

@@ -9,6 +9,26 @@ import WeirCore
 final class DNSFilterEngine: Sendable {
     enum Result: String, CaseIterable {
         case allowed, blocked, cached, servfail, refused
+
+        /// Its counter's place in `results`.
+        var index: Int {
+            switch self {
+            case .allowed: 0
+            case .blocked: 1
+            case .cached: 2
+            case .servfail: 3
+            case .refused: 4
+            }
+        }
+    }
+
+    /// When a query was read: its wall time for the query log, and the instant its latency counts from. A
+    /// UDP batch shares one (two clock reads per batch, not per query).
+    struct Arrival: Sendable {
+        let time: Double
+        let instant: ContinuousClock.Instant
+
+        static var now: Arrival { Arrival(time: Date().timeIntervalSince1970, instant: .now) }
     }
 
     private let config: DNSFilterConfig
@@ -17,7 +37,7 @@ final class DNSFilterEngine: Sendable {
     private let cache: DNSCache
     private let upstreams: Upstreams
     private let metrics: PipelineMetrics
-    private let results: [Result: Prometheus.Counter]
+    private let results: [Prometheus.Counter]
     private let cacheEntries: Prometheus.Gauge
     private let fastest: FastestAddress?
     private let prefetches: Prometheus.Counter
@@ -47,9 +67,9 @@ final class DNSFilterEngine: Sendable {
         queryLog = config.queryLogFile.map { QueryLog(path: $0, maxSize: config.queryLogMaxSize) }
         queryRing = config.queryLogRing > 0 ? DNSQueryRing(capacity: config.queryLogRing) : nil
         recording = queryLog != nil || queryRing != nil
-        results = Dictionary(uniqueKeysWithValues: Result.allCases.map {
-            ($0, metrics.counter("weir_dns_queries_total", labels: [("result", $0.rawValue)], help: "DNS queries answered, by result."))
-        })
+        results = Result.allCases.sorted { $0.index < $1.index }.map {
+            metrics.counter("weir_dns_queries_total", labels: [("result", $0.rawValue)], help: "DNS queries answered, by result.")
+        }
         cacheEntries = metrics.gauge("weir_dns_cache_entries", labels: [], help: "Answers in the DNS cache.")
         upstreams = Upstreams(
             config.upstreams, strategy: config.strategy, timeout: config.upstreamTimeout, group: group, caFile: config.upstreamCA
@@ -85,11 +105,6 @@ final class DNSFilterEngine: Sendable {
         return match.map { ($0.group, $0.rules) } ?? (nil, config.rules.rules)
     }
 
-    /// A client's address as its own family (an IPv4 client of a server on [::] arrives as ::ffff:a.b.c.d).
-    static func clientAddress(_ text: String) -> IPNetwork? {
-        try? IPNetwork.parse(text.hasPrefix("::ffff:") && text.contains(".") ? String(text.dropFirst(7)) : text)
-    }
-
     func closeLog() { queryLog?.close() }
 
     /// weir_dns_rules{list}: rules per list, set when the server starts.
@@ -111,9 +126,9 @@ final class DNSFilterEngine: Sendable {
     struct Pending: Sendable {
         let query: DNSWire.Query
         let bytes: [UInt8]
-        let client: SocketAddress
+        let client: DNSClient
         let udp: Bool
-        let started: ContinuousClock.Instant?
+        let arrival: Arrival?
         let group: String?
         /// The allow rule that matched, for the query log.
         let rule: String?
@@ -126,12 +141,12 @@ final class DNSFilterEngine: Sendable {
     /// What can be answered without waiting — garbage, canaries, blocked names, cache hits — on the caller's
     /// thread (the event loop: no task per query on the hot path). Records, upstreams and answers that
     /// followers (enforce.nftables `domains_from`) must see first are deferred to `answer`.
-    func answerImmediately(_ bytes: [UInt8], client: SocketAddress, udp: Bool) -> Immediate {
+    func answerImmediately(_ bytes: [UInt8], client: DNSClient, udp: Bool, arrival: Arrival) -> Immediate {
         let query: DNSWire.Query
         do { query = try DNSWire.parseQuery(bytes) } catch { return .answered(DNSWire.formatError(bytes)) }
         guard query.opcode == 0 else { return .answered(DNSWire.answer(to: query, code: DNSWire.ResponseCode.notImplemented)) }
-        let started = recording ? ContinuousClock.now : nil
-        let group = clientGroup(config.groups.isEmpty ? nil : client.ipAddress.flatMap(Self.clientAddress))
+        let started = recording ? arrival : nil
+        let group = clientGroup(config.groups.isEmpty ? nil : client.network)
         let name = query.question.name
         if canaries.contains(name) {
             return .answered(finish(query, DNSWire.answer(to: query, code: DNSWire.ResponseCode.nameError), .blocked, Decided(rule: "canary"), client: client, started: started, udp: udp))
@@ -147,30 +162,29 @@ final class DNSFilterEngine: Sendable {
             return .answered(finish(query, reply, result, decided, client: client, started: started, udp: udp))
         }
         return .deferred(Pending(
-            query: query, bytes: bytes, client: client, udp: udp, started: started, group: group.name, rule: rule, record: record, cacheChecked: checkCache))
+            query: query, bytes: bytes, client: client, udp: udp, arrival: started, group: group.name, rule: rule, record: record, cacheChecked: checkCache))
     }
 
     /// The answer to a deferred query (records, the cache when followers are present, the upstreams).
     func answer(_ pending: Pending) async -> [UInt8] {
         let query = pending.query
         var (reply, result, decided) = await resolve(pending)
-        if result == .allowed || result == .cached, let address = pending.client.ipAddress.flatMap(Self.clientAddress),
-            !(await released(reply, to: address, group: pending.group, name: query.question.name))
+        if result == .allowed || result == .cached, !(await released(reply, to: pending.client, group: pending.group, name: query.question.name))
         {
             (reply, result, decided.rule) = (DNSWire.answer(to: query, code: DNSWire.ResponseCode.serverFailure), .servfail, "domains_from: allowlist full")
         }
-        return finish(query, reply, result, decided, client: pending.client, started: pending.started, udp: pending.udp)
+        return finish(query, reply, result, decided, client: pending.client, started: pending.arrival, udp: pending.udp)
     }
 
     /// Counts and logs an answer, and truncates it for a UDP client whose datagrams it does not fit.
     private func finish(
-        _ query: DNSWire.Query, _ reply: [UInt8], _ result: Result, _ decided: Decided, client: SocketAddress, started: ContinuousClock.Instant?, udp: Bool
+        _ query: DNSWire.Query, _ reply: [UInt8], _ result: Result, _ decided: Decided, client: DNSClient, started: Arrival?, udp: Bool
     ) -> [UInt8] {
-        results[result]?.increment()
+        results[result.index].increment()
         if let started {
-            let elapsed = ContinuousClock.now - started
+            let elapsed = ContinuousClock.now - started.instant
             let event = DNSQueryEvent(
-                time: Date().timeIntervalSince1970, client: client, name: query.question.name, type: query.question.type, result: result.rawValue,
+                time: started.time, client: client, name: query.question.name, type: query.question.type, result: result.rawValue,
                 rule: decided.rule, upstream: decided.upstream,
                 seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
             queryRing?.append(event)
@@ -185,7 +199,7 @@ final class DNSFilterEngine: Sendable {
 
     /// Lets the pipeline's followers take the answer's addresses before the client gets them; false when one
     /// could not (the client then gets SERVFAIL, not an address its allowlist refuses).
-    private func released(_ reply: [UInt8], to client: IPNetwork, group: String?, name: String) async -> Bool {
+    private func released(_ reply: [UInt8], to client: DNSClient, group: String?, name: String) async -> Bool {
         let followers = ResolvedAnswerFollowers.shared.of(pipeline)
         guard !followers.isEmpty, let response = try? DNSWire.parseResponse(reply), !response.addresses.isEmpty else { return true }
         let answer = ResolvedAnswer(client: client.bytes, group: group, name: name, addresses: response.addresses)

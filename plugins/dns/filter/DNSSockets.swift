@@ -25,7 +25,9 @@ final class DNSSockets: Sendable {
     static let handOverWindow: Duration = .seconds(5)
 
     private struct Entry {
+        /// TCP (NIO channels) and UDP (threads of their own).
         var channels: [any Channel]
+        var loops: [UDPAnswerLoop]
         var slot: EngineSlot
         /// The stages serving the address, oldest first; the last one answers.
         var owners: [(id: ObjectIdentifier, engine: DNSFilterEngine)]
@@ -47,8 +49,8 @@ final class DNSSockets: Sendable {
     }
 
     /// Records newly bound sockets of `address`, answered by `slot`'s engine.
-    func register(_ address: String, channels: [any Channel], slot: EngineSlot, owner: ObjectIdentifier) {
-        entries.withLockedValue { $0[address] = Entry(channels: channels, slot: slot, owners: [(owner, slot.current)]) }
+    func register(_ address: String, channels: [any Channel], loops: [UDPAnswerLoop], slot: EngineSlot, owner: ObjectIdentifier) {
+        entries.withLockedValue { $0[address] = Entry(channels: channels, loops: loops, slot: slot, owners: [(owner, slot.current)]) }
     }
 
     /// `owner` stops serving `address`: the stage before it answers again; when it was the last, its engine
@@ -71,11 +73,12 @@ final class DNSSockets: Sendable {
 
     /// Closes `address`'s sockets now when nobody serves them (`generation`: only if nothing changed since).
     func closeIfUnowned(_ address: String, generation: Int? = nil) async {
-        let channels: [any Channel] = entries.withLockedValue { entries in
-            guard let entry = entries[address], entry.owners.isEmpty, generation == nil || generation == entry.generation else { return [] }
+        let (channels, loops): ([any Channel], [UDPAnswerLoop]) = entries.withLockedValue { entries in
+            guard let entry = entries[address], entry.owners.isEmpty, generation == nil || generation == entry.generation else { return ([], []) }
             entries[address] = nil
-            return entry.channels
+            return (entry.channels, entry.loops)
         }
         for channel in channels { try? await channel.close() }
+        for loop in loops { await loop.close() }
     }
 }

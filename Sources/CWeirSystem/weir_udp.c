@@ -1,0 +1,62 @@
+#define _GNU_SOURCE
+#include "weir_udp.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/uio.h>
+
+#define WEIR_UDP_MAX_BATCH 64
+
+int weir_udp_receive(int fd, struct weir_datagram *datagrams, unsigned count) {
+    struct mmsghdr headers[WEIR_UDP_MAX_BATCH];
+    struct iovec vectors[WEIR_UDP_MAX_BATCH];
+    if (count > WEIR_UDP_MAX_BATCH) count = WEIR_UDP_MAX_BATCH;
+    memset(headers, 0, sizeof(struct mmsghdr) * count);
+    for (unsigned i = 0; i < count; i++) {
+        vectors[i].iov_base = datagrams[i].buffer;
+        vectors[i].iov_len = datagrams[i].capacity;
+        headers[i].msg_hdr.msg_iov = &vectors[i];
+        headers[i].msg_hdr.msg_iovlen = 1;
+        headers[i].msg_hdr.msg_name = &datagrams[i].address;
+        headers[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_storage);
+    }
+    int received;
+    do {
+        received = recvmmsg(fd, headers, count, MSG_WAITFORONE, NULL);
+    } while (received < 0 && errno == EINTR);
+    if (received < 0) return -errno;
+    for (int i = 0; i < received; i++) {
+        datagrams[i].length = headers[i].msg_len;
+        datagrams[i].address_length = headers[i].msg_hdr.msg_namelen;
+    }
+    return received;
+}
+
+int weir_udp_send(int fd, struct weir_datagram *datagrams, unsigned count) {
+    struct mmsghdr headers[WEIR_UDP_MAX_BATCH];
+    struct iovec vectors[WEIR_UDP_MAX_BATCH];
+    if (count > WEIR_UDP_MAX_BATCH) count = WEIR_UDP_MAX_BATCH;
+    memset(headers, 0, sizeof(struct mmsghdr) * count);
+    for (unsigned i = 0; i < count; i++) {
+        vectors[i].iov_base = datagrams[i].buffer;
+        vectors[i].iov_len = datagrams[i].length;
+        headers[i].msg_hdr.msg_iov = &vectors[i];
+        headers[i].msg_hdr.msg_iovlen = 1;
+        headers[i].msg_hdr.msg_name = &datagrams[i].address;
+        headers[i].msg_hdr.msg_namelen = datagrams[i].address_length;
+    }
+    unsigned done = 0;
+    int sent = 0;
+    while (done < count) {
+        int result = sendmmsg(fd, headers + done, count - done, MSG_NOSIGNAL);
+        if (result > 0) {
+            done += (unsigned)result;
+            sent += result;
+        } else if (result < 0 && errno == EINTR) {
+            continue;
+        } else {
+            done += 1; /* the first of the rest failed: skip it */
+        }
+    }
+    return sent;
+}
