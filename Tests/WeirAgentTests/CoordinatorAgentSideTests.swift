@@ -88,7 +88,7 @@ import WeirCoordinatorProtocol
         for index in 0..<6 {
             (index % 2 == 0 ? a : b).append(DNSQueryEvent(
                 time: Double(index), client: DNSClient(try SocketAddress(ipAddress: "10.0.0.\(index)", port: 1))!, name: "n\(index).test", type: 28,
-                result: "cached", rule: index == 4 ? "/lists/x:3" : nil, upstream: nil, seconds: 0.0001234))
+                result: "cached", rule: index == 4 ? "/lists/x:3" : nil, upstream: nil, latency: .nanoseconds(123_400)))
         }
         let merged = CoordinatorClient.dnsQueries(DNSQueriesRequest(id: "q", limit: 4), logs: logs)
         #expect(merged.id == "q" && merged.pipelines == ["a", "b"] && merged.error == nil)

@@ -8,7 +8,7 @@ import Testing
     static func event(_ index: Int, result: String = "allowed", client: String = "10.0.0.1") -> DNSQueryEvent {
         DNSQueryEvent(
             time: Double(index), client: DNSClient(try! SocketAddress(ipAddress: client, port: 5353))!, name: "n\(index).example", type: 1, result: result,
-            rule: nil, upstream: nil, seconds: 0.001)
+            rule: nil, upstream: nil, latency: .milliseconds(1))
     }
 
     @Test("holds the newest `capacity` events whatever was written; newest first; filters by result and by part of the name or client")

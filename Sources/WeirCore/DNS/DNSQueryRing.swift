@@ -17,9 +17,9 @@ public struct DNSQueryEvent: Sendable {
     /// The upstream that answered.
     public var upstream: String?
     /// From the query's arrival to its answer.
-    public var seconds: Double
+    public var latency: Duration
 
-    public init(time: Double, client: DNSClient, name: String, type: UInt16, result: String, rule: String?, upstream: String?, seconds: Double) {
+    public init(time: Double, client: DNSClient, name: String, type: UInt16, result: String, rule: String?, upstream: String?, latency: Duration) {
         self.time = time
         self.client = client
         self.name = name
@@ -27,7 +27,7 @@ public struct DNSQueryEvent: Sendable {
         self.result = result
         self.rule = rule
         self.upstream = upstream
-        self.seconds = seconds
+        self.latency = latency
     }
 
     public var clientText: String { client.text }
@@ -39,7 +39,10 @@ public struct DNSQueryEvent: Sendable {
     public var timeText: String { Date.ISO8601FormatStyle(includingFractionalSeconds: true).format(Date(timeIntervalSince1970: time)) }
 
     /// Milliseconds, two decimals.
-    public var milliseconds: Double { (seconds * 100_000).rounded() / 100 }
+    public var milliseconds: Double {
+        let seconds = Double(latency.components.seconds) + Double(latency.components.attoseconds) / 1e18
+        return (seconds * 100_000).rounded() / 100
+    }
 }
 
 /// What a reader of the ring asks for: the newest `limit` events that match.

@@ -48,7 +48,8 @@ final class DNSFilterEngine: Sendable {
     let queryRing: DNSQueryRing?
     /// Whether answers are recorded at all (their latency measured).
     private let recording: Bool
-    private let canaries: Set<String>
+    /// Four names: compared directly (a string comparison stops at a differing length) rather than hashed.
+    private let canaries: [String]
     /// Groups' networks (peer names resolved at start), most specific first.
     private let groupNetworks = NIOLockedValueBox<[(network: IPNetwork, group: String, rules: DomainRules)]>([])
     /// Seconds a made-up answer (`zero`) may be cached by clients.
@@ -63,7 +64,7 @@ final class DNSFilterEngine: Sendable {
         prefetches = metrics.counter("weir_dns_cache_prefetches_total", labels: [], help: "Cached answers refreshed before they expired (prefetch).")
         staleAnswers = metrics.counter(
             "weir_dns_stale_answers_total", labels: [], help: "Expired answers given because every upstream failed (serve_stale); counted as cached too.")
-        canaries = config.canaries ? Set(DNSFilterConfig.canaryDomains) : []
+        canaries = config.canaries ? DNSFilterConfig.canaryDomains : []
         queryLog = config.queryLogFile.map { QueryLog(path: $0, maxSize: config.queryLogMaxSize) }
         queryRing = config.queryLogRing > 0 ? DNSQueryRing(capacity: config.queryLogRing) : nil
         recording = queryLog != nil || queryRing != nil
@@ -158,7 +159,7 @@ final class DNSFilterEngine: Sendable {
         }
         let record = config.records.isEmpty ? nil : config.records.lookup(name)
         let checkCache = record == nil && !ResolvedAnswerFollowers.shared.isFollowed(pipeline)
-        if checkCache, let (reply, result, decided) = cachedAnswer(query, rule: rule) {
+        if checkCache, let (reply, result, decided) = cachedAnswer(query, rule: rule, now: arrival.instant) {
             return .answered(finish(query, reply, result, decided, client: client, started: started, udp: udp))
         }
         return .deferred(Pending(
@@ -185,8 +186,7 @@ final class DNSFilterEngine: Sendable {
             let elapsed = ContinuousClock.now - started.instant
             let event = DNSQueryEvent(
                 time: started.time, client: client, name: query.question.name, type: query.question.type, result: result.rawValue,
-                rule: decided.rule, upstream: decided.upstream,
-                seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+                rule: decided.rule, upstream: decided.upstream, latency: elapsed)
             queryRing?.append(event)
             queryLog?.write(event)
         }
@@ -214,8 +214,8 @@ final class DNSFilterEngine: Sendable {
     }
 
     /// A cache hit, with a refresh started when it is due (prefetch).
-    private func cachedAnswer(_ query: DNSWire.Query, rule: String?) -> ([UInt8], Result, Decided)? {
-        guard let hit = cache.lookup(query.question, id: query.id) else { return nil }
+    private func cachedAnswer(_ query: DNSWire.Query, rule: String?, now: ContinuousClock.Instant = .now) -> ([UInt8], Result, Decided)? {
+        guard let hit = cache.lookup(query.question, id: query.id, now: now) else { return nil }
         if hit.prefetch { refresh(query.question) }
         return (hit.bytes, .cached, Decided(rule: rule))
     }
