@@ -354,11 +354,11 @@ struct DNSFilterTests {
         #expect(size(log + ".1") > 0 && size(log + ".1") <= 4096 && size(log) <= 4096, "rotated, bounded: \(size(log + ".1")) + \(size(log))")
     }
 
-    @Test("DNS over TLS upstream (stunnel with a test CA in front of dnsmasq): answers with the CA; with a name the certificate lacks, or without the CA, SERVFAIL",
-          .enabled(if: which("stunnel4") != nil || which("stunnel") != nil, "needs stunnel4"))
+    @Test("DNS over TLS upstream (unbound serving TLS with a test CA's certificate, forwarding to dnsmasq): answers with the CA; with a name the certificate lacks, or without the CA, SERVFAIL",
+          .enabled(if: which("unbound") != nil, "needs unbound installed"))
     func dnsOverTLSUpstream() throws {
         let upstream = try Dnsmasq(records: Self.records)
-        let dot = try DoTFrontend(forwardingTo: upstream.port)
+        let dot = try DoTServer(forwardingTo: upstream.port)
         let good = try Server("upstreams: [\"tls://127.0.0.1:\(dot.port)#dot.test\"]\nupstream_ca: \(dot.pki.caPath)")
         let answer = try good.ask("www.example.test", "A", ["+short"])
         good.stop()

@@ -54,8 +54,9 @@ package enum DNSWire {
         package var id: UInt16
         package var flags: UInt16
         package var question: Question
-        /// The question section as sent (its name's case included), echoed in answers made here.
-        package var questionBytes: [UInt8]
+        /// The question section as sent (its name's case included), echoed in answers made here; a slice of
+        /// the query's bytes, not a copy (a cached answer never needs it).
+        package var questionBytes: ArraySlice<UInt8>
         /// The client's EDNS UDP payload size (512 without OPT).
         package var udpPayloadSize: Int
 
@@ -165,7 +166,7 @@ package enum DNSWire {
         let name = try reader.name()
         let type = try reader.u16()
         let qclass = try reader.u16()
-        let questionBytes = Array(bytes[start..<reader.offset])
+        let questionBytes = bytes[start..<reader.offset]
         var payload = 512
         // EDNS: the OPT record's class is the client's UDP payload size.
         if additionals > 0 {

@@ -79,31 +79,56 @@ func digStatus(_ output: String) -> String? {
     return String(output[range.upperBound...].prefix { $0.isLetter })
 }
 
-/// DNS over TLS in front of an upstream's TCP port: Debian's stunnel with a test CA's certificate for
-/// `dot.test` — a real TLS server, speaking RFC 7858's length-framed DNS to whoever connects.
-final class DoTFrontend {
-    let port = freePort()
+/// A DNS-over-TLS resolver: Debian's unbound serving TLS (RFC 7858) with a test CA's certificate for
+/// `dot.test`, forwarding with a cache to an upstream on loopback — a real resolver, as users run one.
+final class DoTServer {
+    private(set) var port = 0
     let pki: TestPKI
     private var process: BackgroundCommand?
-    private let configuration: String
 
     init(forwardingTo upstreamPort: Int) throws {
         pki = try TestPKI()
         let (certificate, key) = try pki.issue("dot", dnsNames: ["dot.test"])
-        configuration = pki.path("stunnel.conf")
-        try """
-            foreground = yes
-            pid =
-            [dot]
-            accept = 127.0.0.1:\(port)
-            connect = 127.0.0.1:\(upstreamPort)
-            cert = \(certificate)
-            key = \(key)
-            """.write(toFile: configuration, atomically: true, encoding: .utf8)
-        process = try BackgroundCommand([which("stunnel4") ?? which("stunnel") ?? "/usr/bin/stunnel4", configuration])
-        guard eventually(timeout: 5, { (try? command(["ss", "-Hltn", "sport = :\(port)"]).output.contains("LISTEN")) == true }) else {
-            throw CommandFailed(command: "stunnel", status: 1, output: "did not listen")
+        let directory = URL(fileURLWithPath: pki.path("unbound"))
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        for _ in 0..<3 {
+            port = freeDualPort()
+            let configuration = directory.appendingPathComponent("unbound.conf").path
+            try """
+                server:
+                  interface: 127.0.0.1@\(port)
+                  port: \(port)
+                  tls-port: \(port)
+                  tls-service-key: "\(key)"
+                  tls-service-pem: "\(certificate)"
+                  do-daemonize: no
+                  username: ""
+                  chroot: ""
+                  pidfile: ""
+                  directory: "\(directory.path)"
+                  use-syslog: no
+                  logfile: ""
+                  access-control: 127.0.0.0/8 allow
+                  do-not-query-localhost: no
+                  module-config: "iterator"
+                  # The tests' names are under test. (RFC 6761), which unbound answers NXDOMAIN itself by default.
+                  local-zone: "test." nodefault
+                forward-zone:
+                  name: "."
+                  forward-addr: 127.0.0.1@\(upstreamPort)
+                """.write(toFile: configuration, atomically: true, encoding: .utf8)
+            let process = try BackgroundCommand([which("unbound") ?? "/usr/sbin/unbound", "-d", "-c", configuration], stderr: directory.appendingPathComponent("stderr").path)
+            self.process = process
+            let port = port
+            if eventually(timeout: 10, { !process.isRunning || (try? command(["ss", "-Hltn", "sport = :\(port)"]).output.contains("LISTEN")) == true }),
+                process.isRunning
+            {
+                return
+            }
+            process.stop()
         }
+        let errors = (try? String(contentsOfFile: directory.appendingPathComponent("stderr").path, encoding: .utf8)) ?? ""
+        throw CommandFailed(command: "unbound", status: 1, output: "did not listen: \(errors)")
     }
 
     deinit { process?.stop() }

@@ -148,10 +148,14 @@ final class UDPAnswerLoop: @unchecked Sendable {
         }
         while true {
             let received = Int(weir_udp_receive(fd, queries, UInt32(batch)))
-            // 0: shut down (closing). An error on a bound UDP socket (an ICMP error for an earlier answer)
-            // leaves it usable.
+            // 0: shut down (closing).
             if received == 0 || stopping.withLockedValue({ $0 }) { return }
-            guard received > 0 else { continue }
+            guard received > 0 else {
+                // An error on a bound UDP socket (an ICMP error for an earlier answer, memory short for a
+                // moment) leaves it usable; a pause keeps one that repeats from spinning a core.
+                if received != -Int(ECONNREFUSED) { usleep(1000) }
+                continue
+            }
             let engine = slot.current
             let arrival = DNSFilterEngine.Arrival.now
             var replies = 0
