@@ -162,9 +162,13 @@ public actor Agent: Service {
                     }
                 }
                 group.addTask {
-                    while true {
+                    // The interval is asked again every quarter second, not once per sleep: a reload that adds a
+                    // stage wanting reconciles every second must not wait out a 30 s sleep begun before it.
+                    var last = ContinuousClock.now
+                    while (try? await Task.sleep(for: .milliseconds(250))) != nil {
                         let interval = await self.supervisor.reconcileInterval(atMost: Self.reconcileInterval)
-                        guard (try? await Task.sleep(for: interval)) != nil else { break }
+                        guard ContinuousClock.now - last >= interval else { continue }
+                        last = .now
                         continuation.yield()
                     }
                 }

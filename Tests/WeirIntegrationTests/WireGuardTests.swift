@@ -474,7 +474,7 @@ struct WireGuardTests {
         try "\(net.agentIPv6) gateway.weir.test\n".write(toFile: hosts + "/hosts", atomically: false, encoding: .utf8)
         #expect(eventually(timeout: 5) {
             ((try? net.inside(net.peer, ["wg", "show", "wgc\(tag)", "endpoints"])) ?? "").contains("[\(net.agentIPv6)]:51820")
-        })
+        }, "\((try? net.inside(net.peer, ["wg", "show", "wgc\(tag)"])) ?? "")\n\((try? String(contentsOfFile: hosts + "/hosts", encoding: .utf8)) ?? "")\n\(client.log.suffix(3000))")
         #expect(eventually(timeout: 10) { reaches() })
         // The direct path to the server (a more specific route of the main table) is unaffected.
         #expect(try net.inside(net.peer, ["ip", "route", "get", net.agentIPv4]).contains("dev \(net.peerInterface)"))
