@@ -7,19 +7,25 @@
 
 #define WEIR_UDP_MAX_BATCH 64
 
+/* One header per datagram, pointing at its buffer and peer: the whole buffer and room for any peer to receive
+ * into, the bytes to send and the peer's address to send to. */
+static void describe(struct mmsghdr *headers, struct iovec *vectors, struct weir_datagram *datagrams, unsigned count, int receiving) {
+    memset(headers, 0, sizeof(struct mmsghdr) * count);
+    for (unsigned i = 0; i < count; i++) {
+        vectors[i].iov_base = datagrams[i].buffer;
+        vectors[i].iov_len = receiving ? datagrams[i].capacity : datagrams[i].length;
+        headers[i].msg_hdr.msg_iov = &vectors[i];
+        headers[i].msg_hdr.msg_iovlen = 1;
+        headers[i].msg_hdr.msg_name = &datagrams[i].address;
+        headers[i].msg_hdr.msg_namelen = receiving ? sizeof(struct sockaddr_storage) : datagrams[i].address_length;
+    }
+}
+
 int weir_udp_receive(int fd, struct weir_datagram *datagrams, unsigned count) {
     struct mmsghdr headers[WEIR_UDP_MAX_BATCH];
     struct iovec vectors[WEIR_UDP_MAX_BATCH];
     if (count > WEIR_UDP_MAX_BATCH) count = WEIR_UDP_MAX_BATCH;
-    memset(headers, 0, sizeof(struct mmsghdr) * count);
-    for (unsigned i = 0; i < count; i++) {
-        vectors[i].iov_base = datagrams[i].buffer;
-        vectors[i].iov_len = datagrams[i].capacity;
-        headers[i].msg_hdr.msg_iov = &vectors[i];
-        headers[i].msg_hdr.msg_iovlen = 1;
-        headers[i].msg_hdr.msg_name = &datagrams[i].address;
-        headers[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_storage);
-    }
+    describe(headers, vectors, datagrams, count, 1);
     int received;
     do {
         received = recvmmsg(fd, headers, count, MSG_WAITFORONE, NULL);
@@ -36,15 +42,7 @@ int weir_udp_send(int fd, struct weir_datagram *datagrams, unsigned count) {
     struct mmsghdr headers[WEIR_UDP_MAX_BATCH];
     struct iovec vectors[WEIR_UDP_MAX_BATCH];
     if (count > WEIR_UDP_MAX_BATCH) count = WEIR_UDP_MAX_BATCH;
-    memset(headers, 0, sizeof(struct mmsghdr) * count);
-    for (unsigned i = 0; i < count; i++) {
-        vectors[i].iov_base = datagrams[i].buffer;
-        vectors[i].iov_len = datagrams[i].length;
-        headers[i].msg_hdr.msg_iov = &vectors[i];
-        headers[i].msg_hdr.msg_iovlen = 1;
-        headers[i].msg_hdr.msg_name = &datagrams[i].address;
-        headers[i].msg_hdr.msg_namelen = datagrams[i].address_length;
-    }
+    describe(headers, vectors, datagrams, count, 0);
     unsigned done = 0;
     int sent = 0;
     while (done < count) {

@@ -73,7 +73,6 @@ public final class DNSQueryRing: Sendable {
         var events: ContiguousArray<DNSQueryEvent> = []
         /// Where the next event goes once the ring is full.
         var next = 0
-        let capacity: Int
     }
 
     private let storage: NIOLockedValueBox<Storage>
@@ -81,8 +80,8 @@ public final class DNSQueryRing: Sendable {
     /// `capacity` is at least 1.
     public init(capacity: Int) {
         self.capacity = max(1, capacity)
-        var storage = Storage(capacity: max(1, capacity))
-        storage.events.reserveCapacity(min(capacity, 4096))
+        var storage = Storage()
+        storage.events.reserveCapacity(min(self.capacity, 4096))
         self.storage = NIOLockedValueBox(storage)
     }
 
@@ -90,11 +89,11 @@ public final class DNSQueryRing: Sendable {
 
     public func append(_ event: DNSQueryEvent) {
         storage.withLockedValue { storage in
-            if storage.events.count < storage.capacity {
+            if storage.events.count < capacity {
                 storage.events.append(event)
             } else {
                 storage.events[storage.next] = event
-                storage.next = (storage.next + 1) % storage.capacity
+                storage.next = (storage.next + 1) % capacity
             }
         }
     }

@@ -50,12 +50,12 @@ final class DNSFilter: ServiceStage, Sendable {
         // One UDP socket per core (SO_REUSEPORT: the kernel spreads clients over them), each answered by a
         // thread of its own (UDPAnswerLoop), so answering uses every core, as unbound's threads do.
         var udp: [UDPAnswerLoop] = []
+        var bound = address
         do {
-            var bindAddress = address
             for _ in 0..<Self.udpSockets {
-                udp.append(try UDPAnswerLoop(address: bindAddress, slot: slot))
-                // Port 0: the others join the port the kernel gave the first.
-                if address.port == 0 { bindAddress = try SocketAddress(ipAddress: config.listen.host, port: udp[0].port) }
+                udp.append(try UDPAnswerLoop(address: bound, slot: slot))
+                // Port 0: the other sockets, UDP and TCP, join the port the kernel gave the first.
+                if bound.port == 0 { bound = try SocketAddress(ipAddress: config.listen.host, port: udp[0].port) }
             }
         } catch {
             for loop in udp { await loop.close() }
@@ -80,7 +80,7 @@ final class DNSFilter: ServiceStage, Sendable {
                         LengthFieldPrepender(lengthFieldBitLength: .twoBytes), TCPQueries(slot: slot),
                     ])
                 }
-                .bind(to: udp[0].port == address.port ? address : try SocketAddress(ipAddress: config.listen.host, port: udp[0].port)).get()
+                .bind(to: bound).get()
             DNSSockets.shared.register(config.listen.description, channels: [tcp], loops: udp, slot: slot, owner: ObjectIdentifier(self))
         } catch {
             for loop in udp { await loop.close() }

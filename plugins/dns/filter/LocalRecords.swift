@@ -55,10 +55,7 @@ struct LocalRecords: Sendable, Hashable {
             }
             switch (addresses, alias) {
             case (let addresses?, nil):
-                let items = addresses.sequence ?? []
-                let parsed = items.compactMap { $0.parsed(IPNetwork.parse) }
-                guard !items.isEmpty, parsed.count == items.count, parsed.allSatisfy(\.isSingleAddress) else {
-                    addresses.error("a list of IP addresses")
+                guard let parsed = Self.addressList(addresses) else {
                     valid = false
                     continue
                 }
@@ -101,6 +98,17 @@ struct LocalRecords: Sendable, Hashable {
         }
     }
 
+    /// A list of single IP addresses; nil, with the error at the value, otherwise.
+    private static func addressList(_ value: ConfigValue) -> [IPNetwork]? {
+        guard let items = value.sequence else { return nil }
+        let addresses = items.compactMap { $0.parsed(IPNetwork.parse) }
+        guard addresses.count == items.count, !addresses.isEmpty, addresses.allSatisfy(\.isSingleAddress) else {
+            value.error("a list of IP addresses")
+            return nil
+        }
+        return addresses
+    }
+
     /// A name as records keep it: lower case, no trailing dot, `*.` kept for wildcards; nil when not a domain.
     private static func key(_ text: String) -> String? {
         var name = text.lowercased()
@@ -128,10 +136,7 @@ struct LocalRecords: Sendable, Hashable {
         var records = LocalRecords()
         var valid = true
         for (key, _, item) in map.allEntries() {
-            let name = key.lowercased().hasSuffix(".") ? String(key.lowercased().dropLast()) : key.lowercased()
-            let isWildcard = name.hasPrefix("*.")
-            let domain = isWildcard ? String(name.dropFirst(2)) : name
-            guard DomainRules.isDomain(Array(domain.utf8)) else {
+            guard let name = Self.key(key) else {
                 item.error("\"\(key)\" is not a domain name (or *.domain)")
                 valid = false
                 continue
@@ -145,19 +150,13 @@ struct LocalRecords: Sendable, Hashable {
                 }
                 record = .alias(text.hasSuffix(".") ? String(text.dropLast()) : text)
             } else {
-                guard let items = item.sequence else {
-                    valid = false
-                    continue
-                }
-                let addresses = items.compactMap { $0.parsed(IPNetwork.parse) }
-                guard addresses.count == items.count, !addresses.isEmpty, addresses.allSatisfy(\.isSingleAddress) else {
-                    item.error("a list of IP addresses")
+                guard let addresses = Self.addressList(item) else {
                     valid = false
                     continue
                 }
                 record = .addresses(addresses)
             }
-            if isWildcard { records.wildcards[domain] = record } else { records.exact[domain] = record }
+            if name.hasPrefix("*.") { records.wildcards[String(name.dropFirst(2))] = record } else { records.exact[name] = record }
         }
         return valid ? records : nil
     }

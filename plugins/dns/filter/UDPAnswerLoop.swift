@@ -24,10 +24,15 @@ final class UDPAnswerLoop: @unchecked Sendable {
     private let slot: EngineSlot
     /// The socket, or -1 once closed.
     private let descriptor: NIOLockedValueBox<Int32>
-    private let family: Int32
-    private let finished = NIOLockedValueBox<(done: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
-    private let stopping = NIOLockedValueBox(false)
-    private let started = NIOLockedValueBox(false)
+    /// The thread's life: started, asked to stop, ended (with who waits for its end).
+    private struct Lifecycle {
+        var started = false
+        var stopping = false
+        var ended = false
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private let lifecycle = NIOLockedValueBox(Lifecycle())
 
     struct BindFailure: Error, CustomStringConvertible {
         let description: String
@@ -37,7 +42,7 @@ final class UDPAnswerLoop: @unchecked Sendable {
     /// address), its receive buffer enlarged, answered by `slot`'s engine once `start` runs.
     init(address: SocketAddress, slot: EngineSlot) throws {
         self.slot = slot
-        family = address.protocol.rawValue
+        let family = address.protocol.rawValue
         let fd = socket(family, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw BindFailure(description: "socket: \(String(cString: strerror(errno)))") }
         var one: Int32 = 1, zero: Int32 = 0, buffer: Int32 = 4 << 20
@@ -71,11 +76,11 @@ final class UDPAnswerLoop: @unchecked Sendable {
     }
 
     func start() {
-        started.withLockedValue { $0 = true }
+        lifecycle.withLockedValue { $0.started = true }
         let thread = Thread { [self] in
             run()
-            let waiters = finished.withLockedValue { state -> [CheckedContinuation<Void, Never>] in
-                state.done = true
+            let waiters = lifecycle.withLockedValue { state -> [CheckedContinuation<Void, Never>] in
+                state.ended = true
                 defer { state.waiters = [] }
                 return state.waiters
             }
@@ -87,13 +92,14 @@ final class UDPAnswerLoop: @unchecked Sendable {
 
     /// Stops the thread (waking it), waits for it, and closes the socket.
     func close() async {
-        stopping.withLockedValue { $0 = true }
+        let started = lifecycle.withLockedValue { state in
+            state.stopping = true
+            return state.started
+        }
         let fd = descriptor.withLockedValue { $0 }
         guard fd >= 0 else { return }
         _ = shutdown(fd, Int32(SHUT_RDWR))
-        if started.withLockedValue({ $0 }) {
-            await waitForThread()
-        }
+        if started { await waitForThread() }
         descriptor.withLockedValue { fd in
             if fd >= 0 { Glibc.close(fd) }
             fd = -1
@@ -102,11 +108,11 @@ final class UDPAnswerLoop: @unchecked Sendable {
 
     private func waitForThread() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let done = finished.withLockedValue { state -> Bool in
-                if !state.done { state.waiters.append(continuation) }
-                return state.done
+            let ended = lifecycle.withLockedValue { state -> Bool in
+                if !state.ended { state.waiters.append(continuation) }
+                return state.ended
             }
-            if done { continuation.resume() }
+            if ended { continuation.resume() }
         }
     }
 
@@ -149,7 +155,7 @@ final class UDPAnswerLoop: @unchecked Sendable {
         while true {
             let received = Int(weir_udp_receive(fd, queries, UInt32(batch)))
             // 0: shut down (closing).
-            if received == 0 || stopping.withLockedValue({ $0 }) { return }
+            if received == 0 || lifecycle.withLockedValue({ $0.stopping }) { return }
             guard received > 0 else {
                 // An error on a bound UDP socket (an ICMP error for an earlier answer, memory short for a
                 // moment) leaves it usable; a pause keeps one that repeats from spinning a core.
