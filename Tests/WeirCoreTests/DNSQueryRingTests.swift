@@ -26,6 +26,9 @@ import Testing
         #expect(ring.events(DNSQueryFilter(search: "192.0.2.7")).map(\.clientText) == ["192.0.2.7"])
         #expect(Self.event(1).typeText == "A" && DNSWire.typeName(65) == "HTTPS" && DNSWire.typeName(65280) == "TYPE65280")
         #expect(Self.event(0).timeText == "1970-01-01T00:00:00.000Z" && Self.event(0).milliseconds == 1)
+        // A batch larger than what is left, wrapping around the ring, keeps its newest events in order.
+        ring.append(contentsOf: (13..<20).map { Self.event($0) })
+        #expect(ring.events(DNSQueryFilter(limit: 100)).map(\.time) == [19, 18, 17, 16, 15])
     }
 
     @Test("a successor's ring starts with the newest events of the ring it replaces; only the current ring's owner removes it")

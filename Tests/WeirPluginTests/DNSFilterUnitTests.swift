@@ -229,6 +229,13 @@ struct DNSFilterUnitTests {
         let served = try #require(cache.lookup(query.question, id: 99, now: t0 + .seconds(30))?.bytes)
         #expect(try DNSWire.parseResponse(served).id == 99)
         #expect(try DNSWire.parseResponse(served).addresses.first?.ttl == 270)
+        // Written into a datagram's send buffer: the same bytes; nothing when the buffer is too small.
+        let hit = try #require(cache.lookup(query.question, id: 99, now: t0 + .seconds(30)))
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 512, alignment: 8)
+        defer { buffer.deallocate() }
+        let written = try #require(hit.write(into: buffer))
+        #expect(Array(buffer[0..<written]) == served)
+        #expect(hit.write(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<(served.count - 1)])) == nil)
         #expect(cache.lookup(query.question, id: 1, now: t0 + .seconds(101))?.bytes == nil, "max_ttl clamps the 300 s record to 100 s")
         let failed = DNSWire.answer(to: query, code: DNSWire.ResponseCode.serverFailure)
         cache.store(query.question, bytes: failed, response: try DNSWire.parseResponse(failed), now: t0)

@@ -87,13 +87,18 @@ public final class DNSQueryRing: Sendable {
 
     public let capacity: Int
 
-    public func append(_ event: DNSQueryEvent) {
+    public func append(_ event: DNSQueryEvent) { append(contentsOf: CollectionOfOne(event)) }
+
+    /// Several events under one lock (a UDP batch's answers).
+    public func append(contentsOf events: some Collection<DNSQueryEvent>) {
         storage.withLockedValue { storage in
-            if storage.events.count < capacity {
-                storage.events.append(event)
-            } else {
-                storage.events[storage.next] = event
-                storage.next = (storage.next + 1) % capacity
+            for event in events {
+                if storage.events.count < capacity {
+                    storage.events.append(event)
+                } else {
+                    storage.events[storage.next] = event
+                    storage.next = (storage.next + 1) % capacity
+                }
             }
         }
     }

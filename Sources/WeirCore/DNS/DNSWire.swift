@@ -233,17 +233,24 @@ package enum DNSWire {
     /// `bytes` with its id replaced and every TTL lowered by `age` seconds (never below `floor`).
     package static func served(_ bytes: [UInt8], id: UInt16, ttlOffsets: [Int], age: UInt32, floor: UInt32 = 0) -> [UInt8] {
         var copy = bytes
-        copy[0] = UInt8(id >> 8)
-        copy[1] = UInt8(id & 0xFF)
-        for offset in ttlOffsets where offset + 4 <= copy.count {
-            let ttl = UInt32(copy[offset]) << 24 | UInt32(copy[offset + 1]) << 16 | UInt32(copy[offset + 2]) << 8 | UInt32(copy[offset + 3])
-            let lowered = max(ttl > age ? ttl - age : 0, floor)
-            copy[offset] = UInt8(lowered >> 24)
-            copy[offset + 1] = UInt8((lowered >> 16) & 0xFF)
-            copy[offset + 2] = UInt8((lowered >> 8) & 0xFF)
-            copy[offset + 3] = UInt8(lowered & 0xFF)
-        }
+        copy.withUnsafeMutableBytes { serve($0, id: id, ttlOffsets: ttlOffsets, age: age, floor: floor) }
         return copy
+    }
+
+    /// `served` in place: a stored answer already copied into `message` (a datagram's send buffer) gets
+    /// `id` and its TTLs lowered by `age`.
+    package static func serve(_ message: UnsafeMutableRawBufferPointer, id: UInt16, ttlOffsets: [Int], age: UInt32, floor: UInt32 = 0) {
+        guard message.count >= 2 else { return }
+        message[0] = UInt8(id >> 8)
+        message[1] = UInt8(id & 0xFF)
+        for offset in ttlOffsets where offset >= 0 && offset + 4 <= message.count {
+            let ttl = UInt32(message[offset]) << 24 | UInt32(message[offset + 1]) << 16 | UInt32(message[offset + 2]) << 8 | UInt32(message[offset + 3])
+            let lowered = max(ttl > age ? ttl - age : 0, floor)
+            message[offset] = UInt8(lowered >> 24)
+            message[offset + 1] = UInt8((lowered >> 16) & 0xFF)
+            message[offset + 2] = UInt8((lowered >> 8) & 0xFF)
+            message[offset + 3] = UInt8(lowered & 0xFF)
+        }
     }
 
     /// An answer made here: the query's question echoed, then `records` owned by the question's name (a

@@ -30,10 +30,27 @@ final class DNSCache: Sendable {
         }
     }
 
-    /// A fresh answer, and whether the caller should refresh it now (prefetch).
+    /// A fresh answer — the stored one, served with the query's id and TTLs lowered by its age — and whether
+    /// the caller should refresh it now (prefetch). It is copied only where it goes: into a new array (`bytes`)
+    /// or straight into a datagram's send buffer (`write`).
     struct Hit {
-        var bytes: [UInt8]
-        var prefetch: Bool
+        let entry: Entry
+        let id: UInt16
+        let age: UInt32
+        let prefetch: Bool
+
+        var count: Int { entry.bytes.count }
+
+        var bytes: [UInt8] { DNSWire.served(entry.bytes, id: id, ttlOffsets: entry.ttlOffsets, age: age) }
+
+        /// Writes the answer at the start of `buffer`; its length, or nil when it does not fit.
+        func write(into buffer: UnsafeMutableRawBufferPointer) -> Int? {
+            let count = entry.bytes.count
+            guard count >= 12, count <= buffer.count, let base = buffer.baseAddress else { return nil }
+            entry.bytes.withUnsafeBytes { base.copyMemory(from: $0.baseAddress!, byteCount: count) }
+            DNSWire.serve(UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count]), id: id, ttlOffsets: entry.ttlOffsets, age: age)
+            return count
+        }
     }
 
     /// The TTL of stale answers (RFC 8767's recommendation).
@@ -72,8 +89,7 @@ final class DNSCache: Sendable {
             return (entry, refresh)
         }
         guard let (entry, refresh) = found else { return nil }
-        let age = UInt32((now - entry.stored).components.seconds)
-        return Hit(bytes: DNSWire.served(entry.bytes, id: id, ttlOffsets: entry.ttlOffsets, age: age), prefetch: refresh)
+        return Hit(entry: entry, id: id, age: UInt32((now - entry.stored).components.seconds), prefetch: refresh)
     }
 
     /// An expired answer still inside the stale window, with `id` and every TTL 30 s; for when no upstream answers.

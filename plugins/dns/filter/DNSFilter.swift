@@ -118,9 +118,13 @@ private final class TCPQueries: ChannelInboundHandler, @unchecked Sendable {
         }
         let bytes = Array(buffer: unwrapInboundIn(data))
         let engine = slot.current
-        switch engine.answerImmediately(bytes, client: client, udp: false, arrival: .now) {
+        var answered = engine.batch()
+        defer { engine.record(&answered) }
+        switch engine.answerImmediately(bytes, client: client, udp: false, batch: &answered) {
         case .answered(let reply):
             if let reply { context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: reply)), promise: nil) } else { context.close(promise: nil) }
+        case .cached(let hit):
+            context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: hit.bytes)), promise: nil)
         case .deferred(let query):
             pending += 1
             let channel = context.channel

@@ -50,6 +50,8 @@ final class DNSFilterEngine: Sendable {
     private let recording: Bool
     /// Four names: compared directly (a string comparison stops at a differing length) rather than hashed.
     private let canaries: [String]
+    /// Their lengths in bytes (O(1) for a name): most names are no canary's length and skip the comparisons.
+    private let canaryLengths: [Int]
     /// Groups' networks (peer names resolved at start), most specific first.
     private let groupNetworks = NIOLockedValueBox<[(network: IPNetwork, group: String, rules: DomainRules)]>([])
     /// Seconds a made-up answer (`zero`) may be cached by clients.
@@ -65,6 +67,7 @@ final class DNSFilterEngine: Sendable {
         staleAnswers = metrics.counter(
             "weir_dns_stale_answers_total", labels: [], help: "Expired answers given because every upstream failed (serve_stale); counted as cached too.")
         canaries = config.canaries ? DNSFilterConfig.canaryDomains : []
+        canaryLengths = canaries.map(\.utf8.count)
         queryLog = config.queryLogFile.map { QueryLog(path: $0, maxSize: config.queryLogMaxSize) }
         queryRing = config.queryLogRing > 0 ? DNSQueryRing(capacity: config.queryLogRing) : nil
         recording = queryLog != nil || queryRing != nil
@@ -118,8 +121,47 @@ final class DNSFilterEngine: Sendable {
     enum Immediate {
         /// The reply (nil: nothing to send).
         case answered([UInt8]?)
+        /// A cache hit, counted in the batch: the caller copies it where it goes (`Hit.bytes`, `Hit.write`).
+        case cached(DNSCache.Hit)
         /// Needs waiting: pass it to `answer`.
         case deferred(Pending)
+    }
+
+    /// The answers of one read — a UDP socket's batch, or one TCP query — counted and logged together once
+    /// they have been sent (`record`): one update per counter and one lock of the query ring per batch, not per
+    /// query. Their latency is the batch's: from its arrival to its answers' send.
+    struct Batch {
+        fileprivate(set) var arrival: Arrival
+        /// Whether the pipeline has followers, asked once per batch.
+        fileprivate var followed: Bool
+        fileprivate var counts = [Int](repeating: 0, count: Result.allCases.count)
+        fileprivate var events: [DNSQueryEvent] = []
+    }
+
+    /// A batch of queries read now.
+    func batch() -> Batch {
+        Batch(arrival: .now, followed: ResolvedAnswerFollowers.shared.isFollowed(pipeline))
+    }
+
+    /// `batch`, recorded, becomes one of queries read now, keeping its storage (a UDP socket's thread reuses
+    /// one: no allocation per read).
+    func restart(_ batch: inout Batch) {
+        batch.arrival = .now
+        batch.followed = ResolvedAnswerFollowers.shared.isFollowed(pipeline)
+    }
+
+    /// Counts and logs a batch's answers (once they were sent), and empties it.
+    func record(_ batch: inout Batch) {
+        for index in batch.counts.indices where batch.counts[index] > 0 {
+            results[index].increment(by: Int64(batch.counts[index]))
+            batch.counts[index] = 0
+        }
+        guard !batch.events.isEmpty else { return }
+        let elapsed = ContinuousClock.now - batch.arrival.instant
+        for index in batch.events.indices { batch.events[index].latency = elapsed }
+        queryRing?.append(contentsOf: batch.events)
+        if let queryLog { for event in batch.events { queryLog.write(event) } }
+        batch.events.removeAll(keepingCapacity: true)
     }
 
     /// A query that needs waiting, as far as `answerImmediately` got with it (parsed, its group's rules
@@ -129,7 +171,7 @@ final class DNSFilterEngine: Sendable {
         let bytes: [UInt8]
         let client: DNSClient
         let udp: Bool
-        let arrival: Arrival?
+        let arrival: Arrival
         let group: String?
         /// The allow rule that matched, for the query log.
         let rule: String?
@@ -140,33 +182,41 @@ final class DNSFilterEngine: Sendable {
     }
 
     /// What can be answered without waiting — garbage, canaries, blocked names, cache hits — on the caller's
-    /// thread (the event loop: no task per query on the hot path). Records, upstreams and answers that
+    /// thread (no task per query on the hot path), counted in `batch`. Records, upstreams and answers that
     /// followers (enforce.nftables `domains_from`) must see first are deferred to `answer`.
-    func answerImmediately(_ bytes: [UInt8], client: DNSClient, udp: Bool, arrival: Arrival) -> Immediate {
+    func answerImmediately(_ bytes: [UInt8], client: DNSClient, udp: Bool, batch: inout Batch) -> Immediate {
         let query: DNSWire.Query
         do { query = try DNSWire.parseQuery(bytes) } catch { return .answered(DNSWire.formatError(bytes)) }
         guard query.opcode == 0 else { return .answered(DNSWire.answer(to: query, code: DNSWire.ResponseCode.notImplemented)) }
-        let started = recording ? arrival : nil
         let group = clientGroup(config.groups.isEmpty ? nil : client.network)
         let name = query.question.name
-        if canaries.contains(name) {
-            return .answered(finish(query, DNSWire.answer(to: query, code: DNSWire.ResponseCode.nameError), .blocked, Decided(rule: "canary"), client: client, started: started, udp: udp))
+        if canaryLengths.contains(name.utf8.count), canaries.contains(name) {
+            let reply = DNSWire.answer(to: query, code: DNSWire.ResponseCode.nameError)
+            return .answered(finish(query, reply, .blocked, Decided(rule: "canary"), client: client, udp: udp, batch: &batch))
         }
         let decision = group.rules.decide(name)
         let rule = decision.map { "\($0.list):\($0.line)" }
         if let decision, !decision.allowed {
-            return .answered(finish(query, blocked(query), .blocked, Decided(rule: rule), client: client, started: started, udp: udp))
+            return .answered(finish(query, blocked(query), .blocked, Decided(rule: rule), client: client, udp: udp, batch: &batch))
         }
         let record = config.records.isEmpty ? nil : config.records.lookup(name)
-        let checkCache = record == nil && !ResolvedAnswerFollowers.shared.isFollowed(pipeline)
-        if checkCache, let (reply, result, decided) = cachedAnswer(query, rule: rule, now: arrival.instant) {
-            return .answered(finish(query, reply, result, decided, client: client, started: started, udp: udp))
+        let checkCache = record == nil && !batch.followed
+        if checkCache, let hit = cache.lookup(query.question, id: query.id, now: batch.arrival.instant) {
+            if hit.prefetch { refresh(query.question) }
+            // Too large for the client's datagrams: `finish` truncates it.
+            guard !udp || hit.count <= query.udpPayloadSize else {
+                return .answered(finish(query, hit.bytes, .cached, Decided(rule: rule), client: client, udp: udp, batch: &batch))
+            }
+            note(query, .cached, Decided(rule: rule), client: client, batch: &batch)
+            return .cached(hit)
         }
         return .deferred(Pending(
-            query: query, bytes: bytes, client: client, udp: udp, arrival: started, group: group.name, rule: rule, record: record, cacheChecked: checkCache))
+            query: query, bytes: bytes, client: client, udp: udp, arrival: batch.arrival, group: group.name, rule: rule, record: record,
+            cacheChecked: checkCache))
     }
 
-    /// The answer to a deferred query (records, the cache when followers are present, the upstreams).
+    /// The answer to a deferred query (records, the cache when followers are present, the upstreams), counted
+    /// and logged.
     func answer(_ pending: Pending) async -> [UInt8] {
         let query = pending.query
         var (reply, result, decided) = await resolve(pending)
@@ -174,27 +224,31 @@ final class DNSFilterEngine: Sendable {
         {
             (reply, result, decided.rule) = (DNSWire.answer(to: query, code: DNSWire.ResponseCode.serverFailure), .servfail, "domains_from: allowlist full")
         }
-        return finish(query, reply, result, decided, client: pending.client, started: pending.arrival, udp: pending.udp)
+        var batch = Batch(arrival: pending.arrival, followed: false)
+        defer { record(&batch) }
+        return finish(query, reply, result, decided, client: pending.client, udp: pending.udp, batch: &batch)
     }
 
-    /// Counts and logs an answer, and truncates it for a UDP client whose datagrams it does not fit.
+    /// Counts and logs an answer in `batch`, and truncates it for a UDP client whose datagrams it does not fit.
     private func finish(
-        _ query: DNSWire.Query, _ reply: [UInt8], _ result: Result, _ decided: Decided, client: DNSClient, started: Arrival?, udp: Bool
+        _ query: DNSWire.Query, _ reply: [UInt8], _ result: Result, _ decided: Decided, client: DNSClient, udp: Bool, batch: inout Batch
     ) -> [UInt8] {
-        results[result.index].increment()
-        if let started {
-            let elapsed = ContinuousClock.now - started.instant
-            let event = DNSQueryEvent(
-                time: started.time, client: client, name: query.question.name, type: query.question.type, result: result.rawValue,
-                rule: decided.rule, upstream: decided.upstream, latency: elapsed)
-            queryRing?.append(event)
-            queryLog?.write(event)
-        }
+        note(query, result, decided, client: client, batch: &batch)
         guard udp, reply.count > query.udpPayloadSize else { return reply }
-        // Too large for the client's datagrams: the header and question with TC set; it asks again over TCP.
+        // The header and question with TC set; the client asks again over TCP.
         var truncated = DNSWire.answer(to: query, code: reply.count > 3 ? reply[3] & 0x0F : 0)
         truncated[2] |= 0x02
         return truncated
+    }
+
+    /// Counts an answer in `batch`, and keeps its query log event when answers are recorded (the latency is
+    /// set when the batch is recorded).
+    private func note(_ query: DNSWire.Query, _ result: Result, _ decided: Decided, client: DNSClient, batch: inout Batch) {
+        batch.counts[result.index] += 1
+        guard recording else { return }
+        batch.events.append(DNSQueryEvent(
+            time: batch.arrival.time, client: client, name: query.question.name, type: query.question.type, result: result.rawValue,
+            rule: decided.rule, upstream: decided.upstream, latency: .zero))
     }
 
     /// Lets the pipeline's followers take the answer's addresses before the client gets them; false when one

@@ -152,6 +152,8 @@ final class UDPAnswerLoop: @unchecked Sendable {
             answers[index].buffer = output + index * slotSize
             answers[index].capacity = slotSize
         }
+        // The answers of each read, counted and logged together; its storage kept from read to read.
+        var answered = slot.current.batch()
         while true {
             let received = Int(weir_udp_receive(fd, queries, UInt32(batch)))
             // 0: shut down (closing).
@@ -163,29 +165,38 @@ final class UDPAnswerLoop: @unchecked Sendable {
                 continue
             }
             let engine = slot.current
-            let arrival = DNSFilterEngine.Arrival.now
+            engine.restart(&answered)
             var replies = 0
             for index in 0..<received {
                 let query = queries[index]
                 let bytes = [UInt8](UnsafeRawBufferPointer(start: query.buffer, count: query.length))
                 guard let client = DNSClient(query.address) else { continue }
-                switch engine.answerImmediately(bytes, client: client, udp: true, arrival: arrival) {
-                case .answered(let reply):
-                    guard let reply, reply.count <= slotSize else { continue }
-                    reply.withUnsafeBytes { answers[replies].buffer.copyMemory(from: $0.baseAddress!, byteCount: reply.count) }
-                    answers[replies].length = reply.count
-                    answers[replies].address = query.address
-                    answers[replies].address_length = query.address_length
-                    replies += 1
+                // The answer goes straight into its send slot.
+                let reply = UnsafeMutableRawBufferPointer(start: answers[replies].buffer, count: slotSize)
+                let length: Int?
+                switch engine.answerImmediately(bytes, client: client, udp: true, batch: &answered) {
+                case .answered(let made):
+                    guard let made, made.count <= reply.count else { continue }
+                    made.withUnsafeBytes { reply.copyMemory(from: $0) }
+                    length = made.count
+                case .cached(let hit):
+                    length = hit.write(into: reply)
                 case .deferred(let pending):
                     let (address, length) = (query.address, query.address_length)
                     Task {
                         let reply = await engine.answer(pending)
                         self.send(reply, to: address, length: length)
                     }
+                    continue
                 }
+                guard let length else { continue }
+                answers[replies].length = length
+                answers[replies].address = query.address
+                answers[replies].address_length = query.address_length
+                replies += 1
             }
             if replies > 0 { _ = weir_udp_send(fd, answers, UInt32(replies)) }
+            engine.record(&answered)
         }
     }
 }
