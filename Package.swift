@@ -29,6 +29,8 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.0.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird-websocket.git", from: "2.8.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird-auth.git", from: "2.5.0"),
+        .package(url: "https://github.com/hummingbird-project/swift-mustache.git", from: "2.1.0"),
         .package(url: "https://github.com/vapor/sql-kit.git", from: "3.36.0"),
         .package(url: "https://github.com/vapor/sqlite-kit.git", from: "4.5.0"),
         .package(url: "https://github.com/vapor/postgres-kit.git", from: "2.17.0"),
@@ -240,6 +242,9 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+                .product(name: "HummingbirdBcrypt", package: "hummingbird-auth"),
+                .product(name: "HummingbirdOTP", package: "hummingbird-auth"),
+                .product(name: "Mustache", package: "swift-mustache"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "SQLKit", package: "sql-kit"),
                 .product(name: "SQLiteKit", package: "sqlite-kit"),
@@ -252,7 +257,14 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             path: "Sources/WeirCoordinator",
-            resources: [.embedInCode("API/openapi.json")]
+            exclude: ["Console/Resources/common-passwords.LICENSE.txt"],
+            // The console's pages, styles, script and password list are in the binary: one file to install.
+            resources: [
+                .embedInCode("API/openapi.json"),
+                .embedInCode("Console/Resources/common-passwords.txt"),
+                .embedInCode("Console/Resources/templates"),
+                .embedInCode("Console/Resources/assets"),
+            ]
         ),
         .executableTarget(
             name: "weir",
@@ -312,6 +324,7 @@ let package = Package(
             name: "WeirCoordinatorTests",
             dependencies: nio + [
                 "WeirCoordinator", "WeirCoordinatorProtocol", "WeirCore", "WeirStages", .product(name: "Logging", package: "swift-log"),
+                .product(name: "Hummingbird", package: "hummingbird"),
             ],
             path: "Tests/WeirCoordinatorTests"
         ),

@@ -71,17 +71,29 @@ public struct Coordinator: Service {
             store: store, registry: registry, offlineAfter: config.offlineAfter, changed: { await changes.publish() }, agentSessions: sessions,
             maxRequestBody: config.maxRequestBody)
 
-        let router = Router(context: BasicRequestContext.self)
+        let console: Console
+        do {
+            console = try Console(database: database, api: api, settings: config.console, logger: logger)
+            try await bootstrapConsoleAdmin(console.accounts)
+        } catch {
+            await database.shutdown()
+            throw StartError.startFailed("console: \(error)")
+        }
+
+        let router = Router(context: CoordinatorContext.self)
+        router.add(middleware: SecurityHeadersMiddleware())
         router.add(middleware: APIErrorMiddleware())
-        router.add(middleware: APIAuthenticationMiddleware(store: store, openPaths: ["/api/v1/openapi.json", agentConnectPath]))
+        router.add(middleware: APIAuthenticationMiddleware(store: store, audit: console.audit, openPaths: ["/api/v1/openapi.json", agentConnectPath]))
+        router.add(middleware: ConsoleSessionMiddleware(console: console))
         router.get("healthz") { _, _ in "ok\n" }
         router.get("metrics") { _, _ in
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"], body: .init(byteBuffer: ByteBuffer(bytes: metrics.render())))
         }
         api.register(on: router)
+        console.register(on: router)
 
         var services: [any Service] = [
-            Housekeeping(store: store, distributor: distributor, metrics: metrics, config: config, logger: logger)
+            Housekeeping(store: store, consoleStore: console.accounts, distributor: distributor, metrics: metrics, config: config, logger: logger)
         ]
         if case .postgres(let url) = config.database {
             services.append(PostgresChangeListener(url: url, distributor: distributor, logger: logger))
@@ -141,6 +153,22 @@ public struct Coordinator: Service {
     }
 }
 
+extension Coordinator {
+    /// A database without console accounts gets an administrator `admin` with a random password, written
+    /// once to a 0600 file in the state directory (never to the log). `weir coordinator admin create` makes
+    /// accounts before the first start instead.
+    private func bootstrapConsoleAdmin(_ accounts: ConsoleStore) async throws {
+        guard try await accounts.accountCount() == 0 else { return }
+        let password = ConsolePasswords.generate()
+        try await accounts.createAccount(name: "admin", role: .admin, password: password)
+        let path = (config.stateDirectory as NSString).appendingPathComponent("console-admin.password")
+        guard FileManager.default.createFile(atPath: path, contents: Data("admin\n\(password)\n".utf8), attributes: [.posixPermissions: 0o600]) else {
+            throw StartError.startFailed("cannot write the first console password to \(path)")
+        }
+        logger.notice("created the first console account \"admin\"; its password is in the file", metadata: ["file": "\(path)"])
+    }
+}
+
 extension Coordinator: CustomStringConvertible {
     public var description: String { "Coordinator(\(config.listen))" }
 }
@@ -150,6 +178,7 @@ struct Housekeeping: Service, CustomStringConvertible {
     var description: String { "Housekeeping" }
 
     let store: CoordinatorStore
+    let consoleStore: ConsoleStore
     let distributor: Distributor
     let metrics: CoordinatorMetrics
     let config: CoordinatorConfig
@@ -168,6 +197,8 @@ struct Housekeeping: Service, CustomStringConvertible {
         do {
             await distributor.closeSilent(olderThan: config.offlineAfter)
             let now = Date().timeIntervalSince1970
+            try await consoleStore.removeExpiredSessions(
+                idleBefore: now - config.console.sessionIdleTimeout.seconds, createdBefore: now - config.console.sessionLifetime.seconds)
             let removed = try await store.removeAgents(lastSeenBefore: now - config.retention.seconds)
             if !removed.isEmpty { logger.notice("removed agents offline longer than the retention", metadata: ["agents": "\(removed)"]) }
             let agents = try await store.agents()

@@ -28,6 +28,8 @@ public struct CoordinatorConfig: Sendable {
     public var secretsKeyFile: String
     /// The largest request body the API reads; larger ones get 413.
     public var maxRequestBody: Int
+    /// The web console's sign-in and session settings (`coordinator.console`).
+    public var console = ConsoleSettings()
     public var logLevel: Logger.Level
     public var logFormat: AgentConfig.LogFormat
 
@@ -66,6 +68,13 @@ public struct CoordinatorConfig: Sendable {
             adminTokenFile = section.optional("admin_token_file")?.string
             secretsKeyFile = section.optional("secrets_key_file")?.absolutePath
             if let value = section.optional("max_request_body")?.parsed(ByteSizeParser.parse) { config.maxRequestBody = value }
+            if let console = section.optional("console")?.mapping {
+                if let value = console.optional("session_idle_timeout")?.duration(atLeast: .seconds(1)) { config.console.sessionIdleTimeout = value }
+                if let value = console.optional("session_lifetime")?.duration(atLeast: .seconds(1)) { config.console.sessionLifetime = value }
+                if let value = console.optional("lockout_after")?.int(in: 1...100) { config.console.lockoutAfter = value }
+                if let value = console.optional("lockout_duration")?.duration(atLeast: .seconds(1)) { config.console.lockoutDuration = value }
+                console.finish()
+            }
             if let value = section.optional("offline_after"), config.offlineAfter <= config.heartbeatInterval {
                 value.error("offline_after must be longer than heartbeat_interval (\(config.heartbeatInterval))")
             }
@@ -85,4 +94,21 @@ public struct CoordinatorConfig: Sendable {
         config.secretsKeyFile = secretsKeyFile ?? state.appendingPathComponent("secrets.key")
         return config
     }
+}
+
+/// `coordinator.console`: how long sessions live and how sign-in guessing is stopped.
+public struct ConsoleSettings: Sendable {
+    /// A session unused this long ends.
+    public var sessionIdleTimeout: Duration = .seconds(30 * 60)
+    /// A session ends this long after sign-in, used or not.
+    public var sessionLifetime: Duration = .seconds(12 * 3600)
+    /// Failed sign-ins in a row that lock an account …
+    public var lockoutAfter = 5
+    /// … for this long.
+    public var lockoutDuration: Duration = .seconds(15 * 60)
+    /// Failed sign-ins from one address, over all accounts, within `addressWindow` before it is refused.
+    public var addressLimit = 20
+    public var addressWindow: Duration = .seconds(10 * 60)
+
+    public init() {}
 }

@@ -64,7 +64,16 @@ struct AgentCommand: AsyncParsableCommand {
 struct CoordinatorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "coordinator",
-        abstract: "Run the coordinator: agent registry, desired state and its distribution, REST API (/api/v1)."
+        abstract: "The coordinator: agent registry, desired state and its distribution, REST API (/api/v1), web console (/).",
+        subcommands: [CoordinatorRun.self, CoordinatorAdmin.self],
+        defaultSubcommand: CoordinatorRun.self
+    )
+}
+
+struct CoordinatorRun: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run the coordinator (the default: `weir coordinator --config FILE`)."
     )
 
     @Option(name: .long, help: "Coordinator configuration file.")
@@ -91,6 +100,58 @@ struct CoordinatorCommand: AsyncParsableCommand {
         } catch let error as Coordinator.StartError {
             logger.critical("\(error)")
             throw ExitCode.failure
+        }
+    }
+}
+
+struct CoordinatorAdmin: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "admin",
+        abstract: "Web console accounts, through the coordinator's database (on its host).",
+        subcommands: [Create.self, List.self]
+    )
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create a console account; without --password-stdin a strong password is made and printed once.")
+
+        @Option(name: .long, help: "Coordinator configuration file.") var config: String = CoordinatorConfig.defaultPath
+        @Option(help: "admin, operator or viewer.") var role: String = "admin"
+        @Flag(help: "Read the password from standard input (one line).") var passwordStdin = false
+        @Argument(help: "Account name (a-z, 0-9, '.', '_', '@', '-').") var name: String
+
+        func run() async throws {
+            let settings: CoordinatorConfig
+            do { settings = try CoordinatorConfig.load(path: config) } catch {
+                FileHandle.standardError.write(Data("invalid configuration:\n\(error)\n".utf8))
+                throw ExitStatus.config
+            }
+            let password = passwordStdin ? readLine(strippingNewline: true) ?? "" : nil
+            do {
+                let chosen = try await ConsoleAdmin.create(config: settings, name: name, role: role, password: password)
+                print("created console account \(name) (\(role))")
+                if password == nil { print("password: \(chosen)") }
+            } catch let error as ConsoleAdmin.Failure {
+                FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+                throw ExitCode.failure
+            }
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List console accounts.")
+
+        @Option(name: .long, help: "Coordinator configuration file.") var config: String = CoordinatorConfig.defaultPath
+
+        func run() async throws {
+            let settings: CoordinatorConfig
+            do { settings = try CoordinatorConfig.load(path: config) } catch {
+                FileHandle.standardError.write(Data("invalid configuration:\n\(error)\n".utf8))
+                throw ExitStatus.config
+            }
+            for line in try await ConsoleAdmin.list(config: settings) {
+                print("\(line.name)\t\(line.role)\t\(line.locked ? "locked" : "-")\t\(line.sessions) sessions")
+            }
         }
     }
 }

@@ -16,7 +16,7 @@ struct CoordinatorAPI: Sendable {
     /// `coordinator.max_request_body`.
     let maxRequestBody: Int
 
-    func register(on router: Router<BasicRequestContext>) {
+    func register(on router: Router<CoordinatorContext>) {
         let api = router.group("api/v1")
         api.get("openapi.json") { _, _ in
             Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: OpenAPIDocument.json)))
@@ -314,7 +314,7 @@ struct CoordinatorAPI: Sendable {
         }
     }
 
-    private func documentBody(_ request: Request, _ context: BasicRequestContext) async throws -> String {
+    private func documentBody(_ request: Request, _ context: CoordinatorContext) async throws -> String {
         let buffer = try await body(request)
         let text = String(buffer: buffer)
         if request.headers[.contentType]?.hasPrefix("application/json") == true {
@@ -327,7 +327,7 @@ struct CoordinatorAPI: Sendable {
         return text
     }
 
-    func decode<T: Decodable>(_ type: T.Type, _ request: Request, _ context: BasicRequestContext) async throws -> T {
+    func decode<T: Decodable>(_ type: T.Type, _ request: Request, _ context: CoordinatorContext) async throws -> T {
         let buffer = try await body(request)
         do {
             return try JSONDecoder().decode(type, from: Data(buffer: buffer))

@@ -8,7 +8,7 @@ import WeirCoordinatorProtocol
 extension CoordinatorAPI {
     static let resultNames: Set<String> = ["allowed", "blocked", "cached", "servfail", "refused"]
 
-    func registerDNSQueries(on api: RouterGroup<BasicRequestContext>) {
+    func registerDNSQueries(on api: RouterGroup<CoordinatorContext>) {
         api.get("agents/{id}/dns/queries") { request, context in
             guard APIRole.current != .viewer else {
                 throw APIError(status: .forbidden, message: "the DNS query log names clients and what they asked for; role viewer cannot read it")

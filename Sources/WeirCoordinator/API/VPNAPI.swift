@@ -10,7 +10,7 @@ import WeirVPN
 /// (checked by the agent's validator before anything is stored) and reaches their agents in the next bundle.
 /// Client configurations hold a private key: admins only.
 extension CoordinatorAPI {
-    func registerVPN(on api: RouterGroup<BasicRequestContext>) {
+    func registerVPN(on api: RouterGroup<CoordinatorContext>) {
         api.get("vpn/servers") { _, _ in JSONResponse.make(try await store.vpnServers().map(VPNServer.View.init)) }
         api.get("vpn/servers/{name}") { _, context in
             JSONResponse.make(VPNServer.View(server: try await server(try context.parameters.require("name"))))
@@ -168,7 +168,7 @@ extension CoordinatorAPI {
         return user
     }
 
-    private func device(_ context: BasicRequestContext) async throws -> VPNDevice {
+    private func device(_ context: CoordinatorContext) async throws -> VPNDevice {
         let user = try context.parameters.require("name")
         let name = try context.parameters.require("device")
         guard let device = try await store.vpnDevice(user: user, name: name) else { throw APIError.notFound("device \"\(name)\" of VPN user \"\(user)\"") }
@@ -184,7 +184,7 @@ extension CoordinatorAPI {
     }
 
     /// The device's wg-quick text; the caller must be an admin (the file holds the device's private key).
-    private func clientConfiguration(_ context: BasicRequestContext) async throws -> String {
+    private func clientConfiguration(_ context: CoordinatorContext) async throws -> String {
         guard APIRole.current == .admin else {
             throw APIError(status: .forbidden, message: "client configurations hold private keys: only admin tokens may read them")
         }

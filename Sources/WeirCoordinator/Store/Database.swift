@@ -106,6 +106,22 @@ final class CoordinatorDatabase: Sendable {
             CREATE TABLE IF NOT EXISTS assignments (
                 id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, agent TEXT, selector TEXT, created_at DOUBLE PRECISION NOT NULL)
             """,
+            """
+            CREATE TABLE IF NOT EXISTS console_accounts (
+                name TEXT PRIMARY KEY, role TEXT NOT NULL, password_hash TEXT NOT NULL, failed_logins INTEGER NOT NULL DEFAULT 0,
+                locked_until DOUBLE PRECISION, created_at DOUBLE PRECISION NOT NULL, password_changed_at DOUBLE PRECISION NOT NULL)
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS console_sessions (
+                id_hash TEXT PRIMARY KEY, account TEXT NOT NULL, csrf TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+                last_seen DOUBLE PRECISION NOT NULL, address TEXT NOT NULL, user_agent TEXT NOT NULL)
+            """,
+            "CREATE INDEX IF NOT EXISTS console_sessions_account ON console_sessions (account)",
+            """
+            CREATE TABLE IF NOT EXISTS audit_log (
+                id TEXT PRIMARY KEY, time DOUBLE PRECISION NOT NULL, actor TEXT NOT NULL, source TEXT NOT NULL, action TEXT NOT NULL,
+                outcome TEXT NOT NULL, detail TEXT NOT NULL)
+            """,
         ]
         for statement in statements { try await sql.raw(SQLQueryString(statement)).run() }
         try await addColumn(table: "lists", column: "kind", definition: "TEXT NOT NULL DEFAULT 'destinations'")

@@ -1,0 +1,31 @@
+import Foundation
+import Mustache
+
+/// The console's pages: Mustache templates compiled into the binary (`Console/Resources/templates`). Mustache
+/// escapes every `{{value}}` for HTML; the templates use no triple braces, so nothing a user typed (labels,
+/// errors, names) reaches a page unescaped.
+struct ConsoleTemplates: Sendable {
+    let library: MustacheLibrary
+
+    init() throws {
+        let sources: [(String, [UInt8])] = [
+            ("layout", PackageResources.layout_mustache), ("login", PackageResources.login_mustache),
+            ("error", PackageResources.error_mustache), ("fleet", PackageResources.fleet_mustache),
+            ("fleet_rows", PackageResources.fleet_rows_mustache), ("pager", PackageResources.pager_mustache),
+            ("audit", PackageResources.audit_mustache),
+        ]
+        var library = MustacheLibrary()
+        for (name, bytes) in sources { try library.register(String(decoding: bytes, as: UTF8.self), named: name) }
+        self.library = library
+    }
+
+    func render(_ name: String, _ context: [String: Any]) -> String {
+        library.render(context, withTemplate: name) ?? ""
+    }
+
+    /// Static files under /assets/: name → (content type, bytes).
+    static let assets: [String: (type: String, bytes: [UInt8])] = [
+        "console.css": ("text/css; charset=utf-8", PackageResources.console_css),
+        "console.js": ("text/javascript; charset=utf-8", PackageResources.console_js),
+    ]
+}

@@ -1,0 +1,183 @@
+import Foundation
+import Hummingbird
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// The fleet page: every agent with its state, filtered and paged on the server, and kept current by a
+/// server-sent event stream that sends the re-rendered rows when they change.
+extension Console {
+    static let pageSize = 100
+    /// How often a live page's rows are rendered again (and "last seen" ages).
+    static let liveInterval: Duration = .seconds(2)
+
+    struct FleetQuery {
+        var selector: LabelSelector?
+        var labelText = ""
+        var labelError: String?
+        var status = ""
+        var page = 1
+
+        init(_ parameters: Hummingbird.Parameters) {
+            labelText = (parameters.get("label") ?? "").trimmingCharacters(in: .whitespaces)
+            if !labelText.isEmpty {
+                do { selector = try LabelSelector(parsing: labelText) } catch {
+                    labelError = "\"\(labelText)\" is not a label filter: write key=value, several separated by commas."
+                }
+            }
+            status = ["online", "offline"].contains(parameters.get("status") ?? "") ? parameters.get("status")! : ""
+            page = max(1, Int(parameters.get("page") ?? "") ?? 1)
+        }
+
+        func text(page: Int? = nil) -> String {
+            var items: [URLQueryItem] = []
+            if !labelText.isEmpty { items.append(.init(name: "label", value: labelText)) }
+            if !status.isEmpty { items.append(.init(name: "status", value: status)) }
+            if let page, page > 1 { items.append(.init(name: "page", value: "\(page)")) }
+            var components = URLComponents()
+            components.queryItems = items
+            return components.percentEncodedQuery ?? ""
+        }
+    }
+
+    /// What the rows, summary and pager show, rendered.
+    struct FleetView {
+        var rows: String
+        var summary: String
+        var pager: String
+        var values: [String: Any]
+    }
+
+    func registerFleet(on router: Router<CoordinatorContext>) {
+        router.get("/") { request, _ -> Response in
+            let query = FleetQuery(request.uri.queryParameters)
+            let view = try await fleetView(query)
+            var values = view.values
+            values["fleetPage"] = true
+            values["summary"] = view.summary
+            values["label"] = query.labelText
+            if let error = query.labelError { values["labelError"] = error }
+            values["statusAny"] = query.status.isEmpty
+            values["statusOnline"] = query.status == "online"
+            values["statusOffline"] = query.status == "offline"
+            values["filtered"] = !query.labelText.isEmpty || !query.status.isEmpty
+            values["query"] = query.text(page: query.page)
+            return page("fleet", title: "Fleet", values)
+        }
+        router.get("fleet/events") { request, _ -> Response in
+            guard let user = ConsoleUser.current else { throw HTTPError(.unauthorized) }
+            guard streams.open() else {
+                return Response(status: .serviceUnavailable, headers: [.retryAfter: "10"], body: .init(byteBuffer: ByteBuffer(string: "too many live pages\n")))
+            }
+            let query = FleetQuery(request.uri.queryParameters)
+            return Response(
+                status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-store"],
+                body: ResponseBody { writer in
+                    defer { streams.close() }
+                    var last = ""
+                    while !Task.isCancelled {
+                        // The session is asked again every round: signing out, a revoked session or its timeout
+                        // ends the stream (without extending the session: a stream is not activity).
+                        guard (try? await validate(user.session, touch: false)) ?? nil != nil else {
+                            try await writer.write(ByteBuffer(string: Self.event("signed_out", "")))
+                            break
+                        }
+                        let view = try await fleetView(query)
+                        let message = Self.event("rows", view.rows) + Self.event("summary", view.summary) + Self.event("pager", view.pager)
+                        // Unchanged rows are not sent again; a comment keeps proxies from closing the stream.
+                        try await writer.write(ByteBuffer(string: message == last ? ": still\n\n" : message))
+                        last = message
+                        try await Task.sleep(for: Self.liveInterval)
+                    }
+                    try await writer.finish(nil)
+                })
+        }
+    }
+
+    /// One server-sent event; every line of `data` gets its own `data:` field.
+    static func event(_ name: String, _ data: String) -> String {
+        "event: \(name)\n" + data.split(separator: "\n", omittingEmptySubsequences: false).map { "data: \($0)\n" }.joined() + "\n"
+    }
+
+    func fleetView(_ query: FleetQuery) async throws -> FleetView {
+        let now = Date().timeIntervalSince1970
+        let all = try await api.agentViews().sorted { $0.id < $1.id }
+        let online = all.filter(\.online).count
+        var matching = all
+        if let selector = query.selector { matching = matching.filter { selector.matches($0.labels) } }
+        if query.status == "online" { matching = matching.filter(\.online) }
+        if query.status == "offline" { matching = matching.filter { !$0.online } }
+        let pages = max(1, (matching.count + Self.pageSize - 1) / Self.pageSize)
+        let page = min(query.page, pages)
+        let shown = matching.dropFirst((page - 1) * Self.pageSize).prefix(Self.pageSize)
+        let rows: [[String: Any]] = shown.map { agent in
+            let state = agent.revoked ? "revoked" : agent.online ? "online" : "offline"
+            let bytesIn = agent.pipelines.values.reduce(0) { $0 + $1.bytesIn }
+            let bytesOut = agent.pipelines.values.reduce(0) { $0 + $1.bytesOut }
+            return [
+                "id": agent.id, "state": state, "seen": "last seen " + Self.age(now - agent.lastSeen),
+                "version": agent.version.isEmpty ? "—" : agent.version,
+                "labels": agent.labels.sorted { $0.key < $1.key }.map { ["text": "\($0.key)=\($0.value)"] },
+                "desired": Self.shortVersion(agent.desiredVersion), "applied": Self.shortVersion(agent.appliedVersion),
+                "bundle": agent.status, "bundleText": agent.status == "in_sync" ? "in sync" : agent.status,
+                "traffic": "\(Self.bytes(bytesIn)) / \(Self.bytes(bytesOut))", "lastError": agent.lastError ?? "",
+            ]
+        }
+        let refused = all.filter { $0.status == "refused" }.count, pending = all.filter { $0.status == "pending" }.count
+        let summary = "\(all.count) agents · \(online) online · \(all.count - online) offline · \(pending) pending · \(refused) refused"
+        var emptyText = "No agents yet. Create an enrollment token (weir ctl enrollment-tokens create --label site=NAME) and start weir agent with it."
+        if !all.isEmpty { emptyText = "No agent matches this filter." }
+        var pager: [String: Any] = [
+            "range": matching.isEmpty ? "0 agents" : "\((page - 1) * Self.pageSize + 1)–\((page - 1) * Self.pageSize + shown.count) of \(matching.count)"
+        ]
+        if page > 1 { pager["previous"] = query.text(page: page - 1) }
+        if page < pages { pager["next"] = query.text(page: page + 1) }
+        let values: [String: Any] = ["agents": rows, "emptyText": emptyText, "pages": pager]
+        return FleetView(
+            rows: templates.render("fleet_rows", values), summary: summary, pager: templates.render("pager", values), values: values)
+    }
+
+    static func shortVersion(_ version: String?) -> String {
+        guard let version, !version.isEmpty else { return "none" }
+        return String(version.prefix(12))
+    }
+
+    /// "3 s ago", "5 min ago", "2 h ago", "4 days ago".
+    static func age(_ seconds: Double) -> String {
+        let value = max(0, Int(seconds))
+        switch value {
+        case ..<60: return "\(value) s ago"
+        case ..<3600: return "\(value / 60) min ago"
+        case ..<86400: return "\(value / 3600) h ago"
+        default: return "\(value / 86400) days ago"
+        }
+    }
+
+    static func bytes(_ value: Double) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
+        var amount = value, unit = 0
+        while amount >= 1024, unit < units.count - 1 {
+            amount /= 1024
+            unit += 1
+        }
+        return unit == 0 ? "\(Int(amount)) B" : String(format: "%.1f %@", amount, units[unit])
+    }
+}
+
+/// Open live streams, bounded: each holds a connection and renders every two seconds.
+final class LiveStreams: Sendable {
+    private let count = NIOLockedValueBox(0)
+    let limit: Int
+
+    init(limit: Int) { self.limit = limit }
+
+    func open() -> Bool {
+        count.withLockedValue { count in
+            guard count < limit else { return false }
+            count += 1
+            return true
+        }
+    }
+
+    func close() { count.withLockedValue { $0 -= 1 } }
+    var current: Int { count.withLockedValue { $0 } }
+}
