@@ -91,6 +91,7 @@ public struct Coordinator: Service {
         }
         api.register(on: router)
         console.register(on: router)
+        AuditAPI(audit: console.audit).register(on: router)
 
         var services: [any Service] = [
             Housekeeping(store: store, consoleStore: console.accounts, distributor: distributor, metrics: metrics, config: config, logger: logger)

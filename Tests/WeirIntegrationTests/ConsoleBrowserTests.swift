@@ -1,0 +1,47 @@
+import Foundation
+import Testing
+
+/// The web console in a real browser: headless Chromium driven by Selenium (Tests/browser/console_e2e.py)
+/// against a real coordinator and two real agents. Screenshots of each page are kept as artefacts in
+/// .build/artefacts/console (or $WEIR_ARTEFACTS/console).
+@Suite(
+    "web console in Chromium", .serialized,
+    .enabled(
+        if: FileManager.default.isExecutableFile(atPath: "/usr/bin/chromium") && FileManager.default.isExecutableFile(atPath: "/usr/bin/chromedriver"),
+        "needs Debian's chromium and chromium-driver (make test installs them)"))
+struct ConsoleBrowserTests {
+    static var repository: URL { URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent() }
+
+    static var artefacts: URL {
+        let base = ProcessInfo.processInfo.environment["WEIR_ARTEFACTS"].map { URL(fileURLWithPath: $0) }
+            ?? repository.appendingPathComponent(".build/artefacts")
+        return base.appendingPathComponent("console")
+    }
+
+    @Test("sign in (a wrong password first); two agents online; one stopped turns offline live; label filter; audit; no CSP violation; sign out")
+    func fleet() throws {
+        let pki = try TestPKI()
+        let coordinator = try CoordinatorProcess(pki: pki)
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let agents = try [("edge-a", "a"), ("edge-b", "b")].map { id, site in
+            try CoordinatorTests.managedAgent(id, coordinator: coordinator, token: try coordinator.enrollmentToken(labels: ["site": site]), labels: [:])
+        }
+        defer { for agent in agents { agent.stop() } }
+        #expect(try coordinator.createConsoleAccount("olivia", role: "operator", password: "lantern harbour quiet 77").status == 0)
+
+        // Screenshots of this run only (a failure's is named failure.png).
+        try? FileManager.default.removeItem(at: Self.artefacts)
+        let script = Self.repository.appendingPathComponent("Tests/browser/console_e2e.py").path
+        let environment = [
+            "WEIR_URL=\(coordinator.url)", "WEIR_ACCOUNT=olivia", "WEIR_PASSWORD=lantern harbour quiet 77", "WEIR_AGENTS=edge-a,edge-b",
+            "WEIR_STOP_PID=\(agents[1].pid)", "WEIR_SCREENSHOTS=\(Self.artefacts.path)",
+        ]
+        // Debian's python3: python3-selenium and python3-pyotp are installed for it.
+        let (status, output) = try command(["env"] + environment + ["/usr/bin/python3", script])
+        #expect(status == 0, "\(output)\ncoordinator log:\n\(coordinator.log.suffix(3000))")
+        for page in ["login", "fleet", "fleet-offline", "fleet-filtered", "audit"] {
+            #expect(FileManager.default.fileExists(atPath: Self.artefacts.appendingPathComponent(page + ".png").path), "screenshot \(page)")
+        }
+    }
+}

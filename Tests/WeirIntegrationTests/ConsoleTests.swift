@@ -1,0 +1,195 @@
+import Foundation
+import Testing
+
+/// The web console's security, against a real coordinator with curl as the browser: sign-in, cookies,
+/// headers, CSRF, throttling and lockout, roles, sessions' end, and the audit trail of all of it.
+@Suite("web console: sign-in, sessions, CSRF, roles and audit", .serialized)
+struct ConsoleTests {
+    static func audit(_ coordinator: CoordinatorProcess, _ client: ConsoleClient, _ query: String = "") throws -> String {
+        try client.get("/audit.csv" + query).body
+    }
+
+    @Test("first start: an admin whose password is in a 0600 file (not the log); sign-in sets a __Host- session; headers on every page; sign-out ends the session")
+    func signInAndOut() throws {
+        let pki = try TestPKI()
+        let coordinator = try CoordinatorProcess(pki: pki)
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let passwordFile = coordinator.directory.appendingPathComponent("state/console-admin.password").path
+        let mode = try FileManager.default.attributesOfItem(atPath: passwordFile)[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+        let password = coordinator.consoleAdminPassword
+        #expect(password.count >= 20)
+        #expect(!coordinator.log.contains(password), "the password is never logged")
+
+        let browser = ConsoleClient(coordinator)
+        // Signed out: every page leads to the sign-in page, which carries the strict headers.
+        let home = try browser.get("/")
+        #expect(home.status == 303 && home.headers["location"] == "/login", "\(home)")
+        let audit = try browser.get("/audit?actor=x")
+        #expect(audit.status == 303 && audit.headers["location"]?.hasPrefix("/login?next=") == true)
+        let login = try browser.get("/login")
+        #expect(login.status == 200)
+        for page in [home, login, try browser.get("/api/v1/openapi.json"), try browser.get("/assets/console.css")] {
+            #expect(page.headers["content-security-policy"]?.contains("script-src 'self'") == true)
+            #expect(page.headers["content-security-policy"]?.contains("frame-ancestors 'none'") == true)
+            #expect(page.headers["strict-transport-security"]?.hasPrefix("max-age=") == true)
+            #expect(page.headers["x-content-type-options"] == "nosniff")
+            #expect(page.headers["referrer-policy"] != nil)
+        }
+
+        let wrong = try browser.signIn("admin", password + "x")
+        #expect(wrong.status == 401 && wrong.body.contains("The account name or password is wrong."))
+        let signedIn = try browser.signIn("admin", password, next: "/audit")
+        #expect(signedIn.status == 303 && signedIn.headers["location"] == "/audit", "\(signedIn)")
+        let cookie = try #require(signedIn.cookies.first { $0.hasPrefix("__Host-weir_session=") })
+        for attribute in ["Path=/", "Secure", "HttpOnly", "SameSite=Strict"] { #expect(cookie.contains(attribute), "\(cookie)") }
+        let id = cookie.dropFirst("__Host-weir_session=".count).prefix { $0 != ";" }
+        #expect(id.count >= 22, "at least 128 random bits")
+        #expect(!((try? String(contentsOfFile: coordinator.directory.path + "/state/coordinator.db-wal", encoding: .isoLatin1)) ?? "").contains(String(id)),
+                "the database keeps the session id's hash only")
+        let fleet = try browser.get("/")
+        #expect(fleet.status == 200 && fleet.body.contains("No agents yet"), "\(fleet.body)")
+        #expect(fleet.body.contains("<span class=\"account\">admin</span>"))
+        // A session cookie another client copies works for it too — but not after sign-out.
+        let token = try #require(fleet.field("csrf-token"))
+        let out = try browser.post("/logout", csrf: token)
+        #expect(out.status == 303 && out.headers["location"] == "/login")
+        #expect(try browser.request("GET", "/", headers: ["Cookie: __Host-weir_session=\(id)"], useCookies: false).status == 303)
+
+        let admin = ConsoleClient(coordinator)
+        try admin.signIn("admin", password)
+        let trail = try Self.audit(coordinator, admin)
+        #expect(trail.contains("login:admin,127.0.0.1,sign_in,failed"), "\(trail)")
+        #expect(trail.contains("account:admin,127.0.0.1,sign_in,ok"))
+        #expect(trail.contains("account:admin,127.0.0.1,sign_out,ok"))
+    }
+
+    @Test("CSRF: a state change without the session's token, from another Origin or cross-site is refused (403) and audited; the sign-in form needs its own token")
+    func csrf() throws {
+        let coordinator = try CoordinatorProcess(pki: try TestPKI())
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let browser = ConsoleClient(coordinator)
+        try browser.signIn("admin", coordinator.consoleAdminPassword)
+        let token = try browser.csrfToken()
+        #expect(!token.isEmpty)
+        #expect(try browser.post("/logout").status == 403, "no token")
+        #expect(try browser.post("/logout", csrf: "x" + token.dropFirst()).status == 403, "wrong token")
+        #expect(try browser.post("/logout", csrf: token, origin: "https://evil.example").status == 403, "another origin")
+        #expect(try browser.post("/logout", csrf: token, headers: ["Sec-Fetch-Site: cross-site"]).status == 403, "cross-site")
+        #expect(try browser.get("/").status == 200, "still signed in: nothing was changed")
+        // A GET changes nothing: /logout by GET is not a sign-out.
+        #expect(try browser.get("/logout").status != 303)
+        #expect(try browser.get("/").status == 200)
+        // The sign-in form: without its token, or with one that does not match the cookie set with the form.
+        let stranger = ConsoleClient(coordinator)
+        #expect(try stranger.post("/login", ["name": "admin", "password": coordinator.consoleAdminPassword]).status == 403)
+        _ = try stranger.get("/login")
+        #expect(try stranger.post("/login", ["name": "admin", "password": coordinator.consoleAdminPassword, "token": "forged"]).status == 403)
+        #expect(try stranger.get("/").status == 303, "not signed in")
+        let trail = try Self.audit(coordinator, browser, "?outcome=refused")
+        #expect(trail.contains("POST /logout,refused,missing or wrong CSRF token"), "\(trail)")
+        #expect(trail.contains("request from another origin (https://evil.example)"))
+        #expect(trail.contains("cross-site request (Sec-Fetch-Site: cross-site)"))
+        #expect(trail.contains("sign-in form token missing or wrong"))
+        #expect(try browser.post("/logout", csrf: token).status == 303, "with the token it works")
+    }
+
+    @Test("lockout: five wrong passwords lock the account (the right one is refused too); twenty failures lock out the address; all audited")
+    func lockoutAndThrottle() throws {
+        let coordinator = try CoordinatorProcess(pki: try TestPKI(), settings: ["console: {lockout_after: 5, lockout_duration: 1h}"])
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let created = try coordinator.createConsoleAccount("alice", role: "operator", password: "a long passphrase for alice's tests")
+        #expect(created.status != 0, "the account name in the password is refused: \(created.output)")
+        #expect(created.output.contains("may not contain the account name"))
+        let weak = try coordinator.createConsoleAccount("alice", role: "operator", password: "password1234")
+        #expect(weak.status != 0 && weak.output.contains("common password"), "\(weak.output)")
+        let made = try coordinator.createConsoleAccount("alice", role: "operator", password: "violet tractor mountain 42")
+        #expect(made.status == 0, "\(made.output)")
+
+        let browser = ConsoleClient(coordinator)
+        for _ in 0..<5 { #expect(try browser.signIn("alice", "not the password at all").status == 401) }
+        let locked = try browser.signIn("alice", "violet tractor mountain 42")
+        #expect(locked.status == 403 && locked.body.contains("This account is locked"), "\(locked.body)")
+        let listed = try command([WeirProcess.binary, "coordinator", "admin", "list", "--config", coordinator.configPath])
+        #expect(listed.output.contains("alice\toperator\tlocked"), "\(listed.output)")
+        // The address: 20 failures in 10 minutes (5 so far, plus the refused one which is not a failure).
+        for index in 0..<15 { #expect(try browser.signIn("nobody\(index)", "whatever whatever").status == 401) }
+        let throttled = try browser.signIn("admin", coordinator.consoleAdminPassword)
+        #expect(throttled.status == 429 && throttled.headers["retry-after"] != nil, "\(throttled.status) \(throttled.body)")
+        #expect(throttled.body.contains("Too many failed sign-ins from your address"))
+
+        // The trail, through the API (the address may not sign in now).
+        let entries = try #require(try coordinator.admin("GET", "/api/v1/audit?action=sign_in&limit=1000") as? [[String: Any]])
+        let lines = entries.map { "\($0["actor"]!)|\($0["outcome"]!)|\($0["detail"]!)" }
+        #expect(lines.contains { $0.hasPrefix("login:alice|locked|wrong password; account locked for") }, "\(lines)")
+        #expect(lines.contains("login:alice|locked|account locked"))
+        #expect(lines.contains("login:admin|refused|too many failed sign-ins from this address"))
+        #expect(lines.filter { $0.contains("|failed|") }.count == 19, "\(lines)")
+        #expect(try coordinator.admin("GET", "/api/v1/audit?outcome=locked&limit=1") is [[String: Any]])
+    }
+
+    @Test("roles: a viewer sees the fleet but not the audit trail (403, audited); API writes are audited with the token's name; the CSV export has them")
+    func rolesAndAPIAudit() throws {
+        let coordinator = try CoordinatorProcess(pki: try TestPKI())
+        try coordinator.start()
+        defer { coordinator.stop() }
+        #expect(try coordinator.createConsoleAccount("vera", role: "viewer", password: "seven orange kites at dawn").status == 0)
+        let viewer = ConsoleClient(coordinator)
+        #expect(try viewer.signIn("vera", "seven orange kites at dawn").status == 303)
+        #expect(try viewer.get("/").status == 200)
+        let refused = try viewer.get("/audit")
+        #expect(refused.status == 403 && refused.body.contains("Your role (viewer) cannot read the audit log"), "\(refused.body)")
+        #expect(try viewer.get("/audit.csv").status == 403)
+
+        // API: a write by the admin token, one refused for a viewer token.
+        try coordinator.admin("PUT", "/api/v1/lists/allowed", json: ["entries": ["example.org"]])
+        let created = try coordinator.admin("POST", "/api/v1/tokens", json: ["name": "dashboards", "role": "viewer"]) as? [String: Any]
+        let viewerToken = try #require(created?["token"] as? String)
+        let (status, _) = try coordinator.request("DELETE", "/api/v1/lists/allowed", token: viewerToken)
+        #expect(status == 403)
+        #expect(try coordinator.request("GET", "/api/v1/agents", token: "weir_api_wrong").0 == 401)
+
+        let admin = ConsoleClient(coordinator)
+        try admin.signIn("admin", coordinator.consoleAdminPassword)
+        let csv = try admin.get("/audit.csv")
+        #expect(csv.headers["content-type"]?.hasPrefix("text/csv") == true)
+        #expect(csv.headers["content-disposition"]?.contains("attachment") == true)
+        #expect(csv.body.hasPrefix("time,actor,source,action,outcome,detail\r\n"))
+        #expect(csv.body.contains("token:bootstrap-admin,127.0.0.1,PUT /api/v1/lists/allowed,ok,201"), "\(csv.body)")
+        #expect(csv.body.contains("token:bootstrap-admin,127.0.0.1,POST /api/v1/tokens,ok,201"))
+        #expect(csv.body.contains("token:dashboards,127.0.0.1,DELETE /api/v1/lists/allowed,refused,\"403: token \"\"dashboards\"\" has role viewer"))
+        let viewerAudit = try coordinator.request("GET", "/api/v1/audit", token: viewerToken)
+        #expect(viewerAudit.0 == 403, "viewers read no audit trail through the API either")
+        #expect(csv.body.contains("token:?,127.0.0.1,GET /api/v1/agents,refused,401"))
+        #expect(csv.body.contains("account:vera,127.0.0.1,read the audit log,refused,role viewer < operator"))
+        // The page filters on the server.
+        let page = try admin.get("/audit?outcome=refused&actor=account%3Avera")
+        #expect(page.body.contains("read the audit log") && !page.body.contains("PUT /api/v1/lists/allowed"))
+        #expect(!csv.body.contains(coordinator.adminToken), "no secret in the trail")
+    }
+
+    @Test("sessions end when idle longer than the idle timeout, and at their lifetime however used")
+    func sessionTimeouts() throws {
+        let coordinator = try CoordinatorProcess(pki: try TestPKI(), settings: ["console: {session_idle_timeout: 2s, session_lifetime: 5s}"])
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let browser = ConsoleClient(coordinator)
+        try browser.signIn("admin", coordinator.consoleAdminPassword)
+        // Used every second: the idle timeout never passes, the lifetime does.
+        var signedIn = 0
+        for _ in 0..<7 {
+            if try browser.get("/").status == 200 { signedIn += 1 }
+            sleep(1)
+        }
+        #expect((3...5).contains(signedIn), "\(signedIn) of 7 seconds")
+        #expect(try browser.get("/").status == 303)
+        // Left alone past the idle timeout.
+        try browser.signIn("admin", coordinator.consoleAdminPassword)
+        #expect(try browser.get("/").status == 200)
+        sleep(3)
+        #expect(try browser.get("/").status == 303)
+    }
+}

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""The web console in headless Chromium against a real coordinator and real agents (started by
+ConsoleBrowserTests, which passes what it made in the environment). Exit 0 when every step holds; else the
+failed step, the page's text and a screenshot.
+
+WEIR_URL          https://localhost:PORT of the coordinator
+WEIR_ACCOUNT      account name, WEIR_PASSWORD its password
+WEIR_AGENTS       the two agent ids, comma-separated: the first labelled site=a, the second site=b
+WEIR_STOP_PID     the second agent's process, stopped by this script to watch it go offline
+WEIR_SCREENSHOTS  directory for a screenshot of each page
+"""
+import os
+import signal
+import sys
+import time
+
+os.environ.setdefault("SE_OFFLINE", "true")  # never download a driver: Debian's chromium-driver is used
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+URL = os.environ["WEIR_URL"]
+ACCOUNT, PASSWORD = os.environ["WEIR_ACCOUNT"], os.environ["WEIR_PASSWORD"]
+FIRST, SECOND = os.environ["WEIR_AGENTS"].split(",")
+STOP_PID = int(os.environ["WEIR_STOP_PID"])
+SHOTS = os.environ["WEIR_SCREENSHOTS"]
+os.makedirs(SHOTS, exist_ok=True)
+
+options = Options()
+options.binary_location = "/usr/bin/chromium"
+for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,900",
+                 # The test CA is not in the browser's store; the connection is still HTTPS (a secure context, so
+                 # __Host- cookies and Secure apply as with a trusted certificate).
+                 "--ignore-certificate-errors"):
+    options.add_argument(argument)
+options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+step = "start"
+
+
+def shot(name):
+    driver.save_screenshot(os.path.join(SHOTS, name + ".png"))
+
+
+def wait(condition, seconds=20, what=""):
+    try:
+        return WebDriverWait(driver, seconds, poll_frequency=0.2).until(lambda d: condition(d))
+    except TimeoutException:
+        raise AssertionError(f"timed out after {seconds} s waiting for {what or step}")
+
+
+def row(agent):
+    found = driver.find_elements(By.CSS_SELECTOR, f'tr[data-agent="{agent}"]')
+    return found[0] if found else None
+
+
+def state(agent):
+    element = row(agent)
+    return element.get_attribute("data-state") if element else None
+
+
+def check(condition, message):
+    if not condition:
+        raise AssertionError(message)
+
+
+try:
+    step = "a signed-out visit goes to the sign-in page"
+    driver.get(URL + "/")
+    wait(lambda d: d.current_url.endswith("/login"))
+    shot("login")
+
+    step = "a wrong password is refused with a message"
+    driver.find_element(By.NAME, "name").send_keys(ACCOUNT)
+    driver.find_element(By.NAME, "password").send_keys(PASSWORD + "-wrong")
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait(lambda d: d.find_elements(By.ID, "signin-error"))
+    check("wrong" in driver.find_element(By.ID, "signin-error").text, driver.find_element(By.ID, "signin-error").text)
+
+    step = "sign in"
+    driver.find_element(By.NAME, "name").clear()
+    driver.find_element(By.NAME, "name").send_keys(ACCOUNT)
+    driver.find_element(By.NAME, "password").send_keys(PASSWORD)
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait(lambda d: d.find_elements(By.ID, "fleet"), what="the fleet page")
+    cookies = {c["name"]: c for c in driver.get_cookies()}
+    session = cookies.get("__Host-weir_session")
+    check(session and session["secure"] and session["httpOnly"] and session.get("sameSite") == "Strict", f"session cookie: {session}")
+
+    step = "both agents online"
+    wait(lambda d: state(FIRST) == "online" and state(SECOND) == "online", what="both agents online")
+    check("2 agents" in driver.find_element(By.ID, "fleet-summary").text, driver.find_element(By.ID, "fleet-summary").text)
+    check("site=a" in row(FIRST).text and "site=b" in row(SECOND).text, row(FIRST).text + " / " + row(SECOND).text)
+    shot("fleet")
+
+    step = "a stopped agent turns offline on the open page, without reloading it"
+    driver.execute_script("window.weirMarker = 42;")
+    os.kill(STOP_PID, signal.SIGTERM)
+    wait(lambda d: state(SECOND) == "offline", seconds=30, what=f"{SECOND} offline")
+    check(state(FIRST) == "online", "the other agent stays online")
+    check(driver.execute_script("return window.weirMarker;") == 42, "the page was reloaded")
+    check("last seen" in row(SECOND).text, row(SECOND).text)
+    check("1 online" in driver.find_element(By.ID, "fleet-summary").text, driver.find_element(By.ID, "fleet-summary").text)
+    shot("fleet-offline")
+
+    step = "the label filter (on the server)"
+    field = driver.find_element(By.NAME, "label")
+    field.clear()
+    field.send_keys("site=a")
+    driver.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]").click()
+    wait(lambda d: "label=site" in d.current_url and row(FIRST) is not None and row(SECOND) is None, what="only site=a")
+    shot("fleet-filtered")
+
+    step = "the audit page shows the sign-ins"
+    driver.get(URL + "/audit")
+    wait(lambda d: d.find_elements(By.ID, "audit"))
+    text = driver.find_element(By.ID, "audit").text
+    check(f"account:{ACCOUNT}" in text and "sign_in" in text and f"login:{ACCOUNT}" in text, text)
+    shot("audit")
+
+    step = "no Content-Security-Policy violation and no script error on any page"
+    # The wrong password's page is a 401 document, which Chromium logs as a failed load: expected.
+    expected = "/login - Failed to load resource: the server responded with a status of 401"
+    problems = [entry["message"] for entry in driver.get_log("browser")
+                if entry["level"] == "SEVERE" and expected not in entry["message"]]
+    check(not problems, "\n".join(problems))
+
+    step = "sign out"
+    driver.find_element(By.CSS_SELECTOR, "header form[action='/logout'] button").click()
+    wait(lambda d: d.current_url.endswith("/login"))
+    driver.get(URL + "/")
+    wait(lambda d: d.current_url.endswith("/login"), what="signed out stays signed out")
+    print("console e2e: every step passed")
+except Exception as error:  # report the step, the page and a screenshot
+    try:
+        shot("failure")
+        body = driver.find_element(By.TAG_NAME, "body").text[:2000]
+    except Exception:
+        body = "(no page)"
+    print(f"console e2e failed at: {step}\n{error}\npage: {driver.current_url}\n{body}", file=sys.stderr)
+    sys.exit(1)
+finally:
+    driver.quit()
