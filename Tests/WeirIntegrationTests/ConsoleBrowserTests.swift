@@ -18,7 +18,7 @@ struct ConsoleBrowserTests {
         return base.appendingPathComponent("console")
     }
 
-    @Test("sign in (a wrong password first); two agents online; one stopped turns offline live; label filter; audit; no CSP violation; sign out")
+    @Test("sign in (a wrong password first); set up TOTP and sign in again with it; two agents online; one stopped turns offline live; label filter; audit; no CSP violation; sign out")
     func fleet() throws {
         let pki = try TestPKI()
         let coordinator = try CoordinatorProcess(pki: pki)
@@ -40,7 +40,7 @@ struct ConsoleBrowserTests {
         // Debian's python3: python3-selenium and python3-pyotp are installed for it.
         let (status, output) = try command(["env"] + environment + ["/usr/bin/python3", script])
         #expect(status == 0, "\(output)\ncoordinator log:\n\(coordinator.log.suffix(3000))")
-        for page in ["login", "fleet", "fleet-offline", "fleet-filtered", "audit"] {
+        for page in ["login", "two-factor-setup", "two-factor-recovery-codes", "two-factor-code", "fleet", "fleet-offline", "fleet-filtered", "audit"] {
             #expect(FileManager.default.fileExists(atPath: Self.artefacts.appendingPathComponent(page + ".png").path), "screenshot \(page)")
         }
     }

@@ -50,7 +50,7 @@ struct ConsoleTests {
                 "the database keeps the session id's hash only")
         let fleet = try browser.get("/")
         #expect(fleet.status == 200 && fleet.body.contains("No agents yet"), "\(fleet.body)")
-        #expect(fleet.body.contains("<span class=\"account\">admin</span>"))
+        #expect(fleet.body.contains("<a class=\"account\" href=\"/account\">admin</a>"))
         // A session cookie another client copies works for it too — but not after sign-out.
         let token = try #require(fleet.field("csrf-token"))
         let out = try browser.post("/logout", csrf: token)
@@ -191,5 +191,147 @@ struct ConsoleTests {
         #expect(try browser.get("/").status == 200)
         sleep(3)
         #expect(try browser.get("/").status == 303)
+    }
+
+    /// The key the account page shows while two-factor sign-in is being set up.
+    static func totpKey(_ page: String) -> String? {
+        page.range(of: "id=\"totp-secret\">[A-Z2-7]+<", options: .regularExpression).map {
+            String(page[$0].dropFirst("id=\"totp-secret\">".count).dropLast())
+        }
+    }
+
+    /// A TOTP code of `key` (base32, as the account page shows it) for the 30 s step `offset` steps from now, by pyotp.
+    static func totp(_ key: String, offset: Int = 0) throws -> String {
+        try command(["/usr/bin/python3", "-c", "import pyotp, time; print(pyotp.TOTP('\(key)').at(time.time() + \(offset * 30)))"]).output
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    @Test("two-factor: enrolment by QR code (decoded with zbarimg) and a code; sign-in asks for a code, each usable once; recovery codes once; the half session sees nothing else")
+    func twoFactor() throws {
+        let coordinator = try CoordinatorProcess(pki: try TestPKI())
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let password = coordinator.consoleAdminPassword
+        let browser = ConsoleClient(coordinator)
+        try browser.signIn("admin", password)
+        var csrf = try browser.csrfToken()
+        let setup = try browser.post("/account/2fa/start", csrf: csrf)
+        let key = try #require(Self.totpKey(setup.body))
+        // The QR code holds the otpauth URL with the same key.
+        let image = try #require(setup.body.range(of: "data:image/png;base64,[A-Za-z0-9+/=]+", options: .regularExpression))
+        let png = try #require(Data(base64Encoded: String(setup.body[image].dropFirst("data:image/png;base64,".count))))
+        let file = coordinator.directory.appendingPathComponent("qr.png")
+        try png.write(to: file)
+        // (zbarimg may say first that it found no D-Bus; the URL is its own line.)
+        let decoded = try command(["zbarimg", "--raw", "-q", file.path]).output.split(separator: "\n").filter { $0.hasPrefix("otpauth://") }
+        #expect(decoded == ["otpauth://totp/Weir:admin?secret=\(key)&issuer=Weir"], "\(decoded)")
+
+        #expect(try browser.post("/account/2fa/confirm", ["code": "000000"], csrf: csrf).body.contains("That code does not match"))
+        let enrolCode = try Self.totp(key)
+        let enabled = try browser.post("/account/2fa/confirm", ["code": enrolCode], csrf: csrf)
+        let codes = enabled.body.components(separatedBy: "<li><code>").dropFirst().map { String($0.prefix { $0 != "<" }) }
+        #expect(codes.count == 10 && codes.allSatisfy { $0.count == 14 }, "\(codes)")
+        #expect(try browser.get("/account").body.contains("On. 10 recovery codes left."))
+        #expect(try browser.post("/logout", csrf: csrf).status == 303)
+
+        // Password first: a half session, good for the code page only.
+        let half = try browser.signIn("admin", password)
+        #expect(half.status == 303 && half.headers["location"]?.hasPrefix("/login/2fa") == true, "\(half)")
+        #expect(try browser.get("/").headers["location"] == "/login/2fa")
+        #expect(try browser.get("/account").headers["location"] == "/login/2fa")
+        let codePage = try browser.get("/login/2fa")
+        csrf = try #require(codePage.field("csrf"))
+        let reused = try browser.post("/login/2fa", ["code": enrolCode], csrf: csrf)
+        #expect(reused.status == 401 && reused.body.contains("was used already"), "the code used to enrol works once")
+        let signedIn = try browser.post("/login/2fa", ["code": try Self.totp(key, offset: 1), "next": "/audit"], csrf: csrf)
+        #expect(signedIn.status == 303 && signedIn.headers["location"] == "/audit")
+        #expect(try browser.get("/").status == 200)
+        csrf = try browser.csrfToken()
+        #expect(try browser.post("/logout", csrf: csrf).status == 303)
+
+        // A recovery code signs in once.
+        for attempt in 0..<2 {
+            try browser.signIn("admin", password)
+            let token = try #require(try browser.get("/login/2fa").field("csrf"))
+            let answer = try browser.post("/login/2fa", ["code": codes[0].uppercased()], csrf: token)
+            #expect(answer.status == (attempt == 0 ? 303 : 401), "attempt \(attempt): \(answer.status)")
+            if attempt == 0 { #expect(try browser.post("/logout", csrf: try browser.csrfToken()).status == 303) }
+        }
+        let admin = ConsoleClient(coordinator)
+        try admin.signIn("admin", password)
+        let code = try #require(try admin.get("/login/2fa").field("csrf"))
+        #expect(try admin.post("/login/2fa", ["code": codes[1]], csrf: code).status == 303)
+        #expect(try admin.get("/account").body.contains("On. 8 recovery codes left."))
+        let trail = try Self.audit(coordinator, admin)
+        #expect(trail.contains("account:admin,127.0.0.1,sign_in,ok,with TOTP"), "\(trail)")
+        #expect(trail.contains("account:admin,127.0.0.1,sign_in,ok,with a recovery code (9 left)"))
+        #expect(trail.contains("account:admin,127.0.0.1,sign_in.second_factor,failed,wrong or used code"))
+        #expect(trail.contains("account:admin,127.0.0.1,two_factor.enable,ok"))
+        #expect(!trail.contains(key) && !trail.contains(codes[2]), "no secret in the trail")
+    }
+
+    @Test("administrators: accounts made, demoted, deleted (their sessions end) on the page; two-factor required for everyone; a password change ends the other sessions")
+    func administrators() throws {
+        let coordinator = try CoordinatorProcess(pki: try TestPKI())
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let password = coordinator.consoleAdminPassword
+        let admin = ConsoleClient(coordinator)
+        try admin.signIn("admin", password)
+        let csrf = try admin.csrfToken()
+        #expect(try admin.get("/administrators").body.contains("data-account=\"admin\""))
+        let made = try admin.post("/administrators/create", ["name": "victor", "role": "viewer", "password": ""], csrf: csrf)
+        let generated = try #require(made.body.range(of: "id=\"created-password\">[^<]+<", options: .regularExpression).map {
+            String(made.body[$0].dropFirst("id=\"created-password\">".count).dropLast())
+        })
+        #expect(try admin.post("/administrators/create", ["name": "weak", "role": "viewer", "password": "password123456"], csrf: csrf).body
+            .contains("Account not created"))
+        let victor = ConsoleClient(coordinator)
+        #expect(try victor.signIn("victor", generated).status == 303)
+        #expect(try victor.get("/administrators").status == 403, "viewers do not manage accounts")
+        #expect(try victor.post("/administrators/delete", ["name": "admin"], csrf: try victor.csrfToken()).status == 403)
+        #expect(try admin.post("/administrators/delete", ["name": "admin"], csrf: csrf).body.contains("You cannot delete your own account"))
+
+        // Everyone must use two-factor — the admin who requires it first (else the page refuses).
+        #expect(try admin.post("/administrators/two-factor", ["required": "true"], csrf: csrf).body.contains("Set up your own two-factor sign-in first"))
+        let adminKey = try #require(Self.totpKey(try admin.post("/account/2fa/start", csrf: csrf).body))
+        #expect(try admin.post("/account/2fa/confirm", ["code": try Self.totp(adminKey)], csrf: csrf).body.contains("recovery-codes"))
+        #expect(try admin.post("/administrators/two-factor", ["required": "true"], csrf: csrf).body.contains("required for every account"))
+        // victor can reach only his account page until he sets it up.
+        #expect(try victor.get("/").headers["location"] == "/account?required=1")
+        #expect(try victor.get("/account?required=1").body.contains("Your administrators require two-factor sign-in"))
+        let victorCSRF = try #require(try victor.get("/account").field("csrf"))
+        let setup = try victor.post("/account/2fa/start", csrf: victorCSRF)
+        let key = try #require(Self.totpKey(setup.body))
+        #expect(try victor.post("/account/2fa/confirm", ["code": try Self.totp(key)], csrf: victorCSRF).body.contains("recovery-codes"))
+        #expect(try victor.get("/").status == 200, "set up: the fleet again")
+        #expect(try victor.post("/account/2fa/disable", ["password": generated], csrf: victorCSRF).body.contains("cannot be turned off"))
+
+        // A role change applies at the next request; deleting an account ends its sessions.
+        #expect(try victor.get("/audit").status == 403)
+        #expect(try admin.post("/administrators/role", ["name": "victor", "role": "operator"], csrf: csrf).body.contains("victor is now operator"))
+        #expect(try victor.get("/audit").status == 200)
+        #expect(try admin.post("/administrators/delete", ["name": "victor"], csrf: csrf).body.contains("victor was deleted"))
+        #expect(try victor.get("/").status == 303)
+        #expect(try admin.post("/administrators/two-factor", ["required": "false"], csrf: csrf).body.contains("optional"))
+
+        // A password change keeps this session and ends the others.
+        let other = ConsoleClient(coordinator)
+        try other.signIn("admin", password)
+        let otherCSRF = try #require(try other.get("/login/2fa").field("csrf"))
+        #expect(try other.post("/login/2fa", ["code": try Self.totp(adminKey, offset: 1)], csrf: otherCSRF).status == 303)
+        #expect(try other.get("/").status == 200)
+        let weak = try admin.post("/account/password", ["current": password, "new": "short"], csrf: csrf)
+        #expect(weak.body.contains("at least 12 characters"))
+        let changed = try admin.post("/account/password", ["current": password, "new": "granite owl sings at noon"], csrf: csrf)
+        #expect(changed.body.contains("Password changed"), "\(changed.body)")
+        #expect(try admin.get("/").status == 200 && other.get("/").status == 303)
+        #expect(try ConsoleClient(coordinator).signIn("admin", password).status == 401)
+        #expect(try ConsoleClient(coordinator).signIn("admin", "granite owl sings at noon").status == 303)
+        let trail = try Self.audit(coordinator, admin)
+        for line in ["account.create victor,ok,role viewer", "account.role victor,ok,viewer -> operator", "policy.two_factor,ok,required for every account", "account.delete victor,ok",
+                     "password.change,ok,other sessions ended", "account:victor,127.0.0.1,manage console accounts,refused"] {
+            #expect(trail.contains(line), "\(line)\n\(trail)")
+        }
     }
 }

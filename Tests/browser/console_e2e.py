@@ -15,6 +15,7 @@ import sys
 import time
 
 os.environ.setdefault("SE_OFFLINE", "true")  # never download a driver: Debian's chromium-driver is used
+import pyotp
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.options import Options
@@ -86,6 +87,36 @@ try:
     driver.find_element(By.NAME, "password").send_keys(PASSWORD)
     driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     wait(lambda d: d.find_elements(By.ID, "fleet"), what="the fleet page")
+
+    step = "set up two-factor sign-in: QR code and key, a code from the app, recovery codes shown once"
+    driver.find_element(By.CSS_SELECTOR, "header a.account").click()
+    wait(lambda d: d.find_elements(By.ID, "two-factor-state"))
+    check(driver.find_element(By.ID, "two-factor-state").text.startswith("Off"), driver.find_element(By.ID, "two-factor-state").text)
+    driver.find_element(By.CSS_SELECTOR, "form[action='/account/2fa/start'] button").click()
+    wait(lambda d: d.find_elements(By.ID, "totp-secret"))
+    check(driver.find_element(By.CSS_SELECTOR, "img.qr").get_attribute("naturalWidth") not in (None, "0"), "the QR code image loads")
+    shot("two-factor-setup")
+    # The key as typed into an app (base32), which the QR code's URL holds too.
+    totp = pyotp.TOTP(driver.find_element(By.ID, "totp-secret").text)
+    driver.find_element(By.NAME, "code").send_keys(totp.now())
+    driver.find_element(By.CSS_SELECTOR, "form[action='/account/2fa/confirm'] button").click()
+    wait(lambda d: d.find_elements(By.ID, "recovery-codes"))
+    codes = [element.text for element in driver.find_elements(By.CSS_SELECTOR, "#recovery-codes code")]
+    check(len(codes) == 10, f"recovery codes: {codes}")
+    shot("two-factor-recovery-codes")
+
+    step = "sign out, then sign in with the password and a TOTP code"
+    driver.find_element(By.CSS_SELECTOR, "header form[action='/logout'] button").click()
+    wait(lambda d: d.current_url.endswith("/login"))
+    driver.find_element(By.NAME, "name").send_keys(ACCOUNT)
+    driver.find_element(By.NAME, "password").send_keys(PASSWORD)
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait(lambda d: "/login/2fa" in d.current_url, what="the code page")
+    shot("two-factor-code")
+    # The code of the next 30 s step (the one used to enrol cannot be used again; one step ahead is accepted).
+    driver.find_element(By.NAME, "code").send_keys(totp.at(time.time() + 30))
+    driver.find_element(By.CSS_SELECTOR, "form[action='/login/2fa'] button[type=submit]").click()
+    wait(lambda d: d.find_elements(By.ID, "fleet"), what="the fleet page after the second factor")
     cookies = {c["name"]: c for c in driver.get_cookies()}
     session = cookies.get("__Host-weir_session")
     check(session and session["secure"] and session["httpOnly"] and session.get("sameSite") == "Strict", f"session cookie: {session}")
@@ -119,6 +150,7 @@ try:
     wait(lambda d: d.find_elements(By.ID, "audit"))
     text = driver.find_element(By.ID, "audit").text
     check(f"account:{ACCOUNT}" in text and "sign_in" in text and f"login:{ACCOUNT}" in text, text)
+    check("with TOTP" in text and "two_factor.enable" in text, text)
     shot("audit")
 
     step = "no Content-Security-Policy violation and no script error on any page"

@@ -16,8 +16,8 @@ struct Console: Sendable {
     let streams: LiveStreams
     let logger: Logger
 
-    init(database: CoordinatorDatabase, api: CoordinatorAPI, settings: ConsoleSettings, logger: Logger) throws {
-        accounts = ConsoleStore(database: database)
+    init(database: CoordinatorDatabase, secrets: SecretBox, api: CoordinatorAPI, settings: ConsoleSettings, logger: Logger) throws {
+        accounts = ConsoleStore(database: database, secrets: secrets)
         audit = AuditLog(database: database)
         self.api = api
         self.settings = settings
@@ -45,7 +45,11 @@ struct Console: Sendable {
         router.get("login") { request, context in try await signInPage(request, context) }
         router.post("login") { request, context in try await signIn(request, context) }
         router.post("logout") { _, context in try await signOut(context) }
+        router.get("login/2fa") { request, _ in secondFactorPage(request) }
+        router.post("login/2fa") { request, context in try await secondFactor(request, context) }
         registerFleet(on: router)
+        registerAccount(on: router)
+        registerAdministrators(on: router)
         registerAudit(on: router)
     }
 
@@ -55,8 +59,10 @@ struct Console: Sendable {
     func page(_ template: String, title: String, _ values: [String: Any], status: HTTPResponse.Status = .ok) -> Response {
         var context = values
         context["title"] = title
-        if let user = ConsoleUser.current {
-            context["user"] = ["name": user.account.name, "role": user.account.role.rawValue, "csrf": user.session.csrf]
+        if let user = ConsoleUser.current, user.session.stage == ConsoleSession.full {
+            context["user"] = [
+                "name": user.account.name, "role": user.account.role.rawValue, "csrf": user.session.csrf, "admin": user.account.role == .admin,
+            ]
         }
         return html(templates.render(template, context), status: status)
     }
@@ -147,12 +153,66 @@ struct Console: Sendable {
             if locked { logger.notice("console account locked after failed sign-ins", metadata: ["account": "\(name)", "source": "\(source)"]) }
             return try await signInPage(request, context, error: "The account name or password is wrong.", name: name, status: .unauthorized)
         }
+        let next = Self.safeNext(form["next"])
+        if account.twoFactor {
+            // The password was right; the session is good for the code page only, for five minutes.
+            let (_, cookie) = try await accounts.createSession(
+                account: account.name, address: source, userAgent: request.headers[.userAgent] ?? "", stage: ConsoleSession.secondFactor)
+            await audit.record(actor: "account:\(account.name)", source: source, action: "sign_in.password", outcome: "ok", detail: "second factor asked")
+            return Self.redirect(
+                "/login/2fa?next=" + (next.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? "%2F"),
+                cookies: [ConsoleCookie.set(ConsoleCookie.session, cookie), ConsoleCookie.clear(ConsoleCookie.signIn)])
+        }
         try await accounts.recordSuccessfulLogin(account.name)
         let (_, cookie) = try await accounts.createSession(
             account: account.name, address: source, userAgent: request.headers[.userAgent] ?? "")
         await audit.record(actor: "account:\(account.name)", source: source, action: "sign_in", outcome: "ok")
-        return Self.redirect(
-            Self.safeNext(form["next"]), cookies: [ConsoleCookie.set(ConsoleCookie.session, cookie), ConsoleCookie.clear(ConsoleCookie.signIn)])
+        return Self.redirect(next, cookies: [ConsoleCookie.set(ConsoleCookie.session, cookie), ConsoleCookie.clear(ConsoleCookie.signIn)])
+    }
+
+    private func secondFactorPage(_ request: Request, error: String? = nil, status: HTTPResponse.Status = .ok) -> Response {
+        var values: [String: Any] = ["next": Self.safeNext(request.uri.queryParameters.get("next")), "csrf": ConsoleUser.current?.session.csrf ?? ""]
+        if let error { values["error"] = error }
+        return page("second_factor", title: "Two-factor sign-in", values, status: status)
+    }
+
+    /// The code after the password: a TOTP code (each usable once) or a recovery code. A wrong one counts as a
+    /// failed sign-in (account lockout, address throttle); the right one replaces the half session by a new
+    /// full one (a new id: nothing learned before the second factor is worth anything after it).
+    private func secondFactor(_ request: Request, _ context: CoordinatorContext) async throws -> Response {
+        guard let user = ConsoleUser.current, user.session.stage == ConsoleSession.secondFactor else { return Self.redirect("/") }
+        var request = request
+        let form = try await FormBody.read(&request)
+        let source = context.clientAddress, name = user.account.name
+        let now = Date().timeIntervalSince1970
+        if let wait = throttle.retryAfter(source, now: now) {
+            await audit.record(actor: user.actor, source: source, action: "sign_in.second_factor", outcome: "refused", detail: "too many failed sign-ins from this address")
+            return secondFactorPage(request, error: "Too many failed sign-ins from your address. Try again in \(Self.minutes(wait)).", status: .tooManyRequests)
+        }
+        let code = (form["code"] ?? "").trimmingCharacters(in: .whitespaces)
+        var how: String?
+        if let secret = try await accounts.twoFactorSecret(name), let step = TwoFactor.matchingStep(secret: secret, code: code, time: now) {
+            if try await accounts.useTwoFactorStep(name, step) { how = "TOTP" }
+        } else if code.count > 6, let left = try await accounts.useRecoveryCode(name, code) {
+            how = "a recovery code (\(left) left)"
+        }
+        guard let how else {
+            throttle.recordFailure(source, now: now)
+            let locked = try await accounts.recordFailedLogin(name, limit: settings.lockoutAfter, lockUntil: now + settings.lockoutDuration.seconds)
+            await audit.record(
+                actor: user.actor, source: source, action: "sign_in.second_factor", outcome: locked ? "locked" : "failed",
+                detail: locked ? "wrong or used code; account locked" : "wrong or used code")
+            if locked {
+                try await accounts.deleteSession(user.session.idHash)
+                return Self.redirect("/login", cookies: [ConsoleCookie.clear(ConsoleCookie.session)])
+            }
+            return secondFactorPage(request, error: "That code is wrong or was used already. Enter the current code from your app.", status: .unauthorized)
+        }
+        try await accounts.deleteSession(user.session.idHash)
+        try await accounts.recordSuccessfulLogin(name)
+        let (_, cookie) = try await accounts.createSession(account: name, address: source, userAgent: request.headers[.userAgent] ?? "")
+        await audit.record(actor: user.actor, source: source, action: "sign_in", outcome: "ok", detail: "with \(how)")
+        return Self.redirect(Self.safeNext(form["next"]), cookies: [ConsoleCookie.set(ConsoleCookie.session, cookie)])
     }
 
     private func signOut(_ context: CoordinatorContext) async throws -> Response {
@@ -182,7 +242,8 @@ struct Console: Sendable {
     /// `session` still valid (see `resolve`); live streams ask again with the session they started with.
     func validate(_ session: ConsoleSession, touch: Bool) async throws -> ConsoleUser? {
         let now = Date().timeIntervalSince1970
-        guard now - session.lastSeen < settings.sessionIdleTimeout.seconds, now - session.createdAt < settings.sessionLifetime.seconds,
+        let lifetime = session.stage == ConsoleSession.full ? settings.sessionLifetime.seconds : TwoFactor.pendingLifetime
+        guard now - session.lastSeen < settings.sessionIdleTimeout.seconds, now - session.createdAt < lifetime,
             let account = try await accounts.account(session.account)
         else {
             try await accounts.deleteSession(session.idHash)
@@ -215,6 +276,16 @@ struct ConsoleSessionMiddleware: RouterMiddleware {
                 return Console.redirect(target)
             }
             return Response(status: .unauthorized, headers: [.contentType: "text/plain"], body: .init(byteBuffer: ByteBuffer(string: "signed out\n")))
+        }
+        // Half signed in (the code is still to come): the code page and sign-out only. Signed in without a
+        // second factor while administrators require one: the account page (to set it up) and sign-out only.
+        if user.session.stage != ConsoleSession.full, path != "/login/2fa", path != "/logout" {
+            return Console.redirect("/login/2fa")
+        }
+        if user.session.stage == ConsoleSession.full, !user.account.twoFactor, !path.hasPrefix("/account"), path != "/logout",
+            try await console.accounts.requiresTwoFactor()
+        {
+            return Console.redirect("/account?required=1")
         }
         var request = request
         if request.method != .get, request.method != .head {

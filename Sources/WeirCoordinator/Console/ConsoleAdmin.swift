@@ -23,7 +23,8 @@ public enum ConsoleAdmin {
         let database = try await CoordinatorDatabase.open(config.database, group: MultiThreadedEventLoopGroup.singleton, logger: logger)
         do {
             try await database.migrate()
-            let result = try await body(ConsoleStore(database: database), AuditLog(database: database))
+            let secrets = try SecretBox.loadOrCreate(keyFile: config.secretsKeyFile)
+            let result = try await body(ConsoleStore(database: database, secrets: secrets), AuditLog(database: database))
             await database.shutdown()
             return result
         } catch {

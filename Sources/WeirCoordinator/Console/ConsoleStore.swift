@@ -12,6 +12,9 @@ struct ConsoleAccount: Sendable, Equatable {
     var lockedUntil: Double?
     var createdAt: Double
     var passwordChangedAt: Double
+    /// Whether sign-in asks for a TOTP code after the password.
+    var twoFactor: Bool
+    var recoveryCodesLeft: Int
 }
 
 /// A signed-in browser. The cookie carries the id; the database keeps only its hash.
@@ -24,12 +27,18 @@ struct ConsoleSession: Sendable, Equatable {
     var lastSeen: Double
     var address: String
     var userAgent: String
+    /// `full`, or `second_factor`: the password was right, the TOTP code is still to come.
+    var stage: String
+
+    static let full = "full", secondFactor = "second_factor"
 }
 
 /// Console accounts and sessions, in the coordinator's database (shared by every instance of a PostgreSQL
 /// one: a session made by one instance is valid on all).
 struct ConsoleStore: Sendable {
     let database: CoordinatorDatabase
+    /// Seals TOTP secrets at rest (the coordinator's secrets key).
+    let secrets: SecretBox
     var sql: any SQLDatabase { database.sql }
 
     private static func now() -> Double { Date().timeIntervalSince1970 }
@@ -72,7 +81,7 @@ struct ConsoleStore: Sendable {
         let now = Self.now()
         let account = ConsoleAccount(
             name: name, role: role, passwordHash: try await PasswordPolicy.hash(password), failedLogins: 0, lockedUntil: nil, createdAt: now,
-            passwordChangedAt: now)
+            passwordChangedAt: now, twoFactor: false, recoveryCodesLeft: 0)
         try await sql.raw("""
             INSERT INTO console_accounts (name, role, password_hash, failed_logins, created_at, password_changed_at)
             VALUES (\(bind: name), \(bind: role.rawValue), \(bind: account.passwordHash), 0, \(bind: now), \(bind: now))
@@ -97,6 +106,104 @@ struct ConsoleStore: Sendable {
         try await sql.raw("UPDATE console_accounts SET failed_logins = 0, locked_until = NULL WHERE name = \(bind: name)").run()
     }
 
+    /// A new password (already checked against the policy); every other session of the account ends.
+    func setPassword(_ name: String, _ password: String, keepingSession: String?) async throws {
+        let hash = try await PasswordPolicy.hash(password)
+        try await sql.raw("""
+            UPDATE console_accounts SET password_hash = \(bind: hash), password_changed_at = \(bind: Self.now()) WHERE name = \(bind: name)
+            """).run()
+        try await deleteSessions(of: name, keeping: keepingSession)
+    }
+
+    func setRole(_ name: String, _ role: APIRole) async throws {
+        try await sql.raw("UPDATE console_accounts SET role = \(bind: role.rawValue) WHERE name = \(bind: name)").run()
+    }
+
+    func unlock(_ name: String) async throws {
+        try await sql.raw("UPDATE console_accounts SET failed_logins = 0, locked_until = NULL WHERE name = \(bind: name)").run()
+    }
+
+    func deleteAccount(_ name: String) async throws {
+        try await sql.raw("DELETE FROM console_accounts WHERE name = \(bind: name)").run()
+        try await deleteSessions(of: name)
+    }
+
+    // MARK: - Two-factor sign-in
+
+    /// A secret being enrolled (shown as a QR code until the first code confirms it).
+    func setPendingTwoFactor(_ name: String, secret: String) async throws {
+        let sealed = try secrets.seal(secret, for: "console:\(name)")
+        try await sql.raw("UPDATE console_accounts SET totp_pending = \(bind: sealed) WHERE name = \(bind: name)").run()
+    }
+
+    func pendingTwoFactor(_ name: String) async throws -> String? {
+        guard let sealed = try await sql.raw("SELECT totp_pending FROM console_accounts WHERE name = \(bind: name)").first()?
+            .decode(column: "totp_pending", as: String?.self)
+        else { return nil }
+        return try secrets.open(sealed, for: "console:\(name)")
+    }
+
+    func twoFactorSecret(_ name: String) async throws -> String? {
+        guard let sealed = try await sql.raw("SELECT totp_secret FROM console_accounts WHERE name = \(bind: name)").first()?
+            .decode(column: "totp_secret", as: String?.self)
+        else { return nil }
+        return try secrets.open(sealed, for: "console:\(name)")
+    }
+
+    /// The pending secret becomes the account's, `step` counts as used, and the recovery codes are replaced.
+    func enableTwoFactor(_ name: String, secret: String, usedStep: Int64, recoveryCodes: [String]) async throws {
+        let sealed = try secrets.seal(secret, for: "console:\(name)")
+        let hashes = try JSONText.encode(recoveryCodes.map(TwoFactor.hashRecoveryCode))
+        try await sql.raw("""
+            UPDATE console_accounts SET totp_secret = \(bind: sealed), totp_pending = NULL, totp_last_step = \(bind: usedStep),
+                recovery_codes = \(bind: hashes) WHERE name = \(bind: name)
+            """).run()
+    }
+
+    func disableTwoFactor(_ name: String) async throws {
+        try await sql.raw("""
+            UPDATE console_accounts SET totp_secret = NULL, totp_pending = NULL, totp_last_step = NULL, recovery_codes = '[]'
+            WHERE name = \(bind: name)
+            """).run()
+    }
+
+    /// Takes `step` as used if it is later than every step used before (a code works once); false otherwise.
+    func useTwoFactorStep(_ name: String, _ step: Int64) async throws -> Bool {
+        try await sql.raw("""
+            UPDATE console_accounts SET totp_last_step = \(bind: step)
+            WHERE name = \(bind: name) AND (totp_last_step IS NULL OR totp_last_step < \(bind: step)) RETURNING name
+            """).first() != nil
+    }
+
+    /// Uses a recovery code: removed when it matches (compare-and-swap, so two instances cannot both take it).
+    /// Returns how many are left, or nil when the code is not one of them.
+    func useRecoveryCode(_ name: String, _ code: String) async throws -> Int? {
+        guard let stored = try await sql.raw("SELECT recovery_codes FROM console_accounts WHERE name = \(bind: name)").first()?
+            .decode(column: "recovery_codes", as: String.self)
+        else { return nil }
+        var hashes = try JSONText.decode([String].self, stored)
+        guard let index = hashes.firstIndex(of: TwoFactor.hashRecoveryCode(code)) else { return nil }
+        hashes.remove(at: index)
+        let updated = try await sql.raw("""
+            UPDATE console_accounts SET recovery_codes = \(bind: try JSONText.encode(hashes))
+            WHERE name = \(bind: name) AND recovery_codes = \(bind: stored) RETURNING name
+            """).first()
+        return updated == nil ? nil : hashes.count
+    }
+
+    // MARK: - Settings
+
+    /// Whether every account must sign in with a second factor (set by an administrator).
+    func requiresTwoFactor() async throws -> Bool {
+        try await sql.raw("SELECT value FROM console_settings WHERE name = 'require_two_factor'").first()?
+            .decode(column: "value", as: String.self) == "true"
+    }
+
+    func setRequiresTwoFactor(_ required: Bool) async throws {
+        try await sql.raw("DELETE FROM console_settings WHERE name = 'require_two_factor'").run()
+        try await sql.raw("INSERT INTO console_settings (name, value) VALUES ('require_two_factor', \(bind: required ? "true" : "false"))").run()
+    }
+
     private static func account(_ row: any SQLRow) throws -> ConsoleAccount {
         ConsoleAccount(
             name: try row.decode(column: "name", as: String.self),
@@ -105,22 +212,24 @@ struct ConsoleStore: Sendable {
             failedLogins: try row.decode(column: "failed_logins", as: Int.self),
             lockedUntil: try row.decode(column: "locked_until", as: Double?.self),
             createdAt: try row.decode(column: "created_at", as: Double.self),
-            passwordChangedAt: try row.decode(column: "password_changed_at", as: Double.self))
+            passwordChangedAt: try row.decode(column: "password_changed_at", as: Double.self),
+            twoFactor: try row.decode(column: "totp_secret", as: String?.self) != nil,
+            recoveryCodesLeft: try JSONText.decode([String].self, try row.decode(column: "recovery_codes", as: String.self)).count)
     }
 
     // MARK: - Sessions
 
     /// A new session for `account`; returns it and the cookie value (shown to the browser only).
-    func createSession(account: String, address: String, userAgent: String) async throws -> (ConsoleSession, String) {
+    func createSession(account: String, address: String, userAgent: String, stage: String = ConsoleSession.full) async throws -> (ConsoleSession, String) {
         let id = Secrets.make(prefix: "")
         let now = Self.now()
         let session = ConsoleSession(
             idHash: Secrets.hash(id), account: account, csrf: Secrets.make(prefix: ""), createdAt: now, lastSeen: now, address: address,
-            userAgent: String(userAgent.prefix(200)))
+            userAgent: String(userAgent.prefix(200)), stage: stage)
         try await sql.raw("""
-            INSERT INTO console_sessions (id_hash, account, csrf, created_at, last_seen, address, user_agent)
+            INSERT INTO console_sessions (id_hash, account, csrf, created_at, last_seen, address, user_agent, stage)
             VALUES (\(bind: session.idHash), \(bind: account), \(bind: session.csrf), \(bind: now), \(bind: now), \(bind: address),
-                    \(bind: session.userAgent))
+                    \(bind: session.userAgent), \(bind: stage))
             """).run()
         return (session, id)
     }
@@ -156,6 +265,6 @@ struct ConsoleStore: Sendable {
             idHash: try row.decode(column: "id_hash", as: String.self), account: try row.decode(column: "account", as: String.self),
             csrf: try row.decode(column: "csrf", as: String.self), createdAt: try row.decode(column: "created_at", as: Double.self),
             lastSeen: try row.decode(column: "last_seen", as: Double.self), address: try row.decode(column: "address", as: String.self),
-            userAgent: try row.decode(column: "user_agent", as: String.self))
+            userAgent: try row.decode(column: "user_agent", as: String.self), stage: try row.decode(column: "stage", as: String.self))
     }
 }

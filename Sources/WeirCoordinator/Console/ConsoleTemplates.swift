@@ -12,7 +12,8 @@ struct ConsoleTemplates: Sendable {
             ("layout", PackageResources.layout_mustache), ("login", PackageResources.login_mustache),
             ("error", PackageResources.error_mustache), ("fleet", PackageResources.fleet_mustache),
             ("fleet_rows", PackageResources.fleet_rows_mustache), ("pager", PackageResources.pager_mustache),
-            ("audit", PackageResources.audit_mustache),
+            ("audit", PackageResources.audit_mustache), ("second_factor", PackageResources.second_factor_mustache),
+            ("account", PackageResources.account_mustache), ("administrators", PackageResources.administrators_mustache),
         ]
         var library = MustacheLibrary()
         for (name, bytes) in sources { try library.register(String(decoding: bytes, as: UTF8.self), named: name) }

@@ -109,14 +109,16 @@ final class CoordinatorDatabase: Sendable {
             """
             CREATE TABLE IF NOT EXISTS console_accounts (
                 name TEXT PRIMARY KEY, role TEXT NOT NULL, password_hash TEXT NOT NULL, failed_logins INTEGER NOT NULL DEFAULT 0,
-                locked_until DOUBLE PRECISION, created_at DOUBLE PRECISION NOT NULL, password_changed_at DOUBLE PRECISION NOT NULL)
+                locked_until DOUBLE PRECISION, created_at DOUBLE PRECISION NOT NULL, password_changed_at DOUBLE PRECISION NOT NULL,
+                totp_secret TEXT, totp_pending TEXT, totp_last_step BIGINT, recovery_codes TEXT NOT NULL DEFAULT '[]')
             """,
             """
             CREATE TABLE IF NOT EXISTS console_sessions (
                 id_hash TEXT PRIMARY KEY, account TEXT NOT NULL, csrf TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
-                last_seen DOUBLE PRECISION NOT NULL, address TEXT NOT NULL, user_agent TEXT NOT NULL)
+                last_seen DOUBLE PRECISION NOT NULL, address TEXT NOT NULL, user_agent TEXT NOT NULL, stage TEXT NOT NULL DEFAULT 'full')
             """,
             "CREATE INDEX IF NOT EXISTS console_sessions_account ON console_sessions (account)",
+            "CREATE TABLE IF NOT EXISTS console_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
             """
             CREATE TABLE IF NOT EXISTS audit_log (
                 id TEXT PRIMARY KEY, time DOUBLE PRECISION NOT NULL, actor TEXT NOT NULL, source TEXT NOT NULL, action TEXT NOT NULL,
