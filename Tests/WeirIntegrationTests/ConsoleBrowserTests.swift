@@ -18,7 +18,7 @@ struct ConsoleBrowserTests {
         return base.appendingPathComponent("console")
     }
 
-    @Test("sign in (a wrong password first); set up TOTP and sign in again with it; two agents online; one stopped turns offline live; label filter; audit; no CSP violation; sign out")
+    @Test("sign in (a wrong password first); set up TOTP and sign in again with it; two agents online; one stopped turns offline live; label filter; a list made and a domain added reach an agent; audit; no CSP violation; sign out")
     func fleet() throws {
         let pki = try TestPKI()
         let coordinator = try CoordinatorProcess(pki: pki)
@@ -40,7 +40,16 @@ struct ConsoleBrowserTests {
         // Debian's python3: python3-selenium and python3-pyotp are installed for it.
         let (status, output) = try command(["env"] + environment + ["/usr/bin/python3", script])
         #expect(status == 0, "\(output)\ncoordinator log:\n\(coordinator.log.suffix(3000))")
-        for page in ["login", "two-factor-setup", "two-factor-recovery-codes", "two-factor-code", "fleet", "fleet-offline", "fleet-filtered", "audit"] {
+        // The list added on the page reached the running agent (every agent gets every list).
+        let deadline = Date().addingTimeInterval(10)
+        var delivered = false
+        while !delivered, Date() < deadline {
+            let found = try command(["grep", "-rl", "approved.example.org", agents[0].directory.appendingPathComponent("coordinator").path])
+            delivered = found.status == 0
+            if !delivered { usleep(200_000) }
+        }
+        #expect(delivered, "the list reached edge-a")
+        for page in ["list", "list-refused", "login", "two-factor-setup", "two-factor-recovery-codes", "two-factor-code", "fleet", "fleet-offline", "fleet-filtered", "audit"] {
             #expect(FileManager.default.fileExists(atPath: Self.artefacts.appendingPathComponent(page + ".png").path), "screenshot \(page)")
         }
     }

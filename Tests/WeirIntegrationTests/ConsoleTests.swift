@@ -152,13 +152,19 @@ struct ConsoleTests {
         #expect(status == 403)
         #expect(try coordinator.request("GET", "/api/v1/agents", token: "weir_api_wrong").0 == 401)
 
+        // Lists: a viewer reads them, without the forms, and cannot change them.
+        let listPage = try viewer.get("/lists/allowed")
+        #expect(listPage.status == 200 && listPage.body.contains("example.org") && !listPage.body.contains("add-entries"))
+        #expect(try viewer.post("/lists/allowed/add", ["entries": "other.example.org"], csrf: try viewer.csrfToken()).status == 403)
+
         let admin = ConsoleClient(coordinator)
         try admin.signIn("admin", coordinator.consoleAdminPassword)
         let csv = try admin.get("/audit.csv")
         #expect(csv.headers["content-type"]?.hasPrefix("text/csv") == true)
         #expect(csv.headers["content-disposition"]?.contains("attachment") == true)
         #expect(csv.body.hasPrefix("time,actor,source,action,outcome,detail\r\n"))
-        #expect(csv.body.contains("token:bootstrap-admin,127.0.0.1,PUT /api/v1/lists/allowed,ok,201"), "\(csv.body)")
+        #expect(csv.body.contains("token:bootstrap-admin,127.0.0.1,PUT /api/v1/lists/allowed,ok,201: created (destinations): added: example.org (0 → 1 entries)"), "\(csv.body)")
+        #expect(csv.body.contains("account:vera,127.0.0.1,change lists,refused,role viewer < operator"))
         #expect(csv.body.contains("token:bootstrap-admin,127.0.0.1,POST /api/v1/tokens,ok,201"))
         #expect(csv.body.contains("token:dashboards,127.0.0.1,DELETE /api/v1/lists/allowed,refused,\"403: token \"\"dashboards\"\" has role viewer"))
         let viewerAudit = try coordinator.request("GET", "/api/v1/audit", token: viewerToken)

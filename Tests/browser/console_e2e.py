@@ -145,19 +145,43 @@ try:
     wait(lambda d: "label=site" in d.current_url and row(FIRST) is not None and row(SECOND) is None, what="only site=a")
     shot("fleet-filtered")
 
+    step = "lists: create one, add a domain; a private address is refused with the rule named, accepted when allowed"
+    driver.find_element(By.LINK_TEXT, "Lists").click()
+    wait(lambda d: d.find_elements(By.ID, "create-list"))
+    driver.find_element(By.CSS_SELECTOR, "#create-list input[name=name]").send_keys("egress")
+    driver.find_element(By.CSS_SELECTOR, "#create-list button[type=submit]").click()
+    wait(lambda d: d.current_url.endswith("/lists/egress"), what="the new list's page")
+    driver.find_element(By.NAME, "entries").send_keys("approved.example.org\n")
+    driver.find_element(By.CSS_SELECTOR, "#add-entries button[type=submit]").click()
+    wait(lambda d: d.find_elements(By.CSS_SELECTOR, 'tr[data-entry="approved.example.org"]'), what="the added domain")
+    driver.find_element(By.NAME, "entries").send_keys("10.20.30.40\n")
+    driver.find_element(By.CSS_SELECTOR, "#add-entries button[type=submit]").click()
+    wait(lambda d: d.find_elements(By.ID, "list-error"), what="the private address refused")
+    check("private" in driver.find_element(By.ID, "list-error").text, driver.find_element(By.ID, "list-error").text)
+    shot("list-refused")
+    driver.find_element(By.NAME, "entries").send_keys("10.20.30.40\n")
+    driver.find_element(By.NAME, "allow_private").click()
+    driver.find_element(By.CSS_SELECTOR, "#add-entries button[type=submit]").click()
+    wait(lambda d: d.find_elements(By.CSS_SELECTOR, 'tr[data-entry="10.20.30.40"]'), what="the allowed private address")
+    check("private allowed" in driver.find_element(By.CSS_SELECTOR, 'tr[data-entry="10.20.30.40"]').text, "flag shown")
+    shot("list")
+
     step = "the audit page shows the sign-ins"
     driver.get(URL + "/audit")
     wait(lambda d: d.find_elements(By.ID, "audit"))
     text = driver.find_element(By.ID, "audit").text
     check(f"account:{ACCOUNT}" in text and "sign_in" in text and f"login:{ACCOUNT}" in text, text)
     check("with TOTP" in text and "two_factor.enable" in text, text)
+    check("list.add egress" in text and "added: approved.example.org" in text, text)
     shot("audit")
 
     step = "no Content-Security-Policy violation and no script error on any page"
-    # The wrong password's page is a 401 document, which Chromium logs as a failed load: expected.
-    expected = "/login - Failed to load resource: the server responded with a status of 401"
+    # Pages answered with an error status on purpose (the wrong password: 401, the refused private address:
+    # 422) are logged by Chromium as failed loads: expected.
+    expected = ["/login - Failed to load resource: the server responded with a status of 401",
+                "/lists/egress/add - Failed to load resource: the server responded with a status of 422"]
     problems = [entry["message"] for entry in driver.get_log("browser")
-                if entry["level"] == "SEVERE" and expected not in entry["message"]]
+                if entry["level"] == "SEVERE" and not any(text in entry["message"] for text in expected)]
     check(not problems, "\n".join(problems))
 
     step = "sign out"

@@ -40,8 +40,11 @@ struct APIAuthenticationMiddleware: RouterMiddleware {
         }
         // Handlers read the role (to redact secrets for viewers) from the task they run in.
         let response: Response
+        let note = AuditNote()
         do {
-            response = try await APIRole.$current.withValue(token.role) { try await next(request, context) }
+            response = try await AuditNote.$current.withValue(note) {
+                try await APIRole.$current.withValue(token.role) { try await next(request, context) }
+            }
         } catch {
             if writes || (error as? APIError)?.status == .forbidden {
                 let status = (error as? APIError)?.status ?? (error as? any HTTPResponseError)?.status ?? .internalServerError
@@ -53,7 +56,8 @@ struct APIAuthenticationMiddleware: RouterMiddleware {
         }
         if writes {
             let ok = (200..<400).contains(response.status.code)
-            await audit.record(actor: actor, source: context.clientAddress, action: action, outcome: ok ? "ok" : "failed", detail: "\(response.status.code)")
+            let detail = note.value.isEmpty ? "\(response.status.code)" : "\(response.status.code): \(note.value)"
+            await audit.record(actor: actor, source: context.clientAddress, action: action, outcome: ok ? "ok" : "failed", detail: detail)
         }
         return response
     }

@@ -111,15 +111,20 @@ struct CoordinatorAPI: Sendable {
             }
             let document = try await documentBody(request, context)
             try validate(document: document, name: name, lists: try await store.lists())
-            let existed = try await store.pipeline(name: name) != nil
+            let previous = try await store.pipeline(name: name)
+            let existed = previous != nil
             try await store.putPipeline(name: name, document: document)
+            let redaction = SecretRedaction(registry: registry)
+            AuditNote.set(AuditDiff.document(before: previous.map { redaction.redact($0.document) }, after: redaction.redact(document)))
             await changed()
             guard let stored = try await store.pipeline(name: name) else { throw APIError.notFound("pipeline document \"\(name)\"") }
             return JSONResponse.make(stored, status: existed ? .ok : .created)
         }
         api.delete("pipelines/{name}") { _, context in
             let name = try context.parameters.require("name")
+            let previous = try await store.pipeline(name: name)
             guard try await store.deletePipeline(name: name) else { throw APIError.notFound("pipeline document \"\(name)\"") }
+            AuditNote.set(AuditDiff.document(before: previous.map { SecretRedaction(registry: registry).redact($0.document) }, after: nil))
             await changed()
             return Response(status: .noContent)
         }
@@ -134,37 +139,17 @@ struct CoordinatorAPI: Sendable {
             let name = try context.parameters.require("name")
             guard ConfigLoader.isValidName(name) else { throw APIError.badRequest("a list name is 1-64 letters, digits, '-' or '_'") }
             let body = try await decode(ListRequest.self, request, context)
-            let existing = try await store.list(name: name)
-            let kind = body.kind ?? existing?.kind ?? .destinations
-            if let existing, existing.kind != kind {
-                // Documents using the list take one kind: refused like a deletion while one does.
-                var changed = try await store.lists().filter { $0.name != name }
-                changed.append(NamedList(name: name, kind: kind, entries: body.entries, updatedAt: 0))
-                try await checkDocuments(against: changed, conflict: "list \"\(name)\" cannot become \(kind.rawValue): it is used by")
-            }
-            try await replaceList(name: name, kind: kind, entries: body.entries)
-            return JSONResponse.make(try await store.list(name: name), status: existing != nil ? .ok : .created)
+            let created = try await putList(name: name, kind: body.kind, entries: body.entries)
+            return JSONResponse.make(try await store.list(name: name), status: created ? .created : .ok)
         }
         api.post("lists/{name}/entries") { request, context in
             let name = try context.parameters.require("name")
-            guard let list = try await store.list(name: name) else { throw APIError.notFound("list \"\(name)\"") }
             let body = try await decode(ListChange.self, request, context)
-            let removed = Set((body.remove ?? []).map(\.key))
-            var entries = list.entries.filter { !removed.contains($0.key) }
-            let present = Set(entries.map(\.key))
-            entries += (body.add ?? []).filter { !present.contains($0.key) }
-            try await replaceList(name: name, kind: list.kind, entries: entries)
-            return JSONResponse.make(try await store.list(name: name))
+            return JSONResponse.make(try await changeList(name: name, add: body.add ?? [], remove: (body.remove ?? []).map(\.key)))
         }
         api.delete("lists/{name}") { _, context in
             let name = try context.parameters.require("name")
-            var remaining = try await store.lists()
-            guard remaining.contains(where: { $0.name == name }) else { throw APIError.notFound("list \"\(name)\"") }
-            remaining.removeAll { $0.name == name }
-            // Refused while a document uses it: agents would refuse their next bundle.
-            try await checkDocuments(against: remaining, conflict: "list \"\(name)\" is used by")
-            _ = try await store.deleteList(name: name)
-            await changed()
+            try await deleteList(name: name)
             return Response(status: .noContent)
         }
 
@@ -288,9 +273,55 @@ struct CoordinatorAPI: Sendable {
         }
     }
 
-    private func replaceList(name: String, kind: NamedListKind, entries: [ListEntry]) async throws {
+    // MARK: - Named lists (the API's and the console's one way to change them)
+
+    /// Creates or replaces a list (its kind kept when not given); true when it was created.
+    func putList(name: String, kind: NamedListKind?, entries: [ListEntry]) async throws -> Bool {
+        guard ConfigLoader.isValidName(name) else { throw APIError.badRequest("a list name is 1-64 letters, digits, '-' or '_'") }
+        let existing = try await store.list(name: name)
+        let kind = kind ?? existing?.kind ?? .destinations
+        if let existing, existing.kind != kind {
+            // Documents using the list take one kind: refused like a deletion while one does.
+            var changed = try await store.lists().filter { $0.name != name }
+            changed.append(NamedList(name: name, kind: kind, entries: entries, updatedAt: 0))
+            try await checkDocuments(against: changed, conflict: "list \"\(name)\" cannot become \(kind.rawValue): it is used by")
+        }
+        try await replaceList(name: name, kind: kind, entries: entries, before: existing)
+        return existing == nil
+    }
+
+    /// Adds entries (those not present) and removes entries by key.
+    func changeList(name: String, add: [ListEntry], remove: [String]) async throws -> NamedList {
+        guard let list = try await store.list(name: name) else { throw APIError.notFound("list \"\(name)\"") }
+        let removed = Set(remove)
+        var entries = list.entries.filter { !removed.contains($0.key) }
+        var present = Set(entries.map(\.key))
+        for entry in add where !present.contains(entry.key) {
+            entries.append(entry)
+            present.insert(entry.key)
+        }
+        try await replaceList(name: name, kind: list.kind, entries: entries, before: list)
+        guard let changed = try await store.list(name: name) else { throw APIError.notFound("list \"\(name)\"") }
+        return changed
+    }
+
+    /// Refused while a document uses the list: agents would refuse their next bundle.
+    func deleteList(name: String) async throws {
+        var remaining = try await store.lists()
+        guard let list = remaining.first(where: { $0.name == name }) else { throw APIError.notFound("list \"\(name)\"") }
+        remaining.removeAll { $0.name == name }
+        try await checkDocuments(against: remaining, conflict: "list \"\(name)\" is used by")
+        _ = try await store.deleteList(name: name)
+        AuditNote.set("deleted (\(list.kind.rawValue), \(list.entries.count) entries): " + AuditDiff.entries(before: list.entries.map(\.key), after: []))
+        await changed()
+    }
+
+    private func replaceList(name: String, kind: NamedListKind, entries: [ListEntry], before: NamedList?) async throws {
         try validate(list: NamedList(name: name, kind: kind, entries: entries, updatedAt: 0))
         try await store.putList(name: name, kind: kind, entries: entries)
+        var note = AuditDiff.entries(before: before?.entries.map(\.key) ?? [], after: entries.map(\.key))
+        if before == nil { note = "created (\(kind.rawValue)): " + note } else if before?.kind != kind { note = "kind \(before!.kind.rawValue) → \(kind.rawValue); " + note }
+        AuditNote.set(note)
         await changed()
     }
 

@@ -68,3 +68,41 @@ struct AuditLog: Sendable {
         }
     }
 }
+
+/// What a change did, in words, for its audit entry: set by the code that makes the change (shared by the
+/// REST API and the console), read by whoever records the entry. Before/after of lists and documents.
+final class AuditNote: @unchecked Sendable {
+    private let lock = NSLock()
+    private var text = ""
+
+    @TaskLocal static var current: AuditNote?
+
+    var value: String { lock.withLock { text } }
+
+    /// Notes `detail` for the change being served (nothing when no entry point asked for one).
+    static func set(_ detail: String) {
+        guard let note = current else { return }
+        note.lock.withLock { note.text = detail }
+    }
+}
+
+enum AuditDiff {
+    /// "added: a, b; removed: c" (at most `limit` of each named, then how many more).
+    static func entries(before: [String], after: [String], limit: Int = 50) -> String {
+        let old = Set(before), new = Set(after)
+        let added = after.filter { !old.contains($0) }, removed = before.filter { !new.contains($0) }
+        func names(_ keys: [String]) -> String {
+            keys.prefix(limit).joined(separator: ", ") + (keys.count > limit ? " and \(keys.count - limit) more" : "")
+        }
+        var parts: [String] = []
+        if !added.isEmpty { parts.append("added: " + names(added)) }
+        if !removed.isEmpty { parts.append("removed: " + names(removed)) }
+        if parts.isEmpty { parts.append("entries unchanged") }
+        return parts.joined(separator: "; ") + " (\(before.count) → \(after.count) entries)"
+    }
+
+    /// A document before and after a change, secrets redacted, for the trail.
+    static func document(before: String?, after: String?) -> String {
+        "before:\n" + (before ?? "(none)") + "\nafter:\n" + (after ?? "(deleted)")
+    }
+}

@@ -49,6 +49,7 @@ struct Console: Sendable {
         router.post("login/2fa") { request, context in try await secondFactor(request, context) }
         registerFleet(on: router)
         registerAccount(on: router)
+        registerLists(on: router)
         registerAdministrators(on: router)
         registerAudit(on: router)
     }
