@@ -72,6 +72,22 @@ for round in $(seq "$ROUNDS"); do
     echo "round $round: all $AGENTS ACKs $(python3 -c "print(f'{$DONE - $START:.3f}')") s after the API call" >&2
 done
 
+# The web console with the whole fleet connected: sign in (the first admin's password from its file), then
+# time each page (curl's time_total: TLS, request, server rendering, transfer), 20 loads each.
+CONSOLE_PASSWORD=$(sed -n 2p "$TMP/state/console-admin.password")
+console() { curl -s --cacert "$TMP/ca.pem" -b "$TMP/cookies" -c "$TMP/cookies" "$@"; }
+SIGNIN_TOKEN=$(console "https://localhost:$PORT/login" | sed -n 's/.*name="token" value="\([^"]*\)".*/\1/p')
+console -o /dev/null -H "Origin: https://localhost:$PORT" --data-urlencode "token=$SIGNIN_TOKEN" --data-urlencode "name=admin" \
+    --data-urlencode "password=$CONSOLE_PASSWORD" "https://localhost:$PORT/login"
+page_times=()
+for page in "/" "/?page=10" "/?label=bench%3Dyes&status=online" "/lists" "/audit"; do
+    times=$(for _ in $(seq 20); do console -o /dev/null -w '%{http_code} %{time_total}\n' "https://localhost:$PORT$page"; done)
+    echo "$times" | grep -qv '^200 ' && { echo "$NAME: console page $page did not answer 200" >&2; exit 1; }
+    stats=$(echo "$times" | awk '{ print $2 * 1000 }' | sort -n | awk '{ a[NR] = $1 } END { printf "%.0f ms (p95 %.0f ms)", a[int((NR + 1) / 2)], a[int(NR * 0.95)] }')
+    page_times+=("| console page \`$page\` with $AGENTS agents, median of 20 | $stats |")
+    echo "console $page: $stats" >&2
+done
+
 MEDIAN=$(printf '%s\n' "${results[@]}" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
 PER_AGENT=$(python3 -c "print(f'{($RSS_CONNECTED - $RSS_IDLE) / $AGENTS:.1f}')")
 CONNECT_SECONDS=$(python3 -c "print(f'{$CONNECTED_AT - $CONNECT_START:.1f}')")
@@ -84,4 +100,5 @@ CONNECT_SECONDS=$(python3 -c "print(f'{$CONNECTED_AT - $CONNECT_START:.1f}')")
     echo "| coordinator memory, idle → $AGENTS agents connected | $((RSS_IDLE / 1024)) MiB → $((RSS_CONNECTED / 1024)) MiB |"
     echo "| memory per connected agent | ${PER_AGENT} KiB |"
     echo "| enrolling and connecting $AGENTS agents (100 at a time) | ${CONNECT_SECONDS} s |"
+    printf '%s\n' "${page_times[@]}"
 } | tee "$REPO_DIR/bench/results/coordinator.md"
