@@ -18,7 +18,7 @@ struct ConsoleBrowserTests {
         return base.appendingPathComponent("console")
     }
 
-    @Test("sign in (a wrong password first); set up TOTP and sign in again with it; two agents online; one stopped turns offline live; label filter; a list made and a domain added reach an agent; audit; no CSP violation; sign out")
+    @Test("sign in (a wrong password first); set up TOTP and sign in again with it; two agents online; one stopped turns offline live; label filter; labels edited on the agent page; a list made and a domain added reach an agent; audit; no CSP violation; sign out")
     func fleet() throws {
         let pki = try TestPKI()
         let coordinator = try CoordinatorProcess(pki: pki)
@@ -49,7 +49,7 @@ struct ConsoleBrowserTests {
             if !delivered { usleep(200_000) }
         }
         #expect(delivered, "the list reached edge-a")
-        for page in ["list", "list-refused", "login", "two-factor-setup", "two-factor-recovery-codes", "two-factor-code", "fleet", "fleet-offline", "fleet-filtered", "audit"] {
+        for page in ["agent", "list", "list-refused", "login", "two-factor-setup", "two-factor-recovery-codes", "two-factor-code", "fleet", "fleet-offline", "fleet-filtered", "audit"] {
             #expect(FileManager.default.fileExists(atPath: Self.artefacts.appendingPathComponent(page + ".png").path), "screenshot \(page)")
         }
     }

@@ -156,6 +156,8 @@ struct ConsoleTests {
         let listPage = try viewer.get("/lists/allowed")
         #expect(listPage.status == 200 && listPage.body.contains("example.org") && !listPage.body.contains("add-entries"))
         #expect(try viewer.post("/lists/allowed/add", ["entries": "other.example.org"], csrf: try viewer.csrfToken()).status == 403)
+        #expect(try viewer.post("/agents/any/revoke", csrf: try viewer.csrfToken()).status == 403)
+        #expect(try viewer.get("/agents/none").status == 404)
 
         let admin = ConsoleClient(coordinator)
         try admin.signIn("admin", coordinator.consoleAdminPassword)

@@ -145,6 +145,21 @@ try:
     wait(lambda d: "label=site" in d.current_url and row(FIRST) is not None and row(SECOND) is None, what="only site=a")
     shot("fleet-filtered")
 
+    step = "the agent page: pipelines, host facts; labels edited there take effect in the fleet's filter"
+    driver.find_element(By.LINK_TEXT, FIRST).click()
+    wait(lambda d: d.find_elements(By.ID, "agent-state"), what="the agent page")
+    check(driver.find_element(By.ID, "agent-state").text == "online", driver.find_element(By.ID, "agent-state").text)
+    check("site=a" in driver.find_element(By.ID, "labels").text, driver.find_element(By.ID, "labels").text)
+    labels = driver.find_element(By.NAME, "labels")
+    labels.clear()
+    labels.send_keys("tier=gold")
+    driver.find_element(By.CSS_SELECTOR, "#labels button[type=submit]").click()
+    wait(lambda d: d.find_elements(By.ID, "agent-message"), what="labels saved")
+    check("tier=gold" in driver.find_element(By.ID, "labels").text, driver.find_element(By.ID, "labels").text)
+    shot("agent")
+    driver.get(URL + "/?label=tier%3Dgold")
+    wait(lambda d: row(FIRST) is not None and row(SECOND) is None, what="the new label in the filter")
+
     step = "lists: create one, add a domain; a private address is refused with the rule named, accepted when allowed"
     driver.find_element(By.LINK_TEXT, "Lists").click()
     wait(lambda d: d.find_elements(By.ID, "create-list"))
@@ -173,6 +188,7 @@ try:
     check(f"account:{ACCOUNT}" in text and "sign_in" in text and f"login:{ACCOUNT}" in text, text)
     check("with TOTP" in text and "two_factor.enable" in text, text)
     check("list.add egress" in text and "added: approved.example.org" in text, text)
+    check(f"agent.labels {FIRST}" in text and "tier=gold" in text, text)
     shot("audit")
 
     step = "no Content-Security-Policy violation and no script error on any page"

@@ -45,16 +45,12 @@ struct CoordinatorAPI: Sendable {
         }
         api.post("agents/{id}/revoke") { _, context in
             let id = try context.parameters.require("id")
-            guard try await store.revoke(agentID: id) else { throw APIError.notFound("agent \"\(id)\"") }
-            await changed()
+            try await revokeAgent(id)
             return JSONResponse.make(["revoked": id])
         }
         api.put("agents/{id}/labels") { request, context in
             let id = try context.parameters.require("id")
-            let labels = try await decode([String: String].self, request, context)
-            try Self.checkLabels(labels)
-            guard try await store.setOperatorLabels(agentID: id, labels) else { throw APIError.notFound("agent \"\(id)\"") }
-            await changed()
+            try await setLabels(agentID: id, try await decode([String: String].self, request, context))
             return JSONResponse.make(try await agentView(id))
         }
         api.get("labels") { _, _ in
@@ -271,6 +267,24 @@ struct CoordinatorAPI: Sendable {
         } catch {
             throw APIError.unprocessable("invalid list", details: error.diagnostics.map(\.description))
         }
+    }
+
+    // MARK: - Agents (the API's and the console's one way to change them)
+
+    func revokeAgent(_ id: String) async throws {
+        guard try await store.revoke(agentID: id) else { throw APIError.notFound("agent \"\(id)\"") }
+        AuditNote.set("credential revoked; its connection is closed")
+        await changed()
+    }
+
+    /// Replaces the operator labels (merged over enrollment and announced ones).
+    func setLabels(agentID id: String, _ labels: [String: String]) async throws {
+        try Self.checkLabels(labels)
+        guard let before = try await store.agent(id: id) else { throw APIError.notFound("agent \"\(id)\"") }
+        _ = try await store.setOperatorLabels(agentID: id, labels)
+        func text(_ labels: [String: String]) -> String { labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",") }
+        AuditNote.set("operator labels: {\(text(before.operatorLabels))} → {\(text(labels))}")
+        await changed()
     }
 
     // MARK: - Named lists (the API's and the console's one way to change them)

@@ -50,6 +50,7 @@ struct Console: Sendable {
         registerFleet(on: router)
         registerAccount(on: router)
         registerLists(on: router)
+        registerAgent(on: router)
         registerAdministrators(on: router)
         registerAudit(on: router)
     }
