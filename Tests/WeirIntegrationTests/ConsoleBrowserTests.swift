@@ -18,14 +18,14 @@ struct ConsoleBrowserTests {
         return base.appendingPathComponent("console")
     }
 
-    @Test("sign in (a wrong password first); set up TOTP and sign in again with it; two agents online; one stopped turns offline live; label filter; labels edited on the agent page; a list made and a domain added reach an agent; audit; no CSP violation; sign out")
+    @Test("sign in (a wrong password first); set up TOTP and sign in again with it; two agents online; a document edited with live validation, assigned to a label group, applied by both; one stopped turns offline live; label filter; labels edited on the agent page; a list made and a domain added reach an agent; audit; no CSP violation; sign out")
     func fleet() throws {
         let pki = try TestPKI()
         let coordinator = try CoordinatorProcess(pki: pki)
         try coordinator.start()
         defer { coordinator.stop() }
         let agents = try [("edge-a", "a"), ("edge-b", "b")].map { id, site in
-            try CoordinatorTests.managedAgent(id, coordinator: coordinator, token: try coordinator.enrollmentToken(labels: ["site": site]), labels: [:])
+            try CoordinatorTests.managedAgent(id, coordinator: coordinator, token: try coordinator.enrollmentToken(labels: ["site": site, "role": "edge"]), labels: [:])
         }
         defer { for agent in agents { agent.stop() } }
         #expect(try coordinator.createConsoleAccount("olivia", role: "operator", password: "lantern harbour quiet 77").status == 0)
@@ -49,7 +49,7 @@ struct ConsoleBrowserTests {
             if !delivered { usleep(200_000) }
         }
         #expect(delivered, "the list reached edge-a")
-        for page in ["agent", "list", "list-refused", "login", "two-factor-setup", "two-factor-recovery-codes", "two-factor-code", "fleet", "fleet-offline", "fleet-filtered", "audit"] {
+        for page in ["pipeline", "pipeline-error", "agent", "list", "list-refused", "login", "two-factor-setup", "two-factor-recovery-codes", "two-factor-code", "fleet", "fleet-offline", "fleet-filtered", "audit"] {
             #expect(FileManager.default.fileExists(atPath: Self.artefacts.appendingPathComponent(page + ".png").path), "screenshot \(page)")
         }
     }

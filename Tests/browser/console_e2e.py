@@ -127,6 +127,41 @@ try:
     check("site=a" in row(FIRST).text and "site=b" in row(SECOND).text, row(FIRST).text + " / " + row(SECOND).text)
     shot("fleet")
 
+    step = "a document: the editor shows the validator's message at its line as you type; saved, assigned to a label group, both agents apply it"
+    initial = row(FIRST).find_element(By.CSS_SELECTOR, "td:nth-child(5) code").text
+    driver.find_element(By.LINK_TEXT, "Pipelines").click()
+    field = wait(lambda d: d.find_elements(By.CSS_SELECTOR, "#new-document input[name=new]"))[0]
+    field.send_keys("edge")
+    driver.find_element(By.CSS_SELECTOR, "#new-document button[type=submit]").click()
+    editor = wait(lambda d: d.find_elements(By.ID, "document"), what="the editor")[0]
+    broken = ("pipelines:\n  edge:\n    stages:\n      - type: listen.tcpx\n        address: 127.0.0.1:0\n"
+              "      - type: connect.tcp\n        addresses: [127.0.0.1:9]\n")
+    editor.clear()
+    editor.send_keys(broken)
+    wait(lambda d: any("line 4" in item.text and "listen.tcpx" in item.text for item in d.find_elements(By.CSS_SELECTOR, "#diagnostics li")),
+         what="the live message at line 4")
+    shot("pipeline-error")
+    driver.find_element(By.CSS_SELECTOR, "#editor button[type=submit]").click()
+    wait(lambda d: d.find_elements(By.ID, "document-error"), what="the refused save")
+    check(any("line 4" in item.text for item in driver.find_elements(By.CSS_SELECTOR, "#diagnostics li")), "the save's message names line 4")
+    editor = driver.find_element(By.ID, "document")
+    editor.clear()
+    editor.send_keys(broken.replace("listen.tcpx", "listen.tcp"))
+    wait(lambda d: d.find_element(By.ID, "validity").text == "Valid.", what="valid as typed")
+    driver.find_element(By.CSS_SELECTOR, "#editor button[type=submit]").click()
+    wait(lambda d: d.find_elements(By.ID, "document-message"), what="saved")
+    driver.find_element(By.CSS_SELECTOR, "#assignments input[name=selector]").send_keys("role=edge")
+    driver.find_element(By.CSS_SELECTOR, "#assignments button[type=submit]").click()
+    try:
+        wait(lambda d: "2 agents now" in d.find_element(By.ID, "assignments").text, seconds=5)
+    except AssertionError:
+        raise AssertionError("the assignment matching both agents: " + driver.find_element(By.ID, "assignments").get_attribute("innerHTML"))
+    shot("pipeline")
+    driver.find_element(By.LINK_TEXT, "Fleet").click()
+    wait(lambda d: all(row(a) is not None and "in sync" in row(a).text
+                       and row(a).find_element(By.CSS_SELECTOR, "td:nth-child(5) code").text != initial for a in (FIRST, SECOND)),
+         what="both agents applied the new bundle")
+
     step = "a stopped agent turns offline on the open page, without reloading it"
     driver.execute_script("window.weirMarker = 42;")
     os.kill(STOP_PID, signal.SIGTERM)
@@ -189,13 +224,15 @@ try:
     check("with TOTP" in text and "two_factor.enable" in text, text)
     check("list.add egress" in text and "added: approved.example.org" in text, text)
     check(f"agent.labels {FIRST}" in text and "tier=gold" in text, text)
+    check("pipeline.save edge" in text and "assignment.create edge" in text, text)
     shot("audit")
 
     step = "no Content-Security-Policy violation and no script error on any page"
     # Pages answered with an error status on purpose (the wrong password: 401, the refused private address:
     # 422) are logged by Chromium as failed loads: expected.
     expected = ["/login - Failed to load resource: the server responded with a status of 401",
-                "/lists/egress/add - Failed to load resource: the server responded with a status of 422"]
+                "/lists/egress/add - Failed to load resource: the server responded with a status of 422",
+                "/pipelines/edge/save - Failed to load resource: the server responded with a status of 422"]
     problems = [entry["message"] for entry in driver.get_log("browser")
                 if entry["level"] == "SEVERE" and not any(text in entry["message"] for text in expected)]
     check(not problems, "\n".join(problems))

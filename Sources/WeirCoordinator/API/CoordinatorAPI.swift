@@ -106,22 +106,12 @@ struct CoordinatorAPI: Sendable {
                 throw APIError.badRequest("a pipeline document name is 1-64 letters, digits, '-' or '_'")
             }
             let document = try await documentBody(request, context)
-            try validate(document: document, name: name, lists: try await store.lists())
-            let previous = try await store.pipeline(name: name)
-            let existed = previous != nil
-            try await store.putPipeline(name: name, document: document)
-            let redaction = SecretRedaction(registry: registry)
-            AuditNote.set(AuditDiff.document(before: previous.map { redaction.redact($0.document) }, after: redaction.redact(document)))
-            await changed()
+            let existed = try await putPipeline(name: name, document: document) == false
             guard let stored = try await store.pipeline(name: name) else { throw APIError.notFound("pipeline document \"\(name)\"") }
             return JSONResponse.make(stored, status: existed ? .ok : .created)
         }
         api.delete("pipelines/{name}") { _, context in
-            let name = try context.parameters.require("name")
-            let previous = try await store.pipeline(name: name)
-            guard try await store.deletePipeline(name: name) else { throw APIError.notFound("pipeline document \"\(name)\"") }
-            AuditNote.set(AuditDiff.document(before: previous.map { SecretRedaction(registry: registry).redact($0.document) }, after: nil))
-            await changed()
+            try await deletePipeline(name: try context.parameters.require("name"))
             return Response(status: .noContent)
         }
 
@@ -187,18 +177,10 @@ struct CoordinatorAPI: Sendable {
         api.get("assignments") { _, _ in JSONResponse.make(try await store.assignments()) }
         api.post("assignments") { request, context in
             let body = try await decode(AssignmentRequest.self, request, context)
-            guard try await store.pipeline(name: body.pipeline) != nil else { throw APIError.notFound("pipeline document \"\(body.pipeline)\"") }
-            let selector = try body.selector.map { try LabelSelector(parsing: $0) }
-            guard (body.agent == nil) != (selector == nil) else { throw APIError.badRequest("give exactly one of agent and selector") }
-            if let agent = body.agent, !Identifiers.isValidAgentID(agent) { throw APIError.badRequest("\"\(agent)\" is not an agent id") }
-            let assignment = try await store.createAssignment(pipeline: body.pipeline, agent: body.agent, selector: selector)
-            await changed()
-            return JSONResponse.make(assignment, status: .created)
+            return JSONResponse.make(try await createAssignment(pipeline: body.pipeline, agent: body.agent, selector: body.selector), status: .created)
         }
         api.delete("assignments/{id}") { _, context in
-            let id = try context.parameters.require("id")
-            guard try await store.deleteAssignment(id: id) else { throw APIError.notFound("assignment \"\(id)\"") }
-            await changed()
+            try await deleteAssignment(id: try context.parameters.require("id"))
             return Response(status: .noContent)
         }
 
@@ -267,6 +249,45 @@ struct CoordinatorAPI: Sendable {
         } catch {
             throw APIError.unprocessable("invalid list", details: error.diagnostics.map(\.description))
         }
+    }
+
+    // MARK: - Documents and assignments (the API's and the console's one way to change them)
+
+    /// Validates and stores a document; true when it was created.
+    func putPipeline(name: String, document: String) async throws -> Bool {
+        guard ConfigLoader.isValidName(name) else { throw APIError.badRequest("a pipeline document name is 1-64 letters, digits, '-' or '_'") }
+        try validate(document: document, name: name, lists: try await store.lists())
+        let previous = try await store.pipeline(name: name)
+        try await store.putPipeline(name: name, document: document)
+        let redaction = SecretRedaction(registry: registry)
+        AuditNote.set(AuditDiff.document(before: previous.map { redaction.redact($0.document) }, after: redaction.redact(document)))
+        await changed()
+        return previous == nil
+    }
+
+    func deletePipeline(name: String) async throws {
+        let previous = try await store.pipeline(name: name)
+        guard try await store.deletePipeline(name: name) else { throw APIError.notFound("pipeline document \"\(name)\"") }
+        AuditNote.set(AuditDiff.document(before: previous.map { SecretRedaction(registry: registry).redact($0.document) }, after: nil))
+        await changed()
+    }
+
+    func createAssignment(pipeline: String, agent: String?, selector text: String?) async throws -> Assignment {
+        guard try await store.pipeline(name: pipeline) != nil else { throw APIError.notFound("pipeline document \"\(pipeline)\"") }
+        let selector = try text.map { try LabelSelector(parsing: $0) }
+        guard (agent == nil) != (selector == nil) else { throw APIError.badRequest("give exactly one of agent and selector") }
+        if let agent, !Identifiers.isValidAgentID(agent) { throw APIError.badRequest("\"\(agent)\" is not an agent id") }
+        let assignment = try await store.createAssignment(pipeline: pipeline, agent: agent, selector: selector)
+        AuditNote.set("\(pipeline) → " + (agent.map { "agent \($0)" } ?? "selector \(selector!.description)"))
+        await changed()
+        return assignment
+    }
+
+    func deleteAssignment(id: String) async throws {
+        let existing = try await store.assignments().first { $0.id == id }
+        guard try await store.deleteAssignment(id: id) else { throw APIError.notFound("assignment \"\(id)\"") }
+        if let existing { AuditNote.set("\(existing.pipeline) → " + (existing.agent.map { "agent \($0)" } ?? "selector \(existing.selector?.description ?? "")")) }
+        await changed()
     }
 
     // MARK: - Agents (the API's and the console's one way to change them)

@@ -51,6 +51,7 @@ struct Console: Sendable {
         registerAccount(on: router)
         registerLists(on: router)
         registerAgent(on: router)
+        registerPipelines(on: router)
         registerAdministrators(on: router)
         registerAudit(on: router)
     }

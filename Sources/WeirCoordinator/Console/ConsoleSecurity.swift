@@ -90,7 +90,7 @@ enum CSRFCheck {
 enum FormBody {
     static let limit = 64 << 10
 
-    static func read(_ request: inout Request) async throws -> [String: String] {
+    static func read(_ request: inout Request, limit: Int = FormBody.limit) async throws -> [String: String] {
         let buffer = try await request.collectBody(upTo: limit)
         return parse(String(buffer: buffer))
     }

@@ -15,6 +15,7 @@ struct ConsoleTemplates: Sendable {
             ("audit", PackageResources.audit_mustache), ("second_factor", PackageResources.second_factor_mustache),
             ("account", PackageResources.account_mustache), ("administrators", PackageResources.administrators_mustache),
             ("lists", PackageResources.lists_mustache), ("list", PackageResources.list_mustache), ("agent", PackageResources.agent_mustache),
+            ("pipelines", PackageResources.pipelines_mustache), ("pipeline", PackageResources.pipeline_mustache),
         ]
         var library = MustacheLibrary()
         for (name, bytes) in sources { try library.register(String(decoding: bytes, as: UTF8.self), named: name) }

@@ -17,3 +17,46 @@ function follow(table) {
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("table[data-live]").forEach(follow);
 });
+
+// The document editor: the server validates as you type (the agent's own validator), and each message
+// names its line and column; clicking one puts the cursor there.
+function editor(form) {
+  const text = form.querySelector("textarea");
+  const list = document.getElementById("diagnostics");
+  const validity = document.getElementById("validity");
+  const token = document.querySelector('meta[name="csrf-token"]').content;
+  let timer = null, sent = 0;
+  const show = (messages, valid) => {
+    list.replaceChildren(...messages.map((message) => {
+      const item = document.createElement("li");
+      item.dataset.line = message.line;
+      item.textContent = `line ${message.line}, column ${message.column}: ${message.text}`;
+      return item;
+    }));
+    validity.textContent = valid ? "Valid." : `${messages.length} problem${messages.length === 1 ? "" : "s"}.`;
+  };
+  const validate = async () => {
+    const mine = ++sent;
+    const response = await fetch(form.dataset.validate, {
+      method: "POST", headers: { "Content-Type": "text/plain; charset=utf-8", "X-CSRF-Token": token }, body: text.value,
+      credentials: "same-origin",
+    });
+    if (!response.ok || mine !== sent) return;
+    const result = await response.json();
+    show(result.messages, result.valid);
+  };
+  text.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(validate, 400); });
+  list.addEventListener("click", (event) => {
+    const line = Number(event.target.dataset.line || 0);
+    if (!line) return;
+    const lines = text.value.split("\n");
+    const start = lines.slice(0, line - 1).reduce((sum, part) => sum + part.length + 1, 0);
+    text.focus();
+    text.setSelectionRange(start, start + (lines[line - 1] || "").length);
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const form = document.getElementById("editor");
+  if (form && form.dataset.validate) editor(form);
+});
