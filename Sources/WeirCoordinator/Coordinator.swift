@@ -200,6 +200,7 @@ struct Housekeeping: Service, CustomStringConvertible {
             let now = Date().timeIntervalSince1970
             try await consoleStore.removeExpiredSessions(
                 idleBefore: now - config.console.sessionIdleTimeout.seconds, createdBefore: now - config.console.sessionLifetime.seconds)
+            try await TrafficHistory(database: store.database).prune(now: now)
             let removed = try await store.removeAgents(lastSeenBefore: now - config.retention.seconds)
             if !removed.isEmpty { logger.notice("removed agents offline longer than the retention", metadata: ["agents": "\(removed)"]) }
             let agents = try await store.agents()

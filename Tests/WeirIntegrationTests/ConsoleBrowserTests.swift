@@ -49,7 +49,7 @@ struct ConsoleBrowserTests {
             if !delivered { usleep(200_000) }
         }
         #expect(delivered, "the list reached edge-a")
-        for page in ["pipeline", "pipeline-error", "agent", "list", "list-refused", "login", "two-factor-setup", "two-factor-recovery-codes", "two-factor-code", "fleet", "fleet-offline", "fleet-filtered", "audit"] {
+        for page in ["traffic", "pipeline", "pipeline-error", "agent", "list", "list-refused", "login", "two-factor-setup", "two-factor-recovery-codes", "two-factor-code", "fleet", "fleet-offline", "fleet-filtered", "audit"] {
             #expect(FileManager.default.fileExists(atPath: Self.artefacts.appendingPathComponent(page + ".png").path), "screenshot \(page)")
         }
     }

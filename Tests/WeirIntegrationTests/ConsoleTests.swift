@@ -342,4 +342,62 @@ struct ConsoleTests {
             #expect(trail.contains(line), "\(line)\n\(trail)")
         }
     }
+
+    @Test("traffic history: heartbeats become per-minute history in the database; the CSV's rows add up to the agent's own counters; the chart is SVG")
+    func trafficHistory() throws {
+        let coordinator = try CoordinatorProcess(pki: try TestPKI())
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let echo = try Backends.echo()
+        let port = freePort()
+        let agent = try CoordinatorTests.managedAgent(
+            "trafficker", coordinator: coordinator, token: try coordinator.enrollmentToken(), labels: [:],
+            pipelines: CoordinatorTests.forward("fwd", port: port, to: echo.port))
+        defer { agent.stop() }
+        for _ in 0..<5 { #expect(CoordinatorTests.echoes(port)) }
+        // The agent's own counters, as its heartbeats report them, once they stop moving.
+        func reported() throws -> (Double, Double) {
+            let report = try coordinator.admin("GET", "/api/v1/agents/trafficker/traffic") as? [String: [String: Any]]
+            return ((report?["fwd"]?["bytes_in"] as? Double) ?? 0, (report?["fwd"]?["bytes_out"] as? Double) ?? 0)
+        }
+        var counters = try reported()
+        for _ in 0..<40 {
+            usleep(500_000)
+            let now = try reported()
+            if now == counters, now.0 >= 5 * 4096 { break }
+            counters = now
+        }
+        #expect(counters.0 >= 5 * 4096 && counters.1 >= 5 * 4096, "\(counters)")
+        usleep(1_200_000)  // another heartbeat or two: nothing more to add
+
+        let browser = ConsoleClient(coordinator)
+        try browser.signIn("admin", coordinator.consoleAdminPassword)
+        // The CSV against the counters read just before and just after it (a late heartbeat moves both).
+        var matched = false
+        var last = ""
+        for _ in 0..<10 where !matched {
+            let before = try reported()
+            let csv = try browser.get("/traffic.csv?range=1h&agent=trafficker")
+            let after = try reported()
+            #expect(csv.headers["content-type"]?.hasPrefix("text/csv") == true)
+            let rows = csv.body.split(separator: "\r\n").dropFirst().map { $0.split(separator: ",").map(String.init) }
+            #expect(!rows.isEmpty && rows.allSatisfy { $0.count == 7 && $0[1] == "60" && $0[2] == "trafficker" && $0[3] == "fwd" }, "\(csv.body)")
+            let sums = (rows.reduce(0.0) { $0 + (Double($1[4]) ?? 0) }, rows.reduce(0.0) { $0 + (Double($1[5]) ?? 0) })
+            matched = before == after && sums == after
+            last = "CSV \(sums) vs the agent's \(before) / \(after)"
+            if !matched { usleep(300_000) }
+        }
+        #expect(matched, "\(last)")
+        counters = try reported()
+        // The day and year views count the same bytes.
+        for range in ["24h", "365d"] {
+            let total = try browser.get("/traffic.csv?range=\(range)").body.split(separator: "\r\n").dropFirst()
+                .reduce(0.0) { $0 + (Double($1.split(separator: ",")[4]) ?? 0) }
+            #expect(total == counters.0, "\(range)")
+        }
+        let page = try browser.get("/traffic?agent=trafficker")
+        #expect(page.status == 200 && page.body.contains("<td>fwd</td>"), "\(page.body)")
+        let chart = try browser.get("/traffic.svg?range=1h")
+        #expect(chart.headers["content-type"] == "image/svg+xml" && chart.body.hasPrefix("<svg") && chart.body.contains("<polyline"))
+    }
 }

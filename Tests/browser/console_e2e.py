@@ -216,6 +216,12 @@ try:
     check("private allowed" in driver.find_element(By.CSS_SELECTOR, 'tr[data-entry="10.20.30.40"]').text, "flag shown")
     shot("list")
 
+    step = "the traffic page draws its chart (an SVG from the coordinator)"
+    driver.get(URL + "/traffic?range=1h")
+    chart = wait(lambda d: d.find_elements(By.ID, "traffic-chart"))[0]
+    wait(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", chart), what="the chart loaded")
+    shot("traffic")
+
     step = "the audit page shows the sign-ins"
     driver.get(URL + "/audit")
     wait(lambda d: d.find_elements(By.ID, "audit"))

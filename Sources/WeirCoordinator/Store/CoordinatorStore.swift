@@ -155,11 +155,17 @@ struct CoordinatorStore: Sendable {
             """).run()
     }
 
+    /// The heartbeat's counters become the agent's report, and what they grew by since the last one goes to
+    /// the traffic history.
     func recordHeartbeat(agentID: String, _ heartbeat: AgentHeartbeat) async throws {
+        let now = Self.now()
+        let previous = try await sql.raw("SELECT report FROM agents WHERE id = \(bind: agentID)").first()
+            .flatMap { try? JSONText.decode([String: PipelineReport].self, try $0.decode(column: "report", as: String.self)) } ?? [:]
         try await sql.raw("""
-            UPDATE agents SET last_seen = \(bind: Self.now()), report = \(bind: try JSONText.encode(heartbeat.pipelines))
+            UPDATE agents SET last_seen = \(bind: now), report = \(bind: try JSONText.encode(heartbeat.pipelines))
             WHERE id = \(bind: agentID)
             """).run()
+        try await TrafficHistory(database: database).record(agent: agentID, time: now, TrafficHistory.growth(previous: previous, current: heartbeat.pipelines))
     }
 
     func recordPushed(agentID: String, version: String) async throws {

@@ -120,6 +120,12 @@ final class CoordinatorDatabase: Sendable {
             "CREATE INDEX IF NOT EXISTS console_sessions_account ON console_sessions (account)",
             "CREATE TABLE IF NOT EXISTS console_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
             """
+            CREATE TABLE IF NOT EXISTS traffic (
+                resolution TEXT NOT NULL, bucket BIGINT NOT NULL, agent TEXT NOT NULL, pipeline TEXT NOT NULL,
+                bytes_in DOUBLE PRECISION NOT NULL, bytes_out DOUBLE PRECISION NOT NULL, connections DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (resolution, bucket, agent, pipeline))
+            """,
+            """
             CREATE TABLE IF NOT EXISTS audit_log (
                 id TEXT PRIMARY KEY, time DOUBLE PRECISION NOT NULL, actor TEXT NOT NULL, source TEXT NOT NULL, action TEXT NOT NULL,
                 outcome TEXT NOT NULL, detail TEXT NOT NULL)
