@@ -17,7 +17,7 @@ import time
 os.environ.setdefault("SE_OFFLINE", "true")  # never download a driver: Debian's chromium-driver is used
 import pyotp
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -48,19 +48,26 @@ def shot(name):
 
 def wait(condition, seconds=20, what=""):
     try:
-        return WebDriverWait(driver, seconds, poll_frequency=0.2).until(lambda d: condition(d))
+        # Parts of live pages are replaced while a condition reads them: a stale element means "look again".
+        return WebDriverWait(driver, seconds, poll_frequency=0.2, ignored_exceptions=[StaleElementReferenceException]).until(
+            lambda d: condition(d))
     except TimeoutException:
         raise AssertionError(f"timed out after {seconds} s waiting for {what or step}")
 
 
 def row(agent):
-    found = driver.find_elements(By.CSS_SELECTOR, f'tr[data-agent="{agent}"]')
-    return found[0] if found else None
+    """The agent's fleet row as it is now: {state, text, desired}, or None. Read in one script call: the live
+    stream replaces the rows every 2 s, so an element found earlier may be gone (stale) a moment later."""
+    return driver.execute_script(
+        "const r = document.querySelector(`tr[data-agent=\"${arguments[0]}\"]`);"
+        "if (!r) return null;"
+        "const code = r.cells.length > 4 ? r.cells[4].querySelector('code') : null;"
+        "return {state: r.dataset.state, text: r.innerText, desired: code ? code.textContent : ''};", agent)
 
 
 def state(agent):
-    element = row(agent)
-    return element.get_attribute("data-state") if element else None
+    found = row(agent)
+    return found["state"] if found else None
 
 
 def check(condition, message):
@@ -124,11 +131,11 @@ try:
     step = "both agents online"
     wait(lambda d: state(FIRST) == "online" and state(SECOND) == "online", what="both agents online")
     check("2 agents" in driver.find_element(By.ID, "fleet-summary").text, driver.find_element(By.ID, "fleet-summary").text)
-    check("site=a" in row(FIRST).text and "site=b" in row(SECOND).text, row(FIRST).text + " / " + row(SECOND).text)
+    check("site=a" in row(FIRST)["text"] and "site=b" in row(SECOND)["text"], row(FIRST)["text"] + " / " + row(SECOND)["text"])
     shot("fleet")
 
     step = "a document: the editor shows the validator's message at its line as you type; saved, assigned to a label group, both agents apply it"
-    initial = row(FIRST).find_element(By.CSS_SELECTOR, "td:nth-child(5) code").text
+    initial = row(FIRST)["desired"]
     driver.find_element(By.LINK_TEXT, "Pipelines").click()
     field = wait(lambda d: d.find_elements(By.CSS_SELECTOR, "#new-document input[name=new]"))[0]
     field.send_keys("edge")
@@ -158,8 +165,7 @@ try:
         raise AssertionError("the assignment matching both agents: " + driver.find_element(By.ID, "assignments").get_attribute("innerHTML"))
     shot("pipeline")
     driver.find_element(By.LINK_TEXT, "Fleet").click()
-    wait(lambda d: all(row(a) is not None and "in sync" in row(a).text
-                       and row(a).find_element(By.CSS_SELECTOR, "td:nth-child(5) code").text != initial for a in (FIRST, SECOND)),
+    wait(lambda d: all((r := row(a)) is not None and "in sync" in r["text"] and r["desired"] != initial for a in (FIRST, SECOND)),
          what="both agents applied the new bundle")
 
     step = "a stopped agent turns offline on the open page, without reloading it"
@@ -168,7 +174,7 @@ try:
     wait(lambda d: state(SECOND) == "offline", seconds=30, what=f"{SECOND} offline")
     check(state(FIRST) == "online", "the other agent stays online")
     check(driver.execute_script("return window.weirMarker;") == 42, "the page was reloaded")
-    check("last seen" in row(SECOND).text, row(SECOND).text)
+    check("last seen" in row(SECOND)["text"], row(SECOND)["text"])
     check("1 online" in driver.find_element(By.ID, "fleet-summary").text, driver.find_element(By.ID, "fleet-summary").text)
     shot("fleet-offline")
 
@@ -181,7 +187,8 @@ try:
     shot("fleet-filtered")
 
     step = "the agent page: pipelines, host facts; labels edited there take effect in the fleet's filter"
-    driver.find_element(By.LINK_TEXT, FIRST).click()
+    # (By address, not by clicking the row's link: the live stream may replace the row between finding and clicking.)
+    driver.get(URL + f"/agents/{FIRST}")
     wait(lambda d: d.find_elements(By.ID, "agent-state"), what="the agent page")
     check(driver.find_element(By.ID, "agent-state").text == "online", driver.find_element(By.ID, "agent-state").text)
     check("site=a" in driver.find_element(By.ID, "labels").text, driver.find_element(By.ID, "labels").text)
