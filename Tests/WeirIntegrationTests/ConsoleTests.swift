@@ -179,6 +179,31 @@ struct ConsoleTests {
         #expect(!csv.body.contains(coordinator.adminToken), "no secret in the trail")
     }
 
+    @Test("hostile requests: an oversized form (413), broken percent-encoding, junk and forged cookies, a session cookie of another length — refused, and the console keeps answering")
+    func hostileRequests() throws {
+        let coordinator = try CoordinatorProcess(pki: try TestPKI())
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let stranger = ConsoleClient(coordinator)
+        _ = try stranger.get("/login")
+        #expect(try stranger.post("/login", ["name": "admin", "password": String(repeating: "x", count: 70_000)]).status == 413)
+        #expect(try stranger.request("POST", "/login", form: [:], headers: ["Content-Type: application/x-www-form-urlencoded"]).status == 403)
+        let garbled = try command([
+            "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", coordinator.pki.caPath, "--data-binary", "%%%&&=&name=%zz&token=%",
+            "-H", "Content-Type: application/x-www-form-urlencoded", coordinator.url + "/login",
+        ])
+        #expect(garbled.output == "403")
+        for cookie in ["__Host-weir_session=", "__Host-weir_session=;;;===", "__Host-weir_session=\(String(repeating: "A", count: 4000))", "=; ; =x"] {
+            let page = try stranger.request("GET", "/", headers: ["Cookie: \(cookie)"], useCookies: false)
+            #expect(page.status == 303 && page.headers["location"] == "/login", "\(cookie.prefix(40)): \(page.status)")
+            #expect(try stranger.request("POST", "/logout", form: [:], headers: ["Cookie: \(cookie)"], useCookies: false).status == 401)
+        }
+        #expect(try stranger.get("/fleet/events").status == 401, "no live stream without a session")
+        let browser = ConsoleClient(coordinator)
+        #expect(try browser.signIn("admin", coordinator.consoleAdminPassword).status == 303)
+        #expect(try browser.get("/").status == 200)
+    }
+
     @Test("sessions end when idle longer than the idle timeout, and at their lifetime however used")
     func sessionTimeouts() throws {
         let coordinator = try CoordinatorProcess(pki: try TestPKI(), settings: ["console: {session_idle_timeout: 2s, session_lifetime: 5s}"])

@@ -62,7 +62,7 @@ extension Console {
             "operatorLabels": text(record.operatorLabels),
             "operatorLabelLines": record.operatorLabels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: "\n"),
             "facts": agent.facts.sorted { $0.key < $1.key }.map { ["key": $0.key, "value": $0.value] },
-            "canChange": ConsoleUser.current.map { $0.account.role != .viewer } ?? false, "csrf": ConsoleUser.current?.session.csrf ?? "",
+            "canChange": userCanChange, "csrf": ConsoleUser.current?.session.csrf ?? "",
         ]
         if let lastError = agent.lastError { values["lastError"] = lastError }
         if let message { values["message"] = message }

@@ -87,6 +87,9 @@ struct Console: Sendable {
         return Response(status: .seeOther, headers: headers)
     }
 
+    /// Whether the signed-in user may change things (operators and admins): pages show their forms then.
+    var userCanChange: Bool { ConsoleUser.current.map { $0.account.role != .viewer } ?? false }
+
     /// The signed-in user's role allows `role`'s work, or a 403 page (audited).
     func require(_ role: APIRole, _ what: String, context: CoordinatorContext) async -> Response? {
         guard let user = ConsoleUser.current else { return Self.redirect("/login") }

@@ -101,12 +101,10 @@ extension Console {
         }
     }
 
-    private func canChange() -> Bool { ConsoleUser.current.map { $0.account.role != .viewer } ?? false }
-
     private func listsPage(error: String? = nil) async throws -> Response {
         let formatter = ISO8601DateFormatter()
         var values: [String: Any] = [
-            "listsPage": true, "csrf": ConsoleUser.current?.session.csrf ?? "", "canChange": canChange(),
+            "listsPage": true, "csrf": ConsoleUser.current?.session.csrf ?? "", "canChange": userCanChange,
             "lists": try await api.store.lists().sorted { $0.name < $1.name }.map { list -> [String: Any] in
                 [
                     "name": list.name, "kind": list.kind.rawValue, "count": list.entries.count,
@@ -123,7 +121,7 @@ extension Console {
         let needle = query.lowercased()
         let matching = list.entries.filter { needle.isEmpty || $0.key.lowercased().contains(needle) }
         let csrf = ConsoleUser.current?.session.csrf ?? ""
-        let change = canChange()
+        let change = userCanChange
         var values: [String: Any] = [
             "listsPage": true, "name": list.name, "kind": list.kind.rawValue, "count": list.entries.count, "query": query, "searching": !query.isEmpty, "csrf": csrf,
             "canChange": change, "destinations": list.kind == .destinations,

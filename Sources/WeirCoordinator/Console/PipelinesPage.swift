@@ -49,8 +49,8 @@ extension Console {
         router.get("pipelines/{name}") { _, context -> Response in try await pipelinePage(try context.parameters.require("name")) }
         router.post("pipelines/{name}/validate") { request, context -> Response in
             let name = try context.parameters.require("name")
-            guard ConsoleUser.current?.account.role != .viewer else { throw HTTPError(.forbidden) }
-            let document = String(buffer: try await request.body.collect(upTo: api.maxRequestBody))
+            guard userCanChange else { throw HTTPError(.forbidden) }
+            let document = String(buffer: try await api.body(request))
             var messages: [Diagnostic] = []
             do { try api.validate(document: document, name: name, lists: try await api.store.lists()) } catch let error as APIError {
                 messages = error.details.map(Diagnostic.init)
@@ -119,7 +119,7 @@ extension Console {
         let formatter = ISO8601DateFormatter()
         let assignments = try await api.store.assignments()
         var values: [String: Any] = [
-            "pipelinesPage": true, "canChange": ConsoleUser.current.map { $0.account.role != .viewer } ?? false,
+            "pipelinesPage": true, "canChange": userCanChange,
             "documents": try await api.store.pipelines().sorted { $0.name < $1.name }.map { document -> [String: Any] in
                 [
                     "name": document.name, "size": Self.bytes(Double(document.document.utf8.count)),
@@ -137,7 +137,7 @@ extension Console {
     ) async throws -> Response {
         guard ConfigLoader.isValidName(name) else { return errorPage(.notFound, "\(name) is not a document name.") }
         let stored = try await api.store.pipeline(name: name)
-        let canChange = ConsoleUser.current.map { $0.account.role != .viewer } ?? false
+        let canChange = userCanChange
         let readsSecrets = ConsoleUser.current?.account.role.readsSecrets ?? false
         if stored == nil, !canChange { return errorPage(.notFound, "There is no document named \(name).") }
         var document = draft ?? stored?.document ?? Self.starterDocument.replacingOccurrences(of: "NAME", with: name)
