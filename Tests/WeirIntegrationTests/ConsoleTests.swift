@@ -425,4 +425,68 @@ struct ConsoleTests {
         let chart = try browser.get("/traffic.svg?range=1h")
         #expect(chart.headers["content-type"] == "image/svg+xml" && chart.body.hasPrefix("<svg") && chart.body.contains("<polyline"))
     }
+
+    @Test("a push from the document page: the preview names the agents a change reaches and shows the diff; the rollout shows each agent pending, then its ACK, or its NACK with the error, live")
+    func pushRollout() throws {
+        let coordinator = try CoordinatorProcess(pki: try TestPKI())
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let token = try coordinator.enrollmentToken(labels: ["role": "edge"], uses: 2)
+        let a = try CoordinatorTests.managedAgent("push-a", coordinator: coordinator, token: token, labels: [:])
+        let b = try CoordinatorTests.managedAgent("push-b", coordinator: coordinator, token: token, labels: [:])
+        defer { a.stop(); b.stop() }
+        #expect(eventually(timeout: 10) { CoordinatorTests.inSync(coordinator, "push-a") && CoordinatorTests.inSync(coordinator, "push-b") })
+        let echo = try Backends.echo()
+        let browser = ConsoleClient(coordinator)
+        try browser.signIn("admin", coordinator.consoleAdminPassword)
+        let csrf = try browser.csrfToken()
+
+        // A new document: the preview says it reaches nobody yet; saving and assigning it to the label group.
+        let first = CoordinatorTests.forward("edge-fwd", port: 0, to: echo.port)
+        let newPreview = try browser.post("/pipelines/edge/preview", ["document": first], csrf: csrf)
+        #expect(newPreview.status == 200 && newPreview.body.contains("A new document: it reaches no agent until you assign it."), "\(newPreview.body)")
+        #expect(try browser.post("/pipelines/edge/save", ["document": first], csrf: csrf).status == 200)
+        let assigned = try browser.post("/pipelines/edge/assign", ["selector": "role=edge"], csrf: csrf)
+        #expect(assigned.status == 200 && assigned.body.contains("Assigned."))
+        #expect(eventually(timeout: 5) {
+            let page = (try? browser.get("/pipelines/edge").body) ?? ""
+            return page.contains("2 agents: 2 applied · 0 pending · 0 refused") && page.components(separatedBy: "applied (ACK)").count == 3
+        }, "\((try? browser.get("/pipelines/edge").body) ?? "")")
+
+        // A change: the preview lists both agents with their bundle versions before and after, and the diff of
+        // the line that changes; nothing is saved by a preview.
+        let taken = try TCPListener()
+        let second = first.replacingOccurrences(of: "127.0.0.1:0", with: "127.0.0.1:\(taken.port)")
+        let preview = try browser.post("/pipelines/edge/preview", ["document": second], csrf: csrf)
+        #expect(preview.status == 200)
+        #expect(preview.body.contains("Saving changes the bundle of 2 agents: pipelines/edge.yaml in each"), "\(preview.body)")
+        for id in ["push-a", "push-b"] { #expect(preview.body.contains("<tr data-agent=\"\(id)\"><td class=\"id\">\(id)</td>")) }
+        #expect(preview.body.contains("<tr class=\"removed\"><td class=\"number\">5</td><td class=\"number\"></td><td><code>        address: 127.0.0.1:0</code>"))
+        #expect(preview.body.contains("<tr class=\"added\"><td class=\"number\"></td><td class=\"number\">5</td><td><code>        address: 127.0.0.1:\(taken.port)</code>"))
+        #expect(preview.body.contains("1 line removed, 1 added"))
+        #expect(try coordinator.admin("GET", "/api/v1/pipelines/edge") as? [String: Any] != nil)
+        #expect(((try coordinator.admin("GET", "/api/v1/pipelines/edge") as? [String: Any])?["document"] as? String) == first, "a preview saves nothing")
+        // An invalid draft: the preview says so, with the validator's message at its line.
+        let invalid = try browser.post("/pipelines/edge/preview", ["document": first.replacingOccurrences(of: "address:", with: "adress:")], csrf: csrf)
+        #expect(invalid.status == 422 && invalid.body.contains("line 5, column 9: pipelines.edge-fwd.stages[0] (listen.tcp): adress: unknown key"), "\(invalid.body)")
+
+        // Saved: a port taken on this host makes both agents refuse it; the live stream and the page show each
+        // NACK with the agent's own error.
+        #expect(try browser.post("/pipelines/edge/save", ["document": second], csrf: csrf).status == 200)
+        #expect(eventually(timeout: 8) {
+            (try? browser.stream("/pipelines/edge/events", seconds: 2))?.contains("0 applied · 0 pending · 2 refused") == true
+        })
+        let events = try browser.stream("/pipelines/edge/events", seconds: 2)
+        #expect(events.contains("event: rows") && events.contains("event: summary"))
+        #expect(events.contains("refused (NACK)") && events.contains("cannot listen on 127.0.0.1:\(taken.port) (listen.tcp): Address already in use"), "\(events)")
+        // Viewers see the rollout but cannot preview.
+        #expect(try coordinator.createConsoleAccount("watcher", role: "viewer", password: "correct horse battery staple 9").status == 0)
+        let viewer = ConsoleClient(coordinator)
+        try viewer.signIn("watcher", "correct horse battery staple 9")
+        #expect(try viewer.get("/pipelines/edge").body.contains("2 refused"))
+        #expect(try viewer.post("/pipelines/edge/preview", ["document": first], csrf: try viewer.csrfToken()).status == 403)
+        #expect(try viewer.stream("/pipelines/edge/events", seconds: 1).contains("event: rows"))
+        let stranger = ConsoleClient(coordinator)
+        #expect(try stranger.get("/pipelines/edge/events").status == 401, "no live stream without a session")
+    }
 }

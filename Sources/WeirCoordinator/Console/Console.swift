@@ -278,7 +278,7 @@ struct ConsoleSessionMiddleware: RouterMiddleware {
         let path = request.uri.path
         guard Console.isConsolePath(path), !Console.isPublic(path) else { return try await next(request, context) }
         guard let user = try await console.resolve(request, touch: true) else {
-            if request.method == .get, !path.hasPrefix("/fleet/events") {
+            if request.method == .get, !path.hasSuffix("/events") {
                 let target = request.uri.string == "/" ? "/login" : "/login?next=" + (request.uri.string.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? "")
                 return Console.redirect(target)
             }

@@ -64,33 +64,41 @@ extension Console {
             return page("fleet", title: "Fleet", values)
         }
         router.get("fleet/events") { request, _ -> Response in
-            guard let user = ConsoleUser.current else { throw HTTPError(.unauthorized) }
-            guard streams.open() else {
-                return Response(status: .serviceUnavailable, headers: [.retryAfter: "10"], body: .init(byteBuffer: ByteBuffer(string: "too many live pages\n")))
-            }
             let query = FleetQuery(request.uri.queryParameters)
-            return Response(
-                status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-store"],
-                body: ResponseBody { writer in
-                    defer { streams.close() }
-                    var last = ""
-                    while !Task.isCancelled {
-                        // The session is asked again every round: signing out, a revoked session or its timeout
-                        // ends the stream (without extending the session: a stream is not activity).
-                        guard (try? await validate(user.session, touch: false)) ?? nil != nil else {
-                            try await writer.write(ByteBuffer(string: Self.event("signed_out", "")))
-                            break
-                        }
-                        let view = try await fleetView(query)
-                        let message = Self.event("rows", view.rows) + Self.event("summary", view.summary) + Self.event("pager", view.pager)
-                        // Unchanged rows are not sent again; a comment keeps proxies from closing the stream.
-                        try await writer.write(ByteBuffer(string: message == last ? ": still\n\n" : message))
-                        last = message
-                        try await Task.sleep(for: Self.liveInterval)
-                    }
-                    try await writer.finish(nil)
-                })
+            return try liveEvents {
+                let view = try await fleetView(query)
+                return [("rows", view.rows), ("summary", view.summary), ("pager", view.pager)]
+            }
         }
+    }
+
+    /// A server-sent event stream for a live page: `render`'s events every `liveInterval`, sent when they
+    /// change. Bounded by `streams`; ends when the session it started with is no longer valid.
+    func liveEvents(_ render: @escaping @Sendable () async throws -> [(name: String, data: String)]) throws -> Response {
+        guard let user = ConsoleUser.current else { throw HTTPError(.unauthorized) }
+        guard streams.open() else {
+            return Response(status: .serviceUnavailable, headers: [.retryAfter: "10"], body: .init(byteBuffer: ByteBuffer(string: "too many live pages\n")))
+        }
+        return Response(
+            status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-store"],
+            body: ResponseBody { writer in
+                defer { streams.close() }
+                var last = ""
+                while !Task.isCancelled {
+                    // The session is asked again every round: signing out, a revoked session or its timeout
+                    // ends the stream (without extending the session: a stream is not activity).
+                    guard (try? await validate(user.session, touch: false)) ?? nil != nil else {
+                        try await writer.write(ByteBuffer(string: Self.event("signed_out", "")))
+                        break
+                    }
+                    let message = try await render().map { Self.event($0.name, $0.data) }.joined()
+                    // Unchanged parts are not sent again; a comment keeps proxies from closing the stream.
+                    try await writer.write(ByteBuffer(string: message == last ? ": still\n\n" : message))
+                    last = message
+                    try await Task.sleep(for: Self.liveInterval)
+                }
+                try await writer.finish(nil)
+            })
     }
 
     /// One server-sent event; every line of `data` gets its own `data:` field.

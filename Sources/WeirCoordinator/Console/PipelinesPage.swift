@@ -72,6 +72,27 @@ extension Console {
                 return try await pipelinePage(name, draft: document, error: error.message, diagnostics: error.details.map(Diagnostic.init))
             }
         }
+        router.post("pipelines/{name}/preview") { request, context -> Response in
+            let name = try context.parameters.require("name")
+            if let refused = await require(.operator, "change pipeline documents", context: context) { return refused }
+            guard ConfigLoader.isValidName(name) else { return errorPage(.notFound, "\(name) is not a document name.") }
+            var request = request
+            let document = (try await FormBody.read(&request, limit: api.maxRequestBody)["document"] ?? "").replacingOccurrences(of: "\r\n", with: "\n")
+            var diagnostics: [Diagnostic] = []
+            do { try api.validate(document: document, name: name, lists: try await api.store.lists()) } catch let error as APIError {
+                diagnostics = error.details.map(Diagnostic.init)
+            }
+            return try await pipelinePage(
+                name, draft: document, error: diagnostics.isEmpty ? nil : "This draft is not valid: agents would refuse it. Saving is refused until it is fixed.",
+                diagnostics: diagnostics, preview: try await preview(name, draft: document))
+        }
+        router.get("pipelines/{name}/events") { _, context -> Response in
+            let name = try context.parameters.require("name")
+            return try liveEvents {
+                let rollout = try await rollout(name)
+                return [("rows", rollout.rows), ("summary", rollout.summary)]
+            }
+        }
         router.post("pipelines/{name}/assign") { request, context -> Response in
             let name = try context.parameters.require("name")
             if let refused = await require(.operator, "change pipeline documents", context: context) { return refused }
@@ -133,7 +154,8 @@ extension Console {
     }
 
     private func pipelinePage(
-        _ name: String, draft: String? = nil, message: String? = nil, error: String? = nil, diagnostics: [Diagnostic] = []
+        _ name: String, draft: String? = nil, message: String? = nil, error: String? = nil, diagnostics: [Diagnostic] = [],
+        preview: [String: Any]? = nil
     ) async throws -> Response {
         guard ConfigLoader.isValidName(name) else { return errorPage(.notFound, "\(name) is not a document name.") }
         let stored = try await api.store.pipeline(name: name)
@@ -157,6 +179,12 @@ extension Console {
                 ]
             },
         ]
+        if stored != nil {
+            let rollout = try await rollout(name)
+            values["agents"] = rollout.agents
+            values["rolloutSummary"] = rollout.summary
+        }
+        if let preview { values["preview"] = preview }
         if let message { values["message"] = message }
         if let error { values["error"] = error }
         return page("pipeline", title: "Document \(name)", values, status: error == nil ? .ok : .unprocessableContent)

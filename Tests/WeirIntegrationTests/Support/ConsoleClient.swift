@@ -64,6 +64,11 @@ final class ConsoleClient: @unchecked Sendable {
 
     func get(_ path: String, headers: [String] = []) throws -> Page { try request("GET", path, headers: headers) }
 
+    /// What a live page's event stream sends in its first `seconds` (curl's timeout ends it).
+    func stream(_ path: String, seconds: Int = 3) throws -> String {
+        try command(["curl", "-s", "-N", "--max-time", "\(seconds)", "--cacert", coordinator.pki.caPath, "-b", jar.path, coordinator.url + path]).1
+    }
+
     /// A form post as the console's own pages make it: with the session's CSRF token (from `csrfFrom`'s
     /// meta tag, else the fleet page's) and this coordinator as Origin.
     func post(_ path: String, _ form: [String: String] = [:], csrf: String? = nil, origin: String? = nil, headers: [String] = []) throws -> Page {
