@@ -489,4 +489,66 @@ struct ConsoleTests {
         let stranger = ConsoleClient(coordinator)
         #expect(try stranger.get("/pipelines/edge/events").status == 401, "no live stream without a session")
     }
+
+    @Test("relays: one form makes entry → exit, both agents run their side and traffic reaches the target; refused forms come back with the error and what was typed; viewers cannot; the key is on no page")
+    func relays() throws {
+        let coordinator = try CoordinatorProcess(pki: try TestPKI())
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let token = try coordinator.enrollmentToken(uses: 2)
+        let entry = try CoordinatorTests.managedAgent("relay-entry", coordinator: coordinator, token: token, labels: ["role": "entry"])
+        let exit = try CoordinatorTests.managedAgent("relay-exit", coordinator: coordinator, token: token, labels: [:])
+        defer { entry.stop(); exit.stop() }
+        #expect(eventually(timeout: 10) { CoordinatorTests.inSync(coordinator, "relay-entry") && CoordinatorTests.inSync(coordinator, "relay-exit") })
+        let echo = try Backends.echo()
+        let browser = ConsoleClient(coordinator)
+        try browser.signIn("admin", coordinator.consoleAdminPassword)
+        let csrf = try browser.csrfToken()
+        #expect(try browser.get("/relays").body.contains("No relays yet."))
+
+        let entryPort = freePort(), exitPort = freePort()
+        var form = [
+            "name": "to-echo", "entry_selector": "role=entry", "listen": "127.0.0.1:\(entryPort)", "exit_agent": "relay-exit",
+            "exit_listen": "127.0.0.1:\(exitPort)", "exit_address": "127.0.0.1:\(exitPort)", "target": "127.0.0.1:\(echo.port)",
+            "cipher": "aes-256-gcm",
+        ]
+        // Refused: both an agent and a selector for the entry; an address the agent's validator refuses.
+        var both = form
+        both["entry_agent"] = "relay-entry"
+        let twice = try browser.post("/relays/create", both, csrf: csrf)
+        #expect(twice.status == 422 && twice.body.contains("entry: give exactly one of agent and selector"), "\(twice.body)")
+        #expect(twice.body.contains("value=\"127.0.0.1:\(entryPort)\""), "the form comes back as typed")
+        var badListen = form
+        badListen["listen"] = "nowhere"
+        let invalid = try browser.post("/relays/create", badListen, csrf: csrf)
+        #expect(invalid.status == 422 && invalid.body.contains("address"), "\(invalid.body)")
+
+        let created = try browser.post("/relays/create", form, csrf: csrf)
+        #expect(created.status == 200 && created.body.contains("Relay to-echo created"), "\(created.body)")
+        #expect(eventually(timeout: 10) { CoordinatorTests.echoes(entryPort) }, "traffic through entry → exit → target")
+        #expect(eventually(timeout: 5) {
+            let page = (try? browser.get("/relays").body) ?? ""
+            return page.contains("entry: 1 agent: 1 applied · 0 pending · 0 refused") && page.contains("exit: 1 agent: 1 applied · 0 pending · 0 refused")
+        })
+        form["listen"] = "127.0.0.1:\(freePort())"
+        #expect(try browser.post("/relays/create", form, csrf: csrf).body.contains("relay &quot;to-echo&quot; exists"))
+
+        let viewer = ConsoleClient(coordinator)
+        #expect(try coordinator.createConsoleAccount("relay-viewer", role: "viewer", password: "plum lantern orbit 73 dusk").status == 0)
+        try viewer.signIn("relay-viewer", "plum lantern orbit 73 dusk")
+        let seen = try viewer.get("/relays")
+        #expect(seen.status == 200 && seen.body.contains("data-relay=\"to-echo\"") && !seen.body.contains("create-relay"))
+        let adminView = try browser.get("/relays").body
+        #expect(!seen.body.contains("password") && !adminView.contains("password"), "the key is shown nowhere")
+        #expect(try viewer.post("/relays/to-echo/delete", csrf: try viewer.csrfToken()).status == 403)
+
+        let deleted = try browser.post("/relays/to-echo/delete", csrf: csrf)
+        #expect(deleted.status == 200 && deleted.body.contains("No relays yet."))
+        #expect(eventually(timeout: 10) { !CoordinatorTests.echoes(entryPort) })
+        let trail = try Self.audit(coordinator, browser)
+        #expect(trail.contains("relay.create to-echo,ok,agents with role=entry on 127.0.0.1:\(entryPort) → aes-256-gcm → exit agent relay-exit"), "\(trail)")
+        #expect(trail.contains("relay.create to-echo,failed,entry: give exactly one of agent and selector"))
+        #expect(trail.contains("relay.delete to-echo,ok,deleted: "))
+        #expect(trail.contains("relay-viewer,127.0.0.1,change relays,refused"))
+    }
 }

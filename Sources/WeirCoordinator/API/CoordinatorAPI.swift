@@ -146,31 +146,11 @@ struct CoordinatorAPI: Sendable {
             return JSONResponse.make(Relay.View(relay: relay))
         }
         api.post("relays") { request, context in
-            let body = try await decode(RelayRequest.self, request, context)
-            guard ConfigLoader.isValidName(body.name), body.name.count <= 58 else {
-                throw APIError.badRequest("a relay name is 1-58 letters, digits, '-' or '_'")
-            }
-            let selector = try body.entry.selector.map { try LabelSelector(parsing: $0) }
-            guard (body.entry.agent == nil) != (selector == nil) else { throw APIError.badRequest("entry: give exactly one of agent and selector") }
-            for agent in [body.entry.agent, body.exit.agent].compactMap({ $0 }) where !Identifiers.isValidAgentID(agent) {
-                throw APIError.badRequest("\"\(agent)\" is not an agent id")
-            }
-            let cipher = body.cipher ?? Relay.ciphers[0]
-            guard Relay.ciphers.contains(cipher) else { throw APIError.badRequest("cipher must be one of \(Relay.ciphers.joined(separator: ", "))") }
-            let relay = Relay(
-                name: body.name, entry: .init(agent: body.entry.agent, selector: selector), exit: body.exit, listen: body.listen,
-                target: body.target, cipher: cipher, key: Secrets.make(prefix: ""), createdAt: Date().timeIntervalSince1970)
-            // Both sides through the agent's validator, as agents will load them.
-            try validate(document: relay.entryDocument, name: relay.entryDocumentName, lists: [])
-            try validate(document: relay.exitDocument, name: relay.exitDocumentName, lists: [])
-            guard try await store.createRelay(relay) else { throw APIError(status: .conflict, message: "relay \"\(relay.name)\" exists") }
-            await changed()
+            let relay = try await createRelay(try await decode(RelayRequest.self, request, context))
             return JSONResponse.make(Relay.View(relay: relay), status: .created)
         }
         api.delete("relays/{name}") { _, context in
-            let name = try context.parameters.require("name")
-            guard try await store.deleteRelay(name: name) else { throw APIError.notFound("relay \"\(name)\"") }
-            await changed()
+            try await deleteRelay(name: try context.parameters.require("name"))
             return Response(status: .noContent)
         }
 

@@ -62,6 +62,38 @@ extension CoordinatorAPI {
         await changed()
     }
 
+    // MARK: - Relays
+
+    /// Both sides rendered with a new key and checked by the agent's validator, as agents will load them.
+    func createRelay(_ body: RelayRequest) async throws -> Relay {
+        guard ConfigLoader.isValidName(body.name), body.name.count <= 58 else {
+            throw APIError.badRequest("a relay name is 1-58 letters, digits, '-' or '_'")
+        }
+        let selector = try body.entry.selector.map { try LabelSelector(parsing: $0) }
+        guard (body.entry.agent == nil) != (selector == nil) else { throw APIError.badRequest("entry: give exactly one of agent and selector") }
+        for agent in [body.entry.agent, body.exit.agent].compactMap({ $0 }) where !Identifiers.isValidAgentID(agent) {
+            throw APIError.badRequest("\"\(agent)\" is not an agent id")
+        }
+        let cipher = body.cipher ?? Relay.ciphers[0]
+        guard Relay.ciphers.contains(cipher) else { throw APIError.badRequest("cipher must be one of \(Relay.ciphers.joined(separator: ", "))") }
+        let relay = Relay(
+            name: body.name, entry: .init(agent: body.entry.agent, selector: selector), exit: body.exit, listen: body.listen,
+            target: body.target, cipher: cipher, key: Secrets.make(prefix: ""), createdAt: Date().timeIntervalSince1970)
+        try validate(document: relay.entryDocument, name: relay.entryDocumentName, lists: [])
+        try validate(document: relay.exitDocument, name: relay.exitDocumentName, lists: [])
+        guard try await store.createRelay(relay) else { throw APIError(status: .conflict, message: "relay \"\(relay.name)\" exists") }
+        AuditNote.set(relay.summary)
+        await changed()
+        return relay
+    }
+
+    func deleteRelay(name: String) async throws {
+        let relay = try await store.relays().first { $0.name == name }
+        guard try await store.deleteRelay(name: name) else { throw APIError.notFound("relay \"\(name)\"") }
+        if let relay { AuditNote.set("deleted: " + relay.summary) }
+        await changed()
+    }
+
     // MARK: - Named lists
 
     /// Creates or replaces a list (its kind kept when not given); true when it was created.

@@ -52,6 +52,7 @@ struct Console: Sendable {
         registerLists(on: router)
         registerAgent(on: router)
         registerPipelines(on: router)
+        registerRelays(on: router)
         registerTraffic(on: router)
         registerAdministrators(on: router)
         registerAudit(on: router)

@@ -17,15 +17,46 @@ extension Console {
 
     /// The agents `name` reaches (its own assignments, and a relay's or VPN server's rendered ones).
     func reachedAgents(_ name: String, state: DesiredState) async throws -> [AgentRecord] {
+        Self.reached(name, state: state, agents: try await api.store.agents())
+    }
+
+    static func reached(_ name: String, state: DesiredState, agents: [AgentRecord]) -> [AgentRecord] {
         let assignments = state.assignments.filter { $0.pipeline == name }
         guard !assignments.isEmpty else { return [] }
-        return try await api.store.agents().filter { agent in assignments.contains { $0.applies(to: agent) } }
+        return agents.filter { agent in assignments.contains { $0.applies(to: agent) } }
+    }
+
+    /// The desired state, the agents and their views, read once for pages that show several rollouts.
+    struct FleetSnapshot {
+        let state: DesiredState
+        let agents: [AgentRecord]
+        let views: [String: AgentView]
+
+        /// The views of the agents `name` reaches.
+        func reached(_ name: String) -> [AgentView] {
+            Console.reached(name, state: state, agents: agents).compactMap { views[$0.id] }
+        }
+
+        /// "2 agents: 2 applied · 0 pending · 0 refused".
+        func counts(_ name: String) -> String { Console.counts(reached(name)) }
+    }
+
+    func snapshot() async throws -> FleetSnapshot {
+        let state = try await api.store.desiredState()
+        let agents = try await api.store.agents()
+        let views = try await api.agentViews()
+        return FleetSnapshot(state: state, agents: agents, views: Dictionary(views.map { ($0.id, $0) }, uniquingKeysWith: { $1 }))
+    }
+
+    static func counts(_ agents: [AgentView]) -> String {
+        let count = { (status: String) in agents.count { $0.status == status } }
+        return agents.isEmpty
+            ? "Reaches no agent: assign it to an agent or a label selector."
+            : "\(agents.count) agent\(agents.count == 1 ? "" : "s"): \(count("in_sync")) applied · \(count("pending")) pending · \(count("refused")) refused"
     }
 
     func rollout(_ name: String) async throws -> Rollout {
-        let state = try await api.store.desiredState()
-        let reached = Set(try await reachedAgents(name, state: state).map(\.id))
-        let agents = try await api.agentViews().filter { reached.contains($0.id) }
+        let agents = try await snapshot().reached(name)
         // Refusals first, then what is still on its way: what an operator watching a push looks for.
         let order = ["refused": 0, "pending": 1, "in_sync": 2]
         let sorted = agents.sorted { (order[$0.status] ?? 3, $0.id) < (order[$1.status] ?? 3, $1.id) }
@@ -40,10 +71,7 @@ extension Console {
                 "error": agent.status == "refused" ? agent.lastError ?? "" : "",
             ]
         }
-        let count = { (status: String) in agents.count { $0.status == status } }
-        var summary = agents.isEmpty
-            ? "Reaches no agent: assign it to an agent or a label selector."
-            : "\(agents.count) agent\(agents.count == 1 ? "" : "s"): \(count("in_sync")) applied · \(count("pending")) pending · \(count("refused")) refused"
+        var summary = Self.counts(agents)
         if agents.count > Self.rolloutRows { summary += " (refusals and pending ones listed first; \(agents.count - Self.rolloutRows) more not listed)" }
         return Rollout(agents: rows, rows: templates.render("rollout_rows", ["agents": rows]), summary: summary)
     }

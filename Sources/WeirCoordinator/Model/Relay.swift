@@ -82,6 +82,12 @@ struct Relay: Codable, Sendable, Equatable {
         """
     }
 
+    /// Who enters where and reaches what, for people (the audit trail, the console): no key.
+    var summary: String {
+        let entries = entry.agent.map { "agent \($0)" } ?? "agents with \(entry.selector?.description ?? "")"
+        return "\(entries) on \(listen) → \(cipher) → exit agent \(exit.agent) at \(exit.address) (listening on \(exit.listen)) → \(target)"
+    }
+
     /// The two documents and who gets them.
     func rendered(at time: Double) -> (documents: [PipelineDocument], assignments: [Assignment]) {
         (
