@@ -13,221 +13,105 @@ extension CoordinatorAPI {
     func registerVPN(on api: RouterGroup<CoordinatorContext>) {
         api.get("vpn/servers") { _, _ in JSONResponse.make(try await store.vpnServers().map(VPNServer.View.init)) }
         api.get("vpn/servers/{name}") { _, context in
-            JSONResponse.make(VPNServer.View(server: try await server(try context.parameters.require("name"))))
+            JSONResponse.make(VPNServer.View(server: try await vpnServer(try context.parameters.require("name"))))
         }
         api.put("vpn/servers/{name}") { request, context in
             let name = try context.parameters.require("name")
             guard VPNNames.isValidServer(name) else { throw APIError.badRequest("a VPN server name is 1-58 letters, digits, '-' or '_'") }
-            let body = try await decode(VPNServerRequest.self, request, context)
-            let existing = try await store.vpnServer(name: name)
-            let server = try body.server(name: name, existing: existing)
-            let devices = try await store.vpnDevices(server: name)
-            let pool = server.poolNetworks
-            for device in devices {
-                for address in device.addresses.compactMap({ try? IPNetwork.parse($0) }) where !pool.contains(where: { $0.contains(address) }) {
-                    throw APIError(
-                        status: .conflict, message: "device \(device.peerName) has \(address), which the new pool does not hold; remove it first")
-                }
-            }
-            try await validateRendering(server, devices: devices)
-            let existed = try await store.putVPNServer(server)
-            await changed()
-            return JSONResponse.make(VPNServer.View(server: server), status: existed ? .ok : .created)
+            let (server, created) = try await putVPNServer(name: name, try await decode(VPNServerRequest.self, request, context))
+            return JSONResponse.make(VPNServer.View(server: server), status: created ? .created : .ok)
         }
         api.delete("vpn/servers/{name}") { _, context in
-            let name = try context.parameters.require("name")
-            guard try await store.vpnServer(name: name) != nil else { throw APIError.notFound("VPN server \"\(name)\"") }
-            let devices = try await store.vpnDevices(server: name)
-            guard devices.isEmpty else {
-                throw APIError(
-                    status: .conflict, message: "VPN server \"\(name)\" has \(devices.count) devices (\(devices.prefix(5).map(\.peerName).joined(separator: ", "))…); remove them first")
-            }
-            _ = try await store.deleteVPNServer(name: name)
-            await changed()
+            try await deleteVPNServer(name: try context.parameters.require("name"))
             return Response(status: .noContent)
         }
 
         api.get("vpn/plans") { _, _ in JSONResponse.make(try await store.vpnPlans()) }
         api.put("vpn/plans/{name}") { request, context in
             let name = try context.parameters.require("name")
-            guard ConfigLoader.isValidName(name) else { throw APIError.badRequest("a plan name is 1-64 letters, digits, '-' or '_'") }
-            let body = try await decode(VPNPlanRequest.self, request, context)
-            let plan = try body.plan(name: name)
-            try await validateAllServers(plans: { $0.filter { $0.name != name } + [plan] })
-            let existed = try await store.putVPNPlan(plan)
-            await changed()
-            return JSONResponse.make(plan, status: existed ? .ok : .created)
+            let (plan, created) = try await putVPNPlan(name: name, try await decode(VPNPlanRequest.self, request, context))
+            return JSONResponse.make(plan, status: created ? .created : .ok)
         }
         api.delete("vpn/plans/{name}") { _, context in
-            let name = try context.parameters.require("name")
-            let users = try await store.vpnUsers().filter { $0.plan == name }
-            guard users.isEmpty else {
-                throw APIError(status: .conflict, message: "plan \"\(name)\" is assigned to \(users.prefix(5).map(\.name).joined(separator: ", "))")
-            }
-            guard try await store.deleteVPNPlan(name: name) else { throw APIError.notFound("plan \"\(name)\"") }
-            await changed()
+            try await deleteVPNPlan(name: try context.parameters.require("name"))
             return Response(status: .noContent)
         }
 
         api.get("vpn/users") { _, _ in
-            let usage = try await peerUsage()
+            let usage = try await vpnPeerUsage()
             let devices = Dictionary(grouping: try await store.vpnDevices(), by: \.user)
             return JSONResponse.make(try await store.vpnUsers().map { VPNUserView(user: $0, devices: devices[$0.name] ?? [], usage: usage) })
         }
         api.get("vpn/users/{name}") { _, context in
-            let user = try await user(try context.parameters.require("name"))
-            return JSONResponse.make(VPNUserView(user: user, devices: try await store.vpnDevices(user: user.name), usage: try await peerUsage()))
+            let user = try await vpnUser(try context.parameters.require("name"))
+            return JSONResponse.make(VPNUserView(user: user, devices: try await store.vpnDevices(user: user.name), usage: try await vpnPeerUsage()))
         }
         api.put("vpn/users/{name}") { request, context in
-            let name = try context.parameters.require("name")
-            guard VPNNames.isValidUser(name) else { throw APIError.badRequest("a user name is 1-48 letters, digits, '-', '_', '.' or '@'") }
-            let body = try await decode(VPNUserRequest.self, request, context)
-            let existing = try await store.vpnUser(name: name)
-            let user = VPNUser(
-                name: name, plan: body.plan, profile: body.profile ?? "full", disabled: body.disabled ?? false,
-                createdAt: existing?.createdAt ?? Date().timeIntervalSince1970)
-            guard VPNUser.profiles.contains(user.profile) else {
-                throw APIError.badRequest("profile must be one of \(VPNUser.profiles.joined(separator: ", "))")
-            }
-            if let plan = user.plan, !(try await store.vpnPlans().contains { $0.name == plan }) { throw APIError.notFound("plan \"\(plan)\"") }
-            return try await storeUser(user, existed: existing != nil)
+            let (user, created) = try await putVPNUser(name: try context.parameters.require("name"), try await decode(VPNUserRequest.self, request, context))
+            return try await userResponse(user, created: created)
         }
         for (action, disabled) in [("disable", true), ("enable", false)] {
             api.post("vpn/users/{name}/\(action)") { _, context in
-                var user = try await user(try context.parameters.require("name"))
-                user.disabled = disabled
-                return try await storeUser(user, existed: true)
+                try await userResponse(try await setVPNUser(try context.parameters.require("name"), disabled: disabled), created: false)
             }
         }
         api.delete("vpn/users/{name}") { _, context in
-            let name = try context.parameters.require("name")
-            guard try await store.deleteVPNUser(name: name) else { throw APIError.notFound("VPN user \"\(name)\"") }
-            await changed()
+            try await deleteVPNUser(name: try context.parameters.require("name"))
             return Response(status: .noContent)
         }
 
         api.get("vpn/users/{name}/devices") { _, context in
-            let user = try await user(try context.parameters.require("name"))
-            let usage = try await peerUsage()
+            let user = try await vpnUser(try context.parameters.require("name"))
+            let usage = try await vpnPeerUsage()
             return JSONResponse.make(try await store.vpnDevices(user: user.name).map { VPNDeviceView(device: $0, usage: usage) })
         }
         api.post("vpn/users/{name}/devices") { request, context in
             let body = try await decode(VPNDeviceRequest.self, request, context)
-            let user = try await user(try context.parameters.require("name"))
-            guard VPNNames.isValidDevice(body.name) else { throw APIError.badRequest("a device name is 1-15 letters, digits, '-' or '_'") }
-            if let key = body.publicKey, WireGuardKey(base64: key) == nil { throw APIError.badRequest("public_key: not a WireGuard key (32 bytes, base64)") }
-            let server = try await server(body.server)
-            switch try await store.createVPNDevice(user: user.name, name: body.name, server: server, publicKey: body.publicKey) {
-            case .exists: throw APIError(status: .conflict, message: "user \"\(user.name)\" has a device \"\(body.name)\"")
-            case .poolExhausted(let network): throw APIError(status: .conflict, message: "the pool \(network) of VPN server \"\(server.name)\" is full")
-            case .created(let device):
-                do {
-                    try await validateRendering(server, devices: try await store.vpnDevices(server: server.name))
-                } catch {
-                    _ = try await store.deleteVPNDevice(user: user.name, name: body.name)
-                    throw error
-                }
-                await changed()
-                return JSONResponse.make(VPNDeviceView(device: device, usage: [:]), status: .created)
-            }
+            let device = try await createVPNDevice(user: try context.parameters.require("name"), body)
+            return JSONResponse.make(VPNDeviceView(device: device, usage: [:]), status: .created)
         }
         api.get("vpn/users/{name}/devices/{device}") { _, context in
-            let device = try await device(context)
-            return JSONResponse.make(VPNDeviceView(device: device, usage: try await peerUsage()))
+            let device = try await vpnDevice(user: try context.parameters.require("name"), name: try context.parameters.require("device"))
+            return JSONResponse.make(VPNDeviceView(device: device, usage: try await vpnPeerUsage()))
         }
         api.delete("vpn/users/{name}/devices/{device}") { _, context in
-            let device = try await device(context)
-            _ = try await store.deleteVPNDevice(user: device.user, name: device.name)
-            await changed()
+            try await deleteVPNDevice(user: try context.parameters.require("name"), name: try context.parameters.require("device"))
             return Response(status: .noContent)
         }
         api.get("vpn/users/{name}/devices/{device}/config") { _, context in
-            let text = try await clientConfiguration(context)
-            return Response(
-                status: .ok, headers: [.contentType: "text/plain; charset=utf-8", .cacheControl: "no-store"], body: .init(byteBuffer: ByteBuffer(string: text)))
+            Self.configurationResponse(try await apiClientConfiguration(context))
         }
         api.get("vpn/users/{name}/devices/{device}/qr.png") { _, context in
-            let image = try QRCodeImage(encoding: try await clientConfiguration(context))
+            let image = try QRCodeImage(encoding: try await apiClientConfiguration(context))
             return Response(status: .ok, headers: [.contentType: "image/png", .cacheControl: "no-store"], body: .init(byteBuffer: ByteBuffer(bytes: image.png())))
         }
         api.get("vpn/users/{name}/devices/{device}/qr.svg") { _, context in
-            let image = try QRCodeImage(encoding: try await clientConfiguration(context))
-            return Response(status: .ok, headers: [.contentType: "image/svg+xml", .cacheControl: "no-store"], body: .init(byteBuffer: ByteBuffer(string: image.svg)))
+            try Self.qrResponse(try await apiClientConfiguration(context))
         }
     }
 
-    // MARK: - Helpers
-
-    private func server(_ name: String) async throws -> VPNServer {
-        guard let server = try await store.vpnServer(name: name) else { throw APIError.notFound("VPN server \"\(name)\"") }
-        return server
+    static func configurationResponse(_ text: String, filename: String? = nil) -> Response {
+        var headers: HTTPFields = [.contentType: "text/plain; charset=utf-8", .cacheControl: "no-store"]
+        if let filename { headers[.contentDisposition] = "attachment; filename=\"\(filename)\"" }
+        return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: text)))
     }
 
-    private func user(_ name: String) async throws -> VPNUser {
-        guard let user = try await store.vpnUser(name: name) else { throw APIError.notFound("VPN user \"\(name)\"") }
-        return user
+    static func qrResponse(_ text: String) throws -> Response {
+        let image = try QRCodeImage(encoding: text)
+        return Response(status: .ok, headers: [.contentType: "image/svg+xml", .cacheControl: "no-store"], body: .init(byteBuffer: ByteBuffer(string: image.svg)))
     }
 
-    private func device(_ context: CoordinatorContext) async throws -> VPNDevice {
-        let user = try context.parameters.require("name")
-        let name = try context.parameters.require("device")
-        guard let device = try await store.vpnDevice(user: user, name: name) else { throw APIError.notFound("device \"\(name)\" of VPN user \"\(user)\"") }
-        return device
+    private func userResponse(_ user: VPNUser, created: Bool) async throws -> Response {
+        JSONResponse.make(
+            VPNUserView(user: user, devices: try await store.vpnDevices(user: user.name), usage: try await vpnPeerUsage()), status: created ? .created : .ok)
     }
 
-    private func storeUser(_ user: VPNUser, existed: Bool) async throws -> Response {
-        try await validateAllServers(users: { $0.filter { $0.name != user.name } + [user] })
-        _ = try await store.putVPNUser(user)
-        await changed()
-        return JSONResponse.make(
-            VPNUserView(user: user, devices: try await store.vpnDevices(user: user.name), usage: try await peerUsage()), status: existed ? .ok : .created)
-    }
-
-    /// The device's wg-quick text; the caller must be an admin (the file holds the device's private key).
-    private func clientConfiguration(_ context: CoordinatorContext) async throws -> String {
+    /// The device's wg-quick text for an admin token (the file holds the device's private key).
+    private func apiClientConfiguration(_ context: CoordinatorContext) async throws -> String {
         guard APIRole.current == .admin else {
             throw APIError(status: .forbidden, message: "client configurations hold private keys: only admin tokens may read them")
         }
-        let device = try await device(context)
-        guard device.privateKey != nil else {
-            throw APIError(status: .conflict, message: "device \(device.peerName) brought its own key: the coordinator has no configuration with a private key to give")
-        }
-        let server = try await server(device.server)
-        guard let file = VPNRendering.clientFile(device, server: server) else { throw APIError(status: .internalServerError, message: "the server's key is unreadable") }
-        return file.text
-    }
-
-    /// The rendered document of `server` with these devices, through the agent's validator.
-    private func validateRendering(_ server: VPNServer, devices: [VPNDevice], users: [VPNUser]? = nil, plans: [VPNPlan]? = nil) async throws {
-        let users = if let users { users } else { try await store.vpnUsers() }
-        let plans = if let plans { plans } else { try await store.vpnPlans() }
-        let rendering = VPNRendering(users: users, plans: plans)
-        try validate(document: rendering.document(server, devices: devices), name: server.documentName, lists: [])
-    }
-
-    /// Every server's document as it would be with the changed users or plans.
-    private func validateAllServers(
-        users change: (([VPNUser]) -> [VPNUser])? = nil, plans changePlans: (([VPNPlan]) -> [VPNPlan])? = nil
-    ) async throws {
-        var users = try await store.vpnUsers()
-        var plans = try await store.vpnPlans()
-        if let change { users = change(users) }
-        if let changePlans { plans = changePlans(plans) }
-        let devices = Dictionary(grouping: try await store.vpnDevices(), by: \.server)
-        for server in try await store.vpnServers() {
-            try await validateRendering(server, devices: devices[server.name] ?? [], users: users, plans: plans)
-        }
-    }
-
-    /// Peer reports from every agent: pipeline id → peer name → (agent → report).
-    private func peerUsage() async throws -> [String: [String: [String: PeerUsageView]]] {
-        var usage: [String: [String: [String: PeerUsageView]]] = [:]
-        for agent in try await store.agents() {
-            for (pipeline, report) in agent.report {
-                for (peer, numbers) in report.peers ?? [:] { usage[pipeline, default: [:]][peer, default: [:]][agent.id] = PeerUsageView(numbers) }
-            }
-        }
-        return usage
+        return try await clientConfiguration(user: try context.parameters.require("name"), device: try context.parameters.require("device"))
     }
 }
 
