@@ -551,4 +551,40 @@ struct ConsoleTests {
         #expect(trail.contains("relay.delete to-echo,ok,deleted: "))
         #expect(trail.contains("relay-viewer,127.0.0.1,change relays,refused"))
     }
+
+    @Test("the VPN page at scale: 250 users paged and searched on the server, the search escaped; a viewer sees no form and is refused a change (audited)")
+    func vpnUsersPaged() throws {
+        let coordinator = try CoordinatorProcess(pki: try TestPKI())
+        try coordinator.start()
+        defer { coordinator.stop() }
+        for index in 0..<250 { try coordinator.admin("PUT", "/api/v1/vpn/users/user-\(String(format: "%03d", index))", json: [:]) }
+        let browser = ConsoleClient(coordinator)
+        try browser.signIn("admin", coordinator.consoleAdminPassword)
+        let first = try browser.get("/vpn")
+        #expect(first.status == 200 && first.body.contains("250 users") && first.body.contains("page 1 of 3"), "\(first.body)")
+        #expect(first.body.components(separatedBy: "<tr data-user=").count - 1 == 100)
+        #expect(first.body.contains("data-user=\"user-000\"") && !first.body.contains("data-user=\"user-100\""))
+        #expect(first.body.contains("href=\"/vpn?page=2\" rel=\"next\""))
+        let third = try browser.get("/vpn?page=3")
+        #expect(third.body.components(separatedBy: "<tr data-user=").count - 1 == 50 && third.body.contains("data-user=\"user-249\""))
+        let search = try browser.get("/vpn?q=USER-24")
+        #expect(search.body.contains("10 users match &quot;USER-24&quot;"), "\(search.body)")
+        let hostile = try browser.get("/vpn?q=%3Cscript%3Ealert(1)%3C/script%3E")
+        #expect(hostile.status == 200 && !hostile.body.contains("<script>alert") && hostile.body.contains("&lt;script&gt;"))
+        #expect(try browser.get("/vpn?page=-4").body.contains("page 1 of 3"))
+        let refused = try browser.post("/vpn/users/create", ["name": "<b>x</b>"], csrf: try browser.csrfToken())
+        #expect(refused.status == 422 && refused.body.contains("a user name is 1-48 letters"))
+
+        #expect(try coordinator.createConsoleAccount("vpn-viewer", role: "viewer", password: "quiet meadow copper 17 fern").status == 0)
+        let viewer = ConsoleClient(coordinator)
+        try viewer.signIn("vpn-viewer", "quiet meadow copper 17 fern")
+        let page = try viewer.get("/vpn")
+        #expect(page.status == 200 && page.body.contains("250 users") && !page.body.contains("create-user") && !page.body.contains("create-server"))
+        #expect(try viewer.post("/vpn/users/create", ["name": "mallory"], csrf: try viewer.csrfToken()).status == 403)
+        #expect(try viewer.post("/vpn/users/user-001/disable", csrf: try viewer.csrfToken()).status == 403)
+        #expect(try viewer.get("/vpn/users/user-001/devices/x/config").status == 403)
+        #expect(try coordinator.request("GET", "/api/v1/vpn/users/mallory", token: coordinator.adminToken).0 == 404)
+        let trail = try Self.audit(coordinator, browser)
+        #expect(trail.contains("account:vpn-viewer,127.0.0.1,change VPN users,refused"), "\(trail)")
+    }
 }

@@ -200,4 +200,90 @@ struct VPNCoordinatorTests {
         #expect(eventually(timeout: 15) { setup.inSync() && ((try? net.inside(net.agent, ["tc", "class", "show", "dev", setup.interface])) ?? "").contains("rate 16Mbit") })
         try expectCap(16, "plan slow changed to 16mbit")
     }
+
+    @Test("the console's VPN pages: a plan, a server, a user and a device made in forms; the downloaded configuration works with wireguard-go; usage and handshake on the user page; only admins read configurations (audited); disabling cuts the device off")
+    func consolePages() throws {
+        let setup = try Setup()
+        defer { setup.stop() }
+        let (net, coordinator) = (setup.net, setup.coordinator)
+        let admin = ConsoleClient(coordinator)
+        try admin.signIn("admin", coordinator.consoleAdminPassword)
+        let csrf = try admin.csrfToken()
+        #expect(try admin.get("/vpn").body.contains("No VPN servers yet."))
+
+        // Refused forms say why; nothing is made.
+        let badPool = try admin.post("/vpn/servers/create", [
+            "name": "office", "agent": "vpn-gw", "endpoint": "\(net.agentIPv4):51820", "addresses": "10.88.0.1/24", "pool": "10.88.0.300/24",
+        ], csrf: csrf)
+        #expect(badPool.status == 422 && badPool.body.contains("pool: &quot;10.88.0.300/24&quot; is not a network"), "\(badPool.body)")
+        let badPlan = try admin.post("/vpn/plans/create", ["name": "basic", "rate": "fast"], csrf: csrf)
+        #expect(badPlan.status == 422 && badPlan.body.contains("rate:"), "\(badPlan.body)")
+
+        #expect(try admin.post("/vpn/plans/create", ["name": "basic", "quota": "1GiB", "period": "month"], csrf: csrf).body.contains("Plan basic created."))
+        let created = try admin.post("/vpn/servers/create", [
+            "name": "office", "agent": "vpn-gw", "interface": setup.interface, "endpoint": "\(net.agentIPv4):51820", "addresses": "10.88.0.1/24",
+            "pool": "10.88.0.0/24", "dns": "10.88.0.1",
+        ], csrf: csrf)
+        #expect(created.status == 200 && created.body.contains("VPN server office created"), "\(created.body)")
+        let user = try admin.post("/vpn/users/create", ["name": "dana@example.com", "plan": "basic", "profile": "full"], csrf: csrf)
+        #expect(user.status == 303 && user.headers["location"] == "/vpn/users/dana@example.com", "\(user)")
+        let device = try admin.post("/vpn/users/dana@example.com/devices/create", ["device": "phone", "server": "office"], csrf: csrf)
+        #expect(device.status == 200 && device.body.contains("Device phone added with 10.88.0.2."), "\(device.body)")
+        #expect(eventually(timeout: 15) { setup.inSync() && setup.peers().values.contains("10.88.0.2/32") }, "\(setup.peers())")
+        #expect(eventually(timeout: 5) { (try? admin.get("/vpn").body)?.contains("1 agent: 1 applied · 0 pending · 0 refused") == true })
+
+        // The configuration as an admin downloads it: a file, and the same text as the API gives; the QR code.
+        let file = try admin.get("/vpn/users/dana@example.com/devices/phone/config")
+        #expect(file.status == 200 && file.headers["content-disposition"] == "attachment; filename=\"phone.conf\"" && file.headers["cache-control"] == "no-store")
+        let api = try coordinator.request("GET", "/api/v1/vpn/users/dana@example.com/devices/phone/config", token: coordinator.adminToken)
+        #expect(file.body == api.1 && file.body.contains("Address = 10.88.0.2/32"))
+        let qr = try admin.get("/vpn/users/dana@example.com/devices/phone/qr.svg")
+        #expect(qr.status == 200 && qr.headers["content-type"] == "image/svg+xml" && qr.body.hasPrefix("<svg"))
+        // An operator manages users but does not read configurations.
+        #expect(try coordinator.createConsoleAccount("vpn-op", role: "operator", password: "granite owl harbour 58 mist").status == 0)
+        let op = ConsoleClient(coordinator)
+        try op.signIn("vpn-op", "granite owl harbour 58 mist")
+        let refused = try op.get("/vpn/users/dana@example.com/devices/phone/config")
+        #expect(refused.status == 403 && !refused.body.contains("PrivateKey"))
+        #expect(try op.get("/vpn/users/dana@example.com/devices/phone/qr.svg").status == 403)
+        #expect(!(try op.get("/vpn/users/dana@example.com").body.contains("/config")), "no configuration link for operators")
+
+        // A wireguard-go client from the downloaded file; its traffic and handshake on the user page.
+        let echo = try WireGuardTests.echo(net)
+        defer { echo.stopHelper() }
+        let client = try WireGuardTests.Client(
+            namespace: net.peer, configuration: file.body, directory: coordinator.directory, interface: "wcc\(setup.tag)",
+            routes: [["route", "add", "10.88.0.0/24", "dev", "wcc\(setup.tag)"]])
+        #expect(eventually(timeout: 10) { client.ping() })
+        #expect(eventually(timeout: 10) {
+            let page = (try? op.get("/vpn/users/dana@example.com").body) ?? ""
+            return !page.contains("<td>never</td>") && page.contains(" s ago</td>") && page.contains("of 1.0 GiB")
+        }, "\((try? op.get("/vpn/users/dana@example.com").body) ?? "")")
+
+        // Disabled by the operator: the peer goes, the client is cut off; enabled again: back.
+        #expect(try op.post("/vpn/users/dana@example.com/disable", csrf: try op.csrfToken()).body.contains("Disabled"))
+        #expect(eventually(timeout: 15) { setup.inSync() && setup.peers().isEmpty })
+        #expect(!client.ping())
+        #expect(try op.post("/vpn/users/dana@example.com/enable", csrf: try op.csrfToken()).body.contains("Enabled."))
+        #expect(eventually(timeout: 15) { setup.inSync() && setup.peers().count == 1 })
+        // The server cannot go while it has devices; the user (with devices) can, then the server.
+        let busy = try admin.post("/vpn/servers/office/delete", csrf: csrf)
+        #expect(busy.status == 422 && busy.body.contains("has 1 devices"), "\(busy.body)")
+        #expect(try admin.post("/vpn/users/dana@example.com/delete", csrf: csrf).status == 303)
+        #expect(try admin.post("/vpn/servers/office/delete", csrf: csrf).body.contains("VPN server office deleted."))
+        #expect(eventually(timeout: 15) { setup.inSync() && !((try? net.inside(net.agent, ["ip", "link", "show"])) ?? "").contains(setup.interface) })
+
+        // (CSV quotes a detail with a comma.)
+        let trail = try admin.get("/audit.csv").body.replacingOccurrences(of: "\"", with: "")
+        for line in [
+            "vpn.server.put office,ok,created: agent vpn-gw", "vpn.plan.put basic,ok,rate none",
+            "vpn.user.create dana@example.com,ok,created: plan basic", "vpn.device.create dana@example.com,ok,server office, 10.88.0.2, key pair made by the coordinator",
+            "vpn.device.config dana@example.com.phone,ok,configuration with the device's private key given out",
+            "account:vpn-op", "read VPN client configurations (they hold private keys),refused", "vpn.user.disable dana@example.com,ok,plan basic, profile full, enabled → plan basic, profile full, disabled",
+            "vpn.server.put office,failed,pool", "vpn.user.delete dana@example.com,ok,deleted with 1 device: phone",
+        ] {
+            #expect(trail.contains(line), "\(line)\n\(trail)")
+        }
+        #expect(!trail.contains("PrivateKey"))
+    }
 }

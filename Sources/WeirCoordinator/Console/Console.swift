@@ -53,6 +53,7 @@ struct Console: Sendable {
         registerAgent(on: router)
         registerPipelines(on: router)
         registerRelays(on: router)
+        registerVPN(on: router)
         registerTraffic(on: router)
         registerAdministrators(on: router)
         registerAudit(on: router)

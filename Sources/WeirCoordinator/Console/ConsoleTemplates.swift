@@ -17,7 +17,8 @@ struct ConsoleTemplates: Sendable {
             ("lists", PackageResources.lists_mustache), ("list", PackageResources.list_mustache), ("agent", PackageResources.agent_mustache),
             ("pipelines", PackageResources.pipelines_mustache), ("pipeline", PackageResources.pipeline_mustache),
             ("traffic", PackageResources.traffic_mustache), ("rollout_rows", PackageResources.rollout_rows_mustache),
-            ("relays", PackageResources.relays_mustache),
+            ("relays", PackageResources.relays_mustache), ("vpn", PackageResources.vpn_mustache),
+            ("vpn_user", PackageResources.vpn_user_mustache),
         ]
         var library = MustacheLibrary()
         for (name, bytes) in sources { try library.register(String(decoding: bytes, as: UTF8.self), named: name) }

@@ -25,6 +25,9 @@ final class ConsoleClient: @unchecked Sendable {
         }
     }
 
+    /// curl runs where the coordinator does (its network namespace, if it has one).
+    private var inNamespace: [String] { coordinator.netns.map { ["ip", "netns", "exec", $0] } ?? [] }
+
     init(_ coordinator: CoordinatorProcess) {
         self.coordinator = coordinator
         jar = coordinator.directory.appendingPathComponent("cookies-\(UUID().uuidString)")
@@ -48,7 +51,7 @@ final class ConsoleClient: @unchecked Sendable {
             for (key, value) in form.sorted(by: { $0.key < $1.key }) { arguments += ["--data-urlencode", "\(key)=\(value)"] }
         }
         arguments.append(coordinator.url + path)
-        let (status, output) = try command(arguments)
+        let (status, output) = try command(inNamespace + arguments)
         guard status == 0, let split = output.lastIndex(of: "\n"), let code = Int(output[output.index(after: split)...]) else {
             throw CommandFailed(command: "curl \(method) \(path)", status: status, output: output)
         }
@@ -66,7 +69,7 @@ final class ConsoleClient: @unchecked Sendable {
 
     /// What a live page's event stream sends in its first `seconds` (curl's timeout ends it).
     func stream(_ path: String, seconds: Int = 3) throws -> String {
-        try command(["curl", "-s", "-N", "--max-time", "\(seconds)", "--cacert", coordinator.pki.caPath, "-b", jar.path, coordinator.url + path]).1
+        try command(inNamespace + ["curl", "-s", "-N", "--max-time", "\(seconds)", "--cacert", coordinator.pki.caPath, "-b", jar.path, coordinator.url + path]).1
     }
 
     /// A form post as the console's own pages make it: with the session's CSRF token (from `csrfFrom`'s
