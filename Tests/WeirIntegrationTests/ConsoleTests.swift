@@ -420,6 +420,17 @@ struct ConsoleTests {
                 .reduce(0.0) { $0 + (Double($1.split(separator: ",")[4]) ?? 0) }
             #expect(total == counters.0, "\(range)")
         }
+        // The fleet row's sparkline: 30 minutes; the traffic of the last minute or two (the test may cross a
+        // minute) reaches the top, the minutes before it are at the bottom.
+        let fleet = try browser.get("/")
+        let points = try #require(fleet.body.firstMatch(of: /<polyline points="([^"]*)"/)).1.split(separator: " ").map { $0.split(separator: ",") }
+        #expect(points.count == 30, "\(points)")
+        #expect(points.suffix(2).contains { $0[1] == "1.0" } && points.dropLast(2).allSatisfy { $0[1] == "17.0" }, "\(points)")
+        #expect(fleet.body.contains("<title>last 30 min, per minute: peak "))
+        // The agent's page: its chart over the chosen range, each pipeline a link to its own.
+        let agentPage = try browser.get("/agents/trafficker?range=24h")
+        #expect(agentPage.body.contains("src=\"/traffic.svg?range=24h&amp;agent=trafficker\""), "\(agentPage.body)")
+        #expect(agentPage.body.contains("href=\"/traffic?range=24h&amp;agent=trafficker&amp;pipeline=fwd\""))
         let page = try browser.get("/traffic?agent=trafficker")
         #expect(page.status == 200 && page.body.contains("<td>fwd</td>"), "\(page.body)")
         let chart = try browser.get("/traffic.svg?range=1h")

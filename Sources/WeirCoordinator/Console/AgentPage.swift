@@ -5,7 +5,9 @@ import Hummingbird
 /// host facts, and revocation — through the API's own agent operations, audited.
 extension Console {
     func registerAgent(on router: Router<CoordinatorContext>) {
-        router.get("agents/{id}") { _, context -> Response in try await agentPage(try context.parameters.require("id")) }
+        router.get("agents/{id}") { request, context -> Response in
+            try await agentPage(try context.parameters.require("id"), range: request.uri.queryParameters.get("range"))
+        }
         router.post("agents/{id}/labels") { request, context -> Response in
             let id = try context.parameters.require("id")
             if let refused = await require(.operator, "change agents", context: context) { return refused }
@@ -36,7 +38,7 @@ extension Console {
         }
     }
 
-    private func agentPage(_ id: String, message: String? = nil, error: String? = nil) async throws -> Response {
+    private func agentPage(_ id: String, range: String? = nil, message: String? = nil, error: String? = nil) async throws -> Response {
         guard let agent = try? await api.agentView(id), let record = try await api.store.agent(id: id) else {
             return errorPage(.notFound, "There is no agent \(id).")
         }
@@ -44,7 +46,17 @@ extension Console {
         func text(_ labels: [String: String]) -> String {
             labels.isEmpty ? "none" : labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ", ")
         }
+        // The traffic chart's range (the Traffic page's ranges), and each pipeline's own chart there.
+        let chosen = TrafficQuery.ranges.first { $0.name == range } ?? TrafficQuery.ranges[0]
+        func query(_ pipeline: String? = nil) -> String {
+            var components = URLComponents()
+            components.queryItems = [URLQueryItem(name: "range", value: chosen.name), URLQueryItem(name: "agent", value: agent.id)]
+                + (pipeline.map { [URLQueryItem(name: "pipeline", value: $0)] } ?? [])
+            return components.percentEncodedQuery ?? ""
+        }
         var values: [String: Any] = [
+            "chartQuery": query(), "rangeLabel": chosen.label,
+            "ranges": TrafficQuery.ranges.map { ["value": $0.name, "label": $0.label, "selected": $0.name == chosen.name] },
             "id": agent.id, "state": agent.revoked ? "revoked" : agent.online ? "online" : "offline", "revoked": agent.revoked,
             "seen": Self.age(Date().timeIntervalSince1970 - agent.lastSeen), "version": agent.version.isEmpty ? "unknown" : agent.version,
             "enrolled": formatter.string(from: Date(timeIntervalSince1970: agent.enrolledAt)),
@@ -53,7 +65,7 @@ extension Console {
             "nacked": Self.shortVersion(agent.nackedVersion),
             "pipelines": agent.pipelines.sorted { $0.key < $1.key }.map { name, report -> [String: Any] in
                 [
-                    "name": name, "health": report.health, "in": Self.bytes(report.bytesIn), "out": Self.bytes(report.bytesOut),
+                    "name": name, "chart": query(name), "health": report.health, "in": Self.bytes(report.bytesIn), "out": Self.bytes(report.bytesOut),
                     "active": Int(report.connectionsActive), "total": Int(report.connectionsTotal), "errors": Int(report.errorsTotal),
                 ]
             },

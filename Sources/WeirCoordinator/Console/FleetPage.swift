@@ -117,7 +117,10 @@ extension Console {
         let pages = max(1, (matching.count + Self.pageSize - 1) / Self.pageSize)
         let page = min(query.page, pages)
         let shown = matching.dropFirst((page - 1) * Self.pageSize).prefix(Self.pageSize)
+        let recent = try await TrafficHistory(database: api.store.database).minuteTotals(
+            agents: shown.map(\.id), since: now - Double(Sparkline.minutes * 60))
         let rows: [[String: Any]] = shown.map { agent in
+            let sparkline = Sparkline(recent[agent.id] ?? [:], now: now)
             let state = agent.revoked ? "revoked" : agent.online ? "online" : "offline"
             let bytesIn = agent.pipelines.values.reduce(0) { $0 + $1.bytesIn }
             let bytesOut = agent.pipelines.values.reduce(0) { $0 + $1.bytesOut }
@@ -128,6 +131,7 @@ extension Console {
                 "desired": Self.shortVersion(agent.desiredVersion), "applied": Self.shortVersion(agent.appliedVersion),
                 "bundle": agent.status, "bundleText": agent.status == "in_sync" ? "in sync" : agent.status,
                 "traffic": "\(Self.bytes(bytesIn)) / \(Self.bytes(bytesOut))", "lastError": agent.lastError ?? "",
+                "sparkline": sparkline.points, "rate": sparkline.caption,
             ]
         }
         let refused = all.filter { $0.status == "refused" }.count, pending = all.filter { $0.status == "pending" }.count
@@ -168,6 +172,30 @@ extension Console {
             unit += 1
         }
         return unit == 0 ? "\(Int(amount)) B" : String(format: "%.1f %@", amount, units[unit])
+    }
+}
+
+/// The last half hour of an agent's traffic as a small line (SVG points), scaled to its own peak, and the
+/// caption that says what it shows.
+struct Sparkline {
+    static let minutes = 30
+    static let width = 90.0, height = 18.0
+
+    let points: String
+    let caption: String
+
+    init(_ minutes: [Int64: Double], now: Double) {
+        let last = Int64(now) / 60 * 60
+        // The line ends with the current minute, still filling: traffic shows as soon as a heartbeat brings it.
+        let buckets = (0..<Self.minutes).reversed().map { last - Int64($0) * 60 }
+        let values = buckets.map { minutes[$0] ?? 0 }
+        let peak = values.max() ?? 0
+        points = values.enumerated().map { index, value in
+            let x = Double(index) * Self.width / Double(Self.minutes - 1)
+            let y = Self.height - 1 - (peak > 0 ? value / peak * (Self.height - 2) : 0)
+            return String(format: "%.1f,%.1f", x, y)
+        }.joined(separator: " ")
+        caption = "last \(Self.minutes) min, per minute: peak \(Console.bytes(peak / 60))/s"
     }
 }
 

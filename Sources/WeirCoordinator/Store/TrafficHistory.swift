@@ -100,4 +100,23 @@ struct TrafficHistory: Sendable {
                 bytesOut: try row.decode(column: "bytes_out", as: Double.self), connections: try row.decode(column: "connections", as: Double.self))
         }
     }
+
+    /// Bytes (in + out) per minute of each of `agents` from `since`: agent → minute → bytes. One query for a
+    /// page of agents (the fleet's sparklines).
+    func minuteTotals(agents: [String], since: Double) async throws -> [String: [Int64: Double]] {
+        guard !agents.isEmpty else { return [:] }
+        let first = Int64(since) / 60 * 60
+        var query = SQLQueryString("""
+            SELECT agent, bucket, SUM(bytes_in + bytes_out) AS bytes FROM traffic
+            WHERE resolution = 'minute' AND bucket >= \(bind: first) AND agent IN (
+            """)
+        for (index, agent) in agents.enumerated() { query = query + (index == 0 ? "" : ", ") + "\(bind: agent)" }
+        query = query + ") GROUP BY agent, bucket"
+        var result: [String: [Int64: Double]] = [:]
+        for row in try await sql.raw(query).all() {
+            result[try row.decode(column: "agent", as: String.self), default: [:]][try row.decode(column: "bucket", as: Int64.self)] =
+                try row.decode(column: "bytes", as: Double.self)
+        }
+        return result
+    }
 }
