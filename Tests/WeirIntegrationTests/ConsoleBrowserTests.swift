@@ -18,7 +18,7 @@ struct ConsoleBrowserTests {
         return base.appendingPathComponent("console")
     }
 
-    @Test("sign in (a wrong password first); set up TOTP and sign in again with it; two agents online; a document edited with live validation, assigned to a label group, applied by both; one stopped turns offline live; label filter; labels edited on the agent page; a list made and a domain added reach an agent; audit; no CSP violation; sign out")
+    @Test("sign in (a wrong password first); set up TOTP and sign in again with it; two agents online; a document edited with live validation, assigned to a label group, applied by both; one stopped turns offline live; label filter; labels edited on the agent page; a list made and a domain added reach an agent; the push watched live on the document page and a change previewed with its diff; a relay made in one form carries traffic; VPN plan, server, user and device; CSRF refused; audit; a viewer refused; an account locked out; no CSP violation")
     func fleet() throws {
         let pki = try TestPKI()
         let coordinator = try CoordinatorProcess(pki: pki)
@@ -29,13 +29,17 @@ struct ConsoleBrowserTests {
         }
         defer { for agent in agents { agent.stop() } }
         #expect(try coordinator.createConsoleAccount("olivia", role: "operator", password: "lantern harbour quiet 77").status == 0)
+        #expect(try coordinator.createConsoleAccount("victor", role: "viewer", password: "velvet compass winter 31").status == 0)
+        #expect(try coordinator.createConsoleAccount("locky", role: "operator", password: "saffron bridge tundra 64").status == 0)
+        let echo = try Backends.echo()
 
         // Screenshots of this run only (a failure's is named failure.png).
         try? FileManager.default.removeItem(at: Self.artefacts)
         let script = Self.repository.appendingPathComponent("Tests/browser/console_e2e.py").path
         let environment = [
             "WEIR_URL=\(coordinator.url)", "WEIR_ACCOUNT=olivia", "WEIR_PASSWORD=lantern harbour quiet 77", "WEIR_AGENTS=edge-a,edge-b",
-            "WEIR_STOP_PID=\(agents[1].pid)", "WEIR_SCREENSHOTS=\(Self.artefacts.path)",
+            "WEIR_STOP_PID=\(agents[1].pid)", "WEIR_SCREENSHOTS=\(Self.artefacts.path)", "WEIR_VIEWER=victor:velvet compass winter 31",
+            "WEIR_LOCKED=locky", "WEIR_ECHO_PORT=\(echo.port)", "WEIR_FREE_PORTS=\(freePort()),\(freePort())",
         ]
         // Debian's python3: python3-selenium and python3-pyotp are installed for it.
         let (status, output) = try command(["env"] + environment + ["/usr/bin/python3", script])
@@ -49,7 +53,12 @@ struct ConsoleBrowserTests {
             if !delivered { usleep(200_000) }
         }
         #expect(delivered, "the list reached edge-a")
-        for page in ["traffic", "pipeline", "pipeline-error", "agent", "list", "list-refused", "login", "two-factor-setup", "two-factor-recovery-codes", "two-factor-code", "fleet", "fleet-offline", "fleet-filtered", "audit"] {
+        // What the browser did as a viewer and to the locked account is in the audit trail.
+        let trail = try coordinator.request("GET", "/api/v1/audit?limit=1000", token: coordinator.adminToken).1.replacingOccurrences(of: "\" : ", with: "\":")
+        for entry in ["\"actor\":\"account:victor\"", "change relays", "change pipeline documents", "\"outcome\":\"locked\"", "login:locky"] {
+            #expect(trail.contains(entry), "\(entry)\n\(trail.prefix(3000))")
+        }
+        for page in ["pipeline-preview", "relays", "vpn", "vpn-user", "viewer", "locked", "traffic", "pipeline", "pipeline-error", "agent", "list", "list-refused", "login", "two-factor-setup", "two-factor-recovery-codes", "two-factor-code", "fleet", "fleet-offline", "fleet-filtered", "audit"] {
             #expect(FileManager.default.fileExists(atPath: Self.artefacts.appendingPathComponent(page + ".png").path), "screenshot \(page)")
         }
     }

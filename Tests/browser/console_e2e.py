@@ -8,9 +8,12 @@ WEIR_ACCOUNT      account name, WEIR_PASSWORD its password
 WEIR_AGENTS       the two agent ids, comma-separated: the first labelled site=a, the second site=b
 WEIR_STOP_PID     the second agent's process, stopped by this script to watch it go offline
 WEIR_SCREENSHOTS  directory for a screenshot of each page
+WEIR_VIEWER       a viewer account "name:password"; WEIR_LOCKED an account (name) this script locks out
+WEIR_ECHO_PORT    a TCP echo server; WEIR_FREE_PORTS two free ports for the relay made on the Relays page
 """
 import os
 import signal
+import socket
 import sys
 import time
 
@@ -28,6 +31,10 @@ ACCOUNT, PASSWORD = os.environ["WEIR_ACCOUNT"], os.environ["WEIR_PASSWORD"]
 FIRST, SECOND = os.environ["WEIR_AGENTS"].split(",")
 STOP_PID = int(os.environ["WEIR_STOP_PID"])
 SHOTS = os.environ["WEIR_SCREENSHOTS"]
+VIEWER, VIEWER_PASSWORD = os.environ["WEIR_VIEWER"].split(":", 1)
+LOCKED = os.environ["WEIR_LOCKED"]
+ECHO_PORT = int(os.environ["WEIR_ECHO_PORT"])
+ENTRY_PORT, EXIT_PORT = (int(port) for port in os.environ["WEIR_FREE_PORTS"].split(","))
 os.makedirs(SHOTS, exist_ok=True)
 
 options = Options()
@@ -73,6 +80,45 @@ def state(agent):
 def check(condition, message):
     if not condition:
         raise AssertionError(message)
+
+
+def post_from_page(path, token=None):
+    """A POST made by the page's own script (fetch, same origin): its HTTP status."""
+    return driver.execute_async_script(
+        "const [path, token, done] = arguments;"
+        "const headers = token ? {'X-CSRF-Token': token} : {};"
+        "fetch(path, {method: 'POST', headers, credentials: 'same-origin', redirect: 'manual'})"
+        "  .then((r) => done(r.status)).catch((e) => done(String(e)));", path, token)
+
+
+def sign_in(name, password):
+    driver.get(URL + "/login")
+    wait(lambda d: d.find_elements(By.NAME, "name"))
+    driver.find_element(By.NAME, "name").send_keys(name)
+    driver.find_element(By.NAME, "password").send_keys(password)
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+
+
+def rollout(agent):
+    """The agent's row in the document page's rollout table: its bundle state, or None."""
+    return driver.execute_script(
+        "const r = document.querySelector(`#rollout-table tr[data-agent=\"${arguments[0]}\"]`);"
+        "return r ? r.dataset.bundle : null;", agent)
+
+
+def echoes(port, payload=b"through the relay"):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as connection:
+            connection.sendall(payload)
+            received = b""
+            while len(received) < len(payload):
+                chunk = connection.recv(4096)
+                if not chunk:
+                    break
+                received += chunk
+            return received == payload
+    except OSError:
+        return False
 
 
 try:
@@ -163,7 +209,77 @@ try:
         wait(lambda d: "2 agents now" in d.find_element(By.ID, "assignments").text, seconds=5)
     except AssertionError:
         raise AssertionError("the assignment matching both agents: " + driver.find_element(By.ID, "assignments").get_attribute("innerHTML"))
+    step = "the document page shows each agent's push live: pending, then applied (ACK), without reloading"
+    driver.execute_script("window.weirMarker = 7;")
+    wait(lambda d: rollout(FIRST) == "in_sync" and rollout(SECOND) == "in_sync", what="both agents ACK on the document page")
+    check(driver.execute_script("return window.weirMarker;") == 7, "the page was reloaded")
+    check("2 applied" in driver.find_element(By.ID, "rollout-table-summary").text, driver.find_element(By.ID, "rollout-table-summary").text)
     shot("pipeline")
+
+    step = "a change previewed before saving: the agents it reaches and the diff; saved, both ACK again"
+    editor = driver.find_element(By.ID, "document")
+    editor.clear()
+    editor.send_keys(broken.replace("listen.tcpx", "listen.tcp").replace("127.0.0.1:9]", "127.0.0.1:10]"))
+    driver.find_element(By.ID, "preview-button").click()
+    wait(lambda d: d.find_elements(By.ID, "preview"), what="the preview")
+    check("changes the bundle of 2 agents" in driver.find_element(By.ID, "preview-reach").text, driver.find_element(By.ID, "preview-reach").text)
+    check(len(driver.find_elements(By.CSS_SELECTOR, "#preview-agents tr[data-agent]")) == 2, "both agents listed")
+    removed = [row.text for row in driver.find_elements(By.CSS_SELECTOR, "#preview-diff tr.removed")]
+    added = [row.text for row in driver.find_elements(By.CSS_SELECTOR, "#preview-diff tr.added")]
+    check(any("127.0.0.1:9]" in line for line in removed) and any("127.0.0.1:10]" in line for line in added), f"diff: {removed} {added}")
+    shot("pipeline-preview")
+    check("127.0.0.1:10]" in driver.find_element(By.ID, "document").get_attribute("value"), "the draft is kept in the editor")
+    driver.find_element(By.CSS_SELECTOR, "#editor button.primary").click()
+    wait(lambda d: d.find_elements(By.ID, "document-message"), what="saved")
+    wait(lambda d: rollout(FIRST) == "in_sync" and rollout(SECOND) == "in_sync"
+         and "127.0.0.1:10]" in d.find_element(By.ID, "document").get_attribute("value"), what="both agents ACK the change")
+
+    step = "a relay made in one form: entry on the first agent, exit on the second; traffic goes through it"
+    driver.find_element(By.LINK_TEXT, "Relays").click()
+    wait(lambda d: d.find_elements(By.ID, "create-relay"))
+    for name, value in (("name", "via-b"), ("entry_agent", FIRST), ("listen", f"127.0.0.1:{ENTRY_PORT}"), ("exit_agent", SECOND),
+                        ("exit_listen", f"127.0.0.1:{EXIT_PORT}"), ("exit_address", f"127.0.0.1:{EXIT_PORT}"), ("target", f"127.0.0.1:{ECHO_PORT}")):
+        driver.find_element(By.CSS_SELECTOR, f"#create-relay input[name={name}]").send_keys(value)
+    driver.find_element(By.CSS_SELECTOR, "#create-relay button[type=submit]").click()
+    wait(lambda d: d.find_elements(By.ID, "relays-message"), what="the relay created")
+    wait(lambda d: echoes(ENTRY_PORT), seconds=20, what="traffic through the relay")
+    driver.get(URL + "/relays")  # (not a refresh: that would send the form again)
+    wait(lambda d: "entry: 1 agent: 1 applied" in d.find_element(By.CSS_SELECTOR, 'tr[data-relay="via-b"]').text
+         and "exit: 1 agent: 1 applied" in d.find_element(By.CSS_SELECTOR, 'tr[data-relay="via-b"]').text, what="both sides applied")
+    shot("relays")
+
+    step = "VPN: a plan, a server for a label group, a user with a device (no configuration link for an operator)"
+    driver.find_element(By.LINK_TEXT, "VPN").click()
+    wait(lambda d: d.find_elements(By.ID, "create-plan"))
+    driver.find_element(By.CSS_SELECTOR, "#create-plan input[name=name]").send_keys("basic")
+    driver.find_element(By.CSS_SELECTOR, "#create-plan input[name=rate]").send_keys("20mbit")
+    driver.find_element(By.CSS_SELECTOR, "#create-plan input[name=quota]").send_keys("50GiB")
+    driver.find_element(By.CSS_SELECTOR, "#create-plan button[type=submit]").click()
+    wait(lambda d: d.find_elements(By.CSS_SELECTOR, 'tr[data-plan="basic"]'), what="the plan")
+    for name, value in (("name", "office"), ("selector", "role=vpn"), ("endpoint", "vpn.example.net:51820"), ("addresses", "10.66.0.1/24"),
+                        ("pool", "10.66.0.0/24"), ("dns", "10.66.0.1")):
+        driver.find_element(By.CSS_SELECTOR, f"#create-server input[name={name}]").send_keys(value)
+    driver.find_element(By.CSS_SELECTOR, "#create-server button[type=submit]").click()
+    wait(lambda d: d.find_elements(By.CSS_SELECTOR, 'tr[data-server="office"]'), what="the server")
+    check("Reaches no agent" in driver.find_element(By.CSS_SELECTOR, 'tr[data-server="office"]').text, "no agent has role=vpn")
+    driver.find_element(By.CSS_SELECTOR, "#create-user input[name=name]").send_keys("erin@example.com")
+    driver.find_element(By.CSS_SELECTOR, "#create-user select[name=plan] option[value=basic]").click()
+    driver.find_element(By.CSS_SELECTOR, "#create-user button[type=submit]").click()
+    wait(lambda d: d.find_elements(By.ID, "create-device"), what="the user's page")
+    driver.find_element(By.CSS_SELECTOR, "#create-device input[name=device]").send_keys("laptop")
+    driver.find_element(By.CSS_SELECTOR, "#create-device button[type=submit]").click()
+    wait(lambda d: d.find_elements(By.CSS_SELECTOR, 'tr[data-device="laptop"]'), what="the device")
+    check("10.66.0.2" in driver.find_element(By.CSS_SELECTOR, 'tr[data-device="laptop"]').text, "the device's address from the pool")
+    check(not driver.find_elements(By.CSS_SELECTOR, "a.config"), "operators get no configuration link (it holds a private key)")
+    shot("vpn-user")
+    driver.get(URL + "/vpn")
+    wait(lambda d: d.find_elements(By.CSS_SELECTOR, 'tr[data-user="erin@example.com"]'))
+    shot("vpn")
+
+    step = "a state change without the CSRF token is refused, with it (same page) it passes the check"
+    check(post_from_page("/logout") == 403, "no token")
+    driver.get(URL + "/")
+    wait(lambda d: d.find_elements(By.ID, "fleet"), what="still signed in")
     driver.find_element(By.LINK_TEXT, "Fleet").click()
     wait(lambda d: all((r := row(a)) is not None and "in sync" in r["text"] and r["desired"] != initial for a in (FIRST, SECOND)),
          what="both agents applied the new bundle")
@@ -238,23 +354,56 @@ try:
     check("list.add egress" in text and "added: approved.example.org" in text, text)
     check(f"agent.labels {FIRST}" in text and "tier=gold" in text, text)
     check("pipeline.save edge" in text and "assignment.create edge" in text, text)
+    check("relay.create via-b" in text and "vpn.device.create erin@example.com" in text and "vpn.server.put office" in text, text)
+    check("POST /logout" in text and "CSRF" in text, "the refused request without a token: " + text)
     shot("audit")
-
-    step = "no Content-Security-Policy violation and no script error on any page"
-    # Pages answered with an error status on purpose (the wrong password: 401, the refused private address:
-    # 422) are logged by Chromium as failed loads: expected.
-    expected = ["/login - Failed to load resource: the server responded with a status of 401",
-                "/lists/egress/add - Failed to load resource: the server responded with a status of 422",
-                "/pipelines/edge/save - Failed to load resource: the server responded with a status of 422"]
-    problems = [entry["message"] for entry in driver.get_log("browser")
-                if entry["level"] == "SEVERE" and not any(text in entry["message"] for text in expected)]
-    check(not problems, "\n".join(problems))
 
     step = "sign out"
     driver.find_element(By.CSS_SELECTOR, "header form[action='/logout'] button").click()
     wait(lambda d: d.current_url.endswith("/login"))
     driver.get(URL + "/")
     wait(lambda d: d.current_url.endswith("/login"), what="signed out stays signed out")
+
+    step = "a viewer sees pages but no form, and a change sent anyway (with a valid CSRF token) is refused"
+    sign_in(VIEWER, VIEWER_PASSWORD)
+    wait(lambda d: d.find_elements(By.ID, "fleet"), what="the viewer's fleet page")
+    driver.get(URL + "/pipelines/edge")
+    wait(lambda d: d.find_elements(By.ID, "document-text"), what="the document, read-only")
+    check(not driver.find_elements(By.ID, "editor") and not driver.find_elements(By.ID, "preview-button"), "no editor for a viewer")
+    for path, form in (("/relays", "create-relay"), ("/vpn", "create-user"), ("/lists/egress", "add-entries")):
+        driver.get(URL + path)
+        wait(lambda d: d.find_elements(By.TAG_NAME, "main"))
+        check(not driver.find_elements(By.ID, form), f"{path}: no {form} form for a viewer")
+    shot("viewer")
+    token = driver.find_element(By.CSS_SELECTOR, 'meta[name="csrf-token"]').get_attribute("content")
+    check(post_from_page("/relays/via-b/delete", token) == 403, "a viewer's relay deletion")
+    check(post_from_page("/pipelines/edge/delete", token) == 403, "a viewer's document deletion")
+    driver.find_element(By.CSS_SELECTOR, "header form[action='/logout'] button").click()
+    wait(lambda d: d.current_url.endswith("/login"))
+
+    step = "five wrong passwords lock an account: the right one is then refused with the reason"
+    for attempt in range(5):
+        sign_in(LOCKED, "not the password " + str(attempt))
+        wait(lambda d: d.find_elements(By.ID, "signin-error"))
+    sign_in(LOCKED, "the right one does not matter now")
+    wait(lambda d: d.find_elements(By.ID, "signin-error"))
+    check("locked" in driver.find_element(By.ID, "signin-error").text, driver.find_element(By.ID, "signin-error").text)
+    shot("locked")
+
+    step = "no Content-Security-Policy violation and no script error on any page"
+    # Pages answered with an error status on purpose (the wrong password: 401, the refused private address:
+    # 422) are logged by Chromium as failed loads: expected.
+    expected = ["/login - Failed to load resource: the server responded with a status of 401",
+                "/lists/egress/add - Failed to load resource: the server responded with a status of 422",
+                "/pipelines/edge/save - Failed to load resource: the server responded with a status of 422",
+                "/logout - Failed to load resource: the server responded with a status of 403",
+                "/relays/via-b/delete - Failed to load resource: the server responded with a status of 403",
+                "/pipelines/edge/delete - Failed to load resource: the server responded with a status of 403",
+                "/login - Failed to load resource: the server responded with a status of 403"]
+    problems = [entry["message"] for entry in driver.get_log("browser")
+                if entry["level"] == "SEVERE" and not any(text in entry["message"] for text in expected)]
+    check(not problems, "\n".join(problems))
+
     print("console e2e: every step passed")
 except Exception as error:  # report the step, the page and a screenshot
     try:
