@@ -272,9 +272,9 @@ public actor Agent: Service {
         running.flatMap { ManagedBundle(directory: $0.coordinatorDirectory).currentVersion }
     }
 
-    /// Per-pipeline numbers for the heartbeat, read from the agent's own metrics.
-    func pipelineReports() -> [String: PipelineReport] {
-        PipelineReports.read(exposition: metrics.render(), running: running?.pipelines.map(\.id) ?? [])
+    /// The heartbeat's numbers come from the agent's own metrics (what a scrape would see), for the pipelines running.
+    func heartbeatMetrics() -> (exposition: [UInt8], running: [String]) {
+        (metrics.render(), running?.pipelines.map(\.id) ?? [])
     }
 
     /// Starts, restarts (settings changed) or stops the coordinator connection to match the configuration.

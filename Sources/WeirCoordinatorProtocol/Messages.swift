@@ -85,13 +85,30 @@ public struct PeerReport: Codable, Sendable, Equatable {
 public struct AgentHeartbeat: Codable, Sendable, Equatable {
     public var appliedVersion: String?
     public var pipelines: [String: PipelineReport]
+    /// Per client address (count.ebpf's per-IP counters): pipeline → address → bytes since the growth the
+    /// coordinator last got, the busiest addresses only. Absent without count.ebpf, and from older agents.
+    public var addresses: [String: [String: AddressGrowth]]?
 
-    public init(appliedVersion: String?, pipelines: [String: PipelineReport]) {
+    public init(appliedVersion: String?, pipelines: [String: PipelineReport], addresses: [String: [String: AddressGrowth]]? = nil) {
         self.appliedVersion = appliedVersion
         self.pipelines = pipelines
+        self.addresses = addresses
     }
 
-    enum CodingKeys: String, CodingKey { case appliedVersion = "applied_version", pipelines }
+    enum CodingKeys: String, CodingKey { case appliedVersion = "applied_version", pipelines, addresses }
+}
+
+/// Bytes one client address sent to this host (in) and received from it (out) over an interval.
+public struct AddressGrowth: Codable, Sendable, Equatable {
+    public var bytesIn: Double
+    public var bytesOut: Double
+
+    public init(bytesIn: Double, bytesOut: Double) {
+        self.bytesIn = bytesIn
+        self.bytesOut = bytesOut
+    }
+
+    enum CodingKeys: String, CodingKey { case bytesIn = "bytes_in", bytesOut = "bytes_out" }
 }
 
 /// Sent by the coordinator first, after a successful upgrade.

@@ -101,4 +101,55 @@ import WeirCoordinatorProtocol
         #expect(unknown.entries.isEmpty && unknown.error?.contains("\"c\"") == true)
         #expect(CoordinatorClient.dnsQueries(DNSQueriesRequest(id: "q", limit: 1_000_000), logs: logs).entries.count == 6)
     }
+
+    @Test("client addresses: totals summed over interfaces from count.ebpf's series (the other roll-up is no address); running pipelines only")
+    func clientAddressTotals() {
+        let exposition = """
+            weir_ip_bytes_total{pipeline="edge",interface="eth0",ip="203.0.113.5",direction="in"} 1000
+            weir_ip_bytes_total{pipeline="edge",interface="eth1",ip="203.0.113.5",direction="in"} 500
+            weir_ip_bytes_total{pipeline="edge",interface="eth0",ip="203.0.113.5",direction="out"} 70
+            weir_ip_bytes_total{pipeline="edge",interface="eth0",ip="2001:db8::7",direction="in"} 9
+            weir_ip_bytes_total{pipeline="edge",interface="eth0",ip="other",direction="in"} 123456
+            weir_ip_packets_total{pipeline="edge",interface="eth0",ip="203.0.113.5",direction="in"} 3
+            weir_ip_bytes_total{pipeline="stopped",interface="eth0",ip="198.51.100.1",direction="in"} 1
+            """
+        let totals = ClientAddressTraffic.totals(exposition: Array(exposition.utf8), running: ["edge"])
+        #expect(totals == ["edge": ["203.0.113.5": .init(bytesIn: 1500, bytesOut: 70), "2001:db8::7": .init(bytesIn: 9, bytesOut: 0)]])
+    }
+
+    @Test("client addresses: the agent's first reading is the baseline; then growth only; the busiest first, the rest wait without loss; a counter that starts again; an address that comes back")
+    func clientAddressGrowth() {
+        typealias T = ClientAddressTraffic.Totals
+        let first: ClientAddressTraffic.Counters = ["edge": ["a": T(bytesIn: 100, bytesOut: 10), "b": T(bytesIn: 5, bytesOut: 0)]]
+        var step = ClientAddressTraffic.growth(current: first, baseline: nil)
+        #expect(step.growth.isEmpty, "a pinned map's history is not sent again after a restart")
+        var baseline = step.next
+
+        // a grew by 50/5, b by 1, c is new (all it has), d unchanged: with room for two, a and c go first.
+        let second: ClientAddressTraffic.Counters = [
+            "edge": ["a": T(bytesIn: 150, bytesOut: 15), "b": T(bytesIn: 6, bytesOut: 0), "c": T(bytesIn: 30, bytesOut: 0)]]
+        step = ClientAddressTraffic.growth(current: second, baseline: baseline, limit: 2)
+        #expect(step.growth == ["edge": ["a": AddressGrowth(bytesIn: 50, bytesOut: 5), "c": AddressGrowth(bytesIn: 30, bytesOut: 0)]])
+        // Not sent (the heartbeat failed): the same growth again next time, nothing lost.
+        #expect(ClientAddressTraffic.growth(current: second, baseline: baseline, limit: 2).growth == step.growth)
+        baseline = step.next
+
+        // b's growth waited and goes now with its further growth; a's counter started again (evicted: 20 < 150).
+        let third: ClientAddressTraffic.Counters = [
+            "edge": ["a": T(bytesIn: 20, bytesOut: 0), "b": T(bytesIn: 8, bytesOut: 0), "c": T(bytesIn: 30, bytesOut: 0)]]
+        step = ClientAddressTraffic.growth(current: third, baseline: baseline, limit: 2)
+        #expect(step.growth == ["edge": ["a": AddressGrowth(bytesIn: 20, bytesOut: 0), "b": AddressGrowth(bytesIn: 3, bytesOut: 0)]])
+        baseline = step.next
+
+        // c left the exported top (absent) and comes back with more: only its growth, against what was sent.
+        step = ClientAddressTraffic.growth(current: ["edge": ["a": T(bytesIn: 20, bytesOut: 0)]], baseline: baseline)
+        #expect(step.growth.isEmpty)
+        baseline = step.next
+        step = ClientAddressTraffic.growth(current: ["edge": ["c": T(bytesIn: 45, bytesOut: 0)]], baseline: baseline)
+        #expect(step.growth == ["edge": ["c": AddressGrowth(bytesIn: 15, bytesOut: 0)]])
+        baseline = step.next
+        // A pipeline that appears later (a new stage, its first client) counts all it has.
+        step = ClientAddressTraffic.growth(current: ["edge": ["c": T(bytesIn: 45, bytesOut: 0)], "new": ["d": T(bytesIn: 7, bytesOut: 1)]], baseline: baseline)
+        #expect(step.growth == ["new": ["d": AddressGrowth(bytesIn: 7, bytesOut: 1)]])
+    }
 }

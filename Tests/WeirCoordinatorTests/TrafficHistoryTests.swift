@@ -17,4 +17,23 @@ import WeirCoordinatorProtocol
         #expect(growth["d"] == nil)
         #expect(TrafficHistory.growth(previous: after, current: after).isEmpty)
     }
+
+    @Test("client addresses from an agent are kept only as sent by a well-behaved one: running pipelines, IP addresses, finite positive numbers, the busiest 50")
+    func checkedAddresses() {
+        var many: [String: AddressGrowth] = [:]
+        for index in 0..<80 { many["10.0.\(index).1"] = AddressGrowth(bytesIn: Double(index + 1), bytesOut: 0) }
+        let sent: [String: [String: AddressGrowth]] = [
+            "edge": [
+                "203.0.113.5": .init(bytesIn: 10, bytesOut: 2), "2001:db8::1": .init(bytesIn: 1, bytesOut: 0), "not an address": .init(bytesIn: 1, bytesOut: 1),
+                "<script>": .init(bytesIn: 1, bytesOut: 1), "198.51.100.1": .init(bytesIn: .infinity, bytesOut: 0),
+                "198.51.100.2": .init(bytesIn: -5, bytesOut: 0), "198.51.100.3": .init(bytesIn: 0, bytesOut: 0),
+            ],
+            "unknown": ["203.0.113.9": .init(bytesIn: 1, bytesOut: 1)],
+            "busy": many,
+        ]
+        let kept = TrafficHistory.checked(sent, pipelines: ["edge", "busy"])
+        #expect(kept["edge"] == ["203.0.113.5": .init(bytesIn: 10, bytesOut: 2), "2001:db8::1": .init(bytesIn: 1, bytesOut: 0)])
+        #expect(kept["unknown"] == nil)
+        #expect(kept["busy"]?.count == 50 && kept["busy"]?["10.0.79.1"] != nil && kept["busy"]?["10.0.0.1"] == nil)
+    }
 }

@@ -265,4 +265,50 @@ struct CountEBPFTests {
         // Loopback carries the listener's address too only if it has it: here only the veth does.
         #expect(try agent.metric("weir_ebpf_map_entries", ["pipeline": "fwd"]) == 1)
     }
+
+    @Test("per client address through the coordinator: count.ebpf pushed in a bundle; the console's busiest addresses and its CSV per address add up to the agent's own per-IP counters")
+    func clientAddressHistory() throws {
+        let net = try NamespacePair()
+        let coordinator = try CoordinatorProcess(pki: try TestPKI(), netns: net.agent)
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let agent = try WeirProcess(
+            pipelines: "pipelines: {}", extra: try coordinator.agentSection(token: try coordinator.enrollmentToken(), labels: [:], agent: "counter"),
+            netns: net.agent, bpfPinDir: net.pinRoot, id: "counter")
+        try agent.start()
+        defer { agent.stop() }
+        #expect(eventually(timeout: 10) { CoordinatorTests.inSync(coordinator, "counter") })
+        try coordinator.admin("PUT", "/api/v1/pipelines/veth", yaml: Self.countPipeline(net))
+        try coordinator.admin("POST", "/api/v1/assignments", json: ["pipeline": "veth", "agent": "counter"])
+        #expect(eventually(timeout: 10) {
+            CoordinatorTests.inSync(coordinator, "counter") && (try? agent.metrics())?.contains("weir_ebpf_map_entries{pipeline=\"veth\"") == true
+        }, "\(agent.log)")
+
+        let echo = try net.background(net.peer, TrafficScripts.udpHalfEcho, ["4", net.peerIPv4, "7001"])
+        defer { echo.stopHelper() }
+        for round in 0..<3 {
+            #expect(try net.python(net.agent, TrafficScripts.udpPingPong, ["4", net.peerIPv4, "7001", "100", "1000"]).contains("100"), "round \(round)")
+            usleep(700_000)  // across heartbeats: the history adds their growth up
+        }
+        let counts = try Self.counts(agent, net, ip: net.peerIPv4)
+        #expect(counts.inBytes == 300 * 528 && counts.outBytes == 300 * 1028, "\(counts)")
+
+        let browser = ConsoleClient(coordinator)
+        try browser.signIn("admin", coordinator.consoleAdminPassword)
+        var sums = (0.0, 0.0)
+        #expect(eventually(timeout: 10) {
+            let csv = (try? browser.get("/traffic.csv?range=1h&by=address&agent=counter").body) ?? ""
+            let rows = csv.split(separator: "\r\n").dropFirst().map { $0.split(separator: ",").map(String.init) }
+            let mine = rows.filter { $0.count == 7 && $0[2] == "counter" && $0[3] == "veth" && $0[4] == net.peerIPv4 }
+            sums = (mine.reduce(0) { $0 + (Double($1[5]) ?? 0) }, mine.reduce(0) { $0 + (Double($1[6]) ?? 0) })
+            return sums == (counts.inBytes, counts.outBytes)
+        }, "CSV \(sums) vs the agent's \(counts)")
+        // The agent's own address is no client; the busiest addresses and one address's chart and CSV.
+        let page = try browser.get("/traffic?range=1h&agent=counter")
+        #expect(page.body.contains("data-address=\"\(net.peerIPv4)\"") && !page.body.contains("data-address=\"\(net.agentIPv4)\""), "\(page.body)")
+        let chart = try browser.get("/traffic.svg?range=1h&address=\(net.peerIPv4)")
+        #expect(chart.body.hasPrefix("<svg") && chart.body.contains("<polyline"))
+        let one = try browser.get("/traffic.csv?range=24h&address=\(net.peerIPv4)").body.split(separator: "\r\n").dropFirst()
+        #expect(one.reduce(0.0) { $0 + (Double($1.split(separator: ",")[5]) ?? 0) } == counts.inBytes)
+    }
 }

@@ -18,6 +18,8 @@ struct CoordinatorClient: Sendable {
     let agent: Agent
     let metrics: WeirMetrics
     let logger: Logger
+    /// Kept across connections: growth while the coordinator was away is sent when it is back.
+    let addressTraffic = ClientAddressTraffic()
 
     static let firstDelay = Duration.milliseconds(500)
     static let maxDelay = Duration.seconds(30)
@@ -125,8 +127,12 @@ struct CoordinatorClient: Sendable {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 while true {
+                    let (exposition, running) = await agent.heartbeatMetrics()
+                    let addresses = addressTraffic.pending(exposition: exposition, running: running)
                     try await send(.heartbeat(AgentHeartbeat(
-                        appliedVersion: await agent.appliedBundleVersion(), pipelines: await agent.pipelineReports())))
+                        appliedVersion: await agent.appliedBundleVersion(), pipelines: PipelineReports.read(exposition: exposition, running: running),
+                        addresses: addresses.growth.isEmpty ? nil : addresses.growth)))
+                    addresses.commit()
                     try await Task.sleep(for: interval)
                 }
             }

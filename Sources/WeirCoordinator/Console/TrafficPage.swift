@@ -9,6 +9,10 @@ extension Console {
     struct TrafficQuery {
         var agent: String
         var pipeline: String
+        /// One client address (count.ebpf's per-IP counters): the chart and CSV show it alone.
+        var address: String
+        /// "address": the CSV has a row per client address.
+        var byAddress: Bool
         var range: String
         var resolution: TrafficHistory.Resolution
         var seconds: Double
@@ -21,6 +25,8 @@ extension Console {
         init(_ parameters: Hummingbird.Parameters) {
             agent = (parameters.get("agent") ?? "").trimmingCharacters(in: .whitespaces)
             pipeline = (parameters.get("pipeline") ?? "").trimmingCharacters(in: .whitespaces)
+            address = (parameters.get("address") ?? "").trimmingCharacters(in: .whitespaces)
+            byAddress = !address.isEmpty || parameters.get("by") == "address"
             let chosen = Self.ranges.first { $0.name == parameters.get("range") } ?? Self.ranges[1]
             (range, seconds, resolution) = (chosen.name, chosen.seconds, chosen.resolution)
         }
@@ -30,7 +36,15 @@ extension Console {
             components.queryItems = [URLQueryItem(name: "range", value: range)]
                 + (agent.isEmpty ? [] : [URLQueryItem(name: "agent", value: agent)])
                 + (pipeline.isEmpty ? [] : [URLQueryItem(name: "pipeline", value: pipeline)])
+                + (address.isEmpty ? [] : [URLQueryItem(name: "address", value: address)])
             return components.percentEncodedQuery ?? ""
+        }
+
+        /// This view with one client address chosen.
+        func text(address: String) -> String {
+            var query = self
+            query.address = address
+            return query.text
         }
     }
 
@@ -49,7 +63,20 @@ extension Console {
                 totals[key] = total
             }
             let busiest = totals.values.sorted { $0.bytesIn + $0.bytesOut > $1.bytesIn + $1.bytesOut }.prefix(100)
+            var addresses: [String: (bytesIn: Double, bytesOut: Double)] = [:]
+            for row in try await history.addressRows(
+                query.resolution, since: Date().timeIntervalSince1970 - query.seconds, agent: query.agent, pipeline: query.pipeline)
+            {
+                addresses[row.address, default: (0, 0)].bytesIn += row.bytesIn
+                addresses[row.address, default: (0, 0)].bytesOut += row.bytesOut
+            }
             let values: [String: Any] = [
+                "address": query.address, "addressQuery": query.text(address: ""),
+                "addresses": addresses.sorted { ($0.value.bytesIn + $0.value.bytesOut, $1.key) > ($1.value.bytesIn + $1.value.bytesOut, $0.key) }
+                    .prefix(50).map { address, total -> [String: Any] in
+                        ["address": address, "in": Self.bytes(total.bytesIn), "out": Self.bytes(total.bytesOut), "link": query.text(address: address),
+                         "chosen": address == query.address]
+                    },
                 "trafficPage": true, "agent": query.agent, "pipeline": query.pipeline, "query": query.text,
                 "ranges": TrafficQuery.ranges.map { ["value": $0.name, "label": $0.label, "selected": $0.name == query.range] },
                 "agents": try await api.store.agents().map(\.id),
@@ -66,24 +93,47 @@ extension Console {
         router.get("traffic.svg") { request, _ -> Response in
             let query = TrafficQuery(request.uri.queryParameters)
             let now = Date().timeIntervalSince1970
-            let rows = try await history.rows(query.resolution, since: now - query.seconds, agent: query.agent, pipeline: query.pipeline)
+            let rows = try await chartRows(history, query, since: now - query.seconds)
             let svg = TrafficChart(rows: rows, resolution: query.resolution, start: now - query.seconds, end: now).svg
             return Response(status: .ok, headers: [.contentType: "image/svg+xml", .cacheControl: "no-store"], body: .init(byteBuffer: ByteBuffer(string: svg)))
         }
         router.get("traffic.csv") { request, _ -> Response in
             let query = TrafficQuery(request.uri.queryParameters)
-            let rows = try await history.rows(query.resolution, since: Date().timeIntervalSince1970 - query.seconds, agent: query.agent, pipeline: query.pipeline)
             let formatter = ISO8601DateFormatter()
+            let since = Date().timeIntervalSince1970 - query.seconds
+            if query.byAddress {
+                var csv = "time,seconds,agent,pipeline,address,bytes_in,bytes_out\r\n"
+                for row in try await history.addressRows(query.resolution, since: since, agent: query.agent, pipeline: query.pipeline, address: query.address) {
+                    csv += [formatter.string(from: Date(timeIntervalSince1970: Double(row.bucket))), "\(query.resolution.seconds)", row.agent, row.pipeline,
+                            row.address, String(format: "%.0f", row.bytesIn), String(format: "%.0f", row.bytesOut)]
+                        .map(Self.csvField).joined(separator: ",") + "\r\n"
+                }
+                return Self.csvResponse(csv, name: "weir-traffic-addresses-\(query.range).csv")
+            }
+            let rows = try await history.rows(query.resolution, since: since, agent: query.agent, pipeline: query.pipeline)
             var csv = "time,seconds,agent,pipeline,bytes_in,bytes_out,connections\r\n"
             for row in rows {
                 csv += [formatter.string(from: Date(timeIntervalSince1970: Double(row.bucket))), "\(query.resolution.seconds)", row.agent, row.pipeline,
                         String(format: "%.0f", row.bytesIn), String(format: "%.0f", row.bytesOut), String(format: "%.0f", row.connections)]
                     .map(Self.csvField).joined(separator: ",") + "\r\n"
             }
-            return Response(
-                status: .ok,
-                headers: [.contentType: "text/csv; charset=utf-8", .contentDisposition: "attachment; filename=\"weir-traffic-\(query.range).csv\""],
-                body: .init(byteBuffer: ByteBuffer(string: csv)))
+            return Self.csvResponse(csv, name: "weir-traffic-\(query.range).csv")
+        }
+    }
+
+    static func csvResponse(_ csv: String, name: String) -> Response {
+        Response(
+            status: .ok, headers: [.contentType: "text/csv; charset=utf-8", .contentDisposition: "attachment; filename=\"\(name)\""],
+            body: .init(byteBuffer: ByteBuffer(string: csv)))
+    }
+
+    /// What the chart draws: the pipelines' rows, or one client address's.
+    private func chartRows(_ history: TrafficHistory, _ query: TrafficQuery, since: Double) async throws -> [TrafficHistory.Row] {
+        guard !query.address.isEmpty else {
+            return try await history.rows(query.resolution, since: since, agent: query.agent, pipeline: query.pipeline)
+        }
+        return try await history.addressRows(query.resolution, since: since, agent: query.agent, pipeline: query.pipeline, address: query.address).map {
+            TrafficHistory.Row(bucket: $0.bucket, agent: $0.agent, pipeline: $0.pipeline, bytesIn: $0.bytesIn, bytesOut: $0.bytesOut, connections: 0)
         }
     }
 }

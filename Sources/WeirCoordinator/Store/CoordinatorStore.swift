@@ -165,7 +165,11 @@ struct CoordinatorStore: Sendable {
             UPDATE agents SET last_seen = \(bind: now), report = \(bind: try JSONText.encode(heartbeat.pipelines))
             WHERE id = \(bind: agentID)
             """).run()
-        try await TrafficHistory(database: database).record(agent: agentID, time: now, TrafficHistory.growth(previous: previous, current: heartbeat.pipelines))
+        let history = TrafficHistory(database: database)
+        try await history.record(agent: agentID, time: now, TrafficHistory.growth(previous: previous, current: heartbeat.pipelines))
+        if let addresses = heartbeat.addresses {
+            try await history.recordAddresses(agent: agentID, time: now, TrafficHistory.checked(addresses, pipelines: Set(heartbeat.pipelines.keys)))
+        }
     }
 
     func recordPushed(agentID: String, version: String) async throws {

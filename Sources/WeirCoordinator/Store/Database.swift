@@ -126,6 +126,12 @@ final class CoordinatorDatabase: Sendable {
                 PRIMARY KEY (resolution, bucket, agent, pipeline))
             """,
             """
+            CREATE TABLE IF NOT EXISTS traffic_addresses (
+                resolution TEXT NOT NULL, bucket BIGINT NOT NULL, agent TEXT NOT NULL, pipeline TEXT NOT NULL, address TEXT NOT NULL,
+                bytes_in DOUBLE PRECISION NOT NULL, bytes_out DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (resolution, bucket, agent, pipeline, address))
+            """,
+            """
             CREATE TABLE IF NOT EXISTS audit_log (
                 id TEXT PRIMARY KEY, time DOUBLE PRECISION NOT NULL, actor TEXT NOT NULL, source TEXT NOT NULL, action TEXT NOT NULL,
                 outcome TEXT NOT NULL, detail TEXT NOT NULL)

@@ -1,6 +1,7 @@
 import Foundation
 import SQLKit
 import WeirCoordinatorProtocol
+import WeirCore
 
 /// Traffic over time per agent and pipeline, from the agents' heartbeats, kept in the coordinator's database
 /// (no Prometheus needed, and it survives restarts). Each heartbeat's growth of the counters is added to its
@@ -72,6 +73,74 @@ struct TrafficHistory: Sendable {
             try await sql.raw("""
                 DELETE FROM traffic WHERE resolution = \(bind: resolution.rawValue) AND bucket < \(bind: Int64(now - resolution.kept))
                 """).run()
+            try await sql.raw("""
+                DELETE FROM traffic_addresses WHERE resolution = \(bind: resolution.rawValue) AND bucket < \(bind: Int64(now - resolution.kept))
+                """).run()
+        }
+    }
+
+    // MARK: - Client addresses
+
+    /// An agent's address growth as the coordinator keeps it: running pipelines only, IP addresses (or
+    /// networks) only, at most `perHeartbeat` per pipeline, finite non-negative numbers — whatever an agent sent.
+    static func checked(_ addresses: [String: [String: AddressGrowth]], pipelines: Set<String>, perHeartbeat: Int = 50)
+        -> [String: [String: AddressGrowth]]
+    {
+        var result: [String: [String: AddressGrowth]] = [:]
+        for (pipeline, growth) in addresses where pipelines.contains(pipeline) {
+            let valid = growth.filter { address, value in
+                address.utf8.count <= 64 && (try? IPNetwork.parse(address)) != nil && value.bytesIn.isFinite && value.bytesOut.isFinite
+                    && value.bytesIn >= 0 && value.bytesOut >= 0 && value.bytesIn + value.bytesOut > 0
+            }
+            let kept = valid.sorted { $0.value.bytesIn + $0.value.bytesOut > $1.value.bytesIn + $1.value.bytesOut }.prefix(perHeartbeat)
+            if !kept.isEmpty { result[pipeline] = Dictionary(uniqueKeysWithValues: kept.map { ($0.key, $0.value) }) }
+        }
+        return result
+    }
+
+    func recordAddresses(agent: String, time: Double, _ addresses: [String: [String: AddressGrowth]]) async throws {
+        for (pipeline, growth) in addresses {
+            for (address, value) in growth {
+                for resolution in Resolution.allCases {
+                    let bucket = Int64(time) / resolution.seconds * resolution.seconds
+                    try await sql.raw("""
+                        INSERT INTO traffic_addresses (resolution, bucket, agent, pipeline, address, bytes_in, bytes_out)
+                        VALUES (\(bind: resolution.rawValue), \(bind: bucket), \(bind: agent), \(bind: pipeline), \(bind: address),
+                                \(bind: value.bytesIn), \(bind: value.bytesOut))
+                        ON CONFLICT (resolution, bucket, agent, pipeline, address) DO UPDATE SET
+                            bytes_in = traffic_addresses.bytes_in + excluded.bytes_in, bytes_out = traffic_addresses.bytes_out + excluded.bytes_out
+                        """).run()
+                }
+            }
+        }
+    }
+
+    struct AddressRow: Sendable, Equatable {
+        var bucket: Int64
+        var agent: String
+        var pipeline: String
+        var address: String
+        var bytesIn: Double
+        var bytesOut: Double
+    }
+
+    /// Buckets of `resolution` per client address from `since`, optionally of one agent, pipeline and address.
+    func addressRows(_ resolution: Resolution, since: Double, agent: String? = nil, pipeline: String? = nil, address: String? = nil)
+        async throws -> [AddressRow]
+    {
+        var query = SQLQueryString("""
+            SELECT bucket, agent, pipeline, address, bytes_in, bytes_out FROM traffic_addresses
+            WHERE resolution = \(bind: resolution.rawValue) AND bucket >= \(bind: Int64(since) / resolution.seconds * resolution.seconds)
+            """)
+        if let agent, !agent.isEmpty { query = query + " AND agent = \(bind: agent)" }
+        if let pipeline, !pipeline.isEmpty { query = query + " AND pipeline = \(bind: pipeline)" }
+        if let address, !address.isEmpty { query = query + " AND address = \(bind: address)" }
+        query = query + " ORDER BY bucket, agent, pipeline, address LIMIT 200000"
+        return try await sql.raw(query).all().map { row in
+            AddressRow(
+                bucket: try row.decode(column: "bucket", as: Int64.self), agent: try row.decode(column: "agent", as: String.self),
+                pipeline: try row.decode(column: "pipeline", as: String.self), address: try row.decode(column: "address", as: String.self),
+                bytesIn: try row.decode(column: "bytes_in", as: Double.self), bytesOut: try row.decode(column: "bytes_out", as: Double.self))
         }
     }
 
