@@ -53,6 +53,13 @@ struct ConsoleBrowserTests {
             if !delivered { usleep(200_000) }
         }
         #expect(delivered, "the list reached edge-a")
+        // The CSV the browser exported adds up to the first agent's own counters of the relay pipeline.
+        let csv = try String(contentsOf: Self.artefacts.appendingPathComponent("traffic-first.csv"), encoding: .utf8)
+        let rows = csv.split(separator: "\r\n").dropFirst().map { $0.split(separator: ",").map(String.init) }.filter { $0.count == 7 && $0[3] == "relay-via-b" }
+        let exported = (rows.reduce(0.0) { $0 + (Double($1[4]) ?? 0) }, rows.reduce(0.0) { $0 + (Double($1[5]) ?? 0) })
+        let report = try coordinator.admin("GET", "/api/v1/agents/edge-a/traffic") as? [String: [String: Any]]
+        let counters = ((report?["relay-via-b"]?["bytes_in"] as? Double) ?? -1, (report?["relay-via-b"]?["bytes_out"] as? Double) ?? -1)
+        #expect(exported == counters && exported.0 > 0, "CSV \(exported) vs the agent's \(counters)")
         // What the browser did as a viewer and to the locked account is in the audit trail.
         let trail = try coordinator.request("GET", "/api/v1/audit?limit=1000", token: coordinator.adminToken).1.replacingOccurrences(of: "\" : ", with: "\":")
         for entry in ["\"actor\":\"account:victor\"", "change relays", "change pipeline documents", "\"outcome\":\"locked\"", "login:locky"] {

@@ -345,6 +345,29 @@ try:
     wait(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", chart), what="the chart loaded")
     shot("traffic")
 
+    step = "the traffic CSV as the page links it: the relay's bytes on the first agent, once its heartbeats have them all"
+    driver.get(URL + f"/traffic?range=1h&agent={FIRST}")
+    link = wait(lambda d: d.find_elements(By.ID, "traffic-csv"))[0].get_attribute("href")
+
+    def relay_sums():
+        text = driver.execute_async_script(
+            "const done = arguments[1]; fetch(arguments[0], {credentials: 'same-origin'}).then((r) => r.text()).then(done, (e) => done(''));", link)
+        rows = [line.split(",") for line in text.split("\r\n")[1:] if line]
+        mine = [row for row in rows if len(row) == 7 and row[2] == FIRST and row[3] == "relay-via-b"]
+        return text, (sum(float(row[4]) for row in mine), sum(float(row[5]) for row in mine))
+
+    previous, stable = None, 0
+    for _ in range(40):
+        text, sums = relay_sums()
+        stable = stable + 1 if sums == previous and sums[0] > 0 else 0
+        previous = sums
+        if stable >= 4:
+            break
+        time.sleep(0.5)
+    check(stable >= 4, f"the relay's rows in the CSV: {previous}")
+    with open(os.path.join(SHOTS, "traffic-first.csv"), "w") as csv:
+        csv.write(text)
+
     step = "the audit page shows the sign-ins"
     driver.get(URL + "/audit")
     wait(lambda d: d.find_elements(By.ID, "audit"))
