@@ -73,7 +73,8 @@ public struct Coordinator: Service {
 
         let console: Console
         do {
-            console = try Console(database: database, secrets: store.secrets, api: api, settings: config.console, logger: logger)
+            console = try Console(
+                database: database, secrets: store.secrets, api: api, settings: config.console, logger: logger, streamsGauge: metrics.consoleStreams)
             try await bootstrapConsoleAdmin(console.accounts)
         } catch {
             await database.shutdown()

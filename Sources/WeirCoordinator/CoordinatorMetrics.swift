@@ -12,6 +12,8 @@ final class CoordinatorMetrics: Sendable {
     let nacks: Counter
     /// From sending a bundle to the agent's ACK of it.
     let pushLatency: DurationHistogram
+    /// Live console pages (server-sent event streams) open on this instance.
+    let consoleStreams: Gauge
 
     init() {
         let agentsHelp = "Registered agents by state (online: heartbeat within offline_after)."
@@ -27,6 +29,8 @@ final class CoordinatorMetrics: Sendable {
             buckets: [.milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250),
                       .milliseconds(500), .seconds(1), .seconds(2), .seconds(5), .seconds(10)],
             help: "Time from sending a bundle to the agent's ACK.")
+        consoleStreams = registry.makeGauge(
+            name: "weir_coordinator_console_live_streams", labels: [], help: "Live console pages (event streams) open on this coordinator instance.")
     }
 
     func render() -> [UInt8] {

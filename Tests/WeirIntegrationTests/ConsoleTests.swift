@@ -202,6 +202,15 @@ struct ConsoleTests {
         let browser = ConsoleClient(coordinator)
         #expect(try browser.signIn("admin", coordinator.consoleAdminPassword).status == 303)
         #expect(try browser.get("/").status == 200)
+        // One session holds at most 8 live streams (each a connection the coordinator keeps); the 9th is
+        // refused at once, and closed streams free their places (noticed at the stream's next write).
+        #expect(try browser.streams("/fleet/events", count: 9, seconds: 3) == Array(repeating: 200, count: 8) + [429])
+        // Open streams are a gauge: back to 0 once the coordinator has noticed the clients gone.
+        #expect(eventually(timeout: 10) {
+            value(in: (try? coordinator.request("GET", "/metrics", token: nil).1) ?? "", "weir_coordinator_console_live_streams", [:]) == 0
+        })
+        #expect(try browser.streams("/pipelines/none/events", count: 8, seconds: 1) == Array(repeating: 200, count: 8))
+        #expect(try ConsoleClient(coordinator).signIn("admin", coordinator.consoleAdminPassword).status == 303, "another session has its own 8")
     }
 
     @Test("sessions end when idle longer than the idle timeout, and at their lifetime however used")

@@ -3,6 +3,7 @@ import HTTPTypes
 import Hummingbird
 import Logging
 import NIOCore
+import Prometheus
 
 /// The web console at / of the coordinator's port: sign-in, sessions, and the pages. Pages read and change
 /// the fleet through the same store and API code as /api/v1; every change and every refusal is audited.
@@ -16,14 +17,17 @@ struct Console: Sendable {
     let streams: LiveStreams
     let logger: Logger
 
-    init(database: CoordinatorDatabase, secrets: SecretBox, api: CoordinatorAPI, settings: ConsoleSettings, logger: Logger) throws {
+    init(
+        database: CoordinatorDatabase, secrets: SecretBox, api: CoordinatorAPI, settings: ConsoleSettings, logger: Logger,
+        streamsGauge: Gauge? = nil
+    ) throws {
         accounts = ConsoleStore(database: database, secrets: secrets)
         audit = AuditLog(database: database)
         self.api = api
         self.settings = settings
         templates = try ConsoleTemplates()
         throttle = SignInThrottle(limit: settings.addressLimit, window: settings.addressWindow.seconds)
-        streams = LiveStreams(limit: 512)
+        streams = LiveStreams(limit: 512, gauge: streamsGauge)
         self.logger = logger
     }
 

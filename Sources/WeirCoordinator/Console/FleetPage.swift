@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import NIOConcurrencyHelpers
 import NIOCore
+import Prometheus
 
 /// The fleet page: every agent with its state, filtered and paged on the server, and kept current by a
 /// server-sent event stream that sends the re-rendered rows when they change.
@@ -65,7 +66,7 @@ extension Console {
         }
         router.get("fleet/events") { request, _ -> Response in
             let query = FleetQuery(request.uri.queryParameters)
-            return try liveEvents {
+            return try liveEvents("fleet?" + query.text(page: query.page)) {
                 let view = try await fleetView(query)
                 return [("rows", view.rows), ("summary", view.summary), ("pager", view.pager)]
             }
@@ -73,16 +74,22 @@ extension Console {
     }
 
     /// A server-sent event stream for a live page: `render`'s events every `liveInterval`, sent when they
-    /// change. Bounded by `streams`; ends when the session it started with is no longer valid.
-    func liveEvents(_ render: @escaping @Sendable () async throws -> [(name: String, data: String)]) throws -> Response {
+    /// change. Bounded by `streams` (in all, and per session); ends when the session it started with is no
+    /// longer valid. Streams of the same view (`key`) share one rendering per interval.
+    func liveEvents(_ key: String, _ render: @escaping @Sendable () async throws -> [(name: String, data: String)]) throws -> Response {
         guard let user = ConsoleUser.current else { throw HTTPError(.unauthorized) }
-        guard streams.open() else {
-            return Response(status: .serviceUnavailable, headers: [.retryAfter: "10"], body: .init(byteBuffer: ByteBuffer(string: "too many live pages\n")))
+        let session = user.session.idHash
+        if let refusal = streams.open(session: session) {
+            let (status, text): (HTTPResponse.Status, String) = switch refusal {
+            case .full: (.serviceUnavailable, "too many live pages on this coordinator\n")
+            case .perSession: (.tooManyRequests, "too many live pages open in this session; close some\n")
+            }
+            return Response(status: status, headers: [.retryAfter: "10"], body: .init(byteBuffer: ByteBuffer(string: text)))
         }
         return Response(
             status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-store"],
             body: ResponseBody { writer in
-                defer { streams.close() }
+                defer { streams.close(session: session) }
                 var last = ""
                 while !Task.isCancelled {
                     // The session is asked again every round: signing out, a revoked session or its timeout
@@ -91,7 +98,9 @@ extension Console {
                         try await writer.write(ByteBuffer(string: Self.event("signed_out", "")))
                         break
                     }
-                    let message = try await render().map { Self.event($0.name, $0.data) }.joined()
+                    let message = try await streams.rendered(key, within: Self.liveInterval) {
+                        try await render().map { Self.event($0.name, $0.data) }.joined()
+                    }
                     // Unchanged parts are not sent again; a comment keeps proxies from closing the stream.
                     try await writer.write(ByteBuffer(string: message == last ? ": still\n\n" : message))
                     last = message
@@ -199,21 +208,64 @@ struct Sparkline {
     }
 }
 
-/// Open live streams, bounded: each holds a connection and renders every two seconds.
+/// Open live streams, bounded in all and per session (each holds a connection), and the views they
+/// send, rendered once per interval however many streams show them.
 final class LiveStreams: Sendable {
-    private let count = NIOLockedValueBox(0)
+    enum Refusal { case full, perSession }
+
+    private struct State {
+        var open = 0
+        var perSession: [String: Int] = [:]
+        var rendered: [String: (at: ContinuousClock.Instant, text: String)] = [:]
+    }
+
+    private let state = NIOLockedValueBox(State())
     let limit: Int
+    let sessionLimit: Int
+    /// `weir_coordinator_console_live_streams`.
+    let gauge: Gauge?
 
-    init(limit: Int) { self.limit = limit }
+    init(limit: Int, sessionLimit: Int = 8, gauge: Gauge? = nil) {
+        self.limit = limit
+        self.sessionLimit = sessionLimit
+        self.gauge = gauge
+    }
 
-    func open() -> Bool {
-        count.withLockedValue { count in
-            guard count < limit else { return false }
-            count += 1
-            return true
+    func open(session: String) -> Refusal? {
+        state.withLockedValue { state in
+            guard state.open < limit else { return .full }
+            guard state.perSession[session, default: 0] < sessionLimit else { return .perSession }
+            state.open += 1
+            state.perSession[session, default: 0] += 1
+            gauge?.set(to: Double(state.open))
+            return nil
         }
     }
 
-    func close() { count.withLockedValue { $0 -= 1 } }
-    var current: Int { count.withLockedValue { $0 } }
+    func close(session: String) {
+        state.withLockedValue { state in
+            state.open -= 1
+            gauge?.set(to: Double(state.open))
+            state.perSession[session, default: 1] -= 1
+            if state.perSession[session] == 0 { state.perSession[session] = nil }
+            // Views nobody follows any more are forgotten with the last stream.
+            if state.open == 0 { state.rendered.removeAll() }
+        }
+    }
+
+    var current: Int { state.withLockedValue { $0.open } }
+
+    /// `key`'s view rendered less than `interval` ago, or rendered now (two streams asking at once may both
+    /// render: no lock is held across the rendering).
+    func rendered(_ key: String, within interval: Duration, _ render: () async throws -> String) async throws -> String {
+        let now = ContinuousClock.now
+        if let cached = state.withLockedValue({ $0.rendered[key] }), now - cached.at < interval * 0.9 { return cached.text }
+        let text = try await render()
+        state.withLockedValue { state in
+            // Bounded by the views open streams follow (at most one per stream).
+            if state.rendered.count >= limit { state.rendered.removeAll() }
+            state.rendered[key] = (now, text)
+        }
+        return text
+    }
 }

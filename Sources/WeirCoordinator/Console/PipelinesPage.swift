@@ -88,7 +88,7 @@ extension Console {
         }
         router.get("pipelines/{name}/events") { _, context -> Response in
             let name = try context.parameters.require("name")
-            return try liveEvents {
+            return try liveEvents("pipeline:" + name) {
                 let rollout = try await rollout(name)
                 return [("rows", rollout.rows), ("summary", rollout.summary)]
             }

@@ -67,6 +67,17 @@ final class ConsoleClient: @unchecked Sendable {
 
     func get(_ path: String, headers: [String] = []) throws -> Page { try request("GET", path, headers: headers) }
 
+    /// The HTTP statuses of `count` live streams of `path` opened at once by this session (curl's parallel
+    /// transfers), each held `seconds`.
+    func streams(_ path: String, count: Int, seconds: Int) throws -> [Int] {
+        var arguments = inNamespace + [
+            "curl", "-s", "-N", "-Z", "--parallel-immediate", "--parallel-max", "\(count)", "--max-time", "\(seconds)", "-w", "%{http_code}\n",
+            "--cacert", coordinator.pki.caPath, "-b", jar.path,
+        ]
+        for _ in 0..<count { arguments += ["-o", "/dev/null", coordinator.url + path] }
+        return try command(arguments).output.split(separator: "\n").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }.sorted()
+    }
+
     /// What a live page's event stream sends in its first `seconds` (curl's timeout ends it).
     func stream(_ path: String, seconds: Int = 3) throws -> String {
         try command(inNamespace + ["curl", "-s", "-N", "--max-time", "\(seconds)", "--cacert", coordinator.pki.caPath, "-b", jar.path, coordinator.url + path]).1
