@@ -80,7 +80,7 @@ SIGNIN_TOKEN=$(console "https://localhost:$PORT/login" | sed -n 's/.*name="token
 console -o /dev/null -H "Origin: https://localhost:$PORT" --data-urlencode "token=$SIGNIN_TOKEN" --data-urlencode "name=admin" \
     --data-urlencode "password=$CONSOLE_PASSWORD" "https://localhost:$PORT/login"
 page_times=()
-for page in "/" "/?page=10" "/?label=bench%3Dyes&status=online" "/lists" "/audit"; do
+for page in "/" "/?page=10" "/?label=bench%3Dyes&status=online" "/pipelines/bench-1" "/relays" "/vpn" "/traffic" "/lists" "/audit"; do
     times=$(for _ in $(seq 20); do console -o /dev/null -w '%{http_code} %{time_total}\n' "https://localhost:$PORT$page"; done)
     echo "$times" | grep -qv '^200 ' && { echo "$NAME: console page $page did not answer 200" >&2; exit 1; }
     stats=$(echo "$times" | awk '{ print $2 * 1000 }' | sort -n | awk '{ a[NR] = $1 } END { printf "%.0f ms (p95 %.0f ms)", a[int((NR + 1) / 2)], a[int(NR * 0.95)] }')
