@@ -12,7 +12,7 @@ CONFIG     ?= etc/weir/weir.yaml
 # network namespaces.
 BUILD_PACKAGES := libbpf-dev libnftables-dev libnftnl-dev libmnl-dev libssl-dev libqrencode-dev pkg-config
 RUN_PACKAGES   := ca-certificates $(BUILD_PACKAGES) wireguard-go
-TEST_PACKAGES  := $(BUILD_PACKAGES) prometheus iproute2 curl bpftool python3 nftables iperf3 openssl shadowsocks-libev python3-websockets nginx-light postgresql wireguard-go wireguard-tools qrencode zbar-tools dnsmasq-base bind9-dnsutils unbound chromium chromium-driver python3-selenium python3-pyotp
+TEST_PACKAGES  := $(BUILD_PACKAGES) prometheus python3-yaml iproute2 curl bpftool python3 nftables iperf3 openssl shadowsocks-libev python3-websockets nginx-light postgresql wireguard-go wireguard-tools qrencode zbar-tools dnsmasq-base bind9-dnsutils unbound chromium chromium-driver python3-selenium python3-pyotp
 BENCH_PACKAGES := $(BUILD_PACKAGES) haproxy socat iperf3 nginx-light wrk curl python3 iproute2 nftables shadowsocks-libev stunnel4 openssl wireguard-go wireguard-tools dnsperf unbound dnsmasq-base
 
 .PHONY: run test bench soak chaos fuzz fuzz-build build release clean

@@ -34,6 +34,7 @@ doc = {
   "/api/v1/agents/{id}/traffic": {"get": op("Per-pipeline counters and health from the agent's last heartbeat", {**resp("by pipeline id", {"type": "object", "additionalProperties": ref("PipelineReport")}), "404": err}, params=[p("id", "agent id")], opid="getAgentTraffic")},
   "/api/v1/agents/{id}/revoke": {"post": op("Revoke the agent's credential and close its connection", {**resp("revoked", strmap), "404": err}, params=[p("id", "agent id")], write=True, opid="revokeAgent")},
   "/api/v1/agents/{id}/labels": {"put": op("Set operator labels (merged over enrollment and announced labels)", {**resp("agent", ref("Agent")), "400": err, "404": err}, body=J(strmap), params=[p("id", "agent id")], write=True, opid="setAgentLabels")},
+  "/api/v1/prometheus/targets": {"get": op("Prometheus HTTP service discovery (http_sd_configs) for the agents' metrics endpoints: one target group per agent that announced a metrics address and is not revoked (offline agents included, so Prometheus sees them down), with label agent and __meta_weir_agent, __meta_weir_online, __meta_weir_version, __meta_weir_label_<name>. Any token role; give Prometheus a viewer token (authorization: {type: Bearer, credentials_file: ...})", resp("target groups", {"type": "array", "items": ref("TargetGroup")}), opid="prometheusTargets")},
   "/api/v1/labels": {"get": op("Label keys and values in use, with agent counts", resp("labels", {"type": "object", "additionalProperties": {"type": "object", "additionalProperties": {"type": "integer"}}}), opid="listLabels")},
   "/api/v1/enrollment-tokens": {
      "get": op("List enrollment tokens (without secrets)", resp("tokens", {"type": "array", "items": ref("EnrollmentToken")}), opid="listEnrollmentTokens"),
@@ -99,11 +100,13 @@ doc = {
   "schemas": {
    "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}, "details": {"type": "array", "items": {"type": "string"}}}},
    "PipelineReport": {"type": "object", "properties": {k: {"type": "number"} for k in ["bytes_in", "bytes_out", "connections_total", "connections_active", "errors_total"]} | {"health": {"type": "string"}, "peers": {"type": "object", "description": "WireGuard peers by name (pipelines with a wireguard stage)", "additionalProperties": ref("VPNUsage")}}},
+   "TargetGroup": {"type": "object", "required": ["targets", "labels"], "properties": {"targets": {"type": "array", "items": {"type": "string", "example": "10.0.0.5:9464"}}, "labels": strmap}},
    "Agent": {"type": "object", "required": ["id", "labels", "online", "status", "desired_version"], "properties": {
       "id": {"type": "string"}, "labels": strmap, "version": {"type": "string"}, "facts": strmap, "online": {"type": "boolean"},
       "revoked": {"type": "boolean"}, "last_seen": {"type": "number", "description": "Unix time"}, "enrolled_at": {"type": "number"},
       "desired_version": {"type": "string"}, "applied_version": {"type": ["string", "null"]}, "nacked_version": {"type": ["string", "null"]},
       "last_error": {"type": ["string", "null"]}, "status": {"type": "string", "enum": ["in_sync", "pending", "refused"]},
+      "metrics_address": {"type": ["string", "null"], "description": "where Prometheus scrapes the agent: its metrics.listen from its last hello, an unspecified host replaced by the address it connected from"},
       "pipelines": {"type": "object", "additionalProperties": ref("PipelineReport")}}},
    "EnrollmentToken": {"type": "object", "properties": {"id": {"type": "string"}, "labels": strmap, "expires_at": {"type": ["number", "null"]}, "uses_left": {"type": ["integer", "null"]}, "created_at": {"type": "number"}}},
    "EnrollmentTokenCreated": {"allOf": [ref("EnrollmentToken"), {"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}}]},

@@ -40,6 +40,8 @@ public actor Agent: Service {
     /// Held while the agent runs: one agent per state directory.
     private var stateLock: StateDirectoryLock?
     private var coordinatorSettings: CoordinatorSettings?
+    /// The metrics address the coordinator connection announced; a new one reconnects to announce it.
+    private var announcedMetricsAddress: BindAddress?
     /// Set once shutdown begins: a bundle that arrives after that is not applied.
     private var stopping = false
     /// The last reload or bundle apply queued; the next waits for it (see `serially`).
@@ -279,15 +281,18 @@ public actor Agent: Service {
 
     /// Starts, restarts (settings changed) or stops the coordinator connection to match the configuration.
     private func updateCoordinatorClient(_ config: AgentConfig) {
-        guard config.coordinator != coordinatorSettings || (config.coordinator != nil && coordinatorClient == nil) else { return }
+        guard config.coordinator != coordinatorSettings || (config.coordinator != nil && coordinatorClient == nil)
+            || (config.coordinator != nil && config.metricsListen != announcedMetricsAddress)
+        else { return }
         coordinatorClient?.cancel()
         coordinatorClient = nil
         coordinatorSettings = config.coordinator
-        CoordinatorClient.reset(metrics)
+        announcedMetricsAddress = config.metricsListen
+        CoordinatorClient.reset(metrics, configured: config.coordinator != nil)
         guard let settings = config.coordinator else { return }
         let client = CoordinatorClient(
             settings: settings, agentID: config.agentID, stateDirectory: config.coordinatorDirectory, agent: self, metrics: metrics,
-            logger: logger)
+            metricsAddress: config.metricsListen?.description, logger: logger)
         coordinatorClient = Task { await client.run() }
     }
 

@@ -101,6 +101,7 @@ public actor Supervisor {
             if let predecessor = running[start.id] { retire(predecessor, removed: false) }
             running[start.id] = start.runtime
         }
+        metrics.certificates.set(running: running.values.map(\.spec))
         await sweep(config.stageEnvironment)
         if !plan.isEmpty {
             logger.info(
@@ -189,6 +190,7 @@ public actor Supervisor {
     public func shutdown() async {
         let runtimes = Array(running.values)
         running = [:]
+        metrics.certificates.set(running: [])
         for source in stageProblems.keys { metrics.health.set(source, nil) }
         stageProblems = [:]
         await withTaskGroup(of: Void.self) { group in

@@ -37,10 +37,12 @@ public struct Coordinator: Service {
     public func run() async throws {
         let group = MultiThreadedEventLoopGroup.singleton
         let tls: TLSConfiguration
+        let chain: [NIOSSLCertificate]
         do {
             try FileManager.default.createDirectory(atPath: config.stateDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            chain = try NIOSSLCertificate.fromPEMFile(config.certificatePath)
             tls = TLSConfiguration.makeServerConfiguration(
-                certificateChain: try NIOSSLCertificate.fromPEMFile(config.certificatePath).map { .certificate($0) },
+                certificateChain: chain.map { .certificate($0) },
                 privateKey: .privateKey(try NIOSSLPrivateKey(file: config.keyPath, format: .pem)))
         } catch {
             throw StartError.startFailed("cannot load the TLS certificate or key: \(error)")
@@ -64,6 +66,9 @@ public struct Coordinator: Service {
         try await bootstrapAdminToken(store)
 
         let metrics = CoordinatorMetrics()
+        if let notAfter = chain.map({ Double($0.notValidAfter) }).min() {
+            metrics.certificateExpiry(file: config.certificatePath).set(to: notAfter)
+        }
         let distributor = Distributor(store: store, metrics: metrics, logger: logger)
         let changes = ChangeFeed(database: database, distributor: distributor)
         let sessions = AgentSessions(store: store, distributor: distributor, questions: AgentQuestions(), heartbeatInterval: config.heartbeatInterval, logger: logger)
@@ -93,6 +98,7 @@ public struct Coordinator: Service {
         api.register(on: router)
         console.register(on: router)
         AuditAPI(audit: console.audit).register(on: router)
+        PrometheusDiscovery(api: api).register(on: router)
 
         var services: [any Service] = [
             Housekeeping(store: store, consoleStore: console.accounts, distributor: distributor, metrics: metrics, config: config, logger: logger)
@@ -121,8 +127,9 @@ public struct Coordinator: Service {
                         await UpgradeRefusal.send(refusal, on: channel)
                         return .dontUpgrade
                     }
+                    let peer = channel.remoteAddress?.ipAddress
                     return .upgrade([:]) { inbound, outbound, _ in
-                        try await sessions.serve(identity, inbound: inbound, outbound: outbound)
+                        try await sessions.serve(identity, peer: peer, inbound: inbound, outbound: outbound)
                     }
                 },
                 tlsConfiguration: tls),
@@ -205,9 +212,15 @@ struct Housekeeping: Service, CustomStringConvertible {
             let removed = try await store.removeAgents(lastSeenBefore: now - config.retention.seconds)
             if !removed.isEmpty { logger.notice("removed agents offline longer than the retention", metadata: ["agents": "\(removed)"]) }
             let agents = try await store.agents()
-            let online = agents.filter { !$0.revoked && now - $0.lastSeen < config.offlineAfter.seconds }.count
-            metrics.agentsOnline.set(to: Double(online))
-            metrics.agentsOffline.set(to: Double(agents.count - online))
+            let online = agents.filter { !$0.revoked && now - $0.lastSeen < config.offlineAfter.seconds }
+            metrics.agentsOnline.set(to: Double(online.count))
+            metrics.agentsOffline.set(to: Double(agents.count - online.count))
+            // Online agents by how their bundle stands (an offline agent gets its bundle when it connects).
+            let desired = try await store.desiredState()
+            let statuses = online.map { AgentView($0, desired: desired.bundle(for: $0).version, online: true).status }
+            metrics.bundlesCurrent.set(to: Double(statuses.count { $0 == "in_sync" }))
+            metrics.bundlesPending.set(to: Double(statuses.count { $0 == "pending" }))
+            metrics.bundlesRefused.set(to: Double(statuses.count { $0 == "refused" }))
         } catch {
             logger.warning("housekeeping failed", metadata: ["error": "\(error)"])
         }

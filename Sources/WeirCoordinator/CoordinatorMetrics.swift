@@ -5,6 +5,10 @@ final class CoordinatorMetrics: Sendable {
     let registry = PrometheusCollectorRegistry()
     let agentsOnline: Gauge
     let agentsOffline: Gauge
+    /// Online agents whose applied bundle is the desired one, is on its way, or was refused (NACK).
+    let bundlesCurrent: Gauge
+    let bundlesPending: Gauge
+    let bundlesRefused: Gauge
     /// Agents with an open connection to this instance.
     let connectedAgents: Gauge
     let pushes: Counter
@@ -19,6 +23,10 @@ final class CoordinatorMetrics: Sendable {
         let agentsHelp = "Registered agents by state (online: heartbeat within offline_after)."
         agentsOnline = registry.makeGauge(name: "weir_coordinator_agents", labels: [("state", "online")], help: agentsHelp)
         agentsOffline = registry.makeGauge(name: "weir_coordinator_agents", labels: [("state", "offline")], help: agentsHelp)
+        let bundlesHelp = "Online agents by their bundle: current (the desired one applied), pending (not yet applied), refused (NACK)."
+        bundlesCurrent = registry.makeGauge(name: "weir_coordinator_agent_bundles", labels: [("state", "current")], help: bundlesHelp)
+        bundlesPending = registry.makeGauge(name: "weir_coordinator_agent_bundles", labels: [("state", "pending")], help: bundlesHelp)
+        bundlesRefused = registry.makeGauge(name: "weir_coordinator_agent_bundles", labels: [("state", "refused")], help: bundlesHelp)
         connectedAgents = registry.makeGauge(
             name: "weir_coordinator_connected_agents", labels: [], help: "Agents connected to this coordinator instance.")
         pushes = registry.makeCounter(name: "weir_coordinator_pushes_total", labels: [], help: "Bundles sent to agents.")
@@ -31,6 +39,13 @@ final class CoordinatorMetrics: Sendable {
             help: "Time from sending a bundle to the agent's ACK.")
         consoleStreams = registry.makeGauge(
             name: "weir_coordinator_console_live_streams", labels: [], help: "Live console pages (event streams) open on this coordinator instance.")
+    }
+
+    /// The coordinator's own certificate, under the agents' metric and labels (stage "coordinator").
+    func certificateExpiry(file: String) -> Gauge {
+        registry.makeGauge(
+            name: "weir_tls_certificate_expiry_timestamp_seconds", labels: [("stage", "coordinator"), ("file", file)],
+            help: "When a certificate the coordinator loaded expires (Unix time; the earliest in the file).")
     }
 
     func render() -> [UInt8] {

@@ -18,17 +18,23 @@ public struct AgentHello: Codable, Sendable, Equatable {
     public var facts: [String: String]
     /// The bundle the agent runs now (kept across restarts), nil when it never applied one.
     public var appliedVersion: String?
+    /// The agent's `metrics.listen` ("0.0.0.0:9464"), for the coordinator's Prometheus service discovery;
+    /// nil when the endpoint is off (and from agents older than this field).
+    public var metricsAddress: String?
 
-    public init(agentID: String, version: String, labels: [String: String], facts: [String: String], appliedVersion: String?) {
+    public init(
+        agentID: String, version: String, labels: [String: String], facts: [String: String], appliedVersion: String?, metricsAddress: String? = nil
+    ) {
         self.agentID = agentID
         self.version = version
         self.labels = labels
         self.facts = facts
         self.appliedVersion = appliedVersion
+        self.metricsAddress = metricsAddress
     }
 
     enum CodingKeys: String, CodingKey {
-        case agentID = "agent_id", version, labels, facts, appliedVersion = "applied_version"
+        case agentID = "agent_id", version, labels, facts, appliedVersion = "applied_version", metricsAddress = "metrics_address"
     }
 }
 

@@ -20,11 +20,12 @@ struct CoordinatorTests {
         """
     }
 
-    static func managedAgent(_ id: String, coordinator: CoordinatorProcess, token: String, labels: [String: String], pipelines: String = "pipelines: {}")
-        throws -> WeirProcess
-    {
+    static func managedAgent(
+        _ id: String, coordinator: CoordinatorProcess, token: String, labels: [String: String], pipelines: String = "pipelines: {}",
+        metricsHost: String = "127.0.0.1"
+    ) throws -> WeirProcess {
         let agent = try WeirProcess(
-            pipelines: pipelines, extra: try coordinator.agentSection(token: token, labels: labels, agent: id), id: id)
+            pipelines: pipelines, extra: try coordinator.agentSection(token: token, labels: labels, agent: id), id: id, metricsHost: metricsHost)
         try agent.start()
         return agent
     }
@@ -126,6 +127,13 @@ struct CoordinatorTests {
         #expect(((try coordinator.agent("agent-a"))?["last_error"] as? String)?.contains("duplicate pipeline id \"local-one\"") == true)
         #expect(Self.echoes(portA) && Self.echoes(localPort))
 
+        // Both online agents refused the bundle meant for them (the WeirBundleRefused alert's series).
+        #expect(eventually(timeout: 5) {
+            let text = (try? coordinator.request("GET", "/metrics", token: nil).1) ?? ""
+            return value(in: text, "weir_coordinator_agent_bundles", ["state": "refused"]) == 2
+                && value(in: text, "weir_coordinator_agent_bundles", ["state": "current"]) == 0
+                && value(in: text, "weir_coordinator_agent_bundles", ["state": "pending"]) == 0
+        })
         let metrics = try coordinator.request("GET", "/metrics", token: nil).1
         #expect((value(in: metrics, "weir_coordinator_acks_total", [:]) ?? 0) >= 3)
         #expect((value(in: metrics, "weir_coordinator_nacks_total", [:]) ?? 0) >= 2)
@@ -321,6 +329,9 @@ struct CoordinatorTests {
             let text = (try? coordinator.request("GET", "/metrics", token: nil).1) ?? metrics
             return value(in: text, "weir_coordinator_agents", ["state": "offline"]) == 1 && value(in: text, "weir_coordinator_agents", ["state": "online"]) == 1
         })
+        // The coordinator's own certificate, for the alert on certificates about to expire.
+        let expiry = value(in: metrics, "weir_tls_certificate_expiry_timestamp_seconds", ["stage": "coordinator", "file": pki.path("coordinator.pem")])
+        #expect(expiry == Double(try pki.notAfter(pki.path("coordinator.pem"))))
         #expect(eventually(timeout: 8) { (try? coordinator.request("GET", "/api/v1/agents/leaving", token: coordinator.adminToken).0) == 404 })
         #expect((try coordinator.agent("staying"))?["online"] as? Bool == true)
     }

@@ -103,6 +103,8 @@ struct LifecycleTests {
                      "weir_config_reloads_total", "weir_config_last_reload_successful", "weir_config_last_reload_timestamp_seconds"] {
             #expect(exposition.contains("# TYPE \(name) "), "\(name) missing")
         }
+        // A standalone agent has no coordinator series: the alert on a disconnected agent must not fire for it.
+        #expect(!exposition.contains("weir_coordinator_"), "\(exposition)")
 
         let (status, report) = try promtoolCheck(exposition)
         #expect(status == 0, "promtool: \(report)")

@@ -39,6 +39,7 @@ struct NftablesTests {
         #expect((value(in: exposition, "weir_nft_dropped_packets_total", ["pipeline": "egress"]) ?? 0) >= 2)
         #expect((value(in: exposition, "weir_nft_allowed_packets_total", ["pipeline": "egress", "destination": "11.0.0.2"]) ?? 0) > 0)
         #expect(value(in: exposition, "weir_nft_set_elements", ["pipeline": "egress", "set": "dst4"]) == 1)
+        #expect(value(in: exposition, "weir_nft_set_max_elements", ["pipeline": "egress", "set": "dst4"]) == 65536)
         let (status, report) = try promtoolCheck(exposition)
         #expect(status == 0, "promtool: \(report)")
 

@@ -88,6 +88,16 @@ struct TransformTLSTests {
         #expect(member.output.contains("member"), "\(member.output)")
         let refusals = try agent.waitForMetric("weir_pipeline_errors_total", ["pipeline": "tls-in", "stage": "transform.tls", "reason": "tls_failed"]) { ($0 ?? 0) >= 2 }
         #expect(refusals == 2, "the two refused handshakes are counted once each")
+
+        // Both files' expiries are exported; a reload without client_ca drops that series.
+        let caExpiry = ["pipeline": "tls-in", "stage": "transform.tls", "file": pki.caPath]
+        #expect(try agent.metric("weir_tls_certificate_expiry_timestamp_seconds", caExpiry) == Double(try pki.notAfter(pki.caPath)))
+        #expect(try agent.metric("weir_tls_certificate_expiry_timestamp_seconds", caExpiry.merging(["file": pki.path("server.pem")]) { $1 }) != nil)
+        let (status, report) = try promtoolCheck(try agent.metrics())
+        #expect(status == 0, "promtool: \(report)")
+        try agent.writePipelines(try String(contentsOf: agent.directory.appendingPathComponent("pipelines.d/main.yaml"), encoding: .utf8).replacingOccurrences(of: "client_ca: \(pki.caPath)", with: ""))
+        try agent.reload()
+        #expect(try agent.metric("weir_tls_certificate_expiry_timestamp_seconds", caExpiry) == nil)
     }
 
     /// Two agents: plain TCP in, TLS between them (verified by CA and name, client certificate), plain TCP out.
@@ -168,8 +178,12 @@ struct TransformTLSTests {
         writer.write("first line\n".data(using: .utf8)!)
         #expect(eventually { ((try? String(contentsOfFile: outFile, encoding: .utf8)) ?? "").contains("first line") })
 
-        // Renew: same paths, a certificate with another subject.
-        let (renewedCert, renewedKey) = try pki.issue("renewed", dnsNames: [Self.name])
+        // Its expiry is exported for the alert on certificates about to expire.
+        let expiry = { try agent.metric("weir_tls_certificate_expiry_timestamp_seconds", ["pipeline": "tls-in", "stage": "transform.tls", "file": pki.path("server.pem")]) }
+        #expect(try expiry() == Double(try pki.notAfter(pki.path("server.pem"))))
+
+        // Renew: same paths, a certificate with another subject (valid for 30 days instead of 2).
+        let (renewedCert, renewedKey) = try pki.issue("renewed", dnsNames: [Self.name], days: 30)
         try FileManager.default.removeItem(atPath: pki.path("server.pem"))
         try FileManager.default.removeItem(atPath: pki.path("server.key"))
         try FileManager.default.copyItem(atPath: renewedCert, toPath: pki.path("server.pem"))
@@ -177,6 +191,8 @@ struct TransformTLSTests {
         try agent.reload()
         let after = try Self.sClient(port: port, ["-CAfile", pki.caPath], line: "after")
         #expect(after.output.contains("after") && (after.output.contains("CN = renewed") || after.output.contains("CN=renewed")), "\(after.output)")
+        #expect(try expiry() == Double(try pki.notAfter(renewedCert)))
+        #expect(try pki.notAfter(renewedCert) - Int(Date().timeIntervalSince1970) > 29 * 86400)
 
         writer.write("second line\n".data(using: .utf8)!)
         #expect(eventually { ((try? String(contentsOfFile: outFile, encoding: .utf8)) ?? "").contains("second line") }, "the connection opened before the reload still works")

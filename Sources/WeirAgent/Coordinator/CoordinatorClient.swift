@@ -17,6 +17,8 @@ struct CoordinatorClient: Sendable {
     let stateDirectory: String
     let agent: Agent
     let metrics: WeirMetrics
+    /// `metrics.listen` as configured, announced in the hello for the coordinator's Prometheus discovery.
+    let metricsAddress: String?
     let logger: Logger
     /// Kept across connections: growth while the coordinator was away is sent when it is back.
     let addressTraffic = ClientAddressTraffic()
@@ -45,17 +47,16 @@ struct CoordinatorClient: Sendable {
         }
     }
 
-    /// No connection, no refusal: what an agent without a coordinator reports.
-    static func reset(_ metrics: WeirMetrics) {
-        metrics.coordinatorConnected.set(to: 0)
-        metrics.coordinatorRefused.set(to: 0)
+    /// No connection, no refusal; no series at all without a coordinator.
+    static func reset(_ metrics: WeirMetrics, configured: Bool) {
+        metrics.coordinator.setConfigured(configured)
         metrics.health.set("coordinator", nil)
     }
 
     /// One connection, from dialing to closing. True when the coordinator welcomed the agent.
     private func connectOnce() async -> Bool {
         let welcomed = NIOLockedValueBox(false)
-        defer { metrics.coordinatorConnected.set(to: 0) }
+        defer { metrics.coordinator.setConnected(false) }
         do {
             var headers = [(AgentHeaders.agentID, agentID)]
             if let credential = readSecret(credentialPath) {
@@ -80,7 +81,7 @@ struct CoordinatorClient: Sendable {
             logger.error(refused ? "the coordinator refused this agent" : "the coordinator did not accept the connection", metadata: [
                 "url": "\(connectURL)", "status": "\(status)", "reason": "\(reason)",
             ])
-            metrics.coordinatorRefused.set(to: refused ? 1 : 0)
+            metrics.coordinator.setRefused(refused)
             metrics.health.set("coordinator", "refused (HTTP \(status)): \(reason)")
         } catch let error as NIOSSLExtraError where error == .failedToValidateHostname {
             let host = (try? CoordinatorSocket.Endpoint(url: connectURL))?.host ?? connectURL
@@ -104,12 +105,12 @@ struct CoordinatorClient: Sendable {
             logger.notice("enrolled with the coordinator; credential stored", metadata: ["file": "\(credentialPath)"])
         }
         welcomed.withLockedValue { $0 = true }
-        metrics.coordinatorConnected.set(to: 1)
-        metrics.coordinatorRefused.set(to: 0)
+        metrics.coordinator.setConnected(true)
+        metrics.coordinator.setRefused(false)
         metrics.health.set("coordinator", nil)
         try await send(.hello(AgentHello(
             agentID: agentID, version: AgentInfo.version, labels: settings.labels, facts: AgentInfo.hostFacts(),
-            appliedVersion: await agent.appliedBundleVersion())))
+            appliedVersion: await agent.appliedBundleVersion(), metricsAddress: metricsAddress)))
         logger.info("connected to the coordinator", metadata: ["url": "\(connectURL)"])
 
         let interval = Duration.milliseconds(Int64(max(welcome.heartbeatIntervalSeconds, 0.1) * 1000))

@@ -309,6 +309,8 @@ struct AgentView: Encodable {
     /// in_sync, pending (not applied yet) or refused (the desired version was NACKed).
     let status: String
     let pipelines: [String: PipelineReport]
+    /// Where Prometheus scrapes it (from its hello), nil when unknown.
+    let metricsAddress: String?
 
     init(_ agent: AgentRecord, desired: String, online: Bool) {
         id = agent.id
@@ -325,11 +327,13 @@ struct AgentView: Encodable {
         lastError = agent.lastError
         status = agent.appliedVersion == desired ? "in_sync" : agent.nackedVersion == desired ? "refused" : "pending"
         pipelines = agent.report
+        metricsAddress = agent.metricsAddress
     }
 
     enum CodingKeys: String, CodingKey {
         case id, labels, version, facts, online, revoked, lastSeen = "last_seen", enrolledAt = "enrolled_at"
         case desiredVersion = "desired_version", appliedVersion = "applied_version", nackedVersion = "nacked_version"
+        case metricsAddress = "metrics_address"
         case lastError = "last_error", status, pipelines
     }
 
@@ -350,6 +354,7 @@ struct AgentView: Encodable {
         try container.encode(lastError, forKey: .lastError)
         try container.encode(status, forKey: .status)
         try container.encode(pipelines, forKey: .pipelines)
+        try container.encode(metricsAddress, forKey: .metricsAddress)
     }
 }
 

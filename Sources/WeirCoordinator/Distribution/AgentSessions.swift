@@ -59,7 +59,8 @@ struct AgentSessions: Sendable {
         throw AgentRefusal(status: .unauthorized, message: "an agent needs a credential (Authorization: Bearer) or an enrollment token")
     }
 
-    func serve(_ identity: AgentIdentity, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter) async throws {
+    /// `peer`: the address the connection came from (an agent announcing 0.0.0.0 is scraped there).
+    func serve(_ identity: AgentIdentity, peer: String?, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter) async throws {
         let send: @Sendable (CoordinatorMessage) async throws -> Void = { message in
             try await outbound.writeTextMessage(try WireCoding.encode(message))
         }
@@ -104,7 +105,7 @@ struct AgentSessions: Sendable {
                     try await outbound.close(.policyViolation, reason: "hello names another agent")
                     return
                 }
-                try await store.recordHello(hello)
+                try await store.recordHello(hello, metricsAddress: MetricsTarget.address(announced: hello.metricsAddress, peer: peer))
                 if !registered {
                     registered = true
                     logger.info("agent connected", metadata: ["agent": "\(agentID)", "version": "\(hello.version)"])

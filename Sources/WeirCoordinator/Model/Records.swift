@@ -61,6 +61,8 @@ struct AgentRecord: Sendable {
     var nackedVersion: String?
     var lastError: String?
     var report: [String: PipelineReport]
+    /// Where Prometheus scrapes the agent's metrics, from its last hello.
+    var metricsAddress: String? = nil
 
     var labels: [String: String] {
         enrollmentLabels.merging(announcedLabels) { $1 }.merging(operatorLabels) { $1 }

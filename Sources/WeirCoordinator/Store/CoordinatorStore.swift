@@ -123,7 +123,7 @@ struct CoordinatorStore: Sendable {
 
     private static let agentColumns = """
         id, revoked, enrollment_labels, announced_labels, operator_labels, version, facts, enrolled_at, last_seen,
-        desired_version, applied_version, nacked_version, last_error, report
+        desired_version, applied_version, nacked_version, last_error, report, metrics_address
         """
 
     func agent(id: String) async throws -> AgentRecord? {
@@ -146,11 +146,12 @@ struct CoordinatorStore: Sendable {
         try await sql.raw("SELECT \(unsafeRaw: Self.agentColumns) FROM agents ORDER BY id").all().map(Self.agent)
     }
 
-    func recordHello(_ hello: AgentHello) async throws {
+    /// `metricsAddress`: where Prometheus scrapes the agent (`MetricsTarget`), nil when unknown.
+    func recordHello(_ hello: AgentHello, metricsAddress: String?) async throws {
         try await sql.raw("""
             UPDATE agents SET announced_labels = \(bind: try JSONText.encode(hello.labels)), version = \(bind: hello.version),
                 facts = \(bind: try JSONText.encode(hello.facts)), applied_version = \(bind: hello.appliedVersion),
-                last_seen = \(bind: Self.now())
+                metrics_address = \(bind: metricsAddress), last_seen = \(bind: Self.now())
             WHERE id = \(bind: hello.agentID)
             """).run()
     }
@@ -227,7 +228,8 @@ struct CoordinatorStore: Sendable {
             appliedVersion: try row.decode(column: "applied_version", as: String?.self),
             nackedVersion: try row.decode(column: "nacked_version", as: String?.self),
             lastError: try row.decode(column: "last_error", as: String?.self),
-            report: try JSONText.decode([String: PipelineReport].self, try row.decode(column: "report", as: String.self)))
+            report: try JSONText.decode([String: PipelineReport].self, try row.decode(column: "report", as: String.self)),
+            metricsAddress: try row.decode(column: "metrics_address", as: String?.self))
     }
 
     // MARK: - Pipeline documents and assignments

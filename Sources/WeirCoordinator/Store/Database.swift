@@ -139,6 +139,7 @@ final class CoordinatorDatabase: Sendable {
         ]
         for statement in statements { try await sql.raw(SQLQueryString(statement)).run() }
         try await addColumn(table: "lists", column: "kind", definition: "TEXT NOT NULL DEFAULT 'destinations'")
+        try await addColumn(table: "agents", column: "metrics_address", definition: "TEXT")
     }
 
     /// Adds a column a database made by an older coordinator lacks. PostgreSQL says IF NOT EXISTS itself (two

@@ -14,8 +14,10 @@ public final class WeirMetrics: Sendable {
     public let lastReloadSuccessful: Prometheus.Gauge
     public let lastReloadTimestamp: Prometheus.Gauge
     public let reloadDuration: DurationHistogram
-    public let coordinatorConnected: Prometheus.Gauge
-    public let coordinatorRefused: Prometheus.Gauge
+    /// The coordinator connection's state, exported only while a coordinator is configured.
+    public let coordinator = CoordinatorStatus()
+    /// Certificates the running stages loaded, with when they expire.
+    public let certificates = CertificateExpiries()
     /// Problems `/healthz` reports.
     public let health = HealthReport()
 
@@ -33,11 +35,8 @@ public final class WeirMetrics: Sendable {
             buckets: [.milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
                       .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5), .seconds(10)],
             help: "Time from a reload's start (SIGHUP or a coordinator bundle) to its configuration applied or refused.")
-        coordinatorConnected = registry.makeGauge(
-            name: "weir_coordinator_connected", help: "1 while the agent is connected to its coordinator and welcomed, else 0.")
-        coordinatorRefused = registry.makeGauge(
-            name: "weir_coordinator_refused",
-            help: "1 when the coordinator's last answer refused this agent (credential revoked or not its own, enrollment token refused), else 0.")
+        collectors.add(coordinator)
+        collectors.add(certificates)
     }
 
     /// Points swift-metrics at this registry. Call once per process.

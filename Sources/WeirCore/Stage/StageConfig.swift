@@ -80,6 +80,10 @@ public protocol StageConfig: Sendable {
     /// such a stage's decoded configuration while its YAML is unchanged (`PreviousLoad`).
     var contentFingerprint: String { get }
 
+    /// The certificate files the stage loaded, for `weir_tls_certificate_expiry_timestamp_seconds` (and the
+    /// alert on certificates about to expire). Empty for stages without TLS.
+    var certificates: [LoadedCertificate] { get }
+
     /// What the stage holds alone among all of an agent's pipelines (an interface's shaping for one scope, an
     /// interface's egress allowlist). Validation refuses a second stage with a claim already made, naming
     /// where the first is, so `weir validate` catches what would fail at start or silently block traffic.
@@ -97,6 +101,7 @@ extension StageConfig {
     public var namesDestination: Bool { false }
     public var needsDestination: Bool { false }
     public var contentFingerprint: String { "" }
+    public var certificates: [LoadedCertificate] { [] }
     public func exclusiveClaims(listener: (any ListenerConfig)?) -> [StageClaim] { [] }
     public static func sweep(keeping pipelines: Set<String>, environment: StageEnvironment) async -> [String] { [] }
 }

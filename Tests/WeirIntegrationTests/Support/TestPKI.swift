@@ -21,7 +21,7 @@ final class TestPKI: @unchecked Sendable {
     /// Issues `<name>.pem` and `<name>.key`: a server certificate for the DNS names and IP addresses given,
     /// or a client certificate. Returns (certificate, key) paths.
     @discardableResult
-    func issue(_ name: String, dnsNames: [String] = [], ipAddresses: [String] = [], client: Bool = false) throws -> (String, String) {
+    func issue(_ name: String, dnsNames: [String] = [], ipAddresses: [String] = [], client: Bool = false, days: Int = 2) throws -> (String, String) {
         let certificate = path("\(name).pem"), key = path("\(name).key"), request = path("\(name).csr"), extensions = path("\(name).ext")
         try openssl(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=\(name)", "-keyout", key, "-out", request])
         var lines = ["extendedKeyUsage=\(client ? "clientAuth" : "serverAuth")"]
@@ -29,10 +29,19 @@ final class TestPKI: @unchecked Sendable {
         if !names.isEmpty { lines.append("subjectAltName=" + names.joined(separator: ",")) }
         try lines.joined(separator: "\n").write(toFile: extensions, atomically: true, encoding: .utf8)
         try openssl([
-            "x509", "-req", "-in", request, "-CA", caPath, "-CAkey", path("ca.key"), "-CAcreateserial", "-days", "2",
+            "x509", "-req", "-in", request, "-CA", caPath, "-CAkey", path("ca.key"), "-CAcreateserial", "-days", "\(days)",
             "-extfile", extensions, "-out", certificate,
         ])
         return (certificate, key)
+    }
+
+    /// The certificate's notAfter as Unix time, as openssl reads it.
+    func notAfter(_ certificate: String) throws -> Int {
+        let (status, output) = try command(["/bin/sh", "-c", "date -d \"$(openssl x509 -noout -enddate -in '\(certificate)' | cut -d= -f2)\" +%s"])
+        guard status == 0, let seconds = Int(output.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            throw CommandFailed(command: "openssl x509 -enddate", status: status, output: output)
+        }
+        return seconds
     }
 
     private func openssl(_ arguments: [String]) throws {

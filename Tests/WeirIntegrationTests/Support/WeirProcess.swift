@@ -24,7 +24,7 @@ final class WeirProcess: @unchecked Sendable {
     /// Writes `weir.yaml` with the metrics endpoint on a free port, and `pipelines` as `pipelines.d/main.yaml`.
     init(
         pipelines: String, extra: String = "", netns: String? = nil, bpfPinDir: String? = nil, id: String = "test-agent",
-        launcher: [String] = [], agentOptions: [String] = []
+        launcher: [String] = [], agentOptions: [String] = [], metricsHost: String = "127.0.0.1"
     ) throws {
         self.netns = netns
         self.launcher = launcher
@@ -40,7 +40,7 @@ final class WeirProcess: @unchecked Sendable {
             \(agentOptions.map { "  \($0)" }.joined(separator: "\n"))
             \(bpfPinDir.map { "  bpf_pin_dir: \($0)" } ?? "")
             metrics:
-              listen: 127.0.0.1:\(metricsPort)
+              listen: \(metricsHost):\(metricsPort)
             log:
               level: debug
             \(extra)

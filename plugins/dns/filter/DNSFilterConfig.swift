@@ -142,6 +142,8 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
     var recordsDigest: String
     public var groups: [Group]
     public var upstreamCA: String?
+    /// `upstream_ca` with its earliest expiry, read at validation.
+    public var certificates: [LoadedCertificate] = []
     public var queryLogFile: String?
     public var queryLogMaxSize: UInt64
     /// Answers kept in memory for `weir ctl agents dns-queries` (0: none).
@@ -246,12 +248,14 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
             let read = items.compactMap { $0.parsed(Upstream.parse) }
             return read.count == items.count ? read : nil
         }
+        var upstreamCAExpiry: LoadedCertificate?
         let upstreamCA = options.optional("upstream_ca", default: String?.none) { value -> String?? in
             guard let path = value.filePath else { return nil }
-            guard (try? NIOSSLCertificate.fromPEMFile(path)) != nil else {
+            guard let read = try? NIOSSLCertificate.fromPEMFile(path), let notAfter = read.map({ Int($0.notValidAfter) }).min() else {
                 value.error("cannot read PEM certificates from \(path)")
                 return nil
             }
+            upstreamCAExpiry = LoadedCertificate(file: path, notAfter: notAfter)
             return .some(path)
         }
         let strategy = options.optional("strategy", default: Strategy.failover) { $0.oneOf(Strategy.self) }
@@ -307,11 +311,13 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
             options.optional("cache")?.error("min_ttl is above max_ttl")
             return nil
         }
-        return DNSFilterConfig(
+        var config = DNSFilterConfig(
             listen: listen, blocklists: blocklists, allowlists: allowlists, blockAnswer: blockAnswer, canaries: canaries, upstreams: upstreams,
             strategy: strategy, upstreamTimeout: timeout, cacheSize: cacheSize, minTTL: minTTL, maxTTL: maxTTL, serveStale: serveStale,
             prefetch: prefetch, fastestAddress: fastest, maxInflight: inflight,
             records: records, recordsDigest: recordsDigest, groups: groups, upstreamCA: upstreamCA, queryLogFile: queryLogFile, queryLogMaxSize: queryLogMaxSize, queryLogRing: queryLogRing, rules: LoadedRules(sources))
+        config.certificates = upstreamCAExpiry.map { [$0] } ?? []
+        return config
     }
 
     /// The blocklists and allowlists of a mapping, read; an unreadable file is an error at its entry.

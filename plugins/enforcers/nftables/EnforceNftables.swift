@@ -324,6 +324,8 @@ final class EnforceNftables: ServiceStage, ScrapeCollector {
     // MARK: - Metrics
 
     static let setElements = MetricFamily("weir_nft_set_elements", .gauge, help: "Elements in each nftables set of an enforce.nftables stage.")
+    static let setMaxElements = MetricFamily(
+        "weir_nft_set_max_elements", .gauge, help: "The size (max_elements) of each nftables set of an enforce.nftables stage that has one.")
     static let droppedPackets = MetricFamily("weir_nft_dropped_packets_total", .counter, help: "Packets enforce.nftables dropped.")
     static let droppedBytes = MetricFamily("weir_nft_dropped_bytes_total", .counter, help: "Bytes enforce.nftables dropped.")
     static let resolutions = MetricFamily(
@@ -357,6 +359,13 @@ final class EnforceNftables: ServiceStage, ScrapeCollector {
             for name in applied.sets.keys.sorted() where applied.sets[name]?.timeout != true {
                 let count = (applied.addresses[name]?.count ?? 0) + (applied.networks[name]?.count ?? 0)
                 body.appendSample(Array(Self.setElements.name.utf8), labels: labels(("set", name)), value: UInt64(count))
+            }
+        }
+        // So that "how full" is one division in a query (the alert on sets near max_elements).
+        exposition.write(Self.setMaxElements) { body in
+            for name in applied.sets.keys.sorted() where applied.sets[name]?.timeout != true {
+                guard let size = applied.sets[name]?.size else { continue }
+                body.appendSample(Array(Self.setMaxElements.name.utf8), labels: labels(("set", name)), value: UInt64(size))
             }
         }
         if let dropped = try? NftablesTable.shared.counter(owner: owner, "dropped") {

@@ -8,6 +8,8 @@ import WeirCore
 /// renewed certificate.
 struct PEMFiles {
     private var digest = SHA256()
+    /// Every certificate file read, with its earliest expiry.
+    private(set) var loaded: [LoadedCertificate] = []
 
     /// The file a value names, relative paths taken from the YAML file's directory.
     static func path(_ value: ConfigValue) -> String? { value.filePath }
@@ -32,6 +34,7 @@ struct PEMFiles {
                 value.error("\(path) holds no PEM certificate")
                 return nil
             }
+            loaded.append(LoadedCertificate(file: path, notAfter: certificates.map { Int($0.notValidAfter) }.min()!))
             return certificates
         } catch {
             value.error("\(path) is not a PEM certificate file: \(error)")

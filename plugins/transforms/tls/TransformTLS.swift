@@ -39,6 +39,8 @@ public struct TransformTLSConfig: StageConfig {
     let context: NIOSSLContext
     /// Digest of the certificate and key files: part of the fingerprint, so SIGHUP reloads renewed files.
     let filesDigest: String
+    /// The certificate files read (certificate, client_ca, ca), for their expiry metric.
+    public let certificates: [LoadedCertificate]
     /// side: server — how long a client may take to complete its handshake.
     let handshakeTimeout: Duration
 
@@ -137,7 +139,8 @@ public struct TransformTLSConfig: StageConfig {
             return nil
         }
         return TransformTLSConfig(
-            side: side, serverName: serverName ?? nil, context: context, filesDigest: files.fingerprint, handshakeTimeout: handshakeTimeout)
+            side: side, serverName: serverName ?? nil, context: context, filesDigest: files.fingerprint, certificates: files.loaded,
+            handshakeTimeout: handshakeTimeout)
     }
 
     public func makeStage(_ context: StageContext) -> any Stage { TransformTLS(config: self, metrics: context.metrics) }

@@ -1,0 +1,108 @@
+import Foundation
+import Testing
+
+/// The monitoring bundle (contrib/monitoring): the alert rules checked and unit-tested with promtool, and a
+/// real Prometheus that finds the agents through the coordinator's service discovery and evaluates the rules
+/// on what real agents export.
+@Suite("Monitoring: alert rules and Prometheus service discovery", .serialized)
+struct MonitoringTests {
+    @Test("The alert rules pass promtool check and their promtool unit tests; each alert fires and resolves; every metric they use is one Weir exports")
+    func alertRules() throws {
+        let root = PrometheusServer.repository
+        let (status, output) = try command([
+            which("python3") ?? "/usr/bin/python3", root.appendingPathComponent("contrib/monitoring/alerts/run_tests.py").path,
+            "--sources", root.appendingPathComponent("Sources").path, root.appendingPathComponent("plugins").path,
+        ])
+        #expect(status == 0, "\(output)")
+        #expect(output.contains("each fires and resolves"), "\(output)")
+    }
+
+    @Test("""
+        Prometheus follows the fleet through the coordinator's http_sd endpoint (an agent on 0.0.0.0 scraped at the address it \
+        connected from, agent labels for relabelling), scrapes the coordinator, keeps an offline agent as down, drops a revoked one; \
+        a failed reload on a real agent fires WeirReloadFailed
+        """)
+    func serviceDiscovery() throws {
+        try #require(PrometheusServer.available, "Debian's prometheus package is not installed")
+        let pki = try TestPKI()
+        let coordinator = try CoordinatorProcess(pki: pki, heartbeat: "300ms", offlineAfter: "1s")
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let token = try coordinator.enrollmentToken()
+        let edge = try CoordinatorTests.managedAgent("edge-1", coordinator: coordinator, token: token, labels: ["role": "edge", "site": "north"])
+        let exit = try CoordinatorTests.managedAgent("exit-1", coordinator: coordinator, token: token, labels: ["role": "exit"], metricsHost: "0.0.0.0")
+        defer { edge.stop(); exit.stop() }
+        #expect(eventually(timeout: 10) { CoordinatorTests.inSync(coordinator, "edge-1") && CoordinatorTests.inSync(coordinator, "exit-1") })
+
+        // The discovery document, read with a viewer token (what Prometheus is given); no token, no document.
+        let created = try coordinator.admin("POST", "/api/v1/tokens", json: ["name": "prometheus", "role": "viewer"]) as? [String: Any]
+        let viewer = try #require(created?["token"] as? String)
+        #expect(try coordinator.request("GET", "/api/v1/prometheus/targets", token: nil).0 == 401)
+        let (status, body) = try coordinator.request("GET", "/api/v1/prometheus/targets", token: viewer)
+        #expect(status == 200, "\(body)")
+        let groups = try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [[String: Any]] ?? []
+        let byAgent = Dictionary(groups.map { (($0["labels"] as? [String: String])?["agent"] ?? "?", $0) }, uniquingKeysWith: { $1 })
+        #expect(byAgent["edge-1"]?["targets"] as? [String] == ["127.0.0.1:\(edge.metricsPort)"], "\(body)")
+        #expect(byAgent["exit-1"]?["targets"] as? [String] == ["127.0.0.1:\(exit.metricsPort)"], "0.0.0.0 is replaced by the agent's address: \(body)")
+        let edgeLabels = byAgent["edge-1"]?["labels"] as? [String: String] ?? [:]
+        #expect(edgeLabels["__meta_weir_label_role"] == "edge" && edgeLabels["__meta_weir_label_site"] == "north" && edgeLabels["__meta_weir_online"] == "true")
+
+        let rules = PrometheusServer.repository.appendingPathComponent("contrib/monitoring/alerts").path
+        let prometheus = try PrometheusServer(
+            configuration: """
+                global: { scrape_interval: 1s, evaluation_interval: 1s }
+                rule_files: ["\(rules)/*.rules.yml"]
+                scrape_configs:
+                  - job_name: weir-agent
+                    http_sd_configs:
+                      - url: \(coordinator.url)/api/v1/prometheus/targets
+                        refresh_interval: 1s
+                        authorization: { type: Bearer, credentials_file: viewer.token }  # Prometheus 2.42 leaves out "Bearer" without type
+                        tls_config: { ca_file: \(pki.caPath) }
+                    relabel_configs:
+                      - { action: labelmap, regex: __meta_weir_label_(.+) }
+                  - job_name: weir-coordinator
+                    scheme: https
+                    tls_config: { ca_file: \(pki.caPath) }
+                    static_configs: [{ targets: ["127.0.0.1:\(coordinator.port)"] }]
+                """,
+            files: ["viewer.token": viewer])
+        try prometheus.start()
+        defer { prometheus.stop() }
+
+        let scraped = eventually(timeout: 30) {
+            let up = (try? prometheus.query(#"up{job="weir-agent"} == 1"#)) ?? []
+            return Set(up.compactMap { $0.labels["agent"] }) == ["edge-1", "exit-1"] && up.contains { $0.labels["role"] == "edge" && $0.labels["site"] == "north" }
+        }
+        #expect(scraped, "targets: \(String(describing: try? prometheus.targets()))\n\(prometheus.log)")
+        #expect(eventually(timeout: 15) {
+            (try? prometheus.query(#"weir_coordinator_agent_bundles{job="weir-coordinator",state="current"}"#))?.first?.value == 2
+        }, "\(String(describing: try? prometheus.query("weir_coordinator_agent_bundles")))")
+
+        // A reload that fails on edge-1: the alert fires (it has no `for`), for that agent only.
+        try edge.writePipelines("pipelines:\n  broken:\n    stages: []\n")
+        try edge.reload()
+        let fired = eventually(timeout: 20) {
+            ((try? prometheus.alerts()) ?? []).contains { $0.labels["alertname"] == "WeirReloadFailed" && $0.labels["agent"] == "edge-1" && $0.state == "firing" }
+        }
+        #expect(fired, "alerts: \(String(describing: try? prometheus.alerts()))")
+        #expect(!((try? prometheus.alerts()) ?? []).contains { $0.labels["alertname"] == "WeirReloadFailed" && $0.labels["agent"] == "exit-1" })
+
+        // exit-1 stops: still discovered (offline), scraped as down. Revoked: gone from discovery.
+        exit.stop()
+        #expect(eventually(timeout: 20) {
+            ((try? prometheus.query(#"up{job="weir-agent",agent="exit-1"}"#)) ?? []).first?.value == 0
+        })
+        #expect(eventually(timeout: 10) {
+            let text = (try? coordinator.request("GET", "/api/v1/prometheus/targets", token: viewer).1) ?? ""
+            return text.contains("\"__meta_weir_online\" : \"false\"")
+        })
+        try coordinator.admin("POST", "/api/v1/agents/exit-1/revoke")
+        #expect(eventually(timeout: 10) {
+            !((try? coordinator.request("GET", "/api/v1/prometheus/targets", token: viewer).1) ?? "exit-1").contains("exit-1")
+        })
+        #expect(eventually(timeout: 15) {
+            !((try? prometheus.targets()) ?? []).contains { $0.labels["agent"] == "exit-1" }
+        })
+    }
+}

@@ -1,0 +1,104 @@
+import Foundation
+
+/// Debian's Prometheus, run with a configuration the test writes (storage and rules in a temporary folder),
+/// queried over its HTTP API.
+final class PrometheusServer: @unchecked Sendable {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("weir-prometheus-\(UUID().uuidString)")
+    let port = freePort()
+    private var process: Process?
+
+    static var available: Bool { which("prometheus") != nil }
+
+    /// The repository's root (alert rules, dashboards).
+    static var repository: URL {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+    }
+
+    /// `configuration` is prometheus.yml; `files` are written beside it (token and CA files it names).
+    init(configuration: String, files: [String: String] = [:]) throws {
+        try FileManager.default.createDirectory(at: directory.appendingPathComponent("data"), withIntermediateDirectories: true)
+        try configuration.write(to: directory.appendingPathComponent("prometheus.yml"), atomically: true, encoding: .utf8)
+        for (name, content) in files {
+            try content.write(to: directory.appendingPathComponent(name), atomically: true, encoding: .utf8)
+            chmod(directory.appendingPathComponent(name).path, 0o600)
+        }
+    }
+
+    deinit {
+        stop()
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
+
+    /// Starts and waits until /-/ready answers.
+    func start() throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: which("prometheus") ?? "/usr/bin/prometheus")
+        process.arguments = [
+            "--config.file=\(path("prometheus.yml"))", "--storage.tsdb.path=\(path("data"))", "--web.listen-address=127.0.0.1:\(port)",
+            "--log.level=warn",
+        ]
+        let log = FileHandle(forWritingAtPath: path("prometheus.log")) ?? {
+            FileManager.default.createFile(atPath: path("prometheus.log"), contents: nil)
+            return FileHandle(forWritingAtPath: path("prometheus.log"))!
+        }()
+        process.standardOutput = log
+        process.standardError = log
+        try process.run()
+        self.process = process
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline {
+            if !process.isRunning { throw CommandFailed(command: "prometheus", status: process.terminationStatus, output: self.log) }
+            if (try? get("/-/ready"))?.contains("Ready") == true { return }
+            usleep(200_000)
+        }
+        throw CommandFailed(command: "prometheus (not ready)", status: -1, output: self.log)
+    }
+
+    func stop() {
+        guard let process, process.isRunning else { return }
+        process.terminate()
+        process.waitUntilExit()
+    }
+
+    var log: String { (try? String(contentsOfFile: path("prometheus.log"), encoding: .utf8)) ?? "" }
+
+    func get(_ path: String, _ parameters: [String: String] = [:]) throws -> String {
+        var arguments = ["curl", "-s", "--max-time", "10", "-G", "http://127.0.0.1:\(port)\(path)"]
+        for (key, value) in parameters { arguments += ["--data-urlencode", "\(key)=\(value)"] }
+        let (status, output) = try command(arguments)
+        guard status == 0 else { throw CommandFailed(command: "curl \(path)", status: status, output: output) }
+        return output
+    }
+
+    /// `data` of an API answer.
+    func api(_ path: String, _ parameters: [String: String] = [:]) throws -> Any? {
+        let text = try get(path, parameters)
+        let object = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
+        guard object?["status"] as? String == "success" else { throw CommandFailed(command: "GET \(path)", status: -1, output: text) }
+        return object?["data"]
+    }
+
+    /// An instant query's series: (labels, value).
+    func query(_ expression: String) throws -> [(labels: [String: String], value: Double)] {
+        let result = (try api("/api/v1/query", ["query": expression]) as? [String: Any])?["result"] as? [[String: Any]] ?? []
+        return result.map { series in
+            let value = (series["value"] as? [Any])?.last as? String
+            return (series["metric"] as? [String: String] ?? [:], value.flatMap(Double.init) ?? .nan)
+        }
+    }
+
+    /// Active targets: their labels and health ("up", "down", "unknown").
+    func targets() throws -> [(labels: [String: String], health: String)] {
+        let active = (try api("/api/v1/targets") as? [String: Any])?["activeTargets"] as? [[String: Any]] ?? []
+        return active.map { ($0["labels"] as? [String: String] ?? [:], $0["health"] as? String ?? "") }
+    }
+
+    /// Alerts pending or firing now: (labels, state).
+    func alerts() throws -> [(labels: [String: String], state: String)] {
+        let alerts = (try api("/api/v1/alerts") as? [String: Any])?["alerts"] as? [[String: Any]] ?? []
+        return alerts.map { ($0["labels"] as? [String: String] ?? [:], $0["state"] as? String ?? "") }
+    }
+}
