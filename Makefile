@@ -15,7 +15,7 @@ RUN_PACKAGES   := ca-certificates $(BUILD_PACKAGES) wireguard-go
 TEST_PACKAGES  := $(BUILD_PACKAGES) prometheus python3-yaml iproute2 curl bpftool python3 nftables iperf3 openssl shadowsocks-libev python3-websockets nginx-light postgresql wireguard-go wireguard-tools qrencode zbar-tools dnsmasq-base bind9-dnsutils unbound chromium chromium-driver python3-selenium python3-pyotp
 BENCH_PACKAGES := $(BUILD_PACKAGES) haproxy socat iperf3 nginx-light wrk curl python3 iproute2 nftables shadowsocks-libev stunnel4 openssl wireguard-go wireguard-tools dnsperf unbound dnsmasq-base
 
-.PHONY: run test bench soak chaos fuzz fuzz-build build release clean
+.PHONY: run test bench soak chaos fuzz fuzz-build build release clean monitor
 
 # Installs the listed Debian packages that are missing (apt-get update only when something is missing).
 define apt_install
@@ -48,6 +48,14 @@ test:
 		grep -E '✘|recorded an issue|error:|Fatal' .build/test.log | grep -v "passed after" | cut -c1-400 | head -n 18; exit 1; }
 	@# Every fuzz target for a few seconds from the committed corpus (make fuzz runs them for longer).
 	$(MAKE) fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
+
+# A Prometheus for a quick look at a fleet (contrib/monitoring/README.md), e.g.
+# make monitor MONITOR_ARGS="--coordinator https://coordinator:8443 --token-file viewer.token --ca ca.pem"
+# or MONITOR_ARGS="--target 10.0.0.5:9464 --target 10.0.0.6:9464".
+monitor:
+	$(call apt_install,prometheus)
+	$(SWIFT) build --product weir
+	./.build/debug/weir monitor $(MONITOR_ARGS)
 
 # The chaos test (Tests/WeirIntegrationTests/ChaosTests.swift) for many rounds: randomised configurations of all
 # four kernel stages, kill -9 during reloads and restarts, each round compared with a clean start. `make test`

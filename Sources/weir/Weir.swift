@@ -14,7 +14,7 @@ struct Weir: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "weir",
         abstract: "A host agent for forwarding, securing, shaping and measuring network traffic.",
-        subcommands: [AgentCommand.self, CoordinatorCommand.self, Ctl.self, Validate.self, Stages.self, WireGuardCommand.self, Version.self]
+        subcommands: [AgentCommand.self, CoordinatorCommand.self, Ctl.self, Validate.self, Stages.self, WireGuardCommand.self, MonitorCommand.self, Version.self]
     )
 }
 

@@ -105,4 +105,64 @@ struct MonitoringTests {
             !((try? prometheus.targets()) ?? []).contains { $0.labels["agent"] == "exit-1" }
         })
     }
+
+    @Test("weir monitor writes a configuration promtool accepts (coordinator discovery, a listed agent, the alert rules) and runs a Prometheus that scrapes both agents and the coordinator with the rules loaded; bad arguments are refused with a reason")
+    func monitorCommand() throws {
+        try #require(PrometheusServer.available, "Debian's prometheus package is not installed")
+        let refused = try runWeir(["monitor", "--write-only"])
+        #expect(refused.status != 0 && refused.output.contains("give --coordinator or at least one --target"), "\(refused.output)")
+        let noToken = try runWeir(["monitor", "--coordinator", "https://127.0.0.1:1", "--write-only"])
+        #expect(noToken.status != 0 && noToken.output.contains("--token-file"), "\(noToken.output)")
+
+        let pki = try TestPKI()
+        let coordinator = try CoordinatorProcess(pki: pki, heartbeat: "300ms")
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let managed = try CoordinatorTests.managedAgent("mon-1", coordinator: coordinator, token: try coordinator.enrollmentToken(), labels: ["role": "edge"])
+        defer { managed.stop() }
+        let standalone = try WeirProcess(pipelines: "pipelines: {}", id: "standalone")
+        try standalone.start()
+        defer { standalone.stop() }
+        #expect(eventually(timeout: 10) { (try? coordinator.agent("mon-1"))??["metrics_address"] as? String == "127.0.0.1:\(managed.metricsPort)" })
+
+        let created = try coordinator.admin("POST", "/api/v1/tokens", json: ["name": "monitor", "role": "viewer"]) as? [String: Any]
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("weir-monitor-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let tokenFile = directory.appendingPathComponent("viewer.token").path
+        try #require(created?["token"] as? String).write(toFile: tokenFile, atomically: true, encoding: .utf8)
+        let port = freePort()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: WeirProcess.binary)
+        process.arguments = [
+            "monitor", "--coordinator", coordinator.url, "--token-file", tokenFile, "--ca", pki.caPath,
+            "--target", "127.0.0.1:\(standalone.metricsPort)", "--rules", PrometheusServer.repository.appendingPathComponent("contrib/monitoring/alerts").path,
+            "--directory", directory.appendingPathComponent("monitor").path, "--listen", "127.0.0.1:\(port)", "--scrape-interval", "1s",
+        ]
+        let output = directory.appendingPathComponent("output.log")
+        FileManager.default.createFile(atPath: output.path, contents: nil)
+        process.standardOutput = try FileHandle(forWritingTo: output)
+        process.standardError = try FileHandle(forWritingTo: output)
+        try process.run()
+        defer { process.stopHelper() }
+        let log = { (try? String(contentsOf: output, encoding: .utf8)) ?? "" }
+
+        let configuration = directory.appendingPathComponent("monitor/prometheus.yml").path
+        #expect(eventually(timeout: 10) { FileManager.default.fileExists(atPath: configuration) }, "\(log())")
+        let check = try command([which("promtool") ?? "/usr/bin/promtool", "check", "config", configuration])
+        #expect(check.status == 0, "\(check.output)")
+        let copiedToken = try FileManager.default.attributesOfItem(atPath: directory.appendingPathComponent("monitor/coordinator.token").path)
+        #expect((copiedToken[.posixPermissions] as? Int) == 0o600)
+
+        let prometheus = PrometheusServer(runningAt: port)
+        let scraped = eventually(timeout: 40) {
+            let up = (try? prometheus.query(#"up{job="weir-agent"} == 1"#)) ?? []
+            return up.count == 2 && up.contains { $0.labels["agent"] == "mon-1" && $0.labels["role"] == "edge" }
+                && up.contains { $0.labels["instance"] == "127.0.0.1:\(standalone.metricsPort)" }
+        }
+        #expect(scraped, "\(log())\n\(String(describing: try? prometheus.targets()))")
+        #expect(eventually(timeout: 10) { ((try? prometheus.query(#"up{job="weir-coordinator"}"#)) ?? []).first?.value == 1 })
+        let groups = (try prometheus.api("/api/v1/rules") as? [String: Any])?["groups"] as? [[String: Any]] ?? []
+        #expect(Set(groups.compactMap { $0["name"] as? String }) == ["weir-agent", "weir-pipelines", "weir-kernel", "weir-services", "weir-coordinator"])
+    }
 }

@@ -4,7 +4,7 @@ import Foundation
 /// queried over its HTTP API.
 final class PrometheusServer: @unchecked Sendable {
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent("weir-prometheus-\(UUID().uuidString)")
-    let port = freePort()
+    let port: Int
     private var process: Process?
 
     static var available: Bool { which("prometheus") != nil }
@@ -17,12 +17,18 @@ final class PrometheusServer: @unchecked Sendable {
 
     /// `configuration` is prometheus.yml; `files` are written beside it (token and CA files it names).
     init(configuration: String, files: [String: String] = [:]) throws {
+        port = freePort()
         try FileManager.default.createDirectory(at: directory.appendingPathComponent("data"), withIntermediateDirectories: true)
         try configuration.write(to: directory.appendingPathComponent("prometheus.yml"), atomically: true, encoding: .utf8)
         for (name, content) in files {
             try content.write(to: directory.appendingPathComponent(name), atomically: true, encoding: .utf8)
             chmod(directory.appendingPathComponent(name).path, 0o600)
         }
+    }
+
+    /// A Prometheus started by someone else (`weir monitor`), to query on `port`.
+    init(runningAt port: Int) {
+        self.port = port
     }
 
     deinit {
