@@ -9,6 +9,7 @@ AGENTS="${AGENTS:-1000}"
 ROUNDS="${ROUNDS:-3}"
 TMP="$(mktemp -d)"
 SECONDS_EACH=0
+mkdir -p "$REPO_DIR/bench/results"
 source "$REPO_DIR/bench/loopback-lib.sh"
 loopback_init openssl curl python3
 SIM_BIN="${SIM_BIN:-$(dirname "$WEIR_BIN")/weir-fleet-sim}"

@@ -93,6 +93,7 @@ public actor Agent: Service {
         do { stateLock = try StateDirectoryLock(directory: config.stateDirectory) } catch { throw StartError.stateDirectoryInUse(error) }
         do {
             // Pipelines first: once /healthz answers, every pipeline is serving.
+            metrics.destinationsTop.withLockedValue { $0 = config.destinationsTop }
             try await supervisor.apply(config)
             try await applyMetricsListen(config.metricsListen)
         } catch {
@@ -219,6 +220,7 @@ public actor Agent: Service {
         let previousAddress = metricsAddress
         do {
             try await applyMetricsListen(config.metricsListen, closePrevious: false)
+            metrics.destinationsTop.withLockedValue { $0 = config.destinationsTop }
             try await supervisor.apply(config)
         } catch {
             if metricsChannel !== previousMetrics {

@@ -68,6 +68,16 @@ import Glibc
         }
     }
 
+    @Test func destinationsTopIsReadAndBounded() throws {
+        try ConfigFolder.with { folder in
+            #expect(try loader.load(path: try folder.write("weir.yaml", "log:\n  level: info\n")).destinationsTop == 100)
+            try folder.write("weir.yaml", "metrics:\n  destinations_top: 20\n")
+            #expect(try loader.load(path: folder.mainFile).destinationsTop == 20)
+            try folder.write("weir.yaml", "metrics:\n  destinations_top: 0\n")
+            #expect(loadErrors(folder.mainFile).map(\.description).first?.hasPrefix("\(folder.mainFile):2:21: metrics.destinations_top:") == true)
+        }
+    }
+
     @Test func dropInsLoadFromPipelinesDNextToTheMainFile() throws {
         try ConfigFolder.with { folder in
             try folder.write("weir.yaml", "log:\n  level: warning\n")

@@ -67,6 +67,82 @@ struct ProxyListenerTests {
         let byAddress = try Self.curl(["--socks5", "127.0.0.1:\(port)", "http://127.0.0.1:\(web.port)/file.txt"])
         #expect(byAddress.status == 0 && byAddress.body == web.content, "\(byAddress)")
         #expect(try agent.metric("weir_pipeline_connections_total", ["pipeline": "proxy"]) == 2)
+        // Per destination, by the name the client asked for (not what it resolved to).
+        #expect(try agent.metric("weir_destination_connections_total", ["pipeline": "proxy", "destination": "localhost"]) == 1)
+        #expect(try agent.metric("weir_destination_connections_total", ["pipeline": "proxy", "destination": "127.0.0.1"]) == 1)
+        #expect((try agent.metric("weir_destination_bytes_total", ["pipeline": "proxy", "destination": "localhost", "direction": "out"]) ?? 0) > 0)
+    }
+
+    /// A SOCKS5 client for many destinations: an echo server on 0.0.0.0 (every 127.x.y.z reaches it), one
+    /// connection of 100,000 bytes each way to 127.0.0.2, then one short connection to each of COUNT other
+    /// loopback addresses. Prints the bytes sent.
+    static let manyDestinationsClient = #"""
+        import socket, struct, sys, threading
+        proxy, echo_port, count = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("0.0.0.0", echo_port))
+        server.listen(1024)
+        def echo(connection):
+            while True:
+                data = connection.recv(65536)
+                if not data:
+                    break
+                connection.sendall(data)
+            connection.close()
+        def serve():
+            while True:
+                connection, _ = server.accept()
+                threading.Thread(target=echo, args=(connection,), daemon=True).start()
+        threading.Thread(target=serve, daemon=True).start()
+        def receive(s, n):
+            data = b""
+            while len(data) < n:
+                chunk = s.recv(n - len(data))
+                assert chunk, "closed early"
+                data += chunk
+            return data
+        def one(address, size):
+            s = socket.create_connection(("127.0.0.1", proxy), timeout=10)
+            s.sendall(b"\x05\x01\x00")
+            assert receive(s, 2) == b"\x05\x00"
+            s.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(address) + struct.pack(">H", echo_port))
+            assert receive(s, 10)[1] == 0, "refused"
+            s.sendall(b"x" * size)
+            receive(s, size)
+            s.close()
+            return size
+        total = one("127.0.0.2", 100000)
+        for i in range(count):
+            total += one("127.1.%d.%d" % (i >> 8, i & 255), 10 + i % 50)
+        print(total)
+        """#
+
+    @Test("10,000 distinct SOCKS5 destinations: weir_destination_bytes_total has the top 100 and other, the busiest counted exactly, and all of them add up to the pipeline's bytes and connections")
+    func destinationsCapped() throws {
+        let (agent, port) = try Self.agent("listen.socks5")
+        defer { agent.stop() }
+        let count = 10_000
+        let (status, output) = try command([python3, "-c", Self.manyDestinationsClient, "\(port)", "\(freePort())", "\(count)"])
+        #expect(status == 0, "\(output)")
+        let sent = Double(output.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+        #expect(eventually(timeout: 10) { (try? agent.metric("weir_pipeline_connections_active", ["pipeline": "proxy"])) == 0 })
+        let exposition = try agent.metrics()
+        let lines = exposition.split(separator: "\n").filter { $0.hasPrefix("weir_destination_bytes_total{pipeline=\"proxy\"") }
+        #expect(lines.count == 2 * 101, "100 destinations and other, both directions: \(lines.count)")
+        #expect(value(in: exposition, "weir_destination_bytes_total", ["pipeline": "proxy", "destination": "127.0.0.2", "direction": "in"]) == 100_000)
+        #expect(value(in: exposition, "weir_destination_bytes_total", ["pipeline": "proxy", "destination": "127.0.0.2", "direction": "out"]) == 100_000)
+        func total(_ name: String, _ labels: String) -> Double {
+            exposition.split(separator: "\n").filter { $0.hasPrefix(name + "{pipeline=\"proxy\"") && (labels.isEmpty || $0.contains(labels)) }
+                .compactMap { Double($0.split(separator: " ").last!) }.reduce(0, +)
+        }
+        #expect(total("weir_destination_bytes_total", "direction=\"in\"") == sent)
+        #expect(total("weir_destination_bytes_total", "direction=\"in\"") == value(in: exposition, "weir_pipeline_bytes_total", ["pipeline": "proxy", "direction": "in"]))
+        #expect(total("weir_destination_bytes_total", "direction=\"out\"") == value(in: exposition, "weir_pipeline_bytes_total", ["pipeline": "proxy", "direction": "out"]))
+        #expect(total("weir_destination_connections_total", "") == Double(count + 1))
+        #expect(value(in: exposition, "weir_pipeline_connections_total", ["pipeline": "proxy"]) == Double(count + 1))
+        let (checked, report) = try promtoolCheck(exposition)
+        #expect(checked == 0, "promtool: \(report)")
     }
 
     @Test("SOCKS5 username/password: the right credentials pass, wrong ones and none are refused")

@@ -121,6 +121,10 @@ struct ShadowsocksInteropTests {
         let local = try Shadowsocks("ss-local", ["-s", "127.0.0.1", "-p", "\(weirPort)", "-l", "\(socks)", "-k", Self.password, "-m", cipher])
         Self.waitForPort(socks)
         try Self.expectByteExact(through: socks, web, "ss-local -> weir, \(cipher)")
+        // The exit counts per destination as named in the AEAD address header: the download by name, the upload by address.
+        #expect(try agent.metric("weir_destination_connections_total", ["pipeline": "exit", "destination": "localhost"]) == 1)
+        #expect(try agent.metric("weir_destination_connections_total", ["pipeline": "exit", "destination": "127.0.0.1"]) == 1)
+        #expect((try agent.metric("weir_destination_bytes_total", ["pipeline": "exit", "destination": "localhost", "direction": "out"]) ?? 0) >= Double(4 << 20))
         withExtendedLifetime(local) {}
     }
 

@@ -17,6 +17,9 @@ public struct AgentConfig: Sendable {
     public var maxConnections: Int?
     /// Where `/metrics` and `/healthz` are served; nil turns the endpoint off.
     public var metricsListen: BindAddress?
+    /// `metrics.destinations_top`: destinations with series of their own in `weir_destination_bytes_total`,
+    /// per pipeline; the rest are `destination="other"`.
+    public var destinationsTop = AgentConfig.defaultDestinationsTop
     public var logLevel: Logger.Level
     public var logFormat: LogFormat
     /// Where the agent gets remote configuration, if anywhere.
@@ -29,6 +32,7 @@ public struct AgentConfig: Sendable {
     public static let defaultPath = "/etc/weir/weir.yaml"
     public static let defaultBPFPinDirectory = "/sys/fs/bpf/weir"
     public static let defaultMetricsListen = "127.0.0.1:9477"
+    public static let defaultDestinationsTop = 100
     public static let defaultInclude = ["pipelines.d/*.yaml"]
 
     /// The settings stages may read.

@@ -105,6 +105,7 @@ public struct ConfigLoader: Sendable {
                 config.metricsListen = address
             }
         }
+        if let top = metrics.optional("destinations_top")?.int(in: 1...10_000) { config.destinationsTop = top }
         metrics.finish()
     }
 

@@ -20,22 +20,30 @@ public final class GlueHandler: @unchecked Sendable {
     private let sameLoop: Bool
     /// Bytes read on this side, i.e. forwarded in this side's direction.
     private let bytesRead: Counter
+    /// The destination's slot and which of its directions this side reads, when the client named one.
+    private let destination: DestinationTraffic.Slot?
+    private let readsClient: Bool
     /// Across loops: bytes the partner read and handed over that this side has not yet written.
     private let handedOver = NIOLockedValueBox(0)
     /// How many handed-over bytes a side may have on their way before its partner stops reading.
     private static let handOverLimit = 256 << 10
 
-    private init(channel: any Channel, sameLoop: Bool, bytesRead: Counter) {
+    private init(channel: any Channel, sameLoop: Bool, bytesRead: Counter, destination: DestinationTraffic.Slot?, readsClient: Bool) {
         self.channel = channel
         self.sameLoop = sameLoop
         self.bytesRead = bytesRead
+        self.destination = destination
+        self.readsClient = readsClient
     }
 
     /// A handler for the client channel and one for the target channel, joined.
-    public static func matchedPair(client: any Channel, target: any Channel, metrics: PipelineMetrics) -> (client: GlueHandler, target: GlueHandler) {
+    /// `destination`: where the bytes are counted per destination too, when the client named one.
+    public static func matchedPair(
+        client: any Channel, target: any Channel, metrics: PipelineMetrics, destination: DestinationTraffic.Slot? = nil
+    ) -> (client: GlueHandler, target: GlueHandler) {
         let sameLoop = client.eventLoop === target.eventLoop
-        let clientSide = GlueHandler(channel: client, sameLoop: sameLoop, bytesRead: metrics.bytesIn)
-        let targetSide = GlueHandler(channel: target, sameLoop: sameLoop, bytesRead: metrics.bytesOut)
+        let clientSide = GlueHandler(channel: client, sameLoop: sameLoop, bytesRead: metrics.bytesIn, destination: destination, readsClient: true)
+        let targetSide = GlueHandler(channel: target, sameLoop: sameLoop, bytesRead: metrics.bytesOut, destination: destination, readsClient: false)
         clientSide.partner = targetSide
         targetSide.partner = clientSide
         return (clientSide, targetSide)
@@ -118,6 +126,9 @@ extension GlueHandler: ChannelDuplexHandler {
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
         bytesRead.increment(by: Int64(buffer.readableBytes))
+        if let destination {
+            if readsClient { destination.addIn(buffer.readableBytes) } else { destination.addOut(buffer.readableBytes) }
+        }
         if sameLoop {
             partner?.partnerWrite(buffer)
         } else if let partner {

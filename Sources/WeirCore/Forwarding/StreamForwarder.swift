@@ -240,7 +240,13 @@ public final class StreamForwarder: Sendable {
         // The client may not be active yet (a loopback connect can finish before the accepted channel is
         // registered) or may already be gone; in the latter case this closes the target at once.
         client.closeFuture.whenComplete { _ in target.close(promise: nil) }
-        let glue = GlueHandler.matchedPair(client: client, target: target, metrics: metrics)
+        // Counted per destination when the client named one (the name as asked, not what it resolved to).
+        let destination = info.destination.map { metrics.destinationOpened($0.host) }
+        if let destination {
+            let metrics = self.metrics
+            client.closeFuture.whenComplete { _ in metrics.destinationClosed(destination) }
+        }
+        let glue = GlueHandler.matchedPair(client: client, target: target, metrics: metrics, destination: destination)
         let handlers = filters.map { $0.handlers(for: info) }
         let targetHandlers = handlers.reversed().flatMap(\.targetSide) + [glue.target]
         do {

@@ -44,7 +44,26 @@ public final class WeirMetrics: Sendable {
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
     }
 
-    public func pipeline(_ id: String) -> PipelineMetrics { PipelineMetrics(pipeline: id, registry: registry, collectors: collectors) }
+    /// Per-destination traffic by pipeline: one table per pipeline id, kept while the pipeline exists (a
+    /// changed pipeline keeps counting on it, like its other series).
+    private let destinationTables = NIOLockedValueBox<[String: DestinationTraffic]>([:])
+    /// `metrics.destinations_top`: destinations with series of their own per pipeline; for tables made from now on.
+    public let destinationsTop = NIOLockedValueBox(AgentConfig.defaultDestinationsTop)
+
+    public func pipeline(_ id: String) -> PipelineMetrics {
+        let destinations = destinationTables.withLockedValue { tables in
+            if let existing = tables[id] { return existing }
+            let made = DestinationTraffic(pipeline: id, limit: destinationsTop.withLockedValue { $0 })
+            tables[id] = made
+            return made
+        }
+        return PipelineMetrics(
+            pipeline: id, registry: registry, collectors: collectors, destinations: destinations,
+            forgetDestinations: { [destinationTables, collectors] in
+                destinationTables.withLockedValue { $0[id] = nil }
+                collectors.remove(destinations)
+            })
+    }
 
     /// The Prometheus text exposition.
     public func render() -> [UInt8] {
@@ -70,11 +89,19 @@ public final class PipelineMetrics: Sendable {
     private let stageCounters = NIOLockedValueBox<[String: Prometheus.Counter]>([:])
     private let stageGauges = NIOLockedValueBox<[String: Prometheus.Gauge]>([:])
     private let stageHistograms = NIOLockedValueBox<[String: DurationHistogram]>([:])
+    /// Traffic per destination a client named; exported once the first such connection is counted.
+    private let destinations: DestinationTraffic
+    private let forgetDestinations: @Sendable () -> Void
 
     static let errorsHelp = "Errors by pipeline, stage and reason."
 
-    init(pipeline: String, registry: PrometheusCollectorRegistry, collectors: ScrapeCollectors) {
+    init(
+        pipeline: String, registry: PrometheusCollectorRegistry, collectors: ScrapeCollectors, destinations: DestinationTraffic,
+        forgetDestinations: @escaping @Sendable () -> Void
+    ) {
         self.pipeline = pipeline
+        self.destinations = destinations
+        self.forgetDestinations = forgetDestinations
         self.registry = registry
         self.collectors = collectors
         let bytesHelp = "Bytes forwarded; direction in is client to target, out is target to client."
@@ -89,6 +116,15 @@ public final class PipelineMetrics: Sendable {
             name: "weir_pipeline_connections_active", labels: [("pipeline", pipeline)],
             help: "Client connections (TCP) or sessions (UDP) open now.")
     }
+
+    /// A connection to `destination` (the name as the client asked for it) begins: where its bytes are
+    /// counted per destination. Call `destinationClosed` when it ends.
+    public func destinationOpened(_ destination: String) -> DestinationTraffic.Slot {
+        if destinations.firstUse() { collectors.add(destinations) }
+        return destinations.opened(destination)
+    }
+
+    public func destinationClosed(_ slot: DestinationTraffic.Slot) { destinations.closed(slot) }
 
     /// Counts one error of `reason` in the stage named `stage` (its type, e.g. `connect.tcp`).
     public func error(stage: String, reason: String) {
@@ -135,6 +171,7 @@ public final class PipelineMetrics: Sendable {
 
     /// Removes this pipeline's series, when the pipeline is removed from the configuration.
     public func unregister() {
+        forgetDestinations()
         registry.unregisterCounter(bytesIn)
         registry.unregisterCounter(bytesOut)
         registry.unregisterCounter(connectionsTotal)
