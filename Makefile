@@ -12,7 +12,7 @@ CONFIG     ?= etc/weir/weir.yaml
 # network namespaces.
 BUILD_PACKAGES := libbpf-dev libnftables-dev libnftnl-dev libmnl-dev libssl-dev libqrencode-dev pkg-config
 RUN_PACKAGES   := ca-certificates $(BUILD_PACKAGES) wireguard-go
-TEST_PACKAGES  := $(BUILD_PACKAGES) prometheus python3-yaml iproute2 curl bpftool python3 nftables iperf3 openssl shadowsocks-libev python3-websockets nginx-light postgresql wireguard-go wireguard-tools qrencode zbar-tools dnsmasq-base bind9-dnsutils unbound chromium chromium-driver python3-selenium python3-pyotp
+TEST_PACKAGES  := $(BUILD_PACKAGES) prometheus python3-yaml python3-pip iproute2 curl bpftool python3 nftables iperf3 openssl shadowsocks-libev python3-websockets nginx-light postgresql wireguard-go wireguard-tools qrencode zbar-tools dnsmasq-base bind9-dnsutils unbound chromium chromium-driver python3-selenium python3-pyotp
 BENCH_PACKAGES := $(BUILD_PACKAGES) haproxy socat iperf3 nginx-light wrk curl python3 iproute2 nftables shadowsocks-libev stunnel4 openssl wireguard-go wireguard-tools dnsperf unbound dnsmasq-base
 
 .PHONY: run test bench soak chaos fuzz fuzz-build build release clean monitor
@@ -41,6 +41,9 @@ run:
 
 test:
 	$(call apt_install,$(TEST_PACKAGES))
+	@# grafana-foundation-sdk (PyPI) builds the dashboards; a test rebuilds them and diffs (contrib/monitoring).
+	@test -d .build/pydeps/grafana_foundation_sdk || python3 -m pip install --quiet --disable-pip-version-check \
+		--target .build/pydeps -r contrib/monitoring/dashboards/requirements.txt
 	$(SWIFT) build --build-tests
 	@# The log is long; a failure's lines are repeated at its end, where CI's tail shows them.
 	@set -o pipefail; WEIR_BIN=$(CURDIR)/.build/debug/weir $(SWIFT) test --skip-build --no-parallel 2>&1 \

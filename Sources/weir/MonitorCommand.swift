@@ -78,6 +78,11 @@ struct MonitorCommand: ParsableCommand {
         } catch {
             throw MonitorFailure("\(error)")
         }
+        // The dashboards sit beside the rules in the repository (and in /usr/share/weir/monitoring when installed).
+        let dashboards = URL(fileURLWithPath: rulesSource).deletingLastPathComponent().appendingPathComponent("dashboards/generated").path
+        if let names = try? files.contentsOfDirectory(atPath: dashboards).filter({ $0.hasSuffix(".json") }).sorted(), !names.isEmpty {
+            print("Grafana dashboards to import (data source: this Prometheus): \(names.map { dashboards + "/" + $0 }.joined(separator: " "))")
+        }
         if writeOnly { return }
         print("starting Prometheus at http://\(listen) — targets: /targets, alerts: /alerts")
         let arguments = [

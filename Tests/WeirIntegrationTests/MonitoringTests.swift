@@ -165,4 +165,134 @@ struct MonitoringTests {
         let groups = (try prometheus.api("/api/v1/rules") as? [String: Any])?["groups"] as? [[String: Any]] ?? []
         #expect(Set(groups.compactMap { $0["name"] as? String }) == ["weir-agent", "weir-pipelines", "weir-kernel", "weir-services", "weir-coordinator"])
     }
+
+    /// The dashboards' builder with grafana-foundation-sdk from .build/pydeps (make test installs it there).
+    static func dashboardBuilder(_ arguments: [String]) throws -> (status: Int32, output: String) {
+        let root = PrometheusServer.repository
+        return try command([
+            "/usr/bin/env", "PYTHONPATH=\(root.appendingPathComponent(".build/pydeps").path)", python3,
+            root.appendingPathComponent("contrib/monitoring/dashboards/build.py").path,
+        ] + arguments)
+    }
+
+    @Test("The committed dashboards are what their pieces build (grafana-foundation-sdk), and every metric their queries use is one Weir exports")
+    func dashboardsUpToDate() throws {
+        let root = PrometheusServer.repository
+        let (status, output) = try Self.dashboardBuilder([
+            "--check", "--sources", root.appendingPathComponent("Sources").path, root.appendingPathComponent("plugins").path,
+        ])
+        #expect(status == 0, "\(output)")
+        #expect(output.contains("generated/ is up to date"), "\(output)")
+    }
+
+    @Test("""
+        Every query of the fleet, agent and pipelines dashboards returns data from a real Prometheus scraping a coordinator, \
+        a managed SOCKS5 agent, a relay entry and exit, and a reverse tunnel's public and inner agents, all carrying traffic
+        """)
+    func dashboardQueriesReturnData() throws {
+        try #require(PrometheusServer.available, "Debian's prometheus package is not installed")
+        let (listed, text) = try Self.dashboardBuilder(["--queries"])
+        try #require(listed == 0, "\(text)")
+        let all = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [[String: String]] ?? []
+        let checked = all.filter { ["weir-fleet", "weir-agent", "weir-pipelines"].contains($0["dashboard"] ?? "") }
+        try #require(checked.count > 20)
+
+        let pki = try TestPKI()
+        try pki.issue("exit", dnsNames: ["exit.weir.test"])
+        try pki.issue("inner", dnsNames: ["inner.weir.test"])
+        let coordinator = try CoordinatorProcess(pki: pki, heartbeat: "300ms")
+        try coordinator.start()
+        defer { coordinator.stop() }
+        let socksPort = freePort()
+        let managed = try CoordinatorTests.managedAgent(
+            "proxy-1", coordinator: coordinator, token: try coordinator.enrollmentToken(), labels: ["role": "proxy"],
+            pipelines: """
+                pipelines:
+                  proxy:
+                    stages:
+                      - type: listen.socks5
+                        address: 127.0.0.1:\(socksPort)
+                      - type: connect.tcp
+                        connect_timeout: 2s
+                """)
+        defer { managed.stop() }
+        let echo = try Backends.echo()
+        let exitPort = freePort(), entryPort = freePort(), publicPort = freePort(), tunnelPort = freePort()
+        let exit = try RelayTests.exitAgent(port: exitPort, pki: pki)
+        try exit.start()
+        defer { exit.stop() }
+        let entry = try RelayTests.entryAgent(port: entryPort, exits: [exitPort], service: echo.port, pki: pki)
+        try entry.start()
+        defer { entry.stop() }
+        let publicSide = try ReverseTunnelTests.publicAgent(port: publicPort, tunnelPort: tunnelPort, pki: pki)
+        try publicSide.start()
+        defer { publicSide.stop() }
+        let inner = try ReverseTunnelTests.innerAgent(tunnelPort: tunnelPort, service: echo.port, pki: pki)
+        try inner.start()
+        defer { inner.stop() }
+        #expect(eventually(timeout: 10) { CoordinatorTests.inSync(coordinator, "proxy-1") })
+
+        let created = try coordinator.admin("POST", "/api/v1/tokens", json: ["name": "prometheus", "role": "viewer"]) as? [String: Any]
+        let statics = [exit, entry, publicSide, inner].map { "\"127.0.0.1:\($0.metricsPort)\"" }.joined(separator: ", ")
+        let prometheus = try PrometheusServer(
+            configuration: """
+                global: { scrape_interval: 1s, evaluation_interval: 1s }
+                scrape_configs:
+                  - job_name: weir-agent
+                    http_sd_configs:
+                      - url: \(coordinator.url)/api/v1/prometheus/targets
+                        refresh_interval: 1s
+                        authorization: { type: Bearer, credentials_file: viewer.token }
+                        tls_config: { ca_file: \(pki.caPath) }
+                    static_configs: [{ targets: [\(statics)] }]
+                  - job_name: weir-coordinator
+                    scheme: https
+                    tls_config: { ca_file: \(pki.caPath) }
+                    static_configs: [{ targets: ["127.0.0.1:\(coordinator.port)"] }]
+                """,
+            files: ["viewer.token": try #require(created?["token"] as? String)])
+        try prometheus.start()
+        defer { prometheus.stop() }
+
+        // Traffic for a few scrapes: through the SOCKS5 proxy (and one refused destination, for the errors panel), the relay, the tunnel.
+        let client = #"""
+            import socket, struct, sys
+            proxy, echo, closed = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+            def through(port):
+                s = socket.create_connection(("127.0.0.1", proxy), timeout=5)
+                s.sendall(b"\x05\x01\x00"); s.recv(2)
+                s.sendall(b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") + struct.pack(">H", port))
+                reply = s.recv(10)
+                if reply[1] == 0:
+                    s.sendall(b"x" * 5000)
+                    got = 0
+                    while got < 5000:
+                        got += len(s.recv(65536))
+                s.close()
+            through(echo)
+            through(closed)
+            """#
+        let deadline = Date().addingTimeInterval(8)
+        while Date() < deadline {
+            _ = try command([python3, "-c", client, "\(socksPort)", "\(echo.port)", "\(freePort())"])
+            _ = try echoMismatch(port: entryPort, size: 20_000, seed: 1, timeout: 5)
+            _ = try echoMismatch(port: publicPort, size: 20_000, seed: 2, timeout: 5)
+            usleep(200_000)
+        }
+        // A reload, for the reload panels.
+        try managed.signal(SIGHUP)
+        #expect(eventually(timeout: 20) { ((try? prometheus.query(#"up{job="weir-agent"} == 1"#)) ?? []).count == 5 })
+
+        func instant(_ expression: String) -> String {
+            expression.replacingOccurrences(of: "$__rate_interval", with: "1m").replacingOccurrences(of: "$instance", with: ".*")
+                .replacingOccurrences(of: "$pipeline", with: ".*")
+        }
+        var empty: [String] = []
+        let answered = eventually(timeout: 30) {
+            empty = checked.filter { query in ((try? prometheus.query(instant(query["expr"] ?? ""))) ?? []).isEmpty }
+                .map { "\($0["dashboard"] ?? "") / \($0["panel"] ?? ""): \($0["expr"] ?? "")" }
+            return empty.isEmpty
+        }
+        #expect(answered, "queries without data:\n\(empty.joined(separator: "\n"))")
+    }
 }

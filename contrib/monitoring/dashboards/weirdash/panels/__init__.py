@@ -1,0 +1,1 @@
+"""One module per row of panels; each has rows() -> [(title, [panels])]."""
