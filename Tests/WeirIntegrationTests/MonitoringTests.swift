@@ -295,4 +295,36 @@ struct MonitoringTests {
         }
         #expect(answered, "queries without data:\n\(empty.joined(separator: "\n"))")
     }
+
+    @Test("log.format json: every line is one JSON object; a failed connect names pipeline, stage, reason, client and destination, as the README's queries expect")
+    func structuredLogs() throws {
+        let port = freePort(), closed = freePort()
+        let agent = try WeirProcess(
+            pipelines: """
+                pipelines:
+                  proxy:
+                    stages:
+                      - type: listen.socks5
+                        address: 127.0.0.1:\(port)
+                      - type: connect.tcp
+                        connect_timeout: 2s
+                """, logFormat: "json")
+        try agent.start()
+        defer { agent.stop() }
+        let (status, output) = try command([which("curl")!, "-s", "--max-time", "5", "--socks5", "127.0.0.1:\(port)", "http://127.0.0.1:\(closed)/"])
+        #expect(status != 0, "\(output)")
+        var failure: [String: String]?
+        #expect(eventually(timeout: 5) {
+            failure = agent.log.split(separator: "\n").compactMap { line in
+                (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: String]
+            }.first { $0["message"] == "connect failed" }
+            return failure != nil
+        }, "\(agent.log)")
+        #expect(failure?["level"] == "warning")
+        #expect(failure?["pipeline"] == "proxy" && failure?["stage"] == "connect.tcp" && failure?["reason"] == "connect_failed", "\(failure ?? [:])")
+        #expect(failure?["client"]?.hasPrefix("127.0.0.1:") == true && failure?["destination"] == "127.0.0.1:\(closed)", "\(failure ?? [:])")
+        #expect(failure?["time"] != nil && failure?["error"]?.isEmpty == false)
+        let lines = agent.log.split(separator: "\n")
+        #expect(!lines.isEmpty && lines.allSatisfy { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) is [String: Any] }, "\(agent.log)")
+    }
 }

@@ -62,14 +62,17 @@ public final class ListenerSocket: Sendable {
                     if first {
                         logger.error(
                             "accepting failed; pausing accepts briefly and retrying",
-                            metadata: ["listener": "\(stage)", "address": "\(address)", "error": "\(error)"])
+                            metadata: [
+                                "pipeline": "\(pipelineName)", "stage": "\(stage)", "reason": "accept_failed", "address": "\(address)",
+                                "error": "\(error)",
+                            ])
                     }
                     // epoll reports the waiting connection again at once: retrying now would spin.
                     setPaused(.descriptors, true)
                     channel.eventLoop.scheduleTask(in: AcceptFailureReport.pause) { [self] in setPaused(.descriptors, false) }
                 },
                 recovered: { [self] in
-                    logger.notice("accepting again", metadata: ["listener": "\(stage)", "address": "\(address)"])
+                    logger.notice("accepting again", metadata: ["pipeline": "\(pipelineName)", "stage": "\(stage)", "address": "\(address)"])
                 })
             try channel.pipeline.syncOperations.addHandler(report, position: .first)
         }.get()
@@ -126,7 +129,7 @@ public final class ListenerSocket: Sendable {
         logger.warning(
             "connection limit reached; accepting paused until a connection ends",
             metadata: [
-                "listener": "\(stage)", "address": "\(address)",
+                "pipeline": "\(pipelineName)", "stage": "\(stage)", "reason": "connection_limit", "address": "\(address)",
                 "limits": "\(budgets.map { $0.limit.map(String.init) ?? "none" })",
             ])
         setPaused(.connectionLimit, true)
@@ -144,6 +147,14 @@ public final class ListenerSocket: Sendable {
 
     /// The bound address, for log lines.
     private var address: String { channel?.localAddress.map { "\($0)" } ?? "?" }
+
+    /// The pipeline now owning the socket, for log lines.
+    private var pipelineName: String {
+        switch currentOwner {
+        case .stream(let forwarder): forwarder.pipeline
+        default: "?"
+        }
+    }
 
     private func count(_ reason: String) {
         if case .stream(let forwarder) = currentOwner { forwarder.metrics.error(stage: stage, reason: reason) }

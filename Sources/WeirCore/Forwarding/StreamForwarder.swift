@@ -151,15 +151,27 @@ public final class StreamForwarder: Sendable {
                 case .failure(let error as StageFailure):
                     // A transform under the negotiation failed (an AEAD stream that does not authenticate); its
                     // label counted it.
-                    self.logger.debug("connection failed", metadata: ["pipeline": "\(self.pipeline)", "error": "\(error)"])
+                    self.logger.debug("connection failed", metadata: [
+                        "pipeline": "\(self.pipeline)", "stage": "\(error.stage)", "reason": "\(error.reason)", "client": "\(Self.describe(info.client))",
+                        "error": "\(error.underlying)",
+                    ])
                 case .failure(let error as HandledByListener):
                     self.logger.debug("connection taken over", metadata: ["pipeline": "\(self.pipeline)", "by": "\(error.what)"])
                 case .failure(let error):
                     metrics.error(stage: "listener", reason: "negotiation_failed")
-                    self.logger.debug("negotiation failed", metadata: ["pipeline": "\(self.pipeline)", "error": "\(error)"])
+                    self.logger.debug("negotiation failed", metadata: [
+                        "pipeline": "\(self.pipeline)", "stage": "\(self.listenerType)", "reason": "negotiation_failed",
+                        "client": "\(Self.describe(info.client))", "error": "\(error)",
+                    ])
                 }
             }
         }
+    }
+
+    /// A client address for log lines: "203.0.113.5:40112", or "?" when unknown.
+    static func describe(_ address: SocketAddress?) -> String {
+        guard let address, let ip = address.ipAddress, let port = address.port else { return "?" }
+        return ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
     }
 
     /// Adds accept-time handlers; on failure the connection closes.
@@ -221,8 +233,8 @@ public final class StreamForwarder: Sendable {
                 self.logger.warning(
                     "connect failed",
                     metadata: [
-                        "pipeline": "\(self.pipeline)", "client": "\(info.client.map { "\($0)" } ?? "?")",
-                        "destination": "\(info.destination.map { "\($0)" } ?? "-")", "error": "\(error)",
+                        "pipeline": "\(self.pipeline)", "stage": "\(self.connectorType)", "reason": "connect_failed",
+                        "client": "\(Self.describe(info.client))", "destination": "\(info.destination.map { "\($0)" } ?? "-")", "error": "\(error)",
                     ])
                 if let negotiation {
                     negotiation.fail(error is NameNotResolved ? .unknownHost : .unreachable)

@@ -24,7 +24,7 @@ final class WeirProcess: @unchecked Sendable {
     /// Writes `weir.yaml` with the metrics endpoint on a free port, and `pipelines` as `pipelines.d/main.yaml`.
     init(
         pipelines: String, extra: String = "", netns: String? = nil, bpfPinDir: String? = nil, id: String = "test-agent",
-        launcher: [String] = [], agentOptions: [String] = [], metricsHost: String = "127.0.0.1"
+        launcher: [String] = [], agentOptions: [String] = [], metricsHost: String = "127.0.0.1", logFormat: String = "text"
     ) throws {
         self.netns = netns
         self.launcher = launcher
@@ -43,6 +43,7 @@ final class WeirProcess: @unchecked Sendable {
               listen: \(metricsHost):\(metricsPort)
             log:
               level: debug
+              format: \(logFormat)
             \(extra)
             """
         try main.write(toFile: configPath, atomically: true, encoding: .utf8)
