@@ -166,19 +166,10 @@ struct MonitoringTests {
         #expect(Set(groups.compactMap { $0["name"] as? String }) == ["weir-agent", "weir-pipelines", "weir-kernel", "weir-services", "weir-coordinator"])
     }
 
-    /// The dashboards' builder with grafana-foundation-sdk from .build/pydeps (make test installs it there).
-    static func dashboardBuilder(_ arguments: [String]) throws -> (status: Int32, output: String) {
-        let root = PrometheusServer.repository
-        return try command([
-            "/usr/bin/env", "PYTHONPATH=\(root.appendingPathComponent(".build/pydeps").path)", python3,
-            root.appendingPathComponent("contrib/monitoring/dashboards/build.py").path,
-        ] + arguments)
-    }
-
     @Test("The committed dashboards are what their pieces build (grafana-foundation-sdk), and every metric their queries use is one Weir exports")
     func dashboardsUpToDate() throws {
         let root = PrometheusServer.repository
-        let (status, output) = try Self.dashboardBuilder([
+        let (status, output) = try PrometheusServer.dashboardBuilder([
             "--check", "--sources", root.appendingPathComponent("Sources").path, root.appendingPathComponent("plugins").path,
         ])
         #expect(status == 0, "\(output)")
@@ -191,12 +182,6 @@ struct MonitoringTests {
         """)
     func dashboardQueriesReturnData() throws {
         try #require(PrometheusServer.available, "Debian's prometheus package is not installed")
-        let (listed, text) = try Self.dashboardBuilder(["--queries"])
-        try #require(listed == 0, "\(text)")
-        let all = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [[String: String]] ?? []
-        let checked = all.filter { ["weir-fleet", "weir-agent", "weir-pipelines"].contains($0["dashboard"] ?? "") }
-        try #require(checked.count > 20)
-
         let pki = try TestPKI()
         try pki.issue("exit", dnsNames: ["exit.weir.test"])
         try pki.issue("inner", dnsNames: ["inner.weir.test"])
@@ -283,17 +268,8 @@ struct MonitoringTests {
         try managed.signal(SIGHUP)
         #expect(eventually(timeout: 20) { ((try? prometheus.query(#"up{job="weir-agent"} == 1"#)) ?? []).count == 5 })
 
-        func instant(_ expression: String) -> String {
-            expression.replacingOccurrences(of: "$__rate_interval", with: "1m").replacingOccurrences(of: "$instance", with: ".*")
-                .replacingOccurrences(of: "$pipeline", with: ".*")
-        }
-        var empty: [String] = []
-        let answered = eventually(timeout: 30) {
-            empty = checked.filter { query in ((try? prometheus.query(instant(query["expr"] ?? ""))) ?? []).isEmpty }
-                .map { "\($0["dashboard"] ?? "") / \($0["panel"] ?? ""): \($0["expr"] ?? "")" }
-            return empty.isEmpty
-        }
-        #expect(answered, "queries without data:\n\(empty.joined(separator: "\n"))")
+        let empty = try prometheus.dashboardQueriesWithoutData(["weir-fleet", "weir-agent", "weir-pipelines"])
+        #expect(empty.isEmpty, "queries without data:\n\(empty.joined(separator: "\n"))")
     }
 
     @Test("log.format json: every line is one JSON object; a failed connect names pipeline, stage, reason, client and destination, as the README's queries expect")

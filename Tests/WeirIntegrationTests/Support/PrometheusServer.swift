@@ -107,4 +107,34 @@ final class PrometheusServer: @unchecked Sendable {
         let alerts = (try api("/api/v1/alerts") as? [String: Any])?["alerts"] as? [[String: Any]] ?? []
         return alerts.map { ($0["labels"] as? [String: String] ?? [:], $0["state"] as? String ?? "") }
     }
+
+    /// Runs contrib/monitoring/dashboards/build.py with grafana-foundation-sdk from .build/pydeps (make test
+    /// installs it there).
+    static func dashboardBuilder(_ arguments: [String]) throws -> (status: Int32, output: String) {
+        try command([
+            "/usr/bin/env", "PYTHONPATH=\(repository.appendingPathComponent(".build/pydeps").path)", python3,
+            repository.appendingPathComponent("contrib/monitoring/dashboards/build.py").path,
+        ] + arguments)
+    }
+
+    /// The queries of `dashboards` (by uid) that return no data, waiting up to `timeout` for all of them to;
+    /// the dashboards' variables match everything, `$__rate_interval` is 1m.
+    func dashboardQueriesWithoutData(_ dashboards: Set<String>, timeout: TimeInterval = 30) throws -> [String] {
+        let (status, text) = try Self.dashboardBuilder(["--queries"])
+        guard status == 0 else { throw CommandFailed(command: "build.py --queries", status: status, output: text) }
+        let queries = (try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [[String: String]] ?? [])
+            .filter { dashboards.contains($0["dashboard"] ?? "") }
+        guard !queries.isEmpty else { throw CommandFailed(command: "build.py --queries", status: 0, output: "no query of \(dashboards)") }
+        func instant(_ expression: String) -> String {
+            expression.replacingOccurrences(of: "$__rate_interval", with: "1m").replacingOccurrences(of: "$instance", with: ".*")
+                .replacingOccurrences(of: "$pipeline", with: ".*")
+        }
+        var empty: [String] = []
+        _ = eventually(timeout: timeout) {
+            empty = queries.filter { query in ((try? self.query(instant(query["expr"] ?? ""))) ?? []).isEmpty }
+                .map { "\($0["dashboard"] ?? "") / \($0["panel"] ?? ""): \($0["expr"] ?? "")" }
+            return empty.isEmpty
+        }
+        return empty
+    }
 }
