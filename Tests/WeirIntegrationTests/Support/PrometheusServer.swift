@@ -5,6 +5,8 @@ import Foundation
 final class PrometheusServer: @unchecked Sendable {
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent("weir-prometheus-\(UUID().uuidString)")
     let port: Int
+    /// The network namespace it runs in (to scrape agents that run in one); nil for the test's own.
+    let netns: String?
     private var process: Process?
 
     static var available: Bool { which("prometheus") != nil }
@@ -16,8 +18,9 @@ final class PrometheusServer: @unchecked Sendable {
     }
 
     /// `configuration` is prometheus.yml; `files` are written beside it (token and CA files it names).
-    init(configuration: String, files: [String: String] = [:]) throws {
+    init(configuration: String, files: [String: String] = [:], netns: String? = nil) throws {
         port = freePort()
+        self.netns = netns
         try FileManager.default.createDirectory(at: directory.appendingPathComponent("data"), withIntermediateDirectories: true)
         try configuration.write(to: directory.appendingPathComponent("prometheus.yml"), atomically: true, encoding: .utf8)
         for (name, content) in files {
@@ -29,6 +32,7 @@ final class PrometheusServer: @unchecked Sendable {
     /// A Prometheus started by someone else (`weir monitor`), to query on `port`.
     init(runningAt port: Int) {
         self.port = port
+        netns = nil
     }
 
     deinit {
@@ -41,8 +45,9 @@ final class PrometheusServer: @unchecked Sendable {
     /// Starts and waits until /-/ready answers.
     func start() throws {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: which("prometheus") ?? "/usr/bin/prometheus")
-        process.arguments = [
+        let binary = which("prometheus") ?? "/usr/bin/prometheus"
+        process.executableURL = URL(fileURLWithPath: netns == nil ? binary : which("ip") ?? "/usr/sbin/ip")
+        process.arguments = (netns.map { ["netns", "exec", $0, binary] } ?? []) + [
             "--config.file=\(path("prometheus.yml"))", "--storage.tsdb.path=\(path("data"))", "--web.listen-address=127.0.0.1:\(port)",
             "--log.level=warn",
         ]
@@ -72,7 +77,7 @@ final class PrometheusServer: @unchecked Sendable {
     var log: String { (try? String(contentsOfFile: path("prometheus.log"), encoding: .utf8)) ?? "" }
 
     func get(_ path: String, _ parameters: [String: String] = [:]) throws -> String {
-        var arguments = ["curl", "-s", "--max-time", "10", "-G", "http://127.0.0.1:\(port)\(path)"]
+        var arguments = (netns.map { ["ip", "netns", "exec", $0] } ?? []) + ["curl", "-s", "--max-time", "10", "-G", "http://127.0.0.1:\(port)\(path)"]
         for (key, value) in parameters { arguments += ["--data-urlencode", "\(key)=\(value)"] }
         let (status, output) = try command(arguments)
         guard status == 0 else { throw CommandFailed(command: "curl \(path)", status: status, output: output) }
