@@ -68,9 +68,9 @@ struct LifecycleTests {
 
     @Test("log.format json writes one JSON object per line to stderr")
     func jsonLogs() throws {
-        let agent = try WeirProcess(pipelines: "pipelines: {}\n", extra: "")
+        let agent = try WeirProcess(pipelines: "pipelines: {}\n", logFormat: "json")
         try String(contentsOfFile: agent.configPath, encoding: .utf8)
-            .replacingOccurrences(of: "level: debug", with: "level: info\n  format: json")
+            .replacingOccurrences(of: "level: debug", with: "level: info")
             .write(toFile: agent.configPath, atomically: true, encoding: .utf8)
         try agent.start()
         agent.stop()

@@ -20,7 +20,7 @@ import time
 os.environ.setdefault("SE_OFFLINE", "true")  # never download a driver: Debian's chromium-driver is used
 import pyotp
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException, WebDriverException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -53,13 +53,30 @@ def shot(name):
     driver.save_screenshot(os.path.join(SHOTS, name + ".png"))
 
 
+def detached(error):
+    """Chromium's way of saying "stale" when a node is replaced during the call itself."""
+    return isinstance(error, StaleElementReferenceException) or "does not belong to the document" in str(error)
+
+
 def wait(condition, seconds=20, what=""):
+    def attempt(d):
+        try:
+            return condition(d)
+        except WebDriverException as error:
+            # Parts of live pages (the live validator's messages, rollout rows) are replaced while a condition
+            # reads them: an element gone from the document means "look again".
+            if detached(error):
+                return False
+            raise
     try:
-        # Parts of live pages are replaced while a condition reads them: a stale element means "look again".
-        return WebDriverWait(driver, seconds, poll_frequency=0.2, ignored_exceptions=[StaleElementReferenceException]).until(
-            lambda d: condition(d))
+        return WebDriverWait(driver, seconds, poll_frequency=0.2).until(attempt)
     except TimeoutException:
         raise AssertionError(f"timed out after {seconds} s waiting for {what or step}")
+
+
+def texts(selector):
+    """The text of every element matching `selector`, read in one script call (so none can be replaced midway)."""
+    return driver.execute_script("return Array.from(document.querySelectorAll(arguments[0]), e => e.innerText);", selector)
 
 
 def row(agent):
@@ -191,16 +208,15 @@ try:
               "      - type: connect.tcp\n        addresses: [127.0.0.1:9]\n")
     editor.clear()
     editor.send_keys(broken)
-    wait(lambda d: any("line 4" in item.text and "listen.tcpx" in item.text for item in d.find_elements(By.CSS_SELECTOR, "#diagnostics li")),
-         what="the live message at line 4")
+    wait(lambda d: any("line 4" in text and "listen.tcpx" in text for text in texts("#diagnostics li")), what="the live message at line 4")
     shot("pipeline-error")
     driver.find_element(By.CSS_SELECTOR, "#editor button[type=submit]").click()
     wait(lambda d: d.find_elements(By.ID, "document-error"), what="the refused save")
-    check(any("line 4" in item.text for item in driver.find_elements(By.CSS_SELECTOR, "#diagnostics li")), "the save's message names line 4")
+    check(any("line 4" in text for text in texts("#diagnostics li")), "the save's message names line 4")
     editor = driver.find_element(By.ID, "document")
     editor.clear()
     editor.send_keys(broken.replace("listen.tcpx", "listen.tcp"))
-    wait(lambda d: d.find_element(By.ID, "validity").text == "Valid.", what="valid as typed")
+    wait(lambda d: texts("#validity") == ["Valid."], what="valid as typed")
     driver.find_element(By.CSS_SELECTOR, "#editor button[type=submit]").click()
     wait(lambda d: d.find_elements(By.ID, "document-message"), what="saved")
     driver.find_element(By.CSS_SELECTOR, "#assignments input[name=selector]").send_keys("role=edge")
@@ -213,7 +229,8 @@ try:
     driver.execute_script("window.weirMarker = 7;")
     wait(lambda d: rollout(FIRST) == "in_sync" and rollout(SECOND) == "in_sync", what="both agents ACK on the document page")
     check(driver.execute_script("return window.weirMarker;") == 7, "the page was reloaded")
-    check("2 applied" in driver.find_element(By.ID, "rollout-table-summary").text, driver.find_element(By.ID, "rollout-table-summary").text)
+    summary = texts("#rollout-table-summary")
+    check(any("2 applied" in text for text in summary), f"{summary}")
     shot("pipeline")
 
     step = "a change previewed before saving: the agents it reaches and the diff; saved, both ACK again"
