@@ -135,18 +135,8 @@ struct DNSFollowTests {
         #expect(try (agent.metric("weir_dns_queries_total", ["pipeline": "dns", "result": "blocked"]) ?? 0) >= 1)
 
         // The egress dashboard's panel for followed addresses (the others are checked in NftablesTests).
-        if PrometheusServer.available {
-            let prometheus = try PrometheusServer(configuration: """
-                global: { scrape_interval: 1s }
-                scrape_configs:
-                  - job_name: weir-agent
-                    static_configs: [{ targets: ["127.0.0.1:\(agent.metricsPort)"] }]
-                """, netns: net.gateway)
-            try prometheus.start()
-            defer { prometheus.stop() }
-            let empty = try prometheus.dashboardQueriesWithoutData(["weir-egress"]).filter { $0.contains("/ Addresses followed from DNS answers:") }
-            #expect(empty.isEmpty, "queries without data:\n\(empty.joined(separator: "\n"))")
-        }
+        try PrometheusServer.expectDashboardsAnswer(
+            ["weir-egress"], scraping: agent, netns: net.gateway, only: ["Addresses followed from DNS answers"])
     }
 
     @Test("IPv6: a client's AAAA answer, asked over IPv6 of some other resolver, opens exactly that IPv6 address for it, until TTL + grace")

@@ -42,7 +42,10 @@ struct NftablesTests {
         #expect(value(in: exposition, "weir_nft_set_max_elements", ["pipeline": "egress", "set": "dst4"]) == 65536)
         let (status, report) = try promtoolCheck(exposition)
         #expect(status == 0, "promtool: \(report)")
-        try Self.expectDashboardAnswers(agent, netns: net.gateway, except: ["Addresses followed from DNS answers"]) {
+        // The egress dashboard answers from a real Prometheus beside the agent (followed addresses: DNSFollowTests).
+        try PrometheusServer.expectDashboardsAnswer(
+            ["weir-egress"], scraping: agent, netns: net.gateway, except: ["Addresses followed from DNS answers"], trafficFor: 4
+        ) {
             _ = net.clientReaches("11.0.0.2", port: 7000)
             _ = net.clientReaches("11.0.0.3", port: 7000)
         }
@@ -411,26 +414,5 @@ struct NftablesTests {
         try agent.start()
         #expect(try routes(200) > 10)
         #expect(try routes(100) == 0, "the old table's routes are gone")
-    }
-
-    /// The egress dashboard's queries (but `except` panels, which this setup has nothing for) answer from a
-    /// real Prometheus beside the agent, while `traffic` runs for a few scrapes.
-    static func expectDashboardAnswers(_ agent: WeirProcess, netns: String, except: Set<String> = [], traffic: () throws -> Void) throws {
-        guard PrometheusServer.available else { return }
-        let prometheus = try PrometheusServer(configuration: """
-            global: { scrape_interval: 1s }
-            scrape_configs:
-              - job_name: weir-agent
-                static_configs: [{ targets: ["127.0.0.1:\(agent.metricsPort)"] }]
-            """, netns: netns)
-        try prometheus.start()
-        defer { prometheus.stop() }
-        let deadline = Date().addingTimeInterval(4)
-        while Date() < deadline {
-            try traffic()
-            usleep(300_000)
-        }
-        let empty = try prometheus.dashboardQueriesWithoutData(["weir-egress"]).filter { line in !except.contains { line.contains("/ \($0):") } }
-        #expect(empty.isEmpty, "queries without data:\n\(empty.joined(separator: "\n"))")
     }
 }

@@ -97,18 +97,7 @@ struct ShapeTCTests {
         #expect(status == 0 || (status == 3 && problems.isEmpty), "promtool: \(report)")
 
         // The shaping dashboard's queries answer from a real Prometheus beside the agent (after the rate was measured).
-        if PrometheusServer.available {
-            let prometheus = try PrometheusServer(configuration: """
-                global: { scrape_interval: 1s }
-                scrape_configs:
-                  - job_name: weir-agent
-                    static_configs: [{ targets: ["127.0.0.1:\(agent.metricsPort)"] }]
-                """, netns: net.agent)
-            try prometheus.start()
-            defer { prometheus.stop() }
-            let empty = try prometheus.dashboardQueriesWithoutData(["weir-shaping"])
-            #expect(empty.isEmpty, "queries without data:\n\(empty.joined(separator: "\n"))")
-        }
+        try PrometheusServer.expectDashboardsAnswer(["weir-shaping"], scraping: agent, netns: net.agent)
     }
 
     static let twoClasses = """

@@ -1,4 +1,5 @@
 import Foundation
+import Testing
 
 /// Debian's Prometheus, run with a configuration the test writes (storage and rules in a temporary folder),
 /// queried over its HTTP API.
@@ -122,14 +123,22 @@ final class PrometheusServer: @unchecked Sendable {
         ] + arguments)
     }
 
-    /// The queries of `dashboards` (by uid) that return no data, waiting up to `timeout` for all of them to;
-    /// the dashboards' variables match everything, `$__rate_interval` is 1m.
-    func dashboardQueriesWithoutData(_ dashboards: Set<String>, timeout: TimeInterval = 30) throws -> [String] {
+    /// The queries of `dashboards` (by uid; of the panels titled `only` if given, but not those titled
+    /// `except`) that return no data, waiting up to `timeout` for all of them to; the dashboards' variables
+    /// match everything, `$__rate_interval` is 1m.
+    func dashboardQueriesWithoutData(
+        _ dashboards: Set<String>, only: Set<String>? = nil, except: Set<String> = [], timeout: TimeInterval = 30
+    ) throws -> [String] {
         let (status, text) = try Self.dashboardBuilder(["--queries"])
         guard status == 0 else { throw CommandFailed(command: "build.py --queries", status: status, output: text) }
         let queries = (try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [[String: String]] ?? [])
-            .filter { dashboards.contains($0["dashboard"] ?? "") }
-        guard !queries.isEmpty else { throw CommandFailed(command: "build.py --queries", status: 0, output: "no query of \(dashboards)") }
+            .filter { query in
+                let panel = query["panel"] ?? ""
+                return dashboards.contains(query["dashboard"] ?? "") && (only?.contains(panel) ?? true) && !except.contains(panel)
+            }
+        guard !queries.isEmpty else {
+            throw CommandFailed(command: "build.py --queries", status: 0, output: "no query of \(dashboards) (panels \(only.map { "\($0)" } ?? "all"))")
+        }
         func instant(_ expression: String) -> String {
             expression.replacingOccurrences(of: "$__rate_interval", with: "1m").replacingOccurrences(of: "$instance", with: ".*")
                 .replacingOccurrences(of: "$pipeline", with: ".*")
@@ -141,5 +150,31 @@ final class PrometheusServer: @unchecked Sendable {
             return empty.isEmpty
         }
         return empty
+    }
+
+    /// Checks that every query of `dashboards` (of the panels titled `only` if given, but not of those titled
+    /// `except`) answers
+    /// from a real Prometheus run beside `agent` in its network namespace `netns`, scraping it every second
+    /// while `traffic` runs for `trafficFor` seconds (once at least). Does nothing without Prometheus.
+    static func expectDashboardsAnswer(
+        _ dashboards: Set<String>, scraping agent: WeirProcess, netns: String?, only: Set<String>? = nil, except: Set<String> = [],
+        trafficFor: TimeInterval = 0, traffic: () throws -> Void = {}, sourceLocation: SourceLocation = #_sourceLocation
+    ) throws {
+        guard available else { return }
+        let prometheus = try PrometheusServer(configuration: """
+            global: { scrape_interval: 1s }
+            scrape_configs:
+              - job_name: weir-agent
+                static_configs: [{ targets: ["127.0.0.1:\(agent.metricsPort)"] }]
+            """, netns: netns)
+        try prometheus.start()
+        defer { prometheus.stop() }
+        let deadline = Date().addingTimeInterval(trafficFor)
+        repeat {
+            try traffic()
+            if Date() < deadline { usleep(300_000) }
+        } while Date() < deadline
+        let empty = try prometheus.dashboardQueriesWithoutData(dashboards, only: only, except: except)
+        #expect(empty.isEmpty, "queries without data:\n\(empty.joined(separator: "\n"))", sourceLocation: sourceLocation)
     }
 }
