@@ -82,13 +82,14 @@ struct HostileClientTests {
         try agent.start()
         defer { agent.stop() }
         let baseline = openDescriptors(pid: agent.pid)
-        // Each partial opening, 20 times over (a scanner's worth), closed by the client.
-        for _ in 0..<20 {
+        // Each partial opening, 20 times over (a scanner's worth), closed by the client with a FIN and with a
+        // reset (which, once the agent has answered part of the opening, is what a client's close turns into).
+        for round in 0..<40 {
             for (name, openings) in Self.partialOpenings {
                 for opening in openings {
                     let client = try TCPClient(port: ports[name]!)
                     if !opening.isEmpty { try client.send(opening) }
-                    client.shutdownWrite()
+                    if round % 2 == 0 { client.shutdownWrite() } else { client.resetOnClose() }
                 }
             }
         }
@@ -97,7 +98,11 @@ struct HostileClientTests {
         let exposition = try agent.metrics()
         for (name, stage) in ["socks": "listen.socks5", "http": "listen.http", "sni": "listen.tls_sni", "aead": "transform.aead", "ws": "transform.websocket", "tls": "transform.tls"] {
             let closed = value(in: exposition, "weir_pipeline_errors_total", ["pipeline": name, "stage": stage, "reason": "closed_during_handshake"]) ?? 0
-            #expect(closed >= 20, "\(name): \(closed)")
+            #expect(closed == Double(40 * Self.partialOpenings[name]!.count), "\(name): \(closed)")
+            let other = exposition.split(separator: "\n").filter {
+                $0.hasPrefix("weir_pipeline_errors_total{pipeline=\"\(name)\"") && !$0.contains("closed_during_handshake")
+            }
+            #expect(other.isEmpty, "\(name): every client that left is counted as having left: \(other)")
             #expect(try agent.metric("weir_pipeline_connections_active", ["pipeline": name]) ?? 0 == 0)
         }
         // The listeners still serve: a complete SOCKS5 opening is forwarded.
@@ -274,6 +279,182 @@ struct HostileClientTests {
         #expect(agent.log.contains("accepting again"))
         #expect((try agent.metric("weir_pipeline_errors_total", ["pipeline": "socks", "stage": "listen.socks5", "reason": "accept_failed"]) ?? 0) >= 1)
         _ = stalled
+    }
+    /// argv: proxy-port echo-port held busy-from agent-pid. An echo server on 0.0.0.0 and `held` SOCKS5
+    /// clients, each to a destination of its own (127.3.x.y), opened one after the other and proven by an
+    /// echo; prints {"held","descriptors","highest"} (the agent's). Then per stdin line: "early R" makes R
+    /// rounds of clients that give up after each length of their opening (0 to 13 bytes, and after the
+    /// answer), by FIN and by reset; "busy N" sends N bytes on the 20 connections from busy-from and one on
+    /// every connection; "quit" closes all and prints {"sent"}. Errors are printed as {"error"}.
+    static let destinationClients = ConnectionHerd.raiseLimit + #"""
+
+        import asyncio, json, os, socket, struct, sys
+        proxy, echo_port, held_count, busy_from, agent = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+        def destination(i):
+            return "127.3.%d.%d" % (i >> 8, i & 255)
+        def request(i):
+            return b"\x05\x01\x00" + b"\x05\x01\x00\x01" + socket.inet_aton(destination(i)) + struct.pack(">H", echo_port)
+        sent = 0
+        async def echo(reader, writer):
+            try:
+                while True:
+                    data = await reader.read(65536)
+                    if not data:
+                        break
+                    writer.write(data)
+                    await writer.drain()
+            except OSError:
+                pass
+            writer.close()
+        async def opened(i):
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy)
+            opening = request(i)
+            writer.write(opening[:3])
+            assert await reader.readexactly(2) == b"\x05\x00"
+            writer.write(opening[3:])
+            reply = await reader.readexactly(10)
+            assert reply[1] == 0, "refused"
+            return reader, writer
+        async def roundtrip(connection, size):
+            global sent
+            reader, writer = connection
+            writer.write(b"y" * size)
+            sent += size
+            await reader.readexactly(size)
+        async def bounded(coroutines, limit=200):
+            gate = asyncio.Semaphore(limit)
+            async def one(c):
+                async with gate:
+                    return await c
+            return await asyncio.gather(*(one(c) for c in coroutines))
+        async def early(i, length, reset):
+            # A client that gives up after `length` bytes of its opening (13: the whole request, before the reply;
+            # 14: after the reply), with a FIN or a reset.
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy)
+            opening = request(i)
+            if length:
+                writer.write(opening[:min(length, 13)])
+                await writer.drain()
+            if length == 14:
+                answer = await reader.readexactly(12)
+                assert answer[:2] == b"\x05\x00" and answer[3] == 0, answer
+            if reset:
+                writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.close()
+            await asyncio.sleep(0)
+        def descriptors():
+            fds = [int(f) for f in os.listdir("/proc/%d/fd" % agent)]
+            return len(fds), max(fds)
+        async def main():
+            server = await asyncio.start_server(echo, "0.0.0.0", echo_port, backlog=4096)
+            # One after the other, so the first 20 destinations are the shown ones and the next 1,000 followed.
+            held = [await opened(i) for i in range(held_count)]
+            await bounded(roundtrip(c, 1 + i % 50) for i, c in enumerate(held))
+            count, highest = descriptors()
+            print(json.dumps({"held": len(held), "descriptors": count, "highest": highest}), flush=True)
+            loop = asyncio.get_running_loop()
+            stdin = asyncio.StreamReader()
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+            while True:
+                command = (await stdin.readline()).decode().split()
+                if not command or command[0] == "quit":
+                    break
+                if command[0] == "early":
+                    rounds = int(command[1])
+                    jobs = [early(held_count + n, length, reset) for n in range(rounds) for length in range(15) for reset in (False, True)]
+                    await bounded(jobs, 100)
+                    print(json.dumps({"early": len(jobs)}), flush=True)
+                elif command[0] == "busy":
+                    size = int(command[1])
+                    await bounded(roundtrip(held[i], size) for i in range(busy_from, busy_from + 20))
+                    await bounded(roundtrip(c, 1) for c in held)
+                    print(json.dumps({"busy": size}), flush=True)
+            for reader, writer in held:
+                writer.close()
+            print(json.dumps({"sent": sent}), flush=True)
+        try:
+            asyncio.run(main())
+        except Exception as error:
+            print(json.dumps({"error": repr(error)}), flush=True)
+        """#
+
+    @Test("Per-destination counting with 3,000 SOCKS5 connections open (the agent past descriptor 1024), a reload, and clients giving up at every byte of their opening: sums exact, the busiest promoted, nothing held afterwards")
+    func destinationsUnderLoad() throws {
+        let (port, echoPort, other) = (freePort(), freePort(), freePort())
+        let pipelines = """
+            pipelines:
+              proxy:
+                stages:
+                  - {type: listen.socks5, address: "127.0.0.1:\(port)"}
+                  - {type: connect.tcp}
+
+            """
+        let agent = try WeirProcess(pipelines: pipelines, metricsOptions: ["destinations_top: 20"])
+        try agent.start()
+        defer { agent.stop() }
+        let baseline = openDescriptors(pid: agent.pid)
+        let held = 3_000, busy = 500..<520
+        let (clients, input, output) = try ConnectionHerd.python(
+            Self.destinationClients, ["\(port)", "\(echoPort)", "\(held)", "\(busy.lowerBound)", "\(agent.pid)"], netns: nil)
+        defer { clients.stopHelper() }
+        func answer() throws -> [String: Any] {
+            let line = try output.line(timeout: 180)
+            let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] ?? [:]
+            if let error = object["error"] { throw HelperFailed("clients: \(error)") }
+            return object
+        }
+        let opened = try answer()
+        #expect(opened["held"] as? Int == held)
+        #expect((opened["descriptors"] as? Int ?? 0) > 2 * held && (opened["highest"] as? Int ?? 0) > 1024, "\(opened)")
+
+        // A reload (a pipeline added) while clients give up at every byte of their opening.
+        try agent.writePipelines(pipelines + tcpForwardEntry("other", port: other, to: [echoPort]))
+        try input.write(contentsOf: Data("early 20\n".utf8))
+        try agent.reload()
+        let early = try answer()["early"] as? Int ?? 0
+        #expect(early == 20 * 15 * 2)
+
+        // Destinations that were followed without series of their own move the most bytes: they are shown
+        // after the next look (every 10 s), and count from then on.
+        try input.write(contentsOf: Data("busy 100000\n".utf8))
+        _ = try answer()
+        let names = busy.map { "127.3.\($0 >> 8).\($0 & 255)" }
+        #expect(eventually(timeout: 30) {
+            let exposition = (try? agent.metrics()) ?? ""
+            return names.allSatisfy { value(in: exposition, "weir_destination_bytes_total", ["pipeline": "proxy", "destination": $0, "direction": "in"]) != nil }
+        }, "the 20 busiest destinations have series")
+        try input.write(contentsOf: Data("busy 1000\n".utf8))
+        _ = try answer()
+        try input.write(contentsOf: Data("quit\n".utf8))
+        let sent = Double(try answer()["sent"] as? Int ?? -1)
+
+        #expect(eventually(timeout: 10) { (try? agent.metric("weir_pipeline_connections_active", ["pipeline": "proxy"])) == 0 })
+        #expect(eventually(timeout: 5) { Self.closeWait(ports: [port]) == 0 }, "sockets left in CLOSE-WAIT: \(Self.closeWait(ports: [port]))")
+        // The added pipeline's listener is one descriptor more.
+        #expect(eventually(timeout: 5) { openDescriptors(pid: agent.pid) <= baseline + 3 }, "descriptors \(openDescriptors(pid: agent.pid)), baseline \(baseline)")
+        let exposition = try agent.metrics()
+        for name in names {
+            let shown = value(in: exposition, "weir_destination_bytes_total", ["pipeline": "proxy", "destination": name, "direction": "in"]) ?? 0
+            #expect(shown >= 1_001 && shown <= 101_100, "\(name): \(shown)")
+        }
+        func total(_ name: String, _ labels: String) -> Double {
+            exposition.split(separator: "\n").filter { $0.hasPrefix(name + "{pipeline=\"proxy\"") && (labels.isEmpty || $0.contains(labels)) }
+                .compactMap { Double($0.split(separator: " ").last!) }.reduce(0, +)
+        }
+        let series = exposition.split(separator: "\n").filter { $0.hasPrefix("weir_destination_bytes_total{pipeline=\"proxy\"") }
+        #expect(series.count == 2 * 21, "20 destinations and other, both directions")
+        for direction in ["in", "out"] {
+            #expect(total("weir_destination_bytes_total", "direction=\"\(direction)\"") == sent, "\(direction)")
+            #expect(value(in: exposition, "weir_pipeline_bytes_total", ["pipeline": "proxy", "direction": direction]) == sent, "\(direction)")
+        }
+        // Every held connection and every client that read its answer is counted; one that closed right after
+        // its request may or may not have been connected.
+        let connections = total("weir_destination_connections_total", "")
+        #expect(connections >= Double(held + 20 * 2) && connections <= Double(held + 20 * 4), "\(connections)")
+        let closed = value(in: exposition, "weir_pipeline_errors_total", ["pipeline": "proxy", "stage": "listen.socks5", "reason": "closed_during_handshake"]) ?? 0
+        #expect(closed >= Double(20 * 2 * 13), "\(closed)")
+        let (checked, report) = try promtoolCheck(exposition)
+        #expect(checked == 0, "promtool: \(report)")
     }
 }
 

@@ -145,6 +145,26 @@ struct ProxyListenerTests {
         #expect(checked == 0, "promtool: \(report)")
     }
 
+    @Test("SOCKS5 clients that send greeting, credentials, request and data in one segment (optimistic clients) are answered at once, with and without authentication")
+    func socks5OneSegment() throws {
+        let backend = try Backends.echo()
+        let port = UInt8(backend.port >> 8), low = UInt8(backend.port & 0xff)
+        let request: [UInt8] = [5, 1, 0, 1, 127, 0, 0, 1, port, low]
+        for (options, opening, answer) in [
+            ("", [5, 1, 0] + request, [5, 0]),
+            ("users:\n  alice: secret", [5, 1, 2] + [1, 5] + Array("alice".utf8) + [6] + Array("secret".utf8) + request, [5, 2, 1, 0]),
+        ] as [(String, [UInt8], [UInt8])] {
+            let (agent, listener) = try Self.agent("listen.socks5", options: options)
+            defer { agent.stop() }
+            // Long before the handshake timeout (10 s): an opening parsed only when more bytes come would wait for it.
+            let client = try TCPClient(port: listener, timeout: 3)
+            try client.send(opening + Array("ping".utf8))
+            #expect(try client.receive(exactly: answer.count) == answer, "\(options)")
+            #expect(try client.receive(exactly: 10).prefix(2) == [5, 0], "\(options)")
+            #expect(try client.receive(exactly: 4) == Array("ping".utf8), "\(options)")
+        }
+    }
+
     @Test("SOCKS5 username/password: the right credentials pass, wrong ones and none are refused")
     func socks5Authentication() throws {
         let web = try WebServer()

@@ -75,12 +75,16 @@ import WeirStages
 
     @Test func usernamePasswordRequestsParseIncrementally() {
         var buffer = ByteBuffer(bytes: [1, 5])
-        #expect(UsernamePasswordRequest.parse(buffer) == .incomplete)
+        #expect(UsernamePasswordRequest.parse(&buffer) == .incomplete)
         buffer.writeBytes(Array("alice".utf8) + [6])
-        #expect(UsernamePasswordRequest.parse(buffer) == .incomplete)
-        buffer.writeBytes(Array("secret".utf8))
-        #expect(UsernamePasswordRequest.parse(buffer) == .credentials(username: "alice", password: "secret"))
-        #expect(UsernamePasswordRequest.parse(ByteBuffer(bytes: [5, 1, 0])) == .malformed)
+        #expect(UsernamePasswordRequest.parse(&buffer) == .incomplete)
+        #expect(buffer.readableBytes == 8, "nothing consumed before the request is complete")
+        // The request the client sent along stays.
+        buffer.writeBytes(Array("secret".utf8) + [5, 1, 0])
+        #expect(UsernamePasswordRequest.parse(&buffer) == .credentials(username: "alice", password: "secret"))
+        #expect(Array(buffer.readableBytesView) == [5, 1, 0])
+        var malformed = ByteBuffer(bytes: [5, 1, 0])
+        #expect(UsernamePasswordRequest.parse(&malformed) == .malformed)
     }
 
     @Test func credentialsCompareWholePasswords() {

@@ -25,6 +25,13 @@ extension ReadsUntilDecided {
     }
 }
 
+/// How a negotiation fails when its connection closes before it decided: the client went away during its
+/// opening (counted as `closed_during_handshake`, like a client the opening guard saw leave).
+public struct ClientWentAway: Error, CustomStringConvertible {
+    public init() {}
+    public var description: String { "the client went away during its opening" }
+}
+
 /// Adds a negotiation's handlers to an accepted channel; if that fails, so do the negotiation and the channel.
 public func install(_ handlers: [any ChannelHandler], on channel: any Channel, for promise: EventLoopPromise<Destination>) -> EventLoopFuture<Destination> {
     do {

@@ -30,7 +30,7 @@ public struct OpeningStep: Sendable, Equatable {
 /// Bounds a connection's opening. Nearest the socket, so it sees the client's end of input before any
 /// negotiating handler can keep it (a half-close is a legitimate end of a request, but a client that stops
 /// sending before its opening is complete can never complete it): until every step is done it closes the
-/// connection when the client's input ends (`closed_during_handshake`) or when a step is not done within its
+/// connection when the client's input ends or its connection fails (`closed_during_handshake`) or when a step is not done within its
 /// timeout (`handshake_timeout`), counted under the first step not done. Once all steps are done it leaves the
 /// pipeline. Touched only on its channel's loop.
 public final class OpeningGuard: ChannelInboundHandler, RemovableChannelHandler, @unchecked Sendable {
@@ -82,6 +82,17 @@ public final class OpeningGuard: ChannelInboundHandler, RemovableChannelHandler,
             return
         }
         context.fireUserInboundEventTriggered(event)
+    }
+
+    /// An error from the socket (the guard is nearest it; the stages' own errors go the other way): a client
+    /// that reset its connection — or fully closed it while the agent answered, which its kernel answers with
+    /// a reset — went away as surely as one that sent a FIN.
+    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let first = pending.first, error is IOError {
+            abandon(context, stage: first.stage, reason: "closed_during_handshake")
+            return
+        }
+        context.fireErrorCaught(error)
     }
 
     public func channelInactive(context: ChannelHandlerContext) {

@@ -155,10 +155,17 @@ public final class StreamForwarder: Sendable {
                         "pipeline": "\(self.pipeline)", "stage": "\(error.stage)", "reason": "\(error.reason)", "client": "\(Self.describe(info.client))",
                         "error": "\(error.underlying)",
                     ])
+                case .failure(is ClientWentAway):
+                    // Gone before the guard saw it go: a reset that failed the listener's answer, say.
+                    metrics.error(stage: self.listenerType, reason: "closed_during_handshake")
+                    self.logger.debug("connection closed during its opening", metadata: [
+                        "pipeline": "\(self.pipeline)", "stage": "\(self.listenerType)", "reason": "closed_during_handshake",
+                        "client": "\(Self.describe(info.client))",
+                    ])
                 case .failure(let error as HandledByListener):
                     self.logger.debug("connection taken over", metadata: ["pipeline": "\(self.pipeline)", "by": "\(error.what)"])
                 case .failure(let error):
-                    metrics.error(stage: "listener", reason: "negotiation_failed")
+                    metrics.error(stage: self.listenerType, reason: "negotiation_failed")
                     self.logger.debug("negotiation failed", metadata: [
                         "pipeline": "\(self.pipeline)", "stage": "\(self.listenerType)", "reason": "negotiation_failed",
                         "client": "\(Self.describe(info.client))", "error": "\(error)",

@@ -47,7 +47,8 @@ final class ConnectionHerd: @unchecked Sendable {
         return process
     }
 
-    private static func python(_ script: String, _ arguments: [String], netns: String?) throws -> (Process, FileHandle, LineReader) {
+    /// A Python helper speaking lines on stdin and stdout.
+    static func python(_ script: String, _ arguments: [String], netns: String?) throws -> (Process, FileHandle, LineReader) {
         let process = Process()
         if let netns {
             process.executableURL = URL(fileURLWithPath: which("ip")!)
@@ -64,7 +65,7 @@ final class ConnectionHerd: @unchecked Sendable {
         return (process, stdin.fileHandleForWriting, LineReader(stdout.fileHandleForReading))
     }
 
-    private static let raiseLimit = """
+    static let raiseLimit = """
         import resource
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -24,7 +24,7 @@ final class WeirProcess: @unchecked Sendable {
     /// Writes `weir.yaml` with the metrics endpoint on a free port, and `pipelines` as `pipelines.d/main.yaml`.
     init(
         pipelines: String, extra: String = "", netns: String? = nil, bpfPinDir: String? = nil, id: String = "test-agent",
-        launcher: [String] = [], agentOptions: [String] = [], metricsHost: String = "127.0.0.1", logFormat: String = "text"
+        launcher: [String] = [], agentOptions: [String] = [], metricsOptions: [String] = [], metricsHost: String = "127.0.0.1", logFormat: String = "text"
     ) throws {
         self.netns = netns
         self.launcher = launcher
@@ -41,6 +41,7 @@ final class WeirProcess: @unchecked Sendable {
             \(bpfPinDir.map { "  bpf_pin_dir: \($0)" } ?? "")
             metrics:
               listen: \(metricsHost):\(metricsPort)
+            \(metricsOptions.map { "  \($0)" }.joined(separator: "\n"))
             log:
               level: debug
               format: \(logFormat)

@@ -79,7 +79,7 @@ final class HTTPConnectNegotiation: ReadsUntilDecided, RemovableChannelHandler, 
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        refuse(HTTPProxyRefused(reason: "the client went away"))
+        refuse(ClientWentAway())
         context.fireChannelInactive()
         // Leave before the closing channel removes the decoder, which hands its leftover bytes (raw, not
         // request parts) to whatever follows it.

@@ -77,6 +77,7 @@ final class SOCKS5Negotiation: ReadsUntilDecided, RemovableChannelHandler, Strea
                 return
             }
             context.writeAndFlush(wrapOutboundOut(.selectedAuthenticationMethod(.init(method: method))), promise: nil)
+            parseAgain(context, adding: nil)
         case .authenticationData(var bytes):
             authentication.setOrWriteBuffer(&bytes)
             authenticate(context)
@@ -105,7 +106,7 @@ final class SOCKS5Negotiation: ReadsUntilDecided, RemovableChannelHandler, Strea
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        settle(SOCKSRefused(reason: "the client went away"))
+        settle(ClientWentAway())
         context.fireChannelInactive()
         // Leave before the closing channel removes the handshake handler, which hands its leftover bytes
         // (raw, not a ClientMessage) to whatever follows it.
@@ -115,8 +116,8 @@ final class SOCKS5Negotiation: ReadsUntilDecided, RemovableChannelHandler, Strea
     // MARK: Steps
 
     private func authenticate(_ context: ChannelHandlerContext) {
-        guard let credentials, let bytes = authentication else { return }
-        switch UsernamePasswordRequest.parse(bytes) {
+        guard let credentials, var bytes = authentication else { return }
+        switch UsernamePasswordRequest.parse(&bytes) {
         case .incomplete:
             return
         case .malformed:
@@ -125,8 +126,25 @@ final class SOCKS5Negotiation: ReadsUntilDecided, RemovableChannelHandler, Strea
             let accepted = credentials.accepts(username: username, password: password)
             let reply = UsernamePasswordRequest.reply(accepted: accepted, allocator: context.channel.allocator)
             context.writeAndFlush(wrapOutboundOut(.authenticationData(reply, complete: accepted)), promise: nil)
-            if !accepted { refuse(context, SOCKSRefused(reason: "wrong user name or password for \"\(username)\"")) }
+            guard accepted else {
+                refuse(context, SOCKSRefused(reason: "wrong user name or password for \"\(username)\""))
+                return
+            }
+            // NIOSOCKS hands over everything after the greeting as authentication data: what follows the
+            // credentials is the request, sent along with them.
+            authentication = nil
+            parseAgain(context, adding: bytes)
         }
+    }
+
+    /// NIOSOCKS' handshake handler parses one message per read and keeps the rest: a client that sent its
+    /// next message along with the last (greeting and request in one segment, as optimistic clients do)
+    /// would wait for a read that never comes, until the handshake timeout. Once an answer has moved its
+    /// state machine on, the handler is handed `bytes` (or nothing) to parse what it holds. (Called
+    /// re-entrantly from its own read: it has updated its buffer and state before handing a message on.)
+    private func parseAgain(_ context: ChannelHandlerContext, adding bytes: ByteBuffer?) {
+        guard !decided, let handshakeContext = try? context.pipeline.syncOperations.context(handler: handshake) else { return }
+        handshake.channelRead(context: handshakeContext, data: NIOAny(bytes ?? context.channel.allocator.buffer(capacity: 0)))
     }
 
     private func decide(_ context: ChannelHandlerContext, _ request: SOCKSRequest) {

@@ -8,9 +8,16 @@ enum UsernamePasswordRequest: Equatable {
     /// Not a version-1 request.
     case malformed
 
-    /// `VER(1)=1 ULEN(1) UNAME PLEN(1) PASSWD`.
-    static func parse(_ buffer: ByteBuffer) -> UsernamePasswordRequest {
-        var buffer = buffer
+    /// `VER(1)=1 ULEN(1) UNAME PLEN(1) PASSWD`. Consumes the request once complete: what follows it (a client
+    /// may send its CONNECT request along) stays in `input`.
+    static func parse(_ input: inout ByteBuffer) -> UsernamePasswordRequest {
+        var buffer = input
+        let parsed = parse(reading: &buffer)
+        if case .credentials = parsed { input = buffer }
+        return parsed
+    }
+
+    private static func parse(reading buffer: inout ByteBuffer) -> UsernamePasswordRequest {
         guard let version = buffer.readInteger(as: UInt8.self) else { return .incomplete }
         guard version == 1 else { return .malformed }
         guard let userLength = buffer.readInteger(as: UInt8.self) else { return .incomplete }

@@ -56,7 +56,7 @@ final class TLSSNINegotiation: ReadsUntilDecided, RemovableChannelHandler, Strea
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
     func channelInactive(context: ChannelHandlerContext) {
-        settle(TLSSNIRefused(reason: "the client went away"))
+        settle(ClientWentAway())
         release?.fail(TLSSNIRefused(reason: "closed"))
         release = nil
         context.fireChannelInactive()
