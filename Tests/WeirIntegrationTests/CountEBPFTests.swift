@@ -55,8 +55,8 @@ struct CountEBPFTests {
     @Test("UDP over IPv4 and IPv6 is counted exactly, both ways, and agrees with the kernel's SNMP counters")
     func exactUDPCounts() throws {
         let net = try NamespacePair()
-        let echo4 = try net.background(net.peer, TrafficScripts.udpHalfEcho, ["4", net.peerIPv4, "7001"])
-        let echo6 = try net.background(net.peer, TrafficScripts.udpHalfEcho, ["6", net.peerIPv6, "7001"])
+        let echo4 = try net.udpHalfEcho(net.peer, family: "4", address: net.peerIPv4, port: 7001)
+        let echo6 = try net.udpHalfEcho(net.peer, family: "6", address: net.peerIPv6, port: 7001)
         defer { echo4.stopHelper(); echo6.stopHelper() }
         let agent = try Self.startAgent(net, pipelines: Self.countPipeline(net))
         defer { agent.stop() }
@@ -124,7 +124,7 @@ struct CountEBPFTests {
     @Test("Counts continue across an agent restart and a reload that resizes the map; removing the stage leaves nothing")
     func countsSurviveRestartAndReload() throws {
         let net = try NamespacePair()
-        let echo = try net.background(net.peer, TrafficScripts.udpHalfEcho, ["4", net.peerIPv4, "7003"])
+        let echo = try net.udpHalfEcho(net.peer, family: "4", address: net.peerIPv4, port: 7003)
         defer { echo.stopHelper() }
         let pins = "\(net.pinRoot)/veth/count-v1-remote_ip-32-128-65536"
 
@@ -176,7 +176,7 @@ struct CountEBPFTests {
         // Somebody else's filter on the same hook.
         try net.inside(net.agent, ["tc", "qdisc", "add", "dev", net.agentInterface, "clsact"])
         try net.inside(net.agent, ["tc", "filter", "add", "dev", net.agentInterface, "ingress", "prio", "2", "protocol", "ip", "u32", "match", "u32", "0", "0", "classid", "1:1"])
-        let echo = try net.background(net.peer, TrafficScripts.udpHalfEcho, ["6", net.peerIPv6, "7004"])
+        let echo = try net.udpHalfEcho(net.peer, family: "6", address: net.peerIPv6, port: 7004)
         defer { echo.stopHelper() }
         let agent = try Self.startAgent(net, pipelines: Self.countPipeline(net, options: "        attach: \(mode)\n"))
         defer { agent.stop() }
@@ -289,7 +289,7 @@ struct CountEBPFTests {
             CoordinatorTests.inSync(coordinator, "counter") && (try? agent.metrics())?.contains("weir_ebpf_map_entries{pipeline=\"veth\"") == true
         }, "\(agent.log)")
 
-        let echo = try net.background(net.peer, TrafficScripts.udpHalfEcho, ["4", net.peerIPv4, "7001"])
+        let echo = try net.udpHalfEcho(net.peer, family: "4", address: net.peerIPv4, port: 7001)
         defer { echo.stopHelper() }
         for round in 0..<3 {
             #expect(try net.python(net.agent, TrafficScripts.udpPingPong, ["4", net.peerIPv4, "7001", "100", "1000"]).contains("100"), "round \(round)")

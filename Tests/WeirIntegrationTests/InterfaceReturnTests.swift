@@ -47,7 +47,7 @@ struct InterfaceReturnTests {
     @Test("An interface deleted and created again gets its shaping, counters and routes back without a reload; while it is missing, /healthz, weir_stage_healthy and the log say so")
     func interfaceComesBack() throws {
         let net = try NamespacePair()
-        let echo = try net.background(net.peer, TrafficScripts.udpHalfEcho, ["4", net.peerIPv4, "7005"])
+        let echo = try net.udpHalfEcho(net.peer, family: "4", address: net.peerIPv4, port: 7005)
         defer { echo.stopHelper() }
         let agent = try WeirProcess(pipelines: Self.pipelines(net), netns: net.agent, bpfPinDir: net.pinRoot)
         try agent.start()

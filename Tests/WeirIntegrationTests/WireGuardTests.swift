@@ -98,7 +98,7 @@ struct WireGuardTests {
 
     /// A UDP echo on the server's tunnel address (10.88.0.1:7301), for `Client.ping`.
     static func echo(_ net: NamespacePair) throws -> Process {
-        try net.background(net.agent, TrafficScripts.udpHalfEcho, ["4", "10.88.0.1", "7301"])
+        try net.udpHalfEcho(net.agent, family: "4", address: "10.88.0.1", port: 7301)
     }
 
     /// What the server's device says of its peers: public key → (latest handshake, rx, tx).
@@ -362,9 +362,9 @@ struct WireGuardTests {
         defer { agentA.stop() }
         try agentB.start()
         defer { agentB.stop() }
-        let echoA = try shell.background(serverA, TrafficScripts.udpHalfEcho, ["4", "10.88.0.1", "7301"])
+        let echoA = try shell.udpHalfEcho(serverA, family: "4", address: "10.88.0.1", port: 7301)
         defer { echoA.stopHelper() }
-        let echoB = try shell.background(serverB, TrafficScripts.udpHalfEcho, ["4", "10.88.0.1", "7301"])
+        let echoB = try shell.udpHalfEcho(serverB, family: "4", address: "10.88.0.1", port: 7301)
         defer { echoB.stopHelper() }
         let clientAgent = try WeirProcess(pipelines: """
             pipelines:
@@ -438,7 +438,7 @@ struct WireGuardTests {
             """, netns: net.agent)
         try server.start()
         defer { server.stop() }
-        let echo = try net.background(net.agent, TrafficScripts.udpHalfEcho, ["4", "198.51.100.1", "7301"])
+        let echo = try net.udpHalfEcho(net.agent, family: "4", address: "198.51.100.1", port: 7301)
         defer { echo.stopHelper() }
         let clientPipelines = """
             pipelines:

@@ -132,6 +132,18 @@ extension NamespaceCommands {
     @discardableResult
     func inside(_ ns: String, _ arguments: [String]) throws -> String { try sh(["ip", "netns", "exec", ns] + arguments) }
 
+    /// Starts `TrafficScripts.udpHalfEcho` in `ns` and waits until its socket is bound: a datagram sent before
+    /// that is lost, and its sender would wait for the echo in vain.
+    @discardableResult
+    func udpHalfEcho(_ ns: String, family: String, address: String, port: Int) throws -> Process {
+        let process = try background(ns, TrafficScripts.udpHalfEcho, [family, address, "\(port)"])
+        guard eventually(timeout: 5, { (try? inside(ns, ["ss", "-Hlun", "sport = :\(port)"]))?.isEmpty == false }) else {
+            process.stopHelper()
+            throw HelperFailed("the UDP echo on \(address):\(port) in \(ns) did not start")
+        }
+        return process
+    }
+
     /// Starts a Python script inside a namespace; terminate the process when done (the namespace's removal
     /// kills it otherwise).
     func background(_ ns: String, _ script: String, _ arguments: [String] = []) throws -> Process {
