@@ -280,8 +280,8 @@ struct HostileClientTests {
         #expect((try agent.metric("weir_pipeline_errors_total", ["pipeline": "socks", "stage": "listen.socks5", "reason": "accept_failed"]) ?? 0) >= 1)
         _ = stalled
     }
-    /// argv: proxy-port echo-port held busy-from agent-pid. An echo server on 0.0.0.0 and `held` SOCKS5
-    /// clients, each to a destination of its own (127.3.x.y), opened one after the other and proven by an
+    /// argv: proxy-port echo-port held busy-from agent-pid. `held` SOCKS5 clients, each to a destination of
+    /// its own (127.3.x.y, all reaching the echo server on 0.0.0.0:echo-port), opened one after the other and proven by an
     /// echo; prints {"held","descriptors","highest"} (the agent's). Then per stdin line: "early R" makes R
     /// rounds of clients that give up after each length of their opening (0 to 13 bytes, and after the
     /// answer), by FIN and by reset; "busy N" sends N bytes on the 20 connections from busy-from and one on
@@ -295,17 +295,6 @@ struct HostileClientTests {
         def request(i):
             return b"\x05\x01\x00" + b"\x05\x01\x00\x01" + socket.inet_aton(destination(i)) + struct.pack(">H", echo_port)
         sent = 0
-        async def echo(reader, writer):
-            try:
-                while True:
-                    data = await reader.read(65536)
-                    if not data:
-                        break
-                    writer.write(data)
-                    await writer.drain()
-            except OSError:
-                pass
-            writer.close()
         async def opened(i):
             reader, writer = await asyncio.open_connection("127.0.0.1", proxy)
             opening = request(i)
@@ -346,7 +335,6 @@ struct HostileClientTests {
             fds = [int(f) for f in os.listdir("/proc/%d/fd" % agent)]
             return len(fds), max(fds)
         async def main():
-            server = await asyncio.start_server(echo, "0.0.0.0", echo_port, backlog=4096)
             # One after the other, so the first 20 destinations are the shown ones and the next 1,000 followed.
             held = [await opened(i) for i in range(held_count)]
             await bounded(roundtrip(c, 1 + i % 50) for i, c in enumerate(held))
@@ -393,6 +381,8 @@ struct HostileClientTests {
         try agent.start()
         defer { agent.stop() }
         let baseline = openDescriptors(pid: agent.pid)
+        let echo = try ConnectionHerd.echoServer(host: "0.0.0.0", port: echoPort)
+        defer { echo.stopHelper() }
         let held = 3_000, busy = 500..<520
         let (clients, input, output) = try ConnectionHerd.python(
             Self.destinationClients, ["\(port)", "\(echoPort)", "\(held)", "\(busy.lowerBound)", "\(agent.pid)"], netns: nil)

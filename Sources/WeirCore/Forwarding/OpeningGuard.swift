@@ -30,9 +30,9 @@ public struct OpeningStep: Sendable, Equatable {
 /// Bounds a connection's opening. Nearest the socket, so it sees the client's end of input before any
 /// negotiating handler can keep it (a half-close is a legitimate end of a request, but a client that stops
 /// sending before its opening is complete can never complete it): until every step is done it closes the
-/// connection when the client's input ends or its connection fails (`closed_during_handshake`) or when a step is not done within its
-/// timeout (`handshake_timeout`), counted under the first step not done. Once all steps are done it leaves the
-/// pipeline. Touched only on its channel's loop.
+/// connection when the client's input ends or its connection fails (`closed_during_handshake`) or when a
+/// step is not done within its timeout (`handshake_timeout`), counted under the first step not done. Once
+/// all steps are done it leaves the pipeline. Touched only on its channel's loop.
 public final class OpeningGuard: ChannelInboundHandler, RemovableChannelHandler, @unchecked Sendable {
     public typealias InboundIn = NIOAny
 

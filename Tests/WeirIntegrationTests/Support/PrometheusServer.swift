@@ -153,9 +153,9 @@ final class PrometheusServer: @unchecked Sendable {
     }
 
     /// Checks that every query of `dashboards` (of the panels titled `only` if given, but not of those titled
-    /// `except`) answers
-    /// from a real Prometheus run beside `agent` in its network namespace `netns`, scraping it every second
-    /// while `traffic` runs for `trafficFor` seconds (once at least). Does nothing without Prometheus.
+    /// `except`) answers from a real Prometheus run beside `agent` in its network namespace `netns` (nil: the
+    /// test's own), scraping it every second while `traffic` runs for `trafficFor` seconds (once at least).
+    /// Does nothing without Prometheus.
     static func expectDashboardsAnswer(
         _ dashboards: Set<String>, scraping agent: WeirProcess, netns: String?, only: Set<String>? = nil, except: Set<String> = [],
         trafficFor: TimeInterval = 0, traffic: () throws -> Void = {}, sourceLocation: SourceLocation = #_sourceLocation
