@@ -13,7 +13,7 @@ CONFIG     ?= etc/weir/weir.yaml
 BUILD_PACKAGES := libbpf-dev libnftables-dev libnftnl-dev libmnl-dev libssl-dev libqrencode-dev pkg-config
 RUN_PACKAGES   := ca-certificates $(BUILD_PACKAGES) wireguard-go
 TEST_PACKAGES  := $(BUILD_PACKAGES) prometheus python3-yaml python3-pip iproute2 curl bpftool python3 nftables iperf3 openssl shadowsocks-libev python3-websockets nginx-light postgresql wireguard-go wireguard-tools qrencode zbar-tools dnsmasq-base bind9-dnsutils unbound chromium chromium-driver python3-selenium python3-pyotp
-BENCH_PACKAGES := $(BUILD_PACKAGES) haproxy socat iperf3 nginx-light wrk curl python3 iproute2 nftables shadowsocks-libev stunnel4 openssl wireguard-go wireguard-tools dnsperf unbound dnsmasq-base
+BENCH_PACKAGES := $(BUILD_PACKAGES) haproxy socat iperf3 nginx-light libnginx-mod-stream wrk curl python3 iproute2 nftables shadowsocks-libev stunnel4 openssl wireguard-go wireguard-tools dnsperf unbound dnsmasq-base
 
 .PHONY: run test bench soak chaos fuzz fuzz-build build release clean monitor
 
@@ -97,6 +97,7 @@ bench:
 	$(SWIFT) build -c release --product weir-fleet-sim
 	WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/coordinator-bench.sh
 	WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/forward-bench.sh
+	WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/udp-bench.sh
 	WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/aead-bench.sh
 	WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/tls-bench.sh
 	WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/reload-bench.sh

@@ -38,6 +38,23 @@ int weir_udp_receive(int fd, struct weir_datagram *datagrams, unsigned count) {
     return received;
 }
 
+int weir_udp_receive_now(int fd, struct weir_datagram *datagrams, unsigned count) {
+    struct mmsghdr headers[WEIR_UDP_MAX_BATCH];
+    struct iovec vectors[WEIR_UDP_MAX_BATCH];
+    if (count > WEIR_UDP_MAX_BATCH) count = WEIR_UDP_MAX_BATCH;
+    describe(headers, vectors, datagrams, count, 1);
+    int received;
+    do {
+        received = recvmmsg(fd, headers, count, MSG_DONTWAIT, NULL);
+    } while (received < 0 && errno == EINTR);
+    if (received < 0) return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
+    for (int i = 0; i < received; i++) {
+        datagrams[i].length = headers[i].msg_len;
+        datagrams[i].address_length = headers[i].msg_hdr.msg_namelen;
+    }
+    return received;
+}
+
 int weir_udp_send(int fd, struct weir_datagram *datagrams, unsigned count) {
     struct mmsghdr headers[WEIR_UDP_MAX_BATCH];
     struct iovec vectors[WEIR_UDP_MAX_BATCH];
@@ -46,7 +63,7 @@ int weir_udp_send(int fd, struct weir_datagram *datagrams, unsigned count) {
     unsigned done = 0;
     int sent = 0;
     while (done < count) {
-        int result = sendmmsg(fd, headers + done, count - done, MSG_NOSIGNAL);
+        int result = sendmmsg(fd, headers + done, count - done, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (result > 0) {
             done += (unsigned)result;
             sent += result;

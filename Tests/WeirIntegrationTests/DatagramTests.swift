@@ -58,6 +58,86 @@ struct DatagramTests {
     }
 }
 
+@Suite("UDP sessions at production scale", .serialized)
+struct DatagramScaleTests {
+    @Test("A burst of 3,000 new clients at once is answered in full (the agent past descriptor 1024); idle sessions give their sockets back; max_sessions bounds the table across the listener's sockets")
+    func burstOfNewClients() throws {
+        let echoPort = freePort()
+        let echo = try UDPBurst.echoServer(port: echoPort)
+        defer { echo.stopHelper() }
+        let open = freePort(), bounded = freePort()
+        let agent = try WeirProcess(pipelines: udpForward("open", port: open, to: [echoPort], connectOptions: "        idle_timeout: 2s"))
+        try agent.start()
+        defer { agent.stop() }
+        let baseline = openDescriptors(pid: agent.pid)
+
+        // Each client gets its own bytes back, from the listening port; nothing is lost in the burst.
+        let burst = try Background { try UDPBurst.send(clients: 3_000, to: open, quiet: 3) }
+        var highest = 0
+        let deadline = Date().addingTimeInterval(60)
+        while try agent.metric("weir_pipeline_connections_active", ["pipeline": "open"]) ?? 0 < 3_000, Date() < deadline {
+            highest = max(highest, highestDescriptor(pid: agent.pid))
+            usleep(20_000)
+        }
+        highest = max(highest, highestDescriptor(pid: agent.pid))
+        let (answered, wrong) = try burst.value(timeout: 120)
+        #expect(answered == 3_000 && wrong == 0, "\(answered) answered, \(wrong) wrong")
+        #expect(highest > 1024, "highest descriptor \(highest)")
+        #expect(try agent.metric("weir_pipeline_connections_total", ["pipeline": "open"]) == 3_000)
+        #expect(try agent.metric("weir_pipeline_bytes_total", ["pipeline": "open", "direction": "in"]) == 3_000 * 40)
+        #expect(try agent.metric("weir_pipeline_bytes_total", ["pipeline": "open", "direction": "out"]) == 3_000 * 40)
+        let idle = try agent.waitForMetric("weir_pipeline_connections_active", ["pipeline": "open"], timeout: 10) { $0 == 0 }
+        #expect(idle == 0, "idle sessions are closed")
+        #expect(eventually(timeout: 5) { openDescriptors(pid: agent.pid) <= baseline }, "descriptors back to \(baseline): \(openDescriptors(pid: agent.pid))")
+
+        // A second pipeline by reload, its table bounded: exactly the first 500 clients get sessions, over both
+        // of its sockets together, and the rest are counted.
+        try agent.writePipelines(
+            "pipelines:\n" + udpForwardEntry("open", port: open, to: [echoPort], connectOptions: "        idle_timeout: 2s") + "\n"
+                + udpForwardEntry("bounded", port: bounded, to: [echoPort], connectOptions: "        max_sessions: 500"))
+        try agent.reload()
+        let limited = try UDPBurst.send(clients: 3_000, to: bounded)
+        #expect(limited.answered == 500 && limited.wrong == 0, "\(limited)")
+        #expect(try agent.metric("weir_pipeline_connections_active", ["pipeline": "bounded"]) == 500)
+        #expect(try agent.metric("weir_pipeline_errors_total", ["pipeline": "bounded", "stage": "connect.udp", "reason": "session_limit"]) == 2_500)
+    }
+
+    @Test("Sessions keep flowing through a reload that changes their pipeline; datagrams of 0 and 65,507 bytes round-trip; a target named by a host name is resolved")
+    func sessionsAcrossReloads() throws {
+        let echo = try UDPEchoServer()
+        let port = freePort()
+        let agent = try WeirProcess(pipelines: udpForward("udp", port: port, to: [echo.port]))
+        try agent.start()
+        defer { agent.stop() }
+        let client = try UDPSocket()
+        for size in [0, 1, 1_472, 65_507] {
+            let datagram = [UInt8]((0..<size).map { UInt8(truncatingIfNeeded: $0) })
+            try client.send(datagram, to: port)
+            #expect(client.receive()?.bytes == datagram, "\(size) bytes")
+        }
+        // The pipeline changes (a limit added); the listener stays, and so does the client's session.
+        try agent.writePipelines(udpForward(
+            "udp", port: port, to: [echo.port], extraStages: "      - type: limit.bandwidth\n        rate: 10MiB/s\n"))
+        try agent.reload()
+        try client.send(Array("after".utf8), to: port)
+        #expect(client.receive()?.bytes == Array("after".utf8))
+        #expect(try agent.metric("weir_pipeline_connections_total", ["pipeline": "udp"]) == 1, "the session was kept")
+        // A new client's session goes by the new pipeline, to a target named by host name.
+        try agent.writePipelines(udpForward("udp", port: port, to: [echo.port], targetHost: "localhost"))
+        try agent.reload()
+        let newcomer = try UDPSocket(timeout: 1)
+        var answered = false
+        // localhost may resolve to ::1 first, where nothing listens: that target is passed over.
+        for _ in 0..<5 where !answered {
+            try newcomer.send(Array("named".utf8), to: port)
+            answered = newcomer.receive()?.bytes == Array("named".utf8)
+        }
+        #expect(answered)
+        try client.send(Array("still".utf8), to: port)
+        #expect(client.receive()?.bytes == Array("still".utf8))
+    }
+}
+
 @Suite("limit.bandwidth on UDP", .serialized)
 struct DatagramLimitTests {
     @Test("Datagrams beyond the bucket are dropped, not queued")

@@ -19,6 +19,10 @@ struct weir_datagram {
  * 64), with one recvmmsg. Returns how many were read, 0 when the socket was shut down, or a negative errno. */
 int weir_udp_receive(int fd, struct weir_datagram *datagrams, unsigned count);
 
+/* Reads as many datagrams as are queued, up to `count` (at most 64), without waiting. Returns how many were
+ * read (0: none queued), or a negative errno (a connected socket reports an ICMP unreachable as -ECONNREFUSED). */
+int weir_udp_receive_now(int fd, struct weir_datagram *datagrams, unsigned count);
+
 /* Sends `count` datagrams (at most 64) with as few sendmmsg calls as the kernel allows; one the kernel refuses
  * (its peer unreachable a moment ago) is skipped. Returns how many were sent. */
 int weir_udp_send(int fd, struct weir_datagram *datagrams, unsigned count);

@@ -1,6 +1,9 @@
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A bound listening socket whose owner can change.
 ///
@@ -16,6 +19,8 @@ public final class ListenerSocket: Sendable {
     public let stage: String
     private let owner = NIOLockedValueBox<ListenerOwner?>(nil)
     private let boundChannel = NIOLockedValueBox<(any Channel)?>(nil)
+    /// A datagram listener's sockets, one per event loop, each relayed by its own thread.
+    private let datagramRelays = NIOLockedValueBox<[DatagramRelayLoop]>([])
     private let dialer = NIOLockedValueBox<(any ListenerDialer)?>(nil)
     /// The listener's own budget first, then the agent's.
     private let budgets: [ConnectionBudget]
@@ -32,6 +37,9 @@ public final class ListenerSocket: Sendable {
     }
 
     public var channel: (any Channel)? { boundChannel.withLockedValue { $0 } }
+
+    /// UDP sessions open on all of a datagram listener's sockets, against the connector's `max_sessions`.
+    let datagramSessions = NIOLockedValueBox(0)
 
     public var currentOwner: ListenerOwner? { owner.withLockedValue { $0 } }
 
@@ -172,17 +180,27 @@ public final class ListenerSocket: Sendable {
         self.dialer.withLockedValue { $0 = dialer }
     }
 
+    /// Binds the listener's sockets, one per event loop of `group`, each relayed by a thread of its own.
     public func bind(datagram listener: any DatagramListener, group: any EventLoopGroup) async throws {
-        let channel = try await listener.bind(group: group) { [self] channel in
-            channel.eventLoop.makeCompletedFuture {
-                try channel.pipeline.syncOperations.addHandler(DatagramSessionHandler(socket: self))
+        let loops = Array(group.makeIterator())
+        let sockets = try DatagramSocket.bind(listener.address.socketAddress(), count: loops.count, receiveBuffer: listener.receiveBuffer, nonBlocking: true)
+        var relays: [DatagramRelayLoop] = []
+        for (fd, loop) in zip(sockets, loops) {
+            do {
+                relays.append(try DatagramRelayLoop(listening: fd, socket: self, eventLoop: loop))
+            } catch {
+                for relay in relays { await relay.close() }
+                sockets.dropFirst(relays.count).forEach { _ = Glibc.close($0) }
+                throw error
             }
         }
-        boundChannel.withLockedValue { $0 = channel }
+        relays.forEach { $0.start() }
+        datagramRelays.withLockedValue { $0 = relays }
     }
 
     public func close() async {
         dialer.withLockedValue { $0 }?.stop()
+        for relay in datagramRelays.withLockedValue({ $0 }) { await relay.close() }
         guard let channel else { return }
         try? await channel.close()
     }

@@ -1,3 +1,6 @@
+// SOCK_DGRAM and SOCK_STREAM come through CWeirSystem (its header includes sys/socket.h) once this module uses
+// its datagram calls.
+import CWeirSystem
 import NIOCore
 import NIOPosix
 

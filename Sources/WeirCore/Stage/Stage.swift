@@ -82,12 +82,12 @@ public protocol ListenerDialer: Sendable {
     func stop()
 }
 
-/// Binds a datagram socket; `initializer` installs the runtime's session table on it.
+/// A datagram listener: where its sockets bind. The runtime binds one per event loop on the address
+/// (SO_REUSEPORT, so every core reads and the kernel keeps each client on one socket) and relays their sessions.
 public protocol DatagramListener: Stage {
-    func bind(
-        group: any EventLoopGroup,
-        initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
-    ) async throws -> any Channel
+    var address: BindAddress { get }
+    /// Each socket's receive buffer in bytes: what holds a burst of new clients while their sessions open.
+    var receiveBuffer: Int { get }
 }
 
 /// Opens the target side of a stream connection. `bootstrap` comes from the runtime already set up
@@ -102,9 +102,16 @@ public protocol DatagramConnector: Stage {
     var idleTimeout: TimeAmount { get }
     /// At most this many client sessions at once; datagrams from further clients are dropped.
     var maxSessions: Int { get }
-    func openSession(_ connection: ConnectionInfo, bootstrap: DatagramBootstrap) -> EventLoopFuture<any Channel>
+    /// Where a new session's datagrams go.
+    func target(for connection: ConnectionInfo) -> DatagramTargetChoice
     /// The target at `address` answered with ICMP unreachable; prefer other addresses for a while.
     func targetUnreachable(_ address: SocketAddress)
+}
+
+/// A session's target: known at once (IP literals), or later (names, resolved off the relay's thread).
+public enum DatagramTargetChoice: Sendable {
+    case now(SocketAddress)
+    case later(EventLoopFuture<SocketAddress>)
 }
 
 /// Handlers a filter adds to one stream connection.

@@ -169,6 +169,11 @@ func openDescriptors(pid: Int32) -> Int {
     ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []).count
 }
 
+/// The highest descriptor number a process has open.
+func highestDescriptor(pid: Int32) -> Int {
+    ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []).compactMap { Int($0) }.max() ?? -1
+}
+
 struct HelperFailed: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }

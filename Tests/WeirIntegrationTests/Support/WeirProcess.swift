@@ -298,16 +298,28 @@ func tcpForwardEntry(_ id: String, port: Int, to targets: [Int], extraStages: St
     """
 }
 
-/// A drop-in with one UDP forward pipeline; `connectOptions` are extra `connect.udp` lines.
-func udpForward(_ id: String, port: Int, to targets: [Int], extraStages: String = "", connectOptions: String = "") -> String {
+/// A drop-in with one UDP forward pipeline; `connectOptions` are extra `connect.udp` lines, `targetHost` the
+/// targets' host (an address, or a name to resolve).
+func udpForward(
+    _ id: String, port: Int, to targets: [Int], targetHost: String = "127.0.0.1", extraStages: String = "", connectOptions: String = ""
+) -> String {
     """
     pipelines:
+    \(udpForwardEntry(id, port: port, to: targets, targetHost: targetHost, extraStages: extraStages, connectOptions: connectOptions))
+    """
+}
+
+/// One UDP forward entry of a `pipelines:` map, indented to sit under it.
+func udpForwardEntry(
+    _ id: String, port: Int, to targets: [Int], targetHost: String = "127.0.0.1", extraStages: String = "", connectOptions: String = ""
+) -> String {
+    """
       \(id):
         stages:
           - type: listen.udp
             address: 127.0.0.1:\(port)
     \(extraStages)      - type: connect.udp
-            addresses: [\(targets.map { "127.0.0.1:\($0)" }.joined(separator: ", "))]
+            addresses: [\(targets.map { "\(targetHost):\($0)" }.joined(separator: ", "))]
     \(connectOptions)
     """
 }

@@ -40,8 +40,14 @@ final class ConnectUDP: DatagramConnector {
 
     let config: ConnectUDPConfig
     private let downUntil = NIOLockedValueBox<[SocketAddress: NIODeadline]>([:])
+    /// Every target, when all are IP literals (parsed once here): a session's target is then chosen at once.
+    private let literals: [SocketAddress]?
 
-    init(config: ConnectUDPConfig) { self.config = config }
+    init(config: ConnectUDPConfig) {
+        self.config = config
+        let parsed = config.addresses.compactMap { try? SocketAddress(ipAddress: $0.host, port: $0.port) }
+        literals = parsed.count == config.addresses.count ? parsed : nil
+    }
 
     var idleTimeout: TimeAmount { TimeAmount(config.idleTimeout) }
     var maxSessions: Int { config.maxSessions }
@@ -50,26 +56,25 @@ final class ConnectUDP: DatagramConnector {
         downUntil.withLockedValue { $0[address] = .now() + Self.downInterval }
     }
 
-    func openSession(_ connection: ConnectionInfo, bootstrap: DatagramBootstrap) -> EventLoopFuture<any Channel> {
-        let bootstrap = bootstrap
-            .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 65536))
-            .channelOption(.maxMessagesPerRead, value: 16)
+    /// IP literals at once; names resolved for each session off the relay's thread (getaddrinfo blocks), so a
+    /// changed record is followed.
+    func target(for connection: ConnectionInfo) -> DatagramTargetChoice {
+        if let literals { return .now(choose(literals)) }
         let eventLoop = connection.eventLoop
         let resolved = config.addresses.map {
             Resolver.resolveAll(host: $0.host, port: $0.port, datagram: true, on: eventLoop)
                 .map { Optional($0) }.recover { _ in nil }
         }
-        // Runs on the session's event loop, the bootstrap's group.
-        return EventLoopFuture.whenAllSucceed(resolved, on: eventLoop).assumeIsolated().flatMap { lists in
+        return .later(EventLoopFuture.whenAllSucceed(resolved, on: eventLoop).flatMapThrowing { lists in
             let candidates = lists.compactMap { $0 }.flatMap { $0 }
-            guard !candidates.isEmpty else {
-                return eventLoop.makeFailedFuture(ResolutionError(host: "\(self.config.addresses)", reason: "no target resolved"))
-            }
-            let now = NIODeadline.now()
-            let down = self.downUntil.withLockedValue { $0 }
-            // The first target not known to be down; when all are down, the first one (it may be back).
-            let target = candidates.first { (down[$0] ?? .distantPast) <= now } ?? candidates[0]
-            return bootstrap.connect(to: target)
-        }.nonisolated()
+            guard !candidates.isEmpty else { throw ResolutionError(host: "\(self.config.addresses)", reason: "no target resolved") }
+            return self.choose(candidates)
+        })
+    }
+
+    /// The first target not known to be down; when all are down, the first one (it may be back).
+    private func choose(_ candidates: [SocketAddress]) -> SocketAddress {
+        let now = NIODeadline.now()
+        return downUntil.withLockedValue { down in candidates.first { (down[$0] ?? .distantPast) <= now } } ?? candidates[0]
     }
 }

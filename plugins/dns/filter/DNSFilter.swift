@@ -49,18 +49,16 @@ final class DNSFilter: ServiceStage, Sendable {
         let slot = EngineSlot(engine)
         // One UDP socket per core (SO_REUSEPORT: the kernel spreads clients over them), each answered by a
         // thread of its own (UDPAnswerLoop), so answering uses every core, as unbound's threads do.
-        var udp: [UDPAnswerLoop] = []
-        var bound = address
+        let sockets: [Int32]
         do {
-            for _ in 0..<Self.udpSockets {
-                udp.append(try UDPAnswerLoop(address: bound, slot: slot))
-                // Port 0: the other sockets, UDP and TCP, join the port the kernel gave the first.
-                if bound.port == 0 { bound = try SocketAddress(ipAddress: config.listen.host, port: udp[0].port) }
-            }
-        } catch {
-            for loop in udp { await loop.close() }
-            throw error
+            sockets = try DatagramSocket.bind(address, count: Self.udpSockets)
+        } catch let error as IOError {
+            // With the address: what an operator needs to find who holds the port.
+            throw BindFailure(description: "bind \(address): \(String(cString: strerror(error.errnoCode)))")
         }
+        let udp = sockets.map { UDPAnswerLoop(descriptor: $0, slot: slot) }
+        // Port 0: the TCP socket joins the port the kernel gave the UDP ones.
+        let bound = address.port == 0 ? (DatagramSocket.localAddress(sockets[0]) ?? address) : address
         let connections = NIOLockedValueBox(0)
         do {
             let tcp = try await ServerBootstrap(group: group)
@@ -144,4 +142,9 @@ private final class TCPQueries: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) { context.close(promise: nil) }
+}
+
+/// The DNS server's UDP sockets could not be bound, e.g. `bind 0.0.0.0:53: Address already in use`.
+struct BindFailure: Error, CustomStringConvertible {
+    let description: String
 }

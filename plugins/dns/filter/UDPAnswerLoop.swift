@@ -24,95 +24,29 @@ final class UDPAnswerLoop: @unchecked Sendable {
     private let slot: EngineSlot
     /// The socket, or -1 once closed.
     private let descriptor: NIOLockedValueBox<Int32>
-    /// The thread's life: started, asked to stop, ended (with who waits for its end).
-    private struct Lifecycle {
-        var started = false
-        var stopping = false
-        var ended = false
-        var waiters: [CheckedContinuation<Void, Never>] = []
-    }
+    private let lifecycle = ThreadLifecycle()
 
-    private let lifecycle = NIOLockedValueBox(Lifecycle())
-
-    struct BindFailure: Error, CustomStringConvertible {
-        let description: String
-    }
-
-    /// A socket bound to `address` (SO_REUSEPORT: the kernel spreads clients over every socket of the
-    /// address), its receive buffer enlarged, answered by `slot`'s engine once `start` runs.
-    init(address: SocketAddress, slot: EngineSlot) throws {
+    /// Answers `descriptor` (a blocking socket bound by `DatagramSocket.bind`, closed by `close`) with `slot`'s
+    /// engine once `start` runs.
+    init(descriptor: Int32, slot: EngineSlot) {
         self.slot = slot
-        let family = address.protocol.rawValue
-        let fd = socket(family, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw BindFailure(description: "socket: \(String(cString: strerror(errno)))") }
-        var one: Int32 = 1, zero: Int32 = 0, buffer: Int32 = 4 << 20
-        let size = socklen_t(MemoryLayout<Int32>.size)
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, size)
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, size)
-        // 4 MiB of queued queries (the default, ~200 KiB, overflows in a burst or while a reload compiles a
-        // large list on the same cores): SO_RCVBUFFORCE as root, else as far as rmem_max allows.
-        if setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &buffer, size) != 0 { setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer, size) }
-        // [::] answers IPv4 clients too (as ::ffff:a.b.c.d), as NIO's sockets did.
-        if family == AF_INET6 { setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &zero, size) }
-        let bound = address.withSockAddr { pointer, length in bind(fd, pointer, socklen_t(length)) }
-        guard bound == 0 else {
-            let reason = String(cString: strerror(errno))
-            Glibc.close(fd)
-            throw BindFailure(description: "bind \(address): \(reason)")
-        }
-        descriptor = NIOLockedValueBox(fd)
-    }
-
-    /// The port the socket is bound to (the configured one, or the kernel's pick for port 0).
-    var port: Int {
-        descriptor.withLockedValue { fd in
-            var storage = sockaddr_storage()
-            var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-            _ = withUnsafeMutablePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
-            return withUnsafePointer(to: &storage) { pointer in
-                pointer.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin_port)) }
-            }
-        }
+        self.descriptor = NIOLockedValueBox(descriptor)
     }
 
     func start() {
-        lifecycle.withLockedValue { $0.started = true }
-        let thread = Thread { [self] in
-            run()
-            let waiters = lifecycle.withLockedValue { state -> [CheckedContinuation<Void, Never>] in
-                state.ended = true
-                defer { state.waiters = [] }
-                return state.waiters
-            }
-            for waiter in waiters { waiter.resume() }
-        }
-        thread.name = "weir-dns-udp"
-        thread.start()
+        lifecycle.start(name: "weir-dns-udp") { [self] in run() }
     }
 
     /// Stops the thread (waking it), waits for it, and closes the socket.
     func close() async {
-        let started = lifecycle.withLockedValue { state in
-            state.stopping = true
-            return state.started
-        }
+        let started = lifecycle.requestStop()
         let fd = descriptor.withLockedValue { $0 }
         guard fd >= 0 else { return }
         _ = shutdown(fd, Int32(SHUT_RDWR))
-        if started { await waitForThread() }
+        if started { await lifecycle.waitForEnd() }
         descriptor.withLockedValue { fd in
             if fd >= 0 { Glibc.close(fd) }
             fd = -1
-        }
-    }
-
-    private func waitForThread() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let ended = lifecycle.withLockedValue { state -> Bool in
-                if !state.ended { state.waiters.append(continuation) }
-                return state.ended
-            }
-            if ended { continuation.resume() }
         }
     }
 
@@ -157,7 +91,7 @@ final class UDPAnswerLoop: @unchecked Sendable {
         while true {
             let received = Int(weir_udp_receive(fd, queries, UInt32(batch)))
             // 0: shut down (closing).
-            if received == 0 || lifecycle.withLockedValue({ $0.stopping }) { return }
+            if received == 0 || lifecycle.stopping { return }
             guard received > 0 else {
                 // An error on a bound UDP socket (an ICMP error for an earlier answer, memory short for a
                 // moment) leaves it usable; a pause keeps one that repeats from spinning a core.

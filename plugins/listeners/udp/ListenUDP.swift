@@ -1,5 +1,4 @@
 import NIOCore
-import NIOPosix
 import WeirCore
 
 /// `listen.udp`: receives datagrams on one address; each client address becomes a session.
@@ -9,7 +8,9 @@ public struct ListenUDPConfig: ListenerConfig {
     public static let role = StageRole.listener(.datagram)
     public static let options = [
         OptionDoc("address", "ip:port", "Address to listen on, e.g. 0.0.0.0:5353 (required)."),
-        OptionDoc("receive_buffer", "integer", default: "kernel default", "SO_RCVBUF in bytes, for bursts."),
+        OptionDoc(
+            "receive_buffer", "integer", default: "4194304",
+            "Receive buffer of each socket in bytes (SO_RCVBUF; beyond net.core.rmem_max only as root), for bursts of new clients."),
     ]
     public static var sample: String { String(decoding: PackageResources.listen_udp_sample_yaml, as: UTF8.self) }
 
@@ -26,21 +27,10 @@ public struct ListenUDPConfig: ListenerConfig {
     public func makeStage(_ context: StageContext) -> any Stage { ListenUDP(config: self) }
 }
 
+/// The runtime binds a socket per core on the address and relays its sessions (`DatagramRelayLoop`).
 struct ListenUDP: DatagramListener {
     let config: ListenUDPConfig
 
-    func bind(
-        group: any EventLoopGroup,
-        initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
-    ) async throws -> any Channel {
-        var bootstrap = DatagramBootstrap(group: group)
-            .channelOption(.socketOption(.so_reuseaddr), value: 1)
-            .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 65536))
-            .channelOption(.maxMessagesPerRead, value: 16)
-            .channelInitializer(initializer)
-        if let size = config.receiveBuffer {
-            bootstrap = bootstrap.channelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(size))
-        }
-        return try await bootstrap.bind(to: config.bindAddress.socketAddress()).get()
-    }
+    var address: BindAddress { config.bindAddress }
+    var receiveBuffer: Int { config.receiveBuffer ?? DatagramSocket.defaultReceiveBuffer }
 }
