@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Plain TCP forwarding benchmark: weir vs HAProxy vs socat, side by side, on loopback only.
+# Plain TCP forwarding benchmark: weir vs HAProxy (default, and with splice-auto) vs socat, side by side, on
+# loopback only.
 #
 #   bench/forward-bench.sh                      # builds weir (release, .build-bench/) and runs
 #   WEIR_BIN=/path/to/weir bench/forward-bench.sh   # skips the build
 #
 # For each forwarder it measures iperf3 throughput (1 stream, 8 streams, optionally 1 stream reversed),
 # new connections per second (wrk with `Connection: close` against nginx behind the forwarder) and the
-# forwarder's peak RSS (VmHWM). The Markdown table is printed and written to bench/results/forward.md.
+# forwarder's peak RSS (VmHWM), and its CPU time per connection and per GB. The Markdown table is printed and
+# written to bench/results/forward.md.
 #
 # Environment (all optional):
 #   WEIR_BIN            weir binary to use; unset = build it with `swift build -c release --scratch-path .build-bench`
@@ -40,7 +42,7 @@ REVERSE=${BENCH_REVERSE:-1}
 BASELINE=${BENCH_BASELINE:-1}
 PORT_MIN=${BENCH_PORT_MIN:-20000}
 PORT_MAX=${BENCH_PORT_MAX:-32000}
-FORWARDERS=(weir haproxy socat)
+FORWARDERS=(weir haproxy haproxy-splice socat)
 
 START_TIME=$(date +%s)
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -151,19 +153,19 @@ for p in candidates:
     except OSError:
         continue
     ports.append(p)
-    if len(ports) == 12:
+    if len(ports) == 15:
         break
 print(" ".join(map(str, ports)))
 EOF
 )"
-((${#PORTS[@]} == 12)) || die "could not find 12 free ports in $PORT_MIN-$PORT_MAX"
+((${#PORTS[@]} == 15)) || die "could not find 15 free ports in $PORT_MIN-$PORT_MAX"
 IPERF_BACKEND=${PORTS[0]}
 WEIR_METRICS=${PORTS[1]}
 # nginx listens on one port per forwarder (and one for the direct baseline): a test's tens of thousands of
 # TIME_WAIT sockets then never share a 4-tuple with the next test's connections, which would slow it down.
-declare -A HTTP_BACKEND=([weir]=${PORTS[2]} [haproxy]=${PORTS[3]} [socat]=${PORTS[4]} [direct]=${PORTS[5]})
-declare -A IPERF_PORT=([weir]=${PORTS[6]} [haproxy]=${PORTS[8]} [socat]=${PORTS[10]} [direct]=$IPERF_BACKEND)
-declare -A HTTP_PORT=([weir]=${PORTS[7]} [haproxy]=${PORTS[9]} [socat]=${PORTS[11]} [direct]=${HTTP_BACKEND[direct]})
+declare -A HTTP_BACKEND=([weir]=${PORTS[2]} [haproxy]=${PORTS[3]} [socat]=${PORTS[4]} [direct]=${PORTS[5]} [haproxy-splice]=${PORTS[12]})
+declare -A IPERF_PORT=([weir]=${PORTS[6]} [haproxy]=${PORTS[8]} [socat]=${PORTS[10]} [direct]=$IPERF_BACKEND [haproxy-splice]=${PORTS[13]})
+declare -A HTTP_PORT=([weir]=${PORTS[7]} [haproxy]=${PORTS[9]} [socat]=${PORTS[11]} [direct]=${HTTP_BACKEND[direct]} [haproxy-splice]=${PORTS[14]})
 
 listening() { ss -Htln "sport = :$1" 2>/dev/null | grep -q "127.0.0.1:$1"; }
 
@@ -202,6 +204,7 @@ http {
         listen 127.0.0.1:${HTTP_BACKEND[haproxy]} backlog=4096;
         listen 127.0.0.1:${HTTP_BACKEND[socat]} backlog=4096;
         listen 127.0.0.1:${HTTP_BACKEND[direct]} backlog=4096;
+        listen 127.0.0.1:${HTTP_BACKEND[haproxy-splice]} backlog=4096;
         location / { return 200 "ok\n"; }
     }
 }
@@ -251,6 +254,11 @@ backend http
     server s1 127.0.0.1:${HTTP_BACKEND[haproxy]}
 EOF
 
+# The same with HAProxy's best mode for bulk data: splice(2) between the sockets when it pays (splice-auto).
+sed -e "s/:${IPERF_PORT[haproxy]}\$/:${IPERF_PORT[haproxy-splice]}/" -e "s/:${HTTP_PORT[haproxy]}\$/:${HTTP_PORT[haproxy-splice]}/" \
+    -e "s/:${HTTP_BACKEND[haproxy]}\$/:${HTTP_BACKEND[haproxy-splice]}/" -e "s/^    mode tcp$/    mode tcp\n    option splice-auto/" \
+    "$TMP/haproxy.cfg" >"$TMP/haproxy-splice.cfg"
+
 log "ports: iperf3 backend $IPERF_BACKEND, nginx ${HTTP_BACKEND[*]}, weir ${IPERF_PORT[weir]}/${HTTP_PORT[weir]} (metrics $WEIR_METRICS), haproxy ${IPERF_PORT[haproxy]}/${HTTP_PORT[haproxy]}, socat ${IPERF_PORT[socat]}/${HTTP_PORT[socat]}"
 
 "$NGINX" -t -q -c "$TMP/nginx.conf" -e "$TMP/nginx/error.log" >&2 || die "nginx rejects the generated config"
@@ -259,9 +267,11 @@ wait_listening nginx "${HTTP_BACKEND[@]}" || die "nginx did not start"
 
 "$WEIR_BIN" validate --config "$TMP/weir.yaml" >&2 || die "weir rejects the generated config"
 haproxy -c -q -f "$TMP/haproxy.cfg" >&2 || die "haproxy rejects the generated config"
+haproxy -c -q -f "$TMP/haproxy-splice.cfg" >&2 || die "haproxy rejects the generated splice config"
 
 start_proc weir "$WEIR_BIN" agent --config "$TMP/weir.yaml"
 start_proc haproxy haproxy -db -f "$TMP/haproxy.cfg"
+start_proc haproxy-splice haproxy -db -f "$TMP/haproxy-splice.cfg"
 start_proc socat-iperf socat "TCP-LISTEN:${IPERF_PORT[socat]},bind=127.0.0.1,fork,reuseaddr" "TCP:127.0.0.1:$IPERF_BACKEND"
 start_proc socat-http socat "TCP-LISTEN:${HTTP_PORT[socat]},bind=127.0.0.1,fork,reuseaddr" "TCP:127.0.0.1:${HTTP_BACKEND[socat]}"
 
@@ -273,11 +283,12 @@ done
 curl -fsS -m 2 -o /dev/null "http://127.0.0.1:$WEIR_METRICS/healthz" || { show_log weir; die "weir did not become healthy"; }
 wait_listening weir "${IPERF_PORT[weir]}" "${HTTP_PORT[weir]}" || die "weir does not listen"
 wait_listening haproxy "${IPERF_PORT[haproxy]}" "${HTTP_PORT[haproxy]}" || die "haproxy did not start"
+wait_listening haproxy-splice "${IPERF_PORT[haproxy-splice]}" "${HTTP_PORT[haproxy-splice]}" || die "haproxy (splice) did not start"
 wait_listening socat-iperf "${IPERF_PORT[socat]}" || die "socat did not start"
 wait_listening socat-http "${HTTP_PORT[socat]}" || die "socat did not start"
 
 # Processes whose memory and CPU are reported per forwarder.
-declare -A PROCS=([weir]="weir" [haproxy]="haproxy" [socat]="socat-iperf socat-http")
+declare -A PROCS=([weir]="weir" [haproxy]="haproxy" [haproxy-splice]="haproxy-splice" [socat]="socat-iperf socat-http")
 
 proc_status() {         # proc_status PID FIELD -> value in kB
     local v
@@ -287,6 +298,13 @@ proc_status() {         # proc_status PID FIELD -> value in kB
 proc_cpu_ticks() {      # user+system time of the process and its waited-for children, in clock ticks
     awk '{ sub(/^.*\) /, ""); print $12 + $13 + $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
+
+fw_cpu_ticks() {         # fw_cpu_ticks FW ; CPU time of the forwarder's processes so far (0 for the direct baseline)
+    local p t=0
+    for p in ${PROCS[$1]:-}; do t=$((t + $(proc_cpu_ticks "${PIDS[$p]}"))); done
+    echo "$t"
+}
+TICKS=$(getconf CLK_TCK)
 
 declare -A RSS_START=()
 for fw in "${FORWARDERS[@]}"; do
@@ -341,13 +359,16 @@ declare -A RESULT=()     # "$fw:$metric" -> the values of all rounds, space-sepa
 iperf_run() {           # iperf_run FW METRIC STREAMS [-R]
     local fw=$1 metric=$2 streams=$3 reverse=${4:-} port=${IPERF_PORT[$1]} json out rc=0
     json="$TMP/iperf-$fw-$metric-$ROUND.json"
+    local cpu0 cpu1
     start_proc iperf3-server iperf3 -s -1 -B 127.0.0.1 -p "$IPERF_BACKEND"
     if ! wait_listening iperf3-server "$IPERF_BACKEND"; then
         fail "iperf3 server did not start for $fw $metric"; stop_proc iperf3-server 1 || true; return 0
     fi
+    cpu0=$(fw_cpu_ticks "$fw")
     # shellcheck disable=SC2086
     timeout $((IPERF_SECONDS + 15)) iperf3 -c 127.0.0.1 -p "$port" -t "$IPERF_SECONDS" -P "$streams" $reverse -J \
         >"$json" 2>"$TMP/iperf-$fw-$metric-$ROUND.log" || rc=$?
+    cpu1=$(fw_cpu_ticks "$fw")
     out=$(python3 - "$json" <<'EOF'
 import json, sys
 try:
@@ -365,14 +386,18 @@ EOF
         fail "round $ROUND: iperf3 $metric through $fw (exit $rc): ${out#ERR }"
     else
         RESULT[$fw:$metric]+=" $out"
+        # CPU seconds the forwarder spent per GB forwarded (the test's bytes: Gbit/s x seconds / 8).
+        RESULT[$fw:${metric}cpu]+=" $(awk -v t=$((cpu1 - cpu0)) -v hz="$TICKS" -v g="$out" -v s="$IPERF_SECONDS" 'BEGIN { printf "%.6f", (t / hz) / (g * s / 8) }')"
         log "round $ROUND: $fw $metric: $(printf '%.2f' "$out") Gbit/s"
     fi
 }
 
 wrk_run() {             # wrk_run FW
-    local fw=$1 port=${HTTP_PORT[$1]} out rc=0 rps reqs errs non2xx
+    local fw=$1 port=${HTTP_PORT[$1]} out rc=0 rps reqs errs non2xx cpu0 cpu1
+    cpu0=$(fw_cpu_ticks "$fw")
     out=$(timeout $((WRK_SECONDS + 15)) wrk -H 'Connection: close' -c "$CONNS" -t 2 -d "${WRK_SECONDS}s" \
         "http://127.0.0.1:$port/" 2>&1) || rc=$?
+    cpu1=$(fw_cpu_ticks "$fw")
     printf '%s\n' "$out" >"$TMP/wrk-$fw-$ROUND.log"
     rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
     reqs=$(awk '/ requests in / { print $1 }' <<<"$out")
@@ -383,6 +408,8 @@ wrk_run() {             # wrk_run FW
         return 0
     fi
     RESULT[$fw:conn]+=" $rps"
+    # CPU microseconds the forwarder spent per forwarded connection.
+    RESULT[$fw:conncpu]+=" $(awk -v t=$((cpu1 - cpu0)) -v hz="$TICKS" -v n="$reqs" 'BEGIN { printf "%.3f", 1e6 * (t / hz) / n }')"
     log "round $ROUND: $fw conn/s: $rps"
     [[ -n "$errs" ]] && note "$fw, round $ROUND: wrk reported $errs ($reqs requests)"
     [[ -n "$non2xx" ]] && note "$fw, round $ROUND: wrk got $non2xx non-2xx/3xx responses ($reqs requests)"
@@ -429,7 +456,6 @@ STEAL_PCT=$(awk -v t=$((CPU_TOTAL1 - CPU_TOTAL0)) -v s=$((CPU_STEAL1 - CPU_STEAL
 
 # Memory and CPU, read while the forwarders are still running.
 declare -A HWM=() RSS_END=() CPU=()
-TICKS=$(getconf CLK_TCK)
 for fw in "${FORWARDERS[@]}"; do
     hwm=0 rss=0 t=0 ok=1
     for p in ${PROCS[$fw]}; do
@@ -504,8 +530,8 @@ ELAPSED=$(($(date +%s) - START_TIME))
     echo "iperf3 ${IPERF_SECONDS}s per test; wrk -c $CONNS -t 2 -d ${WRK_SECONDS}s with \`Connection: close\` (requests/s = new TCP connections/s)." \
         "Median of $ROUNDS rounds; peak RSS = VmHWM after all rounds."
     echo
-    header="| forwarder | 1-stream Gbit/s | vs HAProxy | $STREAMS-stream Gbit/s | vs HAProxy | new conn/s | vs HAProxy | peak RSS MiB |"
-    sep="|---|---:|---:|---:|---:|---:|---:|---:|"
+    header="| forwarder | 1-stream Gbit/s | vs HAProxy | $STREAMS-stream Gbit/s | vs HAProxy | new conn/s | vs HAProxy | CPU µs/conn | CPU s/GB (1 stream, $STREAMS streams) | peak RSS MiB |"
+    sep="|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     if [[ "$REVERSE" == 1 ]]; then header+=" 1-stream reverse Gbit/s |"; sep+="---:|"; fi
     echo "$header"
     echo "$sep"
@@ -513,6 +539,7 @@ ELAPSED=$(($(date +%s) - START_TIME))
         row="| $fw | $(fmt_gbit "${MED[$fw:s1]:-}") | $(ratio "${MED[$fw:s1]:-}" "${MED[haproxy:s1]:-}")"
         row+=" | $(fmt_gbit "${MED[$fw:sN]:-}") | $(ratio "${MED[$fw:sN]:-}" "${MED[haproxy:sN]:-}")"
         row+=" | $(fmt_int "${MED[$fw:conn]:-}") | $(ratio "${MED[$fw:conn]:-}" "${MED[haproxy:conn]:-}")"
+        row+=" | $(fmt_int "${MED[$fw:conncpu]:-}") | $(fmt_gbit "${MED[$fw:s1cpu]:-}"), $(fmt_gbit "${MED[$fw:sNcpu]:-}")"
         row+=" | $(fmt_mib "${HWM[$fw]:-}") |"
         [[ "$REVERSE" == 1 ]] && row+=" $(fmt_gbit "${MED[$fw:s1R]:-}") |"
         echo "$row"
@@ -534,6 +561,7 @@ ELAPSED=$(($(date +%s) - START_TIME))
     for fw in "${FORWARDERS[@]}"; do
         echo "- $fw: RSS $(fmt_mib "${RSS_START[$fw]:-}") MiB before the tests, $(fmt_mib "${RSS_END[$fw]:-}") MiB after; CPU time during the tests ${CPU[$fw]:-n/a} s."
     done
+    echo "- haproxy-splice is the same HAProxy with \`option splice-auto\` (splice(2) between the sockets when it pays); CPU µs/conn and s/GB are the forwarder's own CPU time (user + system) per forwarded connection and per GB forwarded."
     echo "- socat forks a process per connection: its RSS is that of the two listening parents only; its CPU time includes the reaped children."
     echo "- Client, backends and forwarder share the machine's $(nproc) CPUs, so absolute numbers are lower than on separate hosts; compare ratios."
     if ((STEAL_PCT >= 5)); then

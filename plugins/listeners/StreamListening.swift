@@ -17,6 +17,7 @@ enum StreamSocket {
             .childChannelOption(.autoRead, value: false)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(.socketOption(.so_keepalive), value: 1)
+            .childChannelOption(.recvAllocator, value: StreamForwarder.receiveAllocator)
             .childChannelInitializer(childInitializer)
             .bind(to: address.socketAddress())
             .get()

@@ -13,7 +13,7 @@ import Glibc
 /// No NIO here, for the same reason as dns.filter's answer loops: a session opened through a NIO channel (its
 /// pipeline, futures, a 64 KiB receive buffer) cost ~100 µs of CPU, a quarter of nginx's rate for a burst of new
 /// clients. Here a session is a socket, an epoll registration and a table entry; clients' datagrams are read up
-/// to 32 per recvmmsg and a session's replies sent back with one sendmmsg.
+/// to 32 per recvmmsg and the replies of every session that answered sent back together with one sendmmsg.
 ///
 /// Sessions idle longer than the connector's `idle_timeout` are closed; the listener's table (all its sockets
 /// together) is bounded by the connector's `max_sessions`, so a flood of spoofed sources cannot exhaust memory
@@ -69,6 +69,8 @@ final class DatagramRelayLoop: @unchecked Sendable {
 
     private var sessions: [DatagramPeer: Session] = [:]
     private var bySocket: [Int32: Session] = [:]
+    /// Replies read and not yet sent (the first slots of the thread's reply batch).
+    private var repliesWaiting = 0
 
     /// Tags of the descriptors that are not sessions' (a session's tag is its descriptor).
     private static let listeningTag = UInt64.max
@@ -115,13 +117,10 @@ final class DatagramRelayLoop: @unchecked Sendable {
     // MARK: - The thread
 
     private func run() {
-        let batch = Self.batch
-        let clients = DatagramBatch(count: batch, slotSize: Self.slotSize)
-        let replies = DatagramBatch(count: batch, slotSize: Self.slotSize)
-        let outgoing = UnsafeMutablePointer<weir_datagram>.allocate(capacity: batch)
+        let clients = DatagramBatch(count: Self.batch, slotSize: Self.slotSize)
+        let replies = DatagramBatch(count: Self.batch, slotSize: Self.slotSize)
         let tags = UnsafeMutablePointer<UInt64>.allocate(capacity: 128)
         defer {
-            outgoing.deallocate()
             tags.deallocate()
             for session in Array(sessions.values) { remove(session) }
         }
@@ -138,10 +137,11 @@ final class DatagramRelayLoop: @unchecked Sendable {
                     takeChosen(now: now)
                 default:
                     if let session = bySocket[Int32(truncatingIfNeeded: tags[index])] {
-                        readReplies(session, replies, outgoing, now: now)
+                        readReplies(session, replies, now: now)
                     }
                 }
             }
+            sendReplies(replies)
             if now >= nextSweep {
                 closeIdleSessions(now: now)
                 nextSweep = now + Self.sweepInterval
@@ -256,30 +256,37 @@ final class DatagramRelayLoop: @unchecked Sendable {
         // A full socket buffer drops the datagram, as the network would.
     }
 
-    /// The target's replies, sent back to the client from the listening socket.
-    private func readReplies(_ session: Session, _ replies: DatagramBatch, _ outgoing: UnsafeMutablePointer<weir_datagram>, now: UInt64) {
+    /// The targets' replies of one wakeup, sent back to their clients from the listening socket with one
+    /// sendmmsg (per `batch` replies) however many sessions they came from.
+    private func readReplies(_ session: Session, _ replies: DatagramBatch, now: UInt64) {
         for _ in 0..<4 {
-            let received = Int(weir_udp_receive_now(session.fd, replies.datagrams, UInt32(Self.batch)))
+            if repliesWaiting == Self.batch { sendReplies(replies) }
+            let room = Self.batch - repliesWaiting
+            let received = Int(weir_udp_receive_now(session.fd, replies.datagrams + repliesWaiting, UInt32(room)))
             if received == -Int(ECONNREFUSED) { return unreachable(session) }
             guard received > 0 else { return }
             session.lastActivity = now
-            var count = 0
             var bytes = 0
-            for index in 0..<received {
-                var reply = replies.datagrams[index]
-                guard session.admit(bytes: reply.length, direction: .out) else { continue }
-                reply.address = session.address
-                reply.address_length = session.addressLength
-                outgoing[count] = reply
-                count += 1
-                bytes += reply.length
+            // Admitted replies stay in their slots, moved up over dropped ones (slots swap whole, buffers
+            // included).
+            var kept = repliesWaiting
+            for index in repliesWaiting..<(repliesWaiting + received) {
+                guard session.admit(bytes: replies.datagrams[index].length, direction: .out) else { continue }
+                replies.datagrams[index].address = session.address
+                replies.datagrams[index].address_length = session.addressLength
+                bytes += replies.datagrams[index].length
+                if kept != index { swap(&replies.datagrams[kept], &replies.datagrams[index]) }
+                kept += 1
             }
-            if count > 0 {
-                _ = weir_udp_send(listening, outgoing, UInt32(count))
-                session.forwarder.metrics.bytesOut.increment(by: Int64(bytes))
-            }
-            if received < Self.batch { return }
+            repliesWaiting = kept
+            if bytes > 0 { session.forwarder.metrics.bytesOut.increment(by: Int64(bytes)) }
+            if received < room { return }
         }
+    }
+
+    private func sendReplies(_ replies: DatagramBatch) {
+        if repliesWaiting > 0 { _ = weir_udp_send(listening, replies.datagrams, UInt32(repliesWaiting)) }
+        repliesWaiting = 0
     }
 
     /// A connected UDP socket reports an ICMP port-unreachable as ECONNREFUSED: the target is down, so the
