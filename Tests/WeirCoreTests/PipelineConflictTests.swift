@@ -80,6 +80,25 @@ import WeirStages
         #expect(errors.first?.message.hasSuffix("of pipeline \"one\"") == true)
     }
 
+    /// A DNS server's sockets collide with listeners and other DNS servers like listeners do: bound with
+    /// SO_REUSEPORT, two would share the address's clients silently instead of failing to bind.
+    @Test(arguments: [
+        ("listen.udp", "127.0.0.1:5353", "0.0.0.0:5353"),
+        ("listen.tcp", "127.0.0.1:5353", "127.0.0.1:5353"),
+        ("dns.filter", "[::]:5353", "127.0.0.1:5353"),
+    ])
+    func dnsServerSocketsCollideWithListeners(other: String, dnsAddress: String, otherAddress: String) {
+        let otherPipeline =
+            other == "dns.filter"
+            ? "      - {type: dns.filter, listen: \"\(otherAddress)\", upstreams: [\"127.0.0.1:53\"]}\n"
+            : "      - {type: \(other), address: \"\(otherAddress)\"}\n      - {type: connect.\(other == "listen.udp" ? "udp" : "tcp"), addresses: [\"127.0.0.1:53\"]}\n"
+        let errors = pipelineErrors(
+            "pipelines:\n  dns:\n    stages:\n      - {type: dns.filter, listen: \"\(dnsAddress)\", upstreams: [\"127.0.0.1:53\"]}\n  other:\n    stages:\n"
+                + otherPipeline, name: "o.yaml")
+        #expect(errors.map(\.path.description) == ["pipelines.other.stages[0] (\(other))"], "\(errors)")
+        #expect(errors.allSatisfy { $0.message.contains(" overlaps ") && $0.message.hasSuffix("of pipeline \"dns\"") }, "\(errors)")
+    }
+
     /// The same address spelled differently still collides: the kernel sees one address.
     @Test(arguments: [
         ("[::0]:8080", "127.0.0.1:8080"),

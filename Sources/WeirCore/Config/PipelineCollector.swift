@@ -208,15 +208,27 @@ struct PipelineCollector {
         var conflict = false
         let listenerStage = stages.first { $0.config is any ListenerConfig }
         let listener = listenerStage?.config as? any ListenerConfig
+        // The listener's socket and those of stages beside the data path (a DNS server's).
+        var bindings: [(stage: StageSpec, transport: Transport, address: BindAddress)] = []
         if let stage = listenerStage, let listener, case .listener(let transport) = stage.role {
-            let address = listener.bindAddress
-            if let taken = (listeners[address.port] ?? []).first(where: { $0.transport == transport && Self.overlaps($0.address, address) }) {
-                error(stage, "address \(address) overlaps \(taken.address) of pipeline \"\(taken.pipeline)\"")
+            bindings.append((stage, transport, listener.bindAddress))
+        }
+        for stage in stages { bindings += stage.config.socketBindings.map { (stage, $0.transport, $0.address) } }
+        var bound: [(pipeline: String, transport: Transport, address: BindAddress)] = []
+        var refused: Set<Int> = []
+        for (stage, transport, address) in bindings {
+            let held = (listeners[address.port] ?? []) + bound
+            if let taken = held.first(where: { $0.transport == transport && Self.overlaps($0.address, address) }) {
+                // Once per stage (a DNS server's UDP and TCP sockets collide together).
+                if refused.insert(stage.index).inserted {
+                    error(stage, "address \(address) overlaps \(taken.address) of pipeline \"\(taken.pipeline)\"")
+                }
                 conflict = true
             } else {
-                listeners[address.port, default: []].append((pipeline, transport, address))
+                bound.append((pipeline, transport, address))
             }
         }
+        for binding in bound { listeners[binding.address.port, default: []].append(binding) }
         var made: [(String, (pipeline: String, stage: Int, location: SourceLocation?))] = []
         for stage in stages {
             for claim in stage.config.exclusiveClaims(listener: listener) {

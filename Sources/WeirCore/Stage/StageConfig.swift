@@ -90,6 +90,11 @@ public protocol StageConfig: Sendable {
     /// `listener` is the pipeline's listener, if any.
     func exclusiveClaims(listener: (any ListenerConfig)?) -> [StageClaim]
 
+    /// Sockets a stage beside the data path binds (dns.filter's UDP and TCP server), checked against every
+    /// pipeline's listeners and each other like listeners are: sockets bound with SO_REUSEPORT on one
+    /// address would share its clients silently instead of failing to bind.
+    var socketBindings: [(transport: Transport, address: BindAddress)] { get }
+
     /// Builds the runnable stage. Must not acquire anything (sockets, files, kernel objects): that happens
     /// when the pipeline runs, so validation and rollback never leave traces.
     func makeStage(_ context: StageContext) -> any Stage
@@ -103,6 +108,7 @@ extension StageConfig {
     public var contentFingerprint: String { "" }
     public var certificates: [LoadedCertificate] { [] }
     public func exclusiveClaims(listener: (any ListenerConfig)?) -> [StageClaim] { [] }
+    public var socketBindings: [(transport: Transport, address: BindAddress)] { [] }
     public static func sweep(keeping pipelines: Set<String>, environment: StageEnvironment) async -> [String] { [] }
 }
 

@@ -378,10 +378,8 @@ public struct DNSFilterConfig: StageConfig, ServesDNS, Hashable {
         PeerNames.unknownError(groups.flatMap(\.peers), in: stages, what: "groups")
     }
 
-    /// One server per address: a second stage on it would be refused at start.
-    public func exclusiveClaims(listener: (any ListenerConfig)?) -> [StageClaim] {
-        [StageClaim(key: "dns \(listen)", description: "the DNS server on \(listen)", reason: "one dns.filter per address")]
-    }
+    /// Its UDP and TCP sockets: no listener or other DNS server may share the address.
+    public var socketBindings: [(transport: Transport, address: BindAddress)] { [(.datagram, listen), (.stream, listen)] }
 
     public func makeStage(_ context: StageContext) -> any Stage { DNSFilter(config: self, context: context) }
 }
