@@ -48,13 +48,16 @@ start() {
 
 stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
+# Gbit/s of one iperf3 run (1 stream, $SECONDS_EACH s) through port $1.
+gbit_once() {
+    timeout $((SECONDS_EACH + 30)) iperf3 -c 127.0.0.1 -p "$1" -t "$SECONDS_EACH" -J |
+        python3 -c 'import json, sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9))'
+}
+
 # Median Gbit/s of $ROUNDS iperf3 runs through port $1.
 gbits() {
     local runs=()
-    for _ in $(seq "$ROUNDS"); do
-        runs+=("$(timeout $((SECONDS_EACH + 30)) iperf3 -c 127.0.0.1 -p "$1" -t "$SECONDS_EACH" -J |
-            python3 -c 'import json, sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9))')")
-    done
+    for _ in $(seq "$ROUNDS"); do runs+=("$(gbit_once "$1")"); done
     printf '%s\n' "${runs[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
 }
 
@@ -93,18 +96,24 @@ YAML
     echo "$TMP/$1/weir.yaml"
 }
 
-# Waits for the agent's health endpoint rather than probing the entry port: a probe through the relay would
-# reach iperf3 as a client that never sends its parameters, which can leave iperf3 refusing the next test.
-# run_weir CONFIG ENTRY_PORT [MEASURE]: runs the agent, measures through ENTRY_PORT with MEASURE (default
-# gbits), stops it.
-run_weir() {
+# start_weir CONFIG: runs the agent until its health endpoint answers; its pid in WEIR_PID. Waits for the health
+# endpoint rather than probing the entry port: a probe through the relay would reach iperf3 as a client that
+# never sends its parameters, which can leave iperf3 refusing the next test.
+start_weir() {
     start "$WEIR_BIN" agent --config "$1"
-    local pid=$LAST_PID metrics
+    WEIR_PID=$LAST_PID
+    local metrics
     metrics=$(cat "$(dirname "$1")/metrics.port")
     for _ in $(seq 100); do
         python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$metrics/healthz', timeout=0.5)" 2>/dev/null && break
         sleep 0.05
     done
+}
+
+# run_weir CONFIG ENTRY_PORT [MEASURE]: runs the agent, measures through ENTRY_PORT with MEASURE (default
+# gbits), stops it.
+run_weir() {
+    start_weir "$1"
     "${3:-gbits}" "$2"
-    stop_pid "$pid"
+    stop_pid "$WEIR_PID"
 }
