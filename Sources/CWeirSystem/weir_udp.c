@@ -21,14 +21,15 @@ static void describe(struct mmsghdr *headers, struct iovec *vectors, struct weir
     }
 }
 
-int weir_udp_receive(int fd, struct weir_datagram *datagrams, unsigned count) {
+/* One recvmmsg with `flags`, retried on EINTR; the lengths and peers read written back. */
+static int receive(int fd, struct weir_datagram *datagrams, unsigned count, int flags) {
     struct mmsghdr headers[WEIR_UDP_MAX_BATCH];
     struct iovec vectors[WEIR_UDP_MAX_BATCH];
     if (count > WEIR_UDP_MAX_BATCH) count = WEIR_UDP_MAX_BATCH;
     describe(headers, vectors, datagrams, count, 1);
     int received;
     do {
-        received = recvmmsg(fd, headers, count, MSG_WAITFORONE, NULL);
+        received = recvmmsg(fd, headers, count, flags, NULL);
     } while (received < 0 && errno == EINTR);
     if (received < 0) return -errno;
     for (int i = 0; i < received; i++) {
@@ -38,21 +39,13 @@ int weir_udp_receive(int fd, struct weir_datagram *datagrams, unsigned count) {
     return received;
 }
 
+int weir_udp_receive(int fd, struct weir_datagram *datagrams, unsigned count) {
+    return receive(fd, datagrams, count, MSG_WAITFORONE);
+}
+
 int weir_udp_receive_now(int fd, struct weir_datagram *datagrams, unsigned count) {
-    struct mmsghdr headers[WEIR_UDP_MAX_BATCH];
-    struct iovec vectors[WEIR_UDP_MAX_BATCH];
-    if (count > WEIR_UDP_MAX_BATCH) count = WEIR_UDP_MAX_BATCH;
-    describe(headers, vectors, datagrams, count, 1);
-    int received;
-    do {
-        received = recvmmsg(fd, headers, count, MSG_DONTWAIT, NULL);
-    } while (received < 0 && errno == EINTR);
-    if (received < 0) return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
-    for (int i = 0; i < received; i++) {
-        datagrams[i].length = headers[i].msg_len;
-        datagrams[i].address_length = headers[i].msg_hdr.msg_namelen;
-    }
-    return received;
+    int received = receive(fd, datagrams, count, MSG_DONTWAIT);
+    return (received == -EAGAIN || received == -EWOULDBLOCK) ? 0 : received;
 }
 
 int weir_udp_send(int fd, struct weir_datagram *datagrams, unsigned count) {

@@ -48,25 +48,23 @@ struct DatagramTests {
         try agent.start()
         defer { agent.stop() }
         let client = try UDPSocket(timeout: 1)
-        var answered = false
-        for _ in 0..<5 where !answered {
-            try client.send(Array("ping".utf8), to: port)
-            answered = client.receive()?.bytes == Array("ping".utf8)
-        }
-        #expect(answered)
+        #expect(try client.echoed(Array("ping".utf8), through: port, attempts: 5))
         #expect(try agent.metric("weir_pipeline_errors_total", ["pipeline": "udp", "reason": "target_unreachable"]) ?? 0 >= 1)
     }
 }
 
 @Suite("UDP sessions at production scale", .serialized)
 struct DatagramScaleTests {
-    @Test("A burst of 3,000 new clients at once is answered in full (the agent past descriptor 1024); idle sessions give their sockets back; max_sessions bounds the table across the listener's sockets")
+    @Test("A burst of 3,000 new clients at once is answered in full (the agent past descriptor 1024, a reload meanwhile keeps the sessions); idle sessions give their sockets back; max_sessions bounds the table across the listener's sockets and follows a reload")
     func burstOfNewClients() throws {
-        let echoPort = freePort()
-        let echo = try UDPBurst.echoServer(port: echoPort)
-        defer { echo.stopHelper() }
+        let echo = try UDPEchoServer()
+        let echoPort = echo.port
         let open = freePort(), bounded = freePort()
-        let agent = try WeirProcess(pipelines: udpForward("open", port: open, to: [echoPort], connectOptions: "        idle_timeout: 2s"))
+        let pipelines = { (maxSessions: Int) in
+            "pipelines:\n" + udpForwardEntry("open", port: open, to: [echoPort], connectOptions: "        idle_timeout: 5s") + "\n"
+                + udpForwardEntry("bounded", port: bounded, to: [echoPort], connectOptions: "        max_sessions: \(maxSessions)")
+        }
+        let agent = try WeirProcess(pipelines: pipelines(400))
         try agent.start()
         defer { agent.stop() }
         let baseline = openDescriptors(pid: agent.pid)
@@ -80,6 +78,11 @@ struct DatagramScaleTests {
             usleep(20_000)
         }
         highest = max(highest, highestDescriptor(pid: agent.pid))
+        // A reload with the 3,000 sessions open (the agent past descriptor 1024): the other pipeline's table
+        // bound changes, its sockets are kept, and so are these sessions.
+        try agent.writePipelines(pipelines(500))
+        try agent.reload()
+        #expect(try agent.metric("weir_pipeline_connections_active", ["pipeline": "open"]) == 3_000, "sessions kept by the reload")
         let (answered, wrong) = try burst.value(timeout: 120)
         #expect(answered == 3_000 && wrong == 0, "\(answered) answered, \(wrong) wrong")
         #expect(highest > 1024, "highest descriptor \(highest)")
@@ -90,12 +93,8 @@ struct DatagramScaleTests {
         #expect(idle == 0, "idle sessions are closed")
         #expect(eventually(timeout: 5) { openDescriptors(pid: agent.pid) <= baseline }, "descriptors back to \(baseline): \(openDescriptors(pid: agent.pid))")
 
-        // A second pipeline by reload, its table bounded: exactly the first 500 clients get sessions, over both
-        // of its sockets together, and the rest are counted.
-        try agent.writePipelines(
-            "pipelines:\n" + udpForwardEntry("open", port: open, to: [echoPort], connectOptions: "        idle_timeout: 2s") + "\n"
-                + udpForwardEntry("bounded", port: bounded, to: [echoPort], connectOptions: "        max_sessions: 500"))
-        try agent.reload()
+        // The bounded pipeline's table (its new bound, 500): exactly the first 500 clients get sessions, over
+        // both of its sockets together, and the rest are counted.
         let limited = try UDPBurst.send(clients: 3_000, to: bounded)
         #expect(limited.answered == 500 && limited.wrong == 0, "\(limited)")
         #expect(try agent.metric("weir_pipeline_connections_active", ["pipeline": "bounded"]) == 500)
@@ -126,13 +125,8 @@ struct DatagramScaleTests {
         try agent.writePipelines(udpForward("udp", port: port, to: [echo.port], targetHost: "localhost"))
         try agent.reload()
         let newcomer = try UDPSocket(timeout: 1)
-        var answered = false
         // localhost may resolve to ::1 first, where nothing listens: that target is passed over.
-        for _ in 0..<5 where !answered {
-            try newcomer.send(Array("named".utf8), to: port)
-            answered = newcomer.receive()?.bytes == Array("named".utf8)
-        }
-        #expect(answered)
+        #expect(try newcomer.echoed(Array("named".utf8), through: port, attempts: 5))
         try client.send(Array("still".utf8), to: port)
         #expect(client.receive()?.bytes == Array("still".utf8))
     }

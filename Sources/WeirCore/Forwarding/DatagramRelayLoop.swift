@@ -134,7 +134,7 @@ final class DatagramRelayLoop: @unchecked Sendable {
                 case Self.listeningTag: readClients(clients, now: now)
                 case Self.wakeupTag:
                     weir_poll_wakeup_drain(wakeup)
-                    takeChosen(now: now)
+                    takeChosen()
                 default:
                     if let session = bySocket[Int32(truncatingIfNeeded: tags[index])] {
                         readReplies(session, replies, now: now)
@@ -182,13 +182,7 @@ final class DatagramRelayLoop: @unchecked Sendable {
     /// A new client: a session in the table, its target chosen (at once for IP literals, else off the thread).
     private func open(_ peer: DatagramPeer, _ datagram: weir_datagram, now: UInt64) -> Session? {
         guard case .datagram(let forwarder) = socket.currentOwner else { return nil }
-        let limit = forwarder.connector.maxSessions
-        let admitted = socket.datagramSessions.withLockedValue { open in
-            guard open < limit else { return false }
-            open += 1
-            return true
-        }
-        guard admitted else {
+        guard socket.datagramSessions.take() else {
             forwarder.metrics.error(stage: forwarder.connectorType, reason: "session_limit")
             return nil
         }
@@ -213,7 +207,7 @@ final class DatagramRelayLoop: @unchecked Sendable {
         return session.closed ? nil : session
     }
 
-    private func takeChosen(now: UInt64) {
+    private func takeChosen() {
         let results = chosen.withLockedValue { chosen in
             defer { chosen.results = [] }
             return chosen.results
@@ -242,11 +236,11 @@ final class DatagramRelayLoop: @unchecked Sendable {
         let waiting = session.pending
         session.pending = []
         for datagram in waiting where !session.closed {
-            datagram.withUnsafeBytes { send(UnsafeMutableRawPointer(mutating: $0.baseAddress), $0.count, on: session) }
+            datagram.withUnsafeBytes { send($0.baseAddress, $0.count, on: session) }
         }
     }
 
-    private func send(_ bytes: UnsafeMutableRawPointer?, _ length: Int, on session: Session) {
+    private func send(_ bytes: UnsafeRawPointer?, _ length: Int, on session: Session) {
         let sent = Glibc.send(session.fd, bytes, length, Int32(MSG_DONTWAIT) | Int32(MSG_NOSIGNAL))
         if sent >= 0 {
             session.forwarder.metrics.bytesIn.increment(by: Int64(length))
@@ -313,7 +307,7 @@ final class DatagramRelayLoop: @unchecked Sendable {
             bySocket[session.fd] = nil
             Glibc.close(session.fd)
         }
-        socket.datagramSessions.withLockedValue { $0 -= 1 }
+        socket.datagramSessions.release()
         session.forwarder.metrics.connectionsActive.decrement()
     }
 
@@ -348,37 +342,16 @@ final class DatagramBatch {
     }
 }
 
-/// A client's address and port as plain bytes: the session table's key, no allocation per datagram. An IPv4
-/// client of a socket on [::] (::ffff:a.b.c.d) keeps that form: the key only has to match itself.
+/// A client's address and port as plain bytes: the session table's key, no allocation per datagram.
 struct DatagramPeer: Hashable {
-    private var high: UInt64 = 0
-    private var low: UInt64 = 0
-    private var port: UInt16 = 0
-    private var family: UInt16 = 0
+    private let address: DNSClient
+    private let port: UInt16
 
+    /// nil for a family other than IPv4 and IPv6.
     init?(_ storage: sockaddr_storage) {
-        var storage = storage
-        family = storage.ss_family
-        switch Int32(storage.ss_family) {
-        case AF_INET:
-            withUnsafePointer(to: &storage) {
-                $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { address in
-                    high = UInt64(address.pointee.sin_addr.s_addr)
-                    port = address.pointee.sin_port
-                }
-            }
-        case AF_INET6:
-            withUnsafePointer(to: &storage) {
-                $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { address in
-                    withUnsafeBytes(of: address.pointee.sin6_addr) { bytes in
-                        high = bytes.loadUnaligned(fromByteOffset: 0, as: UInt64.self)
-                        low = bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
-                    }
-                    port = address.pointee.sin6_port
-                }
-            }
-        default:
-            return nil
-        }
+        guard let address = DNSClient(storage) else { return nil }
+        self.address = address
+        // sin_port and sin6_port share their place, right after the family.
+        port = withUnsafeBytes(of: storage) { $0.loadUnaligned(fromByteOffset: MemoryLayout<sa_family_t>.size, as: UInt16.self) }
     }
 }

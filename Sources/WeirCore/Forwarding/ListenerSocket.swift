@@ -38,15 +38,17 @@ public final class ListenerSocket: Sendable {
 
     public var channel: (any Channel)? { boundChannel.withLockedValue { $0 } }
 
-    /// UDP sessions open on all of a datagram listener's sockets, against the connector's `max_sessions`.
-    let datagramSessions = NIOLockedValueBox(0)
+    /// UDP sessions open on all of a datagram listener's sockets, against the current owner's connector's
+    /// `max_sessions` (set with the owner).
+    let datagramSessions = ConnectionBudget(limit: nil)
 
     public var currentOwner: ListenerOwner? { owner.withLockedValue { $0 } }
 
     /// Makes `newOwner` receive what the socket accepts from now on; returns the previous owner.
     @discardableResult
     public func setOwner(_ newOwner: ListenerOwner?) -> ListenerOwner? {
-        owner.withLockedValue { current in
+        if case .datagram(let forwarder) = newOwner { datagramSessions.setLimit(forwarder.connector.maxSessions) }
+        return owner.withLockedValue { current in
             defer { current = newOwner }
             return current
         }

@@ -114,13 +114,18 @@ enum Backends {
 
 }
 
-/// Echoes UDP datagrams back to their sender on a background thread, until released.
+/// Echoes UDP datagrams back to their sender on a background thread, until released. Its receive buffer holds
+/// a burst of thousands of datagrams.
 final class UDPEchoServer: @unchecked Sendable {
     private let socket: UDPSocket
     var port: Int { socket.port }
 
     init() throws {
         let socket = try UDPSocket(timeout: 1)
+        // As root past net.core.rmem_max (a fresh machine's is 208 KiB, a few hundred datagrams).
+        var buffer: Int32 = 16 << 20
+        let size = socklen_t(MemoryLayout<Int32>.size)
+        if setsockopt(socket.fd, SOL_SOCKET, SO_RCVBUFFORCE, &buffer, size) != 0 { setsockopt(socket.fd, SOL_SOCKET, SO_RCVBUF, &buffer, size) }
         self.socket = socket
         Thread {
             while true {

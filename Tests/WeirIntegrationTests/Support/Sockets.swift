@@ -178,6 +178,16 @@ final class UDPSocket: @unchecked Sendable {
         guard sent == bytes.count else { throw SocketError("sendto") }
     }
 
+    /// Sends `bytes` to `port` until they come back (a forward that passes over a dead target answers a later
+    /// try), at most `attempts` times.
+    func echoed(_ bytes: [UInt8], through port: Int, attempts: Int) throws -> Bool {
+        for _ in 0..<attempts {
+            try send(bytes, to: port)
+            if receive()?.bytes == bytes { return true }
+        }
+        return false
+    }
+
     /// One datagram and the sender's port; nil on timeout.
     func receive() -> (bytes: [UInt8], port: Int)? {
         var buffer = [UInt8](repeating: 0, count: 65536)

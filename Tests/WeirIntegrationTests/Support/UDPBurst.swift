@@ -1,7 +1,7 @@
 import Foundation
 
 /// Bursts of new UDP clients, from a process of its own (thousands of client sockets would crowd the test
-/// runner's descriptors), and a UDP echo server that keeps up with them (a receive buffer for the whole burst).
+/// runner's descriptors).
 enum UDPBurst {
     /// One datagram from each of `clients` fresh sockets, sent as fast as the helper can; then waits until
     /// `quiet` seconds pass without an answer. Returns how many answers came back to the socket that sent them
@@ -14,16 +14,6 @@ enum UDPBurst {
             throw HelperFailed("udp burst: \(words.joined(separator: " "))")
         }
         return (answered, wrong)
-    }
-
-    /// A UDP echo server in a process of its own; stop it with `stopHelper()`.
-    static func echoServer(port: Int) throws -> Process {
-        let (process, _, output) = try ConnectionHerd.python(echoScript, ["\(port)"], netns: nil)
-        guard try output.line(timeout: 15) == "listening" else {
-            process.stopHelper()
-            throw HelperFailed("the UDP echo server did not start")
-        }
-        return process
     }
 
     private static let script = ConnectionHerd.raiseLimit + """
@@ -60,16 +50,5 @@ enum UDPBurst {
                 except BlockingIOError:
                     pass
         print("answered", answered, wrong, flush=True)
-        """
-
-    private static let echoScript = """
-        import socket, sys
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
-        s.bind(("127.0.0.1", int(sys.argv[1])))
-        print("listening", flush=True)
-        while True:
-            data, peer = s.recvfrom(65536)
-            s.sendto(data, peer)
         """
 }
