@@ -92,6 +92,9 @@ public actor Agent: Service {
         // Before anything touches the kernel or the state directory.
         do { stateLock = try StateDirectoryLock(directory: config.stateDirectory) } catch { throw StartError.stateDirectoryInUse(error) }
         do {
+            // The stream relay's threads (and their few descriptors) from the start, not from the first
+            // listen.tcp a reload adds.
+            try StreamRelayEngine.start()
             // Pipelines first: once /healthz answers, every pipeline is serving.
             metrics.destinationsTop.withLockedValue { $0 = config.destinationsTop }
             try await supervisor.apply(config)

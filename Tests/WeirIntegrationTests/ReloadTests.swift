@@ -163,4 +163,34 @@ struct ReloadTests {
         #expect(try stop.value() == 0)
         #expect(try greeting(setup.changePort) == "B")
     }
+
+    @Test("A kept listen.tcp socket moves between a plain forward (spliced) and a filtered pipeline (channels); each connection keeps the pipeline that accepted it")
+    func keptSocketSwitchesBetweenSplicingAndChannels() throws {
+        let echo = try Backends.echo()
+        let port = freePort()
+        let plain = "pipelines:\n" + tcpForwardEntry("web", port: port, to: [echo.port])
+        let limited = "pipelines:\n" + tcpForwardEntry("web", port: port, to: [echo.port], extraStages: "      - type: limit.bandwidth\n        rate: 100MiB/s\n")
+        let agent = try WeirProcess(pipelines: plain)
+        try agent.start()
+        defer { agent.stop() }
+        let pipesAtStart = pipeDescriptors(pid: agent.pid)
+        let spliced = try TCPClient(port: port)
+        #expect(try echoes(spliced, "spliced"))
+        let pipesAfterSplicing = pipeDescriptors(pid: agent.pid)
+        #expect(pipesAfterSplicing > pipesAtStart, "a plain forward's bytes go through a pipe (kept in the thread's pool)")
+
+        try agent.writePipelines(limited)
+        try agent.reload()
+        let channeled = try TCPClient(port: port)
+        #expect(try echoes(channeled, "through channels"))
+        #expect(pipeDescriptors(pid: agent.pid) == pipesAfterSplicing, "a filtered pipeline's bytes pass through NIO channels")
+        #expect(try echoes(spliced, "still spliced"), "the first connection stays with the pipeline that accepted it")
+
+        try agent.writePipelines(plain)
+        try agent.reload()
+        let splicedAgain = try TCPClient(port: port)
+        #expect(try echoes(splicedAgain, "spliced again"))
+        #expect(try echoes(channeled, "still through channels"))
+        #expect(try agent.metric("weir_pipeline_connections_total", ["pipeline": "web"]) == 3)
+    }
 }

@@ -87,6 +87,18 @@ public final class AcceptFailureReport: ChannelInboundHandler, @unchecked Sendab
         self.recovered = recovered
     }
 
+    /// A report that only pauses `listening` for `pause` after each failure: for listeners whose failures are
+    /// not counted or logged (the metrics endpoint).
+    public static func pausing(_ listening: any Channel) -> AcceptFailureReport {
+        AcceptFailureReport(
+            failed: { _, _ in
+                listening.setOption(.autoRead, value: false).whenSuccess {
+                    listening.eventLoop.scheduleTask(in: pause) { listening.setOption(.autoRead, value: true).whenFailure { _ in } }
+                }
+            },
+            recovered: {})
+    }
+
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if failing {
             failing = false

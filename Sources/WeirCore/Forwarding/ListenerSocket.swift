@@ -1,6 +1,8 @@
+import CWeirSystem
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -54,8 +56,10 @@ public final class ListenerSocket: Sendable {
         }
     }
 
-    /// Binds with `listener`, routing to whichever owner is current.
+    /// Binds with `listener`, routing to whichever owner is current. A plain listener's socket is the relay
+    /// threads' (see StreamRelayThread); others accept through NIO.
     public func bind(stream listener: any StreamListener, group: any EventLoopGroup) async throws {
+        if let plain = listener as? any PlainStreamListener { return try bind(plain: plain, group: group) }
         let channel = try await listener.bind(group: group) { [self] child in
             if case .stream(let forwarder) = currentOwner, admit(child) {
                 forwarder.accept(child)
@@ -67,42 +71,119 @@ public final class ListenerSocket: Sendable {
         boundChannel.withLockedValue { $0 = channel }
         try await channel.eventLoop.submit { [self] in
             let report = AcceptFailureReport(
-                failed: { [self] error, first in
-                    count("accept_failed")
-                    if first {
-                        logger.error(
-                            "accepting failed; pausing accepts briefly and retrying",
-                            metadata: [
-                                "pipeline": "\(pipelineName)", "stage": "\(stage)", "reason": "accept_failed", "address": "\(address)",
-                                "error": "\(error)",
-                            ])
-                    }
-                    // epoll reports the waiting connection again at once: retrying now would spin.
-                    setPaused(.descriptors, true)
-                    channel.eventLoop.scheduleTask(in: AcceptFailureReport.pause) { [self] in setPaused(.descriptors, false) }
-                },
-                recovered: { [self] in
-                    logger.notice("accepting again", metadata: ["pipeline": "\(pipelineName)", "stage": "\(stage)", "address": "\(address)"])
-                })
+                failed: { [self] error, first in acceptFailed(error, first: first) },
+                recovered: { [self] in acceptingAgain() })
             try channel.pipeline.syncOperations.addHandler(report, position: .first)
         }.get()
+    }
+
+    /// A plain listener's socket, accepted on by every relay thread.
+    private struct RelayedSocket {
+        let fd: Int32
+        let address: String
+        let engine: StreamRelayEngine
+        /// The loops connections of other owners are handed to, by relay thread.
+        let loops: [any EventLoop]
+    }
+
+    private let relayedSocket = NIOLockedValueBox<RelayedSocket?>(nil)
+    /// Whether accepting is failing for lack of descriptors (relay threads).
+    private let acceptFailing = NIOLockedValueBox(false)
+
+    private func bind(plain listener: any PlainStreamListener, group: any EventLoopGroup) throws {
+        let engine = try StreamRelayEngine.shared.get()
+        let address = try listener.address.socketAddress()
+        let fd = address.withSockAddr { weir_stream_listen($0, socklen_t($1), Int32(listener.backlog)) }
+        guard fd >= 0 else { throw IOError(errnoCode: -fd, reason: "bind") }
+        let bound = DatagramSocket.localAddress(fd).map { "\($0)" } ?? "\(address)"
+        relayedSocket.withLockedValue { $0 = RelayedSocket(fd: fd, address: bound, engine: engine, loops: Array(group.makeIterator())) }
+        engine.listen(fd, socket: self)
+        engine.setAccepting(fd, true)
+    }
+
+    /// A connection a relay thread accepted: relayed there when the owner is a plain forward, else handed to
+    /// NIO as a channel on the thread's loop. Runs on the relay thread.
+    func accepted(_ fd: Int32, by thread: StreamRelayThread, now: UInt64) {
+        if acceptFailing.withLockedValue({ $0 }) {
+            acceptFailing.withLockedValue { $0 = false }
+            acceptingAgain()
+        }
+        guard case .stream(let forwarder) = currentOwner, let budgets = takeBudgets(), let relayed = relayedSocket.withLockedValue({ $0 }) else {
+            Glibc.close(fd)
+            return
+        }
+        let release: @Sendable () -> Void = { budgets.forEach { $0.release() } }
+        if let targets = forwarder.direct {
+            thread.relay(fd, forwarder: forwarder, targets: targets, releaseBudgets: release, now: now)
+            return
+        }
+        ClientBootstrap(group: relayed.loops[thread.index % relayed.loops.count])
+            .channelOption(.autoRead, value: false)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.recvAllocator, value: StreamForwarder.receiveAllocator)
+            .channelInitializer { channel in
+                forwarder.accept(channel)
+                return channel.eventLoop.makeSucceededVoidFuture()
+            }
+            .withConnectedSocket(fd)
+            .whenComplete { result in
+                switch result {
+                case .success(let channel): channel.closeFuture.whenComplete { _ in release() }
+                case .failure: release()
+                }
+            }
+    }
+
+    /// Accepting failed on a relay thread (out of descriptors or memory): the listener pauses for a moment.
+    func acceptFailed(_ error: IOError) {
+        let first = acceptFailing.withLockedValue { failing in
+            defer { failing = true }
+            return !failing
+        }
+        acceptFailed(error, first: first)
+    }
+
+    private func acceptFailed(_ error: IOError, first: Bool) {
+        count("accept_failed")
+        if first {
+            logger.error(
+                "accepting failed; pausing accepts briefly and retrying",
+                metadata: [
+                    "pipeline": "\(pipelineName)", "stage": "\(stage)", "reason": "accept_failed", "address": "\(address)",
+                    "error": "\(error)",
+                ])
+        }
+        // epoll reports the waiting connection again at once: retrying now would spin.
+        setPaused(.descriptors, true)
+        let loop = channel?.eventLoop ?? relayedSocket.withLockedValue { $0?.loops.first }
+        loop?.scheduleTask(in: AcceptFailureReport.pause) { [self] in setPaused(.descriptors, false) }
+    }
+
+    private func acceptingAgain() {
+        logger.notice("accepting again", metadata: ["pipeline": "\(pipelineName)", "stage": "\(stage)", "address": "\(address)"])
     }
 
     /// Takes a place in every budget for `child` (given back when it closes), or none: a spent budget
     /// refuses it. Accepting pauses as soon as a budget is spent, so the next client waits in the backlog.
     private func admit(_ child: any Channel) -> Bool {
+        guard let taken = takeBudgets() else { return false }
+        child.closeFuture.whenComplete { _ in taken.forEach { $0.release() } }
+        return true
+    }
+
+    /// A place in every budget, or none (and accepting paused) when one is spent.
+    private func takeBudgets() -> [ConnectionBudget]? {
         var taken: [ConnectionBudget] = []
         for budget in budgets {
             guard budget.take() else {
                 taken.forEach { $0.release() }
                 pauseForLimit()
-                return false
+                return nil
             }
             taken.append(budget)
         }
-        child.closeFuture.whenComplete { _ in taken.forEach { $0.release() } }
         if budgets.contains(where: \.isFull) { pauseForLimit() }
-        return true
+        return taken
     }
 
     /// Why accepting is paused; it resumes when no reason is left.
@@ -116,6 +197,15 @@ public final class ListenerSocket: Sendable {
     /// Pauses or resumes on the socket's own loop, so the reasons and the socket's reading change together
     /// and in order. Accepting is off while any reason holds.
     private func setPaused(_ reason: PauseReason, _ on: Bool) {
+        if let relayed = relayedSocket.withLockedValue({ $0 }) {
+            // Requests reach each relay thread in the order they were made, so the last one wins.
+            pauses.withLockedValue { reasons in
+                let before = !reasons.isEmpty
+                if on { reasons.insert(reason) } else { reasons.remove(reason) }
+                if before != !reasons.isEmpty { relayed.engine.setAccepting(relayed.fd, reasons.isEmpty) }
+            }
+            return
+        }
         guard let channel else { return }
         channel.eventLoop.execute { [self] in
             let (wasPaused, isPaused) = pauses.withLockedValue { reasons in
@@ -129,7 +219,7 @@ public final class ListenerSocket: Sendable {
 
     /// Stops accepting until every budget has room (counted once per pause as `connection_limit`).
     private func pauseForLimit() {
-        guard let channel else { return }
+        guard channel != nil || relayedSocket.withLockedValue({ $0 }) != nil else { return }
         let first = limitReached.withLockedValue { reached in
             defer { reached = true }
             return !reached
@@ -156,7 +246,7 @@ public final class ListenerSocket: Sendable {
     }
 
     /// The bound address, for log lines.
-    private var address: String { channel?.localAddress.map { "\($0)" } ?? "?" }
+    private var address: String { channel?.localAddress.map { "\($0)" } ?? relayedSocket.withLockedValue { $0?.address } ?? "?" }
 
     /// The pipeline now owning the socket, for log lines.
     private var pipelineName: String {
@@ -202,6 +292,11 @@ public final class ListenerSocket: Sendable {
 
     public func close() async {
         dialer.withLockedValue { $0 }?.stop()
+        if let relayed = relayedSocket.withLockedValue({ $0 }) {
+            await relayed.engine.stopListening(relayed.fd)
+            Glibc.close(relayed.fd)
+            relayedSocket.withLockedValue { $0 = nil }
+        }
         for relay in datagramRelays.withLockedValue({ $0 }) { await relay.close() }
         guard let channel else { return }
         try? await channel.close()

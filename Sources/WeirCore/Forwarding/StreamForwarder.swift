@@ -20,19 +20,23 @@ public final class StreamForwarder: Sendable {
     /// With a multiplexing filter: it, and the filters that act once on its carrier.
     private let multiplexing: (filter: any StreamMultiplexingFilter, carrierFilters: [any StreamFilter])?
     private let connector: any StreamConnector
-    private let connectorType: String
+    let connectorType: String
     /// The listener, when its clients negotiate their destination.
     private let negotiating: (any NegotiatingStreamListener)?
     public let metrics: PipelineMetrics
     public let tracker: ConnectionTracker
-    private let logger: Logger
+    let logger: Logger
     /// The handshakes of the filters' accept sides (TLS, a WebSocket upgrade), per connection and per carrier:
     /// fixed by the configuration, so made once rather than for every connection.
     private let handshakeSteps: [OpeningStep]
     private let carrierHandshakeSteps: [OpeningStep]
     /// The listener's stage type and its `idle_timeout`.
-    private let listenerType: String
+    let listenerType: String
     private let idleTimeout: TimeAmount?
+    let idleTimeoutNanoseconds: UInt64?
+    /// Set when nothing between the listener and the connector looks at the bytes and the connector only
+    /// connects to fixed addresses: a relay thread may then forward the connection on raw sockets.
+    let direct: DirectTargets?
 
     public init(
         pipeline: String, filters: [any StreamFilter], connector: any StreamConnector, connectorType: String,
@@ -43,6 +47,8 @@ public final class StreamForwarder: Sendable {
         self.negotiating = negotiating
         self.listenerType = listenerType
         self.idleTimeout = idleTimeout.map(TimeAmount.init)
+        idleTimeoutNanoseconds = idleTimeout.map { UInt64(max(TimeAmount($0).nanoseconds, 0)) }
+        direct = filters.isEmpty && negotiating == nil ? connector.directTargets : nil
         if let index = filters.firstIndex(where: { $0 is any StreamMultiplexingFilter }),
             let filter = filters[index] as? any StreamMultiplexingFilter
         {

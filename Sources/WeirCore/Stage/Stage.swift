@@ -69,6 +69,13 @@ public protocol StreamListener: Stage {
     ) async throws -> any Channel
 }
 
+/// A stream listener that is only a listening socket (`listen.tcp`): the runtime binds it itself and accepts on
+/// the relay threads, which forward plain forwards on raw sockets and hand other connections to NIO.
+public protocol PlainStreamListener: StreamListener {
+    var address: BindAddress { get }
+    var backlog: Int { get }
+}
+
 /// A stream listener that dials out instead of binding (`listen.reverse`): it keeps connections to a peer
 /// open and hands each one to `accept` as if it had been accepted (autoRead off, remote half-closure
 /// allowed). Closing the returned dialer stops it from dialing again.
@@ -94,6 +101,13 @@ public protocol DatagramListener: Stage {
 /// (options and handlers); the connector chooses where to connect, with what timeout, and how to fail over.
 public protocol StreamConnector: Stage {
     func connect(_ connection: ConnectionInfo, bootstrap: ClientBootstrap) -> EventLoopFuture<any Channel>
+    /// The fixed addresses this connector connects to, tried in order, when that is all it does (no names to
+    /// resolve, nothing from the client): its plain forwards can then be relayed on raw sockets. nil otherwise.
+    var directTargets: DirectTargets? { get }
+}
+
+extension StreamConnector {
+    public var directTargets: DirectTargets? { nil }
 }
 
 /// Opens the target side of a datagram session: a connected UDP socket per client.

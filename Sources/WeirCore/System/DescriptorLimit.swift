@@ -18,4 +18,11 @@ public enum DescriptorLimit {
         }
         return (UInt64(limit.rlim_cur), UInt64(limit.rlim_max))
     }
+
+    /// The soft limit now (clamped to Int).
+    public static func currentSoft() -> Int {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 1024 }
+        return Int(clamping: limit.rlim_cur)
+    }
 }

@@ -40,7 +40,13 @@ struct ConnectTCP: StreamConnector {
     init(config: ConnectTCPConfig) {
         self.config = config
         self.literals = config.addresses.map { try? SocketAddress(ipAddress: $0.host, port: $0.port) }
+        let literals = literals.compactMap { $0 }
+        directTargets = literals.isEmpty || literals.count < config.addresses.count
+            ? nil : DirectTargets(addresses: literals, connectTimeout: config.connectTimeout)
     }
+
+    /// Targets that are all IP literals: plain forwards to them can be relayed on raw sockets.
+    let directTargets: DirectTargets?
 
     func connect(_ connection: ConnectionInfo, bootstrap: ClientBootstrap) -> EventLoopFuture<any Channel> {
         let bootstrap = bootstrap.connectTimeout(TimeAmount(config.connectTimeout))

@@ -28,8 +28,10 @@ public struct ListenTCPConfig: ListenerConfig {
     public func makeStage(_ context: StageContext) -> any Stage { ListenTCP(config: self) }
 }
 
-struct ListenTCP: StreamListener {
+struct ListenTCP: PlainStreamListener {
     let config: ListenTCPConfig
+    var address: BindAddress { config.bindAddress }
+    var backlog: Int { config.backlog }
 
     func bind(
         group: any EventLoopGroup,

@@ -1,0 +1,222 @@
+import CWeirSystem
+import NIOCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where a plain forward connects: fixed addresses tried in order, each given `connectTimeout` — all a
+/// connector must say for its connections to be relayed on raw sockets (see StreamRelayThread).
+public struct DirectTargets: Sendable {
+    public let addresses: [SocketAddress]
+    public let connectTimeout: Duration
+
+    public init(addresses: [SocketAddress], connectTimeout: Duration) {
+        self.addresses = addresses
+        self.connectTimeout = connectTimeout
+    }
+}
+
+/// One client connection relayed by a StreamRelayThread: its two sockets, its two directions and the pipes
+/// they hold while bytes are in them. Touched only on its thread.
+final class SplicedConnection {
+    enum State {
+        /// Connecting to target number `attempt`; `errors` says why the ones before failed.
+        case connecting(attempt: Int, errors: [String])
+        case relaying
+    }
+
+    let client: Int32
+    var target: Int32 = -1
+    let forwarder: StreamForwarder
+    let targets: DirectTargets
+    /// Gives back the connection's places in the listener's and the agent's budgets.
+    let releaseBudgets: @Sendable () -> Void
+    let tag: UInt64
+    var state = State.connecting(attempt: 0, errors: [])
+    /// When the current connect attempt gives up (monotonic nanoseconds).
+    var connectDeadline: UInt64 = 0
+    var lastActivity: UInt64
+    var toTarget = SpliceDirection()
+    var toClient = SpliceDirection()
+    var toTargetHolding: SpliceHolding?
+    var toClientHolding: SpliceHolding?
+    var closed = false
+
+    init(client: Int32, forwarder: StreamForwarder, targets: DirectTargets, releaseBudgets: @escaping @Sendable () -> Void, tag: UInt64, now: UInt64) {
+        self.client = client
+        self.forwarder = forwarder
+        self.targets = targets
+        self.releaseBudgets = releaseBudgets
+        self.tag = tag
+        lastActivity = now
+    }
+
+    var isRelaying: Bool {
+        if case .relaying = state { return true }
+        return false
+    }
+
+    /// Both directions ended and were passed on.
+    var isFinished: Bool { toTarget.shut && toClient.shut }
+}
+
+/// A pipe a direction borrows from its thread's pool while bytes are in it.
+struct SplicePipe {
+    let read: Int32
+    let write: Int32
+
+    func close() {
+        Glibc.close(read)
+        Glibc.close(write)
+    }
+}
+
+/// Where a direction's bytes wait between source and destination: a pipe (spliced, never copied), or — when no
+/// pipe can be had because the process is out of descriptors — a buffer of the same size the bytes are read
+/// into and written from, so connections keep flowing when nothing new can be opened.
+enum SpliceHolding {
+    case pipe(SplicePipe)
+    case buffer(HeldBytes)
+
+    /// Gives a pipe back to the pool (only ever done when it is empty); a buffer is freed with its owner.
+    func release(to pool: SplicePipePool) {
+        if case .pipe(let pipe) = self { pool.give(pipe) }
+    }
+
+    /// Gives back a pipe that may still hold bytes (the connection ends): it is closed.
+    func discard(to pool: SplicePipePool) {
+        if case .pipe(let pipe) = self { pool.discard(pipe) }
+    }
+}
+
+/// Bytes read and not yet written, for a direction without a pipe.
+final class HeldBytes {
+    private let storage = UnsafeMutableRawPointer.allocate(byteCount: SpliceDirection.fillSize, alignment: 16)
+    private var start = 0
+    private var end = 0
+
+    func read(from fd: Int32, _ length: Int) -> Int {
+        if start > 0 {
+            (storage + 0).copyMemory(from: storage + start, byteCount: end - start)
+            end -= start
+            start = 0
+        }
+        let got = Glibc.read(fd, storage + end, min(length, SpliceDirection.fillSize - end))
+        guard got >= 0 else { return -Int(errno) }
+        end += got
+        return got
+    }
+
+    func write(to fd: Int32, _ length: Int) -> Int {
+        let sent = Glibc.send(fd, storage + start, min(length, end - start), Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+        guard sent >= 0 else { return -Int(errno) }
+        start += sent
+        return sent
+    }
+
+    deinit { storage.deallocate() }
+}
+
+/// The moves of one direction on real descriptors; what holds the bytes is taken on the first fill.
+struct SpliceMoves: SpliceDirection.Moves {
+    let source: Int32
+    let destination: Int32
+    var holding: SpliceHolding?
+    let pool: SplicePipePool
+
+    mutating func fill(_ length: Int) -> Int {
+        if holding == nil {
+            switch pool.take() {
+            case .success(let pipe): holding = .pipe(pipe)
+            case .failure: holding = .buffer(HeldBytes())
+            }
+        }
+        switch holding {
+        case .pipe(let pipe): return weir_splice(source, pipe.write, length)
+        case .buffer(let bytes): return bytes.read(from: source, length)
+        case nil: return -Int(EPIPE)
+        }
+    }
+
+    mutating func drain(_ length: Int) -> Int {
+        switch holding {
+        case .pipe(let pipe): return weir_splice(pipe.read, destination, length)
+        case .buffer(let bytes): return bytes.write(to: destination, length)
+        case nil: return -Int(EPIPE)
+        }
+    }
+
+    mutating func shutDown() {
+        Glibc.shutdown(destination, Int32(SHUT_WR))
+    }
+}
+
+/// A thread's empty pipes, kept for the next direction that needs one (a pipe costs two descriptors and a
+/// system call to make; most directions hold one only for an instant). Beyond one, pipes go when none was
+/// taken for a sweep interval, and all of them when the thread has no connection: connections that idle hold
+/// no descriptors for them.
+final class SplicePipePool {
+    private var pipes: [SplicePipe] = []
+    private var taken = false
+    /// Pipes lent out now, and at most.
+    private var lent = 0
+    private let maxLent: Int
+    /// Empty pipes kept at most; more are closed when given back.
+    static let kept = 32
+    /// Each pipe's capacity: what one splice moves at most.
+    static let capacity = Int32(SpliceDirection.fillSize)
+
+    /// `maxLent`: pipes in use at once at most — a slow reader makes its direction hold one, so without a bound
+    /// clients could spend the agent's descriptors on pipes; past it, directions hold their bytes in buffers.
+    init(maxLent: Int) { self.maxLent = maxLent }
+
+    /// A share of `descriptors` for one of `threads` pools: at most a quarter of all descriptors in pipes.
+    static func maxLent(descriptors: Int, threads: Int) -> Int { max(1, descriptors / 8 / max(threads, 1)) }
+
+    func take() -> Result<SplicePipe, IOError> {
+        taken = true
+        guard lent < maxLent else { return .failure(IOError(errnoCode: EMFILE, reason: "pipe pool")) }
+        if let pipe = pipes.popLast() {
+            lent += 1
+            return .success(pipe)
+        }
+        var fds: [Int32] = [-1, -1]
+        let result = weir_pipe_open(&fds, Self.capacity)
+        guard result == 0 else { return .failure(IOError(errnoCode: -result, reason: "pipe2")) }
+        lent += 1
+        return .success(SplicePipe(read: fds[0], write: fds[1]))
+    }
+
+    /// Takes back an empty pipe.
+    func give(_ pipe: SplicePipe) {
+        lent -= 1
+        if pipes.count < Self.kept {
+            pipes.append(pipe)
+        } else {
+            pipe.close()
+        }
+    }
+
+    /// Takes back a pipe that may hold bytes: it is closed.
+    func discard(_ pipe: SplicePipe) {
+        lent -= 1
+        pipe.close()
+    }
+
+    /// Closes all pipes but one if none was taken since the last call.
+    func trim() {
+        if !taken {
+            pipes.dropFirst().forEach { $0.close() }
+            pipes = Array(pipes.prefix(1))
+        }
+        taken = false
+    }
+
+    /// Closes the pipes kept.
+    func empty() {
+        pipes.forEach { $0.close() }
+        pipes = []
+    }
+
+    deinit { empty() }
+}
