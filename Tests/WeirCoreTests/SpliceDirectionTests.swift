@@ -121,13 +121,13 @@ import Testing
         return try body((a[0], a[1]), (b[0], b[1]))
     }
 
-    static func relay(_ text: String, maxPipes: Int) -> (arrived: String, heldIn: String, ended: Bool) {
+    static func relay(_ text: String, maxPipes: Int, bulk: Bool) -> (arrived: String, heldIn: String, ended: Bool) {
         withSockets { source, destination in
             let pool = SplicePipePool(maxLent: maxPipes)
             _ = text.withCString { send(source.1, $0, strlen($0), 0) }
             shutdown(source.1, Int32(SHUT_WR))
             var direction = SpliceDirection()
-            var moves = SpliceMoves(source: source.0, destination: destination.0, holding: nil, pool: pool)
+            var moves = SpliceMoves(source: source.0, destination: destination.0, holding: nil, bulk: bulk, pool: pool, scratch: HeldBytes())
             _ = direction.pump(&moves, limit: 1 << 20)
             let heldIn = switch moves.holding {
             case .pipe: "pipe"
@@ -141,20 +141,55 @@ import Testing
         }
     }
 
-    @Test("Bytes and the end of input pass through a pipe when the pool lends one")
-    func throughAPipe() {
-        let result = Self.relay("spliced bytes", maxPipes: 1)
+    @Test("A direction that carries bulk data passes bytes and the end of input through a pipe")
+    func bulkThroughAPipe() {
+        let result = Self.relay("spliced bytes", maxPipes: 1, bulk: true)
         #expect(result.arrived == "spliced bytes")
         #expect(result.heldIn == "pipe")
         #expect(result.ended)
     }
 
-    @Test("With no pipe to lend (the pool's bound, or no descriptors left), bytes pass through a buffer instead")
-    func throughABuffer() {
-        let result = Self.relay("buffered bytes", maxPipes: 0)
-        #expect(result.arrived == "buffered bytes")
-        #expect(result.heldIn == "buffer")
-        #expect(result.ended)
+    @Test("Small messages are copied through the scratch buffer; so are bulk ones when no pipe can be lent")
+    func copied() {
+        for (bulk, maxPipes) in [(false, 1), (true, 0)] {
+            let result = Self.relay("copied bytes", maxPipes: maxPipes, bulk: bulk)
+            #expect(result.arrived == "copied bytes")
+            #expect(result.heldIn == "buffer")
+            #expect(result.ended)
+        }
+    }
+
+    @Test("A large read marks the direction bulk; what the destination did not take leaves the scratch buffer")
+    func bulkDetectionAndScratchHandOver() throws {
+        try Self.withSockets { source, destination in
+            var size = Int32(64 << 10)
+            setsockopt(source.1, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+            let payload = [UInt8](repeating: 7, count: SpliceDirection.fillSize)
+            var offset = 0
+            while offset < payload.count {
+                let sent = payload[offset...].withUnsafeBytes { send(source.1, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+                guard sent > 0 else { break }
+                offset += sent
+            }
+            try #require(offset == payload.count)
+            let scratch = HeldBytes()
+            var moves = SpliceMoves(
+                source: source.0, destination: destination.0, holding: nil, bulk: false, pool: SplicePipePool(maxLent: 1), scratch: scratch)
+            // Only the read: the destination is not asked, as when it is not writable.
+            var direction = SpliceDirection()
+            direction.destinationWritable = false
+            let (read, _) = direction.pump(&moves, limit: 1 << 20)
+            #expect(read == SpliceDirection.fillSize)
+            #expect(moves.bulk, "a large read: the next bytes are spliced")
+            let kept = moves.kept(buffered: direction.buffered)
+            guard case .buffer(let own) = kept else {
+                Issue.record("the unsent bytes must stay with the direction")
+                return
+            }
+            #expect(own !== scratch)
+            #expect(own.count == SpliceDirection.fillSize)
+            #expect(scratch.count == 0, "the scratch buffer is free for the next connection")
+        }
     }
 
     @Test("The pool lends at most its bound at once; pipes given back are lent again")

@@ -40,6 +40,9 @@ final class SplicedConnection {
     var toClient = SpliceDirection()
     var toTargetHolding: SpliceHolding?
     var toClientHolding: SpliceHolding?
+    /// Whether each direction has carried bulk data, and so splices.
+    var toTargetBulk = false
+    var toClientBulk = false
     var closed = false
 
     init(client: Int32, forwarder: StreamForwarder, targets: DirectTargets, releaseBudgets: @escaping @Sendable () -> Void, tag: UInt64, now: UInt64) {
@@ -71,16 +74,21 @@ struct SplicePipe {
     }
 }
 
-/// Where a direction's bytes wait between source and destination: a pipe (spliced, never copied), or — when no
-/// pipe can be had because the process is out of descriptors — a buffer of the same size the bytes are read
-/// into and written from, so connections keep flowing when nothing new can be opened.
+/// Where a direction's bytes wait between source and destination.
+///
+/// Like HAProxy's splice-auto: a direction starts by copying — bytes are read into the thread's scratch buffer
+/// and sent on at once, two cheap system calls for the small messages most connections carry — and switches to
+/// a pipe (spliced, never copied into user memory) once a read is large (SpliceMoves.bulkRead), i.e. for bulk
+/// transfers.
+/// Bytes the destination did not take stay in a buffer of the connection's own (or in its pipe). When no pipe
+/// can be had (the pool's bound, or no descriptors left), a bulk direction keeps copying.
 enum SpliceHolding {
     case pipe(SplicePipe)
     case buffer(HeldBytes)
 
-    /// Gives a pipe back to the pool (only ever done when it is empty); a buffer is freed with its owner.
-    func release(to pool: SplicePipePool) {
-        if case .pipe(let pipe) = self { pool.give(pipe) }
+    var isEmptyBuffer: Bool {
+        if case .buffer(let bytes) = self { return bytes.count == 0 }
+        return false
     }
 
     /// Gives back a pipe that may still hold bytes (the connection ends): it is closed.
@@ -89,15 +97,31 @@ enum SpliceHolding {
     }
 }
 
-/// Bytes read and not yet written, for a direction without a pipe.
+/// Bytes read and not yet written: the thread's scratch buffer, or a direction's own for what its destination
+/// did not take.
 final class HeldBytes {
     private let storage = UnsafeMutableRawPointer.allocate(byteCount: SpliceDirection.fillSize, alignment: 16)
     private var start = 0
     private var end = 0
 
+    init() {}
+
+    /// A buffer holding what `other` holds (the scratch buffer's rest, kept by its direction).
+    init(copying other: HeldBytes) {
+        end = other.count
+        storage.copyMemory(from: other.storage + other.start, byteCount: end)
+    }
+
+    var count: Int { end - start }
+
+    func reset() {
+        start = 0
+        end = 0
+    }
+
     func read(from fd: Int32, _ length: Int) -> Int {
         if start > 0 {
-            (storage + 0).copyMemory(from: storage + start, byteCount: end - start)
+            storage.copyMemory(from: storage + start, byteCount: end - start)
             end -= start
             start = 0
         }
@@ -117,23 +141,31 @@ final class HeldBytes {
     deinit { storage.deallocate() }
 }
 
-/// The moves of one direction on real descriptors; what holds the bytes is taken on the first fill.
+/// The moves of one direction on real descriptors; what holds the bytes is chosen on the first fill.
 struct SpliceMoves: SpliceDirection.Moves {
     let source: Int32
     let destination: Int32
     var holding: SpliceHolding?
+    /// Whether this direction has carried bulk data (a read of `bulkRead` bytes or more): it then splices.
+    var bulk: Bool
+    /// A read this large is a transfer, not a message: loopback hands over up to 64 KiB per segment, a network
+    /// link a few segments per wakeup; requests and small answers stay far below.
+    static let bulkRead = 16384
     let pool: SplicePipePool
+    let scratch: HeldBytes
 
     mutating func fill(_ length: Int) -> Int {
-        if holding == nil {
-            switch pool.take() {
-            case .success(let pipe): holding = .pipe(pipe)
-            case .failure: holding = .buffer(HeldBytes())
-            }
+        // Bulk and nothing held in a buffer: on to a pipe (the switch happens here, mid-transfer, too).
+        if bulk, holding.map(\.isEmptyBuffer) ?? true, case .success(let pipe) = pool.take() {
+            holding = .pipe(pipe)
         }
+        if holding == nil { holding = .buffer(scratch) }
         switch holding {
         case .pipe(let pipe): return weir_splice(source, pipe.write, length)
-        case .buffer(let bytes): return bytes.read(from: source, length)
+        case .buffer(let bytes):
+            let got = bytes.read(from: source, length)
+            if got >= Self.bulkRead { bulk = true }
+            return got
         case nil: return -Int(EPIPE)
         }
     }
@@ -148,6 +180,21 @@ struct SpliceMoves: SpliceDirection.Moves {
 
     mutating func shutDown() {
         Glibc.shutdown(destination, Int32(SHUT_WR))
+    }
+
+    /// After a pump: an empty pipe goes back to the pool, the scratch buffer back to the thread (what the
+    /// destination did not take moves to a buffer of the direction's own). Returns what the direction keeps.
+    func kept(buffered: Int) -> SpliceHolding? {
+        switch holding {
+        case .buffer(let bytes) where bytes === scratch:
+            defer { scratch.reset() }
+            return buffered == 0 ? nil : .buffer(HeldBytes(copying: scratch))
+        case .buffer where buffered == 0: return nil
+        case .pipe(let pipe) where buffered == 0:
+            pool.give(pipe)
+            return nil
+        default: return holding
+        }
     }
 }
 

@@ -49,6 +49,8 @@ final class StreamRelayThread: @unchecked Sendable {
     /// Connections that stopped at the fairness limit, to go on after this wakeup's events.
     private var unfinished: [SplicedConnection] = []
     private let pipes: SplicePipePool
+    /// Where copying directions read into (see SpliceHolding).
+    private let scratch = HeldBytes()
 
     private static let wakeupTag = UInt64.max
     private static let listenerFlag: UInt64 = 1 << 63
@@ -287,12 +289,18 @@ final class StreamRelayThread: @unchecked Sendable {
 
     private func pump(_ connection: SplicedConnection, now: UInt64) {
         let metrics = connection.forwarder.metrics
-        var upstream = SpliceMoves(source: connection.client, destination: connection.target, holding: connection.toTargetHolding, pool: pipes)
+        var upstream = SpliceMoves(
+            source: connection.client, destination: connection.target, holding: connection.toTargetHolding, bulk: connection.toTargetBulk,
+            pool: pipes, scratch: scratch)
         let sent = connection.toTarget.pump(&upstream, limit: Self.fairnessLimit)
-        connection.toTargetHolding = keep(upstream.holding, connection.toTarget)
-        var downstream = SpliceMoves(source: connection.target, destination: connection.client, holding: connection.toClientHolding, pool: pipes)
+        connection.toTargetHolding = upstream.kept(buffered: connection.toTarget.buffered)
+        connection.toTargetBulk = upstream.bulk
+        var downstream = SpliceMoves(
+            source: connection.target, destination: connection.client, holding: connection.toClientHolding, bulk: connection.toClientBulk,
+            pool: pipes, scratch: scratch)
         let received = connection.toClient.pump(&downstream, limit: Self.fairnessLimit)
-        connection.toClientHolding = keep(downstream.holding, connection.toClient)
+        connection.toClientHolding = downstream.kept(buffered: connection.toClient.buffered)
+        connection.toClientBulk = downstream.bulk
         if sent.read > 0 { metrics.bytesIn.increment(by: Int64(sent.read)) }
         if received.read > 0 { metrics.bytesOut.increment(by: Int64(received.read)) }
         if sent.read > 0 || received.read > 0 { connection.lastActivity = now }
@@ -300,13 +308,6 @@ final class StreamRelayThread: @unchecked Sendable {
         if case .failed = received.outcome { return close(connection) }
         if connection.isFinished { return close(connection) }
         if sent.outcome == .more || received.outcome == .more { unfinished.append(connection) }
-    }
-
-    /// A direction keeps its pipe (or buffer) while bytes are in it; an empty pipe goes back to the pool.
-    private func keep(_ holding: SpliceHolding?, _ direction: SpliceDirection) -> SpliceHolding? {
-        guard let holding, direction.buffered == 0 else { return holding }
-        holding.release(to: pipes)
-        return nil
     }
 
     /// Connect attempts past their time, connections idle past the listener's `idle_timeout`; pooled pipes
