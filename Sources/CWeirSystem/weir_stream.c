@@ -55,11 +55,7 @@ int weir_stream_connect_result(int fd) {
     int error = 0;
     socklen_t length = sizeof(error);
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) < 0) return -errno;
-    if (error != 0) return -error;
-    struct sockaddr_storage peer;
-    socklen_t peer_length = sizeof(peer);
-    if (getpeername(fd, (struct sockaddr *)&peer, &peer_length) == 0) return 0;
-    return errno == ENOTCONN ? 1 : -errno;
+    return -error;
 }
 
 ssize_t weir_splice(int from, int to, size_t length) {

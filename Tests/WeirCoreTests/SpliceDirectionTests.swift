@@ -89,6 +89,15 @@ import Testing
         #expect(again.shutDowns == 0)
     }
 
+    @Test("When the other direction has finished, the end of input is left to the close: no shutdown call")
+    func lastEndSkipsTheShutdown() {
+        var direction = SpliceDirection()
+        var script = Script(fills: [5, 0], drains: [5])
+        _ = direction.pump(&script, limit: 1 << 20, otherFinished: true)
+        #expect(direction.shut)
+        #expect(script.shutDowns == 0)
+    }
+
     @Test("Errors end the direction with their errno, from either side")
     func errorsFail() {
         var reading = SpliceDirection()

@@ -30,8 +30,7 @@ int weir_stream_accept(int listening);
  * negative errno when it could not even start. */
 int weir_stream_connect(const struct sockaddr *address, socklen_t length);
 
-/* How a connect ended: 0 when connected, a negative errno when it failed (SO_ERROR), 1 while it is still
- * under way. */
+/* Why a connect failed (SO_ERROR, as a negative errno), or 0 when the socket has no error. */
 int weir_stream_connect_result(int fd);
 
 /* Moves up to `length` bytes from `from` to `to` (one of them a pipe) without blocking: the count, 0 at the

@@ -51,8 +51,10 @@ struct SpliceDirection {
     }
 
     /// Moves what can move now, at most `limit` bytes read; `read` is what was read from the source (what the
-    /// byte counters count, as the channel path counts bytes read).
-    mutating func pump(_ moves: inout some Moves, limit: Int) -> (read: Int, outcome: Outcome) {
+    /// byte counters count, as the channel path counts bytes read). `otherFinished`: the other direction has
+    /// ended and passed its end on, so the connection closes as soon as this one ends too — the close sends
+    /// the end of input, and the shutdown is skipped.
+    mutating func pump(_ moves: inout some Moves, limit: Int, otherFinished: Bool = false) -> (read: Int, outcome: Outcome) {
         var read = 0
         while read < limit {
             var progressed = false
@@ -84,7 +86,7 @@ struct SpliceDirection {
                 }
             }
             if ended, buffered == 0, !shut {
-                moves.shutDown()
+                if !otherFinished { moves.shutDown() }
                 shut = true
             }
             if !progressed { return (read, .waiting) }

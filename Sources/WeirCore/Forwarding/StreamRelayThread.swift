@@ -267,9 +267,12 @@ final class StreamRelayThread: @unchecked Sendable {
     private func handle(_ events: UInt32, side: UInt64, of connection: SplicedConnection, now: UInt64) {
         if case .connecting = connection.state {
             guard side == 1 else { return }
-            let result = weir_stream_connect_result(connection.target)
-            if result == 1 { return }  // still connecting: an event of an earlier attempt's socket
-            guard result == 0 else { return attemptFailed(connection, "\(IOError(errnoCode: -result, reason: "connect"))", now: now) }
+            // Writable without an error is connected (no system call to ask); an error or hang-up failed.
+            if events & (WEIR_POLL_ERR | WEIR_POLL_HUP) != 0 {
+                let result = weir_stream_connect_result(connection.target)
+                return attemptFailed(connection, "\(IOError(errnoCode: result < 0 ? -result : ECONNREFUSED, reason: "connect"))", now: now)
+            }
+            guard events & WEIR_POLL_OUT != 0 else { return }
             connection.state = .relaying
             connection.lastActivity = now
             pump(connection, now: now)
@@ -292,13 +295,13 @@ final class StreamRelayThread: @unchecked Sendable {
         var upstream = SpliceMoves(
             source: connection.client, destination: connection.target, holding: connection.toTargetHolding, bulk: connection.toTargetBulk,
             pool: pipes, scratch: scratch)
-        let sent = connection.toTarget.pump(&upstream, limit: Self.fairnessLimit)
+        let sent = connection.toTarget.pump(&upstream, limit: Self.fairnessLimit, otherFinished: connection.toClient.shut)
         connection.toTargetHolding = upstream.kept(buffered: connection.toTarget.buffered)
         connection.toTargetBulk = upstream.bulk
         var downstream = SpliceMoves(
             source: connection.target, destination: connection.client, holding: connection.toClientHolding, bulk: connection.toClientBulk,
             pool: pipes, scratch: scratch)
-        let received = connection.toClient.pump(&downstream, limit: Self.fairnessLimit)
+        let received = connection.toClient.pump(&downstream, limit: Self.fairnessLimit, otherFinished: connection.toTarget.shut)
         connection.toClientHolding = downstream.kept(buffered: connection.toClient.buffered)
         connection.toClientBulk = downstream.bulk
         if sent.read > 0 { metrics.bytesIn.increment(by: Int64(sent.read)) }
