@@ -236,6 +236,36 @@ struct HostileClientTests {
         #expect((try? waitingOnB.receive(exactly: 1)) == Array("e".utf8))
     }
 
+    @Test("Plain forwards (the stream relay): 300 clients mid-transfer that reset or half-close and leave unread data; nothing is held afterwards")
+    func relayedClientsLeaveMidTransfer() throws {
+        let backend = try Backends.echo()
+        let port = freePort()
+        let agent = try WeirProcess(pipelines: tcpForward("plain", port: port, to: [backend.port]))
+        try agent.start()
+        defer { agent.stop() }
+        let baseline = openDescriptors(pid: agent.pid)
+        var clients: [TCPClient] = []
+        for index in 0..<300 {
+            let client = try TCPClient(port: port)
+            // 64 to 256 KiB each: bulk, so most directions splice and hold pipes when the clients stop reading.
+            try client.send([UInt8](repeating: UInt8(index & 0xff), count: (64 << 10) * (1 + index % 4)))
+            if index % 3 == 0 { #expect(try client.receive(exactly: 1000) == [UInt8](repeating: UInt8(index & 0xff), count: 1000)) }
+            clients.append(client)
+        }
+        #expect(highestDescriptor(pid: agent.pid) > 600)
+        for (index, client) in clients.enumerated() {
+            if index % 2 == 0 { client.resetOnClose() } else { client.shutdownWrite() }
+        }
+        clients.removeAll()
+        #expect(eventually(timeout: 10) { openDescriptors(pid: agent.pid) <= baseline }, "descriptors \(openDescriptors(pid: agent.pid)), baseline \(baseline) (pipes: \(pipeDescriptors(pid: agent.pid)))")
+        #expect(eventually(timeout: 5) { Self.closeWait(ports: [port]) == 0 })
+        #expect(try agent.waitForMetric("weir_pipeline_connections_active", ["pipeline": "plain"]) { $0 == 0 } == 0)
+        #expect(try agent.metric("weir_pipeline_connections_total", ["pipeline": "plain"]) == 300)
+        let client = try TCPClient(port: port)
+        try client.send("ping")
+        #expect(try client.receive(exactly: 4) == Array("ping".utf8))
+    }
+
     @Test("Out of descriptors (EMFILE): accepting pauses instead of spinning, is logged once, and resumes; open connections are untouched")
     func descriptorExhaustion() throws {
         let backend = try Backends.echo()
