@@ -98,17 +98,18 @@ public final class ListenerSocket: Sendable {
         let bound = DatagramSocket.localAddress(fd).map { "\($0)" } ?? "\(address)"
         relayedSocket.withLockedValue { $0 = RelayedSocket(fd: fd, address: bound, engine: engine, loops: Array(group.makeIterator())) }
         engine.listen(fd, socket: self)
-        engine.setAccepting(fd, true)
+        engine.setAccepting(fd, socket: self, true)
     }
 
     /// A connection a relay thread accepted: relayed there when the owner is a plain forward, else handed to
     /// NIO as a channel on the thread's loop. Runs on the relay thread.
     func accepted(_ fd: Int32, by thread: StreamRelayThread, now: UInt64) {
-        if acceptFailing.withLockedValue({ $0 }) {
-            acceptFailing.withLockedValue { $0 = false }
-            acceptingAgain()
+        let recovered = acceptFailing.withLockedValue { failing in
+            defer { failing = false }
+            return failing
         }
-        guard case .stream(let forwarder) = currentOwner, let budgets = takeBudgets(), let relayed = relayedSocket.withLockedValue({ $0 }) else {
+        if recovered { acceptingAgain() }
+        guard let relayed = relayedSocket.withLockedValue({ $0 }), case .stream(let forwarder) = currentOwner, let budgets = takeBudgets() else {
             Glibc.close(fd)
             return
         }
@@ -202,7 +203,7 @@ public final class ListenerSocket: Sendable {
             pauses.withLockedValue { reasons in
                 let before = !reasons.isEmpty
                 if on { reasons.insert(reason) } else { reasons.remove(reason) }
-                if before != !reasons.isEmpty { relayed.engine.setAccepting(relayed.fd, reasons.isEmpty) }
+                if before != !reasons.isEmpty { relayed.engine.setAccepting(relayed.fd, socket: self, reasons.isEmpty) }
             }
             return
         }
@@ -292,10 +293,13 @@ public final class ListenerSocket: Sendable {
 
     public func close() async {
         dialer.withLockedValue { $0 }?.stop()
-        if let relayed = relayedSocket.withLockedValue({ $0 }) {
+        // Taken out first: a pause or resume from now on has no socket to act on.
+        if let relayed = relayedSocket.withLockedValue({ relayed in
+            defer { relayed = nil }
+            return relayed
+        }) {
             await relayed.engine.stopListening(relayed.fd)
             Glibc.close(relayed.fd)
-            relayedSocket.withLockedValue { $0 = nil }
         }
         for relay in datagramRelays.withLockedValue({ $0 }) { await relay.close() }
         guard let channel else { return }

@@ -22,7 +22,9 @@ import Glibc
 final class StreamRelayThread: @unchecked Sendable {
     enum Request {
         case listen(Int32, ListenerSocket)
-        case accepting(Int32, Bool)
+        /// Accept on the socket or not; ignored unless `fd` is still that listener's (a descriptor number is
+        /// reused once its socket is closed).
+        case accepting(Int32, ListenerSocket, Bool)
         case unlisten(Int32, @Sendable () -> Void)
         /// Close the connection with this tag (a drain past its grace).
         case close(UInt64)
@@ -133,8 +135,8 @@ final class StreamRelayThread: @unchecked Sendable {
             switch request {
             case .listen(let fd, let socket):
                 listeners[fd] = (socket, false)
-            case .accepting(let fd, let on):
-                guard let listener = listeners[fd], listener.watched != on else { continue }
+            case .accepting(let fd, let socket, let on):
+                guard let listener = listeners[fd], listener.socket === socket, listener.watched != on else { continue }
                 let result = on
                     ? weir_poll_add_events(poll, fd, WEIR_POLL_IN | WEIR_POLL_EXCLUSIVE, Self.listenerFlag | UInt64(UInt32(bitPattern: fd)))
                     : weir_poll_remove(poll, fd)
@@ -178,7 +180,8 @@ final class StreamRelayThread: @unchecked Sendable {
             generations.append(0)
             return connections.count - 1
         }()
-        let tag = UInt64(generations[slot]) << 32 | UInt64(slot) << 1
+        // 31 bits of generation: the top bit marks listeners' tags, and a slot may be reused billions of times.
+        let tag = UInt64(generations[slot] & 0x7fff_ffff) << 32 | UInt64(slot) << 1
         let connection = SplicedConnection(client: client, forwarder: forwarder, targets: targets, releaseBudgets: releaseBudgets, tag: tag, now: now)
         connections[slot] = connection
         open += 1
@@ -378,8 +381,8 @@ public final class StreamRelayEngine: Sendable {
         for thread in threads { thread.post(.listen(fd, socket)) }
     }
 
-    func setAccepting(_ fd: Int32, _ on: Bool) {
-        for thread in threads { thread.post(.accepting(fd, on)) }
+    func setAccepting(_ fd: Int32, socket: ListenerSocket, _ on: Bool) {
+        for thread in threads { thread.post(.accepting(fd, socket, on)) }
     }
 
     /// Returns once no thread watches `fd` any more (it may then be closed).
