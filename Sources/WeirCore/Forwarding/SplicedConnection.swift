@@ -54,11 +54,6 @@ final class SplicedConnection {
         lastActivity = now
     }
 
-    var isRelaying: Bool {
-        if case .relaying = state { return true }
-        return false
-    }
-
     /// Both directions ended and were passed on.
     var isFinished: Bool { toTarget.shut && toClient.shut }
 }
