@@ -78,18 +78,12 @@ final class DatagramRelayLoop: @unchecked Sendable {
 
     /// Takes over `listening` (closed by `close`).
     init(listening: Int32, socket: ListenerSocket, eventLoop: any EventLoop) throws {
-        let poll = weir_poll_create()
-        guard poll >= 0 else { throw IOError(errnoCode: -poll, reason: "epoll_create1") }
-        let wakeup = weir_poll_wakeup_create()
-        guard wakeup >= 0 else {
-            Glibc.close(poll)
-            throw IOError(errnoCode: -wakeup, reason: "eventfd")
-        }
-        let added = [weir_poll_add(poll, listening, Self.listeningTag), weir_poll_add(poll, wakeup, Self.wakeupTag)]
-        if let failed = added.first(where: { $0 < 0 }) {
+        let (poll, wakeup) = try WakeablePoll.open(wakeupTag: Self.wakeupTag)
+        let added = weir_poll_add(poll, listening, Self.listeningTag)
+        guard added == 0 else {
             Glibc.close(poll)
             Glibc.close(wakeup)
-            throw IOError(errnoCode: -failed, reason: "epoll_ctl")
+            throw IOError(errnoCode: -added, reason: "epoll_ctl")
         }
         self.listening = listening
         self.socket = socket

@@ -9,10 +9,13 @@ import Glibc
 public struct DirectTargets: Sendable {
     public let addresses: [SocketAddress]
     public let connectTimeout: Duration
+    /// The same, for the relay's monotonic clock.
+    let connectTimeoutNanoseconds: UInt64
 
     public init(addresses: [SocketAddress], connectTimeout: Duration) {
         self.addresses = addresses
         self.connectTimeout = connectTimeout
+        connectTimeoutNanoseconds = UInt64(max(TimeAmount(connectTimeout).nanoseconds, 0))
     }
 }
 
@@ -36,13 +39,8 @@ final class SplicedConnection {
     /// When the current connect attempt gives up (monotonic nanoseconds).
     var connectDeadline: UInt64 = 0
     var lastActivity: UInt64
-    var toTarget = SpliceDirection()
-    var toClient = SpliceDirection()
-    var toTargetHolding: SpliceHolding?
-    var toClientHolding: SpliceHolding?
-    /// Whether each direction has carried bulk data, and so splices.
-    var toTargetBulk = false
-    var toClientBulk = false
+    var toTarget = RelayedDirection()
+    var toClient = RelayedDirection()
     var closed = false
 
     init(client: Int32, forwarder: StreamForwarder, targets: DirectTargets, releaseBudgets: @escaping @Sendable () -> Void, tag: UInt64, now: UInt64) {
@@ -55,7 +53,26 @@ final class SplicedConnection {
     }
 
     /// Both directions ended and were passed on.
-    var isFinished: Bool { toTarget.shut && toClient.shut }
+    var isFinished: Bool { toTarget.state.shut && toClient.state.shut }
+}
+
+/// One direction of a relayed connection: its state, what holds its bytes, and whether it splices.
+struct RelayedDirection {
+    var state = SpliceDirection()
+    var holding: SpliceHolding?
+    /// Whether the direction has carried bulk data, and so splices.
+    var bulk = false
+
+    /// Pumps from `source` to `destination` (see SpliceDirection.pump); the scratch buffer is free again after.
+    mutating func pump(
+        from source: Int32, to destination: Int32, pool: SplicePipePool, scratch: HeldBytes, limit: Int, otherFinished: Bool
+    ) -> (read: Int, outcome: SpliceDirection.Outcome) {
+        var moves = SpliceMoves(source: source, destination: destination, holding: holding, bulk: bulk, pool: pool, scratch: scratch)
+        let result = state.pump(&moves, limit: limit, otherFinished: otherFinished)
+        holding = moves.kept(buffered: state.buffered)
+        bulk = moves.bulk
+        return result
+    }
 }
 
 /// A pipe a direction borrows from its thread's pool while bytes are in it.

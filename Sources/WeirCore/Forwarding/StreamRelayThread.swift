@@ -58,23 +58,9 @@ final class StreamRelayThread: @unchecked Sendable {
     private static let listenerFlag: UInt64 = 1 << 63
 
     init(index: Int, maxPipes: Int) throws {
-        let poll = weir_poll_create()
-        guard poll >= 0 else { throw IOError(errnoCode: -poll, reason: "epoll_create1") }
-        let wakeup = weir_poll_wakeup_create()
-        guard wakeup >= 0 else {
-            Glibc.close(poll)
-            throw IOError(errnoCode: -wakeup, reason: "eventfd")
-        }
-        let added = weir_poll_add(poll, wakeup, Self.wakeupTag)
-        guard added == 0 else {
-            Glibc.close(poll)
-            Glibc.close(wakeup)
-            throw IOError(errnoCode: -added, reason: "epoll_ctl")
-        }
+        (poll, wakeup) = try WakeablePoll.open(wakeupTag: Self.wakeupTag)
         self.index = index
         pipes = SplicePipePool(maxLent: maxPipes)
-        self.poll = poll
-        self.wakeup = wakeup
     }
 
     func start() {
@@ -220,7 +206,7 @@ final class StreamRelayThread: @unchecked Sendable {
                 if weir_poll_add_events(poll, fd, Self.socketEvents, connection.tag | 1) == 0 {
                     connection.target = fd
                     connection.state = .connecting(attempt: attempt, errors: errors)
-                    connection.connectDeadline = now + UInt64(max(TimeAmount(connection.targets.connectTimeout).nanoseconds, 0))
+                    connection.connectDeadline = now + connection.targets.connectTimeoutNanoseconds
                     return
                 }
                 Glibc.close(fd)
@@ -284,29 +270,23 @@ final class StreamRelayThread: @unchecked Sendable {
         let readable = events & (WEIR_POLL_IN | WEIR_POLL_RDHUP | WEIR_POLL_HUP | WEIR_POLL_ERR) != 0
         let writable = events & (WEIR_POLL_OUT | WEIR_POLL_HUP | WEIR_POLL_ERR) != 0
         if side == 0 {
-            if readable { connection.toTarget.sourceReadable = true }
-            if writable { connection.toClient.destinationWritable = true }
+            if readable { connection.toTarget.state.sourceReadable = true }
+            if writable { connection.toClient.state.destinationWritable = true }
         } else {
-            if readable { connection.toClient.sourceReadable = true }
-            if writable { connection.toTarget.destinationWritable = true }
+            if readable { connection.toClient.state.sourceReadable = true }
+            if writable { connection.toTarget.state.destinationWritable = true }
         }
         pump(connection, now: now)
     }
 
     private func pump(_ connection: SplicedConnection, now: UInt64) {
         let metrics = connection.forwarder.metrics
-        var upstream = SpliceMoves(
-            source: connection.client, destination: connection.target, holding: connection.toTargetHolding, bulk: connection.toTargetBulk,
-            pool: pipes, scratch: scratch)
-        let sent = connection.toTarget.pump(&upstream, limit: Self.fairnessLimit, otherFinished: connection.toClient.shut)
-        connection.toTargetHolding = upstream.kept(buffered: connection.toTarget.buffered)
-        connection.toTargetBulk = upstream.bulk
-        var downstream = SpliceMoves(
-            source: connection.target, destination: connection.client, holding: connection.toClientHolding, bulk: connection.toClientBulk,
-            pool: pipes, scratch: scratch)
-        let received = connection.toClient.pump(&downstream, limit: Self.fairnessLimit, otherFinished: connection.toTarget.shut)
-        connection.toClientHolding = downstream.kept(buffered: connection.toClient.buffered)
-        connection.toClientBulk = downstream.bulk
+        let sent = connection.toTarget.pump(
+            from: connection.client, to: connection.target, pool: pipes, scratch: scratch, limit: Self.fairnessLimit,
+            otherFinished: connection.toClient.state.shut)
+        let received = connection.toClient.pump(
+            from: connection.target, to: connection.client, pool: pipes, scratch: scratch, limit: Self.fairnessLimit,
+            otherFinished: connection.toTarget.state.shut)
         if sent.read > 0 { metrics.bytesIn.increment(by: Int64(sent.read)) }
         if received.read > 0 { metrics.bytesOut.increment(by: Int64(received.read)) }
         if sent.read > 0 || received.read > 0 { connection.lastActivity = now }
@@ -338,8 +318,8 @@ final class StreamRelayThread: @unchecked Sendable {
         connection.closed = true
         Glibc.close(connection.client)
         if connection.target >= 0 { Glibc.close(connection.target) }
-        connection.toTargetHolding?.discard(to: pipes)
-        connection.toClientHolding?.discard(to: pipes)
+        connection.toTarget.holding?.discard(to: pipes)
+        connection.toClient.holding?.discard(to: pipes)
         let slot = Int((connection.tag & 0xffff_ffff) >> 1)
         connections[slot] = nil
         generations[slot] &+= 1
