@@ -116,6 +116,22 @@ import Testing
         #expect(read == 4 * 65536)
         #expect(outcome == .more)
     }
+
+    @Test("A paced direction that may not read still drains what it holds, and keeps the source's readiness")
+    func pacedDirectionDrainsButDoesNotRead() {
+        var direction = SpliceDirection()
+        var first = Script(fills: [4000, -Int(EAGAIN)], drains: [-Int(EAGAIN)])
+        _ = direction.pump(&first, limit: 1 << 20)
+        #expect(direction.buffered == 4000)
+        direction.destinationWritable = true
+        var waiting = Script(fills: [1000], drains: [4000])
+        let (read, outcome) = direction.pump(&waiting, limit: 1 << 20, reading: false)
+        #expect(read == 0)
+        #expect(outcome == .waiting)
+        #expect(direction.buffered == 0, "what was read before the wait still reaches the destination")
+        #expect(waiting.asked == ["drain 4000"], "the source is not read while its pacers hold it back")
+        #expect(direction.sourceReadable, "the edge is kept: the wait ends with a read, not with a lost wakeup")
+    }
 }
 
 /// The direction's moves on real (non-blocking Unix) sockets: through a pipe, and through a buffer when the

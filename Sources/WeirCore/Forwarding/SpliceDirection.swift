@@ -53,8 +53,11 @@ struct SpliceDirection {
     /// Moves what can move now, at most `limit` bytes read; `read` is what was read from the source (what the
     /// byte counters count, as the channel path counts bytes read). `otherFinished`: the other direction has
     /// ended and passed its end on, so the connection closes as soon as this one ends too — the close sends
-    /// the end of input, and the shutdown is skipped.
-    mutating func pump(_ moves: inout some Moves, limit: Int, otherFinished: Bool = false) -> (read: Int, outcome: Outcome) {
+    /// the end of input, and the shutdown is skipped. `reading`: whether the source may be read (a paced
+    /// direction waits; what it holds still drains, and its readiness is kept for later).
+    mutating func pump(
+        _ moves: inout some Moves, limit: Int, otherFinished: Bool = false, reading: Bool = true
+    ) -> (read: Int, outcome: Outcome) {
         var read = 0
         while read < limit {
             var progressed = false
@@ -69,7 +72,7 @@ struct SpliceDirection {
                     return (read, .failed(Int32(truncatingIfNeeded: moved == 0 ? Int(EPIPE) : -moved)))
                 }
             }
-            if !ended, sourceReadable, buffered < Self.fillSize {
+            if reading, !ended, sourceReadable, buffered < Self.fillSize {
                 let moved = moves.fill(Self.fillSize - buffered)
                 if moved > 0 {
                     buffered += moved

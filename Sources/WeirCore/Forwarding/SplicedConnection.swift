@@ -62,15 +62,21 @@ struct RelayedDirection {
     var holding: SpliceHolding?
     /// Whether the direction has carried bulk data, and so splices.
     var bulk = false
+    /// The direction's rate limits, if its pipeline has any.
+    var pacing: RelayPacing?
 
     /// Pumps from `source` to `destination` (see SpliceDirection.pump); the scratch buffer is free again after.
     mutating func pump(
-        from source: Int32, to destination: Int32, pool: SplicePipePool, scratch: HeldBytes, limit: Int, otherFinished: Bool
+        from source: Int32, to destination: Int32, pool: SplicePipePool, scratch: HeldBytes, limit: Int, otherFinished: Bool,
+        reading: Bool
     ) -> (read: Int, outcome: SpliceDirection.Outcome) {
         var moves = SpliceMoves(source: source, destination: destination, holding: holding, bulk: bulk, pool: pool, scratch: scratch)
-        let result = state.pump(&moves, limit: limit, otherFinished: otherFinished)
+        // A paced direction reads one fill at a time, so its pacers are asked before each.
+        let limit = pacing == nil ? limit : min(limit, SpliceDirection.fillSize)
+        let result = state.pump(&moves, limit: limit, otherFinished: otherFinished, reading: reading)
         holding = moves.kept(buffered: state.buffered)
         bulk = moves.bulk
+        if result.read > 0 { pacing?.consumed(result.read) }
         return result
     }
 }

@@ -34,9 +34,12 @@ public final class StreamForwarder: Sendable {
     let listenerType: String
     private let idleTimeout: TimeAmount?
     let idleTimeoutNanoseconds: UInt64?
-    /// Set when nothing between the listener and the connector looks at the bytes and the connector only
-    /// connects to fixed addresses: a relay thread may then forward the connection on raw sockets.
+    /// Set when nothing between the listener and the connector looks at the bytes (at most it paces them) and
+    /// the connector only connects to fixed addresses: a relay thread may then forward the connection on raw
+    /// sockets.
     let direct: DirectTargets?
+    /// The filters of a relayed forward: they only pace its bytes (limit.bandwidth).
+    let pacing: [any PacingStreamFilter]
 
     public init(
         pipeline: String, filters: [any StreamFilter], connector: any StreamConnector, connectorType: String,
@@ -48,7 +51,8 @@ public final class StreamForwarder: Sendable {
         self.listenerType = listenerType
         self.idleTimeout = idleTimeout.map(TimeAmount.init)
         idleTimeoutNanoseconds = idleTimeout.map { UInt64(max(TimeAmount($0).nanoseconds, 0)) }
-        direct = filters.isEmpty && negotiating == nil ? connector.directTargets : nil
+        pacing = filters.compactMap { $0 as? any PacingStreamFilter }
+        direct = pacing.count == filters.count && negotiating == nil ? connector.directTargets : nil
         if let index = filters.firstIndex(where: { $0 is any StreamMultiplexingFilter }),
             let filter = filters[index] as? any StreamMultiplexingFilter
         {

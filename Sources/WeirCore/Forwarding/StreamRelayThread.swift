@@ -9,8 +9,8 @@ import Glibc
 
 /// A thread that accepts on the stream listeners' sockets and relays plain forwards on raw descriptors.
 ///
-/// A plain forward (listen.tcp → connect.tcp to fixed addresses, nothing between) needs no NIO channel: its
-/// bytes are never looked at. Through two channels a connection cost ~200 µs of CPU to open and close (half of
+/// A plain forward (listen.tcp → connect.tcp to fixed addresses, nothing between but pacing filters such as
+/// limit.bandwidth) needs no NIO channel: its bytes are never looked at. Through two channels a connection cost ~200 µs of CPU to open and close (half of
 /// it NIO's channel setup, 13 epoll_ctl calls) and ~3 KiB of memory per idle connection; here it is two
 /// sockets, two edge-triggered epoll registrations and one object, and its bytes move with splice(2) through
 /// a pipe borrowed while they are in it. Connections of any other pipeline are accepted here too and handed to
@@ -50,6 +50,8 @@ final class StreamRelayThread: @unchecked Sendable {
     private var open = 0
     /// Connections that stopped at the fairness limit, to go on after this wakeup's events.
     private var unfinished: [SplicedConnection] = []
+    /// When paced directions may read again.
+    private var wakeups = RelayWakeups()
     private let pipes: SplicePipePool
     /// Where copying directions read into (see SpliceHolding).
     private let scratch = HeldBytes()
@@ -88,7 +90,8 @@ final class StreamRelayThread: @unchecked Sendable {
         }
         var nextSweep = Self.now() + Self.sweepInterval
         while !lifecycle.stopping {
-            let timeout: Int32 = !unfinished.isEmpty ? 0 : open > 0 ? Int32(Self.sweepInterval / 1_000_000) : -1
+            var timeout: Int32 = !unfinished.isEmpty ? 0 : open > 0 ? Int32(Self.sweepInterval / 1_000_000) : -1
+            if let paced = wakeups.millisecondsUntilNext(now: Self.now()), timeout < 0 || paced < timeout { timeout = paced }
             let ready = Int(weir_poll_wait_events(poll, tags, events, Int32(capacity), timeout))
             let now = Self.now()
             for index in 0..<max(ready, 0) {
@@ -105,6 +108,11 @@ final class StreamRelayThread: @unchecked Sendable {
             let again = unfinished
             unfinished = []
             for connection in again where !connection.closed { pump(connection, now: now) }
+            for due in wakeups.takeDue(now: now) {
+                guard let connection = connection(tagged: due.tag) else { continue }
+                let pacing = due.tag & 1 == 0 ? connection.toTarget.pacing : connection.toClient.pacing
+                if pacing?.resumeAt == due.time { pump(connection, now: now) }
+            }
             if now >= nextSweep {
                 sweep(now: now)
                 nextSweep = now + Self.sweepInterval
@@ -169,6 +177,11 @@ final class StreamRelayThread: @unchecked Sendable {
         // 31 bits of generation: the top bit marks listeners' tags, and a slot may be reused billions of times.
         let tag = UInt64(generations[slot] & 0x7fff_ffff) << 32 | UInt64(slot) << 1
         let connection = SplicedConnection(client: client, forwarder: forwarder, targets: targets, releaseBudgets: releaseBudgets, tag: tag, now: now)
+        if !forwarder.pacing.isEmpty {
+            let pacers = forwarder.pacing.map { $0.pacers() }
+            connection.toTarget.pacing = RelayPacing(pacers.map(\.toTarget))
+            connection.toClient.pacing = RelayPacing(pacers.map(\.toClient))
+        }
         connections[slot] = connection
         open += 1
         guard forwarder.tracker.admit(relayed: ObjectIdentifier(connection), close: { [self] in post(.close(tag)) }) else {
@@ -283,10 +296,10 @@ final class StreamRelayThread: @unchecked Sendable {
         let metrics = connection.forwarder.metrics
         let sent = connection.toTarget.pump(
             from: connection.client, to: connection.target, pool: pipes, scratch: scratch, limit: Self.fairnessLimit,
-            otherFinished: connection.toClient.state.shut)
+            otherFinished: connection.toClient.state.shut, reading: mayRead(&connection.toTarget, tag: connection.tag, now: now))
         let received = connection.toClient.pump(
             from: connection.target, to: connection.client, pool: pipes, scratch: scratch, limit: Self.fairnessLimit,
-            otherFinished: connection.toTarget.state.shut)
+            otherFinished: connection.toTarget.state.shut, reading: mayRead(&connection.toClient, tag: connection.tag | 1, now: now))
         if sent.read > 0 { metrics.bytesIn.increment(by: Int64(sent.read)) }
         if received.read > 0 { metrics.bytesOut.increment(by: Int64(received.read)) }
         if sent.read > 0 || received.read > 0 { connection.lastActivity = now }
@@ -294,6 +307,18 @@ final class StreamRelayThread: @unchecked Sendable {
         if case .failed = received.outcome { return close(connection) }
         if connection.isFinished { return close(connection) }
         if sent.outcome == .more || received.outcome == .more { unfinished.append(connection) }
+    }
+
+    /// Whether a direction may read now: unpaced, or its pacers allow it. A new wait gets a wakeup (`tag`
+    /// names the direction: its connection's tag, and the side it reads from).
+    private func mayRead(_ direction: inout RelayedDirection, tag: UInt64, now: UInt64) -> Bool {
+        guard direction.pacing != nil else { return true }
+        switch direction.pacing!.decide(now: now) {
+        case .read: return true
+        case .wait(let until, let new):
+            if new { wakeups.add(until, tag: tag) }
+            return false
+        }
     }
 
     /// Connect attempts past their time, connections idle past the listener's `idle_timeout`; pooled pipes
@@ -306,6 +331,10 @@ final class StreamRelayThread: @unchecked Sendable {
                 if now >= connection.connectDeadline { attemptFailed(connection, "connect timed out", now: now) }
             case .relaying:
                 guard let idle = connection.forwarder.idleTimeoutNanoseconds, now &- connection.lastActivity >= idle else { continue }
+                // A direction its pacers hold back is not idle.
+                if connection.toTarget.pacing?.waiting(now: now) == true || connection.toClient.pacing?.waiting(now: now) == true {
+                    continue
+                }
                 connection.forwarder.metrics.error(stage: connection.forwarder.listenerType, reason: "idle_timeout")
                 close(connection)
             }

@@ -128,6 +128,22 @@ public enum DatagramTargetChoice: Sendable {
     case later(EventLoopFuture<SocketAddress>)
 }
 
+/// Paces one direction of a connection by the bytes it carries (a rate limit), without looking at them.
+public protocol StreamPacer: Sendable {
+    /// Takes `bytes` just read from the direction's source.
+    func consume(_ bytes: Int)
+    /// How long the direction waits before its next read; nil when it may read now.
+    func delayBeforeRead() -> TimeAmount?
+}
+
+/// A filter that only paces bytes and never looks at or changes them: a plain forward with such filters is
+/// still relayed on raw sockets (StreamRelayThread), which asks the pacers before each read, as the filter's
+/// handlers would on a channel.
+public protocol PacingStreamFilter: StreamFilter {
+    /// One connection's pacers: for what the client sends, and for what the target sends.
+    func pacers() -> (toTarget: any StreamPacer, toClient: any StreamPacer)
+}
+
 /// Handlers a filter adds to one stream connection.
 public struct StreamFilterHandlers {
     /// Added to the accepted (client) channel.

@@ -285,15 +285,16 @@ func tcpForward(_ id: String, port: Int, to targets: [Int], extraStages: String 
     """
 }
 
-/// One pipeline entry of a `pipelines:` map, indented to sit under it.
-func tcpForwardEntry(_ id: String, port: Int, to targets: [Int], extraStages: String = "") -> String {
+/// One pipeline entry of a `pipelines:` map, indented to sit under it; `targetHost` the targets' host (an
+/// address, or a name to resolve).
+func tcpForwardEntry(_ id: String, port: Int, to targets: [Int], targetHost: String = "127.0.0.1", extraStages: String = "") -> String {
     """
       \(id):
         stages:
           - type: listen.tcp
             address: 127.0.0.1:\(port)
     \(extraStages)      - type: connect.tcp
-            addresses: [\(targets.map { "127.0.0.1:\($0)" }.joined(separator: ", "))]
+            addresses: [\(targets.map { "\(targetHost):\($0)" }.joined(separator: ", "))]
 
     """
 }

@@ -3,7 +3,7 @@ import NIOCore
 import WeirCore
 
 /// A token bucket used by one connection, or shared (behind a lock) by all connections of a pipeline.
-final class SharedTokenBucket: Sendable {
+final class SharedTokenBucket: StreamPacer {
     private let bucket: NIOLockedValueBox<TokenBucket>
 
     init(_ bucket: TokenBucket) { self.bucket = NIOLockedValueBox(bucket) }

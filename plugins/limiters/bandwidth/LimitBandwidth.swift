@@ -35,7 +35,7 @@ public struct LimitBandwidthConfig: StageConfig {
     public func makeStage(_ context: StageContext) -> any Stage { LimitBandwidth(config: self) }
 }
 
-struct LimitBandwidth: StreamFilter, DatagramFilter {
+struct LimitBandwidth: PacingStreamFilter, DatagramFilter {
     let config: LimitBandwidthConfig
     /// The pipeline-wide buckets; nil when each connection has its own.
     private let shared: [TrafficDirection: SharedTokenBucket]?
@@ -60,6 +60,12 @@ struct LimitBandwidth: StreamFilter, DatagramFilter {
         return StreamFilterHandlers(
             clientSide: [BandwidthThrottle(bucket: buckets[.in]!)],
             targetSide: [BandwidthThrottle(bucket: buckets[.out]!)])
+    }
+
+    /// A plain forward's connections are relayed on raw sockets; the same buckets pace them there.
+    func pacers() -> (toTarget: any StreamPacer, toClient: any StreamPacer) {
+        let buckets = buckets()
+        return (buckets[.in]!, buckets[.out]!)
     }
 
     func sessionFilter(for connection: ConnectionInfo) -> any DatagramSessionFilter {
