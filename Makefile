@@ -99,6 +99,7 @@ bench:
 	WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/forward-bench.sh
 	WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/udp-bench.sh
 	WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/idle-bench.sh
+	WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/bandwidth-bench.sh
 	WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/aead-bench.sh
 	WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/tls-bench.sh
 	WEIR_BIN=$(CURDIR)/.build/release/weir bash bench/reload-bench.sh

@@ -1,7 +1,7 @@
 # Shared by the loopback relay benchmarks (sourced by aead-bench.sh and tls-bench.sh): tool checks, the weir
 # binary, background processes and their cleanup, free ports, waiting for listeners, and iperf3 medians.
 #
-# A script sets NAME, ROUNDS, SECONDS_EACH and TMP, then calls loopback_init TOOL...
+# A script sets NAME, ROUNDS, SECONDS_EACH and TMP, then calls loopback_init TOOL... (BENCH_KEEP_TMP=1 keeps TMP.)
 
 PIDS=()
 
@@ -21,7 +21,7 @@ loopback_init() {
 loopback_cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$TMP"
+    [ -n "${BENCH_KEEP_TMP:-}" ] || rm -rf "$TMP"
 }
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
