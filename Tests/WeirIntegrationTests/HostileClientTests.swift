@@ -312,6 +312,29 @@ struct HostileClientTests {
         #expect((try agent.metric("weir_pipeline_errors_total", ["pipeline": "socks", "stage": "listen.socks5", "reason": "accept_failed"]) ?? 0) >= 1)
         _ = stalled
     }
+    @Test("Out of descriptors, a burst of new UDP clients: every failed session is counted, the warning is not logged per client, the agent recovers")
+    func datagramSessionsOutOfDescriptors() throws {
+        let echo = try UDPEchoServer()
+        let port = freePort()
+        // 64 descriptors: a session is a socket of its own, so 150 new clients run the agent out of them.
+        let agent = try WeirProcess(
+            pipelines: udpForward("udp", port: port, to: [echo.port], connectOptions: "        idle_timeout: 2s"),
+            launcher: ["prlimit", "--nofile=64:64", "--"])
+        try agent.start()
+        defer { agent.stop() }
+        var clients = try (0..<150).map { _ in try UDPSocket(timeout: 1) }
+        for client in clients { try client.send(Array("x".utf8), to: port) }
+        let failed = { try agent.metric("weir_pipeline_errors_total", ["pipeline": "udp", "stage": "connect.udp", "reason": "connect_failed"]) ?? 0 }
+        #expect(try eventually(timeout: 5) { try failed() >= 50 }, "failed sessions: \((try? failed()) ?? -1)")
+        // The listener has a socket (and relay thread) per event loop, one loop per core; each warns once.
+        let warnings = agent.log.components(separatedBy: "UDP session failed").count - 1
+        #expect((1...ProcessInfo.processInfo.activeProcessorCount).contains(warnings), "one warning per listening socket for the burst, not one per client (\(warnings)):\n\(agent.log.suffix(2000))")
+        // The sessions that were opened idle out and give their descriptors back: a new client is served.
+        clients.removeAll()
+        let late = try UDPSocket(timeout: 1)
+        #expect(eventually(timeout: 10) { (try? late.echoed(Array("late".utf8), through: port, attempts: 1)) == true }, "served again")
+    }
+
     /// argv: proxy-port echo-port held busy-from agent-pid. `held` SOCKS5 clients, each to a destination of
     /// its own (127.3.x.y, all reaching the echo server on 0.0.0.0:echo-port), opened one after the other and proven by an
     /// echo; prints {"held","descriptors","highest"} (the agent's). Then per stdin line: "early R" makes R

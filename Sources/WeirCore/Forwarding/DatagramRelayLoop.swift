@@ -1,5 +1,6 @@
 import CWeirSystem
 import Foundation
+import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 #if canImport(Glibc)
@@ -71,6 +72,8 @@ final class DatagramRelayLoop: @unchecked Sendable {
     private var bySocket: [Int32: Session] = [:]
     /// Replies read and not yet sent (the first slots of the thread's reply batch).
     private var repliesWaiting = 0
+    /// Failed sessions' warnings, at most one per 10 s.
+    private var failureLog = LogThrottle(interval: 10_000_000_000)
 
     /// Tags of the descriptors that are not sessions' (a session's tag is its descriptor).
     private static let listeningTag = UInt64.max
@@ -286,10 +289,16 @@ final class DatagramRelayLoop: @unchecked Sendable {
         remove(session)
     }
 
+    /// Every failed session is counted; the warning is logged at most every 10 s per listening socket, with
+    /// how many were held back (out of descriptors, each new client's first datagram would log one).
     private func failed(_ session: Session, _ error: any Error) {
         let forwarder = session.forwarder
         forwarder.metrics.error(stage: forwarder.connectorType, reason: "connect_failed")
-        forwarder.logger.warning("UDP session failed", metadata: ["pipeline": "\(forwarder.pipeline)", "error": "\(error)"])
+        if let heldBack = failureLog.admit(now: DispatchTime.now().uptimeNanoseconds) {
+            var metadata: Logger.Metadata = ["pipeline": "\(forwarder.pipeline)", "error": "\(error)"]
+            if heldBack > 0 { metadata["held_back"] = "\(heldBack)" }
+            forwarder.logger.warning("UDP session failed", metadata: metadata)
+        }
         remove(session)
     }
 
