@@ -111,4 +111,33 @@ struct ForwardingTests {
         #expect(forwarded < 64 * 1024 * 1024, "forwarded \(forwarded) bytes to a client that stopped reading")
         #expect(stalled - baseline < 64 * 1024, "RSS grew from \(baseline) KiB to \(stalled) KiB")
     }
+
+    @Test(
+        "Connections of a pipeline that goes through NIO are spread over its event loops, whichever relay thread accepted them",
+        .enabled(if: ProcessInfo.processInfo.activeProcessorCount >= 2, "one event loop per core: needs two"))
+    func handedOverConnectionsSpreadOverLoops() throws {
+        let source = try Backends.source(seconds: 30)
+        let port = freePort()
+        // A target by name keeps the pipeline off the relay: its connections are handed to NIO.
+        let agent = try WeirProcess(pipelines: "pipelines:\n" + tcpForwardEntry("named", port: port, to: [source.port], targetHost: "localhost"))
+        try agent.start()
+        defer { agent.stop() }
+        // The agent's event loops (NIO's shared group, one thread per core).
+        let loops = { threadCPUSeconds(pid: agent.pid, named: "NIO-SGLTN") }
+        let before = loops()
+        #expect(before.count >= 2, "event loop threads: \(before)")
+        // Opened one after the other while the agent is idle, so one relay thread accepts them all (the kernel
+        // wakes the first idle waiter); each then carries bulk data.
+        let clients = try (0..<8).map { _ in try TCPClient(port: port) }
+        let end = monotonicSeconds() + 2
+        while monotonicSeconds() < end {
+            for client in clients { _ = try client.receive() }
+        }
+        let used = loops().map { name, seconds in (name, seconds - (before[name] ?? 0)) }
+        let total = used.reduce(0) { $0 + $1.1 }
+        #expect(total > 0.2, "CPU seconds of the loops: \(used)")
+        // Spread in turn, each loop carries an equal share (measured 48-52% on two loops); handed over by the
+        // accepting thread's index, one loop took three quarters.
+        #expect(used.allSatisfy { $0.1 >= total * 0.7 / Double(used.count) }, "every loop carries its share of the connections: \(used)")
+    }
 }

@@ -503,11 +503,4 @@ struct HostileClientTests {
     }
 }
 
-/// User plus system CPU time of a process, in seconds.
-func cpuSeconds(pid: Int32) -> Double {
-    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let end = stat.lastIndex(of: ")") else { return 0 }
-    let fields = stat[stat.index(after: end)...].split(separator: " ")
-    // utime and stime are fields 14 and 15 of stat; here counted after the command, so 12 and 13 (0-based 11, 12).
-    guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
-    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
-}
+

@@ -82,8 +82,9 @@ public final class ListenerSocket: Sendable {
         let fd: Int32
         let address: String
         let engine: StreamRelayEngine
-        /// The loops connections of other owners are handed to, by relay thread.
-        let loops: [any EventLoop]
+        /// The loops connections of other owners are handed to, in turn (as a NIO server spreads its children):
+        /// which relay thread accepts is up to the kernel, and one thread may take most of them.
+        let group: any EventLoopGroup
     }
 
     private let relayedSocket = NIOLockedValueBox<RelayedSocket?>(nil)
@@ -96,7 +97,7 @@ public final class ListenerSocket: Sendable {
         let fd = address.withSockAddr { weir_stream_listen($0, socklen_t($1), Int32(listener.backlog)) }
         guard fd >= 0 else { throw IOError(errnoCode: -fd, reason: "bind") }
         let bound = DatagramSocket.localAddress(fd).map { "\($0)" } ?? "\(address)"
-        relayedSocket.withLockedValue { $0 = RelayedSocket(fd: fd, address: bound, engine: engine, loops: Array(group.makeIterator())) }
+        relayedSocket.withLockedValue { $0 = RelayedSocket(fd: fd, address: bound, engine: engine, group: group) }
         engine.listen(fd, socket: self)
         engine.setAccepting(fd, socket: self, true)
     }
@@ -118,7 +119,7 @@ public final class ListenerSocket: Sendable {
             thread.relay(fd, forwarder: forwarder, targets: targets, releaseBudgets: release, now: now)
             return
         }
-        ClientBootstrap(group: relayed.loops[thread.index % relayed.loops.count])
+        ClientBootstrap(group: relayed.group.next())
             .channelOption(.autoRead, value: false)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelOption(.recvAllocator, value: StreamForwarder.receiveAllocator)
@@ -156,7 +157,7 @@ public final class ListenerSocket: Sendable {
         }
         // epoll reports the waiting connection again at once: retrying now would spin.
         setPaused(.descriptors, true)
-        let loop = channel?.eventLoop ?? relayedSocket.withLockedValue { $0?.loops.first }
+        let loop = channel?.eventLoop ?? relayedSocket.withLockedValue { $0?.group.next() }
         loop?.scheduleTask(in: AcceptFailureReport.pause) { [self] in setPaused(.descriptors, false) }
     }
 

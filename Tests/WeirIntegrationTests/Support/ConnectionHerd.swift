@@ -176,6 +176,28 @@ func pipeDescriptors(pid: Int32) -> Int {
     return entries.filter { (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(folder)/\($0)"))?.hasPrefix("pipe:") == true }.count
 }
 
+/// CPU seconds (user and system) a process has used.
+func cpuSeconds(pid: Int32) -> Double { cpuSeconds(statFile: "/proc/\(pid)/stat") }
+
+/// CPU seconds of each of a process's threads whose name starts with `prefix`, by name.
+func threadCPUSeconds(pid: Int32, named prefix: String) -> [String: Double] {
+    let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+    var result: [String: Double] = [:]
+    for task in tasks {
+        guard let name = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/comm", encoding: .utf8), name.hasPrefix(prefix) else { continue }
+        result[name.trimmingCharacters(in: .whitespacesAndNewlines)] = cpuSeconds(statFile: "/proc/\(pid)/task/\(task)/stat")
+    }
+    return result
+}
+
+private func cpuSeconds(statFile: String) -> Double {
+    guard let stat = try? String(contentsOfFile: statFile, encoding: .utf8), let end = stat.lastIndex(of: ")") else { return 0 }
+    let fields = stat[stat.index(after: end)...].split(separator: " ")
+    // utime and stime are fields 14 and 15 of stat; here counted after the command, so 12 and 13 (0-based 11, 12).
+    guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+}
+
 /// The highest descriptor number a process has open.
 func highestDescriptor(pid: Int32) -> Int {
     ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []).compactMap { Int($0) }.max() ?? -1
