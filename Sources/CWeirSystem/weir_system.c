@@ -5,8 +5,10 @@
 #include <fcntl.h>
 #include <sys/wait.h>
 #include <errno.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -105,4 +107,12 @@ int weir_spawn_wait(const char *path, char *const argv[], char *const envp[])
 	if (WIFEXITED(status))
 		return WEXITSTATUS(status);
 	return 128 + WTERMSIG(status);
+}
+
+void weir_name_thread(const char *name)
+{
+	char truncated[16];
+	strncpy(truncated, name, sizeof(truncated) - 1);
+	truncated[sizeof(truncated) - 1] = '\0';
+	pthread_setname_np(pthread_self(), truncated);
 }

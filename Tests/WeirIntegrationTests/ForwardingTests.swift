@@ -140,4 +140,28 @@ struct ForwardingTests {
         // accepting thread's index, one loop took three quarters.
         #expect(used.allSatisfy { $0.1 >= total * 0.7 / Double(used.count) }, "every loop carries its share of the connections: \(used)")
     }
+
+    @Test(
+        "Relayed connections opened while the agent is quiet are spread over the relay threads",
+        .enabled(if: ProcessInfo.processInfo.activeProcessorCount >= 2, "one relay thread per core: needs two"))
+    func relayedConnectionsSpreadOverThreads() throws {
+        let source = try Backends.source(seconds: 30)
+        let port = freePort()
+        let agent = try WeirProcess(pipelines: tcpForward("plain", port: port, to: [source.port]))
+        try agent.start()
+        defer { agent.stop() }
+        let threads = { threadCPUSeconds(pid: agent.pid, named: "weir-tcp-") }
+        let before = threads()
+        #expect(before.count == ProcessInfo.processInfo.activeProcessorCount, "relay threads: \(before)")
+        // One after the other: the kernel wakes the first idle relay thread for each, the same one every time.
+        let clients = try (0..<8).map { _ in try TCPClient(port: port) }
+        let end = monotonicSeconds() + 2
+        while monotonicSeconds() < end {
+            for client in clients { _ = try client.receive() }
+        }
+        let used = threads().map { name, seconds in (name, seconds - (before[name] ?? 0)) }
+        let total = used.reduce(0) { $0 + $1.1 }
+        #expect(total > 0.1, "CPU seconds of the relay threads: \(used)")
+        #expect(used.allSatisfy { $0.1 >= total * 0.7 / Double(used.count) }, "every relay thread carries its share of the connections: \(used)")
+    }
 }

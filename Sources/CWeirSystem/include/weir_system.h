@@ -20,4 +20,7 @@ int weir_thread_descriptor_count(void);
  * Returns the exit status (128 + signal when killed), or a negative errno when it could not run. */
 int weir_spawn_wait(const char *path, char *const argv[], char *const envp[]);
 
+/* Names the calling thread for the kernel (top, /proc/<pid>/task/<tid>/comm): the first 15 bytes of `name`. */
+void weir_name_thread(const char *name);
+
 #endif

@@ -116,7 +116,7 @@ public final class ListenerSocket: Sendable {
         }
         let release: @Sendable () -> Void = { budgets.forEach { $0.release() } }
         if let targets = forwarder.direct {
-            thread.relay(fd, forwarder: forwarder, targets: targets, releaseBudgets: release, now: now)
+            relayed.engine.relay(fd, accepting: thread, forwarder: forwarder, targets: targets, releaseBudgets: release, now: now)
             return
         }
         ClientBootstrap(group: relayed.group.next())

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -28,6 +29,8 @@ final class StreamRelayThread: @unchecked Sendable {
         case unlisten(Int32, @Sendable () -> Void)
         /// Close the connection with this tag (a drain past its grace).
         case close(UInt64)
+        /// Relay a client another thread accepted (see StreamRelayEngine.relayingThread).
+        case adopt(Int32, StreamForwarder, DirectTargets, @Sendable () -> Void)
     }
 
     let index: Int
@@ -48,6 +51,9 @@ final class StreamRelayThread: @unchecked Sendable {
     private var generations: [UInt32] = []
     private var freeSlots: [Int] = []
     private var open = 0
+    /// Connections given to the thread and not yet closed, those still on their way to it (`.adopt`)
+    /// included: an accepted client goes to the thread with the fewest (StreamRelayEngine.relay).
+    let load = Atomic<Int>(0)
     /// Connections that stopped at the fairness limit, to go on after this wakeup's events.
     private var unfinished: [SplicedConnection] = []
     /// When paced directions may read again.
@@ -66,7 +72,7 @@ final class StreamRelayThread: @unchecked Sendable {
     }
 
     func start() {
-        lifecycle.start(name: "weir-tcp-relay-\(index)") { [self] in run() }
+        lifecycle.start(name: "weir-tcp-\(index)") { [self] in run() }
     }
 
     /// Hands the thread a request; it acts on it at its next wakeup, requests in the order they came.
@@ -141,6 +147,8 @@ final class StreamRelayThread: @unchecked Sendable {
                 done()
             case .close(let tag):
                 if let connection = connection(tagged: tag) { close(connection) }
+            case .adopt(let client, let forwarder, let targets, let releaseBudgets):
+                relay(client, forwarder: forwarder, targets: targets, releaseBudgets: releaseBudgets, now: now)
             }
         }
     }
@@ -167,8 +175,9 @@ final class StreamRelayThread: @unchecked Sendable {
         }
     }
 
-    /// Relays an accepted client of a plain forward: registers it, then connects to the first target.
-    func relay(_ client: Int32, forwarder: StreamForwarder, targets: DirectTargets, releaseBudgets: @escaping @Sendable () -> Void, now: UInt64) {
+    /// Relays an accepted client of a plain forward: registers it, then connects to the first target. Its place
+    /// in `load` was taken by StreamRelayEngine.relay, and is given back when it closes.
+    fileprivate func relay(_ client: Int32, forwarder: StreamForwarder, targets: DirectTargets, releaseBudgets: @escaping @Sendable () -> Void, now: UInt64) {
         let slot = freeSlots.popLast() ?? {
             connections.append(nil)
             generations.append(0)
@@ -354,6 +363,7 @@ final class StreamRelayThread: @unchecked Sendable {
         generations[slot] &+= 1
         freeSlots.append(slot)
         open -= 1
+        load.subtract(1, ordering: .relaxed)
         if open == 0 { pipes.empty() }
         if counted {
             connection.forwarder.tracker.closed(relayed: ObjectIdentifier(connection))
@@ -383,6 +393,32 @@ public final class StreamRelayEngine: Sendable {
         let maxPipes = SplicePipePool.maxLent(descriptors: DescriptorLimit.currentSoft(), threads: count)
         threads = try (0..<count).map { try StreamRelayThread(index: $0, maxPipes: maxPipes) }
         threads.forEach { $0.start() }
+    }
+
+    /// Relays a client of a plain forward that `accepting` accepted, on that thread (called there) unless another
+    /// holds at least two connections fewer: the kernel wakes the first idle thread for each connection, so
+    /// connections opened while the agent is quiet (long-lived ones, say) would otherwise all stay on one
+    /// thread, one core. A connection counts in its thread's `load` from here on, so a burst accepted at once
+    /// is spread too.
+    func relay(
+        _ client: Int32, accepting: StreamRelayThread, forwarder: StreamForwarder, targets: DirectTargets,
+        releaseBudgets: @escaping @Sendable () -> Void, now: UInt64
+    ) {
+        var chosen = accepting
+        var fewest = accepting.load.load(ordering: .relaxed) - 1
+        for thread in threads where thread !== accepting {
+            let load = thread.load.load(ordering: .relaxed)
+            if load < fewest {
+                chosen = thread
+                fewest = load
+            }
+        }
+        chosen.load.add(1, ordering: .relaxed)
+        if chosen === accepting {
+            accepting.relay(client, forwarder: forwarder, targets: targets, releaseBudgets: releaseBudgets, now: now)
+        } else {
+            chosen.post(.adopt(client, forwarder, targets, releaseBudgets))
+        }
     }
 
     /// Starts watching `fd` (accepting once `setAccepting` says so).

@@ -1,3 +1,4 @@
+import CWeirSystem
 import Foundation
 import NIOConcurrencyHelpers
 
@@ -19,6 +20,8 @@ public final class ThreadLifecycle: Sendable {
     public func start(name: String, _ body: @escaping @Sendable () -> Void) {
         state.withLockedValue { $0.started = true }
         let thread = Thread { [self] in
+            // The kernel's name (top, /proc/…/comm), at most 15 bytes; Foundation's name is its own.
+            weir_name_thread(name)
             body()
             let waiters = state.withLockedValue { state -> [CheckedContinuation<Void, Never>] in
                 state.ended = true
