@@ -11,14 +11,16 @@ import Glibc
 /// A thread that accepts on the stream listeners' sockets and relays plain forwards on raw descriptors.
 ///
 /// A plain forward (listen.tcp → connect.tcp to fixed addresses, nothing between but pacing filters such as
-/// limit.bandwidth) needs no NIO channel: its bytes are never looked at. Through two channels a connection cost ~200 µs of CPU to open and close (half of
-/// it NIO's channel setup, 13 epoll_ctl calls) and ~3 KiB of memory per idle connection; here it is two
-/// sockets, two edge-triggered epoll registrations and one object, and its bytes move with splice(2) through
-/// a pipe borrowed while they are in it. Connections of any other pipeline are accepted here too and handed to
-/// NIO as channels (the listener's socket stays one whatever its owner becomes on reload).
+/// limit.bandwidth) needs no NIO channel: its bytes are never looked at. Through two channels a connection
+/// cost ~200 µs of CPU to open and close (half of it NIO's channel setup, 13 epoll_ctl calls) and ~3 KiB of
+/// memory per idle connection; here it is two sockets, two edge-triggered epoll registrations and one object,
+/// and its bytes move with splice(2) through a pipe borrowed while they are in it. Connections of any other
+/// pipeline are accepted here too and handed to NIO as channels, on its event loops in turn (the listener's
+/// socket stays one whatever its owner becomes on reload).
 ///
-/// Every thread watches every listening socket (EPOLLEXCLUSIVE: one thread is woken per connection); the
-/// connections it accepts stay with it. Connections outlive their listener (a reload closes the socket; the
+/// Every thread watches every listening socket (EPOLLEXCLUSIVE: one thread is woken per connection); a relayed
+/// connection stays with the thread that accepted it, or the one with the fewest connections when that holds
+/// two more (StreamRelayEngine.relay). Connections outlive their listener (a reload closes the socket; the
 /// pipeline's tracker drains them).
 final class StreamRelayThread: @unchecked Sendable {
     enum Request {
@@ -29,7 +31,7 @@ final class StreamRelayThread: @unchecked Sendable {
         case unlisten(Int32, @Sendable () -> Void)
         /// Close the connection with this tag (a drain past its grace).
         case close(UInt64)
-        /// Relay a client another thread accepted (see StreamRelayEngine.relayingThread).
+        /// Relay a client another thread accepted (see StreamRelayEngine.relay).
         case adopt(Int32, StreamForwarder, DirectTargets, @Sendable () -> Void)
     }
 
