@@ -2,6 +2,7 @@
 // its datagram calls.
 import CWeirSystem
 import NIOCore
+import NIOConcurrencyHelpers
 import NIOPosix
 
 /// Name resolution off the event loops: getaddrinfo blocks, so it runs on NIO's blocking thread pool.
@@ -63,5 +64,65 @@ extension ClientBootstrap {
     /// through NIO's happy-eyeballs resolver.
     public func connect(to target: HostPort, literal: SocketAddress?) -> EventLoopFuture<any Channel> {
         literal.map { connect(to: $0) } ?? connect(host: target.host, port: target.port)
+    }
+}
+
+/// Lookups of a connector's target names, shared for a few seconds: a burst of new sessions costs one
+/// getaddrinfo per name (a task on NIO's blocking pool each) instead of one per session, and sessions that
+/// arrive while a lookup runs wait for that one. A changed record is followed once the answer is older than
+/// `lifetime`; a failed lookup is not kept (the next session asks again). Entries are one per configured name.
+public final class SharedLookups: Sendable {
+    public typealias Lookup = @Sendable (_ host: String, _ port: Int, _ on: any EventLoop) -> EventLoopFuture<[SocketAddress]>
+
+    private enum Entry {
+        case resolved([SocketAddress], until: NIODeadline)
+        case resolving(EventLoopFuture<[SocketAddress]>)
+    }
+
+    private let entries = NIOLockedValueBox<[String: Entry]>([:])
+    private let lifetime: TimeAmount
+    private let lookup: Lookup
+
+    public init(lifetime: TimeAmount = .seconds(5), lookup: @escaping Lookup) {
+        self.lifetime = lifetime
+        self.lookup = lookup
+    }
+
+    /// The addresses of `host`, on `eventLoop`.
+    public func addresses(host: String, port: Int, on eventLoop: any EventLoop) -> EventLoopFuture<[SocketAddress]> {
+        enum Action {
+            case known([SocketAddress])
+            case join(EventLoopFuture<[SocketAddress]>)
+            case start(EventLoopPromise<[SocketAddress]>)
+        }
+        let key = "\(host) \(port)"
+        let now = NIODeadline.now()
+        let action = entries.withLockedValue { entries -> Action in
+            switch entries[key] {
+            case .resolved(let addresses, let until) where until > now: return .known(addresses)
+            case .resolving(let pending): return .join(pending)
+            default:
+                let promise = eventLoop.makePromise(of: [SocketAddress].self)
+                entries[key] = .resolving(promise.futureResult)
+                return .start(promise)
+            }
+        }
+        switch action {
+        case .known(let addresses): return eventLoop.makeSucceededFuture(addresses)
+        case .join(let pending): return pending.hop(to: eventLoop)
+        case .start(let promise):
+            let lifetime = self.lifetime
+            lookup(host, port, eventLoop).whenComplete { [entries] result in
+                entries.withLockedValue { entries in
+                    if case .success(let addresses) = result {
+                        entries[key] = .resolved(addresses, until: .now() + lifetime)
+                    } else {
+                        entries[key] = nil
+                    }
+                }
+                promise.completeWith(result)
+            }
+            return promise.futureResult
+        }
     }
 }

@@ -42,6 +42,9 @@ final class ConnectUDP: DatagramConnector {
     private let downUntil = NIOLockedValueBox<[SocketAddress: NIODeadline]>([:])
     /// Every target, when all are IP literals (parsed once here): a session's target is then chosen at once.
     private let literals: [SocketAddress]?
+    private let lookups = SharedLookups { host, port, eventLoop in
+        Resolver.resolveAll(host: host, port: port, datagram: true, on: eventLoop)
+    }
 
     init(config: ConnectUDPConfig) {
         self.config = config
@@ -56,14 +59,14 @@ final class ConnectUDP: DatagramConnector {
         downUntil.withLockedValue { $0[address] = .now() + Self.downInterval }
     }
 
-    /// IP literals at once; names resolved for each session off the relay's thread (getaddrinfo blocks), so a
-    /// changed record is followed.
+    /// IP literals at once; names resolved off the relay's thread (getaddrinfo blocks), each answer shared by
+    /// the sessions of the next few seconds (a burst of new clients makes one lookup), so a changed record is
+    /// followed within seconds.
     func target(for connection: ConnectionInfo) -> DatagramTargetChoice {
         if let literals { return .now(choose(literals)) }
         let eventLoop = connection.eventLoop
         let resolved = config.addresses.map {
-            Resolver.resolveAll(host: $0.host, port: $0.port, datagram: true, on: eventLoop)
-                .map { Optional($0) }.recover { _ in nil }
+            lookups.addresses(host: $0.host, port: $0.port, on: eventLoop).map { Optional($0) }.recover { _ in nil }
         }
         return .later(EventLoopFuture.whenAllSucceed(resolved, on: eventLoop).flatMapThrowing { lists in
             let candidates = lists.compactMap { $0 }.flatMap { $0 }
