@@ -124,17 +124,8 @@ struct ForwardingTests {
         defer { agent.stop() }
         // The agent's event loops (NIO's shared group, one thread per core).
         let loops = { threadCPUSeconds(pid: agent.pid, named: "NIO-SGLTN") }
-        let before = loops()
-        #expect(before.count >= 2, "event loop threads: \(before)")
-        // Opened one after the other while the agent is idle, so one relay thread accepts them all (the kernel
-        // wakes the first idle waiter); each then carries bulk data.
-        let clients = try (0..<8).map { _ in try TCPClient(port: port) }
-        let end = monotonicSeconds() + 2
-        while monotonicSeconds() < end {
-            for client in clients { _ = try client.receive() }
-        }
-        let used = loops().map { name, seconds in (name, seconds - (before[name] ?? 0)) }
-        let total = used.reduce(0) { $0 + $1.1 }
+        #expect(loops().count >= 2, "event loop threads: \(loops())")
+        let (used, total) = try Self.cpuUsedByEightDownloads(through: port, threads: loops)
         #expect(total > 0.2, "CPU seconds of the loops: \(used)")
         // Spread in turn, each loop carries an equal share (measured 48-52% on two loops); handed over by the
         // accepting thread's index, one loop took three quarters.
@@ -151,17 +142,25 @@ struct ForwardingTests {
         try agent.start()
         defer { agent.stop() }
         let threads = { threadCPUSeconds(pid: agent.pid, named: "weir-tcp-") }
+        #expect(threads().count == ProcessInfo.processInfo.activeProcessorCount, "relay threads: \(threads())")
+        let (used, total) = try Self.cpuUsedByEightDownloads(through: port, threads: threads)
+        #expect(total > 0.1, "CPU seconds of the relay threads: \(used)")
+        #expect(used.allSatisfy { $0.1 >= total * 0.7 / Double(used.count) }, "every relay thread carries its share of the connections: \(used)")
+    }
+
+    /// Opens 8 connections through `port` one after the other while the agent is idle — so one relay thread
+    /// accepts them all (the kernel wakes the first idle waiter) — and reads bulk data on each for 2 s: the CPU
+    /// seconds each of `threads` used meanwhile, and their sum.
+    static func cpuUsedByEightDownloads(
+        through port: Int, threads: () -> [String: Double]
+    ) throws -> (used: [(String, Double)], total: Double) {
         let before = threads()
-        #expect(before.count == ProcessInfo.processInfo.activeProcessorCount, "relay threads: \(before)")
-        // One after the other: the kernel wakes the first idle relay thread for each, the same one every time.
         let clients = try (0..<8).map { _ in try TCPClient(port: port) }
         let end = monotonicSeconds() + 2
         while monotonicSeconds() < end {
             for client in clients { _ = try client.receive() }
         }
         let used = threads().map { name, seconds in (name, seconds - (before[name] ?? 0)) }
-        let total = used.reduce(0) { $0 + $1.1 }
-        #expect(total > 0.1, "CPU seconds of the relay threads: \(used)")
-        #expect(used.allSatisfy { $0.1 >= total * 0.7 / Double(used.count) }, "every relay thread carries its share of the connections: \(used)")
+        return (used, used.reduce(0) { $0 + $1.1 })
     }
 }

@@ -236,11 +236,14 @@ struct HostileClientTests {
         #expect((try? waitingOnB.receive(exactly: 1)) == Array("e".utf8))
     }
 
-    @Test("Plain forwards (the stream relay): 600 clients mid-transfer (the agent past descriptor 1024) that reset or half-close and leave unread data; nothing is held afterwards")
-    func relayedClientsLeaveMidTransfer() throws {
+    @Test(
+        "Plain forwards (the stream relay), unpaced and paced by limit.bandwidth: 600 clients mid-transfer (the agent past descriptor 1024) that reset or half-close and leave unread data; nothing is held afterwards",
+        arguments: ["", "      - type: limit.bandwidth\n        rate: 1MiB/s\n"])
+    func relayedClientsLeaveMidTransfer(extraStages: String) throws {
         let backend = try Backends.echo()
         let port = freePort()
-        let agent = try WeirProcess(pipelines: tcpForward("plain", port: port, to: [backend.port]))
+        // Paced: past the 64 KiB burst each direction waits on its bucket while its client leaves.
+        let agent = try WeirProcess(pipelines: tcpForward("plain", port: port, to: [backend.port], extraStages: extraStages))
         try agent.start()
         defer { agent.stop() }
         let baseline = openDescriptors(pid: agent.pid)

@@ -55,7 +55,6 @@ struct RelayWakeups {
     private var heap: [Entry] = []
 
     var isEmpty: Bool { heap.isEmpty }
-    var count: Int { heap.count }
     /// The earliest time, if any.
     var next: UInt64? { heap.first?.time }
 

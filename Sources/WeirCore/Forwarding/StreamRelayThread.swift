@@ -99,7 +99,9 @@ final class StreamRelayThread: @unchecked Sendable {
         var nextSweep = Self.now() + Self.sweepInterval
         while !lifecycle.stopping {
             var timeout: Int32 = !unfinished.isEmpty ? 0 : open > 0 ? Int32(Self.sweepInterval / 1_000_000) : -1
-            if let paced = wakeups.millisecondsUntilNext(now: Self.now()), timeout < 0 || paced < timeout { timeout = paced }
+            if !wakeups.isEmpty, let paced = wakeups.millisecondsUntilNext(now: Self.now()), timeout < 0 || paced < timeout {
+                timeout = paced
+            }
             let ready = Int(weir_poll_wait_events(poll, tags, events, Int32(capacity), timeout))
             let now = Self.now()
             for index in 0..<max(ready, 0) {
@@ -323,8 +325,9 @@ final class StreamRelayThread: @unchecked Sendable {
     /// Whether a direction may read now: unpaced, or its pacers allow it. A new wait gets a wakeup (`tag`
     /// names the direction: its connection's tag, and the side it reads from).
     private func mayRead(_ direction: inout RelayedDirection, tag: UInt64, now: UInt64) -> Bool {
-        guard direction.pacing != nil else { return true }
-        switch direction.pacing!.decide(now: now) {
+        guard var pacing = direction.pacing else { return true }
+        defer { direction.pacing = pacing }
+        switch pacing.decide(now: now) {
         case .read: return true
         case .wait(let until, let new):
             if new { wakeups.add(until, tag: tag) }
