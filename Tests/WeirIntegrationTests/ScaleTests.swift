@@ -55,6 +55,7 @@ struct ScaleTests {
         for client in stalled { #expect((try? client.receive())?.isEmpty == true, "a stalled client is closed at handshake_timeout") }
         let exposition = try agent.metrics()
         #expect(value(in: exposition, "weir_pipeline_errors_total", ["pipeline": "socks", "reason": "closed_during_handshake"]) ?? 0 >= 150)
+        #expect(value(in: exposition, "weir_pipeline_errors_total", ["pipeline": "socks", "reason": "closed_without_data"]) ?? 0 == 50)
         #expect(value(in: exposition, "weir_pipeline_errors_total", ["pipeline": "socks", "reason": "handshake_timeout"]) == 20)
 
         // A reload that changes something (a pipeline added) and one that changes nothing.

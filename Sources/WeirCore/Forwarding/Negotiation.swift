@@ -26,7 +26,8 @@ extension ReadsUntilDecided {
 }
 
 /// How a negotiation fails when its connection closes before it decided: the client went away during its
-/// opening (counted as `closed_during_handshake`, like a client the opening guard saw leave).
+/// opening (counted as `closed_during_handshake`, like a client the opening guard saw leave part-way; the
+/// listener had answered, so the client had sent something).
 public struct ClientWentAway: Error, CustomStringConvertible {
     public init() {}
     public var description: String { "the client went away during its opening" }

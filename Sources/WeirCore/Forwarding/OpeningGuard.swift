@@ -30,9 +30,10 @@ public struct OpeningStep: Sendable, Equatable {
 /// Bounds a connection's opening. Nearest the socket, so it sees the client's end of input before any
 /// negotiating handler can keep it (a half-close is a legitimate end of a request, but a client that stops
 /// sending before its opening is complete can never complete it): until every step is done it closes the
-/// connection when the client's input ends or its connection fails (`closed_during_handshake`) or when a
-/// step is not done within its timeout (`handshake_timeout`), counted under the first step not done. Once
-/// all steps are done it leaves the pipeline. Touched only on its channel's loop.
+/// connection when the client's input ends or its connection fails (`closed_during_handshake`, or
+/// `closed_without_data` when the client never sent a byte) or when a step is not done within its timeout
+/// (`handshake_timeout`), counted under the first step not done. Once all steps are done it leaves the
+/// pipeline. Touched only on its channel's loop.
 public final class OpeningGuard: ChannelInboundHandler, RemovableChannelHandler, @unchecked Sendable {
     public typealias InboundIn = NIOAny
 
@@ -43,6 +44,10 @@ public final class OpeningGuard: ChannelInboundHandler, RemovableChannelHandler,
     private var timer: Scheduled<Void>?
     /// Set when this guard closed the connection; the negotiation's own failure is then not counted again.
     public private(set) var closedTheConnection = false
+    /// Whether the client sent anything. One that leaves without a byte is a TCP health check or a connect
+    /// scan (HAProxy's "null connection"), not an opening that failed: it is counted apart, so that a load
+    /// balancer's checks on a quiet listener do not look like clients failing their handshakes.
+    private var clientSentData = false
 
     public init(steps: [OpeningStep], metrics: PipelineMetrics, accepted: NIODeadline = .now()) {
         self.pending = steps
@@ -76,9 +81,14 @@ public final class OpeningGuard: ChannelInboundHandler, RemovableChannelHandler,
         if let context { context.pipeline.syncOperations.removeHandler(context: context, promise: nil) }
     }
 
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        clientSentData = true
+        context.fireChannelRead(data)
+    }
+
     public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let first = pending.first, case .inputClosed = event as? ChannelEvent {
-            abandon(context, stage: first.stage, reason: "closed_during_handshake")
+            abandon(context, stage: first.stage, reason: clientLeftReason)
             return
         }
         context.fireUserInboundEventTriggered(event)
@@ -89,7 +99,7 @@ public final class OpeningGuard: ChannelInboundHandler, RemovableChannelHandler,
     /// a reset — went away as surely as one that sent a FIN.
     public func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if let first = pending.first, error is IOError {
-            abandon(context, stage: first.stage, reason: "closed_during_handshake")
+            abandon(context, stage: first.stage, reason: clientLeftReason)
             return
         }
         context.fireErrorCaught(error)
@@ -100,6 +110,8 @@ public final class OpeningGuard: ChannelInboundHandler, RemovableChannelHandler,
         timer = nil
         context.fireChannelInactive()
     }
+
+    private var clientLeftReason: String { clientSentData ? "closed_during_handshake" : "closed_without_data" }
 
     /// The timer for the first step not done, measured from the accept.
     private func arm() {

@@ -13,5 +13,5 @@ def rows():
         graph("Open connections", [(f'sum by (pipeline) (weir_pipeline_connections_active{{{PIPELINE}}})', "{{pipeline}}")]),
         graph("Errors", [
             (f'sum by (pipeline, stage, reason) (rate(weir_pipeline_errors_total{{{PIPELINE}}}[$__rate_interval]))', "{{pipeline}} {{stage}} {{reason}}"),
-        ], unit="reqps", description="By stage and reason: handshake_timeout, closed_during_handshake, connect_failed, connection_limit…"),
+        ], unit="reqps", description="By stage and reason: handshake_timeout, closed_during_handshake, closed_without_data (health checks, scans), connect_failed, connection_limit…"),
     ])]
