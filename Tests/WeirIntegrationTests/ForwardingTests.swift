@@ -93,6 +93,60 @@ struct ForwardingTests {
         #expect(errors == 1)
     }
 
+    @Test("A target that is down: every failed connect is counted, and warned of once per destination and 10 s with how many were held back (relayed and through NIO)")
+    func connectFailuresWarnedOncePerInterval() throws {
+        let relayed = freePort(), socks = freePort(), closed = freePort()
+        let agent = try WeirProcess(
+            pipelines: tcpForward("relayed", port: relayed, to: [closed]) + """
+
+                  socks:
+                    stages:
+                      - type: listen.socks5
+                        address: 127.0.0.1:\(socks)
+                      - type: connect.tcp
+                """)
+        try agent.start()
+        defer { agent.stop() }
+        /// A plain client of the relayed forward, and a SOCKS5 client asking for the closed port.
+        func failOnce() throws {
+            let plain = try TCPClient(port: relayed)
+            #expect(try plain.receiveAll().isEmpty)
+            let client = try TCPClient(port: socks)
+            try client.send([5, 1, 0])
+            #expect(try client.receive(exactly: 2) == [5, 0])
+            try client.send([5, 1, 0, 1, 127, 0, 0, 1, UInt8(closed >> 8), UInt8(closed & 0xff)])
+            #expect(try client.receive(exactly: 10).prefix(2) == [5, 5], "connection refused")
+        }
+        func failed(_ pipeline: String) -> Double {
+            (try? agent.metric("weir_pipeline_errors_total", ["pipeline": pipeline, "stage": "connect.tcp", "reason": "connect_failed"])) ?? 0
+        }
+        func warnings(_ pipeline: String) -> [Substring] {
+            agent.log.split(separator: "\n").filter { $0.contains("warning") && $0.contains("connect failed") && $0.contains("pipeline=\(pipeline)") }
+        }
+        for _ in 0..<200 { try failOnce() }
+        #expect(eventually(timeout: 5) { failed("relayed") == 200 && failed("socks") == 200 }, "\(failed("relayed")), \(failed("socks"))")
+        for pipeline in ["relayed", "socks"] {
+            #expect(warnings(pipeline).count == 1, "\(pipeline): one warning for 200 failures:\n\(warnings(pipeline).joined(separator: "\n"))")
+        }
+        #expect(warnings("socks").first?.contains("destination=127.0.0.1:\(closed)") == true, "the first names its client and destination")
+        // Another destination that fails has a warning of its own at once.
+        let other = try TCPClient(port: socks)
+        try other.send([5, 1, 0])
+        _ = try other.receive(exactly: 2)
+        let otherClosed = freePort()
+        try other.send([5, 1, 0, 1, 127, 0, 0, 1, UInt8(otherClosed >> 8), UInt8(otherClosed & 0xff)])
+        #expect(try other.receive(exactly: 10).prefix(2) == [5, 5])
+        #expect(eventually(timeout: 5) { warnings("socks").count == 2 }, "\(warnings("socks").joined(separator: "\n"))")
+        #expect(warnings("socks").last?.contains("destination=127.0.0.1:\(otherClosed)") == true)
+        // After the interval the next failure is warned of, with the count of those held back.
+        Thread.sleep(forTimeInterval: 10.2)
+        try failOnce()
+        #expect(eventually(timeout: 5) { failed("relayed") == 201 && failed("socks") == 202 })
+        for (pipeline, lines) in ["relayed": 2, "socks": 3] {
+            #expect(warnings(pipeline).count == lines && warnings(pipeline).last?.contains("held_back=199") == true, "\(pipeline):\n\(warnings(pipeline).joined(separator: "\n"))")
+        }
+    }
+
     @Test("A slow reader does not make the agent buffer: memory stays bounded")
     func backpressureBoundsMemory() throws {
         let port = freePort()

@@ -40,6 +40,8 @@ public final class StreamForwarder: Sendable {
     let direct: DirectTargets?
     /// The filters of a relayed forward: they only pace its bytes (limit.bandwidth).
     let pacing: [any PacingStreamFilter]
+    /// "connect failed" warnings of this pipeline by destination, from its event loops and relay threads alike.
+    private let connectFailureLog = KeyedLogThrottle(interval: 10_000_000_000, capacity: 256)
 
     public init(
         pipeline: String, filters: [any StreamFilter], connector: any StreamConnector, connectorType: String,
@@ -185,6 +187,22 @@ public final class StreamForwarder: Sendable {
         }
     }
 
+    /// Logs a connection whose connect failed (counted by the caller): per destination the first as a warning
+    /// at once, then at most one warning per 10 s with how many were held back meanwhile, the others at debug.
+    /// A target that is down meets every client of a busy listener — thousands of lines a second, one per
+    /// client — while `weir_pipeline_errors_total{reason="connect_failed"}` has the exact count.
+    func logConnectFailed(client: @autoclosure () -> String, destination: String, error: @autoclosure () -> String) {
+        let heldBack = connectFailureLog.admit(destination, now: NIODeadline.now().uptimeNanoseconds).heldBack
+        let level: Logger.Level = heldBack == nil ? .debug : .warning
+        guard logger.logLevel <= level else { return }
+        var metadata: Logger.Metadata = [
+            "pipeline": "\(pipeline)", "stage": "\(connectorType)", "reason": "connect_failed",
+            "client": "\(client())", "destination": "\(destination)", "error": "\(error())",
+        ]
+        if let heldBack, heldBack > 0 { metadata["held_back"] = "\(heldBack)" }
+        logger.log(level: level, "connect failed", metadata: metadata)
+    }
+
     /// A client address for log lines: "203.0.113.5:40112", or "?" when unknown.
     static func describe(_ address: SocketAddress?) -> String {
         guard let address, let ip = address.ipAddress, let port = address.port else { return "?" }
@@ -253,12 +271,8 @@ public final class StreamForwarder: Sendable {
                 self.join(client: client, target: target, info: info, negotiation: negotiation, hold: hold)
             case .failure(let error):
                 metrics.error(stage: self.connectorType, reason: "connect_failed")
-                self.logger.warning(
-                    "connect failed",
-                    metadata: [
-                        "pipeline": "\(self.pipeline)", "stage": "\(self.connectorType)", "reason": "connect_failed",
-                        "client": "\(Self.describe(info.client))", "destination": "\(info.destination.map { "\($0)" } ?? "-")", "error": "\(error)",
-                    ])
+                self.logConnectFailed(
+                    client: Self.describe(info.client), destination: info.destination.map { "\($0)" } ?? "-", error: "\(error)")
                 if let negotiation {
                     negotiation.fail(error is NameNotResolved ? .unknownHost : .unreachable)
                 } else {

@@ -257,13 +257,8 @@ final class StreamRelayThread: @unchecked Sendable {
     private func connectFailed(_ connection: SplicedConnection, errors: [String]) {
         let forwarder = connection.forwarder
         forwarder.metrics.error(stage: forwarder.connectorType, reason: "connect_failed")
-        forwarder.logger.warning(
-            "connect failed",
-            metadata: [
-                "pipeline": "\(forwarder.pipeline)", "stage": "\(forwarder.connectorType)", "reason": "connect_failed",
-                "client": "\(Self.peer(of: connection.client))", "destination": "-",
-                "error": "no target answered (\(errors.joined(separator: "; ")))",
-            ])
+        forwarder.logConnectFailed(
+            client: Self.peer(of: connection.client), destination: "-", error: "no target answered (\(errors.joined(separator: "; ")))")
         close(connection)
     }
 
