@@ -240,6 +240,7 @@ let package = Package(
             dependencies: nio + [
                 "WeirCore", "WeirCoordinatorProtocol", "WeirVPN", "CLibqrencode",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
                 .product(name: "HummingbirdBcrypt", package: "hummingbird-auth"),

@@ -1,5 +1,6 @@
 import Foundation
 import Hummingbird
+import HummingbirdCore
 import HummingbirdTLS
 import HummingbirdWebSocket
 import Logging
@@ -35,6 +36,8 @@ public struct Coordinator: Service {
     }
 
     public func run() async throws {
+        // Before anything opens a socket: a descriptor per connected agent, API client and console page.
+        let descriptors = DescriptorLimit.raiseSoftToHard()
         let group = MultiThreadedEventLoopGroup.singleton
         let tls: TLSConfiguration
         let chain: [NIOSSLCertificate]
@@ -108,35 +111,50 @@ public struct Coordinator: Service {
         }
         let address = config.listen
         let log = logger
+        // Every connection's opening (TLS handshake and first request head) is bounded by handshake_timeout, and
+        // a keep-alive connection between requests by idle_timeout: a client cannot hold a descriptor by
+        // connecting and saying nothing, or half of it.
+        let http = HTTP1WebSocketUpgradeChannel.Configuration(
+            http1: .init(additionalChannelHandlers: [OpeningCompleted()], idleTimeout: TimeAmount(config.idleTimeout)),
+            ws: .init(maxFrameSize: AgentSessions.maxMessageSize, autoPing: .disabled))
+        let shouldUpgrade: @Sendable (HTTPRequest, any Channel, Logger) async throws -> ShouldUpgradeResult<
+            WebSocketDataHandler<HTTP1WebSocketUpgradeChannel.Context>
+        > = { request, channel, _ in
+            OpeningDeadline.passed(on: channel)
+            guard request.path == agentConnectPath else { return .dontUpgrade }
+            let identity: AgentIdentity
+            do {
+                identity = try await sessions.identify(request.headerFields)
+            } catch {
+                let refusal = error as? AgentRefusal
+                    ?? AgentRefusal(status: .serviceUnavailable, message: "the coordinator cannot check credentials now; try again")
+                log.notice("agent connection refused", metadata: [
+                    "agent": "\(request.headerFields[AgentSessions.agentIDHeader] ?? "?")", "status": "\(refusal.status.code)",
+                    "reason": "\(refusal.message)", "error": "\(error is AgentRefusal ? "" : "\(error)")",
+                ])
+                await UpgradeRefusal.send(refusal, on: channel)
+                return .dontUpgrade
+            }
+            let peer = channel.remoteAddress?.ipAddress
+            return .upgrade([:]) { inbound, outbound, _ in
+                try await sessions.serve(identity, peer: peer, inbound: inbound, outbound: outbound)
+            }
+        }
+        let handshakeTimeout = TimeAmount(config.handshakeTimeout)
         let app = Application(
             router: router,
-            server: try .tls(
-                .http1WebSocketUpgrade(configuration: .init(ws: .init(maxFrameSize: AgentSessions.maxMessageSize, autoPing: .disabled))) {
-                    request, channel, _ in
-                    guard request.path == agentConnectPath else { return .dontUpgrade }
-                    let identity: AgentIdentity
-                    do {
-                        identity = try await sessions.identify(request.headerFields)
-                    } catch {
-                        let refusal = error as? AgentRefusal
-                            ?? AgentRefusal(status: .serviceUnavailable, message: "the coordinator cannot check credentials now; try again")
-                        log.notice("agent connection refused", metadata: [
-                            "agent": "\(request.headerFields[AgentSessions.agentIDHeader] ?? "?")", "status": "\(refusal.status.code)",
-                            "reason": "\(refusal.message)", "error": "\(error is AgentRefusal ? "" : "\(error)")",
-                        ])
-                        await UpgradeRefusal.send(refusal, on: channel)
-                        return .dontUpgrade
-                    }
-                    let peer = channel.remoteAddress?.ipAddress
-                    return .upgrade([:]) { inbound, outbound, _ in
-                        try await sessions.serve(identity, peer: peer, inbound: inbound, outbound: outbound)
-                    }
-                },
-                tlsConfiguration: tls),
-            configuration: .init(address: .hostname(address.host, port: address.port), serverName: nil),
+            server: HTTPServerBuilder { responder in
+                DeadlinedChannel(
+                    base: try TLSChannel(HTTP1WebSocketUpgradeChannel(responder: responder, configuration: http, shouldUpgrade: shouldUpgrade), tlsConfiguration: tls),
+                    handshakeTimeout: handshakeTimeout, metrics: metrics)
+            },
+            // A fleet reconnects at once after a restart: a backlog of thousands, not Hummingbird's 256.
+            configuration: .init(address: .hostname(address.host, port: address.port), serverName: nil, backlog: 4096),
             services: services,
             onServerRunning: { channel in
-                log.info("coordinator listening", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? "\(address)")"])
+                log.info("coordinator listening", metadata: [
+                    "address": "\(channel.localAddress.map { "\($0)" } ?? "\(address)")", "max_descriptors": "\(descriptors.soft)",
+                ])
             },
             eventLoopGroupProvider: .shared(group),
             logger: logger)

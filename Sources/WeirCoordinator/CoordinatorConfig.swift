@@ -28,6 +28,10 @@ public struct CoordinatorConfig: Sendable {
     public var secretsKeyFile: String
     /// The largest request body the API reads; larger ones get 413.
     public var maxRequestBody: Int
+    /// How long a new connection may take to complete its TLS handshake and first request head.
+    public var handshakeTimeout: Duration = .seconds(10)
+    /// How long a keep-alive connection may wait for its next request (or a request for its next part).
+    public var idleTimeout: Duration = .seconds(60)
     /// The web console's sign-in and session settings (`coordinator.console`).
     public var console = ConsoleSettings()
     public var logLevel: Logger.Level
@@ -68,6 +72,8 @@ public struct CoordinatorConfig: Sendable {
             adminTokenFile = section.optional("admin_token_file")?.string
             secretsKeyFile = section.optional("secrets_key_file")?.absolutePath
             if let value = section.optional("max_request_body")?.parsed(ByteSizeParser.parse) { config.maxRequestBody = value }
+            if let value = section.optional("handshake_timeout")?.duration(atLeast: .milliseconds(100)) { config.handshakeTimeout = value }
+            if let value = section.optional("idle_timeout")?.duration(atLeast: .seconds(1)) { config.idleTimeout = value }
             if let console = section.optional("console")?.mapping {
                 if let value = console.optional("session_idle_timeout")?.duration(atLeast: .seconds(1)) { config.console.sessionIdleTimeout = value }
                 if let value = console.optional("session_lifetime")?.duration(atLeast: .seconds(1)) { config.console.sessionLifetime = value }

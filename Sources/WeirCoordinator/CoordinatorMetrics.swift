@@ -18,6 +18,10 @@ final class CoordinatorMetrics: Sendable {
     let pushLatency: DurationHistogram
     /// Live console pages (server-sent event streams) open on this instance.
     let consoleStreams: Gauge
+    /// Client connections (agents, API, console) open now, and those closed because their opening (TLS
+    /// handshake and first request head) did not complete within handshake_timeout.
+    let connectionsOpen: Gauge
+    let handshakeTimeouts: Counter
 
     init() {
         let agentsHelp = "Registered agents by state (online: heartbeat within offline_after)."
@@ -39,6 +43,11 @@ final class CoordinatorMetrics: Sendable {
             help: "Time from sending a bundle to the agent's ACK.")
         consoleStreams = registry.makeGauge(
             name: "weir_coordinator_console_live_streams", labels: [], help: "Live console pages (event streams) open on this coordinator instance.")
+        connectionsOpen = registry.makeGauge(
+            name: "weir_coordinator_connections_open", labels: [], help: "Client connections (agents, API, console) open on this coordinator instance.")
+        handshakeTimeouts = registry.makeCounter(
+            name: "weir_coordinator_connection_errors_total", labels: [("reason", "handshake_timeout")],
+            help: "Client connections closed by the coordinator, by reason (handshake_timeout: no complete TLS handshake and request head in time).")
     }
 
     /// The coordinator's own certificate, under the agents' metric and labels (stage "coordinator").

@@ -107,6 +107,11 @@ final class CoordinatorProcess: @unchecked Sendable {
         return (code, String(output[..<split]))
     }
 
+    /// A sample's value from the coordinator's /metrics, matching every given label.
+    func metric(_ name: String, _ labels: [String: String] = [:]) throws -> Double? {
+        value(in: try request("GET", "/metrics", token: nil).1, name, labels)
+    }
+
     /// An admin call that must succeed; returns the parsed JSON.
     @discardableResult
     func admin(_ method: String, _ path: String, json: Any? = nil, yaml: String? = nil) throws -> Any {
