@@ -4,9 +4,19 @@ import NIOPosix
 import WeirCore
 
 /// Serves `/metrics` (Prometheus text format) and `/healthz` over plain HTTP/1.1.
+///
+/// The port is often open to more than the Prometheus server (a `0.0.0.0` bind, health checks of a load
+/// balancer): what a client can make it hold is bounded like a listener's — at most `maxConnections` open
+/// (more are closed at once), a request due within `requestTimeout`, a kept-alive connection idle at most
+/// `idleTimeout` (longer than any usual scrape interval, so Prometheus keeps its connection).
 public final class MetricsServer: Sendable {
     private let metrics: WeirMetrics
     private let group: any EventLoopGroup
+    private let connections = ConnectionBudget(limit: MetricsServer.maxConnections)
+
+    static let maxConnections = 256
+    static let requestTimeout: TimeAmount = .seconds(10)
+    static let idleTimeout: TimeAmount = .seconds(120)
 
     public init(metrics: WeirMetrics, group: any EventLoopGroup) {
         self.metrics = metrics
@@ -16,6 +26,7 @@ public final class MetricsServer: Sendable {
     /// Binds and serves until the returned channel is closed.
     public func bind(_ address: BindAddress) async throws -> any Channel {
         let metrics = self.metrics
+        let connections = self.connections
         return try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             // Out of descriptors, a scrape must not make the listener retry its accept at full speed.
@@ -23,8 +34,12 @@ public final class MetricsServer: Sendable {
                 channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(AcceptFailureReport.pausing(channel)) }
             }
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                guard connections.take() else { return channel.close() }
+                channel.closeFuture.whenComplete { _ in connections.release() }
+                return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                    try channel.pipeline.syncOperations.addHandler(
+                        HTTPConnectionDeadline(requestTimeout: Self.requestTimeout, idleTimeout: Self.idleTimeout))
                     try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(metrics: metrics))
                 }
             }
@@ -96,5 +111,58 @@ final class MetricsHTTPHandler: ChannelInboundHandler {
         context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
             if !keepAlive { channel.close(promise: nil) }
         }
+    }
+}
+
+/// Closes an HTTP/1 connection whose next request does not arrive whole in time: its head and body within
+/// `requestTimeout` of the accept or of the previous response, or a kept-alive connection that sends
+/// nothing for `idleTimeout`. Bytes that do not complete a head do not reset the clock, so a client that
+/// trickles a request, or connects and says nothing, is closed like one that stalls.
+final class HTTPConnectionDeadline: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let requestTimeout: TimeAmount
+    private let idleTimeout: TimeAmount
+    private var timer: Scheduled<Void>?
+
+    init(requestTimeout: TimeAmount, idleTimeout: TimeAmount) {
+        self.requestTimeout = requestTimeout
+        self.idleTimeout = idleTimeout
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { arm(requestTimeout, context: context) }
+
+    func handlerRemoved(context: ChannelHandlerContext) { cancel() }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        cancel()
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head: arm(requestTimeout, context: context)  // the body and end are due within the timeout
+        case .body: break
+        case .end: cancel()  // answering: the server's time, not the client's
+        }
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if case .end = unwrapOutboundIn(data) { arm(idleTimeout, context: context) }
+        context.write(data, promise: promise)
+    }
+
+    private func arm(_ timeout: TimeAmount, context: ChannelHandlerContext) {
+        cancel()
+        timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { context.close(promise: nil) }
+    }
+
+    private func cancel() {
+        timer?.cancel()
+        timer = nil
     }
 }

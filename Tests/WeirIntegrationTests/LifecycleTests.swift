@@ -83,6 +83,48 @@ struct LifecycleTests {
         #expect(lines.contains { $0.contains("\"message\":\"agent started\"") })
     }
 
+    @Test("The metrics port bounds what clients hold: at most 256 connections, silent or half-sent requests closed after 10 s, a kept-alive scraper kept")
+    func metricsPortBounded() throws {
+        let agent = try WeirProcess(pipelines: "pipelines: {}")
+        try agent.start()
+        defer { agent.stop() }
+        let healthz = Array("GET /healthz HTTP/1.1\r\nHost: agent\r\n\r\n".utf8)
+        let answer = Array("\r\n\r\nok\n".utf8)
+        func ask(_ client: TCPClient) throws -> Bool {
+            try client.send(healthz)
+            var received: [UInt8] = []
+            while !received.suffix(answer.count).elementsEqual(answer) {
+                let more = try client.receive()
+                if more.isEmpty { return false }
+                received += more
+            }
+            return true
+        }
+        // Prometheus keeps its connection between scrapes.
+        let scraper = try TCPClient(port: agent.metricsPort)
+        #expect(try ask(scraper))
+        let baseline = openDescriptors(pid: agent.pid)
+
+        // 300 clients that say nothing and 20 that send half a request: no more than 256 are held.
+        var stalled = try (0..<300).map { _ in try TCPClient(port: agent.metricsPort) }
+        for _ in 0..<20 {
+            let client = try TCPClient(port: agent.metricsPort)
+            try client.send("GET /metr")
+            stalled.append(client)
+        }
+        #expect(eventually(timeout: 2) { openDescriptors(pid: agent.pid) >= baseline + 255 })
+        usleep(500_000)
+        #expect(openDescriptors(pid: agent.pid) <= baseline + 256, "\(openDescriptors(pid: agent.pid)), baseline \(baseline)")
+        // All closed once their request is overdue (10 s); descriptors back.
+        #expect(eventually(timeout: 14) { openDescriptors(pid: agent.pid) <= baseline }, "\(openDescriptors(pid: agent.pid)), baseline \(baseline)")
+        // Closed without an answer: an end of stream, or a reset for those whose half request was never read.
+        for client in stalled { #expect((try? client.receiveAll())?.isEmpty ?? true) }
+
+        // The scraper, idle all along (longer than the request timeout), still has its connection.
+        #expect(try ask(scraper), "the kept-alive connection answers again")
+        #expect(try agent.metric("weir_config_last_reload_successful") == 1)
+    }
+
     @Test("/metrics passes promtool check metrics; /healthz answers; unknown paths are 404")
     func exposition() throws {
         let echo = try Backends.echo()
