@@ -141,6 +141,7 @@ public struct Coordinator: Service {
             }
         }
         let handshakeTimeout = TimeAmount(config.handshakeTimeout)
+        let maxConnections = config.connectionLimit(descriptors: Int(clamping: descriptors.soft))
         let app = Application(
             router: router,
             server: HTTPServerBuilder { responder in
@@ -148,12 +149,15 @@ public struct Coordinator: Service {
                     base: try TLSChannel(HTTP1WebSocketUpgradeChannel(responder: responder, configuration: http, shouldUpgrade: shouldUpgrade), tlsConfiguration: tls),
                     handshakeTimeout: handshakeTimeout, metrics: metrics)
             },
-            // A fleet reconnects at once after a restart: a backlog of thousands, not Hummingbird's 256.
-            configuration: .init(address: .hostname(address.host, port: address.port), serverName: nil, backlog: 4096),
+            // A fleet reconnects at once after a restart: a backlog of thousands, not Hummingbird's 256. At
+            // max_connections the server stops accepting until one closes (new clients wait in the backlog).
+            configuration: .init(
+                address: .hostname(address.host, port: address.port), serverName: nil, backlog: 4096,
+                availableConnectionsDelegate: MaximumAvailableConnections(maxConnections, logger: logger)),
             services: services,
             onServerRunning: { channel in
                 log.info("coordinator listening", metadata: [
-                    "address": "\(channel.localAddress.map { "\($0)" } ?? "\(address)")", "max_descriptors": "\(descriptors.soft)",
+                    "address": "\(channel.localAddress.map { "\($0)" } ?? "\(address)")", "max_descriptors": "\(descriptors.soft)", "max_connections": "\(maxConnections)",
                 ])
             },
             eventLoopGroupProvider: .shared(group),

@@ -32,6 +32,17 @@ public struct CoordinatorConfig: Sendable {
     public var handshakeTimeout: Duration = .seconds(10)
     /// How long a keep-alive connection may wait for its next request (or a request for its next part).
     public var idleTimeout: Duration = .seconds(60)
+    /// Client connections open at once; more are closed at accept. nil: the descriptor limit less a reserve
+    /// for the database, files and listeners (`CoordinatorConfig.connectionLimit(descriptors:)`).
+    public var maxConnections: Int?
+
+    /// Descriptors kept for everything but client connections when `max_connections` is not set.
+    static let descriptorReserve = 256
+
+    /// `max_connections`, or what the descriptor limit leaves once the reserve is set aside.
+    public func connectionLimit(descriptors: Int) -> Int {
+        maxConnections ?? max(descriptors - Self.descriptorReserve, 64)
+    }
     /// The web console's sign-in and session settings (`coordinator.console`).
     public var console = ConsoleSettings()
     public var logLevel: Logger.Level
@@ -74,6 +85,7 @@ public struct CoordinatorConfig: Sendable {
             if let value = section.optional("max_request_body")?.parsed(ByteSizeParser.parse) { config.maxRequestBody = value }
             if let value = section.optional("handshake_timeout")?.duration(atLeast: .milliseconds(100)) { config.handshakeTimeout = value }
             if let value = section.optional("idle_timeout")?.duration(atLeast: .seconds(1)) { config.idleTimeout = value }
+            if let value = section.optional("max_connections")?.int(in: 1...10_000_000) { config.maxConnections = value }
             if let console = section.optional("console")?.mapping {
                 if let value = console.optional("session_idle_timeout")?.duration(atLeast: .seconds(1)) { config.console.sessionIdleTimeout = value }
                 if let value = console.optional("session_lifetime")?.duration(atLeast: .seconds(1)) { config.console.sessionLifetime = value }

@@ -95,4 +95,31 @@ struct CoordinatorHardeningTests {
         try coordinator.admin("POST", "/api/v1/assignments", json: ["pipeline": "pushed", "agent": "steady"])
         #expect(eventually(timeout: 5) { CoordinatorTests.echoes(port) })
     }
+
+    @Test("at max_connections the coordinator stops accepting until a connection closes: new clients wait in the backlog, then are served")
+    func connectionLimit() throws {
+        let pki = try TestPKI()
+        let coordinator = try CoordinatorProcess(pki: pki, settings: ["handshake_timeout: 2s", "max_connections: 50"])
+        try coordinator.start()
+        defer { coordinator.stop() }
+        #expect(coordinator.log.contains("max_connections=50"))
+        let baseline = openDescriptors(pid: coordinator.pid)
+        signal(SIGPIPE, SIG_IGN)
+        let (clients, input, output) = try ConnectionHerd.python(Self.stalledClients, ["\(coordinator.port)", "80", "0", "0", "0"], netns: nil)
+        defer { clients.stopHelper() }
+        #expect(try output.line(timeout: 30) == "ready")
+        #expect(eventually(timeout: 2) { openDescriptors(pid: coordinator.pid) >= baseline + 50 })
+        usleep(300_000)
+        // The server stops asking for more at the limit; the accept already asked for may bring a batch (4).
+        #expect(openDescriptors(pid: coordinator.pid) <= baseline + 50 + 4, "no more than 50 accepted: \(openDescriptors(pid: coordinator.pid)), baseline \(baseline)")
+        // A real client waits in the backlog until the stalled ones time out, then is answered.
+        let started = Date()
+        #expect(try coordinator.request("GET", "/healthz", token: nil).0 == 200)
+        #expect(Date().timeIntervalSince(started) >= 0.5, "it had to wait for room")
+        #expect(eventually(timeout: 8) {
+            try? input.write(contentsOf: Data("status\n".utf8))
+            return (try? output.line(timeout: 5)) == "closed 80 0 0 0"
+        }, "the 30 that waited were accepted, then closed at their own handshake_timeout")
+        #expect(eventually(timeout: 5) { (try? coordinator.metric("weir_coordinator_connection_errors_total", ["reason": "handshake_timeout"])) == 80 })
+    }
 }

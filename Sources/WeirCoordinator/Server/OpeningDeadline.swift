@@ -61,7 +61,8 @@ final class OpeningCompleted: ChannelInboundHandler, RemovableChannelHandler {
 }
 
 /// A server child channel whose connections are counted and have an opening deadline, around another (TLS,
-/// then HTTP/1 with WebSocket upgrades).
+/// then HTTP/1 with WebSocket upgrades). (Their number is bounded by the server: at `max_connections` it stops
+/// accepting until one closes.)
 struct DeadlinedChannel<Base: ServerChildChannel>: ServerChildChannel {
     typealias Value = Base.Value
 
