@@ -7,7 +7,7 @@ import Testing
     "Reverse tunnel (listen.reverse -> connect.reverse)", .serialized,
     .enabled(if: which("openssl") != nil && which("curl") != nil, "needs openssl and curl installed"))
 struct ReverseTunnelTests {
-    static func publicAgent(port: Int, tunnelPort: Int, pki: TestPKI) throws -> WeirProcess {
+    static func publicAgent(port: Int, tunnelPort: Int, pki: TestPKI, maxIdleTunnels: Int = 64) throws -> WeirProcess {
         try WeirProcess(pipelines: """
             pipelines:
               publish:
@@ -24,6 +24,7 @@ struct ReverseTunnelTests {
                   - type: connect.reverse
                     listen: 127.0.0.1:\(tunnelPort)
                     connect_timeout: 3s
+                    max_idle_tunnels: \(maxIdleTunnels)
             """)
     }
 
@@ -97,5 +98,40 @@ struct ReverseTunnelTests {
         #expect(try client.receiveAll().isEmpty, "the client gets nothing through an unverified tunnel")
         #expect(eventually(timeout: 5) { ((try? publicSide.metric("weir_pipeline_errors_total", ["pipeline": "publish", "stage": "transform.tls", "reason": "tls_failed"])) ?? 0) >= 1 })
         #expect((try rogue.metric("weir_pipeline_connections_total", ["pipeline": "published"]) ?? 0) == 0)
+    }
+
+    @Test("A flood of connections to the tunnel port holds at most max_idle_tunnels; once it stops, the inner agent's tunnel serves again")
+    func tunnelPortFloodBounded() throws {
+        let pki = try TestPKI()
+        try pki.issue("inner", dnsNames: ["inner.weir.test"])
+        let web = try ProxyListenerTests.WebServer()
+        let port = freePort(), tunnelPort = freePort()
+        let publicSide = try Self.publicAgent(port: port, tunnelPort: tunnelPort, pki: pki, maxIdleTunnels: 16)
+        try publicSide.start()
+        defer { publicSide.stop() }
+        let inner = try Self.innerAgent(tunnelPort: tunnelPort, service: web.port, pki: pki)
+        try inner.start()
+        defer { inner.stop() }
+        #expect(eventually(timeout: 5) { (try? inner.metric("weir_reverse_tunnels_open", ["pipeline": "published"])) == 1 })
+        let baseline = openDescriptors(pid: publicSide.pid)
+
+        // 300 connections that say nothing: the public agent keeps the newest 16 and closes the rest (the
+        // inner agent's tunnel among them; it dials again).
+        var flood = try (0..<300).map { _ in try TCPClient(port: tunnelPort) }
+        #expect(eventually(timeout: 5) { openDescriptors(pid: publicSide.pid) <= baseline + 16 }, "\(openDescriptors(pid: publicSide.pid)), baseline \(baseline)")
+        usleep(500_000)
+        #expect(openDescriptors(pid: publicSide.pid) <= baseline + 16, "\(openDescriptors(pid: publicSide.pid)), baseline \(baseline)")
+        for client in flood.prefix(250) { #expect((try? client.receiveAll())?.isEmpty ?? true, "the oldest are closed") }
+        #expect((try inner.metric("weir_reverse_tunnel_failures_total", ["pipeline": "published"]) ?? 0) >= 1, "the inner agent's tunnel was closed")
+
+        // The flood stops: its connections close, and the tunnel the inner agent dialed again serves.
+        for client in flood { client.resetOnClose() }
+        flood.removeAll()
+        var fetched: (status: Int32, body: String, connectCode: Int) = (-1, "", 0)
+        #expect(eventually(timeout: 10) {
+            fetched = (try? ProxyListenerTests.curl(["http://127.0.0.1:\(port)/file.txt"])) ?? (-1, "", 0)
+            return fetched.status == 0 && fetched.body == web.content
+        }, "\(fetched)")
+        #expect(eventually(timeout: 5) { openDescriptors(pid: publicSide.pid) <= baseline + 4 }, "\(openDescriptors(pid: publicSide.pid)), baseline \(baseline)")
     }
 }

@@ -13,17 +13,22 @@ public struct ConnectReverseConfig: StageConfig {
     public static let options = [
         OptionDoc("listen", "ip:port", "Address the inner agents dial in to (required). Authenticate them: put transform.tls with a ca after transform.mux."),
         OptionDoc("connect_timeout", "duration", default: "5s", "How long a connection waits for a tunnel when none is open."),
+        OptionDoc(
+            "max_idle_tunnels", "integer", default: "64",
+            "Tunnels kept waiting for a carrier; past it the oldest is closed (its inner agent dials again). Bounds what anyone who can reach listen can make this agent hold."),
     ]
     public static var sample: String { String(decoding: PackageResources.connect_reverse_sample_yaml, as: UTF8.self) }
 
     public let listen: BindAddress
     public let connectTimeout: Duration
+    public let maxIdleTunnels: Int
 
     public static func decode(_ options: ConfigMapping) -> ConnectReverseConfig? {
         let listen = options.required("listen")?.parsed(BindAddress.parse)
         let timeout = options.optional("connect_timeout", default: Duration.seconds(5)) { $0.duration(atLeast: .milliseconds(100)) }
-        guard let listen, let timeout else { return nil }
-        return ConnectReverseConfig(listen: listen, connectTimeout: timeout)
+        let maxIdle = options.optional("max_idle_tunnels", default: 64) { $0.int(in: 1...100_000) }
+        guard let listen, let timeout, let maxIdle else { return nil }
+        return ConnectReverseConfig(listen: listen, connectTimeout: timeout, maxIdleTunnels: maxIdle)
     }
 
     /// A tunnel carries many connections: the pipeline needs `transform.mux side: client`.
@@ -41,7 +46,7 @@ public struct ConnectReverseConfig: StageConfig {
 struct ConnectReverse: StreamConnector, ServiceStage {
     let config: ConnectReverseConfig
 
-    func start() async throws { try await TunnelEndpoint.acquire(config.listen) }
+    func start() async throws { try await TunnelEndpoint.acquire(config.listen, maxIdle: config.maxIdleTunnels) }
 
     func stop() async { await TunnelEndpoint.release(config.listen) }
 
@@ -64,15 +69,18 @@ struct NoTunnel: Error, CustomStringConvertible {
 final class TunnelEndpoint: Sendable {
     private static let registry = NIOLockedValueBox<[BindAddress: (endpoint: TunnelEndpoint, users: Int)]>([:])
 
-    /// Binds `address` for its first user; later users share it.
-    static func acquire(_ address: BindAddress) async throws {
-        let existing = registry.withLockedValue { registry -> Bool in
-            guard registry[address] != nil else { return false }
+    /// Binds `address` for its first user; later users share it (the latest one's `maxIdle` applies).
+    static func acquire(_ address: BindAddress, maxIdle: Int) async throws {
+        let existing = registry.withLockedValue { registry -> TunnelEndpoint? in
+            guard registry[address] != nil else { return nil }
             registry[address]!.users += 1
-            return true
+            return registry[address]!.endpoint
         }
-        guard !existing else { return }
-        let endpoint = TunnelEndpoint()
+        if let existing {
+            existing.setMaxIdle(maxIdle)
+            return
+        }
+        let endpoint = TunnelEndpoint(maxIdle: maxIdle)
         try await endpoint.bind(address)
         let raced = registry.withLockedValue { registry -> Bool in
             if registry[address] != nil {
@@ -82,7 +90,10 @@ final class TunnelEndpoint: Sendable {
             registry[address] = (endpoint, 1)
             return false
         }
-        if raced { await endpoint.close() }
+        if raced {
+            await endpoint.close()
+            running(address)?.setMaxIdle(maxIdle)
+        }
     }
 
     /// Closes the socket and its idle tunnels when its last user stops.
@@ -105,9 +116,21 @@ final class TunnelEndpoint: Sendable {
         var idle: [any Channel] = []
         var waiting: [(promise: EventLoopPromise<any Channel>, timeout: Scheduled<Void>)] = []
         var listener: (any Channel)?
+        /// `max_idle_tunnels`. Anyone who can reach the socket can dial in, and what dialed is only known to
+        /// be an inner agent once a carrier's handshake (TLS) runs on it, so the waiting ones are bounded: past
+        /// the limit the oldest is closed. A flood then costs this agent at most this many descriptors, and a
+        /// real inner agent dials again at once.
+        var maxIdle: Int
     }
 
-    private let state = NIOLockedValueBox(State())
+    private let state: NIOLockedValueBox<State>
+
+    private init(maxIdle: Int) { state = NIOLockedValueBox(State(maxIdle: maxIdle)) }
+
+    private func setMaxIdle(_ maxIdle: Int) { state.withLockedValue { $0.maxIdle = maxIdle } }
+
+    /// Tunnels waiting for a carrier now.
+    var idleCount: Int { state.withLockedValue { $0.idle.count } }
 
     private func bind(_ address: BindAddress) async throws {
         let listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -135,13 +158,15 @@ final class TunnelEndpoint: Sendable {
         try? await listener?.close()
     }
 
-    /// An inner agent dialed in: the oldest waiting connection gets the tunnel, else it waits for one.
+    /// An inner agent dialed in: the oldest waiting connection gets the tunnel, else it waits for one (and
+    /// the oldest waiting tunnel is closed when there are more than `maxIdle`).
     private func arrived(_ tunnel: any Channel) {
-        let waiter = state.withLockedValue { state -> (promise: EventLoopPromise<any Channel>, timeout: Scheduled<Void>)? in
-            if !state.waiting.isEmpty { return state.waiting.removeFirst() }
+        let (waiter, evicted) = state.withLockedValue { state -> ((promise: EventLoopPromise<any Channel>, timeout: Scheduled<Void>)?, (any Channel)?) in
+            if !state.waiting.isEmpty { return (state.waiting.removeFirst(), nil) }
             state.idle.append(tunnel)
-            return nil
+            return (nil, state.idle.count > state.maxIdle ? state.idle.removeFirst() : nil)
         }
+        evicted?.close(promise: nil)
         if let waiter {
             waiter.timeout.cancel()
             waiter.promise.succeed(tunnel)
