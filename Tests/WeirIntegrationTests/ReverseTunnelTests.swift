@@ -7,7 +7,7 @@ import Testing
     "Reverse tunnel (listen.reverse -> connect.reverse)", .serialized,
     .enabled(if: which("openssl") != nil && which("curl") != nil, "needs openssl and curl installed"))
 struct ReverseTunnelTests {
-    static func publicAgent(port: Int, tunnelPort: Int, pki: TestPKI, maxIdleTunnels: Int = 64) throws -> WeirProcess {
+    static func publicAgent(port: Int, tunnelPort: Int, pki: TestPKI, maxIdleTunnels: Int = 64, handshakeTimeout: String = "10s", keepalive: String = "1s") throws -> WeirProcess {
         try WeirProcess(pipelines: """
             pipelines:
               publish:
@@ -16,11 +16,12 @@ struct ReverseTunnelTests {
                     address: 127.0.0.1:\(port)
                   - type: transform.mux
                     side: client
-                    keepalive: 1s
+                    keepalive: \(keepalive)
                   - type: transform.tls
                     side: client
                     ca: \(pki.caPath)
                     server_name: inner.weir.test
+                    handshake_timeout: \(handshakeTimeout)
                   - type: connect.reverse
                     listen: 127.0.0.1:\(tunnelPort)
                     connect_timeout: 3s
@@ -133,5 +134,36 @@ struct ReverseTunnelTests {
             return fetched.status == 0 && fetched.body == web.content
         }, "\(fetched)")
         #expect(eventually(timeout: 5) { openDescriptors(pid: publicSide.pid) <= baseline + 4 }, "\(openDescriptors(pid: publicSide.pid)), baseline \(baseline)")
+    }
+
+    @Test("A tunnel that never answers the TLS handshake is given up after handshake_timeout, and the next connection takes the inner agent's tunnel")
+    func silentTunnelGivenUp() throws {
+        let pki = try TestPKI()
+        try pki.issue("inner", dnsNames: ["inner.weir.test"])
+        let web = try ProxyListenerTests.WebServer()
+        let port = freePort(), tunnelPort = freePort()
+        // The carrier's keepalive as shipped (15 s): without a handshake deadline the silent tunnel held the
+        // connection until two pings went unanswered.
+        let publicSide = try Self.publicAgent(port: port, tunnelPort: tunnelPort, pki: pki, handshakeTimeout: "2s", keepalive: "15s")
+        try publicSide.start()
+        defer { publicSide.stop() }
+        // Something that is not an inner agent dials in first: its connection is the oldest waiting tunnel.
+        let silent = try TCPClient(port: tunnelPort)
+        usleep(200_000)
+        let inner = try Self.innerAgent(tunnelPort: tunnelPort, service: web.port, pki: pki)
+        try inner.start()
+        defer { inner.stop() }
+        #expect(eventually(timeout: 5) { (try? inner.metric("weir_reverse_tunnels_open", ["pipeline": "published"])) == 1 })
+
+        let url = "http://127.0.0.1:\(port)/file.txt"
+        let started = Date()
+        let first = try ProxyListenerTests.curl([url])
+        let waited = Date().timeIntervalSince(started)
+        #expect(first.status != 0, "the connection given the silent tunnel fails: \(first)")
+        #expect(waited >= 1.5 && waited < 8, "after handshake_timeout (2 s), not the carrier keepalive's 30 s: \(waited) s")
+        #expect(try publicSide.metric("weir_pipeline_errors_total", ["pipeline": "publish", "stage": "transform.tls", "reason": "handshake_timeout"]) == 1)
+        #expect((try? silent.receiveUntilClosed())?.first == 0x16, "the silent connection got a ClientHello, then was closed")
+        let second = try ProxyListenerTests.curl([url])
+        #expect(second.status == 0 && second.body == web.content, "\(second)")
     }
 }

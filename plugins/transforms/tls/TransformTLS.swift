@@ -30,7 +30,9 @@ public struct TransformTLSConfig: StageConfig {
         OptionDoc("verify", "bool", default: "true", "side: client — false accepts any server certificate (testing only)."),
         OptionDoc("min_version", "1.2|1.3", default: "1.2", "Oldest TLS version accepted."),
         OptionDoc("alpn", "list of names", default: "none", "Application protocols offered (client) or accepted (server), e.g. [http/1.1]."),
-        OptionDoc("handshake_timeout", "duration", default: "10s", "side: server — close a connection whose client has not completed the TLS handshake this long after connecting."),
+        OptionDoc(
+            "handshake_timeout", "duration", default: "10s",
+            "side: server — close a connection whose client has not completed the TLS handshake this long after connecting; side: client — give up on a server (a next hop, a tunnel) that has not completed it this long after the connection opened."),
     ]
     public static var sample: String { String(decoding: PackageResources.transform_tls_sample_yaml, as: UTF8.self) }
 
@@ -41,7 +43,7 @@ public struct TransformTLSConfig: StageConfig {
     let filesDigest: String
     /// The certificate files read (certificate, client_ca, ca), for their expiry metric.
     public let certificates: [LoadedCertificate]
-    /// side: server — how long a client may take to complete its handshake.
+    /// How long the other end may take to complete the handshake (a client, or on side: client the server).
     let handshakeTimeout: Duration
 
     public var contentFingerprint: String { filesDigest }
@@ -94,7 +96,7 @@ public struct TransformTLSConfig: StageConfig {
             return name
         }
         let verify = only("verify", on: .client).map { $0.bool } ?? true
-        let handshakeTimeout = ConnectionOptions.handshakeTimeout(only("handshake_timeout", on: .server))
+        let handshakeTimeout = ConnectionOptions.handshakeTimeout(options)
         let minVersion = options.optional("min_version", default: Version.tls12) { $0.oneOf(Version.self) }
         let alpnValue = options.optional("alpn")
         let alpn = alpnValue.map { value -> [String]? in
@@ -161,7 +163,11 @@ struct TransformTLS: StreamFilter {
 
     func handlers(for connection: ConnectionInfo) -> StreamFilterHandlers {
         guard config.side == .client else { return StreamFilterHandlers() }
-        return StreamFilterHandlers(targetSide: [clientHandler(serverName: serverName(connection)), label()])
+        return StreamFilterHandlers(targetSide: [
+            clientHandler(serverName: serverName(connection)),
+            TLSClientHandshakeDeadline(timeout: TimeAmount(config.handshakeTimeout), metrics: metrics),
+            label(),
+        ])
     }
 
     /// Handshake and record errors are counted as `transform.tls`/`tls_failed`.
@@ -199,5 +205,53 @@ final class TLSHandshakeReport: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         context.fireUserInboundEventTriggered(event)
+    }
+}
+
+/// Behind the client side's TLS handler: closes the connection when the server has not completed the
+/// handshake within `handshake_timeout` of the connection opening (`transform.tls`/`handshake_timeout`), then
+/// leaves once it completes. A peer that accepts the TCP connection and says nothing — a hung next hop, or
+/// anything that dialed a reverse tunnel's socket — otherwise held every connection waiting on it until the
+/// carrier's keepalive gave up (30 s).
+final class TLSClientHandshakeDeadline: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+
+    private let timeout: TimeAmount
+    private let metrics: PipelineMetrics
+    private var timer: Scheduled<Void>?
+
+    init(timeout: TimeAmount, metrics: PipelineMetrics) {
+        self.timeout = timeout
+        self.metrics = metrics
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let metrics = self.metrics
+        timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) {
+            metrics.error(stage: TransformTLSConfig.type, reason: "handshake_timeout")
+            context.close(promise: nil)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .handshakeCompleted = event as? TLSUserEvent {
+            timer?.cancel()
+            timer = nil
+            context.fireUserInboundEventTriggered(event)
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+        context.fireChannelInactive()
     }
 }
