@@ -126,7 +126,7 @@ final class HTTPConnectionDeadline: ChannelDuplexHandler, RemovableChannelHandle
 
     private let requestTimeout: TimeAmount
     private let idleTimeout: TimeAmount
-    private var timer: Scheduled<Void>?
+    private var deadline = ChannelDeadline()
 
     init(requestTimeout: TimeAmount, idleTimeout: TimeAmount) {
         self.requestTimeout = requestTimeout
@@ -135,10 +135,10 @@ final class HTTPConnectionDeadline: ChannelDuplexHandler, RemovableChannelHandle
 
     func handlerAdded(context: ChannelHandlerContext) { arm(requestTimeout, context: context) }
 
-    func handlerRemoved(context: ChannelHandlerContext) { cancel() }
+    func handlerRemoved(context: ChannelHandlerContext) { deadline.cancel() }
 
     func channelInactive(context: ChannelHandlerContext) {
-        cancel()
+        deadline.cancel()
         context.fireChannelInactive()
     }
 
@@ -146,7 +146,7 @@ final class HTTPConnectionDeadline: ChannelDuplexHandler, RemovableChannelHandle
         switch unwrapInboundIn(data) {
         case .head: arm(requestTimeout, context: context)  // the body and end are due within the timeout
         case .body: break
-        case .end: cancel()  // answering: the server's time, not the client's
+        case .end: deadline.cancel()  // answering: the server's time, not the client's
         }
         context.fireChannelRead(data)
     }
@@ -157,12 +157,6 @@ final class HTTPConnectionDeadline: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     private func arm(_ timeout: TimeAmount, context: ChannelHandlerContext) {
-        cancel()
-        timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { context.close(promise: nil) }
-    }
-
-    private func cancel() {
-        timer?.cancel()
-        timer = nil
+        deadline.arm(timeout, on: context) { context.close(promise: nil) }
     }
 }

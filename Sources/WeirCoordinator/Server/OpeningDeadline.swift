@@ -2,6 +2,7 @@ import HummingbirdCore
 import Logging
 import NIOCore
 import Prometheus
+import WeirCore
 
 /// Bounds a connection's opening: from the accept until its first request head is complete (the TLS handshake
 /// and the head). A client that connects and sends nothing, stalls in the handshake or sends half a request
@@ -15,7 +16,7 @@ final class OpeningDeadline: ChannelInboundHandler, RemovableChannelHandler {
 
     private let timeout: TimeAmount
     private let timedOut: Counter
-    private var timer: Scheduled<Void>?
+    private var deadline = ChannelDeadline()
 
     init(timeout: TimeAmount, timedOut: Counter) {
         self.timeout = timeout
@@ -28,8 +29,7 @@ final class OpeningDeadline: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        guard timer == nil else { return }
-        timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [timedOut] in
+        deadline.arm(timeout, on: context) { [timedOut] in
             timedOut.increment()
             // Closed from here, nearest the socket: the TLS handler's close would first wait (5 s) for the
             // client's close_notify, which a client that stalls does not send either.
@@ -37,14 +37,10 @@ final class OpeningDeadline: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
-    func handlerRemoved(context: ChannelHandlerContext) {
-        timer?.cancel()
-        timer = nil
-    }
+    func handlerRemoved(context: ChannelHandlerContext) { deadline.cancel() }
 
     func channelInactive(context: ChannelHandlerContext) {
-        timer?.cancel()
-        timer = nil
+        deadline.cancel()
         context.fireChannelInactive()
     }
 }

@@ -218,7 +218,7 @@ final class TLSClientHandshakeDeadline: ChannelInboundHandler, RemovableChannelH
 
     private let timeout: TimeAmount
     private let metrics: PipelineMetrics
-    private var timer: Scheduled<Void>?
+    private var deadline = ChannelDeadline()
 
     init(timeout: TimeAmount, metrics: PipelineMetrics) {
         self.timeout = timeout
@@ -226,22 +226,17 @@ final class TLSClientHandshakeDeadline: ChannelInboundHandler, RemovableChannelH
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        let metrics = self.metrics
-        timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) {
+        deadline.arm(timeout, on: context) { [metrics] in
             metrics.error(stage: TransformTLSConfig.type, reason: "handshake_timeout")
             context.close(promise: nil)
         }
     }
 
-    func handlerRemoved(context: ChannelHandlerContext) {
-        timer?.cancel()
-        timer = nil
-    }
+    func handlerRemoved(context: ChannelHandlerContext) { deadline.cancel() }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case .handshakeCompleted = event as? TLSUserEvent {
-            timer?.cancel()
-            timer = nil
+            deadline.cancel()
             context.fireUserInboundEventTriggered(event)
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
             return
@@ -250,8 +245,7 @@ final class TLSClientHandshakeDeadline: ChannelInboundHandler, RemovableChannelH
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        timer?.cancel()
-        timer = nil
+        deadline.cancel()
         context.fireChannelInactive()
     }
 }
