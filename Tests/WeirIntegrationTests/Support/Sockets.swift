@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -203,16 +204,25 @@ final class UDPSocket: @unchecked Sendable {
     }
 }
 
-/// A free loopback TCP (and, most likely, UDP) port.
+/// A free loopback TCP (and, most likely, UDP) port, for a server the test configures.
+///
+/// Never one the kernel hands out itself (outside `ip_local_port_range`): a client's socket bound to port 0 can
+/// be given a port that a server is listening on — dig sets SO_REUSEPORT, and as the same user as an agent
+/// whose listeners set it too, the kernel counts the agent's port as free for it. Such a dig sends its query to
+/// itself and reads it back as an empty NOERROR answer (the dns.filter prefetch test failed so once in CI).
+/// Handed out in turn from a random start, so two ports asked for before either is bound never coincide.
 func freePort() -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    _ = withLoopbackAddress(port: 0, ipv6: false) { bind(fd, $0, $1) }
-    return boundPort(fd)
+    while true {
+        let port = ServerPorts.next()
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let bound = withLoopbackAddress(port: port, ipv6: false) { bind(fd, $0, $1) }
+        close(fd)
+        if bound == 0 { return port }
+    }
 }
 
 /// A loopback port free for TCP and for UDP at the moment of asking (a DNS server binds both; freePort
-/// checks only TCP, and an ephemeral UDP port of another process may hold the same number).
+/// checks only TCP, and a UDP socket of another process may hold the same number).
 func freeDualPort() -> Int {
     while true {
         let port = freePort()
@@ -220,6 +230,29 @@ func freeDualPort() -> Int {
         let bound = withLoopbackAddress(port: port, ipv6: false) { bind(fd, $0, $1) }
         close(fd)
         if bound == 0 { return port }
+    }
+}
+
+/// The ports tests give their servers: the larger of the stretches below and above the kernel's ephemeral
+/// range (Debian: 16384–32767 below 32768–60999), walked in turn.
+enum ServerPorts {
+    static let range: Range<Int> = {
+        var ephemeral = 32768...60999
+        if let text = try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8) {
+            let bounds = text.split(whereSeparator: \.isWhitespace).compactMap { Int($0) }
+            if bounds.count == 2, bounds[0] <= bounds[1] { ephemeral = bounds[0]...bounds[1] }
+        }
+        let below = max(1024, ephemeral.lowerBound - 16384)..<max(1024, ephemeral.lowerBound)
+        let above = min(65536, ephemeral.upperBound + 1)..<65536
+        return below.count >= above.count ? below : above
+    }()
+    private static let cursor = Mutex(Int.random(in: 0..<range.count))
+
+    static func next() -> Int {
+        cursor.withLock { cursor in
+            cursor = (cursor + 1) % range.count
+            return range.lowerBound + cursor
+        }
     }
 }
 
