@@ -202,14 +202,18 @@ struct ShapeTCTests {
             })
     }
 
-    @Test("client_rates: a client in a plan's network gets the plan's rate, the others the stage's; a reload changes it in place")
+    @Test("client_rates: a client in a plan's network gets the plan's rate, the others the stage's; a reload changes it in place; a client named by its address has its class before its first packet, kept however idle")
     func clientRatesPerPlan() throws {
         let net = try NamespacePair()
         let plan = { (ceil: String) in
-            "rate: 10mbit\nceil: 15mbit\nper: client_ip\nclient_rates:\n  - {clients: [\(net.peerIPv6)/128], rate: 4mbit, ceil: \(ceil)}"
+            "rate: 10mbit\nceil: 15mbit\nper: client_ip\nidle_timeout: 1s\nclient_rates:\n  - {clients: [\(net.peerIPv6)/128], rate: 4mbit, ceil: \(ceil)}"
         }
         let agent = try Self.startAgent(net, Self.shapePipeline("users", interface: net.agentInterface, plan("6mbit")))
         defer { agent.stop() }
+        // No packet has gone anywhere yet: the named client's class is there (an on-demand class would let its
+        // first packets out unshaped), the other client has none.
+        let unused = try Self.classes(net, net.agentInterface)
+        #expect(unused.values.filter { $0.rate == "4Mbit" }.count == 1 && unused.count == 4, "link, total, default, the named client: \(unused)")
         let standard = try Iperf(net, ns: net.peer, address: net.peerIPv4, port: 5201)
         defer { standard.stop() }
         let planned = try Iperf(net, ns: net.peer, address: net.peerIPv6, port: 5201)
@@ -233,6 +237,11 @@ struct ShapeTCTests {
         #expect(after.values.contains { $0.rate == "7Mbit" } && !after.values.contains { $0.rate == "4Mbit" }, "\(after)")
         for (id, class_) in before { #expect((after[id]?.bytes ?? -1) >= class_.bytes, "class \(id) kept its counters") }
         try Self.expectRate(8, "the planned client after the reload") { try planned.send(from: net.agent, seconds: 4) }
+
+        // Idle past idle_timeout: the other client's class goes, the named one's stays.
+        #expect(eventually(timeout: 8) { ((try? Self.classes(net, net.agentInterface)) ?? [:]).count == 4 })
+        let idle = try Self.classes(net, net.agentInterface)
+        #expect(idle.values.contains { $0.rate == "7Mbit" }, "\(idle)")
     }
 
     @Test("Per mark: packets marked by enforce.nftables get one class per mark", .enabled(if: which("nft") != nil))

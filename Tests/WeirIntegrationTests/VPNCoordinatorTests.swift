@@ -180,6 +180,11 @@ struct VPNCoordinatorTests {
             namespace: net.peer, configuration: config.1, directory: coordinator.directory, interface: "wcr\(setup.tag)",
             routes: [["route", "add", "10.88.0.0/24", "dev", "wcr\(setup.tag)"]])
         #expect(client.address == "10.88.0.2")
+        // The device's class is there both ways before its first packet: a class made on demand came only after
+        // the first packets went out unshaped, and the burst they let through inflated the first reading.
+        for device in [setup.interface, "wi-" + setup.interface] {
+            #expect(((try? net.inside(net.agent, ["tc", "class", "show", "dev", device])) ?? "").contains("rate 8Mbit"), "\(device)")
+        }
         let iperf = try Iperf(net, ns: net.agent, address: "10.88.0.1", port: 5201)
         defer { iperf.stop() }
 

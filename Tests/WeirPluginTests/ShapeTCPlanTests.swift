@@ -152,6 +152,32 @@ import WeirStages
         #expect(DynamicKey(family: 6, bytes: v6).label == "2001::1")
     }
 
+    @Test func clientRatesFirstMatchWinsAndNamedAddressesAreConfiguredClients() throws {
+        let shape = StageShape(config: try config("""
+                    rate: 100mbit
+                    per: client_ip
+                    client_rates:
+                      - {clients: [10.0.0.9, 10.0.1.0/24], rate: 1mbit}
+                      - {clients: [10.0.1.5, 10.0.2.5, "fd00::5"], rate: 2mbit}
+                      - {clients: [10.0.2.0/24, 10.0.0.9], rate: 3mbit}
+
+            """), listener: nil)
+        let rate = { (address: String) in
+            shape.dynamicClass(DynamicKey(client: try! IPNetwork.parse(address)), rates: shape.clientRateIndex).rate / 125_000
+        }
+        // An earlier network beats a later single address; an earlier single address beats a later network.
+        #expect(rate("10.0.1.5") == 1 && rate("10.0.2.5") == 2 && rate("10.0.2.6") == 3 && rate("10.0.0.9") == 1)
+        #expect(rate("fd00::5") == 2 && rate("10.9.9.9") == 100)
+        // The index and the list agree.
+        for address in ["10.0.1.5", "10.0.2.5", "10.0.2.6", "10.0.0.9", "fd00::5", "10.9.9.9"] {
+            let key = DynamicKey(client: try IPNetwork.parse(address))
+            #expect(shape.dynamicClass(key) == shape.dynamicClass(key, rates: shape.clientRateIndex))
+        }
+        // Single addresses get their classes with the stage, once each; networks wait for their clients' packets.
+        #expect(shape.configuredClients.map(\.label) == ["10.0.0.9", "10.0.1.5", "10.0.2.5", "fd00::5"])
+        #expect(StageShape(config: try config("        rate: 10mbit\n        per: mark\n"), listener: nil).configuredClients.isEmpty)
+    }
+
     // MARK: - Plan
 
     func htb(_ minor: UInt16, _ parent: UInt16?, _ rate: UInt64, leaf: Bool = true) -> HTBClass {

@@ -23,13 +23,23 @@ struct DeviceRecord: Codable, Sendable {
         func classID(_ key: String) -> UInt32? { minors[key].map(TrafficControl.classID) }
 
         func spec(_ key: String) -> ClassSpec? {
-            shape.classes.first { $0.key == key } ?? dynamic[key].map(shape.dynamicClass)
+            shape.classes.first { $0.key == key } ?? dynamic[key].map { shape.dynamicClass($0) }
+        }
+
+        /// Every class's spec by minor number (client_rates indexed once, not searched per class).
+        var specs: [UInt16: ClassSpec] {
+            let named = Dictionary(shape.classes.map { ($0.key, $0) }) { first, _ in first }
+            let rates = shape.clientRateIndex
+            return Dictionary(minors.compactMap { key, minor in
+                (named[key] ?? dynamic[key].map { shape.dynamicClass($0, rates: rates) }).map { (minor, $0) }
+            }) { first, _ in first }
         }
 
         /// Every class the stage wants, with minor numbers.
         var htbClasses: [HTBClass] {
-            minors.compactMap { key, minor in
-                guard let spec = spec(key) else { return nil }
+            let specs = specs
+            return minors.compactMap { key, minor in
+                guard let spec = specs[minor] else { return nil }
                 // A stage's top class hangs under the device's link class.
                 return HTBClass(
                     minor: minor, parentMinor: spec.parent.flatMap { minors[$0] } ?? LinkClass.minor, rate: spec.rate, ceil: spec.ceil,

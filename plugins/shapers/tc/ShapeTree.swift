@@ -93,10 +93,21 @@ struct StageShape: Codable, Hashable, Sendable {
         clientRates = config.clientRates.isEmpty ? nil : config.clientRates
     }
 
-    /// The spec of an on-demand class for `key`.
-    func dynamicClass(_ key: DynamicKey) -> ClassSpec {
+    var clientRateIndex: ClientRateIndex { ClientRateIndex(clientRates ?? []) }
+
+    /// Clients client_rates names one address at a time (a VPN device's tunnel addresses): their classes are made
+    /// when the stage is applied, so their first packets are shaped already (an on-demand class comes only after
+    /// a packet went out in `default`, which for a VPN's unrated rest is unshaped), and kept while named.
+    var configuredClients: [DynamicKey] {
+        guard per == ShapeTCConfig.Per.clientIP.rawValue else { return [] }
+        var seen = Set<DynamicKey>()
+        return (clientRates ?? []).flatMap(\.clients).filter(\.isSingleAddress).map(DynamicKey.init(client:)).filter { seen.insert($0).inserted }
+    }
+
+    /// The spec of an on-demand class for `key`; `rates` from `clientRateIndex` when asking for many.
+    func dynamicClass(_ key: DynamicKey, rates: ClientRateIndex? = nil) -> ClassSpec {
         let address = key.family == 0 ? nil : IPNetwork(bytes: Array(key.bytes.prefix(key.family == 4 ? 4 : 16)), prefix: key.family == 4 ? 32 : 128)
-        let chosen = address.flatMap { address in clientRates?.first { $0.clients.contains { $0.contains(address) } } }
+        let chosen = address.flatMap { (rates ?? clientRateIndex).rate(for: $0) }
         return ClassSpec(
             key: key.classKey, label: key.label, parent: "total", rate: chosen?.rate ?? dynamicRate, ceil: chosen?.ceil ?? dynamicCeil,
             isLeaf: true)
@@ -104,6 +115,32 @@ struct StageShape: Codable, Hashable, Sendable {
 
     var scopeDescription: String {
         scopePort == 0 ? "all traffic" : "\(scopeProtocol == UInt8(IPPROTO_UDP) ? "udp" : "tcp") port \(scopePort)"
+    }
+}
+
+/// client_rates looked up by address without going through the list for every class: single addresses (a
+/// VPN's thousands of devices) in a dictionary, networks in order; the first entry that matches wins, as listed.
+struct ClientRateIndex {
+    private let rates: [ShapeTCConfig.ClientRate]
+    private var single: [IPNetwork: Int] = [:]
+    private var networks: [(index: Int, network: IPNetwork)] = []
+
+    init(_ rates: [ShapeTCConfig.ClientRate]) {
+        self.rates = rates
+        for (index, rate) in rates.enumerated() {
+            for client in rate.clients {
+                if !client.isSingleAddress { networks.append((index, client)) } else if single[client] == nil { single[client] = index }
+            }
+        }
+    }
+
+    func rate(for address: IPNetwork) -> ShapeTCConfig.ClientRate? {
+        var chosen = single[address]
+        for entry in networks where entry.index < (chosen ?? Int.max) && entry.network.contains(address) {
+            chosen = entry.index
+            break
+        }
+        return chosen.map { rates[$0] }
     }
 }
 
@@ -115,6 +152,16 @@ struct DynamicKey: Codable, Hashable, Sendable {
 
     static func mark(_ value: UInt32) -> DynamicKey {
         DynamicKey(family: 0, bytes: withUnsafeBytes(of: value) { Array($0) } + [UInt8](repeating: 0, count: 12))
+    }
+
+    /// The key of one client address, as the classifier writes it (IPv4 in the first four bytes).
+    init(client: IPNetwork) {
+        self.init(family: client.isIPv4 ? 4 : 6, bytes: client.bytes + [UInt8](repeating: 0, count: 16 - client.bytes.count))
+    }
+
+    init(family: UInt8, bytes: [UInt8]) {
+        self.family = family
+        self.bytes = bytes
     }
 
     var markValue: UInt32 { bytes.prefix(4).withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) } }

@@ -49,11 +49,13 @@ final class ShapingDevices: @unchecked Sendable {
             var entry = previous ?? DeviceRecord.OwnerRecord(shape: shape)
             if entry.shape.per != shape.per { entry.dynamic = [:] }
             entry.shape = shape
+            for client in shape.configuredClients where entry.dynamic[client.classKey] == nil && entry.dynamic.count < shape.maxDynamic {
+                entry.dynamic[client.classKey] = client
+            }
             let wanted = Set(shape.classes.map(\.key)).union(entry.dynamic.keys)
             entry.minors = entry.minors.filter { wanted.contains($0.key) }
-            for key in shape.classes.map(\.key) where entry.minors[key] == nil {
-                entry.minors[key] = try allocateMinor(record, entry)
-            }
+            let unnumbered = shape.classes.map(\.key).filter { entry.minors[$0] == nil } + entry.dynamic.keys.filter { entry.minors[$0] == nil }.sorted()
+            for (key, minor) in zip(unnumbered, try allocateMinors(unnumbered.count, record, entry)) { entry.minors[key] = minor }
             let owned = Set((previous?.minors.values).map(Array.init) ?? [])
             record.owners[owner] = entry
             try saveRecord(name, record)  // before the kernel changes: a crash in between is swept later
@@ -145,8 +147,7 @@ final class ShapingDevices: @unchecked Sendable {
             guard let record = records[name], let entry = record.owners[owner], let ifindex = TrafficControl.index(of: record.device),
                 let classes = try? TrafficControl.classes(ifindex)
             else { return [] }
-            let labels = Dictionary(
-                entry.minors.compactMap { key, minor in entry.spec(key).map { (minor, $0) } }) { a, _ in a }
+            let labels = entry.specs
             return classes.compactMap { object in
                 guard object.major == TrafficControl.rootMajor, let spec = labels[object.minor] else { return nil }
                 return ClassReading(
@@ -396,9 +397,19 @@ final class ShapingDevices: @unchecked Sendable {
     /// A minor number free on the device: not used by any owner. Leaf queues take the class's minor as their
     /// major, so minors stay below weir's root major.
     private func allocateMinor(_ record: DeviceRecord, _ entry: DeviceRecord.OwnerRecord) throws -> UInt16 {
+        try allocateMinors(1, record, entry)[0]
+    }
+
+    /// `count` free minor numbers, found in one pass (a VPN's thousands of configured clients at once).
+    private func allocateMinors(_ count: Int, _ record: DeviceRecord, _ entry: DeviceRecord.OwnerRecord) throws -> [UInt16] {
+        guard count > 0 else { return [] }
         var used = Set(entry.minors.values)
         for other in record.owners.values { used.formUnion(other.minors.values) }
-        for minor in (LinkClass.minor + 1)..<UInt16(TrafficControl.rootMajor) where !used.contains(minor) { return minor }
+        var free: [UInt16] = []
+        for minor in (LinkClass.minor + 1)..<UInt16(TrafficControl.rootMajor) where !used.contains(minor) {
+            free.append(minor)
+            if free.count == count { return free }
+        }
         throw ShapeError(description: "\(record.device) has no free class numbers left")
     }
 
@@ -443,6 +454,7 @@ final class ShapingDevices: @unchecked Sendable {
                     let ifindex = TrafficControl.index(of: record.device)
                 else { continue }
                 var changed = false
+                var indexes: [String: ClientRateIndex] = [:]
                 for (scope, key) in classifier.takeMisses() {
                     guard let (owner, entry) = record.owners.first(where: { $0.value.scopeID == scope }), entry.shape.hasDynamicClasses,
                         entry.dynamic.count < entry.shape.maxDynamic, entry.dynamic[key.classKey] == nil
@@ -452,7 +464,8 @@ final class ShapingDevices: @unchecked Sendable {
                         let minor = try allocateMinor(record, entry)
                         updated.minors[key.classKey] = minor
                         updated.dynamic[key.classKey] = key
-                        let spec = entry.shape.dynamicClass(key)
+                        if indexes[owner] == nil { indexes[owner] = entry.shape.clientRateIndex }
+                        let spec = entry.shape.dynamicClass(key, rates: indexes[owner])
                         let htb = HTBClass(minor: minor, parentMinor: entry.minors["total"], rate: spec.rate, ceil: spec.ceil, isLeaf: true)
                         try TrafficControl.setClass(ifindex, htb, create: true)
                         try addLeaf(ifindex, htb)
@@ -480,7 +493,8 @@ final class ShapingDevices: @unchecked Sendable {
         var changed = false
         for (owner, entry) in record.owners where entry.shape.hasDynamicClasses {
             var updated = entry
-            for (key, dynamic) in entry.dynamic {
+            let configured = Set(entry.shape.configuredClients)
+            for (key, dynamic) in entry.dynamic where !configured.contains(dynamic) {
                 guard let minor = entry.minors[key] else { continue }
                 let current = bytes[minor] ?? 0
                 if let last = seen[minor], last.bytes == current {
