@@ -418,12 +418,14 @@ struct DNSFilterTests {
         let upstream = try Dnsmasq(records: Self.records)
         let server = try Server("upstreams: [127.0.0.1:\(upstream.port)]\nupstream_timeout: 300ms\ncache: {max_ttl: 3s, serve_stale: 1h, prefetch: true}")
         defer { server.stop() }
-        // Asked, hit, then hit again in the last second of its 3 s: refreshed in the background.
-        #expect(try server.ask("www.example.test", "A", ["+short"]).contains("192.0.2.10"))
+        // Asked, hit, then hit again in the last second of its 3 s: refreshed in the background. The client is
+        // told 3 s, not dnsmasq's 300: it keeps the answer no longer than the cache does.
+        let first = try server.ask("www.example.test")
+        #expect(first.contains("\t3\tIN\tA\t192.0.2.10"), "\(first)")
         #expect(try server.ask("www.example.test", "A", ["+short"]).contains("192.0.2.10"))
         Thread.sleep(forTimeInterval: 2.3)
         let nearExpiry = try server.ask("www.example.test")
-        #expect(nearExpiry.contains("192.0.2.10"), "\(nearExpiry)")
+        #expect(nearExpiry.contains("\t1\tIN\tA\t192.0.2.10") || nearExpiry.contains("\t0\tIN\tA\t192.0.2.10"), "\(nearExpiry)")
         #expect(try server.agent.waitForMetric("weir_dns_cache_prefetches_total") { ($0 ?? 0) >= 1 } ?? 0 >= 1)
         // Past the first answer's expiry, still a cache hit: the prefetched answer. One upstream answer counted.
         Thread.sleep(forTimeInterval: 1.0)

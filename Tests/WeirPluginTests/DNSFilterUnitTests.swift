@@ -228,7 +228,10 @@ struct DNSFilterUnitTests {
         cache.store(query.question, bytes: answer, response: try DNSWire.parseResponse(answer), now: t0)
         let served = try #require(cache.lookup(query.question, id: 99, now: t0 + .seconds(30))?.bytes)
         #expect(try DNSWire.parseResponse(served).id == 99)
-        #expect(try DNSWire.parseResponse(served).addresses.first?.ttl == 270)
+        #expect(try DNSWire.parseResponse(served).addresses.first?.ttl == 70, "max_ttl 100 less 30 s of age")
+        #expect(try DNSWire.parseResponse(cache.clamped(answer, response: try DNSWire.parseResponse(answer))).addresses.first?.ttl == 100)
+        let short = DNSWire.answer(to: query, code: 0, records: [(1, 2, [192, 0, 2, 1])])
+        #expect(try DNSWire.parseResponse(cache.clamped(short, response: try DNSWire.parseResponse(short))).addresses.first?.ttl == 10, "min_ttl")
         // Written into a datagram's send buffer: the same bytes; nothing when the buffer is too small.
         let hit = try #require(cache.lookup(query.question, id: 99, now: t0 + .seconds(30)))
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 512, alignment: 8)

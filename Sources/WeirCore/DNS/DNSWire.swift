@@ -237,6 +237,22 @@ package enum DNSWire {
         return copy
     }
 
+    /// `bytes` with every TTL brought into `lower...upper` (a cache's min_ttl and max_ttl, so clients keep an
+    /// answer no longer than the cache does).
+    package static func clampingTTLs(_ bytes: [UInt8], ttlOffsets: [Int], to range: ClosedRange<UInt32>) -> [UInt8] {
+        var copy = bytes
+        for offset in ttlOffsets where offset >= 0 && offset + 4 <= copy.count {
+            let ttl = UInt32(copy[offset]) << 24 | UInt32(copy[offset + 1]) << 16 | UInt32(copy[offset + 2]) << 8 | UInt32(copy[offset + 3])
+            let clamped = min(max(ttl, range.lowerBound), range.upperBound)
+            guard clamped != ttl else { continue }
+            copy[offset] = UInt8(clamped >> 24)
+            copy[offset + 1] = UInt8((clamped >> 16) & 0xFF)
+            copy[offset + 2] = UInt8((clamped >> 8) & 0xFF)
+            copy[offset + 3] = UInt8(clamped & 0xFF)
+        }
+        return copy
+    }
+
     /// `served` in place: a stored answer already copied into `message` (a datagram's send buffer) gets
     /// `id` and its TTLs lowered by `age`.
     package static func serve(_ message: UnsafeMutableRawBufferPointer, id: UInt16, ttlOffsets: [Int], age: UInt32, floor: UInt32 = 0) {

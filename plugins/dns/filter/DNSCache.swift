@@ -108,11 +108,23 @@ final class DNSCache: Sendable {
         entries.withLockedValue { entries in entries[Key(question: question)]?.prefetching = false }
     }
 
-    /// Stores an upstream's answer (NOERROR or NXDOMAIN) for its lowest TTL, clamped.
+    /// Whether an answer is kept: NOERROR or NXDOMAIN, whole.
+    private func keeps(_ response: DNSWire.Response) -> Bool {
+        capacity > 0 && !response.truncated
+            && (response.responseCode == DNSWire.ResponseCode.noError || response.responseCode == DNSWire.ResponseCode.nameError)
+    }
+
+    /// An upstream's answer as the cache keeps and gives it: every TTL within min_ttl...max_ttl, so a client
+    /// told to keep it does not keep it longer than the cache (max_ttl 60 s is 60 s for the client too).
+    func clamped(_ bytes: [UInt8], response: DNSWire.Response) -> [UInt8] {
+        guard keeps(response), minTTL <= maxTTL else { return bytes }
+        return DNSWire.clampingTTLs(bytes, ttlOffsets: response.ttlOffsets, to: minTTL...maxTTL)
+    }
+
+    /// Stores an upstream's answer (NOERROR or NXDOMAIN) for its lowest TTL, clamped, with its TTLs clamped.
     func store(_ question: DNSWire.Question, bytes: [UInt8], response: DNSWire.Response, now: ContinuousClock.Instant = .now) {
-        guard capacity > 0, !response.truncated,
-            response.responseCode == DNSWire.ResponseCode.noError || response.responseCode == DNSWire.ResponseCode.nameError
-        else { return }
+        guard keeps(response) else { return }
+        let bytes = clamped(bytes, response: response)
         // An answer without records (NODATA without SOA) is kept for the minimum, at least a few seconds.
         let ttl = min(max(response.minimumTTL ?? 5, minTTL), maxTTL)
         guard ttl > 0 else { return }
