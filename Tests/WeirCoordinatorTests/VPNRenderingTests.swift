@@ -41,7 +41,8 @@ import WeirStages
         #expect(document.contains(#"quota: {limit: "50GiB", period: "week"}"#))
         #expect(document.contains(#"{peer: "alice@example.com.phone", profile: "internet_only"}"#) && !document.contains(#"profile: "full""#))
         #expect(document.contains(#"{source: "10.8.0.0/24", out_interface: "eth0"}"#) && !document.contains(#"source: "fd08"#))
-        #expect(document.contains(#"{clients: ["10.8.0.2", "fd08::2"], rate: "20mbit", ceil: "40mbit"}"#))
+        // One class for both of a device's addresses, named by its peer.
+        #expect(document.contains(#"{name: "alice@example.com.phone", clients: ["10.8.0.2", "fd08::2"], rate: "20mbit", ceil: "40mbit"}"#))
 
         // Nobody left: only the interface, which the loader still takes.
         let empty = rendering.document(Self.server, devices: [])

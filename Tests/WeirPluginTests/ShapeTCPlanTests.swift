@@ -178,6 +178,35 @@ import WeirStages
         #expect(StageShape(config: try config("        rate: 10mbit\n        per: mark\n"), listener: nil).configuredClients.isEmpty)
     }
 
+    @Test func aNamedClientRateIsOneClassItsClientsShare() throws {
+        let shape = StageShape(config: try config("""
+                    rate: 100gbit
+                    per: client_ip
+                    client_rates:
+                      - {name: carol.laptop, clients: [10.88.0.2, "fd88::2"], rate: 8mbit}
+                      - {clients: [10.88.0.3], rate: 4mbit}
+
+            """), listener: nil)
+        let shared = try #require(shape.classes.first { $0.key == "rate:carol.laptop" })
+        #expect(shared.label == "carol.laptop" && shared.rate == 1_000_000 && shared.isLeaf && shared.parent == "total")
+        #expect(shape.sharedMembers.map(\.client.label) == ["10.88.0.2", "fd88::2"] && shape.sharedMembers.allSatisfy { $0.key == shared.key })
+        #expect(shape.configuredClients.map(\.label) == ["10.88.0.3"], "named entries' clients are in their class, not one of their own")
+
+        let stage = "        rate: 1mbit\n        per: client_ip\n        classes:\n          - {name: voip, rate: 100kbit, match: {dscp: 46}}\n        client_rates:\n"
+        let network = errors(document(stage + "          - {name: office, clients: [10.0.0.0/24], rate: 1mbit}\n"))
+        #expect(network.count == 1 && network[0].contains("10.0.0.0/24 is a network"), "\(network)")
+        let clashes = errors(document(stage + """
+                      - {name: carol, clients: [10.0.0.1], rate: 1mbit}
+                      - {name: carol, clients: [10.0.0.2], rate: 1mbit}
+                      - {name: voip, clients: [10.0.0.3], rate: 1mbit}
+                      - {name: default, clients: [10.0.0.4], rate: 1mbit}
+
+            """))
+        #expect(clashes.count == 3 && clashes.allSatisfy { $0.contains("already names a class") }, "\(clashes)")
+        let spaced = errors(document(stage + "          - {name: \"no spaces\", clients: [10.0.0.5], rate: 1mbit}\n"))
+        #expect(spaced.count == 1 && spaced[0].contains("client_rates[0].name: a name is 1-64 letters"), "\(spaced)")
+    }
+
     // MARK: - Plan
 
     func htb(_ minor: UInt16, _ parent: UInt16?, _ rate: UInt64, leaf: Bool = true) -> HTBClass {

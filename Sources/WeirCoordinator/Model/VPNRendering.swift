@@ -73,7 +73,8 @@ struct VPNRendering {
             }
         }
 
-        // Plans' rates: one class per device address, both directions; devices without a rated plan unshaped.
+        // Plans' rates: one class per device (its IPv4 and IPv6 addresses share it, named by its peer), both
+        // directions, in place before its first packet; devices without a rated plan unshaped.
         let rated = active.compactMap { device -> (device: VPNDevice, plan: VPNPlan, rate: String)? in
             guard let plan = plan(of: device), let rate = plan.rate else { return nil }
             return (device, plan, rate)
@@ -91,8 +92,10 @@ struct VPNRendering {
             ]
             for entry in rated {
                 let ceil = entry.plan.ceil ?? entry.rate
+                let device = entry.device
                 lines.append(
-                    "          - {clients: \(Self.list(entry.device.addresses)), rate: \(Self.quoted(entry.rate)), ceil: \(Self.quoted(ceil))}")
+                    "          - {name: \(Self.quoted(device.peerName)), clients: \(Self.list(device.addresses)), "
+                        + "rate: \(Self.quoted(entry.rate)), ceil: \(Self.quoted(ceil))}")
             }
         }
         return lines.joined(separator: "\n") + "\n"

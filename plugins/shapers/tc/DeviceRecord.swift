@@ -71,6 +71,23 @@ struct ClassReading: Sendable {
 }
 
 /// The class `7765:1` at the top of each device's tree: the link.
+extension DeviceRecord {
+    /// `count` minor numbers no owner uses, found in one pass (a VPN's thousands of named clients at once);
+    /// nil when the device has too few left. `entry`: an owner's record not yet saved in `owners`. Leaf queues
+    /// take the class's minor as their major, so minors stay below weir's root major.
+    func freeMinors(_ count: Int, besides entry: OwnerRecord) -> [UInt16]? {
+        guard count > 0 else { return [] }
+        var used = Set(entry.minors.values)
+        for other in owners.values { used.formUnion(other.minors.values) }
+        var free: [UInt16] = []
+        for minor in (LinkClass.minor + 1)..<UInt16(TrafficControl.rootMajor) where !used.contains(minor) {
+            free.append(minor)
+            if free.count == count { return free }
+        }
+        return nil
+    }
+}
+
 enum LinkClass {
     static let minor: UInt16 = 1
 

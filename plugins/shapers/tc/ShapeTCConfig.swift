@@ -44,6 +44,9 @@ public struct ShapeTCConfig: StageConfig, Hashable {
         /// Bytes per second.
         public var rate: UInt64
         public var ceil: UInt64
+        /// With a name the entry's clients share one class, labelled so (a device's IPv4 and IPv6 tunnel
+        /// addresses under one plan rate); without, each client gets a class of its own.
+        public var name: String? = nil
     }
 
     public struct NamedClass: Sendable, Hashable {
@@ -70,8 +73,8 @@ public struct ShapeTCConfig: StageConfig, Hashable {
         OptionDoc("idle_timeout", "duration", default: "5m", "With per: client_ip|mark, a class that passed no traffic this long is removed."),
         OptionDoc("classes", "[class]", default: "none", "Named sub-classes: {name, rate, ceil, match: {mark, mark_mask, dscp, protocol, port}}; first match wins."),
         OptionDoc(
-            "client_rates", "[{clients, rate, ceil}]", default: "none",
-            "With per: client_ip, other rates for some clients (addresses, networks or the pipeline's wireguard peers by name; first match wins): per-user plans."),
+            "client_rates", "[{name, clients, rate, ceil}]", default: "none",
+            "With per: client_ip, other rates for some clients (addresses, networks or the pipeline's wireguard peers by name; first match wins): per-user plans. With a name, the entry's clients (addresses or peers) share one class."),
     ]
     public static var sample: String { String(decoding: PackageResources.shape_tc_sample_yaml, as: UTF8.self) }
 
@@ -171,6 +174,16 @@ public struct ShapeTCConfig: StageConfig, Hashable {
                 "the ceil (\(RateText.bits(clientRate.ceil))) is above total (\(RateText.bits(total ?? 0)))")
             valid = false
         }
+        // Named entries are classes of the stage: their names are labels beside the named classes'.
+        var rateNames = Set<String>()
+        for (index, clientRate) in clientRates.enumerated() {
+            guard let name = clientRate.name else { continue }
+            let at = clientRatesValue?.sequence?[index].mapping?.optional("name")
+            if Self.reservedNames.contains(name) || names.contains(name) || !rateNames.insert(name).inserted {
+                at?.error("\"\(name)\" already names a class of this stage")
+                valid = false
+            }
+        }
         if classes.count > Int(WEIR_SHAPE_MAX_RULES) {
             classesValue?.error("at most \(WEIR_SHAPE_MAX_RULES) classes")
             valid = false
@@ -247,14 +260,28 @@ public struct ShapeTCConfig: StageConfig, Hashable {
         let rate = options.required("rate").flatMap(Self.rate)
         let ceilValue = options.optional("ceil")
         let ceil = ceilValue.map(Self.rate)
+        let nameValue = options.optional("name")
+        let name = nameValue.map { value -> String? in
+            guard let name = value.string, PeerNames.isValid(name) else {
+                value.error("a name is 1-64 letters, digits, '-', '_', '.' or '@'")
+                return nil
+            }
+            return name
+        }
         guard let clients, let rate else { return nil }
         if let ceil, ceil == nil { return nil }
+        if let name, name == nil { return nil }
         let clientCeil = (ceil ?? nil) ?? rate
         if clientCeil < rate {
             ceilValue?.error("ceil (\(RateText.bits(clientCeil))) is below rate (\(RateText.bits(rate)))")
             return nil
         }
-        return ClientRate(clients: clients, peers: peers.isEmpty ? nil : peers, rate: rate, ceil: clientCeil)
+        if nameValue != nil, let network = clients.first(where: { !$0.isSingleAddress }) {
+            options.optional("clients")?.error(
+                "\(network) is a network: the clients of a named entry share one class, so they are single addresses or peer names (leave out name for a class per client of a network)")
+            return nil
+        }
+        return ClientRate(clients: clients, peers: peers.isEmpty ? nil : peers, rate: rate, ceil: clientCeil, name: name ?? nil)
     }
 
     private static func decodeMatch(_ value: ConfigValue) -> Match? {

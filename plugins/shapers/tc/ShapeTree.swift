@@ -41,6 +41,8 @@ struct StageShape: Codable, Hashable, Sendable {
     /// Other rates for some clients, first match wins.
     /// (Optional: records written before it existed decode.)
     var clientRates: [ShapeTCConfig.ClientRate]?
+    /// Named client_rates entries: class key (`rate:NAME`, one of `classes`) → the clients that share it.
+    var sharedClients: [String: [DynamicKey]]?
 
     struct Rule: Codable, Hashable, Sendable {
         var classKey: String
@@ -84,6 +86,14 @@ struct StageShape: Codable, Hashable, Sendable {
             case .clientIP, .mark: (config.rate, config.ceil)
             }
         classes.append(ClassSpec(key: "default", label: "default", parent: "total", rate: defaultClass.rate, ceil: defaultClass.ceil, isLeaf: true))
+        var shared: [String: [DynamicKey]] = [:]
+        for clientRate in config.clientRates where config.per == .clientIP {
+            guard let name = clientRate.name else { continue }
+            let key = "rate:" + name
+            classes.append(ClassSpec(key: key, label: name, parent: "total", rate: clientRate.rate, ceil: clientRate.ceil, isLeaf: true))
+            shared[key] = clientRate.clients.filter(\.isSingleAddress).map(DynamicKey.init(client:))
+        }
+        sharedClients = shared.isEmpty ? nil : shared
         self.classes = classes
         self.rules = rules
         dynamicRate = config.rate
@@ -93,7 +103,13 @@ struct StageShape: Codable, Hashable, Sendable {
         clientRates = config.clientRates.isEmpty ? nil : config.clientRates
     }
 
-    var clientRateIndex: ClientRateIndex { ClientRateIndex(clientRates ?? []) }
+    /// The entries of client_rates that give clients classes of their own (named entries have one shared class).
+    var clientRateIndex: ClientRateIndex { ClientRateIndex((clientRates ?? []).filter { $0.name == nil }) }
+
+    /// Every client placed in a named entry's class, with that class's key.
+    var sharedMembers: [(key: String, client: DynamicKey)] {
+        (sharedClients ?? [:]).sorted { $0.key < $1.key }.flatMap { key, clients in clients.map { (key, $0) } }
+    }
 
     /// Clients client_rates names one address at a time (a VPN device's tunnel addresses): their classes are made
     /// when the stage is applied, so their first packets are shaped already (an on-demand class comes only after
@@ -101,7 +117,9 @@ struct StageShape: Codable, Hashable, Sendable {
     var configuredClients: [DynamicKey] {
         guard per == ShapeTCConfig.Per.clientIP.rawValue else { return [] }
         var seen = Set<DynamicKey>()
-        return (clientRates ?? []).flatMap(\.clients).filter(\.isSingleAddress).map(DynamicKey.init(client:)).filter { seen.insert($0).inserted }
+        let shared = Set(sharedMembers.map(\.client))
+        return (clientRates ?? []).filter { $0.name == nil }.flatMap(\.clients).filter(\.isSingleAddress).map(DynamicKey.init(client:))
+            .filter { !shared.contains($0) && seen.insert($0).inserted }
     }
 
     /// The spec of an on-demand class for `key`; `rates` from `clientRateIndex` when asking for many.

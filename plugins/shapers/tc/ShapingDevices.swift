@@ -10,18 +10,19 @@ import WeirCore
 final class ShapingDevices: @unchecked Sendable {
     static let shared = ShapingDevices()
 
-    private let lock = NIOLock()
-    private var records: [String: DeviceRecord] = [:]  // by "interface.side"
-    private var classifiers: [String: ShapeClassifier] = [:]
+    // Not private where the on-demand classes (ShapingDevices+OnDemand.swift) use them too.
+    let lock = NIOLock()
+    var records: [String: DeviceRecord] = [:]  // by "interface.side"
+    var classifiers: [String: ShapeClassifier] = [:]
     /// The ifindex each device's classifier is attached to: a device deleted and created again has a new one.
     private var classifierAttachments: [String: Int32] = [:]
     /// Ingress redirects checked in this process: the interface's ifindex at the time, by interface name.
     private var redirects: [String: Int32] = [:]
-    private var idle: [String: [UInt16: (bytes: UInt64, since: ContinuousClock.Instant)]] = [:]
-    private var poller: Task<Void, Never>?
+    var idle: [String: [UInt16: (bytes: UInt64, since: ContinuousClock.Instant)]] = [:]
+    var poller: Task<Void, Never>?
     private var stateDirectory = "/var/lib/weir"
     private var leafKind: LeafKind?
-    private let logger = Logger(label: "weir.shape.tc")
+    let logger = Logger(label: "weir.shape.tc")
 
     struct ShapeError: Error, CustomStringConvertible {
         let description: String
@@ -49,6 +50,9 @@ final class ShapingDevices: @unchecked Sendable {
             var entry = previous ?? DeviceRecord.OwnerRecord(shape: shape)
             if entry.shape.per != shape.per { entry.dynamic = [:] }
             entry.shape = shape
+            // A client now in a named entry's class gives up the class it had of its own.
+            let shared = Set(shape.sharedMembers.map(\.client.classKey))
+            entry.dynamic = entry.dynamic.filter { !shared.contains($0.key) }
             for client in shape.configuredClients where entry.dynamic[client.classKey] == nil && entry.dynamic.count < shape.maxDynamic {
                 entry.dynamic[client.classKey] = client
             }
@@ -86,7 +90,7 @@ final class ShapingDevices: @unchecked Sendable {
             else { return false }
             if side == .ingress, redirects[interface] == nil || redirects[interface] != TrafficControl.index(of: interface) { return false }
             let root = (try? TrafficControl.qdiscs(ifindex))?.first { $0.parent == TrafficControl.rootParent }
-            guard root?.handle == TrafficControl.rootHandle, root?.kind == "htb", let classes = try? htbClasses(ifindex) else { return false }
+            guard root?.handle == TrafficControl.rootHandle, root?.kind == "htb", let classes = try? TrafficControl.htbClasses(ifindex) else { return false }
             // Each owner checks its own classes: the first to repair a recreated device puts back the root only.
             return entry.minors.values.allSatisfy { classes[$0] != nil }
         }
@@ -165,7 +169,7 @@ final class ShapingDevices: @unchecked Sendable {
         let ifindex = try prepareDevice(&record)
         try saveRecord(name, record)
         guard let entry = record.owners[owner] else { return }
-        let actual = try htbClasses(ifindex)
+        let actual = try TrafficControl.htbClasses(ifindex)
         try ensureLinkClass(record, ifindex: ifindex, current: actual[LinkClass.minor])
         let plan = ClassPlan.make(desired: entry.htbClasses, actual: actual, owned: owned)
         try run(plan, ifindex: ifindex)
@@ -175,8 +179,11 @@ final class ShapingDevices: @unchecked Sendable {
             try classifier.deleteScope(previousShape)
         }
         try classifier.setScope(entry.shape, id: entry.scopeID, classID: entry.classID)
-        for (key, dynamic) in entry.dynamic {
-            if let classID = entry.classID(key) { try classifier.setDynamic(scope: entry.scopeID, dynamic, classID: classID) }
+        try setClients(classifier, entry)
+        // Clients that left a named entry (and got no class of their own) are unplaced: their next packet asks for one.
+        let placed = Set(entry.shape.sharedMembers.map(\.client)).union(entry.dynamic.values)
+        for (_, client) in previousShape?.sharedMembers ?? [] where !placed.contains(client) {
+            try? classifier.deleteDynamic(scope: entry.scopeID, client)
         }
         if !plan.isEmpty {
             logger.info("shaping updated", metadata: ["pipeline": "\(owner)", "device": "\(name)", "changes": "\(plan.steps.count)"])
@@ -254,17 +261,6 @@ final class ShapingDevices: @unchecked Sendable {
         try TrafficControl.setClass(ifindex, want, create: current == nil)
     }
 
-    private func htbClasses(_ ifindex: Int32) throws -> [UInt16: HTBClass] {
-        var result: [UInt16: HTBClass] = [:]
-        for object in try TrafficControl.classes(ifindex) where object.major == TrafficControl.rootMajor && object.kind == "htb" {
-            // Classes directly under the qdisc report TC_H_ROOT as their parent.
-            let parent: UInt16? =
-                object.parent == TrafficControl.rootHandle || object.parent == TrafficControl.rootParent ? nil : UInt16(object.parent & 0xFFFF)
-            result[object.minor] = HTBClass(minor: object.minor, parentMinor: parent, rate: object.rate, ceil: object.ceil, isLeaf: false)
-        }
-        return result
-    }
-
     private func run(_ plan: ClassPlan, ifindex: Int32) throws {
         for step in plan.steps {
             switch step {
@@ -294,7 +290,7 @@ final class ShapingDevices: @unchecked Sendable {
         }
     }
 
-    private func addLeaf(_ ifindex: Int32, _ htb: HTBClass) throws {
+    func addLeaf(_ ifindex: Int32, _ htb: HTBClass) throws {
         if leafKind == nil {
             let result = Result { () throws(TCError) in try TrafficControl.addLeaf(ifindex, minor: htb.minor, kind: .fqCodel, ceil: htb.ceil) }
             switch result {
@@ -327,13 +323,21 @@ final class ShapingDevices: @unchecked Sendable {
         }
         for entry in record.owners.values {
             try classifier.setScope(entry.shape, id: entry.scopeID, classID: entry.classID)
-            for (key, dynamic) in entry.dynamic {
-                if let classID = entry.classID(key) { try classifier.setDynamic(scope: entry.scopeID, dynamic, classID: classID) }
-            }
+            try setClients(classifier, entry)
         }
         try attach(classifier, name, record, ifindex: ifindex)
         classifiers[name] = classifier
         return classifier
+    }
+
+    /// Places every client that has a class: on-demand and configured ones in their own, named entries' in theirs.
+    private func setClients(_ classifier: ShapeClassifier, _ entry: DeviceRecord.OwnerRecord) throws {
+        for (key, dynamic) in entry.dynamic {
+            if let classID = entry.classID(key) { try classifier.setDynamic(scope: entry.scopeID, dynamic, classID: classID) }
+        }
+        for (key, client) in entry.shape.sharedMembers {
+            if let classID = entry.classID(key) { try classifier.setDynamic(scope: entry.scopeID, client, classID: classID) }
+        }
     }
 
     private func attach(_ classifier: ShapeClassifier, _ name: String, _ record: DeviceRecord, ifindex: Int32) throws {
@@ -349,9 +353,10 @@ final class ShapingDevices: @unchecked Sendable {
         if let classifier = classifiers[name] {
             try? classifier.deleteScope(entry.shape)
             for dynamic in entry.dynamic.values { try? classifier.deleteDynamic(scope: entry.scopeID, dynamic) }
+            for (_, client) in entry.shape.sharedMembers { try? classifier.deleteDynamic(scope: entry.scopeID, client) }
         }
         let ifindex = TrafficControl.index(of: record.device)
-        let actual = try ifindex.map(htbClasses) ?? [:]
+        let actual = try ifindex.map(TrafficControl.htbClasses) ?? [:]
         if let ifindex { try run(ClassPlan.make(desired: [], actual: actual, owned: Set(entry.minors.values)), ifindex: ifindex) }
         record.owners[owner] = nil
         idle[name] = idle[name]?.filter { minor, _ in !entry.minors.values.contains(minor) }
@@ -394,23 +399,15 @@ final class ShapingDevices: @unchecked Sendable {
 
     // MARK: - Minor numbers
 
-    /// A minor number free on the device: not used by any owner. Leaf queues take the class's minor as their
-    /// major, so minors stay below weir's root major.
-    private func allocateMinor(_ record: DeviceRecord, _ entry: DeviceRecord.OwnerRecord) throws -> UInt16 {
+    func allocateMinor(_ record: DeviceRecord, _ entry: DeviceRecord.OwnerRecord) throws -> UInt16 {
         try allocateMinors(1, record, entry)[0]
     }
 
-    /// `count` free minor numbers, found in one pass (a VPN's thousands of configured clients at once).
     private func allocateMinors(_ count: Int, _ record: DeviceRecord, _ entry: DeviceRecord.OwnerRecord) throws -> [UInt16] {
-        guard count > 0 else { return [] }
-        var used = Set(entry.minors.values)
-        for other in record.owners.values { used.formUnion(other.minors.values) }
-        var free: [UInt16] = []
-        for minor in (LinkClass.minor + 1)..<UInt16(TrafficControl.rootMajor) where !used.contains(minor) {
-            free.append(minor)
-            if free.count == count { return free }
+        guard let minors = record.freeMinors(count, besides: entry) else {
+            throw ShapeError(description: "\(record.device) has no free class numbers left")
         }
-        throw ShapeError(description: "\(record.device) has no free class numbers left")
+        return minors
     }
 
     // MARK: - State
@@ -427,93 +424,7 @@ final class ShapingDevices: @unchecked Sendable {
         }
     }
 
-    private func saveRecord(_ name: String, _ record: DeviceRecord) throws {
+    func saveRecord(_ name: String, _ record: DeviceRecord) throws {
         try StateFiles.writeJSON(record, to: stateFile(name))
-    }
-
-    // MARK: - On-demand classes
-
-    private func startPolling() {
-        guard poller == nil else { return }
-        poller = Task { [weak self] in
-            var tick = 0
-            while !Task.isCancelled {
-                try? await Task.sleep(for: .milliseconds(200))
-                guard let self else { return }
-                tick += 1
-                self.pollOnce(expire: tick % 10 == 0)
-            }
-        }
-    }
-
-    /// Creates classes for clients (or marks) the classifier reported, and removes those idle too long.
-    func pollOnce(expire: Bool) {
-        lock.withLock {
-            for (name, classifier) in classifiers {
-                guard var record = records[name], record.owners.values.contains(where: { $0.shape.hasDynamicClasses }),
-                    let ifindex = TrafficControl.index(of: record.device)
-                else { continue }
-                var changed = false
-                var indexes: [String: ClientRateIndex] = [:]
-                for (scope, key) in classifier.takeMisses() {
-                    guard let (owner, entry) = record.owners.first(where: { $0.value.scopeID == scope }), entry.shape.hasDynamicClasses,
-                        entry.dynamic.count < entry.shape.maxDynamic, entry.dynamic[key.classKey] == nil
-                    else { continue }
-                    do {
-                        var updated = entry
-                        let minor = try allocateMinor(record, entry)
-                        updated.minors[key.classKey] = minor
-                        updated.dynamic[key.classKey] = key
-                        if indexes[owner] == nil { indexes[owner] = entry.shape.clientRateIndex }
-                        let spec = entry.shape.dynamicClass(key, rates: indexes[owner])
-                        let htb = HTBClass(minor: minor, parentMinor: entry.minors["total"], rate: spec.rate, ceil: spec.ceil, isLeaf: true)
-                        try TrafficControl.setClass(ifindex, htb, create: true)
-                        try addLeaf(ifindex, htb)
-                        try classifier.setDynamic(scope: scope, key, classID: TrafficControl.classID(minor))
-                        record.owners[owner] = updated
-                        changed = true
-                    } catch {
-                        logger.warning("adding a class for \(key.label) failed", metadata: ["pipeline": "\(owner)", "error": "\(error)"])
-                    }
-                }
-                if expire { changed = expireIdle(name, &record, ifindex: ifindex, classifier: classifier) || changed }
-                if changed {
-                    records[name] = record
-                    try? saveRecord(name, record)
-                }
-            }
-        }
-    }
-
-    private func expireIdle(_ name: String, _ record: inout DeviceRecord, ifindex: Int32, classifier: ShapeClassifier) -> Bool {
-        guard let classes = try? TrafficControl.classes(ifindex) else { return false }
-        let bytes = Dictionary(classes.filter { $0.major == TrafficControl.rootMajor }.map { ($0.minor, $0.bytes) }) { a, _ in a }
-        let now = ContinuousClock.now
-        var seen = idle[name] ?? [:]
-        var changed = false
-        for (owner, entry) in record.owners where entry.shape.hasDynamicClasses {
-            var updated = entry
-            let configured = Set(entry.shape.configuredClients)
-            for (key, dynamic) in entry.dynamic where !configured.contains(dynamic) {
-                guard let minor = entry.minors[key] else { continue }
-                let current = bytes[minor] ?? 0
-                if let last = seen[minor], last.bytes == current {
-                    guard now - last.since >= .seconds(entry.shape.idleSeconds) else { continue }
-                    try? classifier.deleteDynamic(scope: entry.scopeID, dynamic)
-                    try? TrafficControl.deleteClass(
-                        ifindex, HTBClass(minor: minor, parentMinor: entry.minors["total"], rate: 0, ceil: 0, isLeaf: true))
-                    updated.minors[key] = nil
-                    updated.dynamic[key] = nil
-                    seen[minor] = nil
-                    changed = true
-                    logger.info("removed an idle class", metadata: ["pipeline": "\(owner)", "class": "\(dynamic.label)"])
-                } else {
-                    seen[minor] = (current, now)
-                }
-            }
-            record.owners[owner] = updated
-        }
-        idle[name] = seen
-        return changed
     }
 }

@@ -51,6 +51,17 @@ enum TrafficControl {
     }
 
     static func qdiscs(_ ifindex: Int32) throws(TCError) -> [Object] { try list(ifindex, classes: false) }
+    /// weir's HTB classes on the device by minor (leafness is not reported; false).
+    static func htbClasses(_ ifindex: Int32) throws -> [UInt16: HTBClass] {
+        var result: [UInt16: HTBClass] = [:]
+        for object in try classes(ifindex) where object.major == rootMajor && object.kind == "htb" {
+            // Classes directly under the qdisc report TC_H_ROOT as their parent.
+            let parent: UInt16? = object.parent == rootHandle || object.parent == rootParent ? nil : UInt16(object.parent & 0xFFFF)
+            result[object.minor] = HTBClass(minor: object.minor, parentMinor: parent, rate: object.rate, ceil: object.ceil, isLeaf: false)
+        }
+        return result
+    }
+
     static func classes(_ ifindex: Int32) throws(TCError) -> [Object] { try list(ifindex, classes: true) }
 
     private static func list(_ ifindex: Int32, classes: Bool) throws(TCError) -> [Object] {
