@@ -276,6 +276,15 @@ struct ShapeTCTests {
         let after = try Self.classes(net, net.agentInterface)
         #expect(after.count == 4, "no class of its own for either address: \(after)")
         #expect((value(in: try agent.metrics(), "weir_tc_class_bytes_total", ["pipeline": "users", "class": "laptop"]) ?? 0) > 2_000_000)
+
+        // The entry goes: its class goes, and its clients are placed no longer — the next packet gets a class of
+        // its own at the stage's rate (left pointing at the deleted class, they would pass unshaped for good).
+        try agent.writePipelines(Self.shapePipeline("users", interface: net.agentInterface, "rate: 40mbit\nper: client_ip"))
+        try agent.reload()
+        #expect(try Self.classes(net, net.agentInterface).count == 3, "link, total, default")
+        _ = try v4.send(from: net.agent, seconds: 1)
+        #expect(eventually(timeout: 5) { ((try? Self.classes(net, net.agentInterface)) ?? [:]).values.filter { $0.rate == "40Mbit" }.count == 2 })
+        #expect(try agent.metric("weir_tc_class_bytes_total", ["pipeline": "users", "class": net.peerIPv4]) ?? 0 > 0)
     }
 
     @Test("Per mark: packets marked by enforce.nftables get one class per mark", .enabled(if: which("nft") != nil))
