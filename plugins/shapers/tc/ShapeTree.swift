@@ -111,9 +111,9 @@ struct StageShape: Codable, Hashable, Sendable {
         (sharedClients ?? [:]).sorted { $0.key < $1.key }.flatMap { key, clients in clients.map { (key, $0) } }
     }
 
-    /// Clients client_rates names one address at a time (a VPN device's tunnel addresses): their classes are made
+    /// Clients unnamed client_rates entries list one address at a time (or by peer name): their classes are made
     /// when the stage is applied, so their first packets are shaped already (an on-demand class comes only after
-    /// a packet went out in `default`, which for a VPN's unrated rest is unshaped), and kept while named.
+    /// a packet went out in `default`, which for a VPN's unrated rest is unshaped), and kept while listed.
     var configuredClients: [DynamicKey] {
         guard per == ShapeTCConfig.Per.clientIP.rawValue else { return [] }
         var seen = Set<DynamicKey>()
@@ -136,8 +136,8 @@ struct StageShape: Codable, Hashable, Sendable {
     }
 }
 
-/// client_rates looked up by address without going through the list for every class: single addresses (a
-/// VPN's thousands of devices) in a dictionary, networks in order; the first entry that matches wins, as listed.
+/// client_rates looked up by address without going through the list for every class: single addresses (there
+/// may be thousands) in a dictionary, networks in order; the first entry that matches wins, as listed.
 struct ClientRateIndex {
     private let rates: [ShapeTCConfig.ClientRate]
     private var single: [IPNetwork: Int] = [:]
