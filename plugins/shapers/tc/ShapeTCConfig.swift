@@ -174,13 +174,13 @@ public struct ShapeTCConfig: StageConfig, Hashable {
                 "the ceil (\(RateText.bits(clientRate.ceil))) is above total (\(RateText.bits(total ?? 0)))")
             valid = false
         }
-        // Named entries are classes of the stage: their names are labels beside the named classes'.
+        // Named entries are classes of the stage: their names are labels beside the named classes'. (The
+        // entry's place is looked up only for an error: `sequence` builds the list each time it is asked.)
         var rateNames = Set<String>()
         for (index, clientRate) in clientRates.enumerated() {
             guard let name = clientRate.name else { continue }
-            let at = clientRatesValue?.sequence?[index].mapping?.optional("name")
             if Self.reservedNames.contains(name) || names.contains(name) || !rateNames.insert(name).inserted {
-                at?.error("\"\(name)\" already names a class of this stage")
+                clientRatesValue?.sequence?[index].mapping?.optional("name")?.error("\"\(name)\" already names a class of this stage")
                 valid = false
             }
         }
