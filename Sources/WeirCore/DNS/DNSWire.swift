@@ -241,15 +241,7 @@ package enum DNSWire {
     /// answer no longer than the cache does).
     package static func clampingTTLs(_ bytes: [UInt8], ttlOffsets: [Int], to range: ClosedRange<UInt32>) -> [UInt8] {
         var copy = bytes
-        for offset in ttlOffsets where offset >= 0 && offset + 4 <= copy.count {
-            let ttl = UInt32(copy[offset]) << 24 | UInt32(copy[offset + 1]) << 16 | UInt32(copy[offset + 2]) << 8 | UInt32(copy[offset + 3])
-            let clamped = min(max(ttl, range.lowerBound), range.upperBound)
-            guard clamped != ttl else { continue }
-            copy[offset] = UInt8(clamped >> 24)
-            copy[offset + 1] = UInt8((clamped >> 16) & 0xFF)
-            copy[offset + 2] = UInt8((clamped >> 8) & 0xFF)
-            copy[offset + 3] = UInt8(clamped & 0xFF)
-        }
+        copy.withUnsafeMutableBytes { rewriteTTLs($0, ttlOffsets: ttlOffsets) { min(max($0, range.lowerBound), range.upperBound) } }
         return copy
     }
 
@@ -259,13 +251,18 @@ package enum DNSWire {
         guard message.count >= 2 else { return }
         message[0] = UInt8(id >> 8)
         message[1] = UInt8(id & 0xFF)
+        rewriteTTLs(message, ttlOffsets: ttlOffsets) { ttl in max(ttl > age ? ttl - age : 0, floor) }
+    }
+
+    /// Replaces each TTL at `ttlOffsets` (big-endian, 4 bytes; offsets past the end are skipped) by `change` of it.
+    private static func rewriteTTLs(_ message: UnsafeMutableRawBufferPointer, ttlOffsets: [Int], _ change: (UInt32) -> UInt32) {
         for offset in ttlOffsets where offset >= 0 && offset + 4 <= message.count {
             let ttl = UInt32(message[offset]) << 24 | UInt32(message[offset + 1]) << 16 | UInt32(message[offset + 2]) << 8 | UInt32(message[offset + 3])
-            let lowered = max(ttl > age ? ttl - age : 0, floor)
-            message[offset] = UInt8(lowered >> 24)
-            message[offset + 1] = UInt8((lowered >> 16) & 0xFF)
-            message[offset + 2] = UInt8((lowered >> 8) & 0xFF)
-            message[offset + 3] = UInt8(lowered & 0xFF)
+            let changed = change(ttl)
+            message[offset] = UInt8(changed >> 24)
+            message[offset + 1] = UInt8((changed >> 16) & 0xFF)
+            message[offset + 2] = UInt8((changed >> 8) & 0xFF)
+            message[offset + 3] = UInt8(changed & 0xFF)
         }
     }
 

@@ -121,13 +121,15 @@ final class DNSCache: Sendable {
         return DNSWire.clampingTTLs(bytes, ttlOffsets: response.ttlOffsets, to: minTTL...maxTTL)
     }
 
-    /// Stores an upstream's answer (NOERROR or NXDOMAIN) for its lowest TTL, clamped, with its TTLs clamped.
-    func store(_ question: DNSWire.Question, bytes: [UInt8], response: DNSWire.Response, now: ContinuousClock.Instant = .now) {
-        guard keeps(response) else { return }
+    /// Stores an upstream's answer (NOERROR or NXDOMAIN) for its lowest TTL, clamped, with its TTLs clamped;
+    /// the answer as clients get it (`clamped`), whether stored or not.
+    @discardableResult
+    func store(_ question: DNSWire.Question, bytes: [UInt8], response: DNSWire.Response, now: ContinuousClock.Instant = .now) -> [UInt8] {
+        guard keeps(response) else { return bytes }
         let bytes = clamped(bytes, response: response)
         // An answer without records (NODATA without SOA) is kept for the minimum, at least a few seconds.
         let ttl = min(max(response.minimumTTL ?? 5, minTTL), maxTTL)
-        guard ttl > 0 else { return }
+        guard ttl > 0 else { return bytes }
         let entry = Entry(bytes: bytes, ttlOffsets: response.ttlOffsets, stored: now, expires: now + .seconds(Int(ttl)))
         entries.withLockedValue { entries in
             if entries.count >= capacity, entries[Key(question: question)] == nil {
@@ -138,5 +140,6 @@ final class DNSCache: Sendable {
             }
             entries[Key(question: question)] = entry
         }
+        return bytes
     }
 }

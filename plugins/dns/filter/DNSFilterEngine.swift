@@ -295,8 +295,7 @@ final class DNSFilterEngine: Sendable {
                 let bytes = DNSWire.answer(to: query, code: 0, records: [(query.question.type, chosen.ttl, chosen.bytes)])
                 if let response = try? DNSWire.parseResponse(bytes) { answer = .init(bytes: bytes, response: response, upstream: answer.upstream) }
             }
-            var reply = cache.clamped(answer.bytes, response: answer.response)
-            cache.store(query.question, bytes: reply, response: answer.response)
+            var reply = cache.store(query.question, bytes: answer.bytes, response: answer.response)
             cacheEntries.set(to: Double(cache.count))
             reply[0] = UInt8(query.id >> 8)
             reply[1] = UInt8(query.id & 0xFF)

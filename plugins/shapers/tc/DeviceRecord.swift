@@ -70,7 +70,6 @@ struct ClassReading: Sendable {
     var ceil: UInt64
 }
 
-/// The class `7765:1` at the top of each device's tree: the link.
 extension DeviceRecord {
     /// `count` minor numbers no owner uses, found in one pass (a VPN's thousands of named clients at once);
     /// nil when the device has too few left. `entry`: an owner's record not yet saved in `owners`. Leaf queues
@@ -88,6 +87,7 @@ extension DeviceRecord {
     }
 }
 
+/// The class `7765:1` at the top of each device's tree: the link.
 enum LinkClass {
     static let minor: UInt16 = 1
 
