@@ -174,6 +174,49 @@ struct ScaleTests {
         #expect(try herd.echoing() == Self.connections, "every connection still echoes")
     }
 
+    @Test(
+        "shape.tc with 2,000 named client_rates entries (a dual-stack VPN's devices) and 5,000 connections open: every class made in one apply both ways, by a reload past descriptor 1023; a reload that changes one entry changes that class only; every connection kept",
+        .enabled(if: kernelTestsUnavailable == nil, "\(kernelTestsUnavailable ?? "")"))
+    func shapingThousandsOfNamedClientsWithThousandsOfConnections() throws {
+        let net = try GatewayTopology()
+        let echoPort = 7100, port = 7101
+        let echo = try ConnectionHerd.echoServer(port: echoPort, netns: net.gateway)
+        defer { echo.stopHelper() }
+        func shaping(changed rate: String) -> String {
+            let devices = (0..<2_000).map { index in
+                "          - {name: d\(index), clients: [10.\(100 + index / 250).\(index % 250).2, \"fd00::\(String(index, radix: 16)):2\"], rate: \(index == 7 ? rate : "8mbit")}"
+            }
+            return "\n  vpn:\n    stages:\n      - type: shape.tc\n        interface: \(net.gatewayOutside)\n        direction: both\n"
+                + "        per: client_ip\n        rate: 100gbit\n        client_rates:\n" + devices.joined(separator: "\n")
+        }
+        let agent = try WeirProcess(pipelines: Self.forward(port: port, echo: echoPort), netns: net.gateway)
+        try agent.start()
+        defer { agent.stop() }
+        let herd = try ConnectionHerd(count: Self.connections, port: port, netns: net.gateway)
+        defer { herd.close() }
+        #expect(openDescriptors(pid: agent.pid) > 2 * Self.connections)
+        // The shaping comes with a reload, so its first apply too runs past descriptor 1023.
+        try agent.writePipelines(Self.forward(port: port, echo: echoPort, extra: shaping(changed: "8mbit")))
+        try agent.reload()
+        let devices = [net.gatewayOutside, "wi-" + net.gatewayOutside]
+        let classes = { (device: String) in (try? net.inside(net.gateway, ["tc", "class", "show", "dev", device])) ?? "" }
+        for device in devices {
+            // One per device (on-demand classes of other sources may come beside them, at the stage's rate).
+            #expect(classes(device).components(separatedBy: "rate 8Mbit").count - 1 == 2_000, "\(device)")
+        }
+
+        try agent.writePipelines(Self.forward(port: port, echo: echoPort, extra: shaping(changed: "9mbit")))
+        try agent.reload()
+        #expect(agent.waitForExit(timeout: 0.5) == nil, "the agent is alive:\n\(agent.log.suffix(2000))")
+        for device in devices {
+            let after = classes(device)
+            #expect(after.components(separatedBy: "rate 9Mbit").count - 1 == 1 && after.components(separatedBy: "rate 8Mbit").count - 1 == 1_999, "\(device)")
+        }
+        #expect(agent.log.components(separatedBy: "shaping updated changes=1 ").count - 1 == 2, "one class changed on each device")
+        #expect((try agent.metric("weir_config_reloads_total", ["result": "failure"]) ?? 0) == 0)
+        #expect(try herd.echoing() == Self.connections, "every connection still echoes")
+    }
+
     @Test("1,500 pipelines: a reload that changes one keeps the others' connections; the agent survives")
     func reloadWithFifteenHundredPipelines() throws {
         let echoPort = freePort()
