@@ -208,23 +208,8 @@ struct HelperFailed: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// `count` ports free on 127.0.0.1, from 20000 up: below the ephemeral range, so no port the kernel hands out
-/// meanwhile (a metrics endpoint on port 0, a client's source port) takes one of them.
+/// `count` different ports free on 127.0.0.1, from the same walk below the ephemeral range as every other
+/// server port (`freePort`): a walk of their own from 20,000 up once handed an agent's metrics port one of them.
 func freePorts(_ count: Int) -> [Int] {
-    var ports: [Int] = []
-    var candidate = 20_000
-    while ports.count < count, candidate < 32_768 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(candidate).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        close(fd)
-        if bound == 0 { ports.append(candidate) }
-        candidate += 1
-    }
-    return ports
+    (0..<count).map { _ in freePort() }
 }
